@@ -1,0 +1,89 @@
+"""Typed REST client for the JobManager (used by the CLI, tests and the operator)."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import TypeVar
+
+import aiohttp
+import pydantic
+
+from streamjob_runtime.api import models
+
+M = TypeVar("M", bound=pydantic.BaseModel)
+
+
+class RestError(RuntimeError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+class JobManagerClient:
+    def __init__(self, base_url: str, timeout_s: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s))
+
+    async def __aenter__(self) -> JobManagerClient:
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def _call(
+        self, method: str, path: str, model: type[M] | None, body: pydantic.BaseModel | None = None
+    ) -> M | None:
+        data = body.model_dump_json() if body is not None else None
+        headers = {"Content-Type": "application/json"} if data is not None else None
+        async with self._session.request(
+            method, self.base_url + path, data=data, headers=headers
+        ) as resp:
+            text = await resp.text()
+            if resp.status >= 400:
+                try:
+                    message = models.ErrorResponse.model_validate_json(text).error
+                except pydantic.ValidationError:
+                    message = text
+                raise RestError(resp.status, message)
+            return None if model is None else model.model_validate_json(text)
+
+    async def _get(self, path: str, model: type[M]) -> M:
+        result = await self._call("GET", path, model)
+        assert result is not None
+        return result
+
+    async def overview(self) -> models.ClusterOverview:
+        return await self._get("/overview", models.ClusterOverview)
+
+    async def list_jobs(self) -> models.JobList:
+        return await self._get("/jobs", models.JobList)
+
+    async def submit(self, submission: models.JobSubmission) -> str:
+        result = await self._call("POST", "/jobs", models.JobSubmitted, submission)
+        assert result is not None
+        return result.jobid
+
+    async def job(self, job_id: str) -> models.JobDetails:
+        return await self._get(f"/jobs/{job_id}", models.JobDetails)
+
+    async def checkpoints(self, job_id: str) -> models.CheckpointingStatistics:
+        return await self._get(f"/jobs/{job_id}/checkpoints", models.CheckpointingStatistics)
+
+    async def exceptions(self, job_id: str) -> models.JobExceptions:
+        return await self._get(f"/jobs/{job_id}/exceptions", models.JobExceptions)
+
+    async def cancel(self, job_id: str) -> None:
+        await self._call("PATCH", f"/jobs/{job_id}?mode=cancel", None)
+
+    async def healthy(self) -> bool:
+        try:
+            async with self._session.get(self.base_url + "/healthz") as resp:
+                return resp.status == 200
+        except aiohttp.ClientError:
+            return False

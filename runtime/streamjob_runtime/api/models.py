@@ -1,0 +1,133 @@
+"""REST models (pydantic).  Field names are the JSON names; Flink's where they exist."""
+
+from __future__ import annotations
+
+import enum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class JobStatus(enum.StrEnum):
+    CREATED = "CREATED"
+    RUNNING = "RUNNING"
+    RESTARTING = "RESTARTING"
+    FAILING = "FAILING"
+    FAILED = "FAILED"
+    CANCELLING = "CANCELLING"
+    CANCELED = "CANCELED"
+    FINISHED = "FINISHED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobStatus.FAILED, JobStatus.CANCELED, JobStatus.FINISHED)
+
+
+class ErrorResponse(_Model):
+    error: str = Field(description="What went wrong and what to do about it.")
+
+
+class JobSubmission(_Model):
+    entrypoint: str = Field(description="Job file path or module with build(env).")
+    args: list[str] = Field(default_factory=list, description="Passed to the job as env.args.")
+    parallelism: int | None = Field(default=None, ge=1, description="Default parallelism.")
+    config: dict[str, str] = Field(
+        default_factory=dict, description="Flink-style options, e.g. execution.checkpointing.interval."
+    )
+
+
+class JobSubmitted(_Model):
+    jobid: str
+
+
+class VertexInfo(_Model):
+    id: str
+    name: str
+    operators: list[str]
+    parallelism: int
+    status: str
+    records_in: int
+    records_out: int
+    backpressured_ms: int
+
+
+class JobDetails(_Model):
+    jid: str
+    name: str
+    state: JobStatus
+    start_time: int
+    end_time: int | None
+    duration_ms: int
+    restarts: int
+    attempt: int
+    restored_from: int | None = Field(description="Checkpoint id the current attempt restored.")
+    failure_cause: str | None
+    vertices: list[VertexInfo]
+
+
+class JobOverview(_Model):
+    jid: str
+    name: str
+    state: JobStatus
+    start_time: int
+    restarts: int
+
+
+class JobList(_Model):
+    jobs: list[JobOverview]
+
+
+class ClusterOverview(_Model):
+    taskmanagers: int
+    slots_total: int
+    slots_available: int
+    jobs_running: int
+    jobs_finished: int
+    jobs_failed: int
+    jobs_canceled: int
+    version: str
+
+
+class CheckpointEntry(_Model):
+    id: int
+    status: str
+    trigger_timestamp: int
+    duration_ms: float
+    bytes: int
+    alignment_ms: float
+    failure: str | None = None
+
+
+class CompletedCheckpointInfo(_Model):
+    id: int
+    path: str
+    trigger_timestamp: int
+    duration_ms: float
+    bytes: int
+    alignment_ms: float
+
+
+class CheckpointCounts(_Model):
+    completed: int
+    failed: int
+    in_progress: int
+
+
+class CheckpointingStatistics(_Model):
+    counts: CheckpointCounts
+    latest_completed: CompletedCheckpointInfo | None
+    history: list[CheckpointEntry]
+
+
+class ExceptionEntry(_Model):
+    timestamp: int
+    attempt: int
+    cause: str
+
+
+class JobExceptions(_Model):
+    root_exception: str | None
+    history: list[ExceptionEntry]

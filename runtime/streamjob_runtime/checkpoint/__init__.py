@@ -1,0 +1,1 @@
+"""Checkpoint coordination: pending and completed checkpoints, metadata, the store."""

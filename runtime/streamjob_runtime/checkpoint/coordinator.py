@@ -1,0 +1,267 @@
+"""CheckpointCoordinator: triggers checkpoints, collects acknowledgements, completes them.
+
+A checkpoint completes when every subtask acknowledged it and its
+``_metadata`` is written (last, atomically); only then are the tasks told
+(notify-complete, which commits sinks).  Checkpoints that expire, or that a
+task declines, fail; more than ``tolerable_failures`` failures in a row fail
+the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from streamjob_runtime import config, logs
+from streamjob_runtime.checkpoint import metadata, store
+from streamjob_runtime.rpc import messages
+from streamjob_runtime.state import storage
+
+log = logging.getLogger(__name__)
+
+TaskKey = tuple[str, int]
+
+
+class CheckpointGateway(Protocol):
+    """How the coordinator reaches the tasks of the current attempt."""
+
+    async def trigger(self, checkpoint_id: int, timestamp: int) -> None: ...
+
+    async def notify_complete(self, checkpoint_id: int) -> None: ...
+
+    async def abort(self, checkpoint_id: int) -> None: ...
+
+
+@dataclass
+class PendingCheckpoint:
+    checkpoint_id: int
+    timestamp: int
+    started: float
+    not_yet_acknowledged: set[TaskKey]
+    handles: list[messages.StateHandle] = field(default_factory=list)
+    bytes: int = 0
+    alignment_ms: float = 0.0
+    final: bool = False
+    done: asyncio.Future[store.CompletedCheckpoint | None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+@dataclass(frozen=True)
+class CheckpointStats:
+    checkpoint_id: int
+    status: str  # COMPLETED | FAILED | IN_PROGRESS
+    trigger_timestamp: int
+    duration_ms: float
+    bytes: int
+    alignment_ms: float
+    failure: str | None = None
+
+
+class CheckpointCoordinator:
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        job_dir: Path,
+        cfg: config.CheckpointConfig,
+        max_parallelism: int,
+        operator_parallelism: dict[str, int],
+        completed_store: store.CompletedCheckpointStore,
+        next_checkpoint_id: int,
+        fail_job: Callable[[str], Awaitable[None]],
+    ) -> None:
+        self.job_id = job_id
+        self.job_dir = job_dir
+        self.cfg = cfg
+        self.max_parallelism = max_parallelism
+        self.operator_parallelism = operator_parallelism
+        self.store = completed_store
+        self.next_id = next_checkpoint_id
+        self.fail_job = fail_job
+        self.pending: dict[int, PendingCheckpoint] = {}
+        self.history: deque[CheckpointStats] = deque(maxlen=20)
+        self.counts = {"completed": 0, "failed": 0}
+        self.consecutive_failures = 0
+        self.last_completion = 0.0
+        self.gateway: CheckpointGateway | None = None
+        self.tasks: set[TaskKey] = set()
+        self._periodic: asyncio.Task[None] | None = None
+        self._timeouts: set[asyncio.Task[None]] = set()
+
+    # -- attempt lifecycle -----------------------------------------------------------------
+
+    def start(self, gateway: CheckpointGateway, tasks: set[TaskKey]) -> None:
+        """All tasks of a new attempt run: start periodic checkpoints (if enabled)."""
+        self.gateway = gateway
+        self.tasks = tasks
+        if self.cfg.enabled and self._periodic is None:
+            self._periodic = asyncio.create_task(self._run_periodic())
+
+    async def stop(self, reason: str) -> None:
+        """The attempt ended: stop triggering and abort what is in flight."""
+        if self._periodic is not None:
+            self._periodic.cancel()
+            self._periodic = None
+        for checkpoint_id in list(self.pending):
+            await self._abort(checkpoint_id, reason, counts=False)
+        self.gateway = None
+
+    async def _run_periodic(self) -> None:
+        interval = self.cfg.interval_ms / 1000
+        await asyncio.sleep(interval)
+        while True:
+            try:
+                await self.trigger()
+            except Exception:  # a control loop never dies
+                log.exception("checkpoint_trigger_error")
+            await asyncio.sleep(self._next_delay(interval))
+
+    def _next_delay(self, interval: float) -> float:
+        pause = self.cfg.min_pause_ms / 1000
+        since = time.monotonic() - self.last_completion
+        return max(interval, pause - since, 0.01) if pause else interval
+
+    # -- triggering ----------------------------------------------------------------------
+
+    async def trigger(self, final: bool = False) -> PendingCheckpoint | None:
+        gateway = self.gateway
+        if gateway is None:
+            return None
+        if not final:
+            if len(self.pending) >= self.cfg.max_concurrent:
+                return None
+            if (time.monotonic() - self.last_completion) * 1000 < self.cfg.min_pause_ms:
+                return None
+        checkpoint_id = self.next_id
+        self.next_id += 1
+        pending = PendingCheckpoint(
+            checkpoint_id, logs.now_ms(), time.monotonic(), set(self.tasks), final=final
+        )
+        self.pending[checkpoint_id] = pending
+        timeout = asyncio.create_task(self._expire(checkpoint_id))
+        self._timeouts.add(timeout)
+        timeout.add_done_callback(self._timeouts.discard)
+        await gateway.trigger(checkpoint_id, pending.timestamp)
+        return pending
+
+    async def _expire(self, checkpoint_id: int) -> None:
+        await asyncio.sleep(self.cfg.timeout_ms / 1000)
+        if checkpoint_id in self.pending:
+            await self._abort(
+                checkpoint_id, f"expired after {self.cfg.timeout_ms} ms before all tasks acked"
+            )
+
+    # -- acknowledgements ------------------------------------------------------------------
+
+    async def receive_acknowledge(self, ack: messages.AcknowledgeCheckpoint) -> None:
+        pending = self.pending.get(ack.checkpoint_id)
+        if pending is None:
+            return  # late ack of an aborted checkpoint
+        pending.not_yet_acknowledged.discard((ack.vertex_id, ack.subtask))
+        pending.handles.extend(ack.handles)
+        pending.bytes += ack.bytes
+        pending.alignment_ms = max(pending.alignment_ms, ack.alignment_ms)
+        if not pending.not_yet_acknowledged:
+            await self._complete(pending)
+
+    async def receive_decline(self, decline: messages.DeclineCheckpoint) -> None:
+        if decline.checkpoint_id in self.pending:
+            await self._abort(
+                decline.checkpoint_id,
+                f"declined by {decline.vertex_id}[{decline.subtask}]: {decline.reason}",
+            )
+
+    async def _complete(self, pending: PendingCheckpoint) -> None:
+        directory = storage.checkpoint_dir(self.job_dir, pending.checkpoint_id)
+        operators: dict[str, list[messages.StateHandle]] = {}
+        for h in pending.handles:
+            operators.setdefault(h.uid, []).append(h)
+        meta = metadata.CheckpointMetadata(
+            version=metadata.FORMAT_VERSION,
+            job_id=self.job_id,
+            checkpoint_id=pending.checkpoint_id,
+            timestamp=pending.timestamp,
+            kind="checkpoint",
+            operators={
+                uid: metadata.OperatorState(p, self.max_parallelism, operators.get(uid, []))
+                for uid, p in self.operator_parallelism.items()
+            },
+        )
+        try:
+            await asyncio.to_thread(metadata.write, directory, meta)
+        except OSError as e:
+            await self._abort(pending.checkpoint_id, f"writing {directory}/_metadata failed: {e}")
+            return
+        del self.pending[pending.checkpoint_id]
+        duration_ms = (time.monotonic() - pending.started) * 1000
+        completed = store.CompletedCheckpoint(
+            pending.checkpoint_id, pending.timestamp, directory, duration_ms, pending.bytes,
+            pending.alignment_ms,
+        )
+        self.store.add(completed)
+        self.counts["completed"] += 1
+        self.consecutive_failures = 0
+        self.last_completion = time.monotonic()
+        self.history.append(
+            CheckpointStats(
+                pending.checkpoint_id, "COMPLETED", pending.timestamp, duration_ms, pending.bytes,
+                pending.alignment_ms,
+            )
+        )
+        logs.event(
+            log,
+            "checkpoint_completed",
+            job_id=self.job_id,
+            checkpoint_id=pending.checkpoint_id,
+            duration_ms=round(duration_ms, 1),
+            bytes=pending.bytes,
+            alignment_ms=round(pending.alignment_ms, 1),
+            final=pending.final,
+        )
+        # Older pending checkpoints are subsumed by this one.
+        for older in [cid for cid in self.pending if cid < pending.checkpoint_id]:
+            await self._abort(older, f"subsumed by checkpoint {pending.checkpoint_id}", counts=False)
+        pending.done.set_result(completed)
+        if self.gateway is not None and not pending.final:
+            await self.gateway.notify_complete(pending.checkpoint_id)
+
+    async def _abort(self, checkpoint_id: int, reason: str, counts: bool = True) -> None:
+        pending = self.pending.pop(checkpoint_id, None)
+        if pending is None:
+            return
+        storage.discard(storage.checkpoint_dir(self.job_dir, checkpoint_id))
+        self.history.append(
+            CheckpointStats(
+                checkpoint_id, "FAILED", pending.timestamp,
+                (time.monotonic() - pending.started) * 1000, pending.bytes, pending.alignment_ms,
+                reason,
+            )
+        )
+        if not pending.done.done():
+            pending.done.set_result(None)
+        logs.event(
+            log, "checkpoint_failed", logging.WARNING, job_id=self.job_id,
+            checkpoint_id=checkpoint_id, reason=reason,
+        )
+        if self.gateway is not None:
+            await self.gateway.abort(checkpoint_id)
+        if not counts:
+            return
+        self.counts["failed"] += 1
+        self.consecutive_failures += 1
+        if self.consecutive_failures > self.cfg.tolerable_failures:
+            self.consecutive_failures = 0
+            await self.fail_job(
+                f"checkpoint {checkpoint_id} failed ({reason}) and the tolerable failed"
+                f" checkpoint count ({self.cfg.tolerable_failures}) is exceeded"
+            )
+
+    def in_progress(self) -> int:
+        return len(self.pending)

@@ -1,0 +1,70 @@
+"""CompletedCheckpointStore: the retained completed checkpoints of one job."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from streamjob_runtime import logs
+from streamjob_runtime.checkpoint import metadata
+from streamjob_runtime.state import storage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CompletedCheckpoint:
+    checkpoint_id: int
+    timestamp: int
+    directory: Path
+    duration_ms: float
+    bytes: int
+    alignment_ms: float
+    kind: str = "checkpoint"
+
+
+class CompletedCheckpointStore:
+    """Keeps the newest ``retained`` checkpoints and discards older ones.
+
+    :meth:`latest_valid` re-reads ``_metadata`` from storage: a checkpoint
+    whose metadata is missing or corrupt is skipped, with a log line, for the
+    previous complete one.
+    """
+
+    def __init__(self, job_dir: Path, retained: int) -> None:
+        self.job_dir = job_dir
+        self.retained = retained
+        self.completed: list[CompletedCheckpoint] = []
+
+    def add(self, checkpoint: CompletedCheckpoint) -> None:
+        self.completed.append(checkpoint)
+        while len(self.completed) > self.retained:
+            self.completed.pop(0)
+        oldest = self.completed[0].checkpoint_id
+        for checkpoint_id in storage.checkpoint_ids(self.job_dir):
+            if checkpoint_id < oldest:
+                storage.discard(storage.checkpoint_dir(self.job_dir, checkpoint_id))
+
+    def latest(self) -> CompletedCheckpoint | None:
+        return self.completed[-1] if self.completed else None
+
+    def latest_valid(self) -> tuple[Path, metadata.CheckpointMetadata] | None:
+        for checkpoint_id in reversed(storage.checkpoint_ids(self.job_dir)):
+            directory = storage.checkpoint_dir(self.job_dir, checkpoint_id)
+            try:
+                return directory, metadata.read(directory)
+            except metadata.CorruptCheckpointError as e:
+                logs.event(
+                    log,
+                    "checkpoint_skipped",
+                    logging.WARNING,
+                    checkpoint_id=checkpoint_id,
+                    reason=str(e),
+                    action="trying the previous checkpoint",
+                )
+        return None
+
+    def max_id(self) -> int:
+        ids = storage.checkpoint_ids(self.job_dir)
+        return ids[-1] if ids else 0

@@ -1,0 +1,258 @@
+"""Job and cluster settings.
+
+Settings are frozen msgspec structs: they travel from the client to the
+JobManager and on to every TaskManager inside deployment messages, so they must
+be plain data.  Names follow Flink's options where the concept is Flink's
+(``execution.checkpointing.interval`` is :attr:`CheckpointConfig.interval_ms`).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+
+import msgspec
+
+
+class ConfigError(ValueError):
+    """A setting is invalid; the message says which one and what to use instead."""
+
+
+class CheckpointingMode(enum.StrEnum):
+    EXACTLY_ONCE = "exactly-once"
+    AT_LEAST_ONCE = "at-least-once"
+
+
+class CheckpointConfig(msgspec.Struct, frozen=True):
+    """Flink's ``execution.checkpointing.*`` options."""
+
+    interval_ms: int = 0  # 0 disables periodic checkpoints
+    mode: CheckpointingMode = CheckpointingMode.EXACTLY_ONCE
+    timeout_ms: int = 600_000
+    min_pause_ms: int = 0
+    max_concurrent: int = 1
+    tolerable_failures: int = 0
+    retained: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.interval_ms > 0
+
+    def validate(self) -> None:
+        if self.interval_ms < 0:
+            raise ConfigError("checkpoint interval must be >= 0 ms (0 disables checkpoints)")
+        if self.interval_ms and self.interval_ms < 10:
+            raise ConfigError("checkpoint interval must be at least 10 ms")
+        if self.timeout_ms <= 0:
+            raise ConfigError("checkpoint timeout must be > 0 ms")
+        if self.min_pause_ms < 0:
+            raise ConfigError("checkpoint min pause must be >= 0 ms")
+        if self.max_concurrent < 1:
+            raise ConfigError("max concurrent checkpoints must be >= 1")
+        if self.tolerable_failures < 0:
+            raise ConfigError("tolerable checkpoint failures must be >= 0")
+        if self.retained < 1:
+            raise ConfigError("retained checkpoints must be >= 1")
+
+
+class RestartStrategyKind(enum.StrEnum):
+    NONE = "none"
+    FIXED_DELAY = "fixed-delay"
+    FAILURE_RATE = "failure-rate"
+    EXPONENTIAL_DELAY = "exponential-delay"
+
+
+class RestartStrategyConfig(msgspec.Struct, frozen=True):
+    """Flink's ``restart-strategy.*`` options; ``kind=None`` means the default.
+
+    The default is ``fixed-delay`` with unlimited attempts and a 1 s delay when
+    checkpointing is on, and ``none`` when it is off (as in Flink).
+    """
+
+    kind: RestartStrategyKind | None = None
+    attempts: int = 2_147_483_647  # fixed-delay
+    delay_ms: int = 1_000  # fixed-delay, failure-rate
+    max_failures_per_interval: int = 1  # failure-rate
+    failure_rate_interval_ms: int = 60_000  # failure-rate
+    initial_backoff_ms: int = 1_000  # exponential-delay
+    max_backoff_ms: int = 60_000  # exponential-delay
+    backoff_multiplier: float = 1.5  # exponential-delay
+    reset_backoff_threshold_ms: int = 3_600_000  # exponential-delay
+    jitter_factor: float = 0.1  # exponential-delay
+
+    def validate(self) -> None:
+        if self.attempts < 0:
+            raise ConfigError("restart attempts must be >= 0")
+        if self.delay_ms < 0 or self.initial_backoff_ms < 0:
+            raise ConfigError("restart delays must be >= 0 ms")
+        if self.max_failures_per_interval < 1:
+            raise ConfigError("failure-rate max failures per interval must be >= 1")
+        if self.failure_rate_interval_ms <= 0:
+            raise ConfigError("failure-rate interval must be > 0 ms")
+        if self.backoff_multiplier < 1.0:
+            raise ConfigError("exponential-delay backoff multiplier must be >= 1.0")
+        if self.max_backoff_ms < self.initial_backoff_ms:
+            raise ConfigError("exponential-delay max backoff must be >= initial backoff")
+        if not 0.0 <= self.jitter_factor <= 1.0:
+            raise ConfigError("exponential-delay jitter factor must be within [0, 1]")
+
+
+class JobConfig(msgspec.Struct, frozen=True):
+    """Everything that shapes one job's execution."""
+
+    name: str = "job"
+    parallelism: int = 1
+    max_parallelism: int = 128
+    checkpointing: CheckpointConfig = CheckpointConfig()
+    restart_strategy: RestartStrategyConfig = RestartStrategyConfig()
+    batch_size: int = 1024  # records per network batch
+    channel_capacity: int = 8  # batches buffered per input channel
+
+    def validate(self) -> None:
+        if self.parallelism < 1:
+            raise ConfigError(f"parallelism must be >= 1, got {self.parallelism}")
+        if not 1 <= self.max_parallelism <= 32_768:
+            raise ConfigError(
+                f"max parallelism must be within [1, 32768], got {self.max_parallelism}"
+            )
+        if self.parallelism > self.max_parallelism:
+            raise ConfigError(
+                f"parallelism {self.parallelism} exceeds max parallelism {self.max_parallelism};"
+                " raise max parallelism or lower parallelism"
+            )
+        if self.batch_size < 1 or self.channel_capacity < 1:
+            raise ConfigError("batch size and channel capacity must be >= 1")
+        self.checkpointing.validate()
+        self.restart_strategy.validate()
+
+
+# Flink-style option keys accepted by ``-D key=value`` on the CLI and by the
+# REST submission's ``config`` map.
+_OPTIONS: dict[str, tuple[str | None, str, type]] = {
+    "pipeline.name": (None, "name", str),
+    "parallelism.default": (None, "parallelism", int),
+    "pipeline.max-parallelism": (None, "max_parallelism", int),
+    "execution.batch-size": (None, "batch_size", int),
+    "execution.channel-capacity": (None, "channel_capacity", int),
+    "execution.checkpointing.interval": ("checkpointing", "interval_ms", int),
+    "execution.checkpointing.mode": ("checkpointing", "mode", CheckpointingMode),
+    "execution.checkpointing.timeout": ("checkpointing", "timeout_ms", int),
+    "execution.checkpointing.min-pause": ("checkpointing", "min_pause_ms", int),
+    "execution.checkpointing.max-concurrent-checkpoints": ("checkpointing", "max_concurrent", int),
+    "execution.checkpointing.tolerable-failed-checkpoints": (
+        "checkpointing",
+        "tolerable_failures",
+        int,
+    ),
+    "state.checkpoints.num-retained": ("checkpointing", "retained", int),
+    "restart-strategy.type": ("restart_strategy", "kind", RestartStrategyKind),
+    "restart-strategy.fixed-delay.attempts": ("restart_strategy", "attempts", int),
+    "restart-strategy.fixed-delay.delay": ("restart_strategy", "delay_ms", int),
+    "restart-strategy.failure-rate.delay": ("restart_strategy", "delay_ms", int),
+    "restart-strategy.failure-rate.max-failures-per-interval": (
+        "restart_strategy",
+        "max_failures_per_interval",
+        int,
+    ),
+    "restart-strategy.failure-rate.failure-rate-interval": (
+        "restart_strategy",
+        "failure_rate_interval_ms",
+        int,
+    ),
+    "restart-strategy.exponential-delay.initial-backoff": (
+        "restart_strategy",
+        "initial_backoff_ms",
+        int,
+    ),
+    "restart-strategy.exponential-delay.max-backoff": ("restart_strategy", "max_backoff_ms", int),
+    "restart-strategy.exponential-delay.backoff-multiplier": (
+        "restart_strategy",
+        "backoff_multiplier",
+        float,
+    ),
+    "restart-strategy.exponential-delay.jitter-factor": ("restart_strategy", "jitter_factor", float),
+}
+
+
+def option_keys() -> list[str]:
+    return sorted(_OPTIONS)
+
+
+def apply_options(config: JobConfig, options: Mapping[str, str]) -> JobConfig:
+    """Return ``config`` with Flink-style ``key=value`` options applied.
+
+    Durations are milliseconds.  Unknown keys and unparsable values raise
+    :class:`ConfigError` naming the key and the accepted form.
+    """
+    for key, raw in options.items():
+        try:
+            section, field, kind = _OPTIONS[key]
+        except KeyError:
+            raise ConfigError(
+                f"unknown option {key!r}; known options: {', '.join(option_keys())}"
+            ) from None
+        try:
+            value = kind(raw)
+        except ValueError:
+            hint = f"one of {[m.value for m in kind]}" if issubclass(kind, enum.Enum) else kind.__name__
+            raise ConfigError(f"option {key}={raw!r} is invalid: expected {hint}") from None
+        if section is None:
+            config = msgspec.structs.replace(config, **{field: value})
+        else:
+            inner = msgspec.structs.replace(getattr(config, section), **{field: value})
+            config = msgspec.structs.replace(config, **{section: inner})
+    return config
+
+
+class ClusterConfig(msgspec.Struct, frozen=True):
+    """JobManager process settings (Flink's ``heartbeat.*``, ``state.checkpoints.dir``)."""
+
+    checkpoint_dir: str
+    heartbeat_interval_ms: int = 10_000
+    heartbeat_timeout_ms: int = 50_000
+    slot_request_timeout_ms: int = 300_000
+
+    def validate(self) -> None:
+        if self.heartbeat_interval_ms <= 0:
+            raise ConfigError("heartbeat interval must be > 0 ms")
+        if self.heartbeat_timeout_ms <= self.heartbeat_interval_ms:
+            raise ConfigError(
+                f"heartbeat timeout ({self.heartbeat_timeout_ms} ms) must exceed the heartbeat"
+                f" interval ({self.heartbeat_interval_ms} ms)"
+            )
+        if self.slot_request_timeout_ms <= 0:
+            raise ConfigError("slot request timeout must be > 0 ms")
+
+
+def fixed_delay(attempts: int, delay_ms: int) -> RestartStrategyConfig:
+    return RestartStrategyConfig(RestartStrategyKind.FIXED_DELAY, attempts=attempts, delay_ms=delay_ms)
+
+
+def failure_rate(max_failures: int, interval_ms: int, delay_ms: int) -> RestartStrategyConfig:
+    return RestartStrategyConfig(
+        RestartStrategyKind.FAILURE_RATE,
+        max_failures_per_interval=max_failures,
+        failure_rate_interval_ms=interval_ms,
+        delay_ms=delay_ms,
+    )
+
+
+def exponential_delay(
+    initial_backoff_ms: int,
+    max_backoff_ms: int,
+    multiplier: float = 1.5,
+    reset_threshold_ms: int = 3_600_000,
+    jitter_factor: float = 0.1,
+) -> RestartStrategyConfig:
+    return RestartStrategyConfig(
+        RestartStrategyKind.EXPONENTIAL_DELAY,
+        initial_backoff_ms=initial_backoff_ms,
+        max_backoff_ms=max_backoff_ms,
+        backoff_multiplier=multiplier,
+        reset_backoff_threshold_ms=reset_threshold_ms,
+        jitter_factor=jitter_factor,
+    )
+
+
+def no_restart() -> RestartStrategyConfig:
+    return RestartStrategyConfig(RestartStrategyKind.NONE)

@@ -1,0 +1,114 @@
+"""User function types: what a job's ``build`` passes to the DataStream API."""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from streamjob_runtime.state import heap
+
+IN = TypeVar("IN")
+OUT = TypeVar("OUT")
+ACC = TypeVar("ACC")
+
+KeySelector = Callable[[Any], Any]
+
+
+class AggregateFunction(abc.ABC, Generic[IN, ACC, OUT]):
+    """Flink's ``AggregateFunction``: incremental aggregation into an accumulator."""
+
+    @abc.abstractmethod
+    def create_accumulator(self) -> ACC: ...
+
+    @abc.abstractmethod
+    def add(self, value: IN, accumulator: ACC) -> ACC: ...
+
+    @abc.abstractmethod
+    def get_result(self, accumulator: ACC) -> OUT: ...
+
+
+@dataclass(frozen=True)
+class TimeWindow:
+    """``[start, end)`` in event-time milliseconds."""
+
+    start: int
+    end: int
+
+    def max_timestamp(self) -> int:
+        return self.end - 1
+
+
+class TimerService:
+    """What a keyed process function sees of time (Flink's ``TimerService``)."""
+
+    def __init__(
+        self,
+        backend: heap.KeyedStateBackend,
+        event_timers: heap.TimerQueue,
+        processing_timers: heap.TimerQueue,
+    ) -> None:
+        self._backend = backend
+        self._event = event_timers
+        self._processing = processing_timers
+        self.watermark = -(2**63)
+
+    def current_watermark(self) -> int:
+        return self.watermark
+
+    def current_processing_time(self) -> int:
+        return int(time.time() * 1000)
+
+    def register_event_time_timer(self, timestamp: int) -> None:
+        self._event.register(self._backend.current_key, timestamp)
+
+    def delete_event_time_timer(self, timestamp: int) -> None:
+        self._event.delete(self._backend.current_key, timestamp)
+
+    def register_processing_time_timer(self, timestamp: int) -> None:
+        self._processing.register(self._backend.current_key, timestamp)
+
+    def delete_processing_time_timer(self, timestamp: int) -> None:
+        self._processing.delete(self._backend.current_key, timestamp)
+
+
+class KeyedContext:
+    """Passed to :class:`KeyedProcessFunction` calls: current key, time, state."""
+
+    def __init__(self, backend: heap.KeyedStateBackend, timers: TimerService) -> None:
+        self._backend = backend
+        self.timer_service = timers
+        self.timestamp: int | None = None
+
+    @property
+    def current_key(self) -> Any:
+        return self._backend.current_key
+
+    def value_state(self, name: str, default: Any = None) -> heap.ValueState[Any]:
+        return heap.ValueState(self._backend, name, default)
+
+    def list_state(self, name: str) -> heap.ListState[Any]:
+        return heap.ListState(self._backend, name)
+
+    def map_state(self, name: str) -> heap.MapState[Any, Any]:
+        return heap.MapState(self._backend, name)
+
+
+class KeyedProcessFunction(abc.ABC):
+    """Flink's ``KeyedProcessFunction``.
+
+    ``open`` receives the context once, to create state views; ``process_element``
+    and ``on_timer`` return (or yield) the records to emit.  State must be
+    picklable: it is serialised at every checkpoint.
+    """
+
+    def open(self, ctx: KeyedContext) -> None:  # noqa: B027 - optional hook
+        """Create state views here."""
+
+    @abc.abstractmethod
+    def process_element(self, value: Any, ctx: KeyedContext) -> Iterable[Any] | None: ...
+
+    def on_timer(self, timestamp: int, ctx: KeyedContext) -> Iterable[Any] | None:
+        return None

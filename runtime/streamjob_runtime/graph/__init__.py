@@ -1,0 +1,1 @@
+"""Job graph: transformations, chaining, partitioning and key groups."""

@@ -1,0 +1,1 @@
+"""JobManager: schedules jobs on TaskManagers, coordinates checkpoints, recovers failures."""

@@ -1,0 +1,382 @@
+"""JobMaster: runs one job through attempts, failover and restarts.
+
+Each attempt allocates slots, deploys every subtask, and ends in one outcome:
+finished (input ended everywhere and the final checkpoint completed), failed
+(a task failed, a TaskManager was lost, or checkpoints failed beyond the
+tolerance) or canceled.  After a failure the restart strategy decides; a
+restart restores every task from the latest completed checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from streamjob_runtime import config, logs
+from streamjob_runtime.api import models
+from streamjob_runtime.checkpoint import coordinator, metadata, store
+from streamjob_runtime.graph import jobgraph
+from streamjob_runtime.jobmanager import resources, restart
+from streamjob_runtime.rpc import messages
+
+log = logging.getLogger(__name__)
+
+TaskKey = tuple[str, int]
+CANCEL_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: str  # finished | failed | canceled
+    cause: str | None = None
+    unrecoverable: bool = False
+
+
+class _Gateway:
+    def __init__(self, master: JobMaster, attempt: int) -> None:
+        self.master = master
+        self.attempt = attempt
+
+    async def trigger(self, checkpoint_id: int, timestamp: int) -> None:
+        m = self.master
+        msg = messages.TriggerCheckpoint(m.job_id, self.attempt, checkpoint_id, timestamp)
+        for tm_id in m.source_taskmanagers():
+            await m.rm.send(tm_id, msg)
+
+    async def notify_complete(self, checkpoint_id: int) -> None:
+        m = self.master
+        msg = messages.NotifyCheckpointComplete(m.job_id, self.attempt, checkpoint_id)
+        for tm_id in m.attempt_taskmanagers():
+            await m.rm.send(tm_id, msg)
+
+    async def abort(self, checkpoint_id: int) -> None:
+        m = self.master
+        msg = messages.AbortCheckpoint(m.job_id, self.attempt, checkpoint_id)
+        for tm_id in m.attempt_taskmanagers():
+            await m.rm.send(tm_id, msg)
+
+
+class JobMaster:
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        submission: models.JobSubmission,
+        job_config: config.JobConfig,
+        graph: jobgraph.JobGraph,
+        cluster: config.ClusterConfig,
+        rm: resources.ResourceManager,
+    ) -> None:
+        self.job_id = job_id
+        self.submission = submission
+        self.config = job_config
+        self.graph = graph
+        self.cluster = cluster
+        self.rm = rm
+        self.state = models.JobStatus.CREATED
+        self.start_time = logs.now_ms()
+        self.end_time: int | None = None
+        self.attempt = 0
+        self.restarts = 0
+        self.restored_from: int | None = None
+        self.exceptions: list[models.ExceptionEntry] = []
+        self.failure_cause: str | None = None
+        self.job_dir = Path(cluster.checkpoint_dir) / job_id
+        self.strategy = restart.create(job_config.restart_strategy, job_config.checkpointing.enabled)
+        self.store = store.CompletedCheckpointStore(self.job_dir, job_config.checkpointing.retained)
+        self.coordinator = coordinator.CheckpointCoordinator(
+            job_id=job_id,
+            job_dir=self.job_dir,
+            cfg=job_config.checkpointing,
+            max_parallelism=job_config.max_parallelism,
+            operator_parallelism=graph.operator_parallelism(),
+            completed_store=self.store,
+            next_checkpoint_id=self.store.max_id() + 1,
+            fail_job=self.fail,
+        )
+        self.placements: dict[TaskKey, str] = {}
+        self.task_states: dict[TaskKey, str] = {}
+        self.metrics: dict[TaskKey, messages.TaskMetrics] = {}
+        self._outcome: asyncio.Future[Outcome] | None = None
+        self._cancel_requested = asyncio.Event()
+        self._canceled_acks: dict[str, asyncio.Future[None]] = {}
+        self._finishing: asyncio.Task[None] | None = None
+        self._main: asyncio.Task[None] | None = None
+        self.done = asyncio.Event()
+
+    # -- views ---------------------------------------------------------------------------
+
+    def attempt_taskmanagers(self) -> set[str]:
+        return set(self.placements.values())
+
+    def source_taskmanagers(self) -> set[str]:
+        return {tm for (v, _), tm in self.placements.items() if self.graph.vertex(v).is_source}
+
+    def _transition(self, state: models.JobStatus, **fields: object) -> None:
+        if state is self.state:
+            return
+        logs.event(log, "job_status_changed", job_id=self.job_id, previous=self.state.value,
+                   state=state.value, **fields)
+        self.state = state
+        if state.terminal:
+            self.end_time = logs.now_ms()
+            self.done.set()
+
+    # -- main loop -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._main = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        try:
+            await self._run_attempts()
+        except Exception as e:  # the job master must end in a terminal state, not vanish
+            log.exception("jobmaster_crashed")
+            self.failure_cause = f"internal error in the JobManager: {type(e).__name__}: {e}"
+            self._transition(models.JobStatus.FAILED, cause=self.failure_cause)
+
+    async def _run_attempts(self) -> None:
+        while True:
+            outcome = await self._run_attempt()
+            if outcome.kind == "finished":
+                self._transition(models.JobStatus.FINISHED)
+                return
+            if outcome.kind == "canceled":
+                self._transition(models.JobStatus.CANCELED)
+                return
+            cause = outcome.cause or "unknown failure"
+            self.exceptions.append(models.ExceptionEntry(
+                timestamp=logs.now_ms(), attempt=self.attempt, cause=cause))
+            self.strategy.notify_failure(logs.now_ms())
+            if outcome.unrecoverable or not self.strategy.can_restart():
+                why = (
+                    "the failure is not recoverable by a restart"
+                    if outcome.unrecoverable
+                    else f"restart strategy {self.strategy.description} is exhausted"
+                )
+                self.failure_cause = cause
+                self._transition(models.JobStatus.FAILED, cause=cause.splitlines()[0], reason=why)
+                return
+            delay_ms = self.strategy.backoff_ms()
+            self._transition(models.JobStatus.RESTARTING)
+            logs.event(log, "restart_scheduled", job_id=self.job_id, delay_ms=delay_ms,
+                       next_attempt=self.attempt + 1, strategy=self.strategy.description,
+                       cause=cause.splitlines()[0])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._cancel_requested.wait(), delay_ms / 1000)
+            if self._cancel_requested.is_set():
+                self._transition(models.JobStatus.CANCELED)
+                return
+            self.restarts += 1
+
+    async def _run_attempt(self) -> Outcome:
+        self.attempt += 1
+        loop = asyncio.get_running_loop()
+        self._outcome = outcome_future = loop.create_future()
+        if self._cancel_requested.is_set():
+            return Outcome("canceled")
+        restore = await asyncio.to_thread(self.store.latest_valid)
+        try:
+            slots = await self.rm.allocate(
+                self.job_id, self.graph.slots_needed, self.cluster.slot_request_timeout_ms / 1000
+            )
+        except resources.SlotTimeoutError as e:
+            return Outcome("failed", str(e))
+        self._deploy(slots, restore)
+        try:
+            outcome = await outcome_future
+        finally:
+            await self.coordinator.stop(f"attempt {self.attempt} ended")
+        if outcome.kind != "finished":
+            await self._cancel_tasks()
+        await self.rm.release(self.job_id)
+        self.placements = {}
+        return outcome
+
+    def _deploy(
+        self,
+        slots: list[resources.Slot],
+        restore: tuple[Path, metadata.CheckpointMetadata] | None,
+    ) -> None:
+        self.placements = {}
+        placements: list[messages.SubtaskPlacement] = []
+        for vertex in self.graph.vertices:
+            for i in range(vertex.parallelism):
+                tm = slots[i].taskmanager
+                self.placements[(vertex.id, i)] = tm.tm_id
+                placements.append(
+                    messages.SubtaskPlacement(vertex.id, i, tm.tm_id, tm.host, tm.data_port)
+                )
+        self.task_states = dict.fromkeys(self.placements, "DEPLOYING")
+        self.metrics = {}
+        spec = None
+        self.restored_from = None
+        if restore is not None:
+            directory, meta = restore
+            spec = messages.RestoreSpec(
+                meta.checkpoint_id,
+                meta.job_id,
+                str(directory),
+                {uid: (op.parallelism, op.handles) for uid, op in meta.operators.items()},
+            )
+            self.restored_from = meta.checkpoint_id
+            logs.event(log, "restoring_from_checkpoint", job_id=self.job_id,
+                       checkpoint_id=meta.checkpoint_id, attempt=self.attempt, path=str(directory))
+        message = messages.DeployTasks(
+            job_id=self.job_id,
+            attempt=self.attempt,
+            entrypoint=self.submission.entrypoint,
+            args=self.submission.args,
+            config=self.config,
+            plan=self.graph.plan(),
+            placements=placements,
+            checkpoint_dir=str(self.job_dir),
+            restore=spec,
+        )
+        logs.event(log, "job_deploying", job_id=self.job_id, attempt=self.attempt,
+                   tasks=len(placements), taskmanagers=sorted(self.attempt_taskmanagers()))
+        for tm_id in self.attempt_taskmanagers():
+            asyncio.create_task(self._send_or_fail(tm_id, message))
+
+    async def _send_or_fail(self, tm_id: str, message: messages.Message) -> None:
+        if not await self.rm.send(tm_id, message):
+            await self.fail(f"TaskManager {tm_id} is unreachable")
+
+    async def _cancel_tasks(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._canceled_acks = {}
+        for tm_id in self.attempt_taskmanagers():
+            if tm_id in self.rm.taskmanagers:
+                self._canceled_acks[tm_id] = loop.create_future()
+                await self.rm.send(tm_id, messages.CancelTasks(self.job_id, self.attempt))
+        if self._canceled_acks:
+            await asyncio.wait(list(self._canceled_acks.values()), timeout=CANCEL_TIMEOUT_S)
+        self._canceled_acks = {}
+
+    # -- events --------------------------------------------------------------------------
+
+    async def fail(self, cause: str, unrecoverable: bool = False) -> None:
+        if self._outcome is not None and not self._outcome.done():
+            logs.event(log, "job_failing", logging.WARNING, job_id=self.job_id,
+                       attempt=self.attempt, cause=cause.splitlines()[0])
+            self._outcome.set_result(Outcome("failed", cause, unrecoverable))
+
+    async def cancel(self) -> None:
+        if self.state.terminal:
+            return
+        self._cancel_requested.set()
+        self._transition(models.JobStatus.CANCELLING)
+        if self._outcome is not None and not self._outcome.done():
+            self._outcome.set_result(Outcome("canceled"))
+
+    async def on_taskmanager_lost(self, tm_id: str, reason: str) -> None:
+        ack = self._canceled_acks.get(tm_id)
+        if ack is not None and not ack.done():
+            ack.set_result(None)
+        if tm_id in self.attempt_taskmanagers():
+            await self.fail(f"TaskManager {tm_id} was lost: {reason}")
+
+    def on_tasks_canceled(self, tm_id: str, msg: messages.TasksCanceled) -> None:
+        ack = self._canceled_acks.get(tm_id)
+        if msg.attempt == self.attempt and ack is not None and not ack.done():
+            ack.set_result(None)
+
+    def on_metrics(self, metrics: list[messages.TaskMetrics]) -> None:
+        for m in metrics:
+            if m.job_id == self.job_id and m.attempt == self.attempt:
+                self.metrics[(m.vertex_id, m.subtask)] = m
+
+    async def on_task_state(self, msg: messages.TaskStateChanged) -> None:
+        if msg.attempt != self.attempt or (msg.vertex_id, msg.subtask) not in self.task_states:
+            return
+        self.task_states[(msg.vertex_id, msg.subtask)] = msg.state
+        states = set(self.task_states.values())
+        if msg.state == "FAILED":
+            await self.fail(msg.cause or "task failed", msg.unrecoverable)
+        elif msg.state == "RUNNING" and states <= {"RUNNING", "INPUT_ENDED"}:
+            if self.state is not models.JobStatus.RUNNING:
+                self._transition(models.JobStatus.RUNNING, attempt=self.attempt)
+                self.coordinator.start(_Gateway(self, self.attempt), set(self.task_states))
+        elif msg.state == "INPUT_ENDED" and states == {"INPUT_ENDED"}:
+            self.coordinator.start(_Gateway(self, self.attempt), set(self.task_states))
+            self._finishing = asyncio.create_task(self._final_checkpoint(self.attempt))
+        elif msg.state == "FINISHED" and states == {"FINISHED"}:
+            if self._outcome is not None and not self._outcome.done():
+                self._outcome.set_result(Outcome("finished"))
+
+    async def _final_checkpoint(self, attempt: int) -> None:
+        """Input ended everywhere: one last checkpoint commits the sinks' last data."""
+        pending = await self.coordinator.trigger(final=True)
+        if pending is None:
+            return
+        completed = await pending.done
+        if attempt != self.attempt:
+            return
+        if completed is None:
+            await self.fail("the final checkpoint failed; the job restarts to finish again")
+            return
+        message = messages.FinishTasks(self.job_id, attempt, completed.checkpoint_id)
+        for tm_id in self.attempt_taskmanagers():
+            await self.rm.send(tm_id, message)
+
+    async def on_acknowledge(self, msg: messages.AcknowledgeCheckpoint) -> None:
+        if msg.attempt == self.attempt:
+            await self.coordinator.receive_acknowledge(msg)
+
+    async def on_decline(self, msg: messages.DeclineCheckpoint) -> None:
+        if msg.attempt == self.attempt:
+            await self.coordinator.receive_decline(msg)
+
+    # -- REST views ----------------------------------------------------------------------
+
+    def details(self) -> models.JobDetails:
+        vertices = []
+        for v in self.graph.vertices:
+            subtasks = [(v.id, i) for i in range(v.parallelism)]
+            states = {self.task_states.get(k, "CREATED") for k in subtasks}
+            status = states.pop() if len(states) == 1 else "MIXED"
+            ms = [self.metrics[k] for k in subtasks if k in self.metrics]
+            vertices.append(models.VertexInfo(
+                id=v.id, name=" -> ".join(t.name for t in v.operators),
+                operators=[t.uid for t in v.operators], parallelism=v.parallelism,
+                status=status if not self.state.terminal else self.state.value,
+                records_in=sum(m.records_in for m in ms), records_out=sum(m.records_out for m in ms),
+                backpressured_ms=sum(m.backpressured_ms for m in ms),
+            ))
+        end = self.end_time or logs.now_ms()
+        return models.JobDetails(
+            jid=self.job_id, name=self.config.name, state=self.state, start_time=self.start_time,
+            end_time=self.end_time, duration_ms=end - self.start_time, restarts=self.restarts,
+            attempt=self.attempt, restored_from=self.restored_from,
+            failure_cause=self.failure_cause, vertices=vertices,
+        )
+
+    def overview(self) -> models.JobOverview:
+        return models.JobOverview(jid=self.job_id, name=self.config.name, state=self.state,
+                                  start_time=self.start_time, restarts=self.restarts)
+
+    def checkpoint_statistics(self) -> models.CheckpointingStatistics:
+        c = self.coordinator
+        latest = self.store.latest()
+        return models.CheckpointingStatistics(
+            counts=models.CheckpointCounts(completed=c.counts["completed"], failed=c.counts["failed"],
+                                           in_progress=c.in_progress()),
+            latest_completed=None if latest is None else models.CompletedCheckpointInfo(
+                id=latest.checkpoint_id, path=str(latest.directory),
+                trigger_timestamp=latest.timestamp, duration_ms=latest.duration_ms,
+                bytes=latest.bytes, alignment_ms=latest.alignment_ms),
+            history=[models.CheckpointEntry(
+                id=h.checkpoint_id, status=h.status, trigger_timestamp=h.trigger_timestamp,
+                duration_ms=h.duration_ms, bytes=h.bytes, alignment_ms=h.alignment_ms,
+                failure=h.failure) for h in reversed(c.history)],
+        )
+
+    def exception_history(self) -> models.JobExceptions:
+        return models.JobExceptions(
+            root_exception=self.exceptions[-1].cause if self.exceptions else None,
+            history=list(reversed(self.exceptions)),
+        )
+

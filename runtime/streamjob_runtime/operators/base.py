@@ -1,0 +1,121 @@
+"""The contract between a task and the operators of its chain.
+
+Records move in batches: ``values`` is a list of records and ``timestamps`` is
+``None`` (no event time) or a list of the same length.  An operator pushes its
+results synchronously into its :class:`Output`; the task awaits the network
+only between input batches, which is where back-pressure applies.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from streamjob_runtime.graph import keygroups
+
+MIN_WATERMARK = -(2**63)
+MAX_WATERMARK = 2**63 - 1
+
+Batch = list[Any]
+Timestamps = list[int] | None
+
+
+class Output(Protocol):
+    def emit(self, values: Batch, timestamps: Timestamps) -> None: ...
+
+    def emit_watermark(self, watermark: int) -> None: ...
+
+
+class UnrecoverableError(RuntimeError):
+    """A failure that a restart cannot fix (bad user code or unpicklable state).
+
+    The JobManager fails the job at once instead of restarting it.
+    """
+
+
+@dataclass(frozen=True)
+class OperatorContext:
+    uid: str
+    subtask_index: int
+    parallelism: int
+    max_parallelism: int
+    attempt: int
+    job_id: str
+
+    @property
+    def key_group_range(self) -> keygroups.KeyGroupRange:
+        return keygroups.KeyGroupRange.for_subtask(
+            self.subtask_index, self.max_parallelism, self.parallelism
+        )
+
+
+@dataclass
+class OperatorSnapshot:
+    """What one operator subtask returns at a checkpoint barrier.
+
+    ``keyed``: state name -> {record key -> value}; redistributed by key group.
+    ``operator``: a list of items redistributed by the operator itself on a
+    restore at another parallelism (source splits, sink committables).
+    """
+
+    keyed: dict[str, dict[Any, Any]] = field(default_factory=dict)
+    operator: list[Any] = field(default_factory=list)
+
+    def is_empty(self) -> bool:
+        return not self.keyed and not self.operator
+
+
+@dataclass
+class RestoredState:
+    """State handed to an operator subtask on restore.
+
+    ``keyed`` holds only keys of this subtask's key groups.  ``operator`` holds
+    the operator lists of *every* former subtask, ordered by former index; the
+    operator picks its share (see :meth:`StreamOperator.initialize_state`).
+    """
+
+    checkpoint_id: int
+    job_id: str
+    keyed: dict[str, dict[Any, Any]]
+    operator: list[list[Any]]
+    former_parallelism: int
+
+
+class StreamOperator(abc.ABC):
+    """One operator of a chain.  Never blocks: the task's event loop runs it."""
+
+    ctx: OperatorContext
+    output: Output
+
+    def setup(self, ctx: OperatorContext, output: Output) -> None:
+        self.ctx = ctx
+        self.output = output
+
+    def initialize_state(self, restored: RestoredState | None) -> None:
+        """Called once before the first record, with the state to restore, if any."""
+
+    def open(self) -> None:
+        """Called after :meth:`initialize_state`."""
+
+    @abc.abstractmethod
+    def process_batch(self, values: Batch, timestamps: Timestamps) -> None: ...
+
+    def process_watermark(self, watermark: int) -> None:
+        self.output.emit_watermark(watermark)
+
+    def on_processing_time(self, now_ms: int) -> None:
+        """Called regularly by the task: fire processing-time timers due by ``now_ms``."""
+
+    def end_input(self) -> None:
+        """All input is consumed (bounded input or drain): flush what is pending."""
+
+    def snapshot_state(self, checkpoint_id: int) -> OperatorSnapshot:
+        """Synchronous part of a checkpoint: a consistent copy of this operator's state."""
+        return OperatorSnapshot()
+
+    def notify_checkpoint_complete(self, checkpoint_id: int) -> None:
+        """Checkpoint ``checkpoint_id`` is durable: commit what it covers."""
+
+    def close(self) -> None:
+        """Release resources; called on finish and on cancellation."""

@@ -1,0 +1,140 @@
+"""Keyed operators over the ``hashmap`` state backend: reduce, aggregate, process."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from streamjob_runtime import functions
+from streamjob_runtime.operators import base
+from streamjob_runtime.state import heap
+
+_MISSING = object()
+
+
+class KeyedOperator(base.StreamOperator):
+    """Base for operators whose input is partitioned by ``key_selector``."""
+
+    def __init__(self, key_selector: functions.KeySelector) -> None:
+        self.key_selector = key_selector
+        self.backend = heap.KeyedStateBackend()
+
+    def initialize_state(self, restored: base.RestoredState | None) -> None:
+        if restored is not None:
+            self.backend.restore(restored.keyed)
+
+    def snapshot_state(self, checkpoint_id: int) -> base.OperatorSnapshot:
+        return base.OperatorSnapshot(keyed=self.backend.snapshot())
+
+
+class ReduceOperator(KeyedOperator):
+    """Rolling reduce: emits the updated value for every input record (as Flink)."""
+
+    def __init__(self, key_selector: functions.KeySelector, fn: Callable[[Any, Any], Any]) -> None:
+        super().__init__(key_selector)
+        self.fn = fn
+
+    def open(self) -> None:
+        self.table = self.backend.table("reduce")
+
+    def process_batch(self, values: base.Batch, timestamps: base.Timestamps) -> None:
+        key_of, fn, table = self.key_selector, self.fn, self.table
+        get = table.get
+        out = []
+        for v in values:
+            k = key_of(v)
+            prev = get(k, _MISSING)
+            r = v if prev is _MISSING else fn(prev, v)
+            table[k] = r
+            out.append(r)
+        self.output.emit(out, timestamps)
+
+
+class AggregateOperator(KeyedOperator):
+    """Rolling aggregate: emits ``get_result`` of the updated accumulator per record."""
+
+    def __init__(
+        self, key_selector: functions.KeySelector, agg: functions.AggregateFunction[Any, Any, Any]
+    ) -> None:
+        super().__init__(key_selector)
+        self.agg = agg
+
+    def open(self) -> None:
+        self.table = self.backend.table("aggregate")
+
+    def process_batch(self, values: base.Batch, timestamps: base.Timestamps) -> None:
+        key_of, agg, table = self.key_selector, self.agg, self.table
+        add, result, create = agg.add, agg.get_result, agg.create_accumulator
+        get = table.get
+        out = []
+        for v in values:
+            k = key_of(v)
+            acc = get(k, _MISSING)
+            acc = add(v, create() if acc is _MISSING else acc)
+            table[k] = acc
+            out.append(result(acc))
+        self.output.emit(out, timestamps)
+
+
+class ProcessOperator(KeyedOperator):
+    """Runs a :class:`functions.KeyedProcessFunction` with keyed state and timers."""
+
+    def __init__(
+        self, key_selector: functions.KeySelector, fn: functions.KeyedProcessFunction
+    ) -> None:
+        super().__init__(key_selector)
+        self.fn = fn
+
+    def open(self) -> None:
+        self.event_timers = heap.TimerQueue(self.backend, "__event_timers__")
+        self.processing_timers = heap.TimerQueue(self.backend, "__processing_timers__")
+        self.timers = functions.TimerService(
+            self.backend, self.event_timers, self.processing_timers
+        )
+        self.context = functions.KeyedContext(self.backend, self.timers)
+        self.fn.open(self.context)
+
+    def _collect(
+        self, produced: Iterable[Any] | None, ts: int | None, out: list[Any], out_ts: list[int]
+    ) -> None:
+        if produced is None:
+            return
+        before = len(out)
+        out.extend(produced)
+        if ts is not None:
+            out_ts.extend([ts] * (len(out) - before))
+
+    def _emit(self, out: list[Any], out_ts: list[int]) -> None:
+        if out:
+            self.output.emit(out, out_ts if len(out_ts) == len(out) else None)
+
+    def process_batch(self, values: base.Batch, timestamps: base.Timestamps) -> None:
+        key_of, backend, ctx, process = self.key_selector, self.backend, self.context, self.fn
+        out: list[Any] = []
+        out_ts: list[int] = []
+        ts_iter: Iterable[int | None] = timestamps if timestamps is not None else [None] * len(values)
+        for v, ts in zip(values, ts_iter, strict=True):
+            backend.current_key = key_of(v)
+            ctx.timestamp = ts
+            self._collect(process.process_element(v, ctx), ts, out, out_ts)
+        self._emit(out, out_ts)
+
+    def process_watermark(self, watermark: int) -> None:
+        self.timers.watermark = watermark
+        out: list[Any] = []
+        out_ts: list[int] = []
+        for time, key in self.event_timers.pop_due(watermark):
+            self.backend.current_key = key
+            self.context.timestamp = time
+            self._collect(self.fn.on_timer(time, self.context), time, out, out_ts)
+        self._emit(out, out_ts)
+        self.output.emit_watermark(watermark)
+
+    def on_processing_time(self, now_ms: int) -> None:
+        out: list[Any] = []
+        out_ts: list[int] = []
+        for time, key in self.processing_timers.pop_due(now_ms):
+            self.backend.current_key = key
+            self.context.timestamp = None
+            self._collect(self.fn.on_timer(time, self.context), None, out, out_ts)
+        self._emit(out, out_ts)

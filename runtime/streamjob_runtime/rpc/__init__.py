@@ -1,0 +1,1 @@
+"""TCP messaging between JobManager and TaskManagers: framing and message types."""

@@ -1,0 +1,199 @@
+"""Control messages between the JobManager and TaskManagers (msgpack, tagged)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from streamjob_runtime import config
+from streamjob_runtime.graph import jobgraph
+
+
+class Message(msgspec.Struct, tag=True, frozen=True):
+    pass
+
+
+# -- TaskManager -> JobManager ------------------------------------------------------------
+
+
+class RegisterTaskManager(Message):
+    tm_id: str
+    host: str
+    data_port: int
+    slots: int
+    pid: int
+
+
+class Heartbeat(Message):
+    tm_id: str
+    # (job_id, attempt, vertex_id, subtask) -> counters, summed by the JobManager
+    metrics: list[TaskMetrics] = []
+
+
+class TaskMetrics(msgspec.Struct, frozen=True):
+    job_id: str
+    attempt: int
+    vertex_id: str
+    subtask: int
+    records_in: int
+    records_out: int
+    backpressured_ms: int
+
+
+class TaskStateChanged(Message):
+    job_id: str
+    attempt: int
+    vertex_id: str
+    subtask: int
+    state: str  # RUNNING, INPUT_ENDED, FINISHED, CANCELED, FAILED
+    cause: str | None = None
+    unrecoverable: bool = False
+
+
+class StateHandle(msgspec.Struct, frozen=True):
+    """One operator subtask's state file inside a checkpoint directory."""
+
+    uid: str
+    subtask: int
+    file: str  # relative to the checkpoint directory
+    size: int
+    key_group_start: int
+    key_group_end: int
+    has_keyed: bool
+    has_operator: bool
+
+
+class AcknowledgeCheckpoint(Message):
+    job_id: str
+    attempt: int
+    checkpoint_id: int
+    vertex_id: str
+    subtask: int
+    handles: list[StateHandle]
+    bytes: int
+    sync_ms: float
+    async_ms: float
+    alignment_ms: float
+
+
+class DeclineCheckpoint(Message):
+    job_id: str
+    attempt: int
+    checkpoint_id: int
+    vertex_id: str
+    subtask: int
+    reason: str
+
+
+class TasksCanceled(Message):
+    job_id: str
+    attempt: int
+
+
+# -- JobManager -> TaskManager ------------------------------------------------------------
+
+
+class Registered(Message):
+    tm_id: str
+    heartbeat_interval_ms: int
+
+
+class RestoreSpec(msgspec.Struct, frozen=True):
+    checkpoint_id: int
+    job_id: str  # the job that wrote the checkpoint
+    directory: str
+    # uid -> (former parallelism, handles)
+    operators: dict[str, tuple[int, list[StateHandle]]]
+
+
+class SubtaskPlacement(msgspec.Struct, frozen=True):
+    vertex_id: str
+    subtask: int
+    tm_id: str
+    host: str
+    data_port: int
+
+
+class DeployTasks(Message):
+    job_id: str
+    attempt: int
+    entrypoint: str
+    args: list[str]
+    config: config.JobConfig
+    plan: list[jobgraph.VertexPlan]
+    placements: list[SubtaskPlacement]
+    checkpoint_dir: str  # where this job's checkpoints go
+    restore: RestoreSpec | None
+
+
+class TriggerCheckpoint(Message):
+    job_id: str
+    attempt: int
+    checkpoint_id: int
+    timestamp: int
+
+
+class NotifyCheckpointComplete(Message):
+    job_id: str
+    attempt: int
+    checkpoint_id: int
+
+
+class AbortCheckpoint(Message):
+    job_id: str
+    attempt: int
+    checkpoint_id: int
+
+
+class CancelTasks(Message):
+    job_id: str
+    attempt: int
+
+
+class FinishTasks(Message):
+    """Input has ended everywhere and ``final_checkpoint_id`` completed: commit and exit."""
+
+    job_id: str
+    attempt: int
+    final_checkpoint_id: int
+
+
+ToJobManager = (
+    RegisterTaskManager
+    | Heartbeat
+    | TaskStateChanged
+    | AcknowledgeCheckpoint
+    | DeclineCheckpoint
+    | TasksCanceled
+)
+ToTaskManager = (
+    Registered
+    | DeployTasks
+    | TriggerCheckpoint
+    | NotifyCheckpointComplete
+    | AbortCheckpoint
+    | CancelTasks
+    | FinishTasks
+)
+
+encoder = msgspec.msgpack.Encoder()
+to_jobmanager = msgspec.msgpack.Decoder(ToJobManager)  # type: ignore[arg-type]
+to_taskmanager = msgspec.msgpack.Decoder(ToTaskManager)  # type: ignore[arg-type]
+
+
+class DataHello(msgspec.Struct, frozen=True):
+    """First frame of a data connection: which input channel it feeds."""
+
+    job_id: str
+    attempt: int
+    vertex_id: str
+    subtask: int
+    channel: int
+
+
+hello_decoder = msgspec.msgpack.Decoder(DataHello)
+
+
+def encode(message: Any) -> bytes:
+    return encoder.encode(message)

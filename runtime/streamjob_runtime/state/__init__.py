@@ -1,0 +1,1 @@
+"""State backends (working state) and checkpoint storage (durable state)."""

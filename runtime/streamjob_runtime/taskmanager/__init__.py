@@ -1,0 +1,1 @@
+"""TaskManager: runs subtasks in slots and exchanges records with other TaskManagers."""

@@ -1,0 +1,355 @@
+"""The TaskManager process: registers with the JobManager, runs deployed subtasks.
+
+It keeps one control connection to the JobManager (registration, heartbeats,
+deployments, checkpoint triggers and acknowledgements) and serves one TCP
+data port on which upstream subtasks of other TaskManagers open one
+connection per input channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pickle
+import socket
+import uuid
+from dataclasses import dataclass, field
+
+from streamjob_runtime import jobfile, logs
+from streamjob_runtime.graph import jobgraph
+from streamjob_runtime.rpc import framing, messages
+from streamjob_runtime.taskmanager import network, task
+
+log = logging.getLogger(__name__)
+
+TaskKey = tuple[str, int]  # (vertex id, subtask)
+
+
+@dataclass
+class Deployment:
+    job_id: str
+    attempt: int
+    tasks: dict[TaskKey, task.Task] = field(default_factory=dict)
+    runners: list[asyncio.Task[None]] = field(default_factory=list)
+    gates: dict[TaskKey, network.InputGate] = field(default_factory=dict)
+    readers: set[asyncio.Task[None]] = field(default_factory=set)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    setup: asyncio.Task[None] | None = None
+
+
+class TaskExecutor:
+    def __init__(
+        self,
+        jobmanager: tuple[str, int],
+        slots: int = 1,
+        host: str = "127.0.0.1",
+        data_port: int = 0,
+        tm_id: str | None = None,
+    ) -> None:
+        self.jobmanager = jobmanager
+        self.slots = slots
+        self.host = host
+        self.data_port = data_port
+        self.tm_id = tm_id or f"tm-{uuid.uuid4().hex[:8]}"
+        self.deployments: dict[str, Deployment] = {}
+        self._writer: asyncio.StreamWriter | None = None
+        self._send_lock = asyncio.Lock()
+        self._heartbeat_interval_s = 10.0
+        self._gate_waiters = asyncio.Condition()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        server = await asyncio.start_server(self._serve_data, self.host, self.data_port)
+        self.data_port = server.sockets[0].getsockname()[1]
+        logs.event(log, "taskmanager_started", tm_id=self.tm_id, data_port=self.data_port,
+                   slots=self.slots, pid=os.getpid())
+        delay = 0.1
+        async with server:
+            while True:
+                try:
+                    await self._session()
+                    delay = 0.1
+                except (OSError, asyncio.IncompleteReadError) as e:
+                    logs.event(log, "jobmanager_unreachable", logging.WARNING,
+                               jobmanager=f"{self.jobmanager[0]}:{self.jobmanager[1]}", error=str(e))
+                await self._cancel_all()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _session(self) -> None:
+        reader, writer = await asyncio.open_connection(*self.jobmanager)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._writer = writer
+        heartbeat: asyncio.Task[None] | None = None
+        try:
+            await self.send(
+                messages.RegisterTaskManager(self.tm_id, self.host, self.data_port, self.slots, os.getpid())
+            )
+            while True:
+                message = messages.to_taskmanager.decode(await framing.read_frame(reader))
+                if isinstance(message, messages.Registered):
+                    self._heartbeat_interval_s = message.heartbeat_interval_ms / 1000
+                    logs.event(log, "taskmanager_registered", tm_id=self.tm_id)
+                    if heartbeat is None:
+                        heartbeat = asyncio.create_task(self._heartbeats())
+                else:
+                    await self._dispatch(message)
+        finally:
+            self._writer = None
+            if heartbeat is not None:
+                heartbeat.cancel()
+            writer.close()
+
+    async def send(self, message: messages.Message) -> None:
+        writer = self._writer
+        if writer is None:
+            return  # the JobManager is gone; it recovers the job without us
+        async with self._send_lock:
+            framing.write_frame(writer, messages.encode(message))
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+
+    async def _heartbeats(self) -> None:
+        while True:
+            metrics = [
+                messages.TaskMetrics(
+                    d.job_id, d.attempt, key[0], key[1], t.records_in, t.output.records_out,
+                    int((t.gate.backpressured_s if t.gate else 0) * 1000),
+                )
+                for d in self.deployments.values()
+                for key, t in d.tasks.items()
+            ]
+            await self.send(messages.Heartbeat(self.tm_id, metrics))
+            await asyncio.sleep(self._heartbeat_interval_s)
+
+    # -- messages from the JobManager ----------------------------------------------------
+
+    def _current(self, job_id: str, attempt: int) -> Deployment | None:
+        d = self.deployments.get(job_id)
+        return d if d is not None and d.attempt == attempt else None
+
+    async def _dispatch(self, message: messages.Message) -> None:
+        if isinstance(message, messages.DeployTasks):
+            await self._cancel(message.job_id)
+            d = Deployment(message.job_id, message.attempt)
+            self.deployments[message.job_id] = d
+            d.setup = asyncio.create_task(self._deploy(d, message))
+        elif isinstance(message, messages.TriggerCheckpoint):
+            d = self._current(message.job_id, message.attempt)
+            if d is not None:
+                for t in d.tasks.values():
+                    if t.is_source:
+                        t.trigger_checkpoint(message.checkpoint_id, message.timestamp)
+        elif isinstance(message, messages.NotifyCheckpointComplete):
+            d = self._current(message.job_id, message.attempt)
+            if d is not None:
+                for t in d.tasks.values():
+                    await self._guarded(t, t.notify_checkpoint_complete, message.checkpoint_id)
+        elif isinstance(message, messages.AbortCheckpoint):
+            d = self._current(message.job_id, message.attempt)
+            if d is not None:
+                for t in d.tasks.values():
+                    t.abort_checkpoint(message.checkpoint_id)
+        elif isinstance(message, messages.CancelTasks):
+            d = self._current(message.job_id, message.attempt)
+            await self._cancel(message.job_id)
+            await self.send(messages.TasksCanceled(message.job_id, message.attempt))
+            if d is not None:
+                logs.event(log, "tasks_canceled", job_id=message.job_id, attempt=message.attempt)
+        elif isinstance(message, messages.FinishTasks):
+            await self._finish(message)
+
+    async def _guarded(self, t: task.Task, fn: object, *args: object) -> None:
+        try:
+            fn(*args)  # type: ignore[operator]
+        except Exception as e:
+            await self.send(
+                messages.TaskStateChanged(
+                    t.job_id, t.attempt, t.vertex.id, t.subtask, "FAILED",
+                    f"{t.name}: {type(e).__name__}: {e}",
+                )
+            )
+
+    async def _deploy(self, d: Deployment, message: messages.DeployTasks) -> None:
+        try:
+            await self._deploy_tasks(d, message)
+        except Exception as e:
+            logs.event(log, "deployment_failed", logging.ERROR, job_id=d.job_id, error=str(e))
+            for p in message.placements:
+                if p.tm_id == self.tm_id:
+                    await self.send(
+                        messages.TaskStateChanged(
+                            d.job_id, d.attempt, p.vertex_id, p.subtask, "FAILED",
+                            f"deploying {p.vertex_id}[{p.subtask}] on {self.tm_id} failed: {e}",
+                            unrecoverable=isinstance(e, jobfile.JobFileError),
+                        )
+                    )
+                    break
+
+    async def _deploy_tasks(self, d: Deployment, message: messages.DeployTasks) -> None:
+        _, graph = await asyncio.to_thread(
+            jobfile.load, message.entrypoint, message.args, message.config
+        )
+        if graph.plan() != message.plan:
+            raise jobfile.JobFileError(
+                f"the job graph that {message.entrypoint} builds on TaskManager {self.tm_id}"
+                " differs from the JobManager's; build(env) must be deterministic and the job"
+                " file the same on every node"
+            )
+        placements = {(p.vertex_id, p.subtask): p for p in message.placements}
+        mine = [p for p in message.placements if p.tm_id == self.tm_id]
+        capacity = message.config.channel_capacity
+        for p in mine:
+            vertex = graph.vertex(p.vertex_id)
+            channels = sum(graph.vertex(e.upstream).parallelism for e in vertex.inputs)
+            if channels:
+                d.gates[(p.vertex_id, p.subtask)] = network.InputGate(channels, capacity)
+        d.ready.set()
+        async with self._gate_waiters:
+            self._gate_waiters.notify_all()
+        for p in mine:
+            vertex = graph.vertex(p.vertex_id)
+            writers = [
+                await self._record_writer(d, graph, edge, p.subtask, placements, message)
+                for edge in vertex.outputs
+            ]
+            d.tasks[(p.vertex_id, p.subtask)] = task.Task(
+                job_id=d.job_id,
+                attempt=d.attempt,
+                vertex=vertex,
+                subtask=p.subtask,
+                job_config=message.config,
+                gate=d.gates.get((p.vertex_id, p.subtask)),
+                writers=writers,
+                checkpoint_dir=message.checkpoint_dir,
+                restore=message.restore,
+                report=self.send,
+            )
+        for t in d.tasks.values():
+            d.runners.append(asyncio.create_task(t.run()))
+
+    async def _record_writer(
+        self,
+        d: Deployment,
+        graph: jobgraph.JobGraph,
+        edge: jobgraph.VertexEdge,
+        subtask: int,
+        placements: dict[TaskKey, messages.SubtaskPlacement],
+        message: messages.DeployTasks,
+    ) -> network.RecordWriter:
+        downstream = graph.vertex(edge.downstream)
+        offset = 0
+        for e in downstream.inputs:
+            if e.upstream == edge.upstream:
+                break
+            offset += graph.vertex(e.upstream).parallelism
+        channels: list[network.ChannelWriter] = []
+        for j in range(downstream.parallelism):
+            target = placements[(downstream.id, j)]
+            index = offset + subtask
+            if target.tm_id == self.tm_id:
+                channels.append(network.LocalChannelWriter(d.gates[(downstream.id, j)].channels[index]))
+            else:
+                channels.append(await self._connect(target, d, index))
+        return network.RecordWriter(channels, edge.partitioning, subtask, message.config.max_parallelism)
+
+    async def _connect(
+        self, target: messages.SubtaskPlacement, d: Deployment, channel: int
+    ) -> network.RemoteChannelWriter:
+        delay = 0.01
+        for _ in range(200):
+            try:
+                _, writer = await asyncio.open_connection(target.host, target.data_port)
+                break
+            except OSError:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+        else:
+            raise ConnectionError(
+                f"cannot reach TaskManager {target.tm_id} at {target.host}:{target.data_port}"
+            )
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        hello = messages.DataHello(d.job_id, d.attempt, target.vertex_id, target.subtask, channel)
+        framing.write_frame(writer, messages.encode(hello))
+        await writer.drain()
+        return network.RemoteChannelWriter(writer)
+
+    async def _serve_data(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            hello = messages.hello_decoder.decode(await framing.read_frame(reader))
+            gate = await self._wait_for_gate(hello)
+            if gate is None:
+                return
+            d = self.deployments[hello.job_id]
+            current = asyncio.current_task()
+            assert current is not None
+            d.readers.add(current)
+            channel = gate.channels[hello.channel]
+            loads = pickle.loads
+            while True:
+                await channel.put(loads(await framing.read_frame(reader)))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the upstream is gone; the JobManager restarts the job
+        finally:
+            writer.close()
+
+    async def _wait_for_gate(self, hello: messages.DataHello) -> network.InputGate | None:
+        async def find() -> network.InputGate | None:
+            while True:
+                d = self.deployments.get(hello.job_id)
+                if d is not None and d.attempt > hello.attempt:
+                    return None  # a stale connection of an earlier attempt
+                if d is not None and d.attempt == hello.attempt and d.ready.is_set():
+                    return d.gates.get((hello.vertex_id, hello.subtask))
+                async with self._gate_waiters:
+                    await self._gate_waiters.wait()
+
+        try:
+            return await asyncio.wait_for(find(), 60)
+        except TimeoutError:
+            return None
+
+    async def _cancel(self, job_id: str) -> None:
+        d = self.deployments.pop(job_id, None)
+        if d is None:
+            return
+        pending = [*d.runners, *d.readers] + ([d.setup] if d.setup else [])
+        for r in pending:
+            r.cancel()
+        for r in pending:
+            with contextlib.suppress(BaseException):
+                await r
+        for t in d.tasks.values():
+            t.close()
+
+    async def _cancel_all(self) -> None:
+        for job_id in list(self.deployments):
+            await self._cancel(job_id)
+
+    async def _finish(self, message: messages.FinishTasks) -> None:
+        d = self._current(message.job_id, message.attempt)
+        if d is None:
+            return
+        for t in d.tasks.values():
+            await self._guarded(t, t.notify_checkpoint_complete, message.final_checkpoint_id)
+        tasks = list(d.tasks.values())
+        await self._cancel(message.job_id)
+        for t in tasks:
+            await self.send(
+                messages.TaskStateChanged(t.job_id, t.attempt, t.vertex.id, t.subtask, "FINISHED")
+            )
+        logs.event(log, "tasks_finished", job_id=message.job_id, attempt=message.attempt)
+
+
+def main(jobmanager: str, slots: int, host: str, data_port: int, tm_id: str | None) -> None:
+    jm_host, _, jm_port = jobmanager.rpartition(":")
+    executor = TaskExecutor((jm_host or "127.0.0.1", int(jm_port)), slots, host, data_port, tm_id)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(executor.run())

@@ -1,0 +1,413 @@
+"""A subtask: one parallel instance of a chained JobVertex.
+
+The task loop reads an element, runs it through the chain, then flushes the
+outputs (where back-pressure applies).  Checkpoints follow Flink's barrier
+protocol: sources take their snapshot when triggered and emit a barrier; other
+tasks align barriers across input channels (exactly-once: a channel that
+delivered the barrier is blocked until all have; at-least-once: nothing is
+blocked), snapshot, and forward the barrier.  A snapshot is serialised
+synchronously and written to checkpoint storage asynchronously.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import pickle
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from streamjob_runtime import config, logs
+from streamjob_runtime.graph import jobgraph, keygroups
+from streamjob_runtime.operators import base, source
+from streamjob_runtime.rpc import messages
+from streamjob_runtime.state import storage
+from streamjob_runtime.taskmanager import network
+
+log = logging.getLogger(__name__)
+
+Report = Callable[[messages.Message], Awaitable[None]]
+
+
+class TaskCanceled(Exception):
+    pass
+
+
+def _state_bytes(uid: str, snapshot: base.OperatorSnapshot) -> bytes:
+    try:
+        return pickle.dumps((snapshot.keyed, snapshot.operator), protocol=5)
+    except Exception as e:
+        where = ""
+        for name, table in snapshot.keyed.items():
+            for key, value in table.items():
+                try:
+                    pickle.dumps(value, protocol=5)
+                except Exception:
+                    where = f" (state {name!r}, key {key!r}, value of type {type(value).__name__})"
+                    break
+            if where:
+                break
+        raise base.UnrecoverableError(
+            f"state of operator {uid!r} cannot be checkpointed{where}: {type(e).__name__}: {e};"
+            " keep only picklable values (numbers, strings, tuples, lists, dicts, dataclasses)"
+            " in state"
+        ) from None
+
+
+def load_restored_state(
+    restore: messages.RestoreSpec, uid: str, ctx: base.OperatorContext
+) -> base.RestoredState | None:
+    """Read the state of operator ``uid`` that belongs to subtask ``ctx``.
+
+    Keyed state is read from the former subtasks whose key groups overlap ours
+    and filtered to our key groups; operator lists are read from all.
+    """
+    entry = restore.operators.get(uid)
+    if entry is None:
+        return None
+    former_parallelism, handles = entry
+    mine = ctx.key_group_range
+    keyed: dict[str, dict[Any, Any]] = {}
+    operator: list[list[Any]] = [[] for _ in range(former_parallelism)]
+    for h in sorted(handles, key=lambda h: h.subtask):
+        theirs = keygroups.KeyGroupRange(h.key_group_start, h.key_group_end)
+        wants_keyed = h.has_keyed and mine.intersects(theirs)
+        if not wants_keyed and not h.has_operator:
+            continue
+        with open(Path(restore.directory) / h.file, "rb") as f:
+            keyed_part, operator_part = pickle.load(f)
+        operator[h.subtask] = operator_part
+        if not wants_keyed:
+            continue
+        exact = theirs == mine
+        maxp = ctx.max_parallelism
+        for name, table in keyed_part.items():
+            target = keyed.setdefault(name, {})
+            if exact:
+                target.update(table)
+            else:
+                target.update(
+                    (k, v) for k, v in table.items() if mine.contains(keygroups.key_group(k, maxp))
+                )
+    return base.RestoredState(restore.checkpoint_id, restore.job_id, keyed, operator, former_parallelism)
+
+
+class Task:
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        attempt: int,
+        vertex: jobgraph.JobVertex,
+        subtask: int,
+        job_config: config.JobConfig,
+        gate: network.InputGate | None,
+        writers: list[network.RecordWriter],
+        checkpoint_dir: str,
+        restore: messages.RestoreSpec | None,
+        report: Report,
+    ) -> None:
+        self.job_id = job_id
+        self.attempt = attempt
+        self.vertex = vertex
+        self.subtask = subtask
+        self.config = job_config
+        self.gate = gate
+        self.output = network.MultiOutput(writers)
+        self.checkpoint_dir = checkpoint_dir
+        self.restore = restore
+        self.report = report
+        self.exactly_once = job_config.checkpointing.mode is config.CheckpointingMode.EXACTLY_ONCE
+        self.records_in = 0
+        self.input_ended = False
+        self._triggers: list[tuple[int, int]] = []
+        self._wakeup = asyncio.Event()
+        self._uploads: set[asyncio.Task[None]] = set()
+        # alignment
+        self._aligning: int | None = None
+        self._barriers: set[int] = set()
+        self._align_started = 0.0
+        self._ended_channels: set[int] = set()
+        self._watermarks: list[int] = []
+        self._watermark = base.MIN_WATERMARK
+        self._build_chain()
+
+    # -- setup ---------------------------------------------------------------------------
+
+    def _build_chain(self) -> None:
+        # A deep copy gives each subtask its own user objects, as Flink's deserialisation does.
+        ops = [copy.deepcopy(t.factory()) for t in self.vertex.operators]
+        self.head = ops[0]
+        self.operators: list[base.StreamOperator] = ops
+        self.uids = [t.uid for t in self.vertex.operators]
+        outputs: list[base.Output] = [network.ChainOutput(op) for op in ops[1:]]
+        outputs.append(self.output)
+        for op, out, uid in zip(ops, outputs, self.uids, strict=True):
+            op.setup(self.context(uid), out)
+        self.is_source = isinstance(self.head, source.SourceOperator)
+
+    def context(self, uid: str) -> base.OperatorContext:
+        return base.OperatorContext(
+            uid=uid,
+            subtask_index=self.subtask,
+            parallelism=self.vertex.parallelism,
+            max_parallelism=self.config.max_parallelism,
+            attempt=self.attempt,
+            job_id=self.job_id,
+        )
+
+    def _initialize(self) -> None:
+        for op, uid in zip(self.operators, self.uids, strict=True):
+            restored = None
+            if self.restore is not None:
+                restored = load_restored_state(self.restore, uid, op.ctx)
+            op.initialize_state(restored)
+            op.open()
+
+    @property
+    def name(self) -> str:
+        return f"{self.vertex.id}[{self.subtask}]"
+
+    # -- control from the TaskManager ----------------------------------------------------
+
+    def trigger_checkpoint(self, checkpoint_id: int, timestamp: int) -> None:
+        self._triggers.append((checkpoint_id, timestamp))
+        self._wakeup.set()
+
+    def notify_checkpoint_complete(self, checkpoint_id: int) -> None:
+        for op in self.operators:
+            op.notify_checkpoint_complete(checkpoint_id)
+
+    def abort_checkpoint(self, checkpoint_id: int) -> None:
+        if self._aligning == checkpoint_id:
+            self._end_alignment()
+
+    def close(self) -> None:
+        for op in self.operators:
+            with contextlib.suppress(Exception):
+                op.close()
+        for w in self.output.writers:
+            w.close()
+
+    # -- running -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            self._initialize()
+            await self._report_state("RUNNING")
+            if self.is_source:
+                await self._run_source()
+            else:
+                await self._run_input()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            cause = "".join(traceback.format_exception(e)[-6:])
+            logs.event(
+                log, "task_failed", logging.ERROR, task=self.name, attempt=self.attempt,
+                cause=f"{type(e).__name__}: {e}",
+            )
+            await self._report_state(
+                "FAILED", cause=f"{self.name}: {type(e).__name__}: {e}\n{cause}",
+                unrecoverable=isinstance(e, base.UnrecoverableError),
+            )
+
+    async def _report_state(
+        self, state: str, cause: str | None = None, unrecoverable: bool = False
+    ) -> None:
+        await self.report(
+            messages.TaskStateChanged(
+                self.job_id, self.attempt, self.vertex.id, self.subtask, state, cause, unrecoverable
+            )
+        )
+
+    async def _run_source(self) -> None:
+        head = self.head
+        assert isinstance(head, source.SourceOperator)
+        batch_size = self.config.batch_size
+        while True:
+            while self._triggers:
+                checkpoint_id, timestamp = self._triggers.pop(0)
+                self._checkpoint(checkpoint_id, timestamp, alignment_s=0.0)
+            backoff: float | None = 0.0
+            if self.input_ended:
+                backoff = None  # only barriers are left to emit: sleep until a trigger
+            else:
+                emitted = head.emit_next(batch_size)
+                if emitted is None:
+                    await self._end_of_input()
+                elif emitted:
+                    self.records_in += emitted
+                else:
+                    backoff = head.reader.backoff_s()
+            await self.output.flush()
+            if backoff == 0.0:
+                await asyncio.sleep(0)  # let control messages and other tasks run
+            else:
+                await self._sleep(backoff)
+
+    async def _sleep(self, seconds: float | None) -> None:
+        self._wakeup.clear()
+        if self._triggers:
+            return
+        if seconds is None:
+            await self._wakeup.wait()
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), seconds)
+
+    async def _end_of_input(self) -> None:
+        """Bounded input is exhausted: flush event time, end each operator, tell downstream.
+
+        The task stays up afterwards: barriers still pass through it until the
+        final checkpoint completes and the JobManager finishes the job.
+        """
+        self.input_ended = True
+        if self.is_source:
+            self.head.output.emit_watermark(base.MAX_WATERMARK)
+        for op in self.operators:
+            op.end_input()
+        self.output.broadcast(("e",))
+        await self._report_state("INPUT_ENDED")
+
+    async def _run_input(self) -> None:
+        gate = self.gate
+        assert gate is not None
+        head: base.StreamOperator = self.head
+        self._watermarks = [base.MIN_WATERMARK] * len(gate.channels)
+        timers = any(type(op).on_processing_time is not base.StreamOperator.on_processing_time
+                     for op in self.operators)
+        while True:
+            item = await gate.next(0.1 if timers else None)
+            if item is not None:
+                channel, element = item
+                kind = element[0]
+                if kind == "b":
+                    self.records_in += len(element[1])
+                    head.process_batch(element[1], element[2])
+                elif kind == "w":
+                    self._on_watermark(channel, element[1])
+                elif kind == "c":
+                    self._on_barrier(channel, element[1], element[2])
+                elif kind == "e":
+                    self._ended_channels.add(channel)
+                    if len(self._ended_channels) == len(gate.channels):
+                        await self._end_of_input()
+            if timers:
+                now = int(time.time() * 1000)
+                for op in self.operators:
+                    op.on_processing_time(now)
+            await self.output.flush()
+
+    def _on_watermark(self, channel: int, watermark: int) -> None:
+        wms = self._watermarks
+        if watermark > wms[channel]:
+            wms[channel] = watermark
+            low = min(wms)
+            if low > self._watermark:
+                self._watermark = low
+                self.head.process_watermark(low)
+
+    def _on_barrier(self, channel: int, checkpoint_id: int, timestamp: int) -> None:
+        gate = self.gate
+        assert gate is not None
+        if self._aligning is not None and checkpoint_id < self._aligning:
+            return  # a barrier of a checkpoint we already gave up on
+        if self._aligning is None or checkpoint_id > self._aligning:
+            if self._aligning is not None:
+                logs.event(
+                    log, "alignment_superseded", task=self.name,
+                    checkpoint_id=self._aligning, by=checkpoint_id,
+                )
+                self._end_alignment()
+            self._aligning = checkpoint_id
+            self._align_started = time.monotonic()
+        self._barriers.add(channel)
+        logs.event(log, "barrier_received", logging.DEBUG, task=self.name,
+                   checkpoint_id=checkpoint_id, channel=channel, have=len(self._barriers))
+        if self.exactly_once:
+            gate.blocked.add(channel)
+        if len(self._barriers) == len(gate.channels):
+            alignment_s = time.monotonic() - self._align_started
+            self._end_alignment()
+            self._checkpoint(checkpoint_id, timestamp, alignment_s)
+
+    def _end_alignment(self) -> None:
+        self._aligning = None
+        self._barriers.clear()
+        if self.gate is not None:
+            self.gate.blocked.clear()
+            self.gate.available.set()
+
+    def _checkpoint(self, checkpoint_id: int, timestamp: int, alignment_s: float) -> None:
+        """Synchronous part: snapshot the chain, forward the barrier, start the upload."""
+        logs.event(log, "snapshot_started", logging.DEBUG, task=self.name,
+                   checkpoint_id=checkpoint_id)
+        started = time.monotonic()
+        blobs: list[tuple[str, bytes, bool, bool]] = []
+        for op, uid in zip(self.operators, self.uids, strict=True):
+            snap = op.snapshot_state(checkpoint_id)
+            if not snap.is_empty():
+                blobs.append((uid, _state_bytes(uid, snap), bool(snap.keyed), bool(snap.operator)))
+        self.output.broadcast(("c", checkpoint_id, timestamp))
+        sync_s = time.monotonic() - started
+        upload = asyncio.get_running_loop().create_task(
+            self._upload(checkpoint_id, blobs, sync_s, alignment_s)
+        )
+        self._uploads.add(upload)
+        upload.add_done_callback(self._uploads.discard)
+
+    async def _upload(
+        self,
+        checkpoint_id: int,
+        blobs: list[tuple[str, bytes, bool, bool]],
+        sync_s: float,
+        alignment_s: float,
+    ) -> None:
+        started = time.monotonic()
+        directory = storage.checkpoint_dir(self.checkpoint_dir, checkpoint_id)
+        kg = base.OperatorContext(
+            "", self.subtask, self.vertex.parallelism, self.config.max_parallelism, 0, ""
+        ).key_group_range
+
+        def write() -> list[messages.StateHandle]:
+            handles = []
+            for uid, data, has_keyed, has_operator in blobs:
+                name = f"{uid}-{self.subtask}.state"
+                size = storage.write_file(directory / name, data)
+                handles.append(
+                    messages.StateHandle(
+                        uid, self.subtask, name, size, kg.start, kg.end, has_keyed, has_operator
+                    )
+                )
+            return handles
+
+        try:
+            handles = await asyncio.to_thread(write)
+        except Exception as e:
+            await self.report(
+                messages.DeclineCheckpoint(
+                    self.job_id, self.attempt, checkpoint_id, self.vertex.id, self.subtask,
+                    f"writing state to {directory} failed: {e}",
+                )
+            )
+            return
+        await self.report(
+            messages.AcknowledgeCheckpoint(
+                self.job_id,
+                self.attempt,
+                checkpoint_id,
+                self.vertex.id,
+                self.subtask,
+                handles,
+                sum(h.size for h in handles),
+                sync_ms=sync_s * 1000,
+                async_ms=(time.monotonic() - started) * 1000,
+                alignment_ms=alignment_s * 1000,
+            )
+        )
