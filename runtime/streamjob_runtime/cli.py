@@ -22,7 +22,14 @@ from streamjob_runtime import __version__, config, jobfile, logs
 
 T = TypeVar("T")
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELED, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELED, EXIT_UNREACHABLE, EXIT_INTERRUPTED = (
+    0,
+    1,
+    2,
+    3,
+    4,
+    130,
+)
 
 
 def _options(pairs: list[str]) -> dict[str, str]:
@@ -42,19 +49,34 @@ def parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a job (on a local cluster unless --jobmanager is given)")
     run.add_argument("job", help="job file (.py) or module with build(env)")
-    run.add_argument("args", nargs=argparse.REMAINDER,
-                     help="arguments passed to the job as env.args (after JOB; options go before)")
+    run.add_argument(
+        "args",
+        nargs=argparse.REMAINDER,
+        help="arguments passed to the job as env.args (after JOB; options go before)",
+    )
     run.add_argument("-p", "--parallelism", type=int, default=None)
-    run.add_argument("-D", dest="options", action="append", default=[], metavar="KEY=VALUE",
-                     help="engine option, e.g. -D execution.checkpointing.interval=1000")
-    run.add_argument("-d", "--detached", action="store_true",
-                     help="submit and return (only with --jobmanager)")
+    run.add_argument(
+        "-D",
+        dest="options",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="engine option, e.g. -D execution.checkpointing.interval=1000",
+    )
+    run.add_argument(
+        "-d", "--detached", action="store_true", help="submit and return (only with --jobmanager)"
+    )
     run.add_argument("--jobmanager", metavar="HOST:PORT", help="REST address of a JobManager")
-    run.add_argument("--taskmanagers", type=int, default=None,
-                     help="local cluster: TaskManager processes (default: one per parallel slot)")
+    run.add_argument(
+        "--taskmanagers",
+        type=int,
+        default=None,
+        help="local cluster: TaskManager processes (default: one per parallel slot)",
+    )
     run.add_argument("--slots", type=int, default=1, help="local cluster: slots per TaskManager")
-    run.add_argument("--workdir", default=None,
-                     help="local cluster: directory for logs and checkpoints")
+    run.add_argument(
+        "--workdir", default=None, help="local cluster: directory for logs and checkpoints"
+    )
 
     jm = sub.add_parser("jobmanager", help="start a JobManager process")
     jm.add_argument("--host", default="127.0.0.1")
@@ -67,13 +89,19 @@ def parser() -> argparse.ArgumentParser:
     jm.add_argument("--ready-file", default=None, help="write the bound ports here once ready")
 
     tm = sub.add_parser("taskmanager", help="start a TaskManager process")
-    tm.add_argument("--jobmanager", required=True, metavar="HOST:PORT", help="JobManager RPC address")
+    tm.add_argument(
+        "--jobmanager", required=True, metavar="HOST:PORT", help="JobManager RPC address"
+    )
     tm.add_argument("--slots", type=int, default=1)
     tm.add_argument("--host", default="127.0.0.1", help="address other TaskManagers reach us at")
     tm.add_argument("--data-port", type=int, default=0)
     tm.add_argument("--id", default=None)
 
-    for name, help_text in (("list", "list jobs"), ("info", "show a job"), ("cancel", "cancel a job")):
+    for name, help_text in (
+        ("list", "list jobs"),
+        ("info", "show a job"),
+        ("cancel", "cancel a job"),
+    ):
         c = sub.add_parser(name, help=help_text)
         if name != "list":
             c.add_argument("job_id")
@@ -105,8 +133,9 @@ def main(argv: list[str] | None = None) -> None:
             cluster.validate()
         except config.ConfigError as e:
             raise SystemExit(f"streamjob jobmanager: {e}") from None
-        asyncio.run(dispatcher.serve(cluster, args.host, args.rpc_port, args.rest_port,
-                                     args.ready_file))
+        asyncio.run(
+            dispatcher.serve(cluster, args.host, args.rpc_port, args.rest_port, args.ready_file)
+        )
         return
     if args.command == "taskmanager":
         from streamjob_runtime.taskmanager import executor
@@ -159,22 +188,29 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     submission = models.JobSubmission(
         entrypoint=os.path.abspath(args.job) if args.job.endswith(".py") else args.job,
-        args=args.args, parallelism=args.parallelism, config=options,
+        args=args.args,
+        parallelism=args.parallelism,
+        config=options,
     )
     cluster = None
     if args.jobmanager:
         url = _url(args.jobmanager)
     else:
         if args.detached:
-            print("streamjob run: --detached needs --jobmanager (a local cluster lives only as"
-                  " long as the command)", file=sys.stderr)
+            print(
+                "streamjob run: --detached needs --jobmanager (a local cluster lives only as"
+                " long as the command)",
+                file=sys.stderr,
+            )
             return EXIT_USAGE
         workdir = Path(args.workdir or tempfile.mkdtemp(prefix="streamjob-"))
         slots_needed = graph.slots_needed
         count = args.taskmanagers or -(-slots_needed // args.slots)
         cluster = LocalCluster(workdir, taskmanagers=count, slots=args.slots)
-        print(f"local cluster: 1 JobManager, {count} TaskManager(s) x {args.slots} slot(s);"
-              f" logs in {workdir / 'logs'}")
+        print(
+            f"local cluster: 1 JobManager, {count} TaskManager(s) x {args.slots} slot(s);"
+            f" logs in {workdir / 'logs'}"
+        )
         try:
             cluster.start()
         except ClusterError as e:
@@ -190,11 +226,14 @@ def run(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
+
         async def go() -> int:
             async with client.JobManagerClient(url) as c:
                 job_id = await c.submit(submission)
-                print(f"job {job_id} submitted ({env.config.name}, parallelism"
-                      f" {env.config.parallelism})")
+                print(
+                    f"job {job_id} submitted ({env.config.name}, parallelism"
+                    f" {env.config.parallelism})"
+                )
                 if args.detached:
                     return EXIT_OK
                 last = ""
@@ -213,8 +252,10 @@ def run(args: argparse.Namespace) -> int:
                         break
                     await asyncio.sleep(0.2)
                 stats = await c.checkpoints(job_id)
-                print(f"job {job_id} {details.state.value} in {details.duration_ms / 1000:.1f} s:"
-                      f" {stats.counts.completed} checkpoints, {details.restarts} restarts")
+                print(
+                    f"job {job_id} {details.state.value} in {details.duration_ms / 1000:.1f} s:"
+                    f" {stats.counts.completed} checkpoints, {details.restarts} restarts"
+                )
                 if details.state is models.JobStatus.FAILED:
                     print(f"cause: {details.failure_cause}", file=sys.stderr)
                     return EXIT_FAILED

@@ -170,7 +170,11 @@ _OPTIONS: dict[str, tuple[str | None, str, type]] = {
         "backoff_multiplier",
         float,
     ),
-    "restart-strategy.exponential-delay.jitter-factor": ("restart_strategy", "jitter_factor", float),
+    "restart-strategy.exponential-delay.jitter-factor": (
+        "restart_strategy",
+        "jitter_factor",
+        float,
+    ),
 }
 
 
@@ -194,7 +198,11 @@ def apply_options(config: JobConfig, options: Mapping[str, str]) -> JobConfig:
         try:
             value = kind(raw)
         except ValueError:
-            hint = f"one of {[m.value for m in kind]}" if issubclass(kind, enum.Enum) else kind.__name__
+            hint = (
+                f"one of {[m.value for m in kind]}"
+                if issubclass(kind, enum.Enum)
+                else kind.__name__
+            )
             raise ConfigError(f"option {key}={raw!r} is invalid: expected {hint}") from None
         if section is None:
             config = msgspec.structs.replace(config, **{field: value})
@@ -225,7 +233,9 @@ class ClusterConfig(msgspec.Struct, frozen=True):
 
 
 def fixed_delay(attempts: int, delay_ms: int) -> RestartStrategyConfig:
-    return RestartStrategyConfig(RestartStrategyKind.FIXED_DELAY, attempts=attempts, delay_ms=delay_ms)
+    return RestartStrategyConfig(
+        RestartStrategyKind.FIXED_DELAY, attempts=attempts, delay_ms=delay_ms
+    )
 
 
 def failure_rate(max_failures: int, interval_ms: int, delay_ms: int) -> RestartStrategyConfig:

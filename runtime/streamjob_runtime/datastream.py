@@ -101,9 +101,7 @@ class StreamExecutionEnvironment:
         watermark_strategy: windows.WatermarkStrategy | None = None,
         name: str | None = None,
     ) -> DataStream:
-        t = self._add(
-            "source", lambda: source.SourceOperator(src, watermark_strategy), [], name
-        )
+        t = self._add("source", lambda: source.SourceOperator(src, watermark_strategy), [], name)
         return DataStream(self, t)
 
     def job_graph(self) -> jobgraph.JobGraph:
@@ -165,7 +163,9 @@ class DataStream:
 
     def union(self, *others: DataStream) -> DataStream:
         edges = [jobgraph.Edge(s.transformation, s._partitioning) for s in (self, *others)]
-        return DataStream(self.env, self.env._add("union", lambda: basic.MapOperator(_identity), edges))
+        return DataStream(
+            self.env, self.env._add("union", lambda: basic.MapOperator(_identity), edges)
+        )
 
     def sink_to(self, target: sink.Sink) -> DataStream:
         return self._then("sink", lambda: sink.SinkOperator(target))

@@ -96,12 +96,18 @@ class LocalCluster:
             "jobmanager",
             [
                 "jobmanager",
-                "--rpc-port", "0",
-                "--rest-port", "0",
-                "--checkpoint-dir", str(self.checkpoint_dir),
-                "--heartbeat-interval", str(self.heartbeat_interval_ms),
-                "--heartbeat-timeout", str(self.heartbeat_timeout_ms),
-                "--ready-file", str(ready),
+                "--rpc-port",
+                "0",
+                "--rest-port",
+                "0",
+                "--checkpoint-dir",
+                str(self.checkpoint_dir),
+                "--heartbeat-interval",
+                str(self.heartbeat_interval_ms),
+                "--heartbeat-timeout",
+                str(self.heartbeat_timeout_ms),
+                "--ready-file",
+                str(ready),
             ],
         )
         deadline = time.monotonic() + timeout_s
@@ -129,9 +135,12 @@ class LocalCluster:
             name,
             [
                 "taskmanager",
-                "--jobmanager", f"127.0.0.1:{self.rpc_port}",
-                "--slots", str(self.slots),
-                "--id", f"tm-{self.spawned}",
+                "--jobmanager",
+                f"127.0.0.1:{self.rpc_port}",
+                "--slots",
+                str(self.slots),
+                "--id",
+                f"tm-{self.spawned}",
             ],
         )
 
@@ -165,9 +174,7 @@ class LocalCluster:
             self.tms.append(self._spawn_taskmanager())
 
     def logs(self) -> str:
-        return "\n".join(
-            p.read_text(errors="replace") for p in sorted(self.log_dir.glob("*.log"))
-        )
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("*.log")))
 
     def stop(self) -> None:
         self._stopping.set()

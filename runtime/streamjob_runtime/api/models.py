@@ -35,7 +35,8 @@ class JobSubmission(_Model):
     args: list[str] = Field(default_factory=list, description="Passed to the job as env.args.")
     parallelism: int | None = Field(default=None, ge=1, description="Default parallelism.")
     config: dict[str, str] = Field(
-        default_factory=dict, description="Flink-style options, e.g. execution.checkpointing.interval."
+        default_factory=dict,
+        description="Flink-style options, e.g. execution.checkpointing.interval.",
     )
 
 

@@ -202,7 +202,11 @@ class CheckpointCoordinator:
         del self.pending[pending.checkpoint_id]
         duration_ms = (time.monotonic() - pending.started) * 1000
         completed = store.CompletedCheckpoint(
-            pending.checkpoint_id, pending.timestamp, directory, duration_ms, pending.bytes,
+            pending.checkpoint_id,
+            pending.timestamp,
+            directory,
+            duration_ms,
+            pending.bytes,
             pending.alignment_ms,
         )
         self.store.add(completed)
@@ -211,7 +215,11 @@ class CheckpointCoordinator:
         self.last_completion = time.monotonic()
         self.history.append(
             CheckpointStats(
-                pending.checkpoint_id, "COMPLETED", pending.timestamp, duration_ms, pending.bytes,
+                pending.checkpoint_id,
+                "COMPLETED",
+                pending.timestamp,
+                duration_ms,
+                pending.bytes,
                 pending.alignment_ms,
             )
         )
@@ -227,7 +235,9 @@ class CheckpointCoordinator:
         )
         # Older pending checkpoints are subsumed by this one.
         for older in [cid for cid in self.pending if cid < pending.checkpoint_id]:
-            await self._abort(older, f"subsumed by checkpoint {pending.checkpoint_id}", counts=False)
+            await self._abort(
+                older, f"subsumed by checkpoint {pending.checkpoint_id}", counts=False
+            )
         pending.done.set_result(completed)
         if self.gateway is not None and not pending.final:
             await self.gateway.notify_complete(pending.checkpoint_id)
@@ -239,16 +249,24 @@ class CheckpointCoordinator:
         storage.discard(storage.checkpoint_dir(self.job_dir, checkpoint_id))
         self.history.append(
             CheckpointStats(
-                checkpoint_id, "FAILED", pending.timestamp,
-                (time.monotonic() - pending.started) * 1000, pending.bytes, pending.alignment_ms,
+                checkpoint_id,
+                "FAILED",
+                pending.timestamp,
+                (time.monotonic() - pending.started) * 1000,
+                pending.bytes,
+                pending.alignment_ms,
                 reason,
             )
         )
         if not pending.done.done():
             pending.done.set_result(None)
         logs.event(
-            log, "checkpoint_failed", logging.WARNING, job_id=self.job_id,
-            checkpoint_id=checkpoint_id, reason=reason,
+            log,
+            "checkpoint_failed",
+            logging.WARNING,
+            job_id=self.job_id,
+            checkpoint_id=checkpoint_id,
+            reason=reason,
         )
         if self.gateway is not None:
             await self.gateway.abort(checkpoint_id)

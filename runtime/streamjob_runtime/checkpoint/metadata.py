@@ -64,7 +64,9 @@ def read(directory: Path) -> CheckpointMetadata:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise CorruptCheckpointError(f"{path} is missing (the checkpoint never completed)") from None
+        raise CorruptCheckpointError(
+            f"{path} is missing (the checkpoint never completed)"
+        ) from None
     try:
         envelope = _envelope_decoder.decode(raw)
     except msgspec.DecodeError as e:

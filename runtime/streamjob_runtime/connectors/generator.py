@@ -24,9 +24,7 @@ class GeneratorSplit:
 
 
 class GeneratorReader(source.SourceReader):
-    def __init__(
-        self, fn: Callable[[int], Any], count: int | None, rate: float | None
-    ) -> None:
+    def __init__(self, fn: Callable[[int], Any], count: int | None, rate: float | None) -> None:
         self.fn = fn
         self.count = count
         self.rate = rate

@@ -55,8 +55,14 @@ class JobManager:
         sockets = getattr(site._server, "sockets", None) or []
         self.rest_port = sockets[0].getsockname()[1] if sockets else rest_port
         self._spawn(self._check_heartbeats())
-        logs.event(log, "jobmanager_started", rpc_port=self.rpc_port, rest_port=self.rest_port,
-                   checkpoint_dir=self.cluster.checkpoint_dir, pid=os.getpid())
+        logs.event(
+            log,
+            "jobmanager_started",
+            rpc_port=self.rpc_port,
+            rest_port=self.rest_port,
+            checkpoint_dir=self.cluster.checkpoint_dir,
+            pid=os.getpid(),
+        )
 
     async def stop(self) -> None:
         for job in self.jobs.values():
@@ -88,15 +94,24 @@ class JobManager:
             raise SubmissionError(str(e)) from None
         job_id = uuid.uuid4().hex
         master = jobmaster.JobMaster(
-            job_id=job_id, submission=submission, job_config=env.config, graph=graph,
-            cluster=self.cluster, rm=self.rm,
+            job_id=job_id,
+            submission=submission,
+            job_config=env.config,
+            graph=graph,
+            cluster=self.cluster,
+            rm=self.rm,
         )
         self.jobs[job_id] = master
-        logs.event(log, "job_submitted", job_id=job_id, entrypoint=submission.entrypoint,
-                   parallelism=env.config.parallelism,
-                   checkpoint_interval_ms=env.config.checkpointing.interval_ms,
-                   mode=env.config.checkpointing.mode.value,
-                   vertices=[f"{v.id} x{v.parallelism}" for v in graph.vertices])
+        logs.event(
+            log,
+            "job_submitted",
+            job_id=job_id,
+            entrypoint=submission.entrypoint,
+            parallelism=env.config.parallelism,
+            checkpoint_interval_ms=env.config.checkpointing.interval_ms,
+            mode=env.config.checkpointing.mode.value,
+            vertices=[f"{v.id} x{v.parallelism}" for v in graph.vertices],
+        )
         master.start()
         return job_id
 
@@ -105,12 +120,14 @@ class JobManager:
         from streamjob_runtime import __version__
 
         return models.ClusterOverview(
-            taskmanagers=len(self.rm.taskmanagers), slots_total=self.rm.slots_total,
+            taskmanagers=len(self.rm.taskmanagers),
+            slots_total=self.rm.slots_total,
             slots_available=self.rm.slots_available,
             jobs_running=sum(not s.terminal for s in states),
             jobs_finished=states.count(models.JobStatus.FINISHED),
             jobs_failed=states.count(models.JobStatus.FAILED),
-            jobs_canceled=states.count(models.JobStatus.CANCELED), version=__version__,
+            jobs_canceled=states.count(models.JobStatus.CANCELED),
+            version=__version__,
         )
 
     # -- TaskManager connections ---------------------------------------------------------
@@ -127,11 +144,13 @@ class JobManager:
             first = messages.to_jobmanager.decode(await framing.read_frame(reader))
             if not isinstance(first, messages.RegisterTaskManager):
                 return
-            tm = resources.TaskManagerInfo(first.tm_id, first.host, first.data_port, first.slots,
-                                           first.pid, writer)
+            tm = resources.TaskManagerInfo(
+                first.tm_id, first.host, first.data_port, first.slots, first.pid, writer
+            )
             await self.rm.register(tm)
-            await self.rm.send(tm.tm_id, messages.Registered(
-                tm.tm_id, self.cluster.heartbeat_interval_ms))
+            await self.rm.send(
+                tm.tm_id, messages.Registered(tm.tm_id, self.cluster.heartbeat_interval_ms)
+            )
             while True:
                 message = messages.to_jobmanager.decode(await framing.read_frame(reader))
                 tm.last_heartbeat = time.monotonic()

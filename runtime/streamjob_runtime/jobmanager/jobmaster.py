@@ -85,7 +85,9 @@ class JobMaster:
         self.exceptions: list[models.ExceptionEntry] = []
         self.failure_cause: str | None = None
         self.job_dir = Path(cluster.checkpoint_dir) / job_id
-        self.strategy = restart.create(job_config.restart_strategy, job_config.checkpointing.enabled)
+        self.strategy = restart.create(
+            job_config.restart_strategy, job_config.checkpointing.enabled
+        )
         self.store = store.CompletedCheckpointStore(self.job_dir, job_config.checkpointing.retained)
         self.coordinator = coordinator.CheckpointCoordinator(
             job_id=job_id,
@@ -118,8 +120,14 @@ class JobMaster:
     def _transition(self, state: models.JobStatus, **fields: object) -> None:
         if state is self.state:
             return
-        logs.event(log, "job_status_changed", job_id=self.job_id, previous=self.state.value,
-                   state=state.value, **fields)
+        logs.event(
+            log,
+            "job_status_changed",
+            job_id=self.job_id,
+            previous=self.state.value,
+            state=state.value,
+            **fields,
+        )
         self.state = state
         if state.terminal:
             self.end_time = logs.now_ms()
@@ -148,8 +156,9 @@ class JobMaster:
                 self._transition(models.JobStatus.CANCELED)
                 return
             cause = outcome.cause or "unknown failure"
-            self.exceptions.append(models.ExceptionEntry(
-                timestamp=logs.now_ms(), attempt=self.attempt, cause=cause))
+            self.exceptions.append(
+                models.ExceptionEntry(timestamp=logs.now_ms(), attempt=self.attempt, cause=cause)
+            )
             self.strategy.notify_failure(logs.now_ms())
             if outcome.unrecoverable or not self.strategy.can_restart():
                 why = (
@@ -162,9 +171,15 @@ class JobMaster:
                 return
             delay_ms = self.strategy.backoff_ms()
             self._transition(models.JobStatus.RESTARTING)
-            logs.event(log, "restart_scheduled", job_id=self.job_id, delay_ms=delay_ms,
-                       next_attempt=self.attempt + 1, strategy=self.strategy.description,
-                       cause=cause.splitlines()[0])
+            logs.event(
+                log,
+                "restart_scheduled",
+                job_id=self.job_id,
+                delay_ms=delay_ms,
+                next_attempt=self.attempt + 1,
+                strategy=self.strategy.description,
+                cause=cause.splitlines()[0],
+            )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._cancel_requested.wait(), delay_ms / 1000)
             if self._cancel_requested.is_set():
@@ -223,8 +238,14 @@ class JobMaster:
                 {uid: (op.parallelism, op.handles) for uid, op in meta.operators.items()},
             )
             self.restored_from = meta.checkpoint_id
-            logs.event(log, "restoring_from_checkpoint", job_id=self.job_id,
-                       checkpoint_id=meta.checkpoint_id, attempt=self.attempt, path=str(directory))
+            logs.event(
+                log,
+                "restoring_from_checkpoint",
+                job_id=self.job_id,
+                checkpoint_id=meta.checkpoint_id,
+                attempt=self.attempt,
+                path=str(directory),
+            )
         message = messages.DeployTasks(
             job_id=self.job_id,
             attempt=self.attempt,
@@ -236,8 +257,14 @@ class JobMaster:
             checkpoint_dir=str(self.job_dir),
             restore=spec,
         )
-        logs.event(log, "job_deploying", job_id=self.job_id, attempt=self.attempt,
-                   tasks=len(placements), taskmanagers=sorted(self.attempt_taskmanagers()))
+        logs.event(
+            log,
+            "job_deploying",
+            job_id=self.job_id,
+            attempt=self.attempt,
+            tasks=len(placements),
+            taskmanagers=sorted(self.attempt_taskmanagers()),
+        )
         for tm_id in self.attempt_taskmanagers():
             asyncio.create_task(self._send_or_fail(tm_id, message))
 
@@ -260,8 +287,14 @@ class JobMaster:
 
     async def fail(self, cause: str, unrecoverable: bool = False) -> None:
         if self._outcome is not None and not self._outcome.done():
-            logs.event(log, "job_failing", logging.WARNING, job_id=self.job_id,
-                       attempt=self.attempt, cause=cause.splitlines()[0])
+            logs.event(
+                log,
+                "job_failing",
+                logging.WARNING,
+                job_id=self.job_id,
+                attempt=self.attempt,
+                cause=cause.splitlines()[0],
+            )
             self._outcome.set_result(Outcome("failed", cause, unrecoverable))
 
     async def cancel(self) -> None:
@@ -339,39 +372,73 @@ class JobMaster:
             states = {self.task_states.get(k, "CREATED") for k in subtasks}
             status = states.pop() if len(states) == 1 else "MIXED"
             ms = [self.metrics[k] for k in subtasks if k in self.metrics]
-            vertices.append(models.VertexInfo(
-                id=v.id, name=" -> ".join(t.name for t in v.operators),
-                operators=[t.uid for t in v.operators], parallelism=v.parallelism,
-                status=status if not self.state.terminal else self.state.value,
-                records_in=sum(m.records_in for m in ms), records_out=sum(m.records_out for m in ms),
-                backpressured_ms=sum(m.backpressured_ms for m in ms),
-            ))
+            vertices.append(
+                models.VertexInfo(
+                    id=v.id,
+                    name=" -> ".join(t.name for t in v.operators),
+                    operators=[t.uid for t in v.operators],
+                    parallelism=v.parallelism,
+                    status=status if not self.state.terminal else self.state.value,
+                    records_in=sum(m.records_in for m in ms),
+                    records_out=sum(m.records_out for m in ms),
+                    backpressured_ms=sum(m.backpressured_ms for m in ms),
+                )
+            )
         end = self.end_time or logs.now_ms()
         return models.JobDetails(
-            jid=self.job_id, name=self.config.name, state=self.state, start_time=self.start_time,
-            end_time=self.end_time, duration_ms=end - self.start_time, restarts=self.restarts,
-            attempt=self.attempt, restored_from=self.restored_from,
-            failure_cause=self.failure_cause, vertices=vertices,
+            jid=self.job_id,
+            name=self.config.name,
+            state=self.state,
+            start_time=self.start_time,
+            end_time=self.end_time,
+            duration_ms=end - self.start_time,
+            restarts=self.restarts,
+            attempt=self.attempt,
+            restored_from=self.restored_from,
+            failure_cause=self.failure_cause,
+            vertices=vertices,
         )
 
     def overview(self) -> models.JobOverview:
-        return models.JobOverview(jid=self.job_id, name=self.config.name, state=self.state,
-                                  start_time=self.start_time, restarts=self.restarts)
+        return models.JobOverview(
+            jid=self.job_id,
+            name=self.config.name,
+            state=self.state,
+            start_time=self.start_time,
+            restarts=self.restarts,
+        )
 
     def checkpoint_statistics(self) -> models.CheckpointingStatistics:
         c = self.coordinator
         latest = self.store.latest()
         return models.CheckpointingStatistics(
-            counts=models.CheckpointCounts(completed=c.counts["completed"], failed=c.counts["failed"],
-                                           in_progress=c.in_progress()),
-            latest_completed=None if latest is None else models.CompletedCheckpointInfo(
-                id=latest.checkpoint_id, path=str(latest.directory),
-                trigger_timestamp=latest.timestamp, duration_ms=latest.duration_ms,
-                bytes=latest.bytes, alignment_ms=latest.alignment_ms),
-            history=[models.CheckpointEntry(
-                id=h.checkpoint_id, status=h.status, trigger_timestamp=h.trigger_timestamp,
-                duration_ms=h.duration_ms, bytes=h.bytes, alignment_ms=h.alignment_ms,
-                failure=h.failure) for h in reversed(c.history)],
+            counts=models.CheckpointCounts(
+                completed=c.counts["completed"],
+                failed=c.counts["failed"],
+                in_progress=c.in_progress(),
+            ),
+            latest_completed=None
+            if latest is None
+            else models.CompletedCheckpointInfo(
+                id=latest.checkpoint_id,
+                path=str(latest.directory),
+                trigger_timestamp=latest.timestamp,
+                duration_ms=latest.duration_ms,
+                bytes=latest.bytes,
+                alignment_ms=latest.alignment_ms,
+            ),
+            history=[
+                models.CheckpointEntry(
+                    id=h.checkpoint_id,
+                    status=h.status,
+                    trigger_timestamp=h.trigger_timestamp,
+                    duration_ms=h.duration_ms,
+                    bytes=h.bytes,
+                    alignment_ms=h.alignment_ms,
+                    failure=h.failure,
+                )
+                for h in reversed(c.history)
+            ],
         )
 
     def exception_history(self) -> models.JobExceptions:
@@ -379,4 +446,3 @@ class JobMaster:
             root_exception=self.exceptions[-1].cause if self.exceptions else None,
             history=list(reversed(self.exceptions)),
         )
-

@@ -56,8 +56,14 @@ class ResourceManager:
 
     async def register(self, tm: TaskManagerInfo) -> None:
         self.taskmanagers[tm.tm_id] = tm
-        logs.event(log, "taskmanager_registered", tm_id=tm.tm_id, slots=tm.slots, pid=tm.pid,
-                   address=f"{tm.host}:{tm.data_port}")
+        logs.event(
+            log,
+            "taskmanager_registered",
+            tm_id=tm.tm_id,
+            slots=tm.slots,
+            pid=tm.pid,
+            address=f"{tm.host}:{tm.data_port}",
+        )
         async with self.changed:
             self.changed.notify_all()
 

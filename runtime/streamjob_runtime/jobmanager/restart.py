@@ -119,5 +119,7 @@ def create(
     if kind is config.RestartStrategyKind.FIXED_DELAY:
         return FixedDelay(cfg.attempts, cfg.delay_ms)
     if kind is config.RestartStrategyKind.FAILURE_RATE:
-        return FailureRate(cfg.max_failures_per_interval, cfg.failure_rate_interval_ms, cfg.delay_ms)
+        return FailureRate(
+            cfg.max_failures_per_interval, cfg.failure_rate_interval_ms, cfg.delay_ms
+        )
     return ExponentialDelay(cfg, rng or random.Random())

@@ -112,7 +112,9 @@ class ProcessOperator(KeyedOperator):
         key_of, backend, ctx, process = self.key_selector, self.backend, self.context, self.fn
         out: list[Any] = []
         out_ts: list[int] = []
-        ts_iter: Iterable[int | None] = timestamps if timestamps is not None else [None] * len(values)
+        ts_iter: Iterable[int | None] = (
+            timestamps if timestamps is not None else [None] * len(values)
+        )
         for v, ts in zip(values, ts_iter, strict=True):
             backend.current_key = key_of(v)
             ctx.timestamp = ts

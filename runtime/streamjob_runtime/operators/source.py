@@ -72,7 +72,9 @@ class SourceOperator(base.StreamOperator):
             splits = self.source.create_splits(self.ctx.parallelism)
         else:
             splits = [s for former in restored.operator for s in former]
-        mine = [s for s in splits if split_index(s) % self.ctx.parallelism == self.ctx.subtask_index]
+        mine = [
+            s for s in splits if split_index(s) % self.ctx.parallelism == self.ctx.subtask_index
+        ]
         self.reader.add_splits(mine)
 
     def process_batch(self, values: base.Batch, timestamps: base.Timestamps) -> None:

@@ -64,8 +64,14 @@ class TaskExecutor:
     async def run(self) -> None:
         server = await asyncio.start_server(self._serve_data, self.host, self.data_port)
         self.data_port = server.sockets[0].getsockname()[1]
-        logs.event(log, "taskmanager_started", tm_id=self.tm_id, data_port=self.data_port,
-                   slots=self.slots, pid=os.getpid())
+        logs.event(
+            log,
+            "taskmanager_started",
+            tm_id=self.tm_id,
+            data_port=self.data_port,
+            slots=self.slots,
+            pid=os.getpid(),
+        )
         delay = 0.1
         async with server:
             while True:
@@ -73,8 +79,13 @@ class TaskExecutor:
                     await self._session()
                     delay = 0.1
                 except (OSError, asyncio.IncompleteReadError) as e:
-                    logs.event(log, "jobmanager_unreachable", logging.WARNING,
-                               jobmanager=f"{self.jobmanager[0]}:{self.jobmanager[1]}", error=str(e))
+                    logs.event(
+                        log,
+                        "jobmanager_unreachable",
+                        logging.WARNING,
+                        jobmanager=f"{self.jobmanager[0]}:{self.jobmanager[1]}",
+                        error=str(e),
+                    )
                 await self._cancel_all()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
@@ -88,7 +99,9 @@ class TaskExecutor:
         heartbeat: asyncio.Task[None] | None = None
         try:
             await self.send(
-                messages.RegisterTaskManager(self.tm_id, self.host, self.data_port, self.slots, os.getpid())
+                messages.RegisterTaskManager(
+                    self.tm_id, self.host, self.data_port, self.slots, os.getpid()
+                )
             )
             while True:
                 message = messages.to_taskmanager.decode(await framing.read_frame(reader))
@@ -118,7 +131,12 @@ class TaskExecutor:
         while True:
             metrics = [
                 messages.TaskMetrics(
-                    d.job_id, d.attempt, key[0], key[1], t.records_in, t.output.records_out,
+                    d.job_id,
+                    d.attempt,
+                    key[0],
+                    key[1],
+                    t.records_in,
+                    t.output.records_out,
                     int((t.gate.backpressured_s if t.gate else 0) * 1000),
                 )
                 for d in self.deployments.values()
@@ -170,7 +188,11 @@ class TaskExecutor:
         except Exception as e:
             await self.send(
                 messages.TaskStateChanged(
-                    t.job_id, t.attempt, t.vertex.id, t.subtask, "FAILED",
+                    t.job_id,
+                    t.attempt,
+                    t.vertex.id,
+                    t.subtask,
+                    "FAILED",
                     f"{t.name}: {type(e).__name__}: {e}",
                 )
             )
@@ -184,7 +206,11 @@ class TaskExecutor:
                 if p.tm_id == self.tm_id:
                     await self.send(
                         messages.TaskStateChanged(
-                            d.job_id, d.attempt, p.vertex_id, p.subtask, "FAILED",
+                            d.job_id,
+                            d.attempt,
+                            p.vertex_id,
+                            p.subtask,
+                            "FAILED",
                             f"deploying {p.vertex_id}[{p.subtask}] on {self.tm_id} failed: {e}",
                             unrecoverable=isinstance(e, jobfile.JobFileError),
                         )
@@ -253,10 +279,14 @@ class TaskExecutor:
             target = placements[(downstream.id, j)]
             index = offset + subtask
             if target.tm_id == self.tm_id:
-                channels.append(network.LocalChannelWriter(d.gates[(downstream.id, j)].channels[index]))
+                channels.append(
+                    network.LocalChannelWriter(d.gates[(downstream.id, j)].channels[index])
+                )
             else:
                 channels.append(await self._connect(target, d, index))
-        return network.RecordWriter(channels, edge.partitioning, subtask, message.config.max_parallelism)
+        return network.RecordWriter(
+            channels, edge.partitioning, subtask, message.config.max_parallelism
+        )
 
     async def _connect(
         self, target: messages.SubtaskPlacement, d: Deployment, channel: int

@@ -155,7 +155,12 @@ class RecordWriter:
             self.pending[target].append(("b", values, timestamps))
             return
         assert self.key_selector is not None
-        key_of, table, maxp, h = self.key_selector, self.table, self.max_parallelism, keygroups.stable_hash
+        key_of, table, maxp, h = (
+            self.key_selector,
+            self.table,
+            self.max_parallelism,
+            keygroups.stable_hash,
+        )
         targets = [table[h(key_of(v)) % maxp] for v in values]
         buckets: list[list[Any]] = [[] for _ in range(n)]
         appends = [b.append for b in buckets]

@@ -94,7 +94,9 @@ def load_restored_state(
                 target.update(
                     (k, v) for k, v in table.items() if mine.contains(keygroups.key_group(k, maxp))
                 )
-    return base.RestoredState(restore.checkpoint_id, restore.job_id, keyed, operator, former_parallelism)
+    return base.RestoredState(
+        restore.checkpoint_id, restore.job_id, keyed, operator, former_parallelism
+    )
 
 
 class Task:
@@ -209,11 +211,16 @@ class Task:
         except Exception as e:
             cause = "".join(traceback.format_exception(e)[-6:])
             logs.event(
-                log, "task_failed", logging.ERROR, task=self.name, attempt=self.attempt,
+                log,
+                "task_failed",
+                logging.ERROR,
+                task=self.name,
+                attempt=self.attempt,
                 cause=f"{type(e).__name__}: {e}",
             )
             await self._report_state(
-                "FAILED", cause=f"{self.name}: {type(e).__name__}: {e}\n{cause}",
+                "FAILED",
+                cause=f"{self.name}: {type(e).__name__}: {e}\n{cause}",
                 unrecoverable=isinstance(e, base.UnrecoverableError),
             )
 
@@ -280,8 +287,10 @@ class Task:
         assert gate is not None
         head: base.StreamOperator = self.head
         self._watermarks = [base.MIN_WATERMARK] * len(gate.channels)
-        timers = any(type(op).on_processing_time is not base.StreamOperator.on_processing_time
-                     for op in self.operators)
+        timers = any(
+            type(op).on_processing_time is not base.StreamOperator.on_processing_time
+            for op in self.operators
+        )
         while True:
             item = await gate.next(0.1 if timers else None)
             if item is not None:
@@ -321,15 +330,25 @@ class Task:
         if self._aligning is None or checkpoint_id > self._aligning:
             if self._aligning is not None:
                 logs.event(
-                    log, "alignment_superseded", task=self.name,
-                    checkpoint_id=self._aligning, by=checkpoint_id,
+                    log,
+                    "alignment_superseded",
+                    task=self.name,
+                    checkpoint_id=self._aligning,
+                    by=checkpoint_id,
                 )
                 self._end_alignment()
             self._aligning = checkpoint_id
             self._align_started = time.monotonic()
         self._barriers.add(channel)
-        logs.event(log, "barrier_received", logging.DEBUG, task=self.name,
-                   checkpoint_id=checkpoint_id, channel=channel, have=len(self._barriers))
+        logs.event(
+            log,
+            "barrier_received",
+            logging.DEBUG,
+            task=self.name,
+            checkpoint_id=checkpoint_id,
+            channel=channel,
+            have=len(self._barriers),
+        )
         if self.exactly_once:
             gate.blocked.add(channel)
         if len(self._barriers) == len(gate.channels):
@@ -346,8 +365,9 @@ class Task:
 
     def _checkpoint(self, checkpoint_id: int, timestamp: int, alignment_s: float) -> None:
         """Synchronous part: snapshot the chain, forward the barrier, start the upload."""
-        logs.event(log, "snapshot_started", logging.DEBUG, task=self.name,
-                   checkpoint_id=checkpoint_id)
+        logs.event(
+            log, "snapshot_started", logging.DEBUG, task=self.name, checkpoint_id=checkpoint_id
+        )
         started = time.monotonic()
         blobs: list[tuple[str, bytes, bool, bool]] = []
         for op, uid in zip(self.operators, self.uids, strict=True):
@@ -392,7 +412,11 @@ class Task:
         except Exception as e:
             await self.report(
                 messages.DeclineCheckpoint(
-                    self.job_id, self.attempt, checkpoint_id, self.vertex.id, self.subtask,
+                    self.job_id,
+                    self.attempt,
+                    checkpoint_id,
+                    self.vertex.id,
+                    self.subtask,
                     f"writing state to {directory} failed: {e}",
                 )
             )
