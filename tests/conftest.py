@@ -1,0 +1,98 @@
+"""Shared fixtures: a real local cluster (JobManager and TaskManagers as processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from streamjob_runtime.api import client, models
+from streamjob_runtime.local import LocalCluster
+
+JOBS = Path(__file__).parent / "jobs"
+T = TypeVar("T")
+
+
+class Harness:
+    """Synchronous access to a running local cluster's REST API, for tests."""
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.cluster = cluster
+
+    def _call(self, fn: Callable[[client.JobManagerClient], object]) -> object:
+        async def go() -> object:
+            async with client.JobManagerClient(self.cluster.rest_url) as c:
+                return await fn(c)  # type: ignore[misc]
+
+        return asyncio.run(go())
+
+    def submit(self, job: str, args: list[str], parallelism: int = 1) -> str:
+        path = job if "/" in job else str(JOBS / f"{job}.py")
+        submission = models.JobSubmission(entrypoint=path, args=args, parallelism=parallelism)
+        result = self._call(lambda c: c.submit(submission))
+        assert isinstance(result, str)
+        return result
+
+    def job(self, job_id: str) -> models.JobDetails:
+        result = self._call(lambda c: c.job(job_id))
+        assert isinstance(result, models.JobDetails)
+        return result
+
+    def checkpoints(self, job_id: str) -> models.CheckpointingStatistics:
+        result = self._call(lambda c: c.checkpoints(job_id))
+        assert isinstance(result, models.CheckpointingStatistics)
+        return result
+
+    def exceptions(self, job_id: str) -> models.JobExceptions:
+        result = self._call(lambda c: c.exceptions(job_id))
+        assert isinstance(result, models.JobExceptions)
+        return result
+
+    def wait_for(
+        self, what: str, condition: Callable[[], bool], timeout_s: float = 60.0
+    ) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"timed out after {timeout_s} s waiting for {what}\n"
+                    + self.cluster.logs()[-6000:]
+                )
+            time.sleep(0.02)
+
+    def wait_terminal(self, job_id: str, timeout_s: float = 90.0) -> models.JobDetails:
+        details: list[models.JobDetails] = []
+
+        def done() -> bool:
+            details.append(self.job(job_id))
+            return details[-1].state.terminal
+
+        self.wait_for(f"job {job_id} to end", done, timeout_s)
+        return details[-1]
+
+    def source_records(self, job_id: str) -> int:
+        return self.job(job_id).vertices[0].records_in
+
+
+@pytest.fixture
+def cluster_factory(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
+    clusters: list[LocalCluster] = []
+
+    def start(taskmanagers: int = 1, slots: int = 1, **kwargs: object) -> Harness:
+        kwargs.setdefault("heartbeat_interval_ms", 200)
+        kwargs.setdefault("heartbeat_timeout_ms", 5_000)
+        c = LocalCluster(
+            tmp_path / f"cluster-{len(clusters)}", taskmanagers=taskmanagers, slots=slots,
+            **kwargs,  # type: ignore[arg-type]
+        )
+        clusters.append(c)
+        c.start()
+        return Harness(c)
+
+    yield start
+    for c in clusters:
+        c.stop()

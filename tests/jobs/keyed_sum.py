@@ -1,0 +1,131 @@
+"""Test job: a rolling keyed count whose exactly-once output is known in advance.
+
+Event ``i`` belongs to key ``i % keys``; the rolling reduce emits, per event,
+the key and how many events of that key it has seen.  Whatever the arrival
+order across parallel splits, the exactly-once output for key ``k`` is
+exactly the lines ``k 1`` .. ``k n_k``: a lost event removes a line, a
+replayed one repeats a line, and state lost on restore restarts the count.
+
+Arguments (env.args, as key=value): out, events, keys, rate, mode,
+interval, restart (none|fixed:<attempts>:<ms>|rate:<max>:<interval ms>:<ms>),
+fail_at (event index whose map raises, on every attempt), commit_delay
+(seconds the sink's pre-commit blocks, to hold checkpoints open), retained,
+sink_delay (seconds the sink sleeps per batch, a slow sink).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+from streamjob_runtime import config
+from streamjob_runtime.connectors.files import FileSink
+from streamjob_runtime.connectors.generator import GeneratorSource
+from streamjob_runtime.datastream import StreamExecutionEnvironment
+from streamjob_runtime.operators import base, sink
+
+
+def parse(args: list[str]) -> dict[str, str]:
+    return dict(a.split("=", 1) for a in args)
+
+
+def expected(events: int, keys: int) -> Counter[tuple[int, int]]:
+    seen = [0] * keys
+    out: Counter[tuple[int, int]] = Counter()
+    for i in range(events):
+        k = i % keys
+        seen[k] += 1
+        out[(k, seen[k])] += 1
+    return out
+
+
+class SlowWriter(sink.SinkWriter):
+    def __init__(self, inner: sink.SinkWriter, commit_delay: float, batch_delay: float) -> None:
+        self.inner = inner
+        self.commit_delay = commit_delay
+        self.batch_delay = batch_delay
+
+    def write(self, values: list[Any]) -> None:
+        if self.batch_delay:
+            time.sleep(self.batch_delay)
+        self.inner.write(values)
+
+    def prepare_commit(self, checkpoint_id: int) -> list[Any]:
+        if self.commit_delay:
+            time.sleep(self.commit_delay)
+        return self.inner.prepare_commit(checkpoint_id)
+
+    def commit(self, committables: list[Any]) -> None:
+        self.inner.commit(committables)
+
+    def discard_staged(self, keep: list[Any], restored_job_id: str | None) -> None:
+        self.inner.discard_staged(keep, restored_job_id)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class SlowSink(sink.Sink):
+    """The file sink, with a blocking pre-commit and/or a per-batch delay."""
+
+    def __init__(self, inner: FileSink, commit_delay: float, batch_delay: float) -> None:
+        self.inner = inner
+        self.commit_delay = commit_delay
+        self.batch_delay = batch_delay
+
+    def create_writer(self, ctx: base.OperatorContext) -> sink.SinkWriter:
+        return SlowWriter(self.inner.create_writer(ctx), self.commit_delay, self.batch_delay)
+
+
+def restart_strategy(spec: str) -> config.RestartStrategyConfig:
+    kind, *params = spec.split(":")
+    if kind == "none":
+        return config.no_restart()
+    if kind == "fixed":
+        return config.fixed_delay(int(params[0]), int(params[1]))
+    if kind == "rate":
+        return config.failure_rate(int(params[0]), int(params[1]), int(params[2]))
+    raise ValueError(f"unknown restart spec {spec}")
+
+
+def build(env: StreamExecutionEnvironment) -> None:
+    a = parse(env.args)
+    events = int(a.get("events", "60000"))
+    keys = int(a.get("keys", "97"))
+    rate = float(a["rate"]) if "rate" in a else None
+    fail_at = int(a.get("fail_at", "-1"))
+    env.enable_checkpointing(
+        int(a.get("interval", "200")),
+        a.get("mode", "exactly-once"),
+        retained=int(a.get("retained", "1")),
+    )
+    if "restart" in a:
+        env.set_restart_strategy(restart_strategy(a["restart"]))
+    else:
+        env.set_restart_strategy(config.fixed_delay(2_147_483_647, int(a.get("delay", "100"))))
+
+    def check(event: tuple[int, int]) -> tuple[int, int]:
+        if event[1] == fail_at:
+            raise RuntimeError(f"boom at event {fail_at}")
+        return (event[0], 1)
+
+    out = SlowSink(
+        FileSink(a["out"], encoder=lambda r: f"{r[0]} {r[1]}"),
+        float(a.get("commit_delay", "0")),
+        float(a.get("sink_delay", "0")),
+    )
+    (
+        env.from_source(
+            GeneratorSource(lambda i: (i % keys, i), count=events if events >= 0 else None, rate=rate),
+            name="numbers",
+        )
+        .uid("numbers")
+        .map(check)
+        .uid("check")
+        .key_by(lambda e: e[0])
+        .reduce(lambda x, y: (x[0], x[1] + y[1]))
+        .uid("sum")
+        .sink_to(out)
+        .uid("sink")
+    )
