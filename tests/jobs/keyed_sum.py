@@ -80,6 +80,8 @@ class SlowSink(sink.Sink):
 
 def restart_strategy(spec: str) -> config.RestartStrategyConfig:
     kind, *params = spec.split(":")
+    if kind == "default":
+        return config.RestartStrategyConfig()
     if kind == "none":
         return config.no_restart()
     if kind == "fixed":

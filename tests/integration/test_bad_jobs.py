@@ -1,0 +1,107 @@
+"""Bad job files fail fast, with a message that says what to fix."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from streamjob_runtime.api import client, models
+from tests.conftest import Harness
+
+GOOD_TAIL = """
+from streamjob_runtime.connectors.files import FileSink
+from streamjob_runtime.connectors.generator import GeneratorSource
+"""
+
+
+def streamjob(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streamjob_runtime.cli", *args],
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("def build(env):\n    env.from_source(\n", "syntax error at line"),
+        ("x = 1\n", "defines no build(env) function"),
+        ("import no_such_module_anywhere\n", "No module named 'no_such_module_anywhere'"),
+        ("def build(env):\n    raise ValueError('bad argument')\n", "bad argument"),
+        ("def build(env):\n    pass\n", "defines no operators"),
+    ],
+)
+def test_cli_refuses_a_bad_job_before_starting_any_process(
+    tmp_path: Path, source: str, message: str
+) -> None:
+    job = tmp_path / "job.py"
+    job.write_text(source)
+    started = time.monotonic()
+    result = streamjob("run", "--workdir", str(tmp_path / "wd"), str(job))
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert str(job) in result.stderr or "job" in result.stderr
+    assert not (tmp_path / "wd").exists(), "a cluster was started for a job that cannot run"
+    assert time.monotonic() - started < 30
+
+
+def test_rest_submission_of_a_bad_job_is_a_400_with_the_reason(
+    cluster_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    h = cluster_factory()
+    job = tmp_path / "job.py"
+    job.write_text("def build(env)\n")
+
+    async def submit() -> client.RestError:
+        async with client.JobManagerClient(h.cluster.rest_url) as c:
+            try:
+                await c.submit(models.JobSubmission(entrypoint=str(job)))
+            except client.RestError as e:
+                return e
+        raise AssertionError("the submission was accepted")
+
+    import asyncio
+
+    error = asyncio.run(submit())
+    assert error.status == 400
+    assert "syntax error at line 1" in error.message
+
+
+def test_unpicklable_state_fails_the_job_at_once_naming_the_operator(
+    cluster_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    job = tmp_path / "job.py"
+    job.write_text(
+        GOOD_TAIL
+        + """
+import threading
+from streamjob_runtime.functions import KeyedProcessFunction
+
+class Remember(KeyedProcessFunction):
+    def open(self, ctx):
+        self.last = ctx.value_state("last")
+
+    def process_element(self, value, ctx):
+        self.last.update(threading.Lock())  # cannot be pickled
+        return [value]
+
+def build(env):
+    env.enable_checkpointing(100)
+    (env.from_source(GeneratorSource(lambda i: i, count=None, rate=1000))
+        .key_by(lambda v: v % 10).process(Remember()).uid("remember")
+        .sink_to(FileSink(env.args[0])))
+"""
+    )
+    h = cluster_factory()
+    job_id = h.submit(str(job), [str(tmp_path / "out")])
+    details = h.wait_terminal(job_id, timeout_s=30)
+    assert details.state is models.JobStatus.FAILED
+    assert details.restarts == 0, "an unrecoverable error must not be retried"
+    cause = details.failure_cause or ""
+    assert "state of operator 'remember' cannot be checkpointed" in cause
+    assert "lock" in cause.lower()

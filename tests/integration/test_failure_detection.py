@@ -1,0 +1,77 @@
+"""Failure detection: heartbeat timeouts, and damaged checkpoints skipped on restore."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from streamjob_runtime.api import models
+from streamjob_runtime.state import storage
+from tests.conftest import Harness
+from tests.integration.test_exactly_once_recovery import assert_exact
+
+
+def test_a_frozen_taskmanager_is_declared_lost_after_the_heartbeat_timeout(
+    cluster_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    h = cluster_factory(taskmanagers=2, heartbeat_interval_ms=200, heartbeat_timeout_ms=1_500)
+    out = tmp_path / "out"
+    job = h.submit("keyed_sum", [f"out={out}", "events=40000", "keys=97", "rate=20000"])
+    h.wait_for("5000 source records", lambda: h.source_records(job) >= 5_000)
+    # Slots go to TaskManagers in id order: the job runs on the first one.  SIGSTOP
+    # keeps its connections open, so only the missing heartbeats reveal the loss.
+    frozen = h.cluster.kill_taskmanager(0, signal.SIGSTOP)
+    try:
+        h.wait_for("the job to fail over", lambda: h.job(job).restarts >= 1, timeout_s=30)
+        lost = [
+            json.loads(line)
+            for line in (h.cluster.log_dir / "jobmanager.log").read_text().splitlines()
+            if '"taskmanager_lost"' in line
+        ]
+        assert lost and "heartbeat timeout" in str(lost[0]["reason"])
+    finally:
+        os.kill(frozen, signal.SIGKILL)
+        os.kill(frozen, signal.SIGCONT)
+    details = h.wait_terminal(job)
+    assert details.state is models.JobStatus.FINISHED, details.failure_cause
+    assert_exact(out, 40_000)
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt"])
+def test_a_checkpoint_with_damaged_metadata_is_skipped_for_the_previous_one(
+    cluster_factory: Callable[..., Harness], tmp_path: Path, damage: str
+) -> None:
+    h = cluster_factory()
+    out = tmp_path / "out"
+    job = h.submit(
+        "keyed_sum",
+        [f"out={out}", "events=60000", "rate=10000", "retained=3", "restart=fixed:5:2000"],
+    )
+    h.wait_for("3 completed checkpoints", lambda: h.checkpoints(job).counts.completed >= 3)
+    h.cluster.kill_taskmanager(0)
+    # The restart waits 2 s: damage the newest checkpoint before the restore reads it.
+    h.wait_for("the restart delay", lambda: h.job(job).state is models.JobStatus.RESTARTING)
+    job_dir = Path(h.cluster.checkpoint_dir or "") / job
+    ids = storage.checkpoint_ids(job_dir)
+    newest = storage.checkpoint_dir(job_dir, ids[-1]) / storage.METADATA
+    if damage == "missing":
+        newest.unlink()
+    else:
+        newest.write_bytes(newest.read_bytes()[:-40] + b"garbage")
+    h.wait_for("the restore", lambda: h.job(job).restarts >= 1 and h.job(job).attempt >= 2)
+    h.wait_for("the restore", lambda: h.job(job).restored_from is not None)
+    assert h.job(job).restored_from == ids[-2]
+    skipped = [
+        json.loads(line)
+        for line in (h.cluster.log_dir / "jobmanager.log").read_text().splitlines()
+        if '"checkpoint_skipped"' in line
+    ]
+    assert skipped and skipped[0]["checkpoint_id"] == ids[-1]
+    reason = str(skipped[0]["reason"])
+    assert ("missing" in reason) if damage == "missing" else ("corrupt" in reason or "not valid" in reason)
+    assert h.wait_terminal(job).state is models.JobStatus.FINISHED
