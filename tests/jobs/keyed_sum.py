@@ -10,7 +10,8 @@ Arguments (env.args, as key=value): out, events, keys, rate, mode,
 interval, restart (none|fixed:<attempts>:<ms>|rate:<max>:<interval ms>:<ms>),
 fail_at (event index whose map raises, on every attempt), commit_delay
 (seconds the sink's pre-commit blocks, to hold checkpoints open), retained,
-sink_delay (seconds the sink sleeps per batch, a slow sink).
+sink_delay (seconds the sink sleeps per batch, a slow sink), slow_subtask (only
+that sink subtask is slow), source_parallelism.
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ def expected(events: int, keys: int) -> Counter[tuple[int, int]]:
 
 
 class SlowWriter(sink.SinkWriter):
-    def __init__(self, inner: sink.SinkWriter, commit_delay: float, batch_delay: float) -> None:
+    def __init__(
+        self, inner: sink.SinkWriter, commit_delay: float, batch_delay: float
+    ) -> None:
         self.inner = inner
         self.commit_delay = commit_delay
         self.batch_delay = batch_delay
@@ -69,13 +72,19 @@ class SlowWriter(sink.SinkWriter):
 class SlowSink(sink.Sink):
     """The file sink, with a blocking pre-commit and/or a per-batch delay."""
 
-    def __init__(self, inner: FileSink, commit_delay: float, batch_delay: float) -> None:
+    def __init__(
+        self, inner: FileSink, commit_delay: float, batch_delay: float, slow_subtask: int | None
+    ) -> None:
         self.inner = inner
         self.commit_delay = commit_delay
         self.batch_delay = batch_delay
+        self.slow_subtask = slow_subtask
 
     def create_writer(self, ctx: base.OperatorContext) -> sink.SinkWriter:
-        return SlowWriter(self.inner.create_writer(ctx), self.commit_delay, self.batch_delay)
+        slow = self.slow_subtask is None or ctx.subtask_index == self.slow_subtask
+        return SlowWriter(
+            self.inner.create_writer(ctx), self.commit_delay, self.batch_delay if slow else 0.0
+        )
 
 
 def restart_strategy(spec: str) -> config.RestartStrategyConfig:
@@ -116,15 +125,19 @@ def build(env: StreamExecutionEnvironment) -> None:
         FileSink(a["out"], encoder=lambda r: f"{r[0]} {r[1]}"),
         float(a.get("commit_delay", "0")),
         float(a.get("sink_delay", "0")),
+        int(a["slow_subtask"]) if "slow_subtask" in a else None,
     )
+    source_parallelism = int(a.get("source_parallelism", "0")) or None
     (
         env.from_source(
             GeneratorSource(lambda i: (i % keys, i), count=events if events >= 0 else None, rate=rate),
             name="numbers",
         )
         .uid("numbers")
+        .set_parallelism(source_parallelism or env.parallelism)
         .map(check)
         .uid("check")
+        .set_parallelism(source_parallelism or env.parallelism)
         .key_by(lambda e: e[0])
         .reduce(lambda x, y: (x[0], x[1] + y[1]))
         .uid("sum")

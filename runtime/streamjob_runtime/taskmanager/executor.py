@@ -303,15 +303,14 @@ class TaskExecutor:
             raise ConnectionError(
                 f"cannot reach TaskManager {target.tm_id} at {target.host}:{target.data_port}"
             )
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _tune_data_socket(writer)
         hello = messages.DataHello(d.job_id, d.attempt, target.vertex_id, target.subtask, channel)
         framing.write_frame(writer, messages.encode(hello))
         await writer.drain()
         return network.RemoteChannelWriter(writer)
 
     async def _serve_data(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        _tune_data_socket(writer)
         try:
             hello = messages.hello_decoder.decode(await framing.read_frame(reader))
             gate = await self._wait_for_gate(hello)
@@ -376,6 +375,19 @@ class TaskExecutor:
                 messages.TaskStateChanged(t.job_id, t.attempt, t.vertex.id, t.subtask, "FINISHED")
             )
         logs.event(log, "tasks_finished", job_id=message.job_id, attempt=message.attempt)
+
+
+# Small kernel buffers on data connections: with the bounded input channels they
+# bound what one channel holds in flight (Flink bounds it with network credits).
+DATA_SOCKET_BUFFER = 64 * 1024
+
+
+def _tune_data_socket(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, DATA_SOCKET_BUFFER)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, DATA_SOCKET_BUFFER)
 
 
 def main(jobmanager: str, slots: int, host: str, data_port: int, tm_id: str | None) -> None:
