@@ -34,7 +34,9 @@ def test_slow_remote_sink_throttles_the_source_with_bounded_memory(
 
     h.wait_for("150000 records through the slow sink", sample, timeout_s=60)
     in_flight = [emitted - consumed for emitted, consumed in samples]
-    bound = 100_000
+    # Per remote channel: 8 batches + 64 KiB kernel buffers each way + a 128 KiB write buffer
+    # (tiny records: ~6 bytes each pickled), plus heartbeat skew between the two TaskManagers.
+    bound = 200_000
     print(f"at most {max(in_flight)} records in flight")
     # Without back-pressure the source would run ahead by millions of records.
     assert max(in_flight) <= bound, f"up to {max(in_flight)} records in flight"
