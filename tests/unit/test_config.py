@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import pytest
+
+from streamjob_runtime import config
+
+
+def test_flink_style_options_set_typed_fields() -> None:
+    c = config.apply_options(
+        config.JobConfig(),
+        {
+            "execution.checkpointing.interval": "1000",
+            "execution.checkpointing.mode": "at-least-once",
+            "restart-strategy.type": "failure-rate",
+            "parallelism.default": "3",
+        },
+    )
+    assert c.checkpointing.interval_ms == 1000
+    assert c.checkpointing.mode is config.CheckpointingMode.AT_LEAST_ONCE
+    assert c.restart_strategy.kind is config.RestartStrategyKind.FAILURE_RATE
+    assert c.parallelism == 3
+
+
+def test_unknown_option_lists_the_known_ones() -> None:
+    with pytest.raises(config.ConfigError, match="unknown option 'execution.chekpointing'.*known"):
+        config.apply_options(config.JobConfig(), {"execution.chekpointing": "1"})
+
+
+def test_bad_value_says_what_is_expected() -> None:
+    with pytest.raises(config.ConfigError, match="expected one of"):
+        config.apply_options(config.JobConfig(), {"execution.checkpointing.mode": "twice"})
+    with pytest.raises(config.ConfigError, match="expected int"):
+        config.apply_options(config.JobConfig(), {"execution.checkpointing.interval": "1s"})
+
+
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        (config.JobConfig(parallelism=0), "parallelism must be >= 1"),
+        (config.JobConfig(parallelism=200), "exceeds max parallelism"),
+        (config.JobConfig(checkpointing=config.CheckpointConfig(retained=0)), "retained"),
+        (config.JobConfig(checkpointing=config.CheckpointConfig(interval_ms=5)), "at least 10"),
+    ],
+)
+def test_invalid_settings_are_refused_with_a_reason(cfg: config.JobConfig, message: str) -> None:
+    with pytest.raises(config.ConfigError, match=message):
+        cfg.validate()
+
+
+def test_heartbeat_timeout_must_exceed_the_interval() -> None:
+    with pytest.raises(config.ConfigError, match="must exceed the heartbeat interval"):
+        config.ClusterConfig("/tmp/x", heartbeat_interval_ms=5_000, heartbeat_timeout_ms=5_000).validate()
