@@ -1,0 +1,81 @@
+"""``streamjob run`` on the embedded local cluster."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from streamjob_runtime.connectors import files
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "examples"))
+
+import clickstream  # noqa: E402
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def test_run_executes_the_example_job_and_its_output_is_exact(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "streamjob_runtime.cli", "run", "--parallelism", "2",
+         "--workdir", str(tmp_path / "wd"), str(ROOT / "examples" / "clickstream.py"),
+         str(out), "30000", "200000"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "FINISHED" in result.stdout
+    rows = [json.loads(line) for line in files.read_committed_lines(str(out))]
+    got = collections.Counter({(r["user"], r["window_start"]): r["clicks"] for r in rows})
+    assert len(rows) == len(got)
+    assert got == clickstream.expected_counts(30_000)
+
+
+def test_ctrl_c_cancels_the_job_and_stops_every_process(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamjob_runtime.cli", "run", "-p", "2",
+         "--workdir", str(tmp_path / "wd"), str(ROOT / "examples" / "clickstream.py"),
+         str(tmp_path / "out"), "100000000", "1000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "RUNNING" in line:
+            break
+    cluster = children_of(proc.pid)
+    assert len(cluster) == 3  # a JobManager and two TaskManagers
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stdout + stderr
+    assert "cancelling the job" in stdout
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in cluster):
+        assert time.monotonic() < deadline, "cluster processes outlived the CLI"
+        time.sleep(0.05)
+    log = (tmp_path / "wd" / "logs" / "jobmanager.log").read_text()
+    assert '"state":"CANCELED"' in log
+
+
+def test_version() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "streamjob_runtime.cli", "--version"],
+        capture_output=True, text=True, check=True, env={**os.environ},
+    ).stdout
+    assert out.startswith("streamjob ")
