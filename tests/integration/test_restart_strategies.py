@@ -82,3 +82,24 @@ def test_default_strategy_with_checkpoints_restarts_after_a_taskmanager_loss(
     scheduled = events(h, "restart_scheduled")
     assert scheduled[0]["delay_ms"] == 1000
     assert "fixed-delay" in str(scheduled[0]["strategy"])
+
+
+def test_expired_checkpoints_beyond_the_tolerance_fail_the_job(
+    cluster_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    h = cluster_factory()
+    # The sink's pre-commit takes 1 s, the checkpoint timeout is 300 ms: every checkpoint
+    # expires; the second consecutive failure exceeds the tolerance of 1.
+    job = h.submit(
+        "keyed_sum",
+        [f"out={tmp_path / 'out'}", "events=-1", "rate=5000", "commit_delay=1.0",
+         "interval=100", "timeout=300", "tolerable=1", "restart=none"],
+    )
+    details = h.wait_terminal(job)
+    assert details.state is models.JobStatus.FAILED
+    cause = details.failure_cause or ""
+    assert "expired after 300 ms" in cause
+    assert "tolerable failed checkpoint count (1) is exceeded" in cause
+    stats = h.checkpoints(job)
+    assert stats.counts.completed == 0 and stats.counts.failed >= 2
+    assert all(e.status == "FAILED" for e in stats.history)

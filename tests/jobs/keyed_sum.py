@@ -11,7 +11,8 @@ interval, restart (none|fixed:<attempts>:<ms>|rate:<max>:<interval ms>:<ms>),
 fail_at (event index whose map raises, on every attempt), commit_delay
 (seconds the sink's pre-commit blocks, to hold checkpoints open), retained,
 sink_delay (seconds the sink sleeps per batch, a slow sink), slow_subtask (only
-that sink subtask is slow), source_parallelism.
+that sink subtask is slow), source_parallelism, timeout and tolerable (checkpoint timeout in ms and tolerable
+failed checkpoints).
 """
 
 from __future__ import annotations
@@ -110,6 +111,8 @@ def build(env: StreamExecutionEnvironment) -> None:
         int(a.get("interval", "200")),
         a.get("mode", "exactly-once"),
         retained=int(a.get("retained", "1")),
+        timeout_ms=int(a.get("timeout", "600000")),
+        tolerable_failures=int(a.get("tolerable", "0")),
     )
     if "restart" in a:
         env.set_restart_strategy(restart_strategy(a["restart"]))
