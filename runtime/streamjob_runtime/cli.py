@@ -8,19 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import signal
 import sys
 import tempfile
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
 
 from streamjob_runtime import __version__, config, jobfile, logs
-
-T = TypeVar("T")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELED, EXIT_UNREACHABLE, EXIT_INTERRUPTED = (
     0,
@@ -107,10 +101,6 @@ def parser() -> argparse.ArgumentParser:
             c.add_argument("job_id")
         c.add_argument("--jobmanager", required=True, metavar="HOST:PORT")
     return p
-
-
-def _run_async(fn: Callable[[], Awaitable[T]]) -> T:
-    return asyncio.run(fn())  # type: ignore[arg-type]
 
 
 def _url(address: str) -> str:
@@ -242,7 +232,10 @@ def run(args: argparse.Namespace) -> int:
                     if interrupted:
                         print("interrupted: cancelling the job")
                         await c.cancel(job_id)
-                        while not (await c.job(job_id)).state.terminal:
+                        # Poll the remote job until it reaches a terminal state.
+                        while True:
+                            if (await c.job(job_id)).state.terminal:
+                                break
                             await asyncio.sleep(0.1)
                         return EXIT_INTERRUPTED
                     if details.state.value != last:
