@@ -10,7 +10,9 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from aiohttp import web
@@ -43,7 +45,9 @@ class JobManager:
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self, rpc_port: int = 0, rest_port: int = 0) -> None:
-        Path(self.cluster.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(
+            Path(self.cluster.checkpoint_dir).mkdir, parents=True, exist_ok=True
+        )
         server = await asyncio.start_server(self._serve_taskmanager, self.host, rpc_port)
         self._servers.append(server)
         self.rpc_port = server.sockets[0].getsockname()[1]
@@ -74,8 +78,8 @@ class JobManager:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    def _spawn(self, coro: object) -> None:
-        t = asyncio.create_task(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        t = asyncio.create_task(coro)
         self._background.add(t)
         t.add_done_callback(self._background.discard)
 
@@ -172,8 +176,8 @@ class JobManager:
 
     async def _dispatch(self, tm_id: str, message: messages.Message) -> None:
         if isinstance(message, messages.Heartbeat):
-            for job in self.jobs.values():
-                job.on_metrics(message.metrics)
+            for master in self.jobs.values():
+                master.on_metrics(message.metrics)
             return
         job = self.jobs.get(getattr(message, "job_id", ""))
         if job is None:
@@ -202,6 +206,13 @@ class JobManager:
                     )
 
 
+def _write_ready_file(ready_file: str, ready: dict[str, int]) -> None:
+    tmp = f"{ready_file}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(ready, f)
+    os.replace(tmp, ready_file)
+
+
 async def serve(
     cluster: config.ClusterConfig,
     host: str,
@@ -212,10 +223,8 @@ async def serve(
     jm = JobManager(cluster, host)
     await jm.start(rpc_port, rest_port)
     if ready_file:
-        tmp = f"{ready_file}.tmp"
-        with open(tmp, "w") as f:
-            json.dump({"rpc_port": jm.rpc_port, "rest_port": jm.rest_port, "pid": os.getpid()}, f)
-        os.replace(tmp, ready_file)
+        ready = {"rpc_port": jm.rpc_port, "rest_port": jm.rest_port, "pid": os.getpid()}
+        await asyncio.to_thread(_write_ready_file, ready_file, ready)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     import signal

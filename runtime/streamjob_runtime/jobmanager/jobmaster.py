@@ -107,6 +107,7 @@ class JobMaster:
         self._canceled_acks: dict[str, asyncio.Future[None]] = {}
         self._finishing: asyncio.Task[None] | None = None
         self._main: asyncio.Task[None] | None = None
+        self._sends: set[asyncio.Task[None]] = set()
         self.done = asyncio.Event()
 
     # -- views ---------------------------------------------------------------------------
@@ -123,6 +124,7 @@ class JobMaster:
         logs.event(
             log,
             "job_status_changed",
+            logging.INFO,
             job_id=self.job_id,
             previous=self.state.value,
             state=state.value,
@@ -190,7 +192,8 @@ class JobMaster:
     async def _run_attempt(self) -> Outcome:
         self.attempt += 1
         loop = asyncio.get_running_loop()
-        self._outcome = outcome_future = loop.create_future()
+        outcome_future: asyncio.Future[Outcome] = loop.create_future()
+        self._outcome = outcome_future
         if self._cancel_requested.is_set():
             return Outcome("canceled")
         restore = await asyncio.to_thread(self.store.latest_valid)
@@ -266,7 +269,9 @@ class JobMaster:
             taskmanagers=sorted(self.attempt_taskmanagers()),
         )
         for tm_id in self.attempt_taskmanagers():
-            asyncio.create_task(self._send_or_fail(tm_id, message))
+            send = asyncio.create_task(self._send_or_fail(tm_id, message))
+            self._sends.add(send)
+            send.add_done_callback(self._sends.discard)
 
     async def _send_or_fail(self, tm_id: str, message: messages.Message) -> None:
         if not await self.rm.send(tm_id, message):
@@ -336,9 +341,13 @@ class JobMaster:
         elif msg.state == "INPUT_ENDED" and states == {"INPUT_ENDED"}:
             self.coordinator.start(_Gateway(self, self.attempt), set(self.task_states))
             self._finishing = asyncio.create_task(self._final_checkpoint(self.attempt))
-        elif msg.state == "FINISHED" and states == {"FINISHED"}:
-            if self._outcome is not None and not self._outcome.done():
-                self._outcome.set_result(Outcome("finished"))
+        elif (
+            msg.state == "FINISHED"
+            and states == {"FINISHED"}
+            and self._outcome is not None
+            and not self._outcome.done()
+        ):
+            self._outcome.set_result(Outcome("finished"))
 
     async def _final_checkpoint(self, attempt: int) -> None:
         """Input ended everywhere: one last checkpoint commits the sinks' last data."""

@@ -12,6 +12,7 @@ from streamjob_runtime.api import models
 
 if TYPE_CHECKING:
     from streamjob_runtime.jobmanager.dispatcher import JobManager
+    from streamjob_runtime.jobmanager.jobmaster import JobMaster
 
 JM_KEY: web.AppKey[JobManager] = web.AppKey("jobmanager")
 
@@ -40,7 +41,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error(400, f"invalid request body: {e.errors(include_url=False)}")
 
 
-def _job(request: web.Request) -> object:
+def _job(request: web.Request) -> JobMaster:
     jm = request.app[JM_KEY]
     job_id = request.match_info["job_id"]
     job = jm.jobs.get(job_id)
@@ -82,15 +83,15 @@ async def submit_job(request: web.Request) -> web.Response:
 
 
 async def job_details(request: web.Request) -> web.Response:
-    return _json(_job(request).details())  # type: ignore[attr-defined]
+    return _json(_job(request).details())
 
 
 async def job_checkpoints(request: web.Request) -> web.Response:
-    return _json(_job(request).checkpoint_statistics())  # type: ignore[attr-defined]
+    return _json(_job(request).checkpoint_statistics())
 
 
 async def job_exceptions(request: web.Request) -> web.Response:
-    return _json(_job(request).exception_history())  # type: ignore[attr-defined]
+    return _json(_job(request).exception_history())
 
 
 async def patch_job(request: web.Request) -> web.Response:
@@ -98,7 +99,7 @@ async def patch_job(request: web.Request) -> web.Response:
     mode = request.query.get("mode", "cancel")
     if mode != "cancel":
         return error(400, f"unknown mode {mode!r}; use PATCH /jobs/<id>?mode=cancel")
-    await job.cancel()  # type: ignore[attr-defined]
+    await job.cancel()
     return web.json_response({}, status=202)
 
 
