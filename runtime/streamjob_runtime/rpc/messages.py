@@ -11,13 +11,17 @@ from streamjob_runtime.graph import jobgraph
 
 
 class Message(msgspec.Struct, tag=True, frozen=True):
-    pass
+    """Base of the control messages.
+
+    msgspec passes ``frozen`` on to subclasses; they repeat ``frozen=True`` so
+    that type checkers (``dataclass_transform``) see them as frozen too.
+    """
 
 
 # -- TaskManager -> JobManager ------------------------------------------------------------
 
 
-class RegisterTaskManager(Message):
+class RegisterTaskManager(Message, frozen=True):
     tm_id: str
     host: str
     data_port: int
@@ -25,7 +29,7 @@ class RegisterTaskManager(Message):
     pid: int
 
 
-class Heartbeat(Message):
+class Heartbeat(Message, frozen=True):
     tm_id: str
     # (job_id, attempt, vertex_id, subtask) -> counters, summed by the JobManager
     metrics: list[TaskMetrics] = []
@@ -41,7 +45,7 @@ class TaskMetrics(msgspec.Struct, frozen=True):
     backpressured_ms: int
 
 
-class TaskStateChanged(Message):
+class TaskStateChanged(Message, frozen=True):
     job_id: str
     attempt: int
     vertex_id: str
@@ -64,7 +68,7 @@ class StateHandle(msgspec.Struct, frozen=True):
     has_operator: bool
 
 
-class AcknowledgeCheckpoint(Message):
+class AcknowledgeCheckpoint(Message, frozen=True):
     job_id: str
     attempt: int
     checkpoint_id: int
@@ -77,7 +81,7 @@ class AcknowledgeCheckpoint(Message):
     alignment_ms: float
 
 
-class DeclineCheckpoint(Message):
+class DeclineCheckpoint(Message, frozen=True):
     job_id: str
     attempt: int
     checkpoint_id: int
@@ -86,7 +90,7 @@ class DeclineCheckpoint(Message):
     reason: str
 
 
-class TasksCanceled(Message):
+class TasksCanceled(Message, frozen=True):
     job_id: str
     attempt: int
 
@@ -94,7 +98,7 @@ class TasksCanceled(Message):
 # -- JobManager -> TaskManager ------------------------------------------------------------
 
 
-class Registered(Message):
+class Registered(Message, frozen=True):
     tm_id: str
     heartbeat_interval_ms: int
 
@@ -115,7 +119,7 @@ class SubtaskPlacement(msgspec.Struct, frozen=True):
     data_port: int
 
 
-class DeployTasks(Message):
+class DeployTasks(Message, frozen=True):
     job_id: str
     attempt: int
     entrypoint: str
@@ -127,31 +131,31 @@ class DeployTasks(Message):
     restore: RestoreSpec | None
 
 
-class TriggerCheckpoint(Message):
+class TriggerCheckpoint(Message, frozen=True):
     job_id: str
     attempt: int
     checkpoint_id: int
     timestamp: int
 
 
-class NotifyCheckpointComplete(Message):
+class NotifyCheckpointComplete(Message, frozen=True):
     job_id: str
     attempt: int
     checkpoint_id: int
 
 
-class AbortCheckpoint(Message):
+class AbortCheckpoint(Message, frozen=True):
     job_id: str
     attempt: int
     checkpoint_id: int
 
 
-class CancelTasks(Message):
+class CancelTasks(Message, frozen=True):
     job_id: str
     attempt: int
 
 
-class FinishTasks(Message):
+class FinishTasks(Message, frozen=True):
     """Input has ended everywhere and ``final_checkpoint_id`` completed: commit and exit."""
 
     job_id: str
@@ -178,8 +182,8 @@ ToTaskManager = (
 )
 
 encoder = msgspec.msgpack.Encoder()
-to_jobmanager = msgspec.msgpack.Decoder(ToJobManager)  # type: ignore[arg-type]
-to_taskmanager = msgspec.msgpack.Decoder(ToTaskManager)  # type: ignore[arg-type]
+to_jobmanager = msgspec.msgpack.Decoder(ToJobManager)
+to_taskmanager = msgspec.msgpack.Decoder(ToTaskManager)
 
 
 class DataHello(msgspec.Struct, frozen=True):

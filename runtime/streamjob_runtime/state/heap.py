@@ -52,7 +52,7 @@ class ValueState(_View, Generic[V]):
         self._default = default
 
     def value(self) -> V | None:
-        return self._table.get(self._backend.current_key, self._default)  # type: ignore[no-any-return]
+        return self._table.get(self._backend.current_key, self._default)
 
     def update(self, value: V) -> None:
         self._table[self._backend.current_key] = value
