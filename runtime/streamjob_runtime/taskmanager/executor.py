@@ -15,7 +15,9 @@ import os
 import pickle
 import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVarTuple
 
 from streamjob_runtime import jobfile, logs
 from streamjob_runtime.graph import jobgraph
@@ -23,6 +25,8 @@ from streamjob_runtime.rpc import framing, messages
 from streamjob_runtime.taskmanager import network, task
 
 log = logging.getLogger(__name__)
+
+Ts = TypeVarTuple("Ts")
 
 TaskKey = tuple[str, int]  # (vertex id, subtask)
 
@@ -154,9 +158,9 @@ class TaskExecutor:
     async def _dispatch(self, message: messages.Message) -> None:
         if isinstance(message, messages.DeployTasks):
             await self._cancel(message.job_id)
-            d = Deployment(message.job_id, message.attempt)
-            self.deployments[message.job_id] = d
-            d.setup = asyncio.create_task(self._deploy(d, message))
+            new = Deployment(message.job_id, message.attempt)
+            self.deployments[message.job_id] = new
+            new.setup = asyncio.create_task(self._deploy(new, message))
         elif isinstance(message, messages.TriggerCheckpoint):
             d = self._current(message.job_id, message.attempt)
             if d is not None:
@@ -182,9 +186,9 @@ class TaskExecutor:
         elif isinstance(message, messages.FinishTasks):
             await self._finish(message)
 
-    async def _guarded(self, t: task.Task, fn: object, *args: object) -> None:
+    async def _guarded(self, t: task.Task, fn: Callable[[*Ts], object], *args: *Ts) -> None:
         try:
-            fn(*args)  # type: ignore[operator]
+            fn(*args)
         except Exception as e:
             await self.send(
                 messages.TaskStateChanged(
