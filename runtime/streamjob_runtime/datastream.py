@@ -213,7 +213,10 @@ class WindowedStream:
         agg: functions.AggregateFunction[Any, Any, Any],
         window_function: window.WindowFunction | None = None,
     ) -> DataStream:
-        """Aggregate each key's window; ``window_function(key, window, result)`` shapes the output."""
+        """Aggregate each key's window.
+
+        ``window_function(key, window, result)`` shapes the output.
+        """
         key, assigner = self.stream.key_selector, self.assigner
         return self.stream._then(
             "window", lambda: window.WindowOperator(key, assigner, agg, window_function)

@@ -83,7 +83,11 @@ class RestoredState:
 
 
 class StreamOperator(abc.ABC):
-    """One operator of a chain.  Never blocks: the task's event loop runs it."""
+    """One operator of a chain.  Never blocks: the task's event loop runs it.
+
+    Only :meth:`process_batch` is abstract; the other hooks are optional and do
+    nothing unless a subclass overrides them.
+    """
 
     ctx: OperatorContext
     output: Output
@@ -92,10 +96,10 @@ class StreamOperator(abc.ABC):
         self.ctx = ctx
         self.output = output
 
-    def initialize_state(self, restored: RestoredState | None) -> None:
+    def initialize_state(self, restored: RestoredState | None) -> None:  # noqa: B027
         """Called once before the first record, with the state to restore, if any."""
 
-    def open(self) -> None:
+    def open(self) -> None:  # noqa: B027
         """Called after :meth:`initialize_state`."""
 
     @abc.abstractmethod
@@ -104,18 +108,18 @@ class StreamOperator(abc.ABC):
     def process_watermark(self, watermark: int) -> None:
         self.output.emit_watermark(watermark)
 
-    def on_processing_time(self, now_ms: int) -> None:
+    def on_processing_time(self, now_ms: int) -> None:  # noqa: B027
         """Called regularly by the task: fire processing-time timers due by ``now_ms``."""
 
-    def end_input(self) -> None:
+    def end_input(self) -> None:  # noqa: B027
         """All input is consumed (bounded input or drain): flush what is pending."""
 
     def snapshot_state(self, checkpoint_id: int) -> OperatorSnapshot:
         """Synchronous part of a checkpoint: a consistent copy of this operator's state."""
         return OperatorSnapshot()
 
-    def notify_checkpoint_complete(self, checkpoint_id: int) -> None:
+    def notify_checkpoint_complete(self, checkpoint_id: int) -> None:  # noqa: B027
         """Checkpoint ``checkpoint_id`` is durable: commit what it covers."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027
         """Release resources; called on finish and on cancellation."""
