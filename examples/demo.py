@@ -22,21 +22,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import clickstream  # noqa: E402
+import clickstream
 
-from streamjob_runtime.api import client, models  # noqa: E402
-from streamjob_runtime.connectors import files  # noqa: E402
-from streamjob_runtime.local import LocalCluster  # noqa: E402
+from streamjob_runtime.api import client, models
+from streamjob_runtime.connectors import files
+from streamjob_runtime.local import LocalCluster
+
+JOB_FILE = str(Path(clickstream.__file__).resolve())
 
 
 async def run_demo(events: int, rate: float, workdir: Path) -> bool:
     output = workdir / "output"
-    job_file = str(Path(clickstream.__file__).resolve())
     with LocalCluster(workdir, taskmanagers=2, slots=1) as cluster:
         async with client.JobManagerClient(cluster.rest_url) as jm:
             job_id = await jm.submit(
                 models.JobSubmission(
-                    entrypoint=job_file, args=[str(output), str(events), str(rate)], parallelism=2
+                    entrypoint=JOB_FILE, args=[str(output), str(events), str(rate)], parallelism=2
                 )
             )
             print(
