@@ -52,9 +52,7 @@ class Harness:
         assert isinstance(result, models.JobExceptions)
         return result
 
-    def wait_for(
-        self, what: str, condition: Callable[[], bool], timeout_s: float = 60.0
-    ) -> None:
+    def wait_for(self, what: str, condition: Callable[[], bool], timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
         while not condition():
             if time.monotonic() > deadline:
@@ -86,7 +84,9 @@ def cluster_factory(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
         kwargs.setdefault("heartbeat_interval_ms", 200)
         kwargs.setdefault("heartbeat_timeout_ms", 5_000)
         c = LocalCluster(
-            tmp_path / f"cluster-{len(clusters)}", taskmanagers=taskmanagers, slots=slots,
+            tmp_path / f"cluster-{len(clusters)}",
+            taskmanagers=taskmanagers,
+            slots=slots,
             **kwargs,  # type: ignore[arg-type]
         )
         clusters.append(c)

@@ -22,7 +22,9 @@ from streamjob_runtime.connectors.generator import GeneratorSource
 def streamjob(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "streamjob_runtime.cli", *args],
-        capture_output=True, text=True, timeout=timeout,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

@@ -35,10 +35,23 @@ def children_of(pid: int) -> list[int]:
 def test_run_executes_the_example_job_and_its_output_is_exact(tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, "-m", "streamjob_runtime.cli", "run", "--parallelism", "2",
-         "--workdir", str(tmp_path / "wd"), str(ROOT / "examples" / "clickstream.py"),
-         str(out), "30000", "200000"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "streamjob_runtime.cli",
+            "run",
+            "--parallelism",
+            "2",
+            "--workdir",
+            str(tmp_path / "wd"),
+            str(ROOT / "examples" / "clickstream.py"),
+            str(out),
+            "30000",
+            "200000",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "FINISHED" in result.stdout
@@ -50,10 +63,23 @@ def test_run_executes_the_example_job_and_its_output_is_exact(tmp_path: Path) ->
 
 def test_ctrl_c_cancels_the_job_and_stops_every_process(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamjob_runtime.cli", "run", "-p", "2",
-         "--workdir", str(tmp_path / "wd"), str(ROOT / "examples" / "clickstream.py"),
-         str(tmp_path / "out"), "100000000", "1000"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "streamjob_runtime.cli",
+            "run",
+            "-p",
+            "2",
+            "--workdir",
+            str(tmp_path / "wd"),
+            str(ROOT / "examples" / "clickstream.py"),
+            str(tmp_path / "out"),
+            "100000000",
+            "1000",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -76,6 +102,9 @@ def test_ctrl_c_cancels_the_job_and_stops_every_process(tmp_path: Path) -> None:
 def test_version() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "streamjob_runtime.cli", "--version"],
-        capture_output=True, text=True, check=True, env={**os.environ},
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ},
     ).stdout
     assert out.startswith("streamjob ")

@@ -27,10 +27,8 @@ def committed(out: Path) -> Counter[tuple[int, int]]:
 def assert_exact(out: Path, events: int = EVENTS) -> None:
     got, want = committed(out), keyed_sum.expected(events, KEYS)
     missing, extra = want - got, got - want
-    assert not missing and not extra, (
-        f"{sum(missing.values())} lines missing, {sum(extra.values())} extra"
-        f" (e.g. missing {list(missing)[:3]}, extra {list(extra)[:3]})"
-    )
+    assert not missing, f"{sum(missing.values())} lines missing, e.g. {list(missing)[:3]}"
+    assert not extra, f"{sum(extra.values())} lines extra (duplicates), e.g. {list(extra)[:3]}"
 
 
 def args(out: Path, **extra: object) -> list[str]:
@@ -52,9 +50,7 @@ def test_uninterrupted_run_produces_the_exact_output(
     assert not list((tmp_path / "out" / ".staging" / "sink").iterdir())
 
 
-@pytest.mark.parametrize(
-    ("parallelism", "seed"), [(1, 1), (1, 2), (2, 3), (2, 4), (2, 5)]
-)
+@pytest.mark.parametrize(("parallelism", "seed"), [(1, 1), (1, 2), (2, 3), (2, 4), (2, 5)])
 def test_killed_taskmanager_at_a_random_point_resumes_without_loss_or_duplicates(
     cluster_factory: Callable[..., Harness], tmp_path: Path, parallelism: int, seed: int
 ) -> None:

@@ -33,7 +33,8 @@ def test_a_frozen_taskmanager_is_declared_lost_after_the_heartbeat_timeout(
             for line in (h.cluster.log_dir / "jobmanager.log").read_text().splitlines()
             if '"taskmanager_lost"' in line
         ]
-        assert lost and "heartbeat timeout" in str(lost[0]["reason"])
+        assert lost
+        assert "heartbeat timeout" in str(lost[0]["reason"])
     finally:
         os.kill(frozen, signal.SIGKILL)
         os.kill(frozen, signal.SIGCONT)
@@ -71,7 +72,12 @@ def test_a_checkpoint_with_damaged_metadata_is_skipped_for_the_previous_one(
         for line in (h.cluster.log_dir / "jobmanager.log").read_text().splitlines()
         if '"checkpoint_skipped"' in line
     ]
-    assert skipped and skipped[0]["checkpoint_id"] == ids[-1]
+    assert skipped
+    assert skipped[0]["checkpoint_id"] == ids[-1]
     reason = str(skipped[0]["reason"])
-    assert ("missing" in reason) if damage == "missing" else ("corrupt" in reason or "not valid" in reason)
+    assert (
+        ("missing" in reason)
+        if damage == "missing"
+        else ("corrupt" in reason or "not valid" in reason)
+    )
     assert h.wait_terminal(job).state is models.JobStatus.FINISHED

@@ -29,7 +29,8 @@ def test_exhausted_failure_rate_fails_the_job_with_its_cause(
     details = h.wait_terminal(job)
     assert details.state is models.JobStatus.FAILED
     assert details.restarts == 2  # the third failure within the interval is one too many
-    assert details.failure_cause is not None and "boom at event 5000" in details.failure_cause
+    assert details.failure_cause is not None
+    assert "boom at event 5000" in details.failure_cause
     history = h.exceptions(job).history
     assert len(history) == 3
     assert all("boom at event 5000" in e.cause for e in history)
@@ -48,7 +49,8 @@ def test_fixed_delay_waits_its_delay_between_attempts(
     assert details.restarts == 1
     failing = events(h, "job_failing")
     deploying = events(h, "job_deploying")
-    assert len(failing) == 2 and len(deploying) == 2
+    assert len(failing) == 2
+    assert len(deploying) == 2
     scheduled = events(h, "restart_scheduled")
     assert scheduled[0]["delay_ms"] == 1500
     waited = float(deploying[1]["ts"]) - float(failing[0]["ts"])  # type: ignore[arg-type]
@@ -92,8 +94,16 @@ def test_expired_checkpoints_beyond_the_tolerance_fail_the_job(
     # expires; the second consecutive failure exceeds the tolerance of 1.
     job = h.submit(
         "keyed_sum",
-        [f"out={tmp_path / 'out'}", "events=-1", "rate=5000", "commit_delay=1.0",
-         "interval=100", "timeout=300", "tolerable=1", "restart=none"],
+        [
+            f"out={tmp_path / 'out'}",
+            "events=-1",
+            "rate=5000",
+            "commit_delay=1.0",
+            "interval=100",
+            "timeout=300",
+            "tolerable=1",
+            "restart=none",
+        ],
     )
     details = h.wait_terminal(job)
     assert details.state is models.JobStatus.FAILED
@@ -101,5 +111,6 @@ def test_expired_checkpoints_beyond_the_tolerance_fail_the_job(
     assert "expired after 300 ms" in cause
     assert "tolerable failed checkpoint count (1) is exceeded" in cause
     stats = h.checkpoints(job)
-    assert stats.counts.completed == 0 and stats.counts.failed >= 2
+    assert stats.counts.completed == 0
+    assert stats.counts.failed >= 2
     assert all(e.status == "FAILED" for e in stats.history)

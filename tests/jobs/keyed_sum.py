@@ -11,8 +11,8 @@ interval, restart (none|fixed:<attempts>:<ms>|rate:<max>:<interval ms>:<ms>),
 fail_at (event index whose map raises, on every attempt), commit_delay
 (seconds the sink's pre-commit blocks, to hold checkpoints open), retained,
 sink_delay (seconds the sink sleeps per batch, a slow sink), slow_subtask (only
-that sink subtask is slow), source_parallelism, timeout and tolerable (checkpoint timeout in ms and tolerable
-failed checkpoints).
+that sink subtask is slow), source_parallelism, timeout and tolerable
+(checkpoint timeout in ms and tolerable failed checkpoints).
 """
 
 from __future__ import annotations
@@ -43,9 +43,7 @@ def expected(events: int, keys: int) -> Counter[tuple[int, int]]:
 
 
 class SlowWriter(sink.SinkWriter):
-    def __init__(
-        self, inner: sink.SinkWriter, commit_delay: float, batch_delay: float
-    ) -> None:
+    def __init__(self, inner: sink.SinkWriter, commit_delay: float, batch_delay: float) -> None:
         self.inner = inner
         self.commit_delay = commit_delay
         self.batch_delay = batch_delay
@@ -133,7 +131,9 @@ def build(env: StreamExecutionEnvironment) -> None:
     source_parallelism = int(a.get("source_parallelism", "0")) or None
     (
         env.from_source(
-            GeneratorSource(lambda i: (i % keys, i), count=events if events >= 0 else None, rate=rate),
+            GeneratorSource(
+                lambda i: (i % keys, i), count=events if events >= 0 else None, rate=rate
+            ),
             name="numbers",
         )
         .uid("numbers")

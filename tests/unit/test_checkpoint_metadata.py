@@ -13,8 +13,12 @@ def sample(directory: Path) -> metadata.CheckpointMetadata:
     (directory / "op-0.state").write_bytes(b"x" * 10)
     handle = messages.StateHandle("op", 0, "op-0.state", 10, 0, 127, True, False)
     return metadata.CheckpointMetadata(
-        version=metadata.FORMAT_VERSION, job_id="j", checkpoint_id=3, timestamp=1,
-        kind="checkpoint", operators={"op": metadata.OperatorState(1, 128, [handle])},
+        version=metadata.FORMAT_VERSION,
+        job_id="j",
+        checkpoint_id=3,
+        timestamp=1,
+        kind="checkpoint",
+        operators={"op": metadata.OperatorState(1, 128, [handle])},
     )
 
 
@@ -61,5 +65,5 @@ def test_missing_or_truncated_state_file_makes_the_checkpoint_unusable(tmp_path:
 def test_unknown_format_version_names_both_versions(tmp_path: Path) -> None:
     meta = msgspec.structs.replace(sample(tmp_path), version=99)
     metadata.write(tmp_path, meta)
-    with pytest.raises(metadata.CorruptCheckpointError, match="format version 99.*version 1"):
+    with pytest.raises(metadata.CorruptCheckpointError, match=r"format version 99.*version 1"):
         metadata.read(tmp_path)

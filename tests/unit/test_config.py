@@ -22,7 +22,9 @@ def test_flink_style_options_set_typed_fields() -> None:
 
 
 def test_unknown_option_lists_the_known_ones() -> None:
-    with pytest.raises(config.ConfigError, match="unknown option 'execution.chekpointing'.*known"):
+    with pytest.raises(
+        config.ConfigError, match=r"unknown option 'execution\.chekpointing'.*known"
+    ):
         config.apply_options(config.JobConfig(), {"execution.chekpointing": "1"})
 
 
@@ -49,4 +51,6 @@ def test_invalid_settings_are_refused_with_a_reason(cfg: config.JobConfig, messa
 
 def test_heartbeat_timeout_must_exceed_the_interval() -> None:
     with pytest.raises(config.ConfigError, match="must exceed the heartbeat interval"):
-        config.ClusterConfig("/tmp/x", heartbeat_interval_ms=5_000, heartbeat_timeout_ms=5_000).validate()
+        config.ClusterConfig(
+            "/tmp/x", heartbeat_interval_ms=5_000, heartbeat_timeout_ms=5_000
+        ).validate()

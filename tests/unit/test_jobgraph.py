@@ -14,8 +14,15 @@ def env(parallelism: int = 2) -> StreamExecutionEnvironment:
 
 def test_forward_edges_of_equal_parallelism_are_chained() -> None:
     e = env()
-    (e.from_source(GeneratorSource(lambda i: i, 10)).map(lambda x: x).filter(bool)
-     .key_by(lambda x: x % 3).reduce(lambda a, b: a + b).map(str).sink_to(FileSink("/tmp/o")))
+    (
+        e.from_source(GeneratorSource(lambda i: i, 10))
+        .map(lambda x: x)
+        .filter(bool)
+        .key_by(lambda x: x % 3)
+        .reduce(lambda a, b: a + b)
+        .map(str)
+        .sink_to(FileSink("/tmp/o"))
+    )
     g = e.job_graph()
     assert [[t.kind for t in v.operators] for v in g.vertices] == [
         ["source", "map", "filter"],
@@ -37,8 +44,13 @@ def test_a_parallelism_change_breaks_the_chain_and_rebalances() -> None:
 def test_uids_are_derived_deterministically_or_given() -> None:
     def build() -> list[str]:
         e = env()
-        (e.from_source(GeneratorSource(lambda i: i, 10)).map(str).map(str).uid("second")
-         .sink_to(FileSink("/tmp/o")))
+        (
+            e.from_source(GeneratorSource(lambda i: i, 10))
+            .map(str)
+            .map(str)
+            .uid("second")
+            .sink_to(FileSink("/tmp/o"))
+        )
         return [t.uid for t in e.transformations]
 
     assert build() == build() == ["source-1", "map-1", "second", "sink-1"]

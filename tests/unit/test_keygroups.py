@@ -25,7 +25,10 @@ def test_stable_hash_is_the_same_in_another_process_with_another_hash_seed() -> 
     )
     for seed in ("1", "12345"):
         out = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
             env={"PYTHONHASHSEED": seed, "PYTHONPATH": ":".join(sys.path)},
         ).stdout
         assert out.strip() == str(here)
