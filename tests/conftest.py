@@ -30,9 +30,22 @@ class Harness:
 
         return asyncio.run(go())
 
-    def submit(self, job: str, args: list[str], parallelism: int = 1) -> str:
+    def submit(
+        self,
+        job: str,
+        args: list[str],
+        parallelism: int = 1,
+        savepoint: str | None = None,
+        allow_non_restored_state: bool = False,
+    ) -> str:
         path = job if "/" in job else str(JOBS / f"{job}.py")
-        submission = models.JobSubmission(entrypoint=path, args=args, parallelism=parallelism)
+        submission = models.JobSubmission(
+            entrypoint=path,
+            args=args,
+            parallelism=parallelism,
+            savepoint_path=savepoint,
+            allow_non_restored_state=allow_non_restored_state,
+        )
         result = self._call(lambda c: c.submit(submission))
         assert isinstance(result, str)
         return result
@@ -51,6 +64,31 @@ class Harness:
         result = self._call(lambda c: c.exceptions(job_id))
         assert isinstance(result, models.JobExceptions)
         return result
+
+    def trigger_savepoint(self, job_id: str, cancel: bool = False) -> str:
+        result = self._call(lambda c: c.trigger_savepoint(job_id, None, cancel))
+        assert isinstance(result, str)
+        return result
+
+    def stop(self, job_id: str, drain: bool = False) -> str:
+        result = self._call(lambda c: c.stop(job_id, None, drain))
+        assert isinstance(result, str)
+        return result
+
+    def savepoint_info(self, job_id: str, request_id: str) -> models.SavepointInfo:
+        result = self._call(lambda c: c.savepoint_status(job_id, request_id))
+        assert isinstance(result, models.SavepointInfo)
+        return result
+
+    def wait_savepoint(self, job_id: str, request_id: str) -> models.SavepointInfo:
+        infos: list[models.SavepointInfo] = []
+
+        def done() -> bool:
+            infos.append(self.savepoint_info(job_id, request_id))
+            return infos[-1].status is not models.SavepointStatus.IN_PROGRESS
+
+        self.wait_for(f"savepoint {request_id}", done)
+        return infos[-1]
 
     def wait_for(self, what: str, condition: Callable[[], bool], timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s

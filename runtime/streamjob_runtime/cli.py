@@ -1,29 +1,83 @@
-"""``streamjob``: run jobs on an embedded local cluster or a running JobManager.
+"""``streamjob``: run and manage jobs, on a local cluster or a running JobManager.
 
-Exit codes: 0 success (job FINISHED), 1 the job FAILED, 2 bad usage or input,
-3 the job was CANCELED, 4 the JobManager is unreachable, 130 interrupted.
+Exit codes: 0 success, 1 the job or operation failed, 2 bad usage or input (also
+what the JobManager refuses with 4xx), 3 the job was canceled, 4 no JobManager
+reachable, 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from streamjob_runtime import __version__, config, jobfile, logs
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELED, EXIT_UNREACHABLE, EXIT_INTERRUPTED = (
-    0,
-    1,
-    2,
-    3,
-    4,
-    130,
-)
+if TYPE_CHECKING:  # the client (aiohttp) is imported lazily: process start-up stays fast
+    from streamjob_runtime.api import models
+    from streamjob_runtime.api.client import JobManagerClient
+    from streamjob_runtime.datastream import StreamExecutionEnvironment
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CANCELED = 3
+EXIT_UNREACHABLE = 4
+EXIT_INTERRUPTED = 130
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- the background local cluster -----------------------------------------------------------
+
+
+def home() -> Path:
+    return Path(os.environ.get("STREAMJOB_HOME", Path.home() / ".streamjob"))
+
+
+def cluster_file() -> Path:
+    return home() / "cluster.json"
+
+
+def local_cluster_info() -> dict[str, object] | None:
+    """The running background cluster (``streamjob cluster start``), if any."""
+    try:
+        info: dict[str, object] = json.loads(cluster_file().read_text())
+    except (OSError, ValueError):
+        return None
+    pid = info.get("pid")
+    if not isinstance(pid, int) or not Path(f"/proc/{pid}").exists():
+        return None
+    return info
+
+
+def jobmanager_url(address: str | None) -> str:
+    if address:
+        return address if address.startswith("http") else f"http://{address}"
+    info = local_cluster_info()
+    if info is None:
+        raise CliError(
+            "no --jobmanager given and no local cluster is running; start one with"
+            " `streamjob cluster start` or pass --jobmanager HOST:PORT",
+            EXIT_UNREACHABLE,
+        )
+    return str(info["rest_url"])
+
+
+# -- argument parsing -----------------------------------------------------------------------
 
 
 def _options(pairs: list[str]) -> dict[str, str]:
@@ -31,9 +85,18 @@ def _options(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise SystemExit(f"streamjob: -D expects key=value, got {pair!r}")
+            raise CliError(f"-D expects key=value, got {pair!r}")
         options[key.strip()] = value.strip()
     return options
+
+
+def _jobmanager_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--jobmanager",
+        "-m",
+        metavar="HOST:PORT",
+        help="REST address of the JobManager (default: the local cluster)",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -41,7 +104,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"streamjob {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run a job (on a local cluster unless --jobmanager is given)")
+    run = sub.add_parser(
+        "run",
+        help="run a job",
+        description="Run a job. Without --jobmanager and with no local cluster running, an"
+        " embedded cluster runs the job to its end and stops.",
+    )
     run.add_argument("job", help="job file (.py) or module with build(env)")
     run.add_argument(
         "args",
@@ -57,75 +125,87 @@ def parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="engine option, e.g. -D execution.checkpointing.interval=1000",
     )
+    run.add_argument("-d", "--detached", action="store_true", help="submit and return")
     run.add_argument(
-        "-d", "--detached", action="store_true", help="submit and return (only with --jobmanager)"
+        "-s",
+        "--from-savepoint",
+        metavar="PATH",
+        help="restore from a savepoint or retained checkpoint (its directory or _metadata)",
     )
-    run.add_argument("--jobmanager", metavar="HOST:PORT", help="REST address of a JobManager")
     run.add_argument(
-        "--taskmanagers",
-        type=int,
-        default=None,
-        help="local cluster: TaskManager processes (default: one per parallel slot)",
+        "-n",
+        "--allow-non-restored-state",
+        action="store_true",
+        help="drop savepoint state of operators the job no longer has",
     )
-    run.add_argument("--slots", type=int, default=1, help="local cluster: slots per TaskManager")
-    run.add_argument(
-        "--workdir", default=None, help="local cluster: directory for logs and checkpoints"
+    _jobmanager_option(run)
+    run.add_argument("--taskmanagers", type=int, default=None, help="embedded cluster only")
+    run.add_argument("--slots", type=int, default=1, help="embedded cluster: slots per TaskManager")
+    run.add_argument("--workdir", default=None, help="embedded cluster: logs and checkpoints")
+
+    sp = sub.add_parser("savepoint", help="trigger a savepoint, or dispose of one")
+    sp.add_argument("job_id", nargs="?", help="the job to savepoint")
+    sp.add_argument("directory", nargs="?", help="target directory (default: the JobManager's)")
+    sp.add_argument("-d", "--dispose", metavar="PATH", help="delete the savepoint at PATH")
+    _jobmanager_option(sp)
+
+    stop = sub.add_parser("stop", help="stop a job with a savepoint")
+    stop.add_argument("job_id")
+    stop.add_argument("--savepoint-dir", "-p", metavar="DIR", help="target directory")
+    stop.add_argument("--drain", "-d", action="store_true", help="fire all windows first")
+    _jobmanager_option(stop)
+
+    cancel = sub.add_parser("cancel", help="cancel a job (optionally after a savepoint)")
+    cancel.add_argument("job_id")
+    cancel.add_argument(
+        "--savepoint",
+        "-s",
+        nargs="?",
+        const="",
+        metavar="DIR",
+        help="take a savepoint first (into DIR, or the JobManager's default)",
     )
+    _jobmanager_option(cancel)
+
+    for name, help_text in (("list", "list jobs"), ("info", "show a job as JSON")):
+        c = sub.add_parser(name, help=help_text)
+        if name == "info":
+            c.add_argument("job_id")
+        _jobmanager_option(c)
+
+    cl = sub.add_parser("cluster", help="a local cluster in the background")
+    cl.add_argument("action", choices=["start", "stop", "status", "run"])
+    cl.add_argument("--taskmanagers", type=int, default=2)
+    cl.add_argument("--slots", type=int, default=1)
+    cl.add_argument("--workdir", default=None)
 
     jm = sub.add_parser("jobmanager", help="start a JobManager process")
     jm.add_argument("--host", default="127.0.0.1")
     jm.add_argument("--rpc-port", type=int, default=6123)
     jm.add_argument("--rest-port", type=int, default=8081)
     jm.add_argument("--checkpoint-dir", required=True)
+    jm.add_argument("--savepoint-dir", default=None, help="default savepoint target directory")
     jm.add_argument("--heartbeat-interval", type=int, default=10_000, help="ms")
     jm.add_argument("--heartbeat-timeout", type=int, default=50_000, help="ms")
     jm.add_argument("--slot-request-timeout", type=int, default=300_000, help="ms")
     jm.add_argument("--ready-file", default=None, help="write the bound ports here once ready")
 
     tm = sub.add_parser("taskmanager", help="start a TaskManager process")
-    tm.add_argument(
-        "--jobmanager", required=True, metavar="HOST:PORT", help="JobManager RPC address"
-    )
+    tm.add_argument("--jobmanager", required=True, metavar="HOST:PORT", help="JobManager RPC")
     tm.add_argument("--slots", type=int, default=1)
     tm.add_argument("--host", default="127.0.0.1", help="address other TaskManagers reach us at")
     tm.add_argument("--data-port", type=int, default=0)
     tm.add_argument("--id", default=None)
-
-    for name, help_text in (
-        ("list", "list jobs"),
-        ("info", "show a job"),
-        ("cancel", "cancel a job"),
-    ):
-        c = sub.add_parser(name, help=help_text)
-        if name != "list":
-            c.add_argument("job_id")
-        c.add_argument("--jobmanager", required=True, metavar="HOST:PORT")
     return p
 
 
-def _url(address: str) -> str:
-    return address if address.startswith("http") else f"http://{address}"
+# -- commands -------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     if args.command == "jobmanager":
-        from streamjob_runtime.jobmanager import dispatcher
-
-        logs.setup("jobmanager")
-        cluster = config.ClusterConfig(
-            checkpoint_dir=args.checkpoint_dir,
-            heartbeat_interval_ms=args.heartbeat_interval,
-            heartbeat_timeout_ms=args.heartbeat_timeout,
-            slot_request_timeout_ms=args.slot_request_timeout,
-        )
-        try:
-            cluster.validate()
-        except config.ConfigError as e:
-            raise SystemExit(f"streamjob jobmanager: {e}") from None
-        asyncio.run(
-            dispatcher.serve(cluster, args.host, args.rpc_port, args.rest_port, args.ready_file)
-        )
+        _jobmanager(args)
         return
     if args.command == "taskmanager":
         from streamjob_runtime.taskmanager import executor
@@ -133,80 +213,260 @@ def main(argv: list[str] | None = None) -> None:
         logs.setup(f"taskmanager {args.id or ''}".strip())
         executor.main(args.jobmanager, args.slots, args.host, args.data_port, args.id)
         return
-    if args.command == "run":
-        if args.args[:1] == ["--"]:
-            args.args = args.args[1:]
-        sys.exit(run(args))
-    sys.exit(_rest_command(args))
+    if args.command == "run" and args.args[:1] == ["--"]:
+        args.args = args.args[1:]
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {
+        "run": run,
+        "savepoint": savepoint,
+        "stop": stop,
+        "cancel": cancel,
+        "list": list_jobs,
+        "info": info,
+        "cluster": cluster,
+    }
+    try:
+        code = commands[args.command](args)
+    except CliError as e:
+        print(f"streamjob {args.command}: {e}", file=sys.stderr)
+        code = e.code
+    sys.exit(code)
 
 
-def _rest_command(args: argparse.Namespace) -> int:
+def _jobmanager(args: argparse.Namespace) -> None:
+    from streamjob_runtime.jobmanager import dispatcher
+
+    logs.setup("jobmanager")
+    cluster_config = config.ClusterConfig(
+        checkpoint_dir=args.checkpoint_dir,
+        savepoint_dir=args.savepoint_dir,
+        heartbeat_interval_ms=args.heartbeat_interval,
+        heartbeat_timeout_ms=args.heartbeat_timeout,
+        slot_request_timeout_ms=args.slot_request_timeout,
+    )
+    try:
+        cluster_config.validate()
+    except config.ConfigError as e:
+        raise SystemExit(f"streamjob jobmanager: {e}") from None
+    asyncio.run(
+        dispatcher.serve(cluster_config, args.host, args.rpc_port, args.rest_port, args.ready_file)
+    )
+
+
+def _rest(url: str, fn: Callable[[JobManagerClient], Awaitable[int]]) -> int:
+    """Run ``fn(client)`` against the JobManager at ``url``, mapping errors to exit codes."""
     from streamjob_runtime.api import client
 
     async def go() -> int:
-        async with client.JobManagerClient(_url(args.jobmanager)) as c:
-            if args.command == "list":
-                for j in (await c.list_jobs()).jobs:
-                    print(f"{j.jid}  {j.state.value:<11} restarts={j.restarts}  {j.name}")
-            elif args.command == "info":
-                print((await c.job(args.job_id)).model_dump_json(indent=2))
-            elif args.command == "cancel":
-                await c.cancel(args.job_id)
-                print(f"cancellation of {args.job_id} requested")
-        return EXIT_OK
+        async with client.JobManagerClient(url) as c:
+            return await fn(c)
 
     try:
         return asyncio.run(go())
     except client.RestError as e:
-        print(f"streamjob {args.command}: {e.message}", file=sys.stderr)
-        return EXIT_USAGE if e.status < 500 else EXIT_FAILED
+        raise CliError(e.message, EXIT_USAGE if e.status < 500 else EXIT_FAILED) from None
     except OSError as e:
-        print(f"streamjob: cannot reach the JobManager at {args.jobmanager}: {e}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        raise CliError(f"cannot reach the JobManager at {url}: {e}", EXIT_UNREACHABLE) from None
+
+
+async def _await_savepoint(c: JobManagerClient, job_id: str, request_id: str, what: str) -> int:
+    from streamjob_runtime.api import models
+
+    started = time.monotonic()
+    print(f"{what} of job {job_id} triggered (request {request_id}); waiting", end="", flush=True)
+    while True:
+        status = await c.savepoint_status(job_id, request_id)
+        if status.status is not models.SavepointStatus.IN_PROGRESS:
+            break
+        print(".", end="", flush=True)
+        await asyncio.sleep(0.2)
+    print(f" {time.monotonic() - started:.1f} s")
+    if status.status is models.SavepointStatus.FAILED:
+        print(f"{what} failed: {status.failure_cause}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"{what} completed: {status.location}")
+    return EXIT_OK
+
+
+def savepoint(args: argparse.Namespace) -> int:
+    if args.dispose:
+        from streamjob_runtime.checkpoint import savepoint as savepoints
+
+        if args.job_id:
+            raise CliError("--dispose PATH takes no job id")
+        try:
+            path = savepoints.dispose(args.dispose)
+        except savepoints.SavepointError as e:
+            raise CliError(str(e)) from None
+        print(f"savepoint {path} disposed")
+        return EXIT_OK
+    if not args.job_id:
+        raise CliError("give a JOB_ID to savepoint, or --dispose PATH")
+
+    async def go(c: JobManagerClient) -> int:
+        request = await c.trigger_savepoint(args.job_id, args.directory)
+        return await _await_savepoint(c, args.job_id, request, "savepoint")
+
+    return _rest(jobmanager_url(args.jobmanager), go)
+
+
+def stop(args: argparse.Namespace) -> int:
+    async def go(c: JobManagerClient) -> int:
+        request = await c.stop(args.job_id, args.savepoint_dir, args.drain)
+        return await _await_savepoint(c, args.job_id, request, "stop-with-savepoint")
+
+    return _rest(jobmanager_url(args.jobmanager), go)
+
+
+def cancel(args: argparse.Namespace) -> int:
+    async def go(c: JobManagerClient) -> int:
+        if args.savepoint is None:
+            await c.cancel(args.job_id)
+            print(f"job {args.job_id} cancelled")
+            return EXIT_OK
+        request = await c.trigger_savepoint(args.job_id, args.savepoint or None, cancel_job=True)
+        return await _await_savepoint(c, args.job_id, request, "cancel-with-savepoint")
+
+    return _rest(jobmanager_url(args.jobmanager), go)
+
+
+def list_jobs(args: argparse.Namespace) -> int:
+    async def go(c: JobManagerClient) -> int:
+        jobs = (await c.list_jobs()).jobs
+        if not jobs:
+            print("no jobs")
+        for j in jobs:
+            started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.start_time / 1000))
+            print(f"{j.jid}  {j.state.value:<11} {started}  restarts={j.restarts}  {j.name}")
+        return EXIT_OK
+
+    return _rest(jobmanager_url(args.jobmanager), go)
+
+
+def info(args: argparse.Namespace) -> int:
+    async def go(c: JobManagerClient) -> int:
+        print((await c.job(args.job_id)).model_dump_json(indent=2))
+        return EXIT_OK
+
+    return _rest(jobmanager_url(args.jobmanager), go)
+
+
+def cluster(args: argparse.Namespace) -> int:
+    if args.action == "status":
+        current = local_cluster_info()
+        print(json.dumps(current, indent=2) if current else "no local cluster is running")
+        return EXIT_OK if current else EXIT_UNREACHABLE
+    if args.action == "stop":
+        current = local_cluster_info()
+        if current is None:
+            raise CliError("no local cluster is running", EXIT_UNREACHABLE)
+        pid = int(str(current["pid"]))
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        cluster_file().unlink(missing_ok=True)
+        print("local cluster stopped")
+        return EXIT_OK
+    if args.action == "start":
+        if local_cluster_info() is not None:
+            raise CliError(f"a local cluster is already running ({cluster_file()})")
+        workdir = Path(args.workdir or tempfile.mkdtemp(prefix="streamjob-cluster-"))
+        workdir.mkdir(parents=True, exist_ok=True)
+        home().mkdir(parents=True, exist_ok=True)
+        cluster_file().unlink(missing_ok=True)
+        with open(workdir / "cluster.log", "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "streamjob_runtime.cli", "cluster", "run",
+                 "--taskmanagers", str(args.taskmanagers), "--slots", str(args.slots),
+                 "--workdir", str(workdir)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while (current := local_cluster_info()) is None:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise CliError(f"the local cluster did not start; see {workdir / 'cluster.log'}")
+            time.sleep(0.05)
+        print(
+            f"local cluster running: JobManager at {current['rest_url']},"
+            f" {args.taskmanagers} TaskManager(s) x {args.slots} slot(s); workdir {workdir}"
+        )
+        return EXIT_OK
+    return _run_cluster(args)
+
+
+def _run_cluster(args: argparse.Namespace) -> int:
+    """``cluster run``: the foreground process behind ``cluster start``."""
+    from streamjob_runtime.local import LocalCluster
+
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    workdir = Path(args.workdir)
+    with LocalCluster(workdir, taskmanagers=args.taskmanagers, slots=args.slots) as local:
+        tmp = cluster_file().with_suffix(".tmp")
+        tmp.write_text(
+            json.dumps({"rest_url": local.rest_url, "pid": os.getpid(), "workdir": str(workdir)})
+        )
+        tmp.replace(cluster_file())
+        while not stopping:
+            time.sleep(0.1)
+    cluster_file().unlink(missing_ok=True)
+    return EXIT_OK
 
 
 def run(args: argparse.Namespace) -> int:
-    from streamjob_runtime.api import client, models
-    from streamjob_runtime.local import ClusterError, LocalCluster
+    from streamjob_runtime.api import models
 
     try:
         options = _options(args.options)
         base = config.apply_options(config.JobConfig(parallelism=args.parallelism or 1), options)
         env, graph = jobfile.load(args.job, args.args, base)  # fail fast, before any process
     except (config.ConfigError, jobfile.JobFileError) as e:
-        print(f"streamjob run: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        raise CliError(str(e)) from None
     submission = models.JobSubmission(
         entrypoint=os.path.abspath(args.job) if args.job.endswith(".py") else args.job,
         args=args.args,
         parallelism=args.parallelism,
         config=options,
+        savepoint_path=os.path.abspath(args.from_savepoint) if args.from_savepoint else None,
+        allow_non_restored_state=args.allow_non_restored_state,
     )
-    cluster = None
-    if args.jobmanager:
-        url = _url(args.jobmanager)
-    else:
-        if args.detached:
-            print(
-                "streamjob run: --detached needs --jobmanager (a local cluster lives only as"
-                " long as the command)",
-                file=sys.stderr,
-            )
-            return EXIT_USAGE
-        workdir = Path(args.workdir or tempfile.mkdtemp(prefix="streamjob-"))
-        slots_needed = graph.slots_needed
-        count = args.taskmanagers or -(-slots_needed // args.slots)
-        cluster = LocalCluster(workdir, taskmanagers=count, slots=args.slots)
-        print(
-            f"local cluster: 1 JobManager, {count} TaskManager(s) x {args.slots} slot(s);"
-            f" logs in {workdir / 'logs'}"
+    if args.jobmanager or local_cluster_info() is not None:
+        return _submit_and_follow(jobmanager_url(args.jobmanager), submission, env, args.detached)
+    if args.detached:
+        raise CliError(
+            "--detached needs a cluster that outlives the command: start one with"
+            " `streamjob cluster start` or pass --jobmanager"
         )
-        try:
-            cluster.start()
-        except ClusterError as e:
-            print(f"streamjob run: {e}", file=sys.stderr)
-            return EXIT_FAILED
-        url = cluster.rest_url
+    from streamjob_runtime.local import ClusterError, LocalCluster
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="streamjob-"))
+    count = args.taskmanagers or -(-graph.slots_needed // args.slots)
+    local = LocalCluster(workdir, taskmanagers=count, slots=args.slots)
+    print(
+        f"local cluster: 1 JobManager, {count} TaskManager(s) x {args.slots} slot(s);"
+        f" logs in {workdir / 'logs'}"
+    )
+    try:
+        local.start()
+    except ClusterError as e:
+        raise CliError(str(e), EXIT_FAILED) from None
+    try:
+        return _submit_and_follow(local.rest_url, submission, env, detached=False)
+    finally:
+        local.stop()
+
+
+def _submit_and_follow(
+    url: str, submission: models.JobSubmission, env: StreamExecutionEnvironment, detached: bool
+) -> int:
+    from streamjob_runtime.api import models
 
     interrupted = False
 
@@ -214,60 +474,48 @@ def run(args: argparse.Namespace) -> int:
         nonlocal interrupted
         interrupted = True
 
+    async def go(c: JobManagerClient) -> int:
+        job_id = await c.submit(submission)
+        restored = f", restoring {submission.savepoint_path}" if submission.savepoint_path else ""
+        print(
+            f"job {job_id} submitted ({env.config.name}, parallelism"
+            f" {env.config.parallelism}{restored})"
+        )
+        if detached:
+            return EXIT_OK
+        last = ""
+        while True:
+            details = await c.job(job_id)
+            if interrupted:
+                print("interrupted: cancelling the job")
+                await c.cancel(job_id)
+                while True:  # poll the JobManager until the cancellation completes
+                    if (await c.job(job_id)).state.terminal:
+                        return EXIT_INTERRUPTED
+                    await asyncio.sleep(0.1)
+            if details.state.value != last:
+                last = details.state.value
+                print(f"job {job_id}: {last}")
+            if details.state.terminal:
+                break
+            await asyncio.sleep(0.2)
+        stats = await c.checkpoints(job_id)
+        print(
+            f"job {job_id} {details.state.value} in {details.duration_ms / 1000:.1f} s:"
+            f" {stats.counts.completed} checkpoints, {details.restarts} restarts"
+        )
+        if details.state is models.JobStatus.FAILED:
+            print(f"cause: {details.failure_cause}", file=sys.stderr)
+            return EXIT_FAILED
+        if details.state is models.JobStatus.CANCELED:
+            return EXIT_CANCELED
+        return EXIT_OK
+
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-
-        async def go() -> int:
-            async with client.JobManagerClient(url) as c:
-                job_id = await c.submit(submission)
-                print(
-                    f"job {job_id} submitted ({env.config.name}, parallelism"
-                    f" {env.config.parallelism})"
-                )
-                if args.detached:
-                    return EXIT_OK
-                last = ""
-                while True:
-                    details = await c.job(job_id)
-                    if interrupted:
-                        print("interrupted: cancelling the job")
-                        await c.cancel(job_id)
-                        # Poll the remote job until it reaches a terminal state.
-                        while True:
-                            if (await c.job(job_id)).state.terminal:
-                                break
-                            await asyncio.sleep(0.1)
-                        return EXIT_INTERRUPTED
-                    if details.state.value != last:
-                        last = details.state.value
-                        print(f"job {job_id}: {last}")
-                    if details.state.terminal:
-                        break
-                    await asyncio.sleep(0.2)
-                stats = await c.checkpoints(job_id)
-                print(
-                    f"job {job_id} {details.state.value} in {details.duration_ms / 1000:.1f} s:"
-                    f" {stats.counts.completed} checkpoints, {details.restarts} restarts"
-                )
-                if details.state is models.JobStatus.FAILED:
-                    print(f"cause: {details.failure_cause}", file=sys.stderr)
-                    return EXIT_FAILED
-                if details.state is models.JobStatus.CANCELED:
-                    return EXIT_CANCELED
-                return EXIT_OK
-
-        try:
-            return asyncio.run(go())
-        except client.RestError as e:
-            print(f"streamjob run: {e.message}", file=sys.stderr)
-            return EXIT_USAGE if e.status < 500 else EXIT_FAILED
-        except OSError as e:
-            print(f"streamjob run: cannot reach the JobManager at {url}: {e}", file=sys.stderr)
-            return EXIT_UNREACHABLE
+        return _rest(url, go)
     finally:
         signal.signal(signal.SIGINT, previous)
-        if cluster is not None:
-            cluster.stop()
 
 
 if __name__ == "__main__":

@@ -216,6 +216,7 @@ class ClusterConfig(msgspec.Struct, frozen=True):
     """JobManager process settings (Flink's ``heartbeat.*``, ``state.checkpoints.dir``)."""
 
     checkpoint_dir: str
+    savepoint_dir: str | None = None  # default target of savepoints (state.savepoints.dir)
     heartbeat_interval_ms: int = 10_000
     heartbeat_timeout_ms: int = 50_000
     slot_request_timeout_ms: int = 300_000

@@ -102,6 +102,8 @@ class LocalCluster:
                 "0",
                 "--checkpoint-dir",
                 str(self.checkpoint_dir),
+                "--savepoint-dir",
+                str(self.workdir / "savepoints"),
                 "--heartbeat-interval",
                 str(self.heartbeat_interval_ms),
                 "--heartbeat-timeout",

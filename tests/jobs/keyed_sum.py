@@ -12,7 +12,8 @@ fail_at (event index whose map raises, on every attempt), commit_delay
 (seconds the sink's pre-commit blocks, to hold checkpoints open), retained,
 sink_delay (seconds the sink sleeps per batch, a slow sink), slow_subtask (only
 that sink subtask is slow), source_parallelism, timeout and tolerable
-(checkpoint timeout in ms and tolerable failed checkpoints).
+(checkpoint timeout in ms and tolerable failed checkpoints), sum_uid (the
+reduce's uid).
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ def build(env: StreamExecutionEnvironment) -> None:
         .set_parallelism(source_parallelism or env.parallelism)
         .key_by(lambda e: e[0])
         .reduce(lambda x, y: (x[0], x[1] + y[1]))
-        .uid("sum")
+        .uid(a.get("sum_uid", "sum"))
         .sink_to(out)
         .uid("sink")
     )

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 import pydantic
@@ -80,6 +81,48 @@ class JobManagerClient:
 
     async def cancel(self, job_id: str) -> None:
         await self._call("PATCH", f"/jobs/{job_id}?mode=cancel", None)
+
+    async def trigger_savepoint(
+        self, job_id: str, target_directory: str | None = None, cancel_job: bool = False
+    ) -> str:
+        body = models.SavepointTriggerRequest(
+            target_directory=target_directory, cancel_job=cancel_job
+        )
+        result = await self._call(
+            "POST", f"/jobs/{job_id}/savepoints", models.TriggerResponse, body
+        )
+        assert result is not None
+        return result.request_id
+
+    async def savepoint_status(self, job_id: str, request_id: str) -> models.SavepointInfo:
+        return await self._get(f"/jobs/{job_id}/savepoints/{request_id}", models.SavepointInfo)
+
+    async def stop(
+        self, job_id: str, target_directory: str | None = None, drain: bool = False
+    ) -> str:
+        body = models.StopRequest(target_directory=target_directory, drain=drain)
+        result = await self._call("POST", f"/jobs/{job_id}/stop", models.TriggerResponse, body)
+        assert result is not None
+        return result.request_id
+
+    async def wait_savepoint(
+        self, job_id: str, request_id: str, poll_s: float = 0.1
+    ) -> models.SavepointInfo:
+        """Poll until the savepoint completed or failed."""
+        while True:
+            info = await self.savepoint_status(job_id, request_id)
+            if info.status is not models.SavepointStatus.IN_PROGRESS:
+                return info
+            await asyncio.sleep(poll_s)
+
+    async def metrics(self) -> str:
+        async with self._session.get(self.base_url + "/metrics") as resp:
+            return await resp.text()
+
+    async def openapi(self) -> dict[str, Any]:
+        async with self._session.get(self.base_url + "/openapi.json") as resp:
+            document: dict[str, Any] = await resp.json()
+            return document
 
     async def healthy(self) -> bool:
         try:

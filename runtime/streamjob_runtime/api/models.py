@@ -38,6 +38,53 @@ class JobSubmission(_Model):
         default_factory=dict,
         description="Flink-style options, e.g. execution.checkpointing.interval.",
     )
+    savepoint_path: str | None = Field(
+        default=None,
+        description="Restore from this savepoint or retained checkpoint (directory or _metadata).",
+    )
+    allow_non_restored_state: bool = Field(
+        default=False, description="Drop savepoint state of operators the job no longer has."
+    )
+
+
+class SavepointTriggerRequest(_Model):
+    target_directory: str | None = Field(
+        default=None,
+        description="Directory under which the savepoint is written (default: the JobManager's).",
+    )
+    cancel_job: bool = Field(
+        default=False, description="Cancel the job once the savepoint completes."
+    )
+
+
+class StopRequest(_Model):
+    target_directory: str | None = Field(
+        default=None,
+        description="Directory under which the savepoint is written (default: the JobManager's).",
+    )
+    drain: bool = Field(
+        default=False,
+        description="Advance event time to the end first, firing every window, before stopping.",
+    )
+
+
+class TriggerResponse(_Model):
+    request_id: str
+
+
+class SavepointStatus(enum.StrEnum):
+    IN_PROGRESS = "IN_PROGRESS"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+
+
+class SavepointInfo(_Model):
+    request_id: str
+    status: SavepointStatus
+    location: str | None = Field(
+        default=None, description="The savepoint directory, once completed."
+    )
+    failure_cause: str | None = None
 
 
 class JobSubmitted(_Model):
@@ -94,6 +141,7 @@ class ClusterOverview(_Model):
 
 class CheckpointEntry(_Model):
     id: int
+    kind: str = Field(description="checkpoint or savepoint")
     status: str
     trigger_timestamp: int
     duration_ms: float

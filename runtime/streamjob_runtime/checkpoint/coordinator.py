@@ -31,7 +31,7 @@ TaskKey = tuple[str, int]
 class CheckpointGateway(Protocol):
     """How the coordinator reaches the tasks of the current attempt."""
 
-    async def trigger(self, checkpoint_id: int, timestamp: int) -> None: ...
+    async def trigger(self, pending: PendingCheckpoint) -> None: ...
 
     async def notify_complete(self, checkpoint_id: int) -> None: ...
 
@@ -48,6 +48,11 @@ class PendingCheckpoint:
     bytes: int = 0
     alignment_ms: float = 0.0
     final: bool = False
+    kind: str = "checkpoint"  # or "savepoint"
+    directory: Path = Path()
+    stop: bool = False  # sources emit nothing after this barrier
+    drain: bool = False
+    failure: str | None = None
     done: asyncio.Future[store.CompletedCheckpoint | None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -62,6 +67,7 @@ class CheckpointStats:
     bytes: int
     alignment_ms: float
     failure: str | None = None
+    kind: str = "checkpoint"
 
 
 class CheckpointCoordinator:
@@ -130,11 +136,22 @@ class CheckpointCoordinator:
 
     # -- triggering ----------------------------------------------------------------------
 
-    async def trigger(self, final: bool = False) -> PendingCheckpoint | None:
+    async def trigger(
+        self,
+        final: bool = False,
+        savepoint_dir: Path | None = None,
+        stop: bool = False,
+        drain: bool = False,
+    ) -> PendingCheckpoint | None:
+        """Start a checkpoint, or a savepoint into ``savepoint_dir``.
+
+        Periodic checkpoints respect max concurrent and min pause; final
+        checkpoints and savepoints do not.  Returns None when nothing started.
+        """
         gateway = self.gateway
         if gateway is None:
             return None
-        if not final:
+        if not final and savepoint_dir is None:
             if len(self.pending) >= self.cfg.max_concurrent:
                 return None
             if (time.monotonic() - self.last_completion) * 1000 < self.cfg.min_pause_ms:
@@ -142,13 +159,31 @@ class CheckpointCoordinator:
         checkpoint_id = self.next_id
         self.next_id += 1
         pending = PendingCheckpoint(
-            checkpoint_id, logs.now_ms(), time.monotonic(), set(self.tasks), final=final
+            checkpoint_id,
+            logs.now_ms(),
+            time.monotonic(),
+            set(self.tasks),
+            final=final,
+            kind="checkpoint" if savepoint_dir is None else "savepoint",
+            directory=savepoint_dir or storage.checkpoint_dir(self.job_dir, checkpoint_id),
+            stop=stop,
+            drain=drain,
         )
         self.pending[checkpoint_id] = pending
         timeout = asyncio.create_task(self._expire(checkpoint_id))
         self._timeouts.add(timeout)
         timeout.add_done_callback(self._timeouts.discard)
-        await gateway.trigger(checkpoint_id, pending.timestamp)
+        if pending.kind == "savepoint":
+            logs.event(
+                log,
+                "savepoint_triggered",
+                job_id=self.job_id,
+                checkpoint_id=checkpoint_id,
+                directory=str(pending.directory),
+                stop=stop,
+                drain=drain,
+            )
+        await gateway.trigger(pending)
         return pending
 
     async def _expire(self, checkpoint_id: int) -> None:
@@ -179,7 +214,7 @@ class CheckpointCoordinator:
             )
 
     async def _complete(self, pending: PendingCheckpoint) -> None:
-        directory = storage.checkpoint_dir(self.job_dir, pending.checkpoint_id)
+        directory = pending.directory
         operators: dict[str, list[messages.StateHandle]] = {}
         for h in pending.handles:
             operators.setdefault(h.uid, []).append(h)
@@ -188,7 +223,7 @@ class CheckpointCoordinator:
             job_id=self.job_id,
             checkpoint_id=pending.checkpoint_id,
             timestamp=pending.timestamp,
-            kind="checkpoint",
+            kind=pending.kind,
             operators={
                 uid: metadata.OperatorState(p, self.max_parallelism, operators.get(uid, []))
                 for uid, p in self.operator_parallelism.items()
@@ -221,32 +256,36 @@ class CheckpointCoordinator:
                 duration_ms,
                 pending.bytes,
                 pending.alignment_ms,
+                kind=pending.kind,
             )
         )
         logs.event(
             log,
-            "checkpoint_completed",
+            f"{pending.kind}_completed",
             job_id=self.job_id,
             checkpoint_id=pending.checkpoint_id,
             duration_ms=round(duration_ms, 1),
             bytes=pending.bytes,
             alignment_ms=round(pending.alignment_ms, 1),
             final=pending.final,
+            directory=str(directory),
         )
         # Older pending checkpoints are subsumed by this one.
         for older in [cid for cid in self.pending if cid < pending.checkpoint_id]:
             await self._abort(
                 older, f"subsumed by checkpoint {pending.checkpoint_id}", counts=False
             )
-        pending.done.set_result(completed)
+        # Tasks hear of the completion before anyone waiting on it acts (e.g. cancels).
         if self.gateway is not None and not pending.final:
             await self.gateway.notify_complete(pending.checkpoint_id)
+        pending.done.set_result(completed)
 
     async def _abort(self, checkpoint_id: int, reason: str, counts: bool = True) -> None:
         pending = self.pending.pop(checkpoint_id, None)
         if pending is None:
             return
-        storage.discard(storage.checkpoint_dir(self.job_dir, checkpoint_id))
+        pending.failure = reason
+        storage.discard(pending.directory)
         self.history.append(
             CheckpointStats(
                 checkpoint_id,
@@ -256,13 +295,14 @@ class CheckpointCoordinator:
                 pending.bytes,
                 pending.alignment_ms,
                 reason,
+                kind=pending.kind,
             )
         )
         if not pending.done.done():
             pending.done.set_result(None)
         logs.event(
             log,
-            "checkpoint_failed",
+            f"{pending.kind}_failed",
             logging.WARNING,
             job_id=self.job_id,
             checkpoint_id=checkpoint_id,
@@ -270,8 +310,8 @@ class CheckpointCoordinator:
         )
         if self.gateway is not None:
             await self.gateway.abort(checkpoint_id)
-        if not counts:
-            return
+        if not counts or pending.kind == "savepoint":
+            return  # as in Flink, only failed checkpoints count against the tolerance
         self.counts["failed"] += 1
         self.consecutive_failures += 1
         if self.consecutive_failures > self.cfg.tolerable_failures:

@@ -32,10 +32,17 @@ class CompletedCheckpointStore:
     previous complete one.
     """
 
-    def __init__(self, job_dir: Path, retained: int) -> None:
+    def __init__(self, job_dir: Path, retained: int, initial: Path | None = None) -> None:
         self.job_dir = job_dir
         self.retained = retained
         self.completed: list[CompletedCheckpoint] = []
+        # Savepoints taken by this job and the savepoint it started from: restore
+        # candidates too (a savepoint commits sink output, so a restore must not go
+        # back before it), but never discarded by retention.
+        self.restore_points: list[Path] = [initial] if initial is not None else []
+
+    def add_savepoint(self, savepoint: CompletedCheckpoint) -> None:
+        self.restore_points.append(savepoint.directory)
 
     def add(self, checkpoint: CompletedCheckpoint) -> None:
         self.completed.append(checkpoint)
@@ -49,9 +56,28 @@ class CompletedCheckpointStore:
     def latest(self) -> CompletedCheckpoint | None:
         return self.completed[-1] if self.completed else None
 
+    def _candidates(self) -> list[tuple[int, Path]]:
+        found = [
+            (checkpoint_id, storage.checkpoint_dir(self.job_dir, checkpoint_id))
+            for checkpoint_id in storage.checkpoint_ids(self.job_dir)
+        ]
+        for directory in self.restore_points:
+            try:
+                found.append((metadata.read(directory).checkpoint_id, directory))
+            except metadata.CorruptCheckpointError as e:
+                logs.event(
+                    log,
+                    "checkpoint_skipped",
+                    logging.WARNING,
+                    directory=str(directory),
+                    reason=str(e),
+                    action="trying the previous checkpoint",
+                )
+        return sorted(found)
+
     def latest_valid(self) -> tuple[Path, metadata.CheckpointMetadata] | None:
-        for checkpoint_id in reversed(storage.checkpoint_ids(self.job_dir)):
-            directory = storage.checkpoint_dir(self.job_dir, checkpoint_id)
+        """The newest checkpoint or savepoint whose metadata and files are intact."""
+        for checkpoint_id, directory in reversed(self._candidates()):
             try:
                 return directory, metadata.read(directory)
             except metadata.CorruptCheckpointError as e:
@@ -66,5 +92,6 @@ class CompletedCheckpointStore:
         return None
 
     def max_id(self) -> int:
-        ids = storage.checkpoint_ids(self.job_dir)
-        return ids[-1] if ids else 0
+        """The highest checkpoint id seen: new checkpoints continue after it."""
+        candidates = self._candidates()
+        return candidates[-1][0] if candidates else 0

@@ -19,14 +19,12 @@ from aiohttp import web
 
 from streamjob_runtime import config, jobfile, logs
 from streamjob_runtime.api import models
+from streamjob_runtime.checkpoint import savepoint
 from streamjob_runtime.jobmanager import jobmaster, resources, rest
+from streamjob_runtime.jobmanager.errors import SubmissionError
 from streamjob_runtime.rpc import framing, messages
 
 log = logging.getLogger(__name__)
-
-
-class SubmissionError(ValueError):
-    """A submission is invalid; the message says what to fix."""
 
 
 class JobManager:
@@ -85,6 +83,16 @@ class JobManager:
 
     # -- jobs ----------------------------------------------------------------------------
 
+    def savepoint_directory(self, job_id: str, target: str | None) -> Path:
+        """Where a new savepoint of ``job_id`` goes; raises SubmissionError without a target."""
+        base = target or self.cluster.savepoint_dir
+        if not base:
+            raise SubmissionError(
+                "no target directory given and the JobManager has no default savepoint"
+                " directory (start it with --savepoint-dir)"
+            )
+        return savepoint.new_directory(base, job_id)
+
     async def submit(self, submission: models.JobSubmission) -> str:
         base = config.JobConfig(parallelism=submission.parallelism or 1)
         try:
@@ -96,6 +104,27 @@ class JobManager:
             )
         except (config.ConfigError, jobfile.JobFileError) as e:
             raise SubmissionError(str(e)) from None
+        initial: Path | None = None
+        if submission.savepoint_path is not None:
+            try:
+                initial, meta = await asyncio.to_thread(
+                    savepoint.resolve, submission.savepoint_path
+                )
+                dropped = savepoint.check_operators(
+                    meta,
+                    graph.operator_parallelism(),
+                    env.config.max_parallelism,
+                    submission.allow_non_restored_state,
+                )
+            except savepoint.SavepointError as e:
+                raise SubmissionError(str(e)) from None
+            logs.event(
+                log,
+                "restore_requested",
+                savepoint=str(initial),
+                checkpoint_id=meta.checkpoint_id,
+                dropped_state=dropped,
+            )
         job_id = uuid.uuid4().hex
         master = jobmaster.JobMaster(
             job_id=job_id,
@@ -104,6 +133,7 @@ class JobManager:
             graph=graph,
             cluster=self.cluster,
             rm=self.rm,
+            initial_savepoint=initial,
         )
         self.jobs[job_id] = master
         logs.event(

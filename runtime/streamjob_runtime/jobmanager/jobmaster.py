@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,12 +21,29 @@ from streamjob_runtime.api import models
 from streamjob_runtime.checkpoint import coordinator, metadata, store
 from streamjob_runtime.graph import jobgraph
 from streamjob_runtime.jobmanager import resources, restart
+from streamjob_runtime.jobmanager.errors import ConflictError
 from streamjob_runtime.rpc import messages
 
 log = logging.getLogger(__name__)
 
 TaskKey = tuple[str, int]
 CANCEL_TIMEOUT_S = 30.0
+
+
+@dataclass
+class SavepointRequest:
+    request_id: str
+    status: models.SavepointStatus = models.SavepointStatus.IN_PROGRESS
+    location: str | None = None
+    failure_cause: str | None = None
+
+    def info(self) -> models.SavepointInfo:
+        return models.SavepointInfo(
+            request_id=self.request_id,
+            status=self.status,
+            location=self.location,
+            failure_cause=self.failure_cause,
+        )
 
 
 @dataclass(frozen=True)
@@ -40,9 +58,17 @@ class _Gateway:
         self.master = master
         self.attempt = attempt
 
-    async def trigger(self, checkpoint_id: int, timestamp: int) -> None:
+    async def trigger(self, pending: coordinator.PendingCheckpoint) -> None:
         m = self.master
-        msg = messages.TriggerCheckpoint(m.job_id, self.attempt, checkpoint_id, timestamp)
+        msg = messages.TriggerCheckpoint(
+            m.job_id,
+            self.attempt,
+            pending.checkpoint_id,
+            pending.timestamp,
+            str(pending.directory) if pending.kind == "savepoint" else None,
+            pending.stop,
+            pending.drain,
+        )
         for tm_id in m.source_taskmanagers():
             await m.rm.send(tm_id, msg)
 
@@ -69,6 +95,7 @@ class JobMaster:
         graph: jobgraph.JobGraph,
         cluster: config.ClusterConfig,
         rm: resources.ResourceManager,
+        initial_savepoint: Path | None = None,
     ) -> None:
         self.job_id = job_id
         self.submission = submission
@@ -88,7 +115,11 @@ class JobMaster:
         self.strategy = restart.create(
             job_config.restart_strategy, job_config.checkpointing.enabled
         )
-        self.store = store.CompletedCheckpointStore(self.job_dir, job_config.checkpointing.retained)
+        self.store = store.CompletedCheckpointStore(
+            self.job_dir, job_config.checkpointing.retained, initial_savepoint
+        )
+        self.savepoints: dict[str, SavepointRequest] = {}
+        self._savepoint_tasks: set[asyncio.Task[None]] = set()
         self.coordinator = coordinator.CheckpointCoordinator(
             job_id=job_id,
             job_dir=self.job_dir,
@@ -372,6 +403,61 @@ class JobMaster:
         if msg.attempt == self.attempt:
             await self.coordinator.receive_decline(msg)
 
+    # -- savepoints ----------------------------------------------------------------------
+
+    def trigger_savepoint(
+        self, directory: Path, *, stop: bool = False, drain: bool = False, cancel: bool = False
+    ) -> SavepointRequest:
+        """Start a savepoint (and optionally stop or cancel the job after it).
+
+        Raises :class:`ConflictError` unless the job is RUNNING with no savepoint
+        in progress.
+        """
+        if self.state is not models.JobStatus.RUNNING or self.coordinator.gateway is None:
+            raise ConflictError(
+                f"job {self.job_id} is {self.state.value}: savepoints need a RUNNING job;"
+                " wait until it runs again (GET /jobs/<id>)"
+            )
+        busy = [
+            r for r in self.savepoints.values() if r.status is models.SavepointStatus.IN_PROGRESS
+        ]
+        if busy:
+            raise ConflictError(
+                f"savepoint {busy[0].request_id} of job {self.job_id} is still in progress;"
+                " wait for it (GET /jobs/<id>/savepoints/<request id>) before triggering another"
+            )
+        request = SavepointRequest(uuid.uuid4().hex)
+        self.savepoints[request.request_id] = request
+        task = asyncio.create_task(self._savepoint(request, directory, stop, drain, cancel))
+        self._savepoint_tasks.add(task)
+        task.add_done_callback(self._savepoint_tasks.discard)
+        return request
+
+    async def _savepoint(
+        self, request: SavepointRequest, directory: Path, stop: bool, drain: bool, cancel: bool
+    ) -> None:
+        attempt = self.attempt
+        pending = await self.coordinator.trigger(
+            savepoint_dir=directory, stop=stop or cancel, drain=drain
+        )
+        completed = None if pending is None else await pending.done
+        if completed is None:
+            reason = "the attempt ended" if pending is None else pending.failure
+            request.status = models.SavepointStatus.FAILED
+            request.failure_cause = f"savepoint failed: {reason}"
+            if (stop or cancel) and attempt == self.attempt:
+                # The sources stopped at the barrier: only a restart resumes the job.
+                await self.fail(f"stop-with-savepoint failed ({reason}); restarting the job")
+            return
+        request.status = models.SavepointStatus.COMPLETED
+        request.location = str(completed.directory)
+        if cancel:
+            await self.cancel()
+        elif stop and attempt == self.attempt:
+            message = messages.FinishTasks(self.job_id, attempt, completed.checkpoint_id)
+            for tm_id in self.attempt_taskmanagers():
+                await self.rm.send(tm_id, message)
+
     # -- REST views ----------------------------------------------------------------------
 
     def details(self) -> models.JobDetails:
@@ -439,6 +525,7 @@ class JobMaster:
             history=[
                 models.CheckpointEntry(
                     id=h.checkpoint_id,
+                    kind=h.kind,
                     status=h.status,
                     trigger_timestamp=h.trigger_timestamp,
                     duration_ms=h.duration_ms,

@@ -1,14 +1,20 @@
-"""The REST API (aiohttp), modelled on Flink's.  Models: :mod:`streamjob_runtime.api.models`."""
+"""The REST API (aiohttp), modelled on Flink's.  Models: :mod:`streamjob_runtime.api.models`.
+
+Errors are JSON ``{"error": "..."}``: 400 for an invalid request, 404 for an
+unknown job or savepoint request, 409 for a request the job's state does not
+allow (a second savepoint, a savepoint of a job that is not running).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import pydantic
 from aiohttp import web
 
-from streamjob_runtime.api import models
+from streamjob_runtime.api import models, openapi
+from streamjob_runtime.jobmanager import errors, metrics
 
 if TYPE_CHECKING:
     from streamjob_runtime.jobmanager.dispatcher import JobManager
@@ -17,6 +23,7 @@ if TYPE_CHECKING:
 JM_KEY: web.AppKey[JobManager] = web.AppKey("jobmanager")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+M = TypeVar("M", bound=pydantic.BaseModel)
 
 
 def _json(model: pydantic.BaseModel, status: int = 200) -> web.Response:
@@ -29,24 +36,42 @@ def error(status: int, message: str) -> web.Response:
     return _json(models.ErrorResponse(error=message), status)
 
 
+class _NotFound(Exception):
+    pass
+
+
 @web.middleware
-async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except _NotFound as e:
+        return error(404, str(e))
+    except errors.SubmissionError as e:
+        return error(400, str(e))
+    except errors.ConflictError as e:
+        return error(409, str(e))
     except web.HTTPException as e:
         if e.status >= 400:
             return error(e.status, e.reason or "request failed")
         raise
+
+
+async def _body(request: web.Request, model: type[M]) -> M:
+    raw = await request.read()
+    try:
+        return model.model_validate_json(raw or b"{}")
     except pydantic.ValidationError as e:
-        return error(400, f"invalid request body: {e.errors(include_url=False)}")
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in e.errors()
+        )
+        raise errors.SubmissionError(f"invalid {model.__name__} body: {problems}") from None
 
 
 def _job(request: web.Request) -> JobMaster:
-    jm = request.app[JM_KEY]
     job_id = request.match_info["job_id"]
-    job = jm.jobs.get(job_id)
+    job = request.app[JM_KEY].jobs.get(job_id)
     if job is None:
-        raise web.HTTPNotFound(reason=f"job {job_id} not found; GET /jobs lists the known jobs")
+        raise _NotFound(f"job {job_id} not found; GET /jobs lists the known jobs")
     return job
 
 
@@ -68,17 +93,8 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 
 async def submit_job(request: web.Request) -> web.Response:
-    from streamjob_runtime.jobmanager.dispatcher import SubmissionError
-
-    try:
-        body = await request.read()
-        submission = models.JobSubmission.model_validate_json(body)
-    except pydantic.ValidationError as e:
-        return error(400, f"invalid job submission: {e.errors(include_url=False)}")
-    try:
-        job_id = await request.app[JM_KEY].submit(submission)
-    except SubmissionError as e:
-        return error(400, str(e))
+    submission = await _body(request, models.JobSubmission)
+    job_id = await request.app[JM_KEY].submit(submission)
     return _json(models.JobSubmitted(jobid=job_id), 202)
 
 
@@ -98,21 +114,68 @@ async def patch_job(request: web.Request) -> web.Response:
     job = _job(request)
     mode = request.query.get("mode", "cancel")
     if mode != "cancel":
-        return error(400, f"unknown mode {mode!r}; use PATCH /jobs/<id>?mode=cancel")
+        raise errors.SubmissionError(f"unknown mode {mode!r}; use PATCH /jobs/<id>?mode=cancel")
+    if job.state.terminal:
+        raise errors.ConflictError(f"job {job.job_id} already ended ({job.state.value})")
     await job.cancel()
     return web.json_response({}, status=202)
 
 
+async def trigger_savepoint(request: web.Request) -> web.Response:
+    job = _job(request)
+    body = await _body(request, models.SavepointTriggerRequest)
+    directory = request.app[JM_KEY].savepoint_directory(job.job_id, body.target_directory)
+    trigger = job.trigger_savepoint(directory, cancel=body.cancel_job)
+    return _json(models.TriggerResponse(request_id=trigger.request_id), 202)
+
+
+async def savepoint_status(request: web.Request) -> web.Response:
+    job = _job(request)
+    trigger = job.savepoints.get(request.match_info["request_id"])
+    if trigger is None:
+        raise _NotFound(
+            f"job {job.job_id} has no savepoint request {request.match_info['request_id']}"
+        )
+    return _json(trigger.info())
+
+
+async def stop_job(request: web.Request) -> web.Response:
+    job = _job(request)
+    body = await _body(request, models.StopRequest)
+    directory = request.app[JM_KEY].savepoint_directory(job.job_id, body.target_directory)
+    trigger = job.trigger_savepoint(directory, stop=True, drain=body.drain)
+    return _json(models.TriggerResponse(request_id=trigger.request_id), 202)
+
+
+async def prometheus(request: web.Request) -> web.Response:
+    return web.Response(
+        body=metrics.exposition(request.app[JM_KEY]),
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"X-Content-Type-Options": "nosniff"},
+    )
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    return web.json_response(openapi.document())
+
+
 def create_app(jm: JobManager) -> web.Application:
-    app = web.Application(middlewares=[errors])
+    app = web.Application(middlewares=[errors_middleware])
     app[JM_KEY] = jm
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/overview", overview)
-    app.router.add_get("/jobs", list_jobs)
-    app.router.add_post("/jobs", submit_job)
-    app.router.add_get("/jobs/{job_id}", job_details)
-    app.router.add_patch("/jobs/{job_id}", patch_job)
-    app.router.add_get("/jobs/{job_id}/checkpoints", job_checkpoints)
-    app.router.add_get("/jobs/{job_id}/exceptions", job_exceptions)
+    r = app.router
+    r.add_get("/healthz", healthz)
+    r.add_get("/readyz", readyz)
+    r.add_get("/overview", overview)
+    r.add_get("/metrics", prometheus)
+    r.add_get("/openapi.json", openapi_document)
+    r.add_get("/jobs", list_jobs)
+    r.add_post("/jobs", submit_job)
+    r.add_get("/jobs/{job_id}", job_details)
+    r.add_patch("/jobs/{job_id}", patch_job)
+    r.add_get("/jobs/{job_id}/checkpoints", job_checkpoints)
+    r.add_get("/jobs/{job_id}/exceptions", job_exceptions)
+    r.add_post("/jobs/{job_id}/savepoints", trigger_savepoint)
+    r.add_get("/jobs/{job_id}/savepoints/{request_id}", savepoint_status)
+    r.add_post("/jobs/{job_id}/stop", stop_job)
     return app

@@ -132,10 +132,18 @@ class DeployTasks(Message, frozen=True):
 
 
 class TriggerCheckpoint(Message, frozen=True):
+    """Sent to source tasks.  ``target``: the savepoint directory for state files
+    (None: the job's checkpoint directory).  ``stop``: sources emit nothing after
+    this barrier (stop- or cancel-with-savepoint); ``drain``: first advance event
+    time to the end, firing every window."""
+
     job_id: str
     attempt: int
     checkpoint_id: int
     timestamp: int
+    target: str | None = None
+    stop: bool = False
+    drain: bool = False
 
 
 class NotifyCheckpointComplete(Message, frozen=True):

@@ -166,7 +166,7 @@ class TaskExecutor:
             if d is not None:
                 for t in d.tasks.values():
                     if t.is_source:
-                        t.trigger_checkpoint(message.checkpoint_id, message.timestamp)
+                        t.trigger_checkpoint(message)
         elif isinstance(message, messages.NotifyCheckpointComplete):
             d = self._current(message.job_id, message.attempt)
             if d is not None:

@@ -127,7 +127,8 @@ class Task:
         self.exactly_once = job_config.checkpointing.mode is config.CheckpointingMode.EXACTLY_ONCE
         self.records_in = 0
         self.input_ended = False
-        self._triggers: list[tuple[int, int]] = []
+        self._triggers: list[messages.TriggerCheckpoint] = []
+        self._stopped = False  # after a stop-with-savepoint barrier: emit nothing more
         self._wakeup = asyncio.Event()
         self._uploads: set[asyncio.Task[None]] = set()
         # alignment
@@ -177,8 +178,8 @@ class Task:
 
     # -- control from the TaskManager ----------------------------------------------------
 
-    def trigger_checkpoint(self, checkpoint_id: int, timestamp: int) -> None:
-        self._triggers.append((checkpoint_id, timestamp))
+    def trigger_checkpoint(self, trigger: messages.TriggerCheckpoint) -> None:
+        self._triggers.append(trigger)
         self._wakeup.set()
 
     def notify_checkpoint_complete(self, checkpoint_id: int) -> None:
@@ -239,10 +240,16 @@ class Task:
         batch_size = self.config.batch_size
         while True:
             while self._triggers:
-                checkpoint_id, timestamp = self._triggers.pop(0)
-                self._checkpoint(checkpoint_id, timestamp, alignment_s=0.0)
+                trigger = self._triggers.pop(0)
+                if trigger.stop and trigger.drain and not self.input_ended:
+                    # Drain: event time jumps to the end, so every window fires before
+                    # the savepoint barrier and its results are in the savepoint's commit.
+                    head.output.emit_watermark(base.MAX_WATERMARK)
+                self._checkpoint(trigger.checkpoint_id, trigger.timestamp, 0.0, trigger.target)
+                if trigger.stop:
+                    self._stopped = True
             backoff: float | None = 0.0
-            if self.input_ended:
+            if self.input_ended or self._stopped:
                 backoff = None  # only barriers are left to emit: sleep until a trigger
             else:
                 emitted = head.emit_next(batch_size)
@@ -302,7 +309,7 @@ class Task:
                 elif kind == "w":
                     self._on_watermark(channel, element[1])
                 elif kind == "c":
-                    self._on_barrier(channel, element[1], element[2])
+                    self._on_barrier(channel, element[1], element[2], element[3])
                 elif kind == "e":
                     self._ended_channels.add(channel)
                     if len(self._ended_channels) == len(gate.channels):
@@ -322,7 +329,9 @@ class Task:
                 self._watermark = low
                 self.head.process_watermark(low)
 
-    def _on_barrier(self, channel: int, checkpoint_id: int, timestamp: int) -> None:
+    def _on_barrier(
+        self, channel: int, checkpoint_id: int, timestamp: int, target: str | None
+    ) -> None:
         gate = self.gate
         assert gate is not None
         if self._aligning is not None and checkpoint_id < self._aligning:
@@ -354,7 +363,7 @@ class Task:
         if len(self._barriers) == len(gate.channels):
             alignment_s = time.monotonic() - self._align_started
             self._end_alignment()
-            self._checkpoint(checkpoint_id, timestamp, alignment_s)
+            self._checkpoint(checkpoint_id, timestamp, alignment_s, target)
 
     def _end_alignment(self) -> None:
         self._aligning = None
@@ -363,7 +372,9 @@ class Task:
             self.gate.blocked.clear()
             self.gate.available.set()
 
-    def _checkpoint(self, checkpoint_id: int, timestamp: int, alignment_s: float) -> None:
+    def _checkpoint(
+        self, checkpoint_id: int, timestamp: int, alignment_s: float, target: str | None
+    ) -> None:
         """Synchronous part: snapshot the chain, forward the barrier, start the upload."""
         logs.event(
             log, "snapshot_started", logging.DEBUG, task=self.name, checkpoint_id=checkpoint_id
@@ -374,10 +385,10 @@ class Task:
             snap = op.snapshot_state(checkpoint_id)
             if not snap.is_empty():
                 blobs.append((uid, _state_bytes(uid, snap), bool(snap.keyed), bool(snap.operator)))
-        self.output.broadcast(("c", checkpoint_id, timestamp))
+        self.output.broadcast(("c", checkpoint_id, timestamp, target))
         sync_s = time.monotonic() - started
         upload = asyncio.get_running_loop().create_task(
-            self._upload(checkpoint_id, blobs, sync_s, alignment_s)
+            self._upload(checkpoint_id, target, blobs, sync_s, alignment_s)
         )
         self._uploads.add(upload)
         upload.add_done_callback(self._uploads.discard)
@@ -385,12 +396,17 @@ class Task:
     async def _upload(
         self,
         checkpoint_id: int,
+        target: str | None,
         blobs: list[tuple[str, bytes, bool, bool]],
         sync_s: float,
         alignment_s: float,
     ) -> None:
         started = time.monotonic()
-        directory = storage.checkpoint_dir(self.checkpoint_dir, checkpoint_id)
+        directory = (
+            Path(target)
+            if target is not None
+            else storage.checkpoint_dir(self.checkpoint_dir, checkpoint_id)
+        )
         kg = base.OperatorContext(
             "", self.subtask, self.vertex.parallelism, self.config.max_parallelism, 0, ""
         ).key_group_range
