@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,7 +129,22 @@ class LocalCluster:
         self.tms = [self._spawn_taskmanager() for _ in range(self.taskmanagers)]
         self._supervisor = threading.Thread(target=self._supervise, daemon=True)
         self._supervisor.start()
+        while self.registered_taskmanagers() < self.taskmanagers:
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ClusterError(
+                    f"{self.taskmanagers} TaskManagers did not register within {timeout_s} s;"
+                    f" see {self.log_dir}"
+                )
+            time.sleep(0.02)
         return self
+
+    def registered_taskmanagers(self) -> int:
+        try:
+            with urllib.request.urlopen(f"{self.rest_url}/overview", timeout=5) as resp:
+                return int(json.load(resp)["taskmanagers"])
+        except OSError:
+            return 0
 
     def _spawn_taskmanager(self) -> _Process:
         self.spawned += 1

@@ -116,3 +116,9 @@ def document() -> dict[str, Any]:
         "paths": paths,
         "components": {"schemas": schemas.get("$defs", {})},
     }
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(document(), indent=2, sort_keys=True))

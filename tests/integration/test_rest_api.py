@@ -1,0 +1,166 @@
+"""The REST contract: the typed client round-trips every endpoint; errors say what to fix."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+
+from streamjob_runtime.api import client, models, openapi
+from tests.conftest import JOBS, Harness
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def raw(url: str, method: str, path: str, body: object = None) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as s:
+        data = body if isinstance(body, str) else (json.dumps(body) if body is not None else None)
+        async with s.request(method, url + path, data=data) as resp:
+            return resp.status, (await resp.json())["error"] if resp.status >= 400 else ""
+
+
+def test_the_typed_client_round_trips_every_endpoint(
+    cluster_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    h = cluster_factory(taskmanagers=2)
+    out = tmp_path / "out"
+
+    async def scenario() -> None:
+        async with client.JobManagerClient(h.cluster.rest_url) as c:
+            assert await c.healthy()
+            overview = await c.overview()
+            assert overview.taskmanagers == 2 and overview.slots_total == 2
+            job = await c.submit(
+                models.JobSubmission(
+                    entrypoint=str(JOBS / "keyed_sum.py"),
+                    parallelism=2,
+                    args=[f"out={out}", "events=-1", "rate=20000", "interval=100"],
+                )
+            )
+            assert [j.jid for j in (await c.list_jobs()).jobs] == [job]
+            while (await c.job(job)).state is not models.JobStatus.RUNNING:
+                await asyncio.sleep(0.05)
+            while (await c.checkpoints(job)).counts.completed < 1:
+                await asyncio.sleep(0.05)
+            details = await c.job(job)
+            assert [v.parallelism for v in details.vertices] == [2, 2]
+            stats = await c.checkpoints(job)
+            assert stats.latest_completed is not None
+            assert Path(stats.latest_completed.path, "_metadata").is_file()
+            assert (await c.exceptions(job)).history == []
+            request = await c.trigger_savepoint(job)
+            info = await c.wait_savepoint(job, request)
+            assert info.status is models.SavepointStatus.COMPLETED
+            text = await c.metrics()
+            assert f'streamjob_checkpoints_completed_total{{job_id="{job}"}}' in text
+            assert "streamjob_records_in_total" in text
+            assert "streamjob_last_checkpoint_duration_seconds" in text
+            stop = await c.stop(job, str(tmp_path / "stops"), drain=False)
+            stopped = await c.wait_savepoint(job, stop)
+            assert stopped.location and stopped.location.startswith(str(tmp_path / "stops"))
+            while not (await c.job(job)).state.terminal:
+                await asyncio.sleep(0.05)
+            assert (await c.job(job)).state is models.JobStatus.FINISHED
+            again = await c.submit(
+                models.JobSubmission(
+                    entrypoint=str(JOBS / "keyed_sum.py"),
+                    savepoint_path=stopped.location,
+                    args=[f"out={out}", "events=-1", "rate=20000"],
+                )
+            )
+            while (await c.job(again)).state is not models.JobStatus.RUNNING:
+                await asyncio.sleep(0.05)
+            await c.cancel(again)
+            while (await c.job(again)).state is not models.JobStatus.CANCELED:
+                await asyncio.sleep(0.05)
+            assert await c.openapi() == openapi.document()
+
+    asyncio.run(scenario())
+
+
+def test_rest_errors_have_the_right_status_and_say_what_to_fix(
+    cluster_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    h = cluster_factory()
+    url = h.cluster.rest_url
+    job = h.submit(
+        "keyed_sum",
+        [f"out={tmp_path / 'out'}", "events=-1", "rate=5000", "commit_delay=1.0", "interval=60000"],
+    )
+    h.wait_for("the job to run", lambda: h.job(job).state is models.JobStatus.RUNNING)
+
+    async def checks() -> None:
+        status, message = await raw(url, "GET", "/jobs/nope")
+        assert status == 404 and "job nope not found" in message
+        status, message = await raw(url, "POST", "/jobs/nope/savepoints", {})
+        assert status == 404
+        status, message = await raw(url, "GET", f"/jobs/{job}/savepoints/nope")
+        assert status == 404 and "no savepoint request nope" in message
+        status, message = await raw(url, "POST", "/jobs", {"entrypoint": 5})
+        assert status == 400 and "entrypoint" in message
+        status, message = await raw(url, "POST", "/jobs", "{not json")
+        assert status == 400 and "invalid JobSubmission body" in message
+        status, message = await raw(url, "POST", f"/jobs/{job}/savepoints", {"cancel_job": "x"})
+        assert status == 400 and "cancel_job" in message
+        status, message = await raw(url, "PATCH", f"/jobs/{job}?mode=explode")
+        assert status == 400 and "mode=cancel" in message
+        # The sink's pre-commit holds the first savepoint open for a second.
+        status, _ = await raw(url, "POST", f"/jobs/{job}/savepoints", {})
+        assert status == 202
+        status, message = await raw(url, "POST", f"/jobs/{job}/savepoints", {})
+        assert status == 409 and "still in progress" in message
+        status, message = await raw(url, "POST", f"/jobs/{job}/stop", {})
+        assert status == 409
+        status, _ = await raw(url, "PATCH", f"/jobs/{job}?mode=cancel")
+        assert status == 202
+
+    asyncio.run(checks())
+    h.wait_terminal(job)
+
+    async def after() -> None:
+        status, message = await raw(url, "POST", f"/jobs/{job}/savepoints", {})
+        assert status == 409 and "CANCELED" in message and "RUNNING" in message
+        status, message = await raw(url, "PATCH", f"/jobs/{job}?mode=cancel")
+        assert status == 409 and "already ended" in message
+
+    asyncio.run(after())
+
+
+def test_a_savepoint_of_an_unknown_format_version_is_refused_clearly(
+    cluster_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    h = cluster_factory()
+    out = tmp_path / "out"
+    job = h.submit("keyed_sum", [f"out={out}", "events=-1", "rate=5000"])
+    h.wait_for("the job to run", lambda: h.job(job).state is models.JobStatus.RUNNING)
+    info = h.wait_savepoint(job, h.trigger_savepoint(job, cancel=True))
+    assert info.location is not None
+    meta = Path(info.location, "_metadata")
+    meta.write_text(meta.read_text().replace('"version":1', '"version":7'))
+
+    async def submit() -> tuple[int, str]:
+        return await raw(
+            h.cluster.rest_url,
+            "POST",
+            "/jobs",
+            {
+                "entrypoint": str(JOBS / "keyed_sum.py"),
+                "savepoint_path": info.location,
+                "args": [f"out={out}"],
+            },
+        )
+
+    status, message = asyncio.run(submit())
+    assert status == 400
+    assert "checksum" in message or "format version 7" in message
+
+
+def test_the_committed_openapi_document_matches_the_models() -> None:
+    committed = json.loads((ROOT / "docs" / "openapi.json").read_text())
+    assert committed == json.loads(json.dumps(openapi.document())), (
+        "docs/openapi.json is stale: regenerate it with"
+        " `uv run python -m streamjob_runtime.api.openapi > docs/openapi.json`"
+    )
