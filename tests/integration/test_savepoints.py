@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from streamjob_runtime.api import models
+from streamjob_runtime.api import client, models
 from streamjob_runtime.connectors import files
 from tests.conftest import Harness
 from tests.integration.test_exactly_once_recovery import EVENTS, KEYS, args, assert_exact
@@ -111,11 +111,8 @@ def test_state_of_a_removed_operator_is_refused_unless_allowed_and_new_operators
     location = stop_with_savepoint(h, job)
     committed_before = len(files.read_committed_lines(str(out)))
     renamed = args(out, sum_uid="sum-v2")
-    with pytest.raises(AssertionError, match=r"HTTP 400.*operators the job does not have: sum;"):
-        try:
-            h.submit("keyed_sum", renamed, savepoint=location)
-        except Exception as e:
-            raise AssertionError(str(e)) from e
+    with pytest.raises(client.RestError, match=r"HTTP 400.*operators the job does not have: sum;"):
+        h.submit("keyed_sum", renamed, savepoint=location)
     restored = h.submit("keyed_sum", renamed, savepoint=location, allow_non_restored_state=True)
     assert h.wait_terminal(restored).state is models.JobStatus.FINISHED
     lines = files.read_committed_lines(str(out))
@@ -136,7 +133,8 @@ def test_a_savepoint_triggered_while_a_checkpoint_is_in_flight_completes(
     h.wait_for("a checkpoint in flight", lambda: h.checkpoints(job).counts.in_progress >= 1)
     info = h.wait_savepoint(job, h.trigger_savepoint(job))
     assert info.status is models.SavepointStatus.COMPLETED, info.failure_cause
-    assert info.location is not None and (Path(info.location) / "_metadata").is_file()
+    assert info.location is not None
+    assert (Path(info.location) / "_metadata").is_file()
     assert h.wait_terminal(job).state is models.JobStatus.FINISHED
     assert_exact(out)
     kinds = {e.kind for e in h.checkpoints(job).history}
@@ -155,7 +153,8 @@ def test_a_savepoint_interrupted_by_a_taskmanager_death_fails_and_a_retry_succee
     h.cluster.kill_taskmanager(0)
     failed = h.wait_savepoint(job, request)
     assert failed.status is models.SavepointStatus.FAILED
-    assert failed.failure_cause and "savepoint failed" in failed.failure_cause
+    assert failed.failure_cause
+    assert "savepoint failed" in failed.failure_cause
     h.wait_for(
         "the recovery",
         lambda: (d := h.job(job)).restarts >= 1 and d.state is models.JobStatus.RUNNING,
