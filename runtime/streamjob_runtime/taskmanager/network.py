@@ -107,7 +107,7 @@ class RemoteChannelWriter:
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
-        writer.transport.set_write_buffer_limits(high=1 << 20)
+        writer.transport.set_write_buffer_limits(high=128 * 1024)
 
     async def send(self, element: Element) -> None:
         framing.write_frame(self.writer, pickle.dumps(element, protocol=5))
