@@ -19,6 +19,8 @@ import asyncio
 import collections
 import pickle
 import time
+from itertools import compress
+from operator import not_
 from typing import Any, Protocol
 
 from streamjob_runtime.graph import jobgraph, keygroups
@@ -63,7 +65,7 @@ class InputGate:
         self.backpressured_s = 0.0
         self._next = 0
 
-    async def next(self, timeout: float | None = None) -> tuple[int, Element] | None:
+    async def next(self, timeout: float | None = None) -> tuple[int, Element] | None:  # noqa: ASYNC109
         """The next element of an unblocked channel; None after ``timeout`` seconds idle."""
         channels, n = self.channels, len(self.channels)
         while True:
@@ -110,7 +112,8 @@ class RemoteChannelWriter:
         writer.transport.set_write_buffer_limits(high=128 * 1024)
 
     async def send(self, element: Element) -> None:
-        framing.write_frame(self.writer, pickle.dumps(element, protocol=5))
+        # One write (header and payload together): one send syscall and segment per frame.
+        self.writer.write(framing.frame(pickle.dumps(element, protocol=5)))
         await self.writer.drain()
 
     def close(self) -> None:
@@ -155,25 +158,17 @@ class RecordWriter:
             self.pending[target].append(("b", values, timestamps))
             return
         assert self.key_selector is not None
-        key_of, table, maxp, h = (
-            self.key_selector,
-            self.table,
-            self.max_parallelism,
-            keygroups.stable_hash,
-        )
-        targets = [table[h(key_of(v)) % maxp] for v in values]
-        buckets: list[list[Any]] = [[] for _ in range(n)]
-        appends = [b.append for b in buckets]
-        for v, t in zip(values, targets, strict=True):
-            appends[t](v)
+        groups = keygroups.key_groups(list(map(self.key_selector, values)), self.max_parallelism)
+        targets = list(map(self.table.__getitem__, groups))
+        buckets = _split(values, targets, n)
         if timestamps is None:
             for t, bucket in enumerate(buckets):
                 if bucket:
                     self.pending[t].append(("b", bucket, None))
             return
-        ts_buckets: list[list[int]] = [[] for _ in range(n)]
-        for ts, t in zip(timestamps, targets, strict=True):
-            ts_buckets[t].append(ts)
+        if len(timestamps) != len(values):
+            raise ValueError(f"{len(values)} records but {len(timestamps)} timestamps")
+        ts_buckets = _split(timestamps, targets, n)
         for t, bucket in enumerate(buckets):
             if bucket:
                 self.pending[t].append(("b", bucket, ts_buckets[t]))
@@ -193,6 +188,19 @@ class RecordWriter:
     def close(self) -> None:
         for c in self.channels:
             c.close()
+
+
+def _split(items: list[Any], targets: list[int], n: int) -> list[list[Any]]:
+    """``items`` bucketed by target index (0 <= target < n), keeping their order."""
+    if n == 2:
+        return [list(compress(items, map(not_, targets))), list(compress(items, targets))]
+    if n <= 4:
+        return [list(compress(items, map(t.__eq__, targets))) for t in range(n)]
+    buckets: list[list[Any]] = [[] for _ in range(n)]
+    appends = [b.append for b in buckets]
+    for item, t in zip(items, targets, strict=True):
+        appends[t](item)
+    return buckets
 
 
 class MultiOutput:
