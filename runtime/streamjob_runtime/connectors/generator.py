@@ -53,14 +53,15 @@ class GeneratorReader(source.SourceReader):
                 return []
             max_records = min(max_records, allowed)
         per_split = max(1, max_records // len(active))
-        fn, count, out = self.fn, self.count, []
+        fn, count = self.fn, self.count
+        out: list[Any] = []
         for split in active:
             n = split.num_splits
             stop = split.next_index + per_split * n
             if count is not None:
                 stop = min(stop, count)
             indices = range(split.next_index, stop, n)
-            out.extend(fn(i) for i in indices)
+            out.extend(map(fn, indices))
             if indices:
                 split.next_index = indices[-1] + n
         self.emitted += len(out)

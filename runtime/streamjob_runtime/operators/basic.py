@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from itertools import chain, compress
 from typing import Any
 
 from streamjob_runtime.operators import base
@@ -13,8 +14,7 @@ class MapOperator(base.StreamOperator):
         self.fn = fn
 
     def process_batch(self, values: base.Batch, timestamps: base.Timestamps) -> None:
-        fn = self.fn
-        self.output.emit([fn(v) for v in values], timestamps)
+        self.output.emit(list(map(self.fn, values)), timestamps)
 
 
 class FilterOperator(base.StreamOperator):
@@ -22,15 +22,17 @@ class FilterOperator(base.StreamOperator):
         self.fn = fn
 
     def process_batch(self, values: base.Batch, timestamps: base.Timestamps) -> None:
-        fn = self.fn
         if timestamps is None:
-            kept = [v for v in values if fn(v)]
+            kept = list(filter(self.fn, values))
             if kept:
                 self.output.emit(kept, None)
             return
-        pairs = [(v, t) for v, t in zip(values, timestamps, strict=True) if fn(v)]
-        if pairs:
-            self.output.emit([p[0] for p in pairs], [p[1] for p in pairs])
+        if len(timestamps) != len(values):
+            raise ValueError(f"{len(values)} records but {len(timestamps)} timestamps")
+        keep = list(map(bool, map(self.fn, values)))
+        kept = list(compress(values, keep))
+        if kept:
+            self.output.emit(kept, list(compress(timestamps, keep)))
 
 
 class FlatMapOperator(base.StreamOperator):
@@ -39,13 +41,12 @@ class FlatMapOperator(base.StreamOperator):
 
     def process_batch(self, values: base.Batch, timestamps: base.Timestamps) -> None:
         fn = self.fn
-        out: list[Any] = []
         if timestamps is None:
-            for v in values:
-                out.extend(fn(v))
-            if out:
-                self.output.emit(out, None)
+            flat = list(chain.from_iterable(map(fn, values)))
+            if flat:
+                self.output.emit(flat, None)
             return
+        out: list[Any] = []
         out_ts: list[int] = []
         for v, t in zip(values, timestamps, strict=True):
             before = len(out)

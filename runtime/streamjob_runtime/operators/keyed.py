@@ -109,16 +109,27 @@ class ProcessOperator(KeyedOperator):
             self.output.emit(out, out_ts if len(out_ts) == len(out) else None)
 
     def process_batch(self, values: base.Batch, timestamps: base.Timestamps) -> None:
-        key_of, backend, ctx, process = self.key_selector, self.backend, self.context, self.fn
+        key_of, backend, ctx = self.key_selector, self.backend, self.context
+        process = self.fn.process_element
         out: list[Any] = []
         out_ts: list[int] = []
-        ts_iter: Iterable[int | None] = (
-            timestamps if timestamps is not None else [None] * len(values)
-        )
-        for v, ts in zip(values, ts_iter, strict=True):
+        if timestamps is None:
+            for v in values:
+                backend.current_key = key_of(v)
+                ctx.timestamp = None
+                produced = process(v, ctx)
+                if produced is not None:
+                    out.extend(produced)
+            self._emit(out, out_ts)
+            return
+        for v, ts in zip(values, timestamps, strict=True):
             backend.current_key = key_of(v)
             ctx.timestamp = ts
-            self._collect(process.process_element(v, ctx), ts, out, out_ts)
+            produced = process(v, ctx)
+            if produced is not None:
+                before = len(out)
+                out.extend(produced)
+                out_ts.extend([ts] * (len(out) - before))
         self._emit(out, out_ts)
 
     def process_watermark(self, watermark: int) -> None:
