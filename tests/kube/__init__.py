@@ -1,0 +1,90 @@
+"""A stateful Kubernetes API server emulator for tests (`KubeEmulator`), with pytest fixtures
+in `tests.kube.fixtures`.
+
+It runs an aiohttp server on 127.0.0.1:<free port> on its own event loop in a background
+thread, so clients under test (kubernetes_asyncio, kopf) can run on any loop or thread.
+
+Emulated as kube-apiserver does it:
+
+- Discovery: /api, /api/v1, /apis, /apis/<group>, /apis/<group>/<version> (with `<plural>/status`
+  entries), /version, /healthz, /livez, /readyz.
+- Built-in kinds (registry.BUILTINS): namespaces, configmaps, secrets, serviceaccounts, services,
+  endpoints, pods, persistentvolumeclaims, events, nodes (core/v1); deployments, statefulsets,
+  replicasets, daemonsets (apps/v1); jobs (batch/v1); poddisruptionbudgets (policy/v1); leases
+  (coordination.k8s.io/v1); roles, rolebindings, clusterroles, clusterrolebindings (rbac/v1);
+  customresourcedefinitions (apiextensions.k8s.io/v1). Creating a CRD serves its resource at
+  once (every served version; one storage shared by all versions, no conversion) with an
+  Established status; deleting it deletes its objects first (cleanup finalizer).
+- Namespaced and cluster-scoped resources; namespaced lists across all namespaces. The
+  namespaces default, kube-system, kube-public and kube-node-lease exist. Creating in a missing
+  namespace is 404, in a terminating one 403. Deleting a namespace deletes its content and the
+  namespace goes once empty.
+- One global resourceVersion counter; uid, creationTimestamp, generation (for apps/*, batch,
+  policy, CRDs and custom resources: bumped on changes outside metadata and status, and when
+  deletionTimestamp is set). A write that changes nothing is a no-op (no new
+  resourceVersion, no event).
+- POST (201; generateName), GET, PUT (409 Conflict on a stale metadata.resourceVersion;
+  unconditional without one, except custom resources, which require it: 422), PATCH with
+  application/merge-patch+json, application/json-patch+json (`test` failures are 422, as kopf
+  expects) and application/strategic-merge-patch+json (approximate: a merge patch that also
+  merges a few well-known lists by key, e.g. containers/env/volumes by name, ownerReferences by
+  uid, conditions by type, finalizers as a set, `$patch: delete|replace`; see
+  patching.MERGE_KEYS; other lists, ports included, are replaced). A resourceVersion inside
+  a patch is a precondition (409). DELETE (200 with a Status when gone, 202 with the object when
+  waiting for finalizers), deletecollection, DeleteOptions preconditions (uid, resourceVersion).
+- Status subresource: writes to /status change only status; writes to the main resource keep the
+  old status; create drops status.
+- dryRun=All on every write: validated and answered, not stored.
+- labelSelector: =, ==, !=, in, notin, exists, !exists. fieldSelector: metadata.name and
+  metadata.namespace (=, ==, !=) everywhere, plus the fields the real server supports for
+  events (involvedObject.*, reason, type, ...), pods, secrets (type) and namespaces; other
+  fields are 400 as in Kubernetes. limit/continue pagination (over the current state).
+- Watches (?watch=true): without resourceVersion (or "0") the current objects come first as
+  ADDED; from resourceVersion N every later event exactly once; 410 Gone (an ERROR event) for a
+  resourceVersion older than the retained history (`history` events, or `compact()`);
+  selector transitions (an object stops matching: DELETED; starts matching: ADDED);
+  timeoutSeconds; allowWatchBookmarks (a BOOKMARK every `bookmark_interval` seconds when idle);
+  sendInitialEvents=true (ADDED events, then a BOOKMARK annotated k8s.io/initial-events-end).
+- Finalizers: deletion sets deletionTimestamp (and deletionGracePeriodSeconds: 0), the object
+  stays until an update removes the last finalizer; no new finalizers while deleting.
+- Garbage collection by ownerReferences (uid): Background (dependents deleted right after the
+  owner is gone, recursively, honouring their finalizers; dangling references to a gone owner
+  are removed when another owner remains), Foreground (owner waits with the foregroundDeletion
+  finalizer until its dependents are gone) and Orphan (references removed). Objects created
+  with only absent owners are collected soon after, as the real garbage collector does.
+- Validation with 422 Invalid: names (DNS subdomain; DNS label for namespaces, DNS-1035 for
+  services, path segments for RBAC), labels and annotations, finalizers, ownerReferences (at
+  most one controller), ConfigMap/Secret keys and values, Lease times (RFC 3339), Deployment-like
+  selector vs template labels and containers, Service ports, RoleBinding roleRef, CRD names and
+  versions. Immutable: Deployment-like spec.selector, RoleBinding roleRef, Service clusterIP,
+  immutable ConfigMaps/Secrets. Defaults: Service type/clusterIP/port protocol, replicas: 1,
+  Secret stringData folded into base64 data, Namespace phase.
+- Test hooks: direct thread-safe get/list/create/put_object/patch/delete/events_for,
+  wait_for(condition) woken by every state change, compact(), drop_watches(), watch_count(),
+  inject_error(status, method, path_contains, times), requests (a log of what was served),
+  write_kubeconfig(path).
+
+Not emulated (know this before relying on it):
+
+- No controllers: nothing creates ReplicaSets or Pods for a Deployment, no status is filled in,
+  no Endpoints; play the controller with `put_object` (status included).
+- No authentication or authorization: any token (or none) is accepted, no RBAC checks,
+  no admission webhooks, no quotas, no SelfSubjectAccessReview.
+- No OpenAPI schema validation, pruning or defaulting for custom resources; no CRD conversion
+  webhooks; no printer columns; no `scale` subresource; no pod log/exec/binding/eviction.
+- No server-side apply (application/apply-patch+yaml is 415), no managedFields, no
+  fieldValidation=Strict, no protobuf, no Table output, no aggregated (v2) discovery.
+- Strategic merge patch is approximate (see above); `$retainKeys`, `$deleteFromPrimitiveList`
+  and `$setElementOrder` are ignored.
+- Lists are not snapshot-consistent across continue pages (each page reads the current state);
+  `resourceVersion`/`resourceVersionMatch` on a list are ignored (always the latest).
+- Graceful deletion periods are not waited for (a pod without finalizers goes at once).
+- Events are stored like any object: no aggregation or rate limits; events.k8s.io is not served.
+- Garbage collection is synchronous with the owner's removal (the real one is a controller and
+  lags); it does not emit events.
+"""
+
+from tests.kube.server import KubeEmulator, RequestRecord
+from tests.kube.store import ApiError
+
+__all__ = ["ApiError", "KubeEmulator", "RequestRecord"]
