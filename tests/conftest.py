@@ -13,6 +13,8 @@ import pytest
 from streamjob_runtime.api import client, models
 from streamjob_runtime.local import LocalCluster
 
+pytest_plugins = ["tests.etcd"]
+
 JOBS = Path(__file__).parent / "jobs"
 T = TypeVar("T")
 

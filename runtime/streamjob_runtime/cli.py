@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from streamjob_runtime import __version__, config, jobfile, logs
+from streamjob_runtime.ha import services as ha_services
 
 if TYPE_CHECKING:  # the client (aiohttp) is imported lazily: process start-up stays fast
     from streamjob_runtime.api import models
@@ -179,7 +180,18 @@ def parser() -> argparse.ArgumentParser:
     cl.add_argument("--slots", type=int, default=1)
     cl.add_argument("--workdir", default=None)
 
-    jm = sub.add_parser("jobmanager", help="start a JobManager process")
+    ha_options = argparse.ArgumentParser(add_help=False)
+    ha = ha_options.add_argument_group("high availability")
+    ha.add_argument("--ha", choices=["none", "etcd", "kubernetes"], default="none")
+    ha.add_argument("--ha-cluster-id", default="default", help="scopes the HA metadata")
+    ha.add_argument("--ha-etcd-endpoints", default="", help="HOST:PORT[,HOST:PORT...]")
+    ha.add_argument("--ha-lease-duration", type=int, default=15_000, help="ms")
+    ha.add_argument("--ha-renew-deadline", type=int, default=10_000, help="ms")
+    ha.add_argument("--ha-retry-period", type=int, default=2_000, help="ms")
+    ha.add_argument("--ha-namespace", default=os.environ.get("POD_NAMESPACE", "default"))
+    ha.add_argument("--pod-name", default=os.environ.get("POD_NAME"))
+
+    jm = sub.add_parser("jobmanager", help="start a JobManager process", parents=[ha_options])
     jm.add_argument("--host", default="127.0.0.1")
     jm.add_argument("--rpc-port", type=int, default=6123)
     jm.add_argument("--rest-port", type=int, default=8081)
@@ -190,8 +202,12 @@ def parser() -> argparse.ArgumentParser:
     jm.add_argument("--slot-request-timeout", type=int, default=300_000, help="ms")
     jm.add_argument("--ready-file", default=None, help="write the bound ports here once ready")
 
-    tm = sub.add_parser("taskmanager", help="start a TaskManager process")
-    tm.add_argument("--jobmanager", required=True, metavar="HOST:PORT", help="JobManager RPC")
+    jm.add_argument("--identity", default=None, help="this JobManager's name in elections")
+
+    tm = sub.add_parser("taskmanager", help="start a TaskManager process", parents=[ha_options])
+    tm.add_argument(
+        "--jobmanager", metavar="HOST:PORT", help="JobManager RPC address (without --ha)"
+    )
     tm.add_argument("--slots", type=int, default=1)
     tm.add_argument("--host", default="127.0.0.1", help="address other TaskManagers reach us at")
     tm.add_argument("--data-port", type=int, default=0)
@@ -211,7 +227,9 @@ def main(argv: list[str] | None = None) -> None:
         from streamjob_runtime.taskmanager import executor
 
         logs.setup(f"taskmanager {args.id or ''}".strip())
-        executor.main(args.jobmanager, args.slots, args.host, args.data_port, args.id)
+        executor.main(
+            args.jobmanager, _ha_config(args), args.slots, args.host, args.data_port, args.id
+        )
         return
     if args.command == "run" and args.args[:1] == ["--"]:
         args.args = args.args[1:]
@@ -247,9 +265,36 @@ def _jobmanager(args: argparse.Namespace) -> None:
         cluster_config.validate()
     except config.ConfigError as e:
         raise SystemExit(f"streamjob jobmanager: {e}") from None
-    asyncio.run(
-        dispatcher.serve(cluster_config, args.host, args.rpc_port, args.rest_port, args.ready_file)
+    code = asyncio.run(
+        dispatcher.serve(
+            cluster_config,
+            args.host,
+            args.rpc_port,
+            args.rest_port,
+            args.ready_file,
+            _ha_config(args),
+            args.identity,
+        )
     )
+    sys.exit(code)
+
+
+def _ha_config(args: argparse.Namespace) -> ha_services.HaConfig:
+    cfg = ha_services.HaConfig(
+        kind=ha_services.HaKind(args.ha),
+        cluster_id=args.ha_cluster_id,
+        lease_duration_ms=args.ha_lease_duration,
+        renew_deadline_ms=args.ha_renew_deadline,
+        retry_period_ms=args.ha_retry_period,
+        etcd_endpoints=tuple(e for e in args.ha_etcd_endpoints.split(",") if e),
+        namespace=args.ha_namespace,
+        pod_name=args.pod_name,
+    )
+    try:
+        cfg.validate()
+    except config.ConfigError as e:
+        raise SystemExit(f"streamjob {args.command}: {e}") from None
+    return cfg
 
 
 def _rest(url: str, fn: Callable[[JobManagerClient], Awaitable[int]]) -> int:

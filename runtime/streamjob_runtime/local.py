@@ -7,6 +7,7 @@ replaced and the job recovers onto it.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -41,7 +42,26 @@ class _Process:
 
 
 @dataclass
+class _JobManager:
+    process: _Process
+    ready_file: Path
+    rpc_port: int = 0
+    rest_port: int = 0
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://127.0.0.1:{self.rest_port}"
+
+
+@dataclass
 class LocalCluster:
+    """JobManager(s) and TaskManagers as child processes of this one.
+
+    With ``ha`` (etcd), ``jobmanagers`` JobManagers run as leader and standbys,
+    TaskManagers find the leader through etcd, and the supervisor restarts a
+    JobManager that exits (one that lost leadership exits by design).
+    """
+
     workdir: Path
     taskmanagers: int = 1
     slots: int = 1
@@ -50,20 +70,23 @@ class LocalCluster:
     heartbeat_timeout_ms: int = 50_000
     respawn: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
+    jobmanagers: int = 1
+    ha: list[str] = field(default_factory=list)  # --ha ... arguments for every process
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
         self.log_dir = self.workdir / "logs"
         self.checkpoint_dir = Path(self.checkpoint_dir or self.workdir / "checkpoints")
-        self.jobmanager: _Process | None = None
+        self.jms: list[_JobManager] = []
         self.tms: list[_Process | None] = []
-        self.rpc_port = 0
-        self.rest_port = 0
         self.spawned = 0
+        self.jm_spawned = 0
         self.respawns = 0
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
+        if self.jobmanagers > 1 and not self.ha:
+            raise ClusterError("several JobManagers need HA settings (ha=[...])")
 
     # -- processes -------------------------------------------------------------------------
 
@@ -89,59 +112,67 @@ class LocalCluster:
             )
         return _Process(name, popen, log_path)
 
+    def _spawn_jobmanager(self) -> _JobManager:
+        self.jm_spawned += 1
+        n = self.jm_spawned
+        ready = self.workdir / f"jobmanager-{n}.json"
+        ready.unlink(missing_ok=True)
+        args = [
+            "jobmanager",
+            "--rpc-port", "0",
+            "--rest-port", "0",
+            "--checkpoint-dir", str(self.checkpoint_dir),
+            "--savepoint-dir", str(self.workdir / "savepoints"),
+            "--heartbeat-interval", str(self.heartbeat_interval_ms),
+            "--heartbeat-timeout", str(self.heartbeat_timeout_ms),
+            "--ready-file", str(ready),
+            "--identity", f"jobmanager-{n}",
+            *self.ha,
+        ]  # fmt: skip
+        name = "jobmanager" if not self.ha else f"jobmanager-{n}"
+        return _JobManager(self._spawn(name, args), ready)
+
+    def _await_ready(self, jm: _JobManager, deadline: float) -> None:
+        while not jm.ready_file.exists():
+            if jm.process.popen.poll() is not None:
+                raise ClusterError(
+                    f"the JobManager exited with code {jm.process.popen.returncode};"
+                    f" see {jm.process.log_path}"
+                )
+            if time.monotonic() > deadline:
+                raise ClusterError(f"the JobManager did not start; see {jm.process.log_path}")
+            time.sleep(0.02)
+        info = json.loads(jm.ready_file.read_text())
+        jm.rpc_port, jm.rest_port = info["rpc_port"], info["rest_port"]
+
     def start(self, timeout_s: float = 30.0) -> LocalCluster:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        ready = self.workdir / "jobmanager.json"
-        ready.unlink(missing_ok=True)
-        self.jobmanager = self._spawn(
-            "jobmanager",
-            [
-                "jobmanager",
-                "--rpc-port",
-                "0",
-                "--rest-port",
-                "0",
-                "--checkpoint-dir",
-                str(self.checkpoint_dir),
-                "--savepoint-dir",
-                str(self.workdir / "savepoints"),
-                "--heartbeat-interval",
-                str(self.heartbeat_interval_ms),
-                "--heartbeat-timeout",
-                str(self.heartbeat_timeout_ms),
-                "--ready-file",
-                str(ready),
-            ],
-        )
         deadline = time.monotonic() + timeout_s
-        while not ready.exists():
-            if self.jobmanager.popen.poll() is not None:
-                raise ClusterError(
-                    f"the JobManager exited with code {self.jobmanager.popen.returncode};"
-                    f" see {self.jobmanager.log_path}"
-                )
-            if time.monotonic() > deadline:
-                self.stop()
-                raise ClusterError(f"the JobManager did not start within {timeout_s} s")
-            time.sleep(0.02)
-        info = json.loads(ready.read_text())
-        self.rpc_port, self.rest_port = info["rpc_port"], info["rest_port"]
-        self.tms = [self._spawn_taskmanager() for _ in range(self.taskmanagers)]
-        self._supervisor = threading.Thread(target=self._supervise, daemon=True)
-        self._supervisor.start()
-        while self.registered_taskmanagers() < self.taskmanagers:
-            if time.monotonic() > deadline:
-                self.stop()
-                raise ClusterError(
-                    f"{self.taskmanagers} TaskManagers did not register within {timeout_s} s;"
-                    f" see {self.log_dir}"
-                )
-            time.sleep(0.02)
+        try:
+            self.jms = [self._spawn_jobmanager() for _ in range(self.jobmanagers)]
+            for jm in self.jms:
+                self._await_ready(jm, deadline)
+            self.tms = [self._spawn_taskmanager() for _ in range(self.taskmanagers)]
+            self._supervisor = threading.Thread(target=self._supervise, daemon=True)
+            self._supervisor.start()
+            while self.registered_taskmanagers() < self.taskmanagers:
+                if time.monotonic() > deadline:
+                    raise ClusterError(
+                        f"{self.taskmanagers} TaskManagers did not register within"
+                        f" {timeout_s} s; see {self.log_dir}"
+                    )
+                time.sleep(0.02)
+        except ClusterError:
+            self.stop()
+            raise
         return self
 
     def registered_taskmanagers(self) -> int:
+        url = self.leader_rest_url()
+        if url is None:
+            return 0
         try:
-            with urllib.request.urlopen(f"{self.rest_url}/overview", timeout=5) as resp:
+            with urllib.request.urlopen(f"{url}/overview", timeout=5) as resp:
                 return int(json.load(resp)["taskmanagers"])
         except OSError:
             return 0
@@ -149,30 +180,66 @@ class LocalCluster:
     def _spawn_taskmanager(self) -> _Process:
         self.spawned += 1
         name = f"taskmanager-{self.spawned}"
+        where = self.ha if self.ha else ["--jobmanager", f"127.0.0.1:{self.jms[0].rpc_port}"]
         return self._spawn(
             name,
-            [
-                "taskmanager",
-                "--jobmanager",
-                f"127.0.0.1:{self.rpc_port}",
-                "--slots",
-                str(self.slots),
-                "--id",
-                f"tm-{self.spawned}",
-            ],
+            ["taskmanager", *where, "--slots", str(self.slots), "--id", f"tm-{self.spawned}"],
         )
 
     def _supervise(self) -> None:
         while not self._stopping.wait(0.05):
             with self._lock:
+                if not self.respawn:
+                    continue
                 for i, tm in enumerate(self.tms):
-                    if tm is not None and tm.popen.poll() is not None and self.respawn:
+                    if tm is not None and tm.popen.poll() is not None:
                         self.respawns += 1
                         self.tms[i] = self._spawn_taskmanager()
+                if self.ha:
+                    for i, jm in enumerate(self.jms):
+                        if jm.process.popen.poll() is not None:
+                            self.jms[i] = replacement = self._spawn_jobmanager()
+                            with contextlib.suppress(ClusterError):  # retried next round
+                                self._await_ready(replacement, time.monotonic() + 30)
+
+    # -- addresses -----------------------------------------------------------------------
+
+    def leader_rest_url(self) -> str | None:
+        """The REST address of the leading JobManager (the one whose /readyz says ready)."""
+        for jm in list(self.jms):
+            if not jm.rest_port or jm.process.popen.poll() is not None:
+                continue
+            try:
+                with urllib.request.urlopen(f"{jm.rest_url}/readyz", timeout=2) as resp:
+                    if resp.status == 200:
+                        return jm.rest_url
+            except OSError:
+                continue
+        return None
 
     @property
     def rest_url(self) -> str:
-        return f"http://127.0.0.1:{self.rest_port}"
+        """The leader's REST address (waits up to 30 s for a leader)."""
+        deadline = time.monotonic() + 30
+        while (url := self.leader_rest_url()) is None:
+            if time.monotonic() > deadline:
+                raise ClusterError(f"no JobManager leads; see {self.log_dir}")
+            time.sleep(0.02)
+        return url
+
+    @property
+    def jobmanager(self) -> _Process | None:
+        """The first JobManager's process (the only one without HA)."""
+        return self.jms[0].process if self.jms else None
+
+    def leader_index(self) -> int:
+        url = self.rest_url
+        return next(i for i, jm in enumerate(self.jms) if jm.rest_url == url)
+
+    def leader_pid(self) -> int:
+        return self.jms[self.leader_index()].process.popen.pid
+
+    # -- chaos -----------------------------------------------------------------------------
 
     def taskmanager_pids(self) -> list[int]:
         with self._lock:
@@ -187,6 +254,12 @@ class LocalCluster:
             tm.popen.send_signal(sig)
             return tm.popen.pid
 
+    def kill_jobmanager(self, index: int, sig: int = signal.SIGKILL) -> int:
+        with self._lock:
+            jm = self.jms[index]
+            jm.process.popen.send_signal(sig)
+            return jm.process.popen.pid
+
     def add_taskmanager(self) -> None:
         with self._lock:
             self.tms.append(self._spawn_taskmanager())
@@ -198,7 +271,7 @@ class LocalCluster:
         self._stopping.set()
         if self._supervisor is not None:
             self._supervisor.join()
-        procs = [p for p in [self.jobmanager, *self.tms] if p is not None]
+        procs = [*(jm.process for jm in self.jms), *(tm for tm in self.tms if tm is not None)]
         for p in procs:
             if p.popen.poll() is None:
                 p.popen.terminate()

@@ -20,6 +20,7 @@ from typing import Protocol
 
 from streamjob_runtime import config, logs
 from streamjob_runtime.checkpoint import metadata, store
+from streamjob_runtime.ha import services
 from streamjob_runtime.rpc import messages
 from streamjob_runtime.state import storage
 
@@ -36,6 +37,14 @@ class CheckpointGateway(Protocol):
     async def notify_complete(self, checkpoint_id: int) -> None: ...
 
     async def abort(self, checkpoint_id: int) -> None: ...
+
+
+class CheckpointPersistence(Protocol):
+    """HA metadata for checkpoints; raises ``FencedError`` once we are not the leader."""
+
+    async def reserve(self, next_checkpoint_id: int) -> None: ...
+
+    async def completed(self, checkpoint: store.CompletedCheckpoint) -> None: ...
 
 
 @dataclass
@@ -82,6 +91,7 @@ class CheckpointCoordinator:
         completed_store: store.CompletedCheckpointStore,
         next_checkpoint_id: int,
         fail_job: Callable[[str], Awaitable[None]],
+        persistence: CheckpointPersistence | None = None,
     ) -> None:
         self.job_id = job_id
         self.job_dir = job_dir
@@ -91,6 +101,7 @@ class CheckpointCoordinator:
         self.store = completed_store
         self.next_id = next_checkpoint_id
         self.fail_job = fail_job
+        self.persistence = persistence
         self.pending: dict[int, PendingCheckpoint] = {}
         self.history: deque[CheckpointStats] = deque(maxlen=20)
         self.counts = {"completed": 0, "failed": 0}
@@ -158,6 +169,13 @@ class CheckpointCoordinator:
                 return None
         checkpoint_id = self.next_id
         self.next_id += 1
+        if self.persistence is not None:
+            try:
+                await self.persistence.reserve(self.next_id)
+            except services.FencedError:
+                return None  # no longer the leader: trigger nothing
+            if self.gateway is not gateway:
+                return None  # the attempt ended while we wrote
         pending = PendingCheckpoint(
             checkpoint_id,
             logs.now_ms(),
@@ -234,7 +252,6 @@ class CheckpointCoordinator:
         except OSError as e:
             await self._abort(pending.checkpoint_id, f"writing {directory}/_metadata failed: {e}")
             return
-        del self.pending[pending.checkpoint_id]
         duration_ms = (time.monotonic() - pending.started) * 1000
         completed = store.CompletedCheckpoint(
             pending.checkpoint_id,
@@ -243,8 +260,23 @@ class CheckpointCoordinator:
             duration_ms,
             pending.bytes,
             pending.alignment_ms,
+            pending.kind,
         )
-        self.store.add(completed)
+        if self.persistence is not None:
+            # Complete only once the HA metadata points at it: a deposed leader's
+            # write is fenced, so its checkpoint never completes and no task commits.
+            try:
+                await self.persistence.completed(completed)
+            except services.FencedError as e:
+                await self._abort(pending.checkpoint_id, f"not the leader any more: {e}", False)
+                return
+        if pending.checkpoint_id not in self.pending:
+            return  # aborted while the metadata was written
+        del self.pending[pending.checkpoint_id]
+        if pending.kind == "savepoint":
+            self.store.add_savepoint(completed)
+        else:
+            self.store.add(completed)
         self.counts["completed"] += 1
         self.consecutive_failures = 0
         self.last_completion = time.monotonic()
@@ -270,8 +302,12 @@ class CheckpointCoordinator:
             final=pending.final,
             directory=str(directory),
         )
-        # Older pending checkpoints are subsumed by this one.
-        for older in [cid for cid in self.pending if cid < pending.checkpoint_id]:
+        # Older pending checkpoints are subsumed by this one (savepoints never are).
+        for older in [
+            cid
+            for cid, p in self.pending.items()
+            if cid < pending.checkpoint_id and p.kind == "checkpoint"
+        ]:
             await self._abort(
                 older, f"subsumed by checkpoint {pending.checkpoint_id}", counts=False
             )
@@ -320,6 +356,20 @@ class CheckpointCoordinator:
                 f"checkpoint {checkpoint_id} failed ({reason}) and the tolerable failed"
                 f" checkpoint count ({self.cfg.tolerable_failures}) is exceeded"
             )
+
+    def abandon(self) -> None:
+        """Leadership is gone: forget everything in flight, tell no one."""
+        if self._periodic is not None:
+            self._periodic.cancel()
+            self._periodic = None
+        for timeout in list(self._timeouts):
+            timeout.cancel()
+        self.gateway = None
+        for pending in self.pending.values():
+            pending.failure = "the JobManager lost leadership"
+            if not pending.done.done():
+                pending.done.set_result(None)
+        self.pending.clear()
 
     def in_progress(self) -> int:
         return len(self.pending)

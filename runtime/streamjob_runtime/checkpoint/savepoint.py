@@ -72,7 +72,9 @@ def dispose(path: str | Path) -> Path:
     try:
         directory, meta = resolve(path)
     except SavepointError as e:
-        raise SavepointError(f"refusing to dispose of {path}: it is not a savepoint ({e})") from None
+        raise SavepointError(
+            f"refusing to dispose of {path}: it is not a savepoint ({e})"
+        ) from None
     if meta.kind != "savepoint":
         raise SavepointError(
             f"{directory} is a {meta.kind}, not a savepoint; checkpoints are deleted by the job"

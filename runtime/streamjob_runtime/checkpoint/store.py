@@ -32,10 +32,20 @@ class CompletedCheckpointStore:
     previous complete one.
     """
 
-    def __init__(self, job_dir: Path, retained: int, initial: Path | None = None) -> None:
+    def __init__(
+        self,
+        job_dir: Path,
+        retained: int,
+        initial: Path | None = None,
+        pointers: list[Path] | None = None,
+    ) -> None:
         self.job_dir = job_dir
         self.retained = retained
         self.completed: list[CompletedCheckpoint] = []
+        # With HA, only checkpoints recorded in the HA metadata count (a deposed
+        # leader may have left a complete-looking directory that was never confirmed);
+        # without HA, the job's checkpoint directory is scanned.
+        self.pointers = pointers
         # Savepoints taken by this job and the savepoint it started from: restore
         # candidates too (a savepoint commits sink output, so a restore must not go
         # back before it), but never discarded by retention.
@@ -46,6 +56,8 @@ class CompletedCheckpointStore:
 
     def add(self, checkpoint: CompletedCheckpoint) -> None:
         self.completed.append(checkpoint)
+        if self.pointers is not None:
+            self.pointers = [*self.pointers, checkpoint.directory][-self.retained :]
         while len(self.completed) > self.retained:
             self.completed.pop(0)
         oldest = self.completed[0].checkpoint_id
@@ -57,11 +69,16 @@ class CompletedCheckpointStore:
         return self.completed[-1] if self.completed else None
 
     def _candidates(self) -> list[tuple[int, Path]]:
-        found = [
-            (checkpoint_id, storage.checkpoint_dir(self.job_dir, checkpoint_id))
-            for checkpoint_id in storage.checkpoint_ids(self.job_dir)
-        ]
-        for directory in self.restore_points:
+        found: list[tuple[int, Path]] = []
+        recorded = self.restore_points
+        if self.pointers is None:
+            found = [
+                (checkpoint_id, storage.checkpoint_dir(self.job_dir, checkpoint_id))
+                for checkpoint_id in storage.checkpoint_ids(self.job_dir)
+            ]
+        else:
+            recorded = [*self.pointers, *self.restore_points]
+        for directory in recorded:
             try:
                 found.append((metadata.read(directory).checkpoint_id, directory))
             except metadata.CorruptCheckpointError as e:

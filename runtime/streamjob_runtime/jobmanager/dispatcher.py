@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import socket
 import time
 import uuid
@@ -20,7 +21,9 @@ from aiohttp import web
 from streamjob_runtime import config, jobfile, logs
 from streamjob_runtime.api import models
 from streamjob_runtime.checkpoint import savepoint
-from streamjob_runtime.jobmanager import jobmaster, resources, rest
+from streamjob_runtime.ha import factory as ha_factory
+from streamjob_runtime.ha import services
+from streamjob_runtime.jobmanager import errors, jobmaster, resources, rest
 from streamjob_runtime.jobmanager.errors import SubmissionError
 from streamjob_runtime.rpc import framing, messages
 
@@ -28,17 +31,52 @@ log = logging.getLogger(__name__)
 
 
 class JobManager:
-    def __init__(self, cluster: config.ClusterConfig, host: str = "127.0.0.1") -> None:
+    """The JobManager process's services.
+
+    Without HA it leads from the start (epoch 0).  With HA it starts as a
+    standby: it serves health checks, refuses TaskManagers and answers job
+    requests with 503 until elected; elected, it publishes its address and
+    recovers every job in the HA metadata from its latest completed checkpoint.
+    It stops coordinating the moment it loses leadership, and :attr:`lost`
+    is set so the process exits (a restarted process is a fresh standby).
+    """
+
+    def __init__(
+        self,
+        cluster: config.ClusterConfig,
+        host: str = "127.0.0.1",
+        ha: services.HaConfig | None = None,
+        identity: str | None = None,
+    ) -> None:
         cluster.validate()
         self.cluster = cluster
         self.host = host
+        self.ha = ha if ha is not None and ha.kind is not services.HaKind.NONE else None
+        if self.ha is not None:
+            self.ha.validate()
+        self.identity = identity or f"jobmanager-{uuid.uuid4().hex[:8]}"
         self.rm = resources.ResourceManager()
         self.jobs: dict[str, jobmaster.JobMaster] = {}
         self.rpc_port = 0
         self.rest_port = 0
+        self.epoch: int | None = None if self.ha is not None else 0
+        self.elector: services.LeaderElector | None = None
+        self.store: services.HaStore | None = None
+        self.lost = asyncio.Event()
+        self.serving = self.ha is None
         self._servers: list[asyncio.AbstractServer] = []
         self._runner: web.AppRunner | None = None
         self._background: set[asyncio.Task[None]] = set()
+
+    @property
+    def is_leader(self) -> bool:
+        """Leading and serving: elected, and (with HA) done recovering the jobs."""
+        return self.epoch is not None and self.serving
+
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://{self.host}:{self.rest_port}"
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -64,12 +102,98 @@ class JobManager:
             rest_port=self.rest_port,
             checkpoint_dir=self.cluster.checkpoint_dir,
             pid=os.getpid(),
+            identity=self.identity,
+            ha=self.ha.kind.value if self.ha else "none",
+        )
+        if self.ha is not None:
+            self.elector, self.store = ha_factory.create(self.ha, self.identity)
+            self._spawn(self.elector.run(self._on_elected, self._on_revoked))
+
+    # -- leadership ----------------------------------------------------------------------
+
+    async def _on_elected(self, epoch: int) -> None:
+        assert self.store is not None
+        self.epoch = epoch
+        try:
+            await self.store.publish_leader(
+                epoch,
+                services.LeaderInfo(self.identity, epoch, self.host, self.rpc_port, self.rest_url),
+            )
+            records = await self.store.jobs()
+            for record in records:
+                await self._recover(epoch, record)
+        except services.FencedError as e:
+            await self._on_revoked(f"lost leadership while taking over: {e}")
+            return
+        self.serving = True
+        logs.event(
+            log, "leader_ready", identity=self.identity, epoch=epoch, recovered_jobs=len(records)
         )
 
-    async def stop(self) -> None:
+    async def _recover(self, epoch: int, record: services.JobRecord) -> None:
+        assert self.store is not None
+        submission = models.JobSubmission.model_validate_json(record.submission)
+        checkpoints = await self.store.checkpoints(record.job_id)
+        try:
+            await self._start_job(record.job_id, submission, checkpoints)
+        except SubmissionError as e:
+            logs.event(
+                log, "job_recovery_failed", logging.ERROR, job_id=record.job_id, error=str(e)
+            )
+            return
+        logs.event(
+            log,
+            "job_recovered",
+            job_id=record.job_id,
+            epoch=epoch,
+            latest_checkpoint=(
+                checkpoints.retained[-1].checkpoint_id if checkpoints.retained else None
+            ),
+            next_checkpoint_id=checkpoints.next_checkpoint_id,
+        )
+
+    async def _on_revoked(self, reason: str) -> None:
+        """Stop acting as leader at once: no checkpoint completes, no task is told anything."""
+        if self.lost.is_set():
+            return
+        logs.event(
+            log,
+            "leadership_lost",
+            logging.WARNING,
+            identity=self.identity,
+            epoch=self.epoch,
+            reason=reason,
+        )
+        self.epoch = None
+        self.serving = False
         for job in self.jobs.values():
-            if not job.state.terminal:
-                await job.cancel()
+            job.suspend()
+        await self.rm.close()
+        self.lost.set()
+
+    async def _persist_checkpoints(self, job_id: str, record: services.CheckpointRecord) -> None:
+        """Fenced write of a job's checkpoint pointers; losing the fence revokes leadership."""
+        if self.store is None:
+            return
+        epoch = self.epoch
+        if epoch is None:
+            raise services.FencedError("this JobManager is not the leader")
+        try:
+            await self.store.put_checkpoints(epoch, job_id, record)
+        except services.FencedError as e:
+            logs.event(log, "ha_write_fenced", logging.ERROR, job_id=job_id, error=str(e))
+            self._spawn(self._on_revoked(f"an HA metadata write was fenced: {e}"))
+            raise
+
+    async def stop(self) -> None:
+        if self.is_leader and self.ha is None:
+            for job in self.jobs.values():
+                if not job.state.terminal:
+                    await job.cancel()
+        if self.elector is not None:
+            await self.elector.release()  # a standby takes over without waiting for expiry
+        if self.store is not None:
+            await self.store.close()
         for server in self._servers:
             server.close()
         await self.rm.close()
@@ -94,6 +218,30 @@ class JobManager:
         return savepoint.new_directory(base, job_id)
 
     async def submit(self, submission: models.JobSubmission) -> str:
+        """Validate, record in the HA metadata (fenced), and start a new job."""
+        if self.epoch is None:
+            raise errors.NotLeaderError(self.identity)
+        job_id = uuid.uuid4().hex
+        master = await self._start_job(job_id, submission, None)
+        if self.store is not None:
+            try:
+                await self.store.put_job(
+                    self.epoch, services.JobRecord(job_id, submission.model_dump_json().encode())
+                )
+            except services.FencedError as e:
+                del self.jobs[job_id]
+                self._spawn(self._on_revoked(f"an HA metadata write was fenced: {e}"))
+                raise errors.NotLeaderError(self.identity) from None
+        master.start()
+        return job_id
+
+    async def _start_job(
+        self,
+        job_id: str,
+        submission: models.JobSubmission,
+        recovered: services.CheckpointRecord | None,
+    ) -> jobmaster.JobMaster:
+        """Build the job's JobMaster (started here only when recovered)."""
         base = config.JobConfig(parallelism=submission.parallelism or 1)
         try:
             base = config.apply_options(base, submission.config)
@@ -118,14 +266,20 @@ class JobManager:
                 )
             except savepoint.SavepointError as e:
                 raise SubmissionError(str(e)) from None
-            logs.event(
-                log,
-                "restore_requested",
-                savepoint=str(initial),
-                checkpoint_id=meta.checkpoint_id,
-                dropped_state=dropped,
+            if recovered is None:
+                logs.event(
+                    log,
+                    "restore_requested",
+                    savepoint=str(initial),
+                    checkpoint_id=meta.checkpoint_id,
+                    dropped_state=dropped,
+                )
+        ha_pointers = None
+        if self.store is not None:
+            record = recovered or services.CheckpointRecord()
+            ha_pointers = jobmaster.HaCheckpoints(
+                record, lambda r: self._persist_checkpoints(job_id, r)
             )
-        job_id = uuid.uuid4().hex
         master = jobmaster.JobMaster(
             job_id=job_id,
             submission=submission,
@@ -134,11 +288,13 @@ class JobManager:
             cluster=self.cluster,
             rm=self.rm,
             initial_savepoint=initial,
+            ha=ha_pointers,
+            on_terminal=self._job_ended,
         )
         self.jobs[job_id] = master
         logs.event(
             log,
-            "job_submitted",
+            "job_submitted" if recovered is None else "job_recovering",
             job_id=job_id,
             entrypoint=submission.entrypoint,
             parallelism=env.config.parallelism,
@@ -146,8 +302,18 @@ class JobManager:
             mode=env.config.checkpointing.mode.value,
             vertices=[f"{v.id} x{v.parallelism}" for v in graph.vertices],
         )
-        master.start()
-        return job_id
+        if recovered is not None:
+            master.start()
+        return master
+
+    async def _job_ended(self, job_id: str) -> None:
+        """A globally terminal job leaves the HA metadata (its checkpoints stay on disk)."""
+        if self.store is None or self.epoch is None:
+            return
+        try:
+            await self.store.remove_job(self.epoch, job_id)
+        except services.FencedError as e:
+            self._spawn(self._on_revoked(f"an HA metadata write was fenced: {e}"))
 
     def overview(self) -> models.ClusterOverview:
         states = [j.state for j in self.jobs.values()]
@@ -174,6 +340,9 @@ class JobManager:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         tm: resources.TaskManagerInfo | None = None
         reason = "connection closed"
+        if self.epoch is None:
+            writer.close()  # a standby: the TaskManager looks up the leader again
+            return
         try:
             first = messages.to_jobmanager.decode(await framing.read_frame(reader))
             if not isinstance(first, messages.RegisterTaskManager):
@@ -183,7 +352,13 @@ class JobManager:
             )
             await self.rm.register(tm)
             await self.rm.send(
-                tm.tm_id, messages.Registered(tm.tm_id, self.cluster.heartbeat_interval_ms)
+                tm.tm_id,
+                messages.Registered(
+                    tm.tm_id,
+                    self.cluster.heartbeat_interval_ms,
+                    self.cluster.heartbeat_timeout_ms,
+                    self.epoch or 0,
+                ),
             )
             while True:
                 message = messages.to_jobmanager.decode(await framing.read_frame(reader))
@@ -223,10 +398,16 @@ class JobManager:
 
     async def _check_heartbeats(self) -> None:
         timeout_s = self.cluster.heartbeat_timeout_ms / 1000
-        period = min(self.cluster.heartbeat_interval_ms / 1000, 1.0)
+        interval_s = self.cluster.heartbeat_interval_ms / 1000
+        period = min(interval_s, 1.0)
+        last_sent = 0.0
         while True:
             await asyncio.sleep(period)
             now = time.monotonic()
+            if now - last_sent >= interval_s:
+                last_sent = now
+                for tm_id in list(self.rm.taskmanagers):
+                    await self.rm.send(tm_id, messages.JobManagerHeartbeat())
             for tm in list(self.rm.taskmanagers.values()):
                 if now - tm.last_heartbeat > timeout_s:
                     await self._lose(
@@ -249,19 +430,27 @@ async def serve(
     rpc_port: int,
     rest_port: int,
     ready_file: str | None,
-) -> None:
-    jm = JobManager(cluster, host)
+    ha: services.HaConfig | None = None,
+    identity: str | None = None,
+) -> int:
+    """Run a JobManager until SIGTERM/SIGINT (exit 0) or lost leadership (exit 3)."""
+    jm = JobManager(cluster, host, ha, identity)
     await jm.start(rpc_port, rest_port)
     if ready_file:
         ready = {"rpc_port": jm.rpc_port, "rest_port": jm.rest_port, "pid": os.getpid()}
         await asyncio.to_thread(_write_ready_file, ready_file, ready)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    import signal
-
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    stopped = asyncio.create_task(stop.wait())
+    lost = asyncio.create_task(jm.lost.wait())
+    await asyncio.wait([stopped, lost], return_when=asyncio.FIRST_COMPLETED)
+    if jm.lost.is_set():
+        logs.event(log, "jobmanager_exiting", reason="leadership lost; restart as a standby")
+        await jm.stop()
+        return 3
     logs.event(log, "jobmanager_stopping")
     await jm.stop()
+    return 0

@@ -9,3 +9,13 @@ class SubmissionError(ValueError):
 
 class ConflictError(RuntimeError):
     """The request conflicts with the job's state (HTTP 409); the message says why."""
+
+
+class NotLeaderError(RuntimeError):
+    """This JobManager is a standby (HTTP 503); the message says where the leader is."""
+
+    def __init__(self, identity: str) -> None:
+        super().__init__(
+            f"JobManager {identity} is not the leader; find the leader through the HA"
+            " services (or a Service that selects the leader pod) and retry there"
+        )

@@ -13,13 +13,18 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import msgspec
 
 from streamjob_runtime import config, logs
 from streamjob_runtime.api import models
 from streamjob_runtime.checkpoint import coordinator, metadata, store
 from streamjob_runtime.graph import jobgraph
+from streamjob_runtime.ha import services
 from streamjob_runtime.jobmanager import resources, restart
 from streamjob_runtime.jobmanager.errors import ConflictError
 from streamjob_runtime.rpc import messages
@@ -44,6 +49,42 @@ class SavepointRequest:
             location=self.location,
             failure_cause=self.failure_cause,
         )
+
+
+class HaCheckpoints:
+    """A job's checkpoint pointers in the HA metadata, written through a fenced callback."""
+
+    def __init__(
+        self,
+        record: services.CheckpointRecord,
+        persist: Callable[[services.CheckpointRecord], Awaitable[None]],
+    ) -> None:
+        self.record = record
+        self.persist = persist
+        self.retained = 1
+
+    def paths(self) -> list[Path]:
+        return [Path(p.path) for p in self.record.retained]
+
+    async def reserve(self, next_checkpoint_id: int) -> None:
+        record = msgspec.structs.replace(self.record, next_checkpoint_id=next_checkpoint_id)
+        await self.persist(record)
+        self.record = record
+
+    async def completed(self, checkpoint: store.CompletedCheckpoint) -> None:
+        pointer = services.CheckpointPointer(
+            checkpoint.checkpoint_id, str(checkpoint.directory), checkpoint.kind
+        )
+        savepoints = [p for p in self.record.retained if p.kind == "savepoint"]
+        checkpoints = [p for p in self.record.retained if p.kind != "savepoint"]
+        if checkpoint.kind == "savepoint":
+            savepoints.append(pointer)
+        else:
+            checkpoints = [*checkpoints, pointer][-self.retained :]
+        retained = (*savepoints, *checkpoints)
+        record = msgspec.structs.replace(self.record, retained=retained)
+        await self.persist(record)
+        self.record = record
 
 
 @dataclass(frozen=True)
@@ -96,6 +137,8 @@ class JobMaster:
         cluster: config.ClusterConfig,
         rm: resources.ResourceManager,
         initial_savepoint: Path | None = None,
+        ha: HaCheckpoints | None = None,
+        on_terminal: Callable[[str], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self.job_id = job_id
         self.submission = submission
@@ -115,8 +158,16 @@ class JobMaster:
         self.strategy = restart.create(
             job_config.restart_strategy, job_config.checkpointing.enabled
         )
+        self.ha = ha
+        self.on_terminal = on_terminal
+        self.suspended = False
+        if ha is not None:
+            ha.retained = job_config.checkpointing.retained
         self.store = store.CompletedCheckpointStore(
-            self.job_dir, job_config.checkpointing.retained, initial_savepoint
+            self.job_dir,
+            job_config.checkpointing.retained,
+            initial_savepoint,
+            pointers=ha.paths() if ha is not None else None,
         )
         self.savepoints: dict[str, SavepointRequest] = {}
         self._savepoint_tasks: set[asyncio.Task[None]] = set()
@@ -127,8 +178,11 @@ class JobMaster:
             max_parallelism=job_config.max_parallelism,
             operator_parallelism=graph.operator_parallelism(),
             completed_store=self.store,
-            next_checkpoint_id=self.store.max_id() + 1,
+            next_checkpoint_id=max(
+                self.store.max_id() + 1, ha.record.next_checkpoint_id if ha else 1
+            ),
             fail_job=self.fail,
+            persistence=ha,
         )
         self.placements: dict[TaskKey, str] = {}
         self.task_states: dict[TaskKey, str] = {}
@@ -165,6 +219,23 @@ class JobMaster:
         if state.terminal:
             self.end_time = logs.now_ms()
             self.done.set()
+            if self.on_terminal is not None and not self.suspended:
+                task = asyncio.create_task(self.on_terminal(self.job_id))
+                self._sends.add(task)
+                task.add_done_callback(self._sends.discard)
+
+    def suspend(self) -> None:
+        """Leadership is lost: stop at once, without a word to the TaskManagers."""
+        self.suspended = True
+        self.coordinator.abandon()
+        if self._main is not None:
+            self._main.cancel()
+        if self._finishing is not None:
+            self._finishing.cancel()
+        for task in [*self._savepoint_tasks, *self._sends]:
+            task.cancel()
+        if self._outcome is not None and not self._outcome.done():
+            self._outcome.cancel()
 
     # -- main loop -----------------------------------------------------------------------
 
@@ -214,7 +285,8 @@ class JobMaster:
                 cause=cause.splitlines()[0],
             )
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._cancel_requested.wait(), delay_ms / 1000)
+                async with asyncio.timeout(delay_ms / 1000):
+                    await self._cancel_requested.wait()
             if self._cancel_requested.is_set():
                 self._transition(models.JobStatus.CANCELED)
                 return
@@ -322,6 +394,8 @@ class JobMaster:
     # -- events --------------------------------------------------------------------------
 
     async def fail(self, cause: str, unrecoverable: bool = False) -> None:
+        if self.suspended:
+            return
         if self._outcome is not None and not self._outcome.done():
             logs.event(
                 log,
@@ -359,6 +433,8 @@ class JobMaster:
                 self.metrics[(m.vertex_id, m.subtask)] = m
 
     async def on_task_state(self, msg: messages.TaskStateChanged) -> None:
+        if self.suspended:
+            return
         if msg.attempt != self.attempt or (msg.vertex_id, msg.subtask) not in self.task_states:
             return
         self.task_states[(msg.vertex_id, msg.subtask)] = msg.state

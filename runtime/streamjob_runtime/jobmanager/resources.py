@@ -98,7 +98,8 @@ class ResourceManager:
             return slots
 
         try:
-            return await asyncio.wait_for(wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                return await wait()
         except TimeoutError:
             raise SlotTimeoutError(
                 f"could not get {count} slots within {timeout_s:.0f} s"

@@ -40,10 +40,18 @@ class _NotFound(Exception):
     pass
 
 
+_ANY_JOBMANAGER = {"/healthz", "/openapi.json", "/metrics"}
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
+        jm = request.app[JM_KEY]
+        if not jm.is_leader and request.path not in _ANY_JOBMANAGER:
+            raise errors.NotLeaderError(jm.identity)
         return await handler(request)
+    except errors.NotLeaderError as e:
+        return error(503, str(e))
     except _NotFound as e:
         return error(404, str(e))
     except errors.SubmissionError as e:

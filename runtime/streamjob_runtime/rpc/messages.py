@@ -101,6 +101,12 @@ class TasksCanceled(Message, frozen=True):
 class Registered(Message, frozen=True):
     tm_id: str
     heartbeat_interval_ms: int
+    heartbeat_timeout_ms: int
+    leader_epoch: int
+
+
+class JobManagerHeartbeat(Message, frozen=True):
+    """Sent every heartbeat interval: its absence tells a TaskManager the JobManager is gone."""
 
 
 class RestoreSpec(msgspec.Struct, frozen=True):
@@ -181,6 +187,7 @@ ToJobManager = (
 )
 ToTaskManager = (
     Registered
+    | JobManagerHeartbeat
     | DeployTasks
     | TriggerCheckpoint
     | NotifyCheckpointComplete

@@ -15,12 +15,14 @@ import os
 import pickle
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVarTuple
 
 from streamjob_runtime import jobfile, logs
 from streamjob_runtime.graph import jobgraph
+from streamjob_runtime.ha import factory as ha_factory
+from streamjob_runtime.ha import services
 from streamjob_runtime.rpc import framing, messages
 from streamjob_runtime.taskmanager import network, task
 
@@ -43,16 +45,60 @@ class Deployment:
     setup: asyncio.Task[None] | None = None
 
 
+Resolver = Callable[[], Awaitable[tuple[str, int]]]
+LeaderWatch = Callable[[tuple[str, int]], Awaitable[None]]
+
+
+def fixed_address(address: tuple[str, int]) -> Resolver:
+    async def resolve() -> tuple[str, int]:
+        return address
+
+    return resolve
+
+
+def ha_leader(cfg: services.HaConfig) -> tuple[Resolver, LeaderWatch]:
+    """Find the leader's RPC address in the HA metadata, and notice when it changes."""
+    store = ha_factory.create_store(cfg)
+    poll_s = cfg.retry_period_ms / 4000
+
+    async def lookup() -> tuple[str, int] | None:
+        try:
+            leader = await store.leader()
+        except Exception as e:  # the HA backend may be briefly unreachable
+            logs.event(log, "leader_lookup_failed", logging.WARNING, error=repr(e))
+            return None
+        return None if leader is None else (leader.rpc_host, leader.rpc_port)
+
+    async def resolve() -> tuple[str, int]:
+        while True:  # polls: the HA store is asked, not subscribed to
+            address = await lookup()
+            if address is not None:
+                return address
+            await asyncio.sleep(poll_s)
+
+    async def changed(current: tuple[str, int]) -> None:
+        while True:
+            await asyncio.sleep(poll_s)
+            address = await lookup()
+            if address is not None and address != current:
+                return
+
+    return resolve, changed
+
+
 class TaskExecutor:
     def __init__(
         self,
-        jobmanager: tuple[str, int],
+        resolve: Resolver,
         slots: int = 1,
         host: str = "127.0.0.1",
         data_port: int = 0,
         tm_id: str | None = None,
+        leader_changed: LeaderWatch | None = None,
     ) -> None:
-        self.jobmanager = jobmanager
+        self.resolve = resolve
+        self.leader_changed = leader_changed
+        self.jobmanager: tuple[str, int] = ("", 0)
         self.slots = slots
         self.host = host
         self.data_port = data_port
@@ -87,40 +133,65 @@ class TaskExecutor:
                         log,
                         "jobmanager_unreachable",
                         logging.WARNING,
-                        jobmanager=f"{self.jobmanager[0]}:{self.jobmanager[1]}",
+                        jobmanager=str(self.jobmanager),
                         error=str(e),
                     )
                 await self._cancel_all()
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                delay = min(delay * 2, 1.0)
 
     async def _session(self) -> None:
+        self.jobmanager = await self.resolve()
         reader, writer = await asyncio.open_connection(*self.jobmanager)
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._writer = writer
-        heartbeat: asyncio.Task[None] | None = None
+        background: list[asyncio.Task[None]] = []
+        # Until registered, wait for the JobManager as long as a heartbeat timeout would.
+        silence_s: float | None = 60.0
         try:
             await self.send(
                 messages.RegisterTaskManager(
                     self.tm_id, self.host, self.data_port, self.slots, os.getpid()
                 )
             )
+            if self.leader_changed is not None:
+                background.append(asyncio.create_task(self._watch_leader(writer)))
             while True:
-                message = messages.to_taskmanager.decode(await framing.read_frame(reader))
+                try:
+                    async with asyncio.timeout(silence_s):
+                        frame = await framing.read_frame(reader)
+                except TimeoutError:
+                    raise ConnectionError(
+                        f"no heartbeat from the JobManager for {silence_s:.0f} s"
+                    ) from None
+                message = messages.to_taskmanager.decode(frame)
                 if isinstance(message, messages.Registered):
                     self._heartbeat_interval_s = message.heartbeat_interval_ms / 1000
-                    logs.event(log, "taskmanager_registered", tm_id=self.tm_id)
-                    if heartbeat is None:
-                        heartbeat = asyncio.create_task(self._heartbeats())
-                else:
+                    silence_s = message.heartbeat_timeout_ms / 1000
+                    logs.event(
+                        log,
+                        "taskmanager_registered",
+                        tm_id=self.tm_id,
+                        jobmanager=f"{self.jobmanager[0]}:{self.jobmanager[1]}",
+                        leader_epoch=message.leader_epoch,
+                    )
+                    background.append(asyncio.create_task(self._heartbeats()))
+                elif not isinstance(message, messages.JobManagerHeartbeat):
                     await self._dispatch(message)
         finally:
             self._writer = None
-            if heartbeat is not None:
-                heartbeat.cancel()
+            for task in background:
+                task.cancel()
             writer.close()
+
+    async def _watch_leader(self, writer: asyncio.StreamWriter) -> None:
+        """With HA: leave a JobManager as soon as the HA metadata names another leader."""
+        assert self.leader_changed is not None
+        await self.leader_changed(self.jobmanager)
+        logs.event(log, "leader_changed", tm_id=self.tm_id, previous=str(self.jobmanager))
+        writer.close()
 
     async def send(self, message: messages.Message) -> None:
         writer = self._writer
@@ -330,6 +401,8 @@ class TaskExecutor:
                 await channel.put(loads(await framing.read_frame(reader)))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the upstream is gone; the JobManager restarts the job
+        except asyncio.CancelledError:
+            pass  # the deployment was cancelled; this top-level handler just ends
         finally:
             writer.close()
 
@@ -345,7 +418,8 @@ class TaskExecutor:
                     await self._gate_waiters.wait()
 
         try:
-            return await asyncio.wait_for(find(), 60)
+            async with asyncio.timeout(60):
+                return await find()
         except TimeoutError:
             return None
 
@@ -394,8 +468,23 @@ def _tune_data_socket(writer: asyncio.StreamWriter) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, DATA_SOCKET_BUFFER)
 
 
-def main(jobmanager: str, slots: int, host: str, data_port: int, tm_id: str | None) -> None:
-    jm_host, _, jm_port = jobmanager.rpartition(":")
-    executor = TaskExecutor((jm_host or "127.0.0.1", int(jm_port)), slots, host, data_port, tm_id)
+def main(
+    jobmanager: str | None,
+    ha: services.HaConfig | None,
+    slots: int,
+    host: str,
+    data_port: int,
+    tm_id: str | None,
+) -> None:
+    """Run a TaskManager that finds its JobManager at ``jobmanager`` or through ``ha``."""
+    watch: LeaderWatch | None = None
+    if ha is not None and ha.kind is not services.HaKind.NONE:
+        resolve, watch = ha_leader(ha)
+    elif jobmanager:
+        jm_host, _, jm_port = jobmanager.rpartition(":")
+        resolve = fixed_address((jm_host or "127.0.0.1", int(jm_port)))
+    else:
+        raise SystemExit("streamjob taskmanager: give --jobmanager HOST:PORT or --ha settings")
+    executor = TaskExecutor(resolve, slots, host, data_port, tm_id, watch)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(executor.run())

@@ -79,8 +79,11 @@ class InputGate:
             if timeout is None:
                 await self.available.wait()
             else:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+                # cancellation that races with the event (CPython gh-86296).
                 try:
-                    await asyncio.wait_for(self.available.wait(), timeout)
+                    async with asyncio.timeout(timeout):
+                        await self.available.wait()
                 except TimeoutError:
                     return None
 

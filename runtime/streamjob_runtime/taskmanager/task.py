@@ -273,7 +273,8 @@ class Task:
             await self._wakeup.wait()
         else:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), seconds)
+                async with asyncio.timeout(seconds):  # not wait_for: see network.InputGate.next
+                    await self._wakeup.wait()
 
     async def _end_of_input(self) -> None:
         """Bounded input is exhausted: flush event time, end each operator, tell downstream.

@@ -1,0 +1,1 @@
+"""JobManager high availability: leader election and fenced HA metadata (etcd, Kubernetes)."""

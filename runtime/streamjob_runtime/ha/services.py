@@ -1,0 +1,135 @@
+"""The HA contract: a leader elector and a metadata store whose writes are fenced.
+
+The leader's *epoch* is a number that grows with every change of leader (an
+etcd key's create revision, a Lease's leaseTransitions).  Every write to the HA
+metadata names the writer's epoch and is conditional on it still being the
+current one, so a deposed leader (paused, partitioned) cannot overwrite what
+its successor wrote: its write fails with :class:`FencedError`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import msgspec
+
+from streamjob_runtime import config
+
+
+class FencedError(RuntimeError):
+    """A write was rejected because the writer is no longer the leader."""
+
+
+class HaKind(enum.StrEnum):
+    NONE = "none"
+    ETCD = "etcd"
+    KUBERNETES = "kubernetes"
+
+
+class HaConfig(msgspec.Struct, frozen=True):
+    """Leader election settings, with client-go's meaning and defaults (15 s / 10 s / 2 s)."""
+
+    kind: HaKind = HaKind.NONE
+    cluster_id: str = "default"
+    lease_duration_ms: int = 15_000
+    renew_deadline_ms: int = 10_000
+    retry_period_ms: int = 2_000
+    etcd_endpoints: tuple[str, ...] = ()
+    namespace: str = "default"
+    pod_name: str | None = None  # Kubernetes: the leader labels its own pod
+
+    def validate(self) -> None:
+        if self.kind is HaKind.NONE:
+            return
+        if not self.cluster_id or "/" in self.cluster_id:
+            raise config.ConfigError(f"HA cluster id {self.cluster_id!r} must be non-empty, no '/'")
+        if not self.lease_duration_ms > self.renew_deadline_ms > self.retry_period_ms > 0:
+            raise config.ConfigError(
+                f"HA timings must satisfy lease duration ({self.lease_duration_ms} ms) > renew"
+                f" deadline ({self.renew_deadline_ms} ms) > retry period"
+                f" ({self.retry_period_ms} ms) > 0: a leader must give up before its lease can"
+                " expire for others, and retry several times before giving up"
+            )
+        if self.kind is HaKind.ETCD:
+            if not self.etcd_endpoints:
+                raise config.ConfigError("HA with etcd needs --ha-etcd-endpoints HOST:PORT")
+            if self.lease_duration_ms < 2_000:
+                raise config.ConfigError(
+                    "etcd leases last whole seconds and at least 2 s: set the lease duration"
+                    " to 2000 ms or more"
+                )
+            for endpoint in self.etcd_endpoints:
+                host, _, port = endpoint.rpartition(":")
+                if not host or not port.isdigit():
+                    raise config.ConfigError(f"etcd endpoint {endpoint!r} must be HOST:PORT")
+
+
+class LeaderInfo(msgspec.Struct, frozen=True):
+    """What the leader publishes: how TaskManagers and clients reach it."""
+
+    identity: str
+    epoch: int
+    rpc_host: str
+    rpc_port: int
+    rest_url: str
+
+
+class JobRecord(msgspec.Struct, frozen=True):
+    """A job as the HA metadata keeps it: enough for a new leader to recover it."""
+
+    job_id: str
+    submission: bytes  # the REST JobSubmission, JSON
+
+
+class CheckpointPointer(msgspec.Struct, frozen=True):
+    checkpoint_id: int
+    path: str
+    kind: str = "checkpoint"  # or "savepoint" (never trimmed by retention)
+
+
+class CheckpointRecord(msgspec.Struct, frozen=True):
+    """The retained completed checkpoints of a job (newest last) and its id counter."""
+
+    next_checkpoint_id: int = 1
+    retained: tuple[CheckpointPointer, ...] = ()
+
+
+Elected = Callable[[int], Awaitable[None]]
+Revoked = Callable[[str], Awaitable[None]]
+
+
+class LeaderElector(Protocol):
+    identity: str
+
+    async def run(self, on_elected: Elected, on_revoked: Revoked) -> None:
+        """Campaign until elected, call ``on_elected(epoch)``, then renew.
+
+        If the lease cannot be renewed within the renew deadline, call
+        ``on_revoked(reason)`` and return: the caller must stop acting as leader.
+        """
+
+    async def release(self) -> None:
+        """Give up leadership at once (clean shutdown), so a standby need not wait."""
+
+
+class HaStore(Protocol):
+    async def publish_leader(self, epoch: int, leader: LeaderInfo) -> None: ...
+
+    async def leader(self) -> LeaderInfo | None: ...
+
+    async def put_job(self, epoch: int, job: JobRecord) -> None: ...
+
+    async def remove_job(self, epoch: int, job_id: str) -> None: ...
+
+    async def jobs(self) -> list[JobRecord]: ...
+
+    async def put_checkpoints(self, epoch: int, job_id: str, record: CheckpointRecord) -> None: ...
+
+    async def checkpoints(self, job_id: str) -> CheckpointRecord: ...
+
+    async def close(self) -> None: ...
+
+
+encode = msgspec.json.encode

@@ -1,0 +1,197 @@
+"""JobManager high availability on a real etcd: failover, fencing, stepping down."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from streamjob_runtime.api import models
+from streamjob_runtime.ha import etcd as ha_etcd
+from streamjob_runtime.ha import services
+from tests.conftest import Harness
+from tests.etcd import Etcd
+from tests.integration.test_exactly_once_recovery import EVENTS, args, assert_exact
+
+LEASE = ["--ha-lease-duration", "3000", "--ha-renew-deadline", "2000", "--ha-retry-period", "500"]
+
+
+def ha_args(etcd: Etcd, cluster_id: str = "test") -> list[str]:
+    return ["--ha", "etcd", "--ha-etcd-endpoints", etcd.endpoint, "--ha-cluster-id", cluster_id,
+            *LEASE]  # fmt: skip
+
+
+def events(h: Harness, name: str) -> list[dict[str, object]]:
+    found = []
+    for path in sorted(h.cluster.log_dir.glob("jobmanager-*.log")):
+        for line in path.read_text().splitlines():
+            if f'"event":"{name}"' in line:
+                found.append({**json.loads(line), "log": path.name})
+    return found
+
+
+@pytest.mark.parametrize("jobmanagers", [2, 3])
+def test_killed_leader_is_replaced_by_a_standby_and_the_output_is_exact(
+    cluster_factory: Callable[..., Harness], tmp_path: Path, etcd: Etcd, jobmanagers: int
+) -> None:
+    h = cluster_factory(taskmanagers=2, jobmanagers=jobmanagers, ha=ha_args(etcd))
+    out = tmp_path / "out"
+    job = h.submit("keyed_sum", args(out), parallelism=2)
+    h.wait_for("12000 source records", lambda: h.source_records(job) >= 12_000)
+    h.wait_for("a checkpoint", lambda: h.checkpoints(job).counts.completed >= 1)
+    leader = h.cluster.leader_pid()
+    h.cluster.kill_jobmanager(h.cluster.leader_index())
+    h.wait_for("a new leader", lambda: h.cluster.leader_pid() != leader)
+    details = h.wait_terminal(job, timeout_s=120)
+    assert details.state is models.JobStatus.FINISHED, details.failure_cause
+    assert_exact(out)
+    recovered = events(h, "job_recovered")
+    assert recovered and recovered[0]["job_id"] == job
+
+
+def test_leader_killed_during_a_checkpoint_recovers_from_the_last_completed_one(
+    cluster_factory: Callable[..., Harness], tmp_path: Path, etcd: Etcd
+) -> None:
+    h = cluster_factory(taskmanagers=2, jobmanagers=3, ha=ha_args(etcd))
+    out = tmp_path / "out"
+    job = h.submit("keyed_sum", args(out, commit_delay=0.4, interval=300), parallelism=2)
+    h.wait_for("a completed checkpoint", lambda: h.checkpoints(job).counts.completed >= 1)
+    h.wait_for("a checkpoint in flight", lambda: h.checkpoints(job).counts.in_progress >= 1)
+    h.cluster.kill_jobmanager(h.cluster.leader_index())
+    details = h.wait_terminal(job, timeout_s=120)
+    assert details.state is models.JobStatus.FINISHED, details.failure_cause
+    assert_exact(out)
+
+
+def test_a_paused_leader_cannot_complete_a_checkpoint_after_it_is_deposed(
+    cluster_factory: Callable[..., Harness], tmp_path: Path, etcd: Etcd
+) -> None:
+    h = cluster_factory(taskmanagers=2, jobmanagers=2, ha=ha_args(etcd))
+    out = tmp_path / "out"
+    job = h.submit("keyed_sum", args(out, interval=100), parallelism=2)
+    h.wait_for("a checkpoint", lambda: h.checkpoints(job).counts.completed >= 2)
+    old = h.cluster.leader_index()
+    old_pid = h.cluster.leader_pid()
+    old_log = h.cluster.jms[old].process.log_path
+    h.cluster.kill_jobmanager(old, signal.SIGSTOP)
+    try:
+        h.wait_for("the standby to lead", lambda: h.cluster.leader_pid() != old_pid, 60)
+        h.wait_for("the job to be recovered by the new leader",
+                   lambda: h.job(job).restored_from is not None)  # fmt: skip
+    finally:
+        resumed_at = time.time()
+        h.cluster.kill_jobmanager(old, signal.SIGCONT)
+    h.wait_for("the deposed leader to exit", lambda: h.cluster.jms[old].process.popen.poll() == 3
+               or "leadership_lost" in old_log.read_text())  # fmt: skip
+    details = h.wait_terminal(job, timeout_s=120)
+    assert details.state is models.JobStatus.FINISHED, details.failure_cause
+    assert_exact(out)
+    after = [json.loads(line) for line in old_log.read_text().splitlines()]
+    late = [e for e in after if e["ts"] >= resumed_at]
+    assert any(e["event"] == "leadership_lost" for e in late)
+    assert not [e for e in late if e["event"] == "checkpoint_completed"], late
+
+
+def test_a_deposed_leaders_metadata_write_is_fenced(etcd: Etcd) -> None:
+    cfg = services.HaConfig(
+        services.HaKind.ETCD, "fence", 2_000, 1_500, 500, etcd_endpoints=(etcd.endpoint,)
+    )
+
+    async def scenario() -> None:
+        first = ha_etcd.EtcdLeaderElector(cfg, ha_etcd.connect(cfg), "first")
+        second = ha_etcd.EtcdLeaderElector(cfg, ha_etcd.connect(cfg), "second")
+        store = ha_etcd.EtcdHaStore(cfg, ha_etcd.connect(cfg))
+        epochs: dict[str, int] = {}
+        revoked: list[str] = []
+
+        async def elected_as(name: str, epoch: int) -> None:
+            epochs[name] = epoch
+
+        async def revoke(reason: str) -> None:
+            revoked.append(reason)
+
+        a = asyncio.create_task(first.run(lambda e: elected_as("first", e), revoke))
+        while "first" not in epochs:
+            await asyncio.sleep(0.01)
+        await store.put_checkpoints(
+            epochs["first"], "job", services.CheckpointRecord(5, ())
+        )
+        a.cancel()  # "first" stops renewing, as if paused; its lease expires
+        b = asyncio.create_task(second.run(lambda e: elected_as("second", e), revoke))
+        while "second" not in epochs:
+            await asyncio.sleep(0.05)
+        assert epochs["second"] > epochs["first"]
+        with pytest.raises(services.FencedError, match="no longer the leader"):
+            await store.put_checkpoints(epochs["first"], "job", services.CheckpointRecord(99, ()))
+        await store.put_checkpoints(epochs["second"], "job", services.CheckpointRecord(7, ()))
+        assert (await store.checkpoints("job")).next_checkpoint_id == 7
+        b.cancel()
+        await second.release()
+        await store.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_a_leader_cut_off_from_etcd_steps_down_before_its_lease_can_expire(
+    etcd: Etcd,
+) -> None:
+    cfg = services.HaConfig(
+        services.HaKind.ETCD, "cutoff", 3_000, 2_000, 250, etcd_endpoints=(etcd.endpoint,)
+    )
+
+    async def scenario() -> float:
+        elector = ha_etcd.EtcdLeaderElector(cfg, ha_etcd.connect(cfg), "solo")
+        elected = asyncio.Event()
+        revoked: list[float] = []
+
+        async def on_elected(epoch: int) -> None:
+            elected.set()
+
+        async def on_revoked(reason: str) -> None:
+            revoked.append(time.monotonic())
+
+        run = asyncio.create_task(elector.run(on_elected, on_revoked))
+        await elected.wait()
+        await asyncio.sleep(0.6)  # let a renewal succeed
+        cut_at = time.monotonic()
+        etcd.process.send_signal(signal.SIGSTOP)
+        try:
+            await asyncio.wait_for(run, 10)
+        finally:
+            etcd.process.send_signal(signal.SIGCONT)
+        assert revoked
+        return revoked[0] - cut_at
+
+    stepped_down_after = asyncio.run(scenario())
+    print(f"stepped down {stepped_down_after:.2f} s after losing etcd")
+    # Safe: gone before the lease (3 s) could expire for another contender.
+    assert stepped_down_after < 3.0
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--ha-lease-duration", "2000", "--ha-renew-deadline", "2000"], "lease duration"),
+        (["--ha-renew-deadline", "1000", "--ha-retry-period", "1000"], "retry period"),
+        (["--ha-lease-duration", "1000", "--ha-renew-deadline", "500",
+          "--ha-retry-period", "100"], "at least 2 s"),  # fmt: skip
+    ],
+)
+def test_bad_ha_settings_are_refused_at_start(
+    tmp_path: Path, flags: list[str], message: str
+) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "streamjob_runtime.cli", "jobmanager", "--checkpoint-dir",
+         str(tmp_path), "--ha", "etcd", "--ha-etcd-endpoints", "127.0.0.1:1", *flags],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert message in result.stderr
