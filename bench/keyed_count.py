@@ -1,0 +1,353 @@
+"""Keyed running count/sum throughput, with and without exactly-once checkpoints.
+
+Runs ``bench/jobs/keyed_count_job.py`` (generator -> key_by -> keyed process
+function with ValueState and an end-of-time timer -> exactly-once file sink)
+on an embedded LocalCluster: one TaskManager process per parallel subtask
+(one slot each), so at parallelism 2 about half the records cross TCP between
+TaskManagers.  Each run starts a fresh cluster and prints throughput, events
+per CPU-second of the TaskManager processes (utime + stime from /proc),
+checkpoint durations and sizes, and whether the final per-key (count, sum)
+is exact.  With ``--repeat N`` the configurations run N times, interleaved,
+and the table shows medians (the machine may be shared: single runs vary).
+
+    uv run python bench/keyed_count.py [--events 10000000] [--keys 100000]
+        [--parallelism 1,2] [--checkpoints off,on] [--interval 1000] [--repeat 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import common
+
+from streamjob_runtime.api import client, models
+from streamjob_runtime.connectors import files
+from streamjob_runtime.local import LocalCluster
+
+JOB = str(common.BENCH_DIR / "jobs" / "keyed_count_job.py")
+
+# Published events/s for a comparable keyed count, (without, with) fault tolerance:
+# other machines and harnesses, so indicative only.
+REFERENCES = {
+    "Flink 2.x (p=1)": (1_100_000.0, 1_100_000.0),
+    "Bytewax 0.21": (200_000.0, 44_000.0),  # no recovery / 1 s snapshots
+    "PyFlink": (8_000.0, 8_000.0),
+}
+TARGET_EVENTS_PER_CPU_S = 200_000
+TARGET_CHECKPOINT_OVERHEAD = 0.10
+
+
+@dataclass
+class Result:
+    parallelism: int
+    checkpoints: bool
+    events: int
+    state: str
+    wall_s: float
+    tm_cpu_s: float
+    jm_cpu_s: float
+    other_cores: float
+    durations_ms: list[float]
+    sizes: list[int]
+    failures: list[str]
+    exact: bool
+    detail: str
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.wall_s
+
+    @property
+    def events_per_cpu_s(self) -> float:
+        return self.events / self.tm_cpu_s
+
+
+@dataclass
+class Summary:
+    """The runs of one configuration: medians of rates, checkpoints pooled."""
+
+    parallelism: int
+    checkpoints: bool
+    runs: list[Result]
+
+    @property
+    def events_per_s(self) -> float:
+        return common.median([r.events_per_s for r in self.runs])
+
+    @property
+    def events_per_cpu_s(self) -> float:
+        return common.median([r.events_per_cpu_s for r in self.runs])
+
+    @property
+    def tm_cpu_s(self) -> float:
+        return common.median([r.tm_cpu_s for r in self.runs])
+
+    @property
+    def durations_ms(self) -> list[float]:
+        return [d for r in self.runs for d in r.durations_ms]
+
+    @property
+    def sizes(self) -> list[int]:
+        return [s for r in self.runs for s in r.sizes]
+
+    @property
+    def checkpoints_per_run(self) -> float:
+        return common.median([float(len(r.durations_ms)) for r in self.runs])
+
+    @property
+    def failed(self) -> int:
+        return sum(len(r.failures) for r in self.runs)
+
+    @property
+    def exact(self) -> bool:
+        return all(r.exact for r in self.runs)
+
+    @property
+    def other_cores(self) -> float:
+        return common.median([r.other_cores for r in self.runs])
+
+
+def check_output(out: Path, events: int, keys: int) -> tuple[bool, str]:
+    """Exact when each key has one row: its count and the sum 0 + 1 + ... + (count - 1)."""
+    lines = files.read_committed_lines(str(out))
+    rows: dict[int, tuple[int, int]] = {}
+    duplicates = 0
+    for line in lines:
+        k, c, s = (int(x) for x in line.split())
+        if k in rows:
+            duplicates += 1
+        rows[k] = (c, s)
+    per_key, extra = divmod(events, keys)
+    wrong = 0
+    for k in range(keys):
+        count = per_key + (1 if k < extra else 0)
+        if count and rows.get(k) != (count, count * (count - 1) // 2):
+            wrong += 1
+    unexpected = sum(1 for k in rows if not 0 <= k < keys)
+    exact = wrong == 0 and duplicates == 0 and unexpected == 0
+    return exact, f"{len(lines)} rows, {wrong} wrong, {duplicates} duplicates"
+
+
+async def run_one(
+    parallelism: int,
+    checkpoints: bool,
+    events: int,
+    keys: int,
+    interval_ms: int,
+    workdir: Path,
+    options: dict[str, str],
+) -> Result:
+    out = workdir / "output"
+    interval = interval_ms if checkpoints else 0
+    with LocalCluster(workdir, taskmanagers=parallelism, slots=1) as cluster:
+        async with client.JobManagerClient(cluster.rest_url) as jm:
+            await common.wait_for_taskmanagers(jm, parallelism, 60)
+            assert cluster.jobmanager is not None
+            jm_pid = cluster.jobmanager.popen.pid
+            tm_cpu, jm_cpu = common.CpuMeter(), common.CpuMeter()
+            tm_cpu.sample(cluster.taskmanager_pids())
+            jm_cpu.sample([jm_pid])
+            other = common.OtherLoad()
+            job_id = await jm.submit(
+                models.JobSubmission(
+                    entrypoint=JOB,
+                    args=[f"out={out}", f"events={events}", f"keys={keys}", f"interval={interval}"],
+                    parallelism=parallelism,
+                    config=options,
+                )
+            )
+            submitted = time.monotonic()
+            running_at: float | None = None
+            log = common.CheckpointLog()
+            last_poll = 0.0
+            while True:
+                job = await jm.job(job_id)
+                now = time.monotonic()
+                tm_cpu.sample(cluster.taskmanager_pids())
+                jm_cpu.sample([jm_pid])
+                if running_at is None and job.state is not models.JobStatus.CREATED:
+                    running_at = now
+                if now - last_poll > 0.5 or job.state.terminal:
+                    await log.poll(jm, job_id)  # the history keeps only the latest 20
+                    last_poll = now
+                if job.state.terminal:
+                    break
+                await asyncio.sleep(0.05)
+            finished_at = time.monotonic()
+            other_cores = other.cores(tm_cpu.used_s + jm_cpu.used_s)
+    exact, detail = check_output(out, events, keys)
+    if job.state is not models.JobStatus.FINISHED:
+        exact = False
+        detail = f"job {job.state.value}: {job.failure_cause}"
+    completed = log.completed
+    return Result(
+        parallelism=parallelism,
+        checkpoints=checkpoints,
+        events=events,
+        state=job.state.value,
+        wall_s=finished_at - (running_at or submitted),
+        tm_cpu_s=tm_cpu.used_s,
+        jm_cpu_s=jm_cpu.used_s,
+        other_cores=other_cores,
+        durations_ms=[e.duration_ms for e in completed],
+        sizes=[e.bytes for e in completed],
+        failures=log.failures,
+        exact=exact,
+        detail=detail,
+    )
+
+
+def describe(r: Result) -> str:
+    ckpt = ""
+    if r.checkpoints:
+        ckpt = (
+            f", {len(r.durations_ms)} checkpoints p50 {common.median(r.durations_ms):.0f} ms"
+            f" max {max(r.durations_ms, default=0):.0f} ms"
+            f" {common.fmt_bytes(common.median([float(s) for s in r.sizes]))}"
+        )
+    return (
+        f"p={r.parallelism} checkpoints {'on ' if r.checkpoints else 'off'}: {r.state},"
+        f" {r.wall_s:.1f} s, {r.events_per_s:,.0f} events/s, TaskManager CPU"
+        f" {r.tm_cpu_s:.1f} s ({r.events_per_cpu_s:,.0f} events/CPU-s), JobManager CPU"
+        f" {r.jm_cpu_s:.1f} s, other processes {r.other_cores:.2f} cores{ckpt};"
+        f" exact: {'yes' if r.exact else 'NO'} ({r.detail})"
+    )
+
+
+def print_table(summaries: list[Summary], interval_ms: int, repeat: int) -> None:
+    print()
+    if repeat > 1:
+        print(f"medians of {repeat} runs per row; checkpoint figures pooled over the runs")
+    print(
+        "| parallelism | checkpoints | events/s | events/CPU-s | checkpoint p50 / max"
+        " | checkpoint size | exact |"
+    )
+    print("|---|---|---:|---:|---:|---:|---|")
+    for s in summaries:
+        if s.checkpoints:
+            ckpt = f"exactly-once, {interval_ms} ms"
+            durations = (
+                f"{common.median(s.durations_ms):.0f} / {max(s.durations_ms, default=0):.0f} ms"
+                f" ({s.checkpoints_per_run:.0f} per run"
+                + (f", {s.failed} failed" if s.failed else "")
+                + ")"
+            )
+            size = common.fmt_bytes(common.median([float(x) for x in s.sizes]))
+        else:
+            ckpt, durations, size = "off", "-", "-"
+        print(
+            f"| {s.parallelism} | {ckpt} | {s.events_per_s:,.0f} | {s.events_per_cpu_s:,.0f}"
+            f" | {durations} | {size} | {'yes' if s.exact else 'NO'} |"
+        )
+    busy = max(s.other_cores for s in summaries)
+    print(
+        "other processes used (median per row) "
+        + ", ".join(f"{s.other_cores:.2f}" for s in summaries)
+        + " cores of the machine's"
+        f" {os.cpu_count()} during the runs"
+        + ("; figures are lower than on an idle machine" if busy > 0.2 else "")
+    )
+
+
+def print_comparisons(summaries: list[Summary]) -> None:
+    print()
+    print("events/s relative to published figures (other hardware and harnesses: indicative)")
+    names = list(REFERENCES)
+    print(f"  {'':18}" + "".join(f"{n:>18}" for n in names))
+    for s in summaries:
+        label = f"p={s.parallelism} checkpoints {'on' if s.checkpoints else 'off'}"
+        ratios = []
+        for n in names:
+            without, with_ft = REFERENCES[n]
+            ratios.append(f"{s.events_per_s / (with_ft if s.checkpoints else without):>17.2f}x")
+        print(f"  {label:18}" + "".join(ratios))
+    print("  (checkpoints on is compared with Bytewax's 44k events/s with 1 s snapshots)")
+    print()
+    print("targets")
+    for s in summaries:
+        if s.checkpoints:
+            ok = s.events_per_cpu_s >= TARGET_EVENTS_PER_CPU_S
+            print(
+                f"  p={s.parallelism} with exactly-once checkpoints: {s.events_per_cpu_s:,.0f}"
+                f" events/CPU-s (target >= {TARGET_EVENTS_PER_CPU_S:,}):"
+                f" {'met' if ok else 'MISSED'}"
+            )
+    for p in sorted({s.parallelism for s in summaries}):
+        off = [s for s in summaries if s.parallelism == p and not s.checkpoints]
+        on = [s for s in summaries if s.parallelism == p and s.checkpoints]
+        if not (off and on):
+            continue
+        cpu = off[0].events_per_cpu_s / on[0].events_per_cpu_s - 1
+        wall = 1 - on[0].events_per_s / off[0].events_per_s
+        per_checkpoint = (on[0].tm_cpu_s - off[0].tm_cpu_s) / max(on[0].checkpoints_per_run, 1)
+        ok = cpu < TARGET_CHECKPOINT_OVERHEAD
+        print(
+            f"  p={p} checkpoint overhead: {cpu:+.1%} CPU per event, {wall:+.1%} throughput,"
+            f" ~{per_checkpoint * 1000:.0f} ms TaskManager CPU per checkpoint"
+            f" (target < {TARGET_CHECKPOINT_OVERHEAD:.0%}): {'met' if ok else 'MISSED'}"
+        )
+
+
+async def main_async(a: argparse.Namespace) -> bool:
+    options = {"execution.batch-size": str(a.batch_size)} if a.batch_size else {}
+    print(
+        f"keyed count/sum: {a.events:,} events over {a.keys:,} keys; generator -> key_by ->"
+        " KeyedProcessFunction (ValueState + timer) -> exactly-once FileSink"
+        + (f"; batch size {a.batch_size}" if a.batch_size else ""),
+        flush=True,
+    )
+    configs = [(p, mode == "on") for p in a.parallelism for mode in a.checkpoints]
+    runs: dict[tuple[int, bool], list[Result]] = {c: [] for c in configs}
+    for _ in range(a.repeat):
+        for p, checkpoints in configs:
+            if a.wait_idle is not None:
+                cores = await common.wait_idle(a.wait_idle, 600)
+                if cores > a.wait_idle:
+                    print(f"  (machine still busy: {cores:.2f} cores used by others)")
+            workdir = Path(tempfile.mkdtemp(prefix="streamjob-bench-", dir=a.workdir))
+            r = await run_one(p, checkpoints, a.events, a.keys, a.interval, workdir, options)
+            runs[(p, checkpoints)].append(r)
+            print(f"  {describe(r)}", flush=True)
+            for failure in r.failures:
+                print(f"    failed checkpoint {failure}")
+            if r.exact and a.workdir is None:
+                shutil.rmtree(workdir, ignore_errors=True)
+            else:
+                print(f"    logs and output kept in {workdir}")
+    summaries = [Summary(p, c, runs[(p, c)]) for p, c in configs]
+    print_table(summaries, a.interval, a.repeat)
+    print_comparisons(summaries)
+    return all(s.exact for s in summaries)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--events", type=int, default=10_000_000)
+    p.add_argument("--keys", type=int, default=100_000)
+    p.add_argument("--parallelism", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
+    p.add_argument("--checkpoints", type=lambda s: s.split(","), default=["off", "on"])
+    p.add_argument("--interval", type=int, default=1000, help="checkpoint interval, ms")
+    p.add_argument("--repeat", type=int, default=1, help="runs per configuration (medians)")
+    p.add_argument("--batch-size", type=int, default=None, help="execution.batch-size")
+    p.add_argument(
+        "--wait-idle",
+        type=float,
+        default=None,
+        metavar="CORES",
+        help="before each run, wait (up to 10 min) until the machine uses at most CORES",
+    )
+    p.add_argument("--workdir", default=None, help="keep every run's directory under this one")
+    a = p.parse_args()
+    sys.exit(0 if asyncio.run(main_async(a)) else 1)
+
+
+if __name__ == "__main__":
+    main()

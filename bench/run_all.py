@@ -1,0 +1,50 @@
+"""Run every benchmark in sequence: keyed count throughput, then recovery time.
+
+    uv run python bench/run_all.py [--quick] [--repeat N] [--wait-idle CORES]
+
+``--quick`` runs 2,000,000 events instead of 10,000,000 and 2 kills per
+recovery configuration instead of 3 (about 2 minutes instead of 3).  On a
+shared machine, ``--repeat 3`` reports medians and ``--wait-idle 0.3``
+starts each throughput run only once other processes use at most 0.3 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+
+
+def run(script: str, args: list[str]) -> bool:
+    print(f"$ python bench/{script} {' '.join(args)}", flush=True)
+    started = time.monotonic()
+    code = subprocess.run([sys.executable, str(BENCH / script), *args], check=False).returncode
+    print(f"({script}: {time.monotonic() - started:.0f} s, exit code {code})\n", flush=True)
+    return code == 0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="fewer events and kills")
+    p.add_argument("--repeat", type=int, default=1, help="keyed count runs per configuration")
+    p.add_argument(
+        "--wait-idle",
+        default=None,
+        metavar="CORES",
+        help="keyed count: before each run, wait until the machine uses at most CORES",
+    )
+    a = p.parse_args()
+    events = "2000000" if a.quick else "10000000"
+    kills = "2" if a.quick else "3"
+    idle = ["--wait-idle", a.wait_idle] if a.wait_idle else []
+    ok = run("keyed_count.py", ["--events", events, "--repeat", str(a.repeat), *idle])
+    ok = run("recovery.py", ["--kills", kills]) and ok
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
