@@ -59,10 +59,12 @@ Emulated as kube-apiserver does it:
   versions. Immutable: Deployment-like spec.selector, RoleBinding roleRef, Service clusterIP,
   immutable ConfigMaps/Secrets. Defaults: Service type/clusterIP/port protocol, replicas: 1,
   Secret stringData folded into base64 data, Namespace phase.
+- Creating an object that carries a metadata.resourceVersion fails (500, as etcd storage
+  answers), as does re-creating an object read from the server without clearing it.
 - Test hooks: direct thread-safe get/list/create/put_object/patch/delete/events_for,
   wait_for(condition) woken by every state change, compact(), drop_watches(), watch_count(),
   inject_error(status, method, path_contains, times), requests (a log of what was served),
-  write_kubeconfig(path).
+  write_kubeconfig(path), internal_errors (the `kube` fixture asserts the emulator had none).
 
 Not emulated (know this before relying on it):
 

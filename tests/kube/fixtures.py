@@ -34,6 +34,7 @@ def kube() -> Iterator[KubeEmulator]:
     emulator = KubeEmulator()
     with emulator:
         yield emulator
+        assert not emulator.internal_errors, "the emulator failed internally (a bug in it)"
 
 
 @pytest.fixture

@@ -75,6 +75,8 @@ def _merge_list(field: str, current: list[Any], patch: list[Any]) -> list[Any]:
     if field in MERGE_SETS and all(isinstance(v, str) for v in current + patch):
         return current + [v for v in patch if v not in current]
     key = MERGE_KEYS.get(field)
+    if field == "ports":  # a container's ports merge by containerPort, a service's by port
+        key = "containerPort" if all("containerPort" in v for v in current + patch) else "port"
     if key is None or not all(isinstance(v, dict) and key in v for v in current + patch):
         return copy.deepcopy(patch)
     result = [copy.deepcopy(item) for item in current]

@@ -15,6 +15,7 @@ import builtins
 import concurrent.futures
 import copy
 import json
+import logging
 import socket
 import threading
 import time
@@ -43,6 +44,7 @@ from tests.kube.store import (
 )
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 TRUE = ("true", "True", "1")
 VERSION_INFO: Obj = {
@@ -111,6 +113,7 @@ class ApiServer:
         self.watchers: set[asyncio.Event] = set()
         self.requests: deque[RequestRecord] = deque(maxlen=10_000)
         self.faults: list[Fault] = []
+        self.internal_errors: list[str] = []  # unexpected exceptions: emulator bugs
         self.address = ""
         self.drop_generation = 0  # bumped to end every open watch stream
         store.listeners.append(self._wake_watchers)
@@ -137,6 +140,11 @@ class ApiServer:
         except ApiError as e:
             status = e.code
             return web.json_response(e.status(), status=e.code)
+        except Exception as e:  # an emulator bug: answer like the API server, and remember it
+            logger.exception("kube emulator: %s %s failed", request.method, request.path_qs)
+            self.internal_errors.append(f"{request.method} {request.path_qs}: {e!r}")
+            error = ApiError(500, "InternalError", f"Internal error occurred: {e!r}")
+            return web.json_response(error.status(), status=500)
         finally:
             self.requests.append(
                 RequestRecord(
@@ -755,6 +763,11 @@ class KubeEmulator:
     def watch_count(self) -> int:
         """How many watch streams are open now."""
         return self._call(lambda: len(self._server.watchers))
+
+    @property
+    def internal_errors(self) -> builtins.list[str]:
+        """Requests that failed inside the emulator (its bugs); the fixture asserts none."""
+        return self._call(lambda: list(self._server.internal_errors))
 
     @property
     def requests(self) -> builtins.list[RequestRecord]:

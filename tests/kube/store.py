@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from tests.kube import patching
+from tests.kube.defaults import apply_defaults
 from tests.kube.registry import (
     CRDS,
     NAME_DNS1035,
@@ -28,6 +29,7 @@ from tests.kube.registry import (
     Obj,
     Registry,
     ResourceType,
+    crd_resource_types,
 )
 from tests.kube.selectors import FieldRequirement, Requirement, fields_match, labels_match
 
@@ -564,10 +566,19 @@ class Store:
                     "create not allowed while custom resource definition is terminating",
                     _details(rt, name),
                 )
+        apply_defaults(rt, obj)
         validate(rt, obj)
         if self._key(rt, namespace, name) in self._bucket(rt.group_resource):
             raise ApiError(
                 409, "AlreadyExists", f'{rt.qualified} "{name}" already exists', _details(rt, name)
+            )
+        if meta.get("resourceVersion"):
+            # as etcd storage answers: e.g. a client re-creating an object it read
+            raise ApiError(
+                500,
+                "InternalError",
+                "Internal error occurred: resourceVersion should not be set on objects to be "
+                "created",
             )
         for f in ("resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds"):
             meta.pop(f, None)
@@ -631,18 +642,11 @@ class Store:
             self._secret_string_data(obj)
             obj.setdefault("type", "Opaque")
         elif gr == ("", "services") and isinstance(spec, dict):
-            spec.setdefault("type", "ClusterIP")
-            if spec["type"] != "ExternalName" and not spec.get("clusterIP"):
+            if spec.get("type") != "ExternalName" and not spec.get("clusterIP"):
                 self._cluster_ips += 1
                 n = self._cluster_ips
                 spec["clusterIP"] = f"10.96.{n // 250}.{n % 250 + 1}"
                 spec["clusterIPs"] = [spec["clusterIP"]]
-            for port in spec.get("ports") or []:
-                if isinstance(port, dict):
-                    port.setdefault("protocol", "TCP")
-                    port.setdefault("targetPort", port.get("port"))
-        elif gr[0] == "apps" and isinstance(spec, dict) and gr[1] != "daemonsets":
-            spec.setdefault("replicas", 1)
         elif gr == CRDS:
             meta = _meta(obj)
             meta["finalizers"] = [
@@ -800,6 +804,7 @@ class Store:
                         )
                     ],
                 )
+        apply_defaults(rt, new)
         self._kind_update_rules(rt, old, new)
         validate(rt, new)
         if rt.generation and _spec_part(old, rt.status) != _spec_part(new, rt.status):
@@ -870,7 +875,9 @@ class Store:
         try:
             old = self.get(rt, namespace, meta.get("name", ""))
         except ApiError:
-            created = self.create(rt, namespace, obj)
+            fresh = copy.deepcopy(obj)
+            fresh.get("metadata", {}).pop("resourceVersion", None)
+            created = self.create(rt, namespace, fresh)
             if rt.status and "status" in obj:
                 return self.force_put(rt, {**created, "status": obj["status"]})
             return created
@@ -880,6 +887,7 @@ class Store:
             if f in _meta(old):
                 new_meta[f] = _meta(old)[f]
         new_meta["resourceVersion"] = _meta(old)["resourceVersion"]
+        apply_defaults(rt, new)
         validate(rt, new)
         if rt.generation and _spec_part(old, rt.status) != _spec_part(new, rt.status):
             new_meta["generation"] = _meta(old).get("generation", 0) + 1
@@ -1090,8 +1098,11 @@ class Store:
     def _crd_instance_type(self, crd: Obj) -> ResourceType:
         spec = crd["spec"]
         rt = self.registry.any_version(spec["group"], spec["names"]["plural"])
-        assert rt is not None, "a CRD's resource is registered while the CRD exists"
-        return rt
+        if rt is not None:
+            return rt
+        # no version is served: still, the stored objects must go
+        unserved = {**crd, "spec": {**spec, "versions": [{**spec["versions"][0], "served": True}]}}
+        return crd_resource_types(unserved)[0]
 
     def _maybe_finish_crd(self, crd: Obj) -> None:
         meta = _meta(crd)

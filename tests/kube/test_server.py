@@ -713,6 +713,56 @@ def deployment_body(name: str, labels: dict[str, str] | None = None) -> Obj:
     }
 
 
+def test_builtin_defaults_and_immutable_fields(kube: KubeEmulator) -> None:
+    async def main() -> None:
+        async with api_client(kube) as api:
+            apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+            d = await apps.create_namespaced_deployment("default", as_body(deployment_body("d")))
+            assert d.spec.strategy.type == "RollingUpdate"
+            assert d.spec.revision_history_limit == 10
+            pod = d.spec.template.spec
+            assert (pod.restart_policy, pod.dns_policy) == ("Always", "ClusterFirst")
+            assert pod.containers[0].image_pull_policy == "Always"  # busybox: no tag
+            assert pod.containers[0].termination_message_path == "/dev/termination-log"
+
+            # writing the un-defaulted desired state again changes nothing
+            desired = deployment_body("d")
+            desired["metadata"]["resourceVersion"] = d.metadata.resource_version
+            same = await apps.replace_namespaced_deployment("d", "default", as_body(desired))
+            assert same.metadata.resource_version == d.metadata.resource_version
+            assert same.metadata.generation == 1
+
+            service: Obj = {
+                "metadata": {"name": "svc"},
+                "spec": {"selector": {"app": "d"}, "ports": [{"port": 80}]},
+            }
+            svc = await core.create_namespaced_service("default", as_body(service))
+            assert svc.spec.cluster_ip
+            assert svc.spec.type == "ClusterIP"
+            assert (svc.spec.ports[0].protocol, svc.spec.ports[0].target_port) == ("TCP", 80)
+            # a PUT without clusterIP keeps the allocated one; changing it is refused
+            replaced = await core.replace_namespaced_service("svc", "default", as_body(service))
+            assert replaced.spec.cluster_ip == svc.spec.cluster_ip
+            service["spec"]["clusterIP"] = "10.0.0.1"
+            await expect_error(
+                422, core.replace_namespaced_service("svc", "default", as_body(service))
+            )
+
+            rbac = client.RbacAuthorizationV1Api(api)
+            binding = {
+                "metadata": {"name": "b"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "r"},
+                "subjects": [{"kind": "ServiceAccount", "name": "sa", "namespace": "default"}],
+            }
+            await rbac.create_namespaced_role_binding("default", as_body(binding))
+            await expect_error(
+                422,
+                rbac.patch_namespaced_role_binding("b", "default", {"roleRef": {"name": "other"}}),
+            )
+
+    run(main())
+
+
 # ------------------------------------------------------------------------------- dry run
 
 
@@ -819,6 +869,91 @@ def test_label_and_field_selectors(kube: KubeEmulator) -> None:
             )
             assert deleted is not None
             assert await names("") == ["b1", "none"]
+
+    run(main())
+
+
+# ------------------------------------------------------------------------------- patches
+
+
+def test_patch_formats(kube: KubeEmulator) -> None:
+    async def main() -> None:
+        async with api_client(kube) as api:
+            apps = client.AppsV1Api(api)
+            body = deployment_body("d")
+            body["spec"]["template"]["spec"]["containers"] = [
+                {"name": "main", "image": "a:1", "env": [{"name": "X", "value": "1"}]},
+                {"name": "side", "image": "b:1", "ports": [{"containerPort": 80}]},
+            ]
+            await apps.create_namespaced_deployment("default", as_body(body))
+
+            # strategic merge: containers by name, env by name, container ports by containerPort
+            patch = {
+                "spec": {
+                    "template": {
+                        "spec": {
+                            "containers": [
+                                {"name": "main", "env": [{"name": "Y", "value": "2"}]},
+                                {"name": "side", "ports": [{"containerPort": 81}]},
+                            ]
+                        }
+                    }
+                }
+            }
+            d = await apps.patch_namespaced_deployment("d", "default", patch)
+            main_c, side_c = d.spec.template.spec.containers
+            assert main_c.image == "a:1"
+            assert [(e.name, e.value) for e in main_c.env] == [("X", "1"), ("Y", "2")]
+            assert [p.container_port for p in side_c.ports] == [80, 81]
+
+            delete_side = {
+                "spec": {
+                    "template": {"spec": {"containers": [{"name": "side", "$patch": "delete"}]}}
+                }
+            }
+            d = await apps.patch_namespaced_deployment("d", "default", delete_side)
+            assert [c.name for c in d.spec.template.spec.containers] == ["main"]
+
+            # a merge patch replaces lists
+            merge = {
+                "spec": {"template": {"spec": {"containers": [{"name": "only", "image": "c"}]}}}
+            }
+            d = await apps.patch_namespaced_deployment("d", "default", merge, **MERGE_PATCH)
+            assert [c.name for c in d.spec.template.spec.containers] == ["only"]
+
+            # a JSON patch
+            ops = [
+                {"op": "add", "path": "/metadata/labels/new", "value": "yes"},
+                {"op": "copy", "from": "/metadata/labels/new", "path": "/metadata/labels/copy"},
+                {"op": "move", "from": "/metadata/labels/copy", "path": "/metadata/labels/moved"},
+                {"op": "replace", "path": "/spec/replicas", "value": 2},
+                {"op": "test", "path": "/spec/replicas", "value": 2},
+            ]
+            d = await apps.patch_namespaced_deployment("d", "default", ops)
+            assert d.metadata.labels == {"new": "yes", "moved": "yes"}
+            assert d.spec.replicas == 2
+            bad = [{"op": "remove", "path": "/metadata/labels/absent"}]
+            await expect_error(422, apps.patch_namespaced_deployment("d", "default", bad))
+
+        async with raw(kube) as http:
+            url = "/apis/apps/v1/namespaces/default/deployments/d"
+            headers = {"Content-Type": "application/apply-patch+yaml"}
+            async with http.patch(url, data="{}", headers=headers) as r:
+                assert r.status == 415
+            async with http.patch(url, data="not json", headers={"Content-Type": MERGE}) as r:
+                assert r.status == 400
+
+    run(main())
+
+
+def test_creating_with_a_resource_version_fails_as_in_kubernetes(kube: KubeEmulator) -> None:
+    async def main() -> None:
+        async with api_client(kube) as api:
+            core = client.CoreV1Api(api)
+            read = await core.create_namespaced_config_map("default", configmap("orig"))
+            read.metadata.name = "copy"
+            body = await expect_error(500, core.create_namespaced_config_map("default", read))
+            assert "resourceVersion should not be set" in body["message"]
 
     run(main())
 
@@ -1068,7 +1203,10 @@ def test_kubeconfig_and_test_hooks(kube: KubeEmulator, kubeconfig: Path) -> None
 # ------------------------------------------------------------------------------- kopf
 
 
-def test_kopf_operator_reconciles_through_the_emulator(kube: KubeEmulator) -> None:
+@pytest.mark.parametrize("clusterwide", [True, False], ids=["clusterwide", "namespaced"])
+def test_kopf_operator_reconciles_through_the_emulator(
+    kube: KubeEmulator, clusterwide: bool
+) -> None:
     kube.apply_crd(widget_crd())
     registry = kopf.OperatorRegistry()
     deleted: list[str] = []
@@ -1083,6 +1221,11 @@ def test_kopf_operator_reconciles_through_the_emulator(kube: KubeEmulator) -> No
         patch.status["phase"] = "Ready"
         patch.status["size"] = spec.get("size")
         return {"handled": True}
+
+    @kopf.on.update(GROUP, "v1", "widgets", id="updated", registry=registry)
+    def updated(spec: kopf.Spec, patch: kopf.Patch, meta: kopf.Meta, **_: Any) -> None:
+        patch.status["size"] = spec.get("size")
+        patch.status["observedGeneration"] = meta.get("generation")
 
     @kopf.on.delete(GROUP, "v1", "widgets", registry=registry)
     def removed(name: str, **_: Any) -> None:
@@ -1101,7 +1244,8 @@ def test_kopf_operator_reconciles_through_the_emulator(kube: KubeEmulator) -> No
                 kopf.operator(
                     registry=registry,
                     settings=settings,
-                    clusterwide=True,
+                    clusterwide=clusterwide,
+                    namespaces=() if clusterwide else ["default"],
                     standalone=True,
                     stop_flag=stop_flag,
                     ready_flag=ready_flag,
@@ -1131,6 +1275,21 @@ def test_kopf_operator_reconciles_through_the_emulator(kube: KubeEmulator) -> No
         assert event["message"] == "the widget is ready"
         assert event["type"] == "Normal"
         assert event["involvedObject"]["uid"] == obj["metadata"]["uid"]
+
+        kube.patch(f"{GROUP}/v1", "widgets", "w1", {"spec": {"size": 5}}, "default")
+        kube.wait_for(
+            lambda: (
+                (kube.get(f"{GROUP}/v1", "widgets", "w1", "default") or {})
+                .get("status", {})
+                .get("observedGeneration")
+                == 2
+            ),
+            20,
+            "kopf to handle the update",
+        )
+        updated_obj = kube.get(f"{GROUP}/v1", "widgets", "w1", "default")
+        assert updated_obj is not None
+        assert updated_obj["status"]["size"] == 5
 
         assert kube.delete(f"{GROUP}/v1", "widgets", "w1", "default") is False  # kopf's finalizer
         kube.wait_for(
