@@ -28,8 +28,10 @@ Emulated as kube-apiserver does it:
   application/merge-patch+json, application/json-patch+json (`test` failures are 422, as kopf
   expects) and application/strategic-merge-patch+json (approximate: a merge patch that also
   merges a few well-known lists by key, e.g. containers/env/volumes by name, ownerReferences by
-  uid, conditions by type, finalizers as a set, `$patch: delete|replace`; see
-  patching.MERGE_KEYS; other lists, ports included, are replaced). A resourceVersion inside
+  uid, conditions by type, container ports by containerPort and service ports by port,
+  finalizers as a set, `$patch: delete|replace`; see patching.MERGE_KEYS; other lists are
+  replaced). kubernetes_asyncio sends a dict patch as a strategic merge patch to built-in kinds
+  and as a JSON patch to custom objects: pass **fixtures.MERGE_PATCH. A resourceVersion inside
   a patch is a precondition (409). DELETE (200 with a Status when gone, 202 with the object when
   waiting for finalizers), deletecollection, DeleteOptions preconditions (uid, resourceVersion).
 - Status subresource: writes to /status change only status; writes to the main resource keep the
@@ -57,8 +59,13 @@ Emulated as kube-apiserver does it:
   most one controller), ConfigMap/Secret keys and values, Lease times (RFC 3339), Deployment-like
   selector vs template labels and containers, Service ports, RoleBinding roleRef, CRD names and
   versions. Immutable: Deployment-like spec.selector, RoleBinding roleRef, Service clusterIP,
-  immutable ConfigMaps/Secrets. Defaults: Service type/clusterIP/port protocol, replicas: 1,
-  Secret stringData folded into base64 data, Namespace phase.
+  immutable ConfigMaps/Secrets, CRD group/plural/scope. Defaults on every write (defaults.py):
+  pod templates (restartPolicy, dnsPolicy, schedulerName, securityContext, termination grace,
+  container imagePullPolicy/terminationMessage*/resources, port protocol), Deployment replicas,
+  strategy, revisionHistoryLimit, progressDeadlineSeconds, StatefulSet/Job/DaemonSet basics,
+  Service type/clusterIP/sessionAffinity/ipFamilies/targetPort; Secret stringData folded into
+  base64 data; Namespace phase. So a naive desired-vs-stored comparison differs as in a real
+  cluster, and re-writing the un-defaulted desired state is a no-op.
 - Creating an object that carries a metadata.resourceVersion fails (500, as etcd storage
   answers), as does re-creating an object read from the server without clearing it.
 - Test hooks: direct thread-safe get/list/create/put_object/patch/delete/events_for,
@@ -81,6 +88,10 @@ Not emulated (know this before relying on it):
 - Lists are not snapshot-consistent across continue pages (each page reads the current state);
   `resourceVersion`/`resourceVersionMatch` on a list are ignored (always the latest).
 - Graceful deletion periods are not waited for (a pod without finalizers goes at once).
+- No per-namespace kube-root-ca.crt ConfigMap or `default` ServiceAccount (real clusters have
+  both), no Nodes, no kube-system workloads.
+- Watches are not closed when their CRD is deleted; a watch from a future resourceVersion just
+  waits for it.
 - Events are stored like any object: no aggregation or rate limits; events.k8s.io is not served.
 - Garbage collection is synchronous with the owner's removal (the real one is a controller and
   lags); it does not emit events.

@@ -461,14 +461,14 @@ class ApiServer:
                     event_line = self._event_line(target, event, matches)
                     if event_line is not None:
                         await response.write(event_line)
-                if events:
-                    continue
-                wait = 1.0
+                wait = min(1.0, self.bookmark_interval) if bookmarks else 1.0
                 if deadline is not None:
                     remaining = deadline - loop.time()
                     if remaining <= 0:
                         break
                     wait = min(wait, remaining)
+                if events:
+                    continue
                 try:
                     await asyncio.wait_for(wake.wait(), wait)
                 except TimeoutError:
@@ -476,7 +476,7 @@ class ApiServer:
                     if transport is None or transport.is_closing():
                         break
                     if bookmarks and loop.time() - last_bookmark >= self.bookmark_interval:
-                        last = self.store.rv  # no wake-up since the scan: all seen
+                        last = max(last, self.store.rv)  # no wake-up since the scan: all seen
                         await response.write(self._bookmark(rt, last))
                         last_bookmark = loop.time()
             await response.write_eof()

@@ -418,9 +418,12 @@ class Store:
 
     def type_of(self, gr: GroupResource) -> ResourceType:
         rt = self.registry.any_version(*gr)
-        if rt is None:
+        if rt is not None:
+            return rt
+        crd = self._bucket(CRDS).get(("", f"{gr[1]}.{gr[0]}"))
+        if crd is None:
             raise KeyError(gr)
-        return rt
+        return self._crd_instance_type(crd)  # a custom resource with no served version
 
     def _bucket(self, gr: GroupResource) -> dict[Key, Obj]:
         return self.objects.setdefault(gr, {})
@@ -840,14 +843,24 @@ class Store:
                 for f in ("data", "binaryData", "immutable"):
                     if new.get(f) != old.get(f):
                         raise _immutable(rt, name, f)
-        elif gr == CRDS:
-            old_spec_names = (old_spec or {}).get("names") or {}
-            names = (spec or {}).get("names") or {} if isinstance(spec, dict) else {}
-            if (spec or {}).get("group") != (old_spec or {}).get("group") or names.get(
-                "plural"
-            ) != old_spec_names.get("plural"):
+        elif gr == CRDS and isinstance(spec, dict):
+            old_plural = ((old_spec or {}).get("names") or {}).get("plural")
+            if ((spec.get("names") or {}).get("plural"), spec.get("group")) != (
+                old_plural,
+                (old_spec or {}).get("group"),
+            ):
                 raise _immutable(rt, name, "spec.names.plural")
-            new["status"] = self._crd_status(new)
+            if spec.get("scope") != (old_spec or {}).get("scope"):
+                raise _immutable(rt, name, "spec.scope")
+            if isinstance(spec.get("names"), dict) and isinstance(spec.get("versions"), list):
+                status = self._crd_status(new)
+                old_status = old.get("status") or {}
+                status["conditions"] = old_status.get("conditions", status["conditions"])
+                stored = list(old_status.get("storedVersions") or [])
+                status["storedVersions"] = stored + [
+                    v for v in status["storedVersions"] if v not in stored
+                ]
+                new["status"] = status
 
     def _update(self, rt: ResourceType, old: Obj, new: Obj, dry_run: bool) -> Obj:
         if _without_rv(old) == _without_rv(new):

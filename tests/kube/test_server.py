@@ -564,6 +564,33 @@ def test_watch_selectors_timeout_bookmarks_and_initial_events(kube: KubeEmulator
     run(main())
 
 
+def test_idle_watches_get_bookmarks_to_resume_from() -> None:
+    with KubeEmulator(bookmark_interval=0.1) as kube:
+
+        async def main() -> None:
+            async with raw(kube) as http:
+                url = "/api/v1/namespaces/default/configmaps"
+                params = {"watch": "true", "allowWatchBookmarks": "true"}
+                async with http.post(
+                    "/api/v1/namespaces/kube-system/configmaps",
+                    json={"metadata": {"name": "elsewhere"}},
+                ):
+                    pass
+                async with http.get(url, params=params) as r:
+                    (bookmark,) = await read_events(r, 1)
+                assert bookmark["type"] == "BOOKMARK"
+                rv = bookmark["object"]["metadata"]["resourceVersion"]
+                assert rv == str(kube.resource_version)
+                async with http.post(url, json={"metadata": {"name": "after"}}):
+                    pass
+                async with http.get(url, params={**params, "resourceVersion": rv}) as r:
+                    events = await read_events(r, 2)
+                assert summary(events[:1]) == [("ADDED", "after")]
+                assert events[1]["type"] == "BOOKMARK"
+
+        run(main())
+
+
 def test_drop_watches_ends_streams(kube: KubeEmulator) -> None:
     async def main() -> None:
         async with (
@@ -1140,6 +1167,8 @@ def test_crd_deletion_removes_instances_and_the_resource(kube: KubeEmulator) -> 
             custom = client.CustomObjectsApi(api)
             created = await ext.create_custom_resource_definition(as_body(widget_crd()))
             assert {c.type for c in created.status.conditions} == {"NamesAccepted", "Established"}
+            same = await ext.replace_custom_resource_definition(f"widgets.{GROUP}", created)
+            assert same.metadata.resource_version == created.metadata.resource_version
             args = (GROUP, "v1", "default", "widgets")
             await custom.create_namespaced_custom_object(*args, widget("w1"))
             body = widget("w2")
