@@ -56,16 +56,18 @@ Emulated as kube-apiserver does it:
   with only absent owners are collected soon after, as the real garbage collector does.
 - Validation with 422 Invalid: names (DNS subdomain; DNS label for namespaces, DNS-1035 for
   services, path segments for RBAC), labels and annotations, finalizers, ownerReferences (at
-  most one controller), ConfigMap/Secret keys and values, Lease times (RFC 3339), Deployment-like
-  selector vs template labels and containers, Service ports, RoleBinding roleRef, CRD names and
-  versions. Immutable: Deployment-like spec.selector, RoleBinding roleRef, Service clusterIP,
-  immutable ConfigMaps/Secrets, CRD group/plural/scope. Defaults on every write (defaults.py):
-  pod templates (restartPolicy, dnsPolicy, schedulerName, securityContext, termination grace,
-  container imagePullPolicy/terminationMessage*/resources, port protocol), Deployment replicas,
-  strategy, revisionHistoryLimit, progressDeadlineSeconds, StatefulSet/Job/DaemonSet basics,
-  Service type/clusterIP/sessionAffinity/ipFamilies/targetPort; Secret stringData folded into
-  base64 data; Namespace phase. So a naive desired-vs-stored comparison differs as in a real
-  cluster, and re-writing the un-defaulted desired state is a no-op.
+  most one controller), Pod containers, ConfigMap/Secret keys and values, Lease times (RFC
+  3339), Deployment-like selector vs template labels and containers, Service ports, RoleBinding
+  roleRef, CRD names and versions. Immutable: Deployment-like spec.selector, RoleBinding
+  roleRef, Service clusterIP, immutable ConfigMaps/Secrets, CRD group/plural/scope, a Pod's spec
+  but for images, activeDeadlineSeconds and tolerations (new Pods get status.phase Pending).
+- Defaults on every write (defaults.py): pod templates (restartPolicy, dnsPolicy, schedulerName,
+  securityContext, termination grace, container imagePullPolicy/terminationMessage*/resources,
+  port protocol), Deployment replicas, strategy, revisionHistoryLimit, progressDeadlineSeconds,
+  StatefulSet/Job/DaemonSet basics, Service type, clusterIP, sessionAffinity, ipFamilies,
+  targetPort; Secret stringData folded into base64 data; Namespace phase. So a naive
+  desired-vs-stored comparison differs as in a real cluster, and re-writing the un-defaulted
+  desired state is a no-op.
 - Creating an object that carries a metadata.resourceVersion fails (500, as etcd storage
   answers), as does re-creating an object read from the server without clearing it.
 - Test hooks: direct thread-safe get/list/create/put_object/patch/delete/events_for,

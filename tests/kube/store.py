@@ -307,6 +307,15 @@ def _validate_kind(rt: ResourceType, obj: Obj, causes: list[tuple[str, str]]) ->
         replicas = spec.get("replicas")
         if replicas is not None and (not isinstance(replicas, int) or replicas < 0):
             causes.append(("spec.replicas", "must be a non-negative integer"))
+    elif gr == ("", "pods"):
+        containers = spec.get("containers") if isinstance(spec, dict) else None
+        if not isinstance(containers, list) or not containers:
+            causes.append(("spec.containers", "Required value"))
+        else:
+            for i, c in enumerate(containers):
+                for f in ("name", "image"):
+                    if not isinstance(c, dict) or not c.get(f):
+                        causes.append((f"spec.containers[{i}].{f}", "Required value"))
     elif gr == ("", "services"):
         if not isinstance(spec, dict):
             causes.append(("spec", "Required value"))
@@ -380,6 +389,18 @@ def _immutable(rt: ResourceType, name: str, field: str) -> ApiError:
 def _meta(obj: Obj) -> Obj:
     meta: Obj = obj["metadata"]
     return meta
+
+
+def _pod_spec_mutable_part(spec: Obj) -> Obj:
+    """A pod spec without the fields an update may change (images, deadline, tolerations)."""
+    result = {k: v for k, v in spec.items() if k not in ("activeDeadlineSeconds", "tolerations")}
+    for field in ("containers", "initContainers"):
+        if isinstance(spec.get(field), list):
+            result[field] = [
+                {k: v for k, v in c.items() if k != "image"} if isinstance(c, dict) else c
+                for c in spec[field]
+            ]
+    return result
 
 
 def _spec_part(obj: Obj, with_status: bool) -> Obj:
@@ -644,6 +665,8 @@ class Store:
         elif gr == ("", "secrets"):
             self._secret_string_data(obj)
             obj.setdefault("type", "Opaque")
+        elif gr == ("", "pods"):
+            obj["status"] = {"phase": "Pending"}
         elif gr == ("", "services") and isinstance(spec, dict):
             if spec.get("type") != "ExternalName" and not spec.get("clusterIP"):
                 self._cluster_ips += 1
@@ -827,6 +850,21 @@ class Store:
                     spec[f] = copy.deepcopy(old_spec[f])
                 elif spec.get(f) != old_spec.get(f):
                     raise _immutable(rt, name, f"spec.{f}")
+        elif gr == ("", "pods") and isinstance(spec, dict) and old_spec:
+            if _pod_spec_mutable_part(spec) != _pod_spec_mutable_part(old_spec):
+                raise invalid(
+                    rt,
+                    name,
+                    [
+                        (
+                            "spec",
+                            "Forbidden: pod updates may not change fields other than "
+                            "`spec.containers[*].image`, `spec.initContainers[*].image`, "
+                            "`spec.activeDeadlineSeconds`, `spec.tolerations` (only additions to "
+                            "existing tolerations)",
+                        )
+                    ],
+                )
         elif gr[0] == "apps" and isinstance(spec, dict) and old_spec:
             if spec.get("selector") != old_spec.get("selector"):
                 raise _immutable(rt, name, "spec.selector")

@@ -985,6 +985,47 @@ def test_creating_with_a_resource_version_fails_as_in_kubernetes(kube: KubeEmula
     run(main())
 
 
+def test_pod_label_patches_and_pod_rules(kube: KubeEmulator) -> None:
+    async def main() -> None:
+        async with api_client(kube) as api:
+            core = client.CoreV1Api(api)
+            for name in ("p1", "p2"):
+                pod = {
+                    "metadata": {"name": name, "labels": {"app": "jm"}},
+                    "spec": {"containers": [{"name": "main", "image": "img:1"}]},
+                }
+                created = await core.create_namespaced_pod("default", as_body(pod))
+                assert created.status.phase == "Pending"
+            await core.patch_namespaced_pod(
+                "p1", "default", {"metadata": {"labels": {"leader": "true"}}}
+            )
+            leaders = await core.list_namespaced_pod("default", label_selector="app=jm,leader=true")
+            assert [p.metadata.name for p in leaders.items] == ["p1"]
+            await core.patch_namespaced_pod(
+                "p1", "default", {"metadata": {"labels": {"leader": None}}}
+            )
+            leaders = await core.list_namespaced_pod("default", label_selector="leader")
+            assert leaders.items == []
+
+            kube.patch("v1", "pods", "p2", {"status": {"phase": "Running"}}, "default", "status")
+            running = await core.list_namespaced_pod(
+                "default", field_selector="status.phase=Running"
+            )
+            assert [p.metadata.name for p in running.items] == ["p2"]
+
+            # only images (and a few fields) of a pod may change
+            image = {"spec": {"containers": [{"name": "main", "image": "img:2"}]}}
+            changed = await core.patch_namespaced_pod("p2", "default", image)
+            assert changed.spec.containers[0].image == "img:2"
+            env = {"spec": {"containers": [{"name": "main", "env": [{"name": "A", "value": "1"}]}]}}
+            await expect_error(422, core.patch_namespaced_pod("p2", "default", env))
+            await expect_error(
+                422, core.create_namespaced_pod("default", as_body({"metadata": {"name": "x"}}))
+            )
+
+    run(main())
+
+
 # ------------------------------------------------------------------------------- deletion
 
 
