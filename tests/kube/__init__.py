@@ -32,8 +32,11 @@ Emulated as kube-apiserver does it:
   finalizers as a set, `$patch: delete|replace`; see patching.MERGE_KEYS; other lists are
   replaced). kubernetes_asyncio sends a dict patch as a strategic merge patch to built-in kinds
   and as a JSON patch to custom objects: pass **fixtures.MERGE_PATCH. A resourceVersion inside
-  a patch is a precondition (409). DELETE (200 with a Status when gone, 202 with the object when
-  waiting for finalizers), deletecollection, DeleteOptions preconditions (uid, resourceVersion).
+  a patch is a precondition (409). Strategic merge patches to custom resources are 415, a JSON
+  patch that is not a list 400. DELETE (gone now: 200 with a Status, or with the object for pods
+  and serviceaccounts; waiting for finalizers: 200 with the object, 202 only with
+  orphanDependents=false, as kube-apiserver answers), deletecollection, DeleteOptions
+  preconditions (uid, resourceVersion), propagationPolicy, orphanDependents.
 - Status subresource: writes to /status change only status; writes to the main resource keep the
   old status; create drops status.
 - dryRun=All on every write: validated and answered, not stored.

@@ -60,6 +60,10 @@ VERSION_INFO: Obj = {
 }
 
 
+# kinds whose immediate deletion answers with the object rather than a Status
+RETURN_DELETED_OBJECT = frozenset({("", "pods"), ("", "serviceaccounts")})
+
+
 @dataclass(frozen=True)
 class Target:
     rt: ResourceType
@@ -210,6 +214,13 @@ class ApiServer:
             return web.json_response(_present(rt, obj))
         if method == "PATCH":
             patch_type = request.content_type
+            if patch_type == "application/strategic-merge-patch+json" and rt.custom:
+                raise ApiError(
+                    415,
+                    "UnsupportedMediaType",
+                    "strategic merge patch is not supported for custom resources: use "
+                    "application/merge-patch+json or application/json-patch+json",
+                )
             if patch_type not in PATCH_TYPES:
                 raise ApiError(
                     415,
@@ -224,8 +235,10 @@ class ApiServer:
             options, opt_dry_run = await self._delete_options(request)
             obj, gone = self.store.delete(rt, ns, name, options, dry_run or opt_dry_run)
             if not gone:
-                return web.json_response(_present(rt, obj), status=202 if not dry_run else 200)
-            if rt.custom or rt.group_resource == ("", "pods"):
+                # as kube-apiserver: 202 only when orphanDependents=false was asked explicitly
+                accepted = options.orphan_dependents is False
+                return web.json_response(_present(rt, obj), status=202 if accepted else 200)
+            if rt.group_resource in RETURN_DELETED_OBJECT:
                 return web.json_response(_present(rt, obj))
             return web.json_response(
                 {
@@ -365,6 +378,7 @@ class ApiServer:
         return (
             DeleteOptions(
                 propagation=propagation,
+                orphan_dependents=orphan,
                 uid=preconditions.get("uid"),
                 resource_version=preconditions.get("resourceVersion"),
             ),

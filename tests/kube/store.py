@@ -127,6 +127,7 @@ class WatchEvent:
 @dataclass(frozen=True)
 class DeleteOptions:
     propagation: str = "Background"  # or "Foreground", "Orphan"
+    orphan_dependents: bool | None = None  # the deprecated option, as given
     uid: str | None = None  # preconditions
     resource_version: str | None = None
 
@@ -763,6 +764,8 @@ class Store:
         old = self.get(rt, namespace, name)
         try:
             if patch_type == JSON_PATCH:
+                if not isinstance(patch, list):
+                    raise bad_request("a JSON patch must be a list of operations")
                 patched = patching.json_patch(old, patch)
             elif not isinstance(patch, dict):
                 raise bad_request("a merge patch must be a JSON object")

@@ -629,6 +629,16 @@ def test_status_subresource_and_generation(kube: KubeEmulator) -> None:
             assert patched["metadata"]["generation"] == 2
             assert "status" not in patched
 
+            # without MERGE_PATCH, kubernetes_asyncio sends a dict as a JSON patch: 400, as in
+            # Kubernetes; and custom resources do not take strategic merge patches
+            await expect_error(
+                400, custom.patch_namespaced_custom_object(*args, "w", {"spec": {"size": 3}})
+            )
+            smp: dict[str, Any] = {"_content_type": "application/strategic-merge-patch+json"}
+            await expect_error(
+                415, custom.patch_namespaced_custom_object(*args, "w", {"spec": {}}, **smp)
+            )
+
             # metadata changes do not bump the generation
             patched = await custom.patch_namespaced_custom_object(
                 *args, "w", {"metadata": {"labels": {"a": "b"}}}, **MERGE_PATCH
@@ -1038,7 +1048,12 @@ def test_finalizers_hold_deletion_until_removed(kube: KubeEmulator) -> None:
             await core.create_namespaced_config_map("default", body)
             start = str(kube.resource_version)
 
-            await core.delete_namespaced_config_map("held", "default")
+            async with (
+                raw(kube) as http,
+                http.delete("/api/v1/namespaces/default/configmaps/held") as r,
+            ):
+                assert r.status == 200  # with the object, still there
+                assert (await r.json())["metadata"]["deletionTimestamp"]
             held = await core.read_namespaced_config_map("held", "default")
             assert held.metadata.deletion_timestamp is not None
             assert held.metadata.finalizers == ["example.com/cleanup"]
