@@ -1,27 +1,47 @@
 """Pytest fixtures and client helpers for the Kubernetes API emulator.
 
-Use them from a conftest.py next to your tests (tests/kube/conftest.py does this):
+Use the fixtures from a conftest.py next to your tests (tests/kube/conftest.py does this):
 
     from tests.kube.fixtures import kube, kubeconfig
 
     __all__ = ["kube", "kubeconfig"]
 
-then, in a test:
+then, in a test (the emulator runs on its own thread: use any event loop you like):
 
     def test_something(kube: KubeEmulator, kubeconfig: Path) -> None:
         async def main() -> None:
-            async with api_client(kube) as api:                 # or:
-            # async with await api_client_from_kubeconfig(kubeconfig) as api:
-                cm = await client.CoreV1Api(api).read_namespaced_config_map("x", "default")
+            async with api_client(kube) as api:  # or: await api_client_from_kubeconfig(kubeconfig)
+                core = client.CoreV1Api(api)
+                await core.create_namespaced_config_map("default", body)
+                await client.CustomObjectsApi(api).patch_namespaced_custom_object(
+                    group, version, namespace, plural, name, {"spec": ...}, **MERGE_PATCH
+                )
         asyncio.run(main())
+        assert kube.get("v1", "configmaps", "x", namespace="default") is not None
+
+and a kopf operator against it:
+
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.create("streamjob.dev", "v1alpha1", "streamjobs", registry=registry)
+    def create(**_: Any) -> None: ...
+
+    kube.apply_crd(crd("streamjob.dev", "streamjobs", "StreamJob", versions=("v1alpha1",)))
+    with kopf_operator(kube, registry, namespaces=["default"]):
+        kube.create({...})
+        kube.wait_for(lambda: ..., timeout=20)
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import threading
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import kopf
 import pytest
 from kubernetes_asyncio import client, config
 
@@ -118,3 +138,73 @@ def crd(
             ],
         },
     }
+
+
+def kopf_login(kube: KubeEmulator) -> kopf.ConnectionInfo:
+    """What a kopf login handler returns for the emulator:
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return kopf_login(kube)
+    """
+    return kopf.ConnectionInfo(server=kube.url, token=kube.token, scheme="Bearer")
+
+
+@contextmanager
+def kopf_operator(
+    kube: KubeEmulator,
+    registry: kopf.OperatorRegistry,
+    *,
+    settings: kopf.OperatorSettings | None = None,
+    namespaces: Collection[str] = (),
+    login: bool = True,
+    startup_timeout: float = 15.0,
+    stop_timeout: float = 20.0,
+) -> Iterator[None]:
+    """Run kopf.operator() for `registry` in its own thread and event loop until the block
+    ends; clusterwide unless `namespaces` are given. Standalone (no peering). With `login`,
+    a login handler for the emulator is added to the registry. Raises if kopf fails or does
+    not stop."""
+    if login:
+
+        @kopf.on.login(registry=registry)
+        def login(**_: Any) -> kopf.ConnectionInfo:
+            return kopf_login(kube)
+
+    if settings is None:
+        settings = kopf.OperatorSettings()
+    settings.peering.standalone = True
+    stop_flag, ready_flag = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(
+                kopf.operator(
+                    registry=registry,
+                    settings=settings,
+                    clusterwide=not namespaces,
+                    namespaces=namespaces,
+                    standalone=True,
+                    stop_flag=stop_flag,
+                    ready_flag=ready_flag,
+                )
+            )
+        except BaseException as e:  # raised in the test's thread below
+            errors.append(e)
+
+    thread = threading.Thread(target=run, name="kopf-operator", daemon=True)
+    thread.start()
+    try:
+        if not ready_flag.wait(startup_timeout) and not errors:
+            raise AssertionError(f"kopf was not ready within {startup_timeout} s")
+        if errors:
+            raise AssertionError("kopf failed to start") from errors[0]
+        yield
+    finally:
+        stop_flag.set()
+        thread.join(stop_timeout)
+    if thread.is_alive():
+        raise AssertionError(f"kopf did not stop within {stop_timeout} s")
+    if errors:
+        raise AssertionError("kopf failed") from errors[0]

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
-import logging
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,7 +19,14 @@ from kubernetes_asyncio.leaderelection import electionconfig, leaderelection
 from kubernetes_asyncio.leaderelection.resourcelock.leaselock import LeaseLock
 
 from tests.kube import KubeEmulator
-from tests.kube.fixtures import MERGE_PATCH, api_client, api_client_from_kubeconfig, as_body, crd
+from tests.kube.fixtures import (
+    MERGE_PATCH,
+    api_client,
+    api_client_from_kubeconfig,
+    as_body,
+    crd,
+    kopf_operator,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -1296,10 +1301,6 @@ def test_kopf_operator_reconciles_through_the_emulator(
     registry = kopf.OperatorRegistry()
     deleted: list[str] = []
 
-    @kopf.on.login(registry=registry)
-    def login(**_: Any) -> kopf.ConnectionInfo:
-        return kopf.ConnectionInfo(server=kube.url, token=kube.token, scheme="Bearer")
-
     @kopf.on.create(GROUP, "v1", "widgets", id="created", registry=registry)
     def created(spec: kopf.Spec, patch: kopf.Patch, body: kopf.Body, **_: Any) -> dict[str, Any]:
         kopf.info(body, reason="Provisioned", message="the widget is ready")
@@ -1317,32 +1318,9 @@ def test_kopf_operator_reconciles_through_the_emulator(
         deleted.append(name)
 
     settings = kopf.OperatorSettings()
-    settings.peering.standalone = True
-    settings.posting.level = logging.INFO
     settings.watching.server_timeout = 10
-    stop_flag, ready_flag = threading.Event(), threading.Event()
-    errors: list[BaseException] = []
-
-    def operate() -> None:
-        try:
-            asyncio.run(
-                kopf.operator(
-                    registry=registry,
-                    settings=settings,
-                    clusterwide=clusterwide,
-                    namespaces=() if clusterwide else ["default"],
-                    standalone=True,
-                    stop_flag=stop_flag,
-                    ready_flag=ready_flag,
-                )
-            )
-        except BaseException as e:  # reported by the test
-            errors.append(e)
-
-    thread = threading.Thread(target=operate, name="kopf-operator", daemon=True)
-    thread.start()
-    try:
-        assert ready_flag.wait(15), "kopf did not get ready"
+    namespaces = () if clusterwide else ["default"]
+    with kopf_operator(kube, registry, settings=settings, namespaces=namespaces):
         kube.create({**widget("w1", size=3), "metadata": {"name": "w1", "namespace": "default"}})
 
         def status() -> Obj | None:
@@ -1383,11 +1361,6 @@ def test_kopf_operator_reconciles_through_the_emulator(
             "kopf to release its finalizer",
         )
         assert deleted == ["w1"]
-    finally:
-        stop_flag.set()
-        thread.join(20)
-    assert not thread.is_alive()
-    assert not errors, errors
     patches = [r for r in kube.requests if r.method == "PATCH"]
     assert any(r.path.endswith("/w1/status") and r.content_type == MERGE for r in patches)
 
