@@ -16,7 +16,7 @@ from streamjob_runtime.ha import etcd as ha_etcd
 from streamjob_runtime.ha import services
 from tests.conftest import Harness
 from tests.etcd import Etcd
-from tests.integration.test_exactly_once_recovery import EVENTS, args, assert_exact
+from tests.integration.test_exactly_once_recovery import args, assert_exact
 
 LEASE = ["--ha-lease-duration", "3000", "--ha-renew-deadline", "2000", "--ha-retry-period", "500"]
 
@@ -51,7 +51,8 @@ def test_killed_leader_is_replaced_by_a_standby_and_the_output_is_exact(
     assert details.state is models.JobStatus.FINISHED, details.failure_cause
     assert_exact(out)
     recovered = events(h, "job_recovered")
-    assert recovered and recovered[0]["job_id"] == job
+    assert recovered
+    assert recovered[0]["job_id"] == job
 
 
 def test_leader_killed_during_a_checkpoint_recovers_from_the_last_completed_one(
@@ -107,24 +108,22 @@ def test_a_deposed_leaders_metadata_write_is_fenced(etcd: Etcd) -> None:
         second = ha_etcd.EtcdLeaderElector(cfg, ha_etcd.connect(cfg), "second")
         store = ha_etcd.EtcdHaStore(cfg, ha_etcd.connect(cfg))
         epochs: dict[str, int] = {}
+        elected = {"first": asyncio.Event(), "second": asyncio.Event()}
         revoked: list[str] = []
 
         async def elected_as(name: str, epoch: int) -> None:
             epochs[name] = epoch
+            elected[name].set()
 
         async def revoke(reason: str) -> None:
             revoked.append(reason)
 
         a = asyncio.create_task(first.run(lambda e: elected_as("first", e), revoke))
-        while "first" not in epochs:
-            await asyncio.sleep(0.01)
-        await store.put_checkpoints(
-            epochs["first"], "job", services.CheckpointRecord(5, ())
-        )
+        await elected["first"].wait()
+        await store.put_checkpoints(epochs["first"], "job", services.CheckpointRecord(5, ()))
         a.cancel()  # "first" stops renewing, as if paused; its lease expires
         b = asyncio.create_task(second.run(lambda e: elected_as("second", e), revoke))
-        while "second" not in epochs:
-            await asyncio.sleep(0.05)
+        await elected["second"].wait()
         assert epochs["second"] > epochs["first"]
         with pytest.raises(services.FencedError, match="no longer the leader"):
             await store.put_checkpoints(epochs["first"], "job", services.CheckpointRecord(99, ()))
@@ -178,8 +177,17 @@ def test_a_leader_cut_off_from_etcd_steps_down_before_its_lease_can_expire(
     [
         (["--ha-lease-duration", "2000", "--ha-renew-deadline", "2000"], "lease duration"),
         (["--ha-renew-deadline", "1000", "--ha-retry-period", "1000"], "retry period"),
-        (["--ha-lease-duration", "1000", "--ha-renew-deadline", "500",
-          "--ha-retry-period", "100"], "at least 2 s"),  # fmt: skip
+        (
+            [
+                "--ha-lease-duration",
+                "1000",
+                "--ha-renew-deadline",
+                "500",
+                "--ha-retry-period",
+                "100",
+            ],
+            "at least 2 s",
+        ),
     ],
 )
 def test_bad_ha_settings_are_refused_at_start(

@@ -62,7 +62,10 @@ class _Api:
                         client_configuration=configuration
                     )
                 else:
-                    await config.load_kube_config(client_configuration=configuration)
+                    await config.load_kube_config(
+                        config_file=os.environ.get("KUBECONFIG"),
+                        client_configuration=configuration,
+                    )
                 self._client = client.ApiClient(configuration)
             return self._client
 

@@ -73,7 +73,6 @@ class JobManager:
         """Leading and serving: elected, and (with HA) done recovering the jobs."""
         return self.epoch is not None and self.serving
 
-
     @property
     def rest_url(self) -> str:
         return f"http://{self.host}:{self.rest_port}"

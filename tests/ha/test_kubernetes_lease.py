@@ -1,0 +1,181 @@
+"""HA on Kubernetes Leases and a ConfigMap, against the Kubernetes API emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from streamjob_runtime.api import models
+from streamjob_runtime.ha import lease, services
+from tests.conftest import Harness
+from tests.integration.test_exactly_once_recovery import args, assert_exact
+from tests.kube.server import KubeEmulator
+
+CFG = services.HaConfig(services.HaKind.KUBERNETES, "t", 2_000, 1_500, 200, namespace="default")
+
+
+@pytest.fixture(autouse=True)
+def _kubeconfig_env(kubeconfig: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+
+
+def pair(identity: str) -> tuple[lease.LeaseLeaderElector, lease.ConfigMapHaStore]:
+    elector, store = lease.create(CFG, identity)
+    assert isinstance(elector, lease.LeaseLeaderElector)
+    assert isinstance(store, lease.ConfigMapHaStore)
+    return elector, store
+
+
+def test_two_contenders_racing_for_an_expired_lease_exactly_one_wins(kube: KubeEmulator) -> None:
+    old = (datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)).strftime(
+        "%Y-%m-%dT%H:%M:%S.%fZ"
+    )
+    kube.create({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": lease.lease_name(CFG), "namespace": "default"},
+        "spec": {"holderIdentity": "ghost", "leaseDurationSeconds": 2, "acquireTime": old,
+                 "renewTime": old, "leaseTransitions": 4},
+    })  # fmt: skip
+
+    async def race() -> list[bool]:
+        (a, sa), (b, sb) = pair("a"), pair("b")
+        # Each must first watch the record stay unrenewed for a lease duration.
+        assert await a.try_acquire_or_renew() is False
+        assert await b.try_acquire_or_renew() is False
+        await asyncio.sleep(2.1)
+        results = await asyncio.gather(a.try_acquire_or_renew(), b.try_acquire_or_renew())
+        await sa.close()
+        await sb.close()
+        return list(results)
+
+    results = asyncio.run(race())
+    assert sorted(results) == [False, True]
+    held = kube.get("coordination.k8s.io/v1", "leases", lease.lease_name(CFG), "default")
+    assert held is not None
+    winner = "a" if results[0] else "b"
+    assert held["spec"]["holderIdentity"] == winner
+    assert held["spec"]["leaseTransitions"] == 5
+
+
+def test_a_held_lease_is_respected_and_renewal_keeps_it(kube: KubeEmulator) -> None:
+    async def scenario() -> None:
+        (a, sa), (b, sb) = pair("a"), pair("b")
+        assert await a.try_acquire_or_renew() is True  # created: epoch 0
+        assert a.epoch == 0
+        for _ in range(5):
+            await asyncio.sleep(0.5)
+            assert await a.try_acquire_or_renew() is True
+            assert await b.try_acquire_or_renew() is False
+        await a.release()
+        assert await b.try_acquire_or_renew() is True  # released: no need to wait
+        assert b.epoch == 1
+        await sa.close()
+        await sb.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_deposed_leaders_configmap_write_is_fenced(kube: KubeEmulator) -> None:
+    async def scenario() -> None:
+        (a, store_a), (b, store_b) = pair("a"), pair("b")
+        assert await a.try_acquire_or_renew()
+        await store_a.put_checkpoints(0, "job", services.CheckpointRecord(3, ()))
+        # "a" pauses; "b" sees the lease unrenewed for its duration and takes over.
+        assert not await b.try_acquire_or_renew()
+        await asyncio.sleep(2.1)
+        assert await b.try_acquire_or_renew()
+        assert b.epoch == 1
+        await store_b.publish_leader(1, services.LeaderInfo("b", 1, "127.0.0.1", 1, "http://b"))
+        with pytest.raises(services.FencedError, match="no longer the leader"):
+            await store_a.put_checkpoints(0, "job", services.CheckpointRecord(99, ()))
+        assert (await store_b.checkpoints("job")).next_checkpoint_id == 3
+        leader = await store_a.leader()
+        assert leader is not None
+        assert leader.identity == "b"
+        await store_a.close()
+        await store_b.close()
+
+    asyncio.run(scenario())
+    cm = kube.get("v1", "configmaps", lease.configmap_name(CFG), "default")
+    assert cm is not None
+    assert cm["metadata"]["annotations"][lease.EPOCH_ANNOTATION] == "1"
+
+
+def test_a_leader_cut_off_from_the_api_server_steps_down_within_the_renew_deadline(
+    kube: KubeEmulator,
+) -> None:
+    async def scenario() -> float:
+        elector, store = pair("solo")
+        elected = asyncio.Event()
+        revoked: list[float] = []
+
+        async def on_elected(epoch: int) -> None:
+            elected.set()
+
+        async def on_revoked(reason: str) -> None:
+            revoked.append(time.monotonic())
+
+        run = asyncio.create_task(elector.run(on_elected, on_revoked))
+        await elected.wait()
+        await asyncio.sleep(0.5)
+        cut = time.monotonic()
+        kube.inject_error(503, path_contains="/leases", times=10_000)
+        await asyncio.wait_for(run, 10)
+        await store.close()
+        return revoked[0] - cut
+
+    after = asyncio.run(scenario())
+    print(f"stepped down {after:.2f} s after losing the API server")
+    assert after < CFG.lease_duration_ms / 1000  # before anyone else could take the lease
+
+
+def test_the_leader_labels_its_pod_and_unlabels_the_previous_leader(kube: KubeEmulator) -> None:
+    for name, label in (("jm-a", "true"), ("jm-b", "false")):
+        kube.create({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default",
+                         "labels": {lease.LEADER_LABEL: label}},
+            "spec": {"containers": [{"name": "jm", "image": "streamjob"}]},
+        })  # fmt: skip
+    cfg = services.HaConfig(
+        services.HaKind.KUBERNETES, "t", 2_000, 1_500, 200, namespace="default", pod_name="jm-b"
+    )
+
+    async def scenario() -> None:
+        _, store = lease.create(cfg, "b")
+        await store.publish_leader(0, services.LeaderInfo("b", 0, "127.0.0.1", 1, "http://b"))
+        await store.close()
+
+    asyncio.run(scenario())
+    pods = {n: kube.get("v1", "pods", n, "default") for n in ("jm-a", "jm-b")}
+    assert pods["jm-b"] is not None
+    assert pods["jm-b"]["metadata"]["labels"][lease.LEADER_LABEL] == "true"
+    assert pods["jm-a"] is not None
+    assert pods["jm-a"]["metadata"]["labels"][lease.LEADER_LABEL] == "false"
+
+
+def test_jobmanager_failover_on_kubernetes_leases_keeps_the_output_exact(
+    cluster_factory: Callable[..., Harness], tmp_path: Path, kubeconfig: Path
+) -> None:
+    ha = ["--ha", "kubernetes", "--ha-namespace", "default", "--ha-cluster-id", "k8s",
+          "--ha-lease-duration", "3000", "--ha-renew-deadline", "2000",
+          "--ha-retry-period", "500"]  # fmt: skip
+    h = cluster_factory(
+        taskmanagers=2, jobmanagers=2, ha=ha, extra_env={"KUBECONFIG": str(kubeconfig)}
+    )
+    out = tmp_path / "out"
+    job = h.submit("keyed_sum", args(out), parallelism=2)
+    h.wait_for("10000 source records", lambda: h.source_records(job) >= 10_000)
+    h.wait_for("a checkpoint", lambda: h.checkpoints(job).counts.completed >= 1)
+    leader = h.cluster.leader_pid()
+    h.cluster.kill_jobmanager(h.cluster.leader_index())
+    h.wait_for("a new leader", lambda: h.cluster.leader_pid() != leader)
+    details = h.wait_terminal(job, timeout_s=120)
+    assert details.state is models.JobStatus.FINISHED, details.failure_cause
+    assert_exact(out)
