@@ -65,17 +65,44 @@ def local_cluster_info() -> dict[str, object] | None:
     return info
 
 
-def jobmanager_url(address: str | None) -> str:
+def jobmanager_url(args: argparse.Namespace) -> str:
+    """The REST address to talk to: --jobmanager, else the HA leader, else the local cluster."""
+    address: str | None = args.jobmanager
     if address:
         return address if address.startswith("http") else f"http://{address}"
+    if getattr(args, "ha", "none") != "none":
+        return _ha_leader_url(args)
     info = local_cluster_info()
     if info is None:
         raise CliError(
             "no --jobmanager given and no local cluster is running; start one with"
-            " `streamjob cluster start` or pass --jobmanager HOST:PORT",
+            " `streamjob cluster start`, pass --jobmanager HOST:PORT, or name the HA"
+            " services (--ha etcd --ha-etcd-endpoints ...)",
             EXIT_UNREACHABLE,
         )
     return str(info["rest_url"])
+
+
+def _ha_leader_url(args: argparse.Namespace) -> str:
+    from streamjob_runtime.ha import factory
+
+    cfg = _ha_config(args)
+
+    async def lookup() -> str | None:
+        store = factory.create_store(cfg)
+        try:
+            leader = await store.leader()
+        finally:
+            await store.close()
+        return None if leader is None else leader.rest_url
+
+    try:
+        url = asyncio.run(lookup())
+    except Exception as e:
+        raise CliError(f"cannot read the HA metadata: {e!r}", EXIT_UNREACHABLE) from None
+    if url is None:
+        raise CliError("the HA metadata names no leader right now; retry", EXIT_UNREACHABLE)
+    return url
 
 
 # -- argument parsing -----------------------------------------------------------------------
@@ -96,8 +123,21 @@ def _jobmanager_option(p: argparse.ArgumentParser) -> None:
         "--jobmanager",
         "-m",
         metavar="HOST:PORT",
-        help="REST address of the JobManager (default: the local cluster)",
+        help="REST address of the JobManager (default: the HA leader given --ha, else the"
+        " local cluster)",
     )
+    _ha_arguments(p.add_argument_group("finding the leader through HA"))
+
+
+def _ha_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--ha", choices=["none", "etcd", "kubernetes"], default="none")
+    group.add_argument("--ha-cluster-id", default="default", help="scopes the HA metadata")
+    group.add_argument("--ha-etcd-endpoints", default="", help="HOST:PORT[,HOST:PORT...]")
+    group.add_argument("--ha-lease-duration", type=int, default=15_000, help="ms")
+    group.add_argument("--ha-renew-deadline", type=int, default=10_000, help="ms")
+    group.add_argument("--ha-retry-period", type=int, default=2_000, help="ms")
+    group.add_argument("--ha-namespace", default=os.environ.get("POD_NAMESPACE", "default"))
+    group.add_argument("--pod-name", default=os.environ.get("POD_NAME"))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -181,15 +221,7 @@ def parser() -> argparse.ArgumentParser:
     cl.add_argument("--workdir", default=None)
 
     ha_options = argparse.ArgumentParser(add_help=False)
-    ha = ha_options.add_argument_group("high availability")
-    ha.add_argument("--ha", choices=["none", "etcd", "kubernetes"], default="none")
-    ha.add_argument("--ha-cluster-id", default="default", help="scopes the HA metadata")
-    ha.add_argument("--ha-etcd-endpoints", default="", help="HOST:PORT[,HOST:PORT...]")
-    ha.add_argument("--ha-lease-duration", type=int, default=15_000, help="ms")
-    ha.add_argument("--ha-renew-deadline", type=int, default=10_000, help="ms")
-    ha.add_argument("--ha-retry-period", type=int, default=2_000, help="ms")
-    ha.add_argument("--ha-namespace", default=os.environ.get("POD_NAMESPACE", "default"))
-    ha.add_argument("--pod-name", default=os.environ.get("POD_NAME"))
+    _ha_arguments(ha_options.add_argument_group("high availability"))
 
     jm = sub.add_parser("jobmanager", help="start a JobManager process", parents=[ha_options])
     jm.add_argument("--host", default="127.0.0.1")
@@ -351,7 +383,7 @@ def savepoint(args: argparse.Namespace) -> int:
         request = await c.trigger_savepoint(args.job_id, args.directory)
         return await _await_savepoint(c, args.job_id, request, "savepoint")
 
-    return _rest(jobmanager_url(args.jobmanager), go)
+    return _rest(jobmanager_url(args), go)
 
 
 def stop(args: argparse.Namespace) -> int:
@@ -359,7 +391,7 @@ def stop(args: argparse.Namespace) -> int:
         request = await c.stop(args.job_id, args.savepoint_dir, args.drain)
         return await _await_savepoint(c, args.job_id, request, "stop-with-savepoint")
 
-    return _rest(jobmanager_url(args.jobmanager), go)
+    return _rest(jobmanager_url(args), go)
 
 
 def cancel(args: argparse.Namespace) -> int:
@@ -371,7 +403,7 @@ def cancel(args: argparse.Namespace) -> int:
         request = await c.trigger_savepoint(args.job_id, args.savepoint or None, cancel_job=True)
         return await _await_savepoint(c, args.job_id, request, "cancel-with-savepoint")
 
-    return _rest(jobmanager_url(args.jobmanager), go)
+    return _rest(jobmanager_url(args), go)
 
 
 def list_jobs(args: argparse.Namespace) -> int:
@@ -384,7 +416,7 @@ def list_jobs(args: argparse.Namespace) -> int:
             print(f"{j.jid}  {j.state.value:<11} {started}  restarts={j.restarts}  {j.name}")
         return EXIT_OK
 
-    return _rest(jobmanager_url(args.jobmanager), go)
+    return _rest(jobmanager_url(args), go)
 
 
 def info(args: argparse.Namespace) -> int:
@@ -392,7 +424,7 @@ def info(args: argparse.Namespace) -> int:
         print((await c.job(args.job_id)).model_dump_json(indent=2))
         return EXIT_OK
 
-    return _rest(jobmanager_url(args.jobmanager), go)
+    return _rest(jobmanager_url(args), go)
 
 
 def cluster(args: argparse.Namespace) -> int:
@@ -482,8 +514,8 @@ def run(args: argparse.Namespace) -> int:
         savepoint_path=os.path.abspath(args.from_savepoint) if args.from_savepoint else None,
         allow_non_restored_state=args.allow_non_restored_state,
     )
-    if args.jobmanager or local_cluster_info() is not None:
-        return _submit_and_follow(jobmanager_url(args.jobmanager), submission, env, args.detached)
+    if args.jobmanager or args.ha != "none" or local_cluster_info() is not None:
+        return _submit_and_follow(jobmanager_url(args), submission, env, args.detached)
     if args.detached:
         raise CliError(
             "--detached needs a cluster that outlives the command: start one with"

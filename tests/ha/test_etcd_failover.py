@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -53,6 +55,13 @@ def test_killed_leader_is_replaced_by_a_standby_and_the_output_is_exact(
     recovered = events(h, "job_recovered")
     assert recovered
     assert recovered[0]["job_id"] == job
+    # Clients find the new leader through the HA metadata too.
+    listed = subprocess.run(
+        [sys.executable, "-m", "streamjob_runtime.cli", "list", *ha_args(etcd)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    assert f"{job}  FINISHED" in listed.stdout
 
 
 def test_leader_killed_during_a_checkpoint_recovers_from_the_last_completed_one(
@@ -193,9 +202,6 @@ def test_a_leader_cut_off_from_etcd_steps_down_before_its_lease_can_expire(
 def test_bad_ha_settings_are_refused_at_start(
     tmp_path: Path, flags: list[str], message: str
 ) -> None:
-    import subprocess
-    import sys
-
     result = subprocess.run(
         [sys.executable, "-m", "streamjob_runtime.cli", "jobmanager", "--checkpoint-dir",
          str(tmp_path), "--ha", "etcd", "--ha-etcd-endpoints", "127.0.0.1:1", *flags],
