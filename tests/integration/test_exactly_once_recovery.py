@@ -12,7 +12,7 @@ import pytest
 from streamjob_runtime.api import models
 from streamjob_runtime.connectors import files
 from tests.conftest import Harness
-from tests.jobs import keyed_sum
+from tests.jobs import file_words, keyed_sum
 
 EVENTS = 40_000
 KEYS = 97
@@ -116,3 +116,29 @@ def test_at_least_once_mode_loses_nothing_after_a_kill(
     assert not (want - got), "at-least-once lost records"
     duplicates = sum((got - want).values())
     print(f"at-least-once: {duplicates} duplicate lines after the kill")
+
+
+def test_file_source_resumes_from_its_byte_offsets_after_a_kill(
+    cluster_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    rng = random.Random(7)
+    words = [f"w{i}" for i in range(300)]
+    all_lines: list[str] = []
+    inputs = []
+    for n in range(3):
+        lines = [" ".join(rng.choices(words, k=5)) for _ in range(8_000)]
+        path = tmp_path / f"in-{n}.txt"
+        path.write_text("\n".join(lines) + "\n")
+        inputs.append(f"in={path}")
+        all_lines.extend(lines)
+    h = cluster_factory(taskmanagers=2)
+    out = tmp_path / "out"
+    job = h.submit("file_words", [f"out={out}", *inputs], parallelism=2)
+    h.wait_for("8000 lines read", lambda: h.source_records(job) >= 8_000)
+    h.cluster.kill_taskmanager(1)
+    details = h.wait_terminal(job)
+    assert details.state is models.JobStatus.FINISHED, details.failure_cause
+    assert details.restarts >= 1
+    rows = (line.split() for line in files.read_committed_lines(str(out)))
+    got = Counter((w, int(c)) for w, c in rows)
+    assert got == file_words.expected(all_lines)
