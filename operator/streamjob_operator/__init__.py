@@ -1,0 +1,1 @@
+"""streamjob operator: reconciles StreamJob resources into JobManager and TaskManager pods."""

@@ -1,0 +1,319 @@
+"""StreamJob spec and status (pydantic): the CRD in ``crds/`` is generated from these.
+
+Field names are the YAML names (camelCase, as Kubernetes resources spell them).
+Descriptions become ``kubectl explain`` text; defaults, enums and bounds become
+OpenAPI constraints; cross-field rules are CEL ``x-kubernetes-validations``.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from streamjob_operator.api.durations import Duration
+
+GROUP = "streamjob.dev"
+VERSION = "v1alpha1"
+KIND = "StreamJob"
+PLURAL = "streamjobs"
+SINGULAR = "streamjob"
+SHORT_NAMES = ["sj"]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class UpgradeMode(enum.StrEnum):
+    SAVEPOINT = "savepoint"
+    LAST_STATE = "last-state"
+    STATELESS = "stateless"
+
+
+class DesiredJobState(enum.StrEnum):
+    RUNNING = "running"
+    SUSPENDED = "suspended"
+
+
+class CheckpointingMode(enum.StrEnum):
+    EXACTLY_ONCE = "exactly-once"
+    AT_LEAST_ONCE = "at-least-once"
+
+
+class RestartStrategyType(enum.StrEnum):
+    NONE = "none"
+    FIXED_DELAY = "fixed-delay"
+    FAILURE_RATE = "failure-rate"
+    EXPONENTIAL_DELAY = "exponential-delay"
+
+
+class UpgradeStrategyType(enum.StrEnum):
+    RECREATE = "recreate"
+    BLUE_GREEN = "blueGreen"
+
+
+class JobSpec(_Spec):
+    entrypoint: str = Field(
+        min_length=1,
+        description="The job: a module the image has (e.g. examples.clickstream) or a path to a"
+        " .py file in the image, with a build(env) function.",
+    )
+    args: list[str] = Field(default_factory=list, description="Passed to the job as env.args.")
+    parallelism: int = Field(default=1, ge=1, le=32768, description="Default parallelism.")
+    maxParallelism: int = Field(
+        default=128,
+        ge=1,
+        le=32768,
+        description="Key groups: the upper bound of parallelism. Cannot change across a"
+        " restore with state.",
+    )
+    upgradeMode: UpgradeMode = Field(
+        default=UpgradeMode.SAVEPOINT,
+        description="How a spec change reaches the running job: savepoint (stop with a"
+        " savepoint, redeploy, restore from it), last-state (redeploy, restore from the latest"
+        " checkpoint), stateless (redeploy from scratch).",
+    )
+    state: DesiredJobState = Field(
+        default=DesiredJobState.RUNNING,
+        description="running, or suspended: stop with a savepoint and remove the pods;"
+        " running again restores from that savepoint.",
+    )
+    initialSavepointPath: str | None = Field(
+        default=None, description="Start the first deployment from this savepoint."
+    )
+    allowNonRestoredState: bool = Field(
+        default=False,
+        description="Allow dropping savepoint state of operators the job no longer has.",
+    )
+    savepointTriggerNonce: int | None = Field(
+        default=None, description="Change it to take a manual savepoint."
+    )
+    restartNonce: int | None = Field(
+        default=None, description="Change it to restart the job from its latest state."
+    )
+
+
+class Resources(_Spec):
+    cpu: str = Field(default="1", description="CPU request and limit, e.g. 500m or 2.")
+    memory: str = Field(default="1Gi", description="Memory request and limit, e.g. 1Gi.")
+
+
+class JobManagerSpec(_Spec):
+    replicas: int = Field(
+        default=1,
+        ge=1,
+        le=5,
+        description="JobManagers; more than one runs a leader and standbys (needs"
+        " highAvailability.enabled).",
+    )
+    resources: Resources = Field(default_factory=Resources)
+    podTemplate: dict[str, Any] | None = Field(
+        default=None,
+        description="A Pod template merged into the JobManager pods (labels, tolerations,"
+        " volumes, sidecars...).",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+
+
+class TaskManagerSpec(_Spec):
+    replicas: int = Field(default=1, ge=1, description="TaskManager pods.")
+    slots: int = Field(default=1, ge=1, le=64, description="Task slots per TaskManager.")
+    resources: Resources = Field(default_factory=Resources)
+    podTemplate: dict[str, Any] | None = Field(
+        default=None,
+        description="A Pod template merged into the TaskManager pods.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+
+
+class CheckpointingSpec(_Spec):
+    interval: Duration = Field(default="10s", description="Time between checkpoints.")
+    mode: CheckpointingMode = Field(default=CheckpointingMode.EXACTLY_ONCE)
+    storage: str = Field(
+        default="/checkpoints",
+        description="Checkpoint directory, on a volume every JobManager and TaskManager"
+        " mounts (e.g. a ReadWriteMany PVC at this path via podTemplate).",
+    )
+    retained: int = Field(default=3, ge=1, le=100, description="Completed checkpoints kept.")
+    timeout: Duration = Field(default="10m", description="A checkpoint slower than this fails.")
+    maxAge: Duration | None = Field(
+        default=None,
+        description="savepoint upgrades of a job that is not running fall back to the latest"
+        " checkpoint only if it is younger than this (otherwise they stop and report).",
+    )
+
+
+class SavepointsSpec(_Spec):
+    directory: str | None = Field(
+        default=None, description="Where savepoints go (a shared volume path)."
+    )
+    interval: Duration | None = Field(default=None, description="Periodic savepoints.")
+    historyMaxCount: int = Field(default=5, ge=1, le=1000, description="Savepoints kept.")
+    historyMaxAge: Duration | None = Field(
+        default=None, description="Savepoints older than this are disposed."
+    )
+
+
+class RestartStrategySpec(_Spec):
+    type: RestartStrategyType | None = Field(
+        default=None,
+        description="Default: fixed-delay with unlimited attempts (checkpointing is on).",
+    )
+    attempts: int | None = Field(default=None, ge=0, description="fixed-delay: restarts.")
+    delay: Duration | None = Field(default=None, description="fixed-delay, failure-rate.")
+    maxFailuresPerInterval: int | None = Field(default=None, ge=1)
+    failureRateInterval: Duration | None = None
+    initialBackoff: Duration | None = Field(default=None, description="exponential-delay.")
+    maxBackoff: Duration | None = Field(default=None, description="exponential-delay.")
+
+
+class HighAvailabilitySpec(_Spec):
+    enabled: bool = Field(default=False, description="Leader election on a Lease.")
+    leaseDuration: Duration = "15s"
+    renewDeadline: Duration = "10s"
+    retryPeriod: Duration = "2s"
+
+
+class UpgradeStrategySpec(_Spec):
+    type: UpgradeStrategyType = Field(
+        default=UpgradeStrategyType.RECREATE,
+        description="recreate: replace the pods; blueGreen: bring the new version up next to"
+        " the old one first.",
+    )
+
+
+class StabilitySpec(_Spec):
+    checkpoints: int = Field(
+        default=2, ge=0, description="Completed checkpoints after a deploy before STABLE."
+    )
+    window: Duration = Field(
+        default="30s", description="...and no restart for this long after the deploy."
+    )
+    timeout: Duration = Field(
+        default="5m", description="A deploy not stable by then is failed (or rolled back)."
+    )
+
+
+class RollbackSpec(_Spec):
+    enabled: bool = Field(
+        default=False,
+        description="Roll a deploy that does not become stable back to the last stable spec,"
+        " restoring from the savepoint taken for the upgrade.",
+    )
+
+
+class StreamJobSpec(_Spec):
+    image: str = Field(min_length=1, description="The streamjob image (with the job in it).")
+    imagePullPolicy: str = Field(default="IfNotPresent", pattern="^(Always|IfNotPresent|Never)$")
+    job: JobSpec
+    jobManager: JobManagerSpec = Field(default_factory=JobManagerSpec)
+    taskManager: TaskManagerSpec = Field(default_factory=TaskManagerSpec)
+    checkpointing: CheckpointingSpec = Field(default_factory=CheckpointingSpec)
+    savepoints: SavepointsSpec = Field(default_factory=SavepointsSpec)
+    restartStrategy: RestartStrategySpec = Field(default_factory=RestartStrategySpec)
+    highAvailability: HighAvailabilitySpec = Field(default_factory=HighAvailabilitySpec)
+    upgradeStrategy: UpgradeStrategySpec = Field(default_factory=UpgradeStrategySpec)
+    stability: StabilitySpec = Field(default_factory=StabilitySpec)
+    rollback: RollbackSpec = Field(default_factory=RollbackSpec)
+    config: dict[str, str] = Field(
+        default_factory=dict,
+        description="Engine options, Flink-style (e.g. execution.batch-size: '2048').",
+    )
+
+
+# Cross-field rules, checked by the API server (CEL) and by planning alike.
+SPEC_VALIDATIONS: list[dict[str, str]] = [
+    {
+        "rule": "self.jobManager.replicas == 1 || self.highAvailability.enabled",
+        "message": "jobManager.replicas > 1 needs highAvailability.enabled: true",
+    },
+    {
+        "rule": "self.job.upgradeMode != 'savepoint' || has(self.savepoints.directory)",
+        "message": "upgradeMode savepoint needs savepoints.directory",
+    },
+    {
+        "rule": "!has(self.savepoints.interval) || has(self.savepoints.directory)",
+        "message": "savepoints.interval needs savepoints.directory",
+    },
+    {
+        "rule": "self.job.parallelism <= self.job.maxParallelism",
+        "message": "job.parallelism must not exceed job.maxParallelism",
+    },
+    {
+        "rule": "self.job.parallelism <= self.taskManager.replicas * self.taskManager.slots",
+        "message": "job.parallelism needs at least that many slots"
+        " (taskManager.replicas x taskManager.slots)",
+    },
+]
+
+
+class LifecycleState(enum.StrEnum):
+    CREATED = "CREATED"
+    DEPLOYED = "DEPLOYED"
+    STABLE = "STABLE"
+    UPGRADING = "UPGRADING"
+    SUSPENDED = "SUSPENDED"
+    FAILED = "FAILED"
+    ROLLING_BACK = "ROLLING_BACK"
+    ROLLED_BACK = "ROLLED_BACK"
+    DELETING = "DELETING"
+
+
+class _Status(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class JobInfo(_Status):
+    id: str | None = None
+    state: str | None = None
+    startTime: str | None = None
+    restarts: int = 0
+
+
+class CheckpointInfo(_Status):
+    id: int
+    path: str
+    time: str
+
+
+class SavepointRecord(_Status):
+    location: str
+    time: str
+    trigger: str = Field(description="manual, periodic, upgrade, suspend or delete")
+    nonce: int | None = None
+
+
+class Condition(_Status):
+    type: str
+    status: str
+    reason: str
+    message: str = ""
+    lastTransitionTime: str
+
+
+class Reconciliation(_Status):
+    lastReconciledSpec: str | None = Field(
+        default=None, description="The spec the operator works towards (JSON), written first."
+    )
+    lastStableSpec: str | None = Field(default=None, description="The last spec seen STABLE.")
+    step: str | None = Field(
+        default=None, description="The destructive step in progress (a write-ahead log entry)."
+    )
+    observedGeneration: int | None = None
+    deployedAt: str | None = None
+
+
+class StreamJobStatus(_Status):
+    lifecycleState: LifecycleState = LifecycleState.CREATED
+    job: JobInfo = Field(default_factory=JobInfo)
+    lastCheckpoint: CheckpointInfo | None = None
+    lastSavepoint: SavepointRecord | None = None
+    savepointHistory: list[SavepointRecord] = Field(default_factory=list)
+    reconciliation: Reconciliation = Field(default_factory=Reconciliation)
+    conditions: list[Condition] = Field(default_factory=list)
+    error: str | None = None
+    checkpointAge: str | None = Field(
+        default=None, description="Age of the last checkpoint, for kubectl get."
+    )
