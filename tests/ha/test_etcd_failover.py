@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from streamjob_runtime.ha import etcd as ha_etcd
 from streamjob_runtime.ha import services
 from tests.conftest import Harness
 from tests.etcd import Etcd
+from tests.ha import stepdown
 from tests.integration.test_exactly_once_recovery import args, assert_exact
 
 LEASE = ["--ha-lease-duration", "3000", "--ha-renew-deadline", "2000", "--ha-retry-period", "500"]
@@ -152,30 +154,10 @@ def test_a_leader_cut_off_from_etcd_steps_down_before_its_lease_can_expire(
         services.HaKind.ETCD, "cutoff", 3_000, 2_000, 250, etcd_endpoints=(etcd.endpoint,)
     )
 
-    async def scenario() -> float:
-        elector = ha_etcd.EtcdLeaderElector(cfg, ha_etcd.connect(cfg), "solo")
-        elected = asyncio.Event()
-        revoked: list[float] = []
-
-        async def on_elected(epoch: int) -> None:
-            elected.set()
-
-        async def on_revoked(reason: str) -> None:
-            revoked.append(time.monotonic())
-
-        run = asyncio.create_task(elector.run(on_elected, on_revoked))
-        await elected.wait()
-        await asyncio.sleep(0.6)  # let a renewal succeed
-        cut_at = time.monotonic()
-        etcd.process.send_signal(signal.SIGSTOP)
-        try:
-            await asyncio.wait_for(run, 10)
-        finally:
-            etcd.process.send_signal(signal.SIGCONT)
-        assert revoked
-        return revoked[0] - cut_at
-
-    stepped_down_after = asyncio.run(scenario())
+    elector = ha_etcd.EtcdLeaderElector(cfg, ha_etcd.connect(cfg), "solo")
+    cut = functools.partial(etcd.process.send_signal, signal.SIGSTOP)
+    heal = functools.partial(etcd.process.send_signal, signal.SIGCONT)
+    stepped_down_after = asyncio.run(stepdown.seconds_to_step_down(elector, cut, heal))
     print(f"stepped down {stepped_down_after:.2f} s after losing etcd")
     # Safe: gone before the lease (3 s) could expire for another contender.
     assert stepped_down_after < 3.0

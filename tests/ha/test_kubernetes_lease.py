@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 from streamjob_runtime.api import models
 from streamjob_runtime.ha import lease, services
 from tests.conftest import Harness
+from tests.ha import stepdown
 from tests.integration.test_exactly_once_recovery import args, assert_exact
 from tests.kube.server import KubeEmulator
 
@@ -112,23 +112,14 @@ def test_a_leader_cut_off_from_the_api_server_steps_down_within_the_renew_deadli
 ) -> None:
     async def scenario() -> float:
         elector, store = pair("solo")
-        elected = asyncio.Event()
-        revoked: list[float] = []
 
-        async def on_elected(epoch: int) -> None:
-            elected.set()
+        def cut() -> None:
+            kube.inject_error(503, path_contains="/leases", times=10_000)
 
-        async def on_revoked(reason: str) -> None:
-            revoked.append(time.monotonic())
-
-        run = asyncio.create_task(elector.run(on_elected, on_revoked))
-        await elected.wait()
-        await asyncio.sleep(0.5)
-        cut = time.monotonic()
-        kube.inject_error(503, path_contains="/leases", times=10_000)
-        await asyncio.wait_for(run, 10)
-        await store.close()
-        return revoked[0] - cut
+        try:
+            return await stepdown.seconds_to_step_down(elector, cut, lambda: None)
+        finally:
+            await store.close()
 
     after = asyncio.run(scenario())
     print(f"stepped down {after:.2f} s after losing the API server")
