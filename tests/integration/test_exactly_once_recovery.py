@@ -31,6 +31,13 @@ def assert_exact(out: Path, events: int = EVENTS) -> None:
     assert not extra, f"{sum(extra.values())} lines extra (duplicates), e.g. {list(extra)[:3]}"
 
 
+def assert_finished_exactly(h: Harness, job: str, out: Path, restarts: int = 1) -> None:
+    details = h.wait_terminal(job)
+    assert details.state is models.JobStatus.FINISHED, details.failure_cause
+    assert details.restarts >= restarts
+    assert_exact(out)
+
+
 def args(out: Path, **extra: object) -> list[str]:
     base = {"out": out, "events": EVENTS, "keys": KEYS, "rate": RATE}
     base.update(extra)
@@ -61,10 +68,7 @@ def test_killed_taskmanager_at_a_random_point_resumes_without_loss_or_duplicates
     threshold = int(EVENTS * rng.uniform(0.15, 0.75))
     h.wait_for(f"{threshold} source records", lambda: h.source_records(job) >= threshold)
     h.cluster.kill_taskmanager(rng.randrange(parallelism))
-    details = h.wait_terminal(job)
-    assert details.state is models.JobStatus.FINISHED, details.failure_cause
-    assert details.restarts >= 1
-    assert_exact(out)
+    assert_finished_exactly(h, job, out, restarts=1)
 
 
 def test_taskmanager_killed_during_a_checkpoint_resumes_exactly(
@@ -77,10 +81,7 @@ def test_taskmanager_killed_during_a_checkpoint_resumes_exactly(
     h.wait_for("a completed checkpoint", lambda: h.checkpoints(job).counts.completed >= 1)
     h.wait_for("a checkpoint in flight", lambda: h.checkpoints(job).counts.in_progress >= 1)
     h.cluster.kill_taskmanager(1)
-    details = h.wait_terminal(job)
-    assert details.state is models.JobStatus.FINISHED, details.failure_cause
-    assert details.restarts >= 1
-    assert_exact(out)
+    assert_finished_exactly(h, job, out, restarts=1)
 
 
 def test_two_taskmanager_kills_in_a_row_still_give_the_exact_output(
@@ -96,10 +97,7 @@ def test_two_taskmanager_kills_in_a_row_still_give_the_exact_output(
         lambda: (d := h.job(job)).restarts >= 1 and d.state is models.JobStatus.RUNNING,
     )
     h.cluster.kill_taskmanager(1)
-    details = h.wait_terminal(job)
-    assert details.state is models.JobStatus.FINISHED, details.failure_cause
-    assert details.restarts >= 2
-    assert_exact(out)
+    assert_finished_exactly(h, job, out, restarts=2)
 
 
 def test_at_least_once_mode_loses_nothing_after_a_kill(
