@@ -53,39 +53,77 @@ def key_group(key: Any, max_parallelism: int) -> int:
     return stable_hash(key) % max_parallelism
 
 
-# key -> key group, per max parallelism, for exact ``int`` and ``str`` keys only: a key of
-# another type can equal a cached one (``IntEnum``, ``StrEnum``, ``1.0``) yet hash
-# differently, so it neither enters nor is looked up in a cache.  Bounded: a cache that
-# fills up starts over.  Long strings are not cached (the cache keeps its keys alive).
+# A per-process cache of key -> key group (one per max parallelism), for batches whose keys
+# are all exact ``int`` or ``str``: a key of another type can equal a cached one (``IntEnum``,
+# ``StrEnum``, ``1.0``) yet hash differently, so such batches are always hashed.  Strings
+# longer than _CACHE_MAX_STR are not kept (the cache holds its keys alive).  The cache takes
+# new keys until it holds _CACHE_LIMIT of them.  Every _WINDOW lookups it checks its hit
+# rate: when it is full and fewer than 80% of the lookups hit (more keys than fit, or the
+# keys changed), it empties itself and is bypassed for _BYPASS keys, then fills up again.
+# (A lookup in a large dict is bound by memory latency when keys come in random order, so
+# the cache only pays when most lookups hit; when keys rarely repeat it costs a few percent.)
 _CACHEABLE = frozenset((int, str))
 _CACHE_LIMIT = 1 << 17
 _CACHE_MAX_STR = 64
-_group_caches: dict[int, dict[Any, int]] = {}
+_WINDOW = _CACHE_LIMIT
+_BYPASS = 64 * _CACHE_LIMIT
+
+
+class _GroupCache:
+    __slots__ = ("bypass", "groups", "hits", "lookups")
+
+    def __init__(self) -> None:
+        self.groups: dict[Any, int] = {}
+        self.hits = 0
+        self.lookups = 0
+        self.bypass = 0
+
+
+_group_caches: dict[int, _GroupCache] = {}
 
 
 def key_groups(keys: list[Any], max_parallelism: int) -> list[int]:
     """``[key_group(k, max_parallelism) for k in keys]``, faster for batches.
 
     The result is always identical to :func:`key_group`; batches of only ``int``
-    and ``str`` keys go through a per-process cache, so a repeated key costs a
-    dict lookup instead of a hash.
+    and ``str`` keys go through a bounded per-process cache, so a repeated key
+    costs a dict lookup instead of a hash.
     """
-    if not _CACHEABLE.issuperset(map(type, keys)):
-        h = stable_hash
+    h = stable_hash
+    c = _group_caches.get(max_parallelism)
+    if c is None:
+        c = _group_caches[max_parallelism] = _GroupCache()
+    if c.bypass > 0:
+        c.bypass -= len(keys)
         return [h(k) % max_parallelism for k in keys]
-    cache = _group_caches.get(max_parallelism)
-    if cache is None:
-        cache = _group_caches[max_parallelism] = {}
-    groups: list[Any] = list(map(cache.get, keys))
-    if None in groups:
-        for i, group in enumerate(groups):
-            if group is None:
-                key = keys[i]
-                groups[i] = group = stable_hash(key) % max_parallelism
-                if type(key) is int or len(key) <= _CACHE_MAX_STR:
-                    if len(cache) >= _CACHE_LIMIT:
-                        cache.clear()
-                    cache[key] = group
+    kinds = set(map(type, keys))
+    if not kinds <= _CACHEABLE:
+        return [h(k) % max_parallelism for k in keys]
+    cache = c.groups
+    found: list[Any] = list(map(cache.get, keys))
+    misses = found.count(None)
+    c.lookups += len(keys)
+    c.hits += len(keys) - misses
+    if not misses:
+        groups: list[int] = found
+    else:
+        groups = [
+            g if g is not None else h(k) % max_parallelism for k, g in zip(keys, found, strict=True)
+        ]
+        if len(cache) < _CACHE_LIMIT:
+            if str in kinds:
+                cache.update(
+                    (k, g)
+                    for k, g in zip(keys, groups, strict=True)
+                    if type(k) is int or len(k) <= _CACHE_MAX_STR
+                )
+            else:
+                cache.update(zip(keys, groups, strict=True))
+    if c.lookups >= _WINDOW:
+        if len(cache) >= _CACHE_LIMIT and 5 * c.hits < 4 * c.lookups:
+            cache.clear()
+            c.bypass = _BYPASS
+        c.hits = c.lookups = 0
     return groups
 
 
