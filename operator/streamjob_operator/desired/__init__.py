@@ -1,0 +1,13 @@
+"""Pure builders of a StreamJob's children: Deployments, Service, ConfigMap, RBAC, submission.
+
+Every function here takes a :class:`target.StreamJob` (its identity and validated spec)
+and a :class:`target.DeploymentTarget` (which colour, which savepoint) and returns plain
+data: manifests as ``dict[str, Any]`` ready to apply, or the REST ``JobSubmission``.
+Nothing here talks to Kubernetes or a JobManager, reads a clock, or imports kopf; the
+same inputs always give equal output, so acting can compare desired and observed objects.
+
+Modules: ``target`` (the inputs), ``metadata`` (names, labels, owner references),
+``ha`` (HA flags and object names), ``podtemplate`` (secure defaults and the user's
+podTemplate merge), ``jobmanager``, ``taskmanager``, ``rbac``, ``submission`` (engine
+options, the ConfigMap and the JobSubmission) and ``children`` (all of it in apply order).
+"""

@@ -1,0 +1,124 @@
+"""The JobManager: its Deployment and the Service in front of its REST and RPC ports.
+
+The JobManager binds and advertises one address (``--host``): it is the pod IP, which
+is what HA metadata must name for TaskManagers and clients to reach the leader. A
+consequence: nothing inside the pod reaches the JobManager on 127.0.0.1 (so neither
+does ``kubectl port-forward``, which connects there); use the Service.
+
+With HA only the leader answers ``/readyz``, so only the leader is Ready; the Service
+also selects ``streamjob.dev/jobmanager-leader: "true"``, the label the leader puts on
+its own pod, so it reaches the leader even while a deposed leader is still Ready.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streamjob_operator.desired import ha, metadata, podtemplate, target
+
+CONTAINER = "jobmanager"
+REST_PORT = 8081
+RPC_PORT = 6123
+COMPONENT = metadata.Component.JOBMANAGER
+
+
+def service_name(job: target.StreamJob, where: target.DeploymentTarget) -> str:
+    return metadata.name(job, where, COMPONENT)
+
+
+def rest_url(job: target.StreamJob, where: target.DeploymentTarget) -> str:
+    """Where the operator reaches the JobManager's REST API (the leader's, with HA)."""
+    return f"http://{service_name(job, where)}.{job.namespace}.svc:{REST_PORT}"
+
+
+def rpc_address(job: target.StreamJob, where: target.DeploymentTarget) -> str:
+    """The Service's RPC address, as TaskManagers without HA are given it."""
+    return f"{service_name(job, where)}.{job.namespace}.svc:{RPC_PORT}"
+
+
+def arguments(job: target.StreamJob, where: target.DeploymentTarget) -> list[str]:
+    """The flags of ``streamjob jobmanager``."""
+    spec = job.spec
+    args = [
+        "--host", ha.POD_IP,
+        "--rpc-port", str(RPC_PORT),
+        "--rest-port", str(REST_PORT),
+        "--checkpoint-dir", spec.checkpointing.storage,
+    ]  # fmt: skip
+    if spec.savepoints.directory is not None:
+        args += ["--savepoint-dir", spec.savepoints.directory]
+    return args + ha.arguments(spec, metadata.cluster_id(job, where), jobmanager=True)
+
+
+def _probe(path: str, **timing: int) -> dict[str, Any]:
+    return {"httpGet": {"path": path, "port": "rest", "scheme": "HTTP"}, **timing}
+
+
+def container(job: target.StreamJob, where: target.DeploymentTarget) -> dict[str, Any]:
+    spec = job.spec
+    return {
+        "name": CONTAINER,
+        "image": spec.image,
+        "imagePullPolicy": spec.imagePullPolicy,
+        "command": ["streamjob", "jobmanager"],
+        "args": arguments(job, where),
+        "env": podtemplate.environment(),
+        "ports": [
+            {"name": "rest", "containerPort": REST_PORT, "protocol": "TCP"},
+            {"name": "rpc", "containerPort": RPC_PORT, "protocol": "TCP"},
+        ],
+        "readinessProbe": _probe("/readyz", periodSeconds=2, timeoutSeconds=2, failureThreshold=3),
+        "livenessProbe": _probe(
+            "/healthz", initialDelaySeconds=15, periodSeconds=10, timeoutSeconds=5
+        ),
+        "resources": podtemplate.resources(spec.jobManager.resources),
+    }
+
+
+def deployment(job: target.StreamJob, where: target.DeploymentTarget) -> dict[str, Any]:
+    """``jobManager.replicas`` JobManagers (one leader and standbys with HA).
+
+    The strategy is Recreate: without HA a rolling update would run two JobManagers,
+    two leaders of one job, side by side; with HA it would mix versions in one election.
+    """
+    template = podtemplate.build(
+        job,
+        where,
+        COMPONENT,
+        container(job, where),
+        job.spec.jobManager.podTemplate,
+        service_account=metadata.name(job, where, COMPONENT),
+        kubernetes_api=ha.enabled(job.spec),
+    )
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata.object_meta(job, where, COMPONENT),
+        "spec": {
+            "replicas": job.spec.jobManager.replicas,
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": metadata.selector_labels(job, where, COMPONENT)},
+            "template": template,
+        },
+    }
+
+
+def service(job: target.StreamJob, where: target.DeploymentTarget) -> dict[str, Any]:
+    """REST (8081) and RPC (6123) of the JobManager; of the leader only, with HA."""
+    selector = metadata.selector_labels(job, where, COMPONENT)
+    if ha.enabled(job.spec):
+        selector[metadata.LEADER_LABEL] = "true"
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata.object_meta(job, where, COMPONENT),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector,
+            "publishNotReadyAddresses": False,
+            "ports": [
+                {"name": "rest", "port": REST_PORT, "targetPort": "rest", "protocol": "TCP"},
+                {"name": "rpc", "port": RPC_PORT, "targetPort": "rpc", "protocol": "TCP"},
+            ],
+        },
+    }

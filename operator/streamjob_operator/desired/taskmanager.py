@@ -1,0 +1,72 @@
+"""The TaskManagers: a Deployment of ``taskManager.replicas`` pods with ``slots`` each.
+
+Without HA a TaskManager finds the JobManager through its Service
+(``<service>.<namespace>.svc:6123``); with HA it reads the leader's address from the HA
+metadata and follows every change of leader. It binds and advertises its data port on
+the pod IP (other TaskManagers connect there); the port is fixed (6121) so that network
+policies can name it.
+
+No probes: a TaskManager serves no HTTP, and a hung one is found by the JobManager's
+heartbeats, which fail its tasks over to the others.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streamjob_operator.desired import ha, jobmanager, metadata, podtemplate, target
+
+CONTAINER = "taskmanager"
+DATA_PORT = 6121
+COMPONENT = metadata.Component.TASKMANAGER
+
+
+def arguments(job: target.StreamJob, where: target.DeploymentTarget) -> list[str]:
+    """The flags of ``streamjob taskmanager``."""
+    spec = job.spec
+    args = [
+        "--slots", str(spec.taskManager.slots),
+        "--host", ha.POD_IP,
+        "--data-port", str(DATA_PORT),
+    ]  # fmt: skip
+    if ha.enabled(spec):
+        return args + ha.arguments(spec, metadata.cluster_id(job, where), jobmanager=False)
+    return [*args, "--jobmanager", jobmanager.rpc_address(job, where)]
+
+
+def container(job: target.StreamJob, where: target.DeploymentTarget) -> dict[str, Any]:
+    spec = job.spec
+    return {
+        "name": CONTAINER,
+        "image": spec.image,
+        "imagePullPolicy": spec.imagePullPolicy,
+        "command": ["streamjob", "taskmanager"],
+        "args": arguments(job, where),
+        "env": podtemplate.environment(),
+        "ports": [{"name": "data", "containerPort": DATA_PORT, "protocol": "TCP"}],
+        "resources": podtemplate.resources(spec.taskManager.resources),
+    }
+
+
+def deployment(job: target.StreamJob, where: target.DeploymentTarget) -> dict[str, Any]:
+    """The TaskManagers, replaced all at once (Recreate): one job never mixes versions."""
+    template = podtemplate.build(
+        job,
+        where,
+        COMPONENT,
+        container(job, where),
+        job.spec.taskManager.podTemplate,
+        service_account=metadata.name(job, where, COMPONENT),
+        kubernetes_api=ha.enabled(job.spec),
+    )
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata.object_meta(job, where, COMPONENT),
+        "spec": {
+            "replicas": job.spec.taskManager.replicas,
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": metadata.selector_labels(job, where, COMPONENT)},
+            "template": template,
+        },
+    }
