@@ -321,16 +321,19 @@ class ConfigMapHaStore:
         core = await self._core()
         ns = self.cfg.namespace
         with contextlib.suppress(*_K8S_ERRORS):
-            others = await core.list_namespaced_pod(ns, label_selector=f"{LEADER_LABEL}=true")
+            # Only this HA cluster's pods: other jobs (or the other colour of a blue-green
+            # upgrade) in the namespace have leaders of their own.
+            others = await core.list_namespaced_pod(
+                ns, label_selector=f"{LEADER_LABEL}=true,{CLUSTER_LABEL}={self.cfg.cluster_id}"
+            )
             for pod in others.items:
                 if pod.metadata.name != self.cfg.pod_name:
                     await core.patch_namespaced_pod(
                         pod.metadata.name, ns, {"metadata": {"labels": {LEADER_LABEL: "false"}}}
                     )
         try:
-            await core.patch_namespaced_pod(
-                self.cfg.pod_name, ns, {"metadata": {"labels": {LEADER_LABEL: "true"}}}
-            )
+            labels = {LEADER_LABEL: "true", CLUSTER_LABEL: self.cfg.cluster_id}
+            await core.patch_namespaced_pod(self.cfg.pod_name, ns, {"metadata": {"labels": labels}})
         except _K8S_ERRORS as e:
             logs.event(
                 log, "leader_label_failed", logging.WARNING, pod=self.cfg.pod_name, error=repr(e)
