@@ -261,6 +261,16 @@ class LifecycleState(enum.StrEnum):
     DELETING = "DELETING"
 
 
+class ReconciliationState(enum.StrEnum):
+    """Where the reconciliation of ``lastReconciledSpec`` stands (the Flink operator's names)."""
+
+    DEPLOYED = "DEPLOYED"
+    UPGRADING = "UPGRADING"
+    ROLLING_BACK = "ROLLING_BACK"
+    ROLLED_BACK = "ROLLED_BACK"
+    DELETING = "DELETING"
+
+
 class _Status(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -270,6 +280,11 @@ class JobInfo(_Status):
     state: str | None = None
     startTime: str | None = None
     restarts: int = 0
+    lastRestartTime: str | None = Field(
+        default=None,
+        description="When the operator first saw restarts grow (the stability window restarts"
+        " from there).",
+    )
 
 
 class CheckpointInfo(_Status):
@@ -283,6 +298,19 @@ class SavepointRecord(_Status):
     time: str
     trigger: str = Field(description="manual, periodic, upgrade, suspend or delete")
     nonce: int | None = None
+
+
+class PendingSavepoint(_Status):
+    """A savepoint the operator triggered and has not seen finish (a write-ahead log entry)."""
+
+    triggerId: str | None = Field(
+        default=None,
+        description="The JobManager's request id, recorded as soon as the trigger returns.",
+    )
+    triggerType: str = Field(description="manual, periodic, upgrade, suspend or delete")
+    triggerTime: str
+    nonce: int | None = None
+    jobId: str | None = Field(default=None, description="The job the savepoint is of.")
 
 
 class Condition(_Status):
@@ -303,6 +331,16 @@ class Reconciliation(_Status):
     )
     observedGeneration: int | None = None
     deployedAt: str | None = None
+    state: ReconciliationState | None = Field(
+        default=None,
+        description="DEPLOYED, UPGRADING, ROLLING_BACK, ROLLED_BACK (the Flink operator's"
+        " names) or DELETING.",
+    )
+    restorePath: str | None = Field(
+        default=None,
+        description="The savepoint or checkpoint the current deployment restores from, chosen"
+        " and written before the old pods are deleted.",
+    )
 
 
 class StreamJobStatus(_Status):
@@ -311,6 +349,10 @@ class StreamJobStatus(_Status):
     lastCheckpoint: CheckpointInfo | None = None
     lastSavepoint: SavepointRecord | None = None
     savepointHistory: list[SavepointRecord] = Field(default_factory=list)
+    pendingSavepoint: PendingSavepoint | None = None
+    lastPeriodicSavepointTime: str | None = Field(
+        default=None, description="When the last periodic savepoint was triggered."
+    )
     reconciliation: Reconciliation = Field(default_factory=Reconciliation)
     conditions: list[Condition] = Field(default_factory=list)
     error: str | None = None
