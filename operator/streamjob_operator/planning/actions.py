@@ -1,0 +1,184 @@
+"""What planning asks acting to do: a :class:`Plan` of actions, in order, and a status.
+
+Acting takes the actions in order and stops at the first that fails (the next pass
+plans again from what it then observes); then it records ``Plan.status``. Two actions
+return what status must keep, and acting writes it at once, before anything else:
+:class:`TriggerSavepoint` and :class:`StopWithSavepoint` return the JobManager's request
+id (into ``status.pendingSavepoint.triggerId``), :class:`SubmitJob` returns the job id
+(into ``status.job.id``).
+
+Destructive actions (:data:`DESTRUCTIVE`) stop a job, remove pods, replace them, or
+delete data. A plan never holds one without a :class:`WriteStatus` before it that
+records the target spec and step: status is the write-ahead log of the reconcile loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import TypeVar
+
+from streamjob_operator.api import models
+from streamjob_operator.desired import target
+from streamjob_runtime.api import models as rest
+
+
+class SavepointKind(enum.StrEnum):
+    """Why a savepoint was taken (``SavepointRecord.trigger``)."""
+
+    MANUAL = "manual"
+    PERIODIC = "periodic"
+    UPGRADE = "upgrade"
+    SUSPEND = "suspend"
+    DELETE = "delete"
+
+
+class EventType(enum.StrEnum):
+    NORMAL = "Normal"
+    WARNING = "Warning"
+
+
+@dataclasses.dataclass(frozen=True)
+class WriteStatus:
+    """Write this status now, before the actions that follow it."""
+
+    status: models.StreamJobStatus
+
+
+@dataclasses.dataclass(frozen=True)
+class ApplyChildren:
+    """Create or update every child of ``job`` for ``where`` (``desired.children``)."""
+
+    job: target.StreamJob
+    where: target.DeploymentTarget
+
+
+@dataclasses.dataclass(frozen=True)
+class DeleteJobManager:
+    """Delete the JobManager Deployment of ``where`` (absent is fine)."""
+
+    where: target.DeploymentTarget
+
+
+@dataclasses.dataclass(frozen=True)
+class DeleteTaskManager:
+    """Delete the TaskManager Deployment of ``where`` (absent is fine)."""
+
+    where: target.DeploymentTarget
+
+
+@dataclasses.dataclass(frozen=True)
+class DeleteHaMetadata:
+    """Delete the HA ConfigMap of ``where``'s cluster (``desired.ha.configmap_name``).
+
+    A new JobManager would otherwise recover the old job graph from it instead of
+    running the one planning submits.
+    """
+
+    where: target.DeploymentTarget
+
+
+@dataclasses.dataclass(frozen=True)
+class SubmitJob:
+    """``POST /jobs``; the submission's ``savepoint_path`` is the restore path (or None)."""
+
+    submission: rest.JobSubmission
+
+
+@dataclasses.dataclass(frozen=True)
+class TriggerSavepoint:
+    """``POST /jobs/{job_id}/savepoints`` into ``directory``; the job keeps running."""
+
+    job_id: str
+    kind: SavepointKind
+    directory: str | None
+    nonce: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class StopWithSavepoint:
+    """``POST /jobs/{job_id}/stop`` into ``directory``: the job finishes after the savepoint."""
+
+    job_id: str
+    kind: SavepointKind
+    directory: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class CancelJob:
+    """``PATCH /jobs/{job_id}?mode=cancel`` (a job that already ended is fine)."""
+
+    job_id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class DisposeSavepoint:
+    """Delete the savepoint at ``location``; a location that is gone already is fine."""
+
+    location: str
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordEvent:
+    type: EventType
+    reason: str
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class FinishDeletion:
+    """Nothing is left to do before the StreamJob goes: release its finalizer."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RequeueAfter:
+    """Reconcile again after this long (at most one, the last action)."""
+
+    seconds: float
+
+
+Action = (
+    WriteStatus
+    | ApplyChildren
+    | DeleteJobManager
+    | DeleteTaskManager
+    | DeleteHaMetadata
+    | SubmitJob
+    | TriggerSavepoint
+    | StopWithSavepoint
+    | CancelJob
+    | DisposeSavepoint
+    | RecordEvent
+    | FinishDeletion
+    | RequeueAfter
+)
+
+DESTRUCTIVE: tuple[type[Action], ...] = (
+    ApplyChildren,
+    DeleteJobManager,
+    DeleteTaskManager,
+    DeleteHaMetadata,
+    StopWithSavepoint,
+    CancelJob,
+    DisposeSavepoint,
+)
+
+A = TypeVar("A")
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    actions: tuple[Action, ...]
+    status: models.StreamJobStatus
+
+    def of_type(self, kind: type[A]) -> list[A]:
+        return [a for a in self.actions if isinstance(a, kind)]
+
+    @property
+    def events(self) -> list[RecordEvent]:
+        return self.of_type(RecordEvent)
+
+    @property
+    def requeue_after(self) -> float | None:
+        found = self.of_type(RequeueAfter)
+        return found[-1].seconds if found else None

@@ -1,0 +1,46 @@
+"""Timestamps as status holds them (RFC 3339, UTC, whole seconds), and durations.
+
+Planning never reads a clock: ``now`` is always an argument.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+from streamjob_operator.api import durations
+
+_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def format_time(moment: datetime.datetime) -> str:
+    return moment.astimezone(datetime.UTC).strftime(_FORMAT)
+
+
+def parse_time(text: str) -> datetime.datetime:
+    """A status timestamp; also accepts any ISO 8601 form with an offset."""
+    moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment
+
+
+def from_epoch_ms(ms: int) -> datetime.datetime:
+    """A JobManager timestamp (milliseconds since the epoch, as its REST API reports them)."""
+    return datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC)
+
+
+def duration(text: str) -> datetime.timedelta:
+    """A spec duration (``500ms``, ``10s``, ``5m``, ``1h``)."""
+    return datetime.timedelta(milliseconds=durations.to_ms(text))
+
+
+def age(text: str, now: datetime.datetime) -> str:
+    """How long before ``now`` the status timestamp ``text`` was, as ``1h2m3s`` (for kubectl)."""
+    seconds = max(0, int((now - parse_time(text)).total_seconds()))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    parts = [f"{hours}h"] if hours else []
+    if hours or minutes:
+        parts.append(f"{minutes}m")
+    parts.append(f"{seconds}s")
+    return "".join(parts)

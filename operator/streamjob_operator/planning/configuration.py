@@ -1,0 +1,25 @@
+"""The operator's own settings that planning reads (Helm values, not the StreamJob spec)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatorConfiguration:
+    """Settings of the operator, the same for every StreamJob.
+
+    - ``savepoint_on_deletion``: deleting a StreamJob whose job runs first stops it with
+      a final savepoint (when ``savepoints.directory`` is set), waiting at most
+      ``deletion_savepoint_timeout`` after the deletion was asked for; then it is
+      cancelled. Off: the job is cancelled. (The Flink operator's
+      ``kubernetes.operator.savepoint.on-deletion``.)
+    - ``progress_check_interval``: how soon to look again while something is under way.
+    - ``reconcile_interval``: how soon to look again when nothing is.
+    """
+
+    savepoint_on_deletion: bool = False
+    deletion_savepoint_timeout: datetime.timedelta = datetime.timedelta(minutes=5)
+    progress_check_interval: datetime.timedelta = datetime.timedelta(seconds=5)
+    reconcile_interval: datetime.timedelta = datetime.timedelta(seconds=60)

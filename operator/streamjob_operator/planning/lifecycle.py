@@ -1,0 +1,87 @@
+"""The lifecycle state, derived from status (the Flink operator's ``getLifecycleState``).
+
+Status stores what happened (the reconciled and stable specs, the reconciliation state
+and step, the job's state, conditions); the lifecycle state is a function of those and
+is never decided on its own. Planning writes it to ``status.lifecycleState`` only so
+that ``kubectl get`` can show it.
+"""
+
+from __future__ import annotations
+
+import pydantic
+
+from streamjob_operator.api import models
+from streamjob_operator.planning import changes
+
+Lifecycle = models.LifecycleState
+State = models.ReconciliationState
+
+# Conditions planning maintains (types and the reasons lifecycle reads).
+READY = "Ready"
+STABLE = "Stable"
+SPEC_VALID = "SpecValid"
+STABILITY_TIMEOUT = "StabilityTimeout"
+
+
+def condition(status: models.StreamJobStatus, kind: str) -> models.Condition | None:
+    return next((c for c in status.conditions if c.type == kind), None)
+
+
+def deployed_spec_text(status: models.StreamJobStatus) -> str | None:
+    """The spec the current (or in-progress) deployment runs, as JSON.
+
+    ``lastReconciledSpec``, except while rolling back and once rolled back: then the
+    last stable spec runs, and ``lastReconciledSpec`` keeps the spec that failed, so
+    that it is not deployed again until the user changes the spec.
+    """
+    r = status.reconciliation
+    if r.state in (State.ROLLING_BACK, State.ROLLED_BACK):
+        return r.lastStableSpec
+    return r.lastReconciledSpec
+
+
+def deployed_spec(status: models.StreamJobStatus) -> models.StreamJobSpec | None:
+    text = deployed_spec_text(status)
+    if text is None:
+        return None
+    try:
+        return changes.decode(text)
+    except pydantic.ValidationError:
+        return None
+
+
+def stability_failed(status: models.StreamJobStatus) -> bool:
+    stable = condition(status, STABLE)
+    return stable is not None and stable.status == "False" and stable.reason == STABILITY_TIMEOUT
+
+
+def lifecycle_state(status: models.StreamJobStatus) -> Lifecycle:
+    """In order: DELETING; CREATED before anything was reconciled; FAILED when a deploy
+    did not become stable in time; ROLLING_BACK and UPGRADING while redeploying; CREATED
+    during the first deployment (reconciliation state DEPLOYED with a step under way);
+    SUSPENDED; FAILED when the job failed for good; ROLLED_BACK; STABLE when the
+    reconciled spec passed the stability gate; else DEPLOYED.
+    """
+    r = status.reconciliation
+    if r.state is State.DELETING:
+        return Lifecycle.DELETING
+    if r.lastReconciledSpec is None:
+        return Lifecycle.CREATED
+    if stability_failed(status):
+        return Lifecycle.FAILED
+    if r.state is State.ROLLING_BACK:
+        return Lifecycle.ROLLING_BACK
+    if r.state is State.UPGRADING:
+        return Lifecycle.UPGRADING
+    if r.step is not None:
+        return Lifecycle.CREATED
+    spec = deployed_spec(status)
+    if spec is not None and spec.job.state is models.DesiredJobState.SUSPENDED:
+        return Lifecycle.SUSPENDED
+    if status.job.state == "FAILED":
+        return Lifecycle.FAILED
+    if r.state is State.ROLLED_BACK:
+        return Lifecycle.ROLLED_BACK
+    if r.lastStableSpec is not None and r.lastStableSpec == r.lastReconciledSpec:
+        return Lifecycle.STABLE
+    return Lifecycle.DEPLOYED

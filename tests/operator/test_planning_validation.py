@@ -1,0 +1,119 @@
+"""Spec validation: the CRD's CEL rules in Python, and what the API server cannot check."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from streamjob_operator.api import crd, models
+from streamjob_operator.planning import validation
+
+
+def raw_spec(**fields: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "image": "streamjob:1",
+        "job": {"entrypoint": "examples.clickstream"},
+        "savepoints": {"directory": "/state/savepoints"},
+    }
+    for key, value in fields.items():
+        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
+    return raw
+
+
+def test_a_valid_spec_passes_with_its_defaults() -> None:
+    result = validation.validate(raw_spec())
+    assert result.valid
+    assert result.errors == ()
+    assert result.spec is not None
+    assert result.spec.job.upgradeMode is models.UpgradeMode.SAVEPOINT
+
+
+def test_every_cel_rule_of_the_crd_has_a_python_twin() -> None:
+    rules = [v["rule"] for v in crd.build()["spec"]["versions"][0]["schema"]["openAPIV3Schema"][
+        "properties"]["spec"]["x-kubernetes-validations"]]  # fmt: skip
+    assert sorted(rules) == sorted(validation.CEL_TWINS)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"jobManager": {"replicas": 2}}, "jobManager.replicas > 1 needs highAvailability"),
+        ({"savepoints": {"directory": None}}, "upgradeMode savepoint needs savepoints.directory"),
+        (
+            {"job": {"entrypoint": "x", "upgradeMode": "stateless"}, "savepoints": {
+                "directory": None, "interval": "5m"}},
+            "savepoints.interval needs savepoints.directory",
+        ),
+        (
+            {"job": {"entrypoint": "x", "parallelism": 8, "maxParallelism": 4},
+             "taskManager": {"replicas": 8}},
+            "job.parallelism must not exceed job.maxParallelism",
+        ),
+        ({"job": {"entrypoint": "x", "parallelism": 3}}, "job.parallelism needs at least"),
+    ],
+)  # fmt: skip
+def test_each_cel_rule_is_enforced_with_the_crd_message(
+    fields: dict[str, Any], message: str
+) -> None:
+    result = validation.validate(raw_spec(**fields))
+    assert not result.valid
+    assert len(result.errors) == 1
+    assert result.errors[0].startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("fields", "fragment"),
+    [
+        (
+            {"checkpointing": {"storage": "checkpoints"}},
+            "checkpointing.storage must be an absolute",
+        ),
+        ({"savepoints": {"directory": "./sp"}}, "savepoints.directory must be an absolute path"),
+        (
+            {"job": {"entrypoint": "x", "initialSavepointPath": "sp/savepoint-1"}},
+            "job.initialSavepointPath must be an absolute path",
+        ),
+        ({"checkpointing": {"interval": "0s"}}, "checkpointing.interval must be longer than zero"),
+        (
+            {"highAvailability": {"renewDeadline": "20s"}},
+            "leaseDuration > renewDeadline > retryPeriod",
+        ),
+        (
+            {"stability": {"window": "10m", "timeout": "5m"}},
+            "stability.timeout (5m) must be longer than stability.window (10m)",
+        ),
+        (
+            {"config": {"execution.checkpointing.interval": "1000"}},
+            "config['execution.checkpointing.interval'] = '1000' conflicts",
+        ),
+    ],
+)
+def test_what_the_api_server_cannot_check_is_refused_in_a_sentence(
+    fields: dict[str, Any], fragment: str
+) -> None:
+    result = validation.validate(raw_spec(**fields))
+    assert not result.valid
+    assert any(fragment in e for e in result.errors), result.errors
+
+
+def test_an_option_equal_to_its_typed_field_is_not_a_conflict() -> None:
+    assert validation.validate(raw_spec(config={"execution.checkpointing.interval": "10000"})).valid
+
+
+def test_schema_errors_name_the_field_and_what_to_do() -> None:
+    result = validation.validate(raw_spec(job={"entrypoint": "x", "parallelism": 0}, extra=1))
+    assert not result.valid
+    assert any(e.startswith("spec.job.parallelism:") for e in result.errors)
+    assert any(e.startswith("spec.extra is not a StreamJob field") for e in result.errors)
+
+
+def test_max_parallelism_cannot_change_across_a_restore_with_state() -> None:
+    old = validation.validate(raw_spec()).spec
+    new = validation.validate(raw_spec(job={"entrypoint": "x", "maxParallelism": 256})).spec
+    assert old is not None
+    assert new is not None
+    errors = validation.transition_errors(old, new, with_state=True)
+    assert len(errors) == 1
+    assert "job.maxParallelism cannot change from 128 to 256" in errors[0]
+    assert validation.transition_errors(old, new, with_state=False) == []
