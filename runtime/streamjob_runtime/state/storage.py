@@ -32,6 +32,32 @@ def write_file(path: Path, data: bytes) -> int:
     return len(data)
 
 
+def write_unsynced(path: Path, data: bytes) -> int:
+    """Write ``data`` to the page cache only; :func:`fsync_files` makes it durable."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+    return len(data)
+
+
+def fsync_files(paths: list[Path]) -> None:
+    """Flush written files and their directories to disk (blocking: run it off the loop)."""
+    directories = set()
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        directories.add(path.parent)
+    for directory in directories:
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def write_atomically(path: Path, data: bytes) -> None:
     """Write-then-rename: readers see the old file, nothing, or all of ``data``."""
     tmp = path.with_name(f".{path.name}.tmp")
