@@ -1,4 +1,4 @@
-"""Run every benchmark in sequence: keyed count throughput, then recovery time.
+"""Run every benchmark: keyed count throughput, recovery, savepoints, JobManager failover.
 
     uv run python bench/run_all.py [--quick] [--repeat N] [--wait-idle CORES]
 
@@ -43,6 +43,8 @@ def main() -> None:
     idle = ["--wait-idle", a.wait_idle] if a.wait_idle else []
     ok = run("keyed_count.py", ["--events", events, "--repeat", str(a.repeat), *idle])
     ok = run("recovery.py", ["--kills", kills]) and ok
+    ok = run("savepoints.py", ["--quick"] if a.quick else []) and ok
+    ok = run("failover.py", ["--quick"] if a.quick else []) and ok
     sys.exit(0 if ok else 1)
 
 
