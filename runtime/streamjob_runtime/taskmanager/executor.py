@@ -14,6 +14,7 @@ import logging
 import os
 import pickle
 import socket
+import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -477,6 +478,11 @@ def main(
     tm_id: str | None,
 ) -> None:
     """Run a TaskManager that finds its JobManager at ``jobmanager`` or through ``ha``."""
+    # The task loop keeps the GIL busy; a worker thread finishing a checkpoint upload
+    # (fsync) would wait a whole 5 ms switch interval for each reacquisition, and
+    # checkpoints would stretch to seconds.  A short interval costs nothing while no
+    # other thread wants the GIL.
+    sys.setswitchinterval(0.0005)
     watch: LeaderWatch | None = None
     if ha is not None and ha.kind is not services.HaKind.NONE:
         resolve, watch = ha_leader(ha)

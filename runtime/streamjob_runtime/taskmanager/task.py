@@ -388,6 +388,15 @@ class Task:
                 blobs.append((uid, _state_bytes(uid, snap), bool(snap.keyed), bool(snap.operator)))
         self.output.broadcast(("c", checkpoint_id, timestamp, target))
         sync_s = time.monotonic() - started
+        logs.event(
+            log,
+            "snapshot_taken",
+            logging.DEBUG,
+            task=self.name,
+            checkpoint_id=checkpoint_id,
+            sync_ms=round(sync_s * 1000, 1),
+            bytes=sum(len(b[1]) for b in blobs),
+        )
         upload = asyncio.get_running_loop().create_task(
             self._upload(checkpoint_id, target, blobs, sync_s, alignment_s)
         )
