@@ -4,7 +4,8 @@ Stream elements are tuples:
 
 * ``("b", values, timestamps)`` a batch of records (timestamps may be None)
 * ``("w", watermark)``
-* ``("c", checkpoint_id, timestamp)`` a checkpoint barrier
+* ``("c", checkpoint_id, timestamp, target)`` a checkpoint barrier (``target``: the
+  savepoint directory for state files, None for a checkpoint)
 * ``("e",)`` end of input of that channel (the channel stays open for barriers)
 
 Back-pressure: each input channel holds at most ``capacity`` elements.  A
