@@ -252,10 +252,14 @@ class World:
         return [j for j in self.jobs.values() if not j.state.terminal]
 
 
+def lifecycle_of(world: World) -> Lifecycle:
+    return world.status.lifecycleState
+
+
 def deployed_stable() -> World:
     world = World()
     world.run(V1, passes=12)
-    assert world.status.lifecycleState is Lifecycle.STABLE
+    assert lifecycle_of(world) is Lifecycle.STABLE
     return world
 
 
@@ -269,7 +273,7 @@ def test_a_first_deployment_becomes_stable() -> None:
 def test_a_savepoint_upgrade_runs_the_new_image_from_the_stop_savepoint() -> None:
     world = deployed_stable()
     world.run(V2, passes=16)
-    assert world.status.lifecycleState is Lifecycle.STABLE
+    assert lifecycle_of(world) is Lifecycle.STABLE
     (job,) = world.live_jobs()
     assert job.image == "streamjob:2"
     assert world.status.lastSavepoint is not None
@@ -282,14 +286,14 @@ def test_a_savepoint_upgrade_runs_the_new_image_from_the_stop_savepoint() -> Non
 def test_suspend_then_resume_restores_from_the_suspend_savepoint() -> None:
     world = deployed_stable()
     world.run(spec(job__state="suspended"), passes=8)
-    assert world.status.lifecycleState is Lifecycle.SUSPENDED
+    assert lifecycle_of(world) is Lifecycle.SUSPENDED
     assert world.jm is State.ABSENT
     assert world.tm is State.ABSENT
     assert world.live_jobs() == []
     assert world.status.lastSavepoint is not None
     suspended_at = world.status.lastSavepoint.location
     world.run(spec(), passes=12)
-    assert world.status.lifecycleState is Lifecycle.STABLE
+    assert lifecycle_of(world) is Lifecycle.STABLE
     (job,) = world.live_jobs()
     assert job.restored_from == suspended_at
 
@@ -303,7 +307,7 @@ def test_an_unstable_upgrade_is_rolled_back_to_the_old_image_from_the_upgrade_sa
     for job in world.jobs.values():
         job.state = rest.JobStatus.RESTARTING  # the new version never settles
     world.run(bad, passes=14)
-    assert world.status.lifecycleState is Lifecycle.ROLLED_BACK
+    assert lifecycle_of(world) is Lifecycle.ROLLED_BACK
     (job,) = world.live_jobs()
     assert job.image == "streamjob:1"
     assert job.restored_from == upgrade_savepoint
@@ -350,9 +354,9 @@ def test_an_upgrade_survives_an_operator_crash_at_any_action(
         # id, so the savepoint's location is unknown. The upgrade stops and says so.
         assert mode == "during"
         assert "SavepointFailed" in world.events
-        assert world.status.lifecycleState is Lifecycle.UPGRADING
+        assert lifecycle_of(world) is Lifecycle.UPGRADING
         return
-    assert world.status.lifecycleState is Lifecycle.STABLE, world.events
+    assert lifecycle_of(world) is Lifecycle.STABLE, world.events
     (job,) = world.live_jobs()
     assert job.image == "streamjob:2"
     assert world.status.lastSavepoint is not None
