@@ -25,6 +25,7 @@ import pytest
 from streamjob_operator.api import models
 from streamjob_operator.planning import actions, changes, observed, planner
 from streamjob_runtime.api import models as rest
+from tests.operator import test_planning
 
 START = datetime.datetime(2026, 3, 1, 12, 0, 0, tzinfo=datetime.UTC)
 TICK = datetime.timedelta(seconds=5)
@@ -242,6 +243,7 @@ class World:
     ) -> None:
         for _ in range(passes):
             plan = planner.plan(self.observe(), raw, self.status, self.now)
+            test_planning.check_write_ahead(plan)
             at = None if crash is None or crash[0] != self.passes else (crash[1], crash[2])
             self.passes += 1
             with contextlib.suppress(Crash):
@@ -280,6 +282,19 @@ def test_a_savepoint_upgrade_runs_the_new_image_from_the_stop_savepoint() -> Non
     assert world.status.lastSavepoint.trigger == "upgrade"
     assert job.restored_from == world.status.lastSavepoint.location
     assert world.submissions[-1] == ("streamjob:2", job.restored_from)
+    assert world.max_live_jobs == 1
+
+
+def test_a_last_state_upgrade_cancels_and_restores_from_the_latest_checkpoint() -> None:
+    world = deployed_stable()
+    (old,) = world.live_jobs()
+    last_state = {**V2, "job": {**V1["job"], "upgradeMode": "last-state"}}
+    world.run(last_state, passes=16)
+    assert lifecycle_of(world) is Lifecycle.STABLE
+    assert old.state is rest.JobStatus.CANCELED
+    (job,) = world.live_jobs()
+    assert job.image == "streamjob:2"
+    assert job.restored_from == f"/checkpoints/{old.jid}/chk-{old.checkpoints}"
     assert world.max_live_jobs == 1
 
 
