@@ -90,10 +90,13 @@ class CheckpointPointer(msgspec.Struct, frozen=True):
 
 
 class CheckpointRecord(msgspec.Struct, frozen=True):
-    """The retained completed checkpoints of a job (newest last) and its id counter."""
+    """The retained completed checkpoints of a job (newest last), its id counter, and its
+    latest execution attempt (attempt numbers name staged sink files: they must grow
+    across a change of leader too)."""
 
     next_checkpoint_id: int = 1
     retained: tuple[CheckpointPointer, ...] = ()
+    attempt: int = 0
 
 
 Elected = Callable[[int], Awaitable[None]]

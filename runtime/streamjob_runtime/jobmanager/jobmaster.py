@@ -66,6 +66,11 @@ class HaCheckpoints:
     def paths(self) -> list[Path]:
         return [Path(p.path) for p in self.record.retained]
 
+    async def record_attempt(self, attempt: int) -> None:
+        record = msgspec.structs.replace(self.record, attempt=attempt)
+        await self.persist(record)
+        self.record = record
+
     async def reserve(self, next_checkpoint_id: int) -> None:
         record = msgspec.structs.replace(self.record, next_checkpoint_id=next_checkpoint_id)
         await self.persist(record)
@@ -163,6 +168,7 @@ class JobMaster:
         self.suspended = False
         if ha is not None:
             ha.retained = job_config.checkpointing.retained
+            self.attempt = ha.record.attempt  # continue numbering after a change of leader
         self.store = store.CompletedCheckpointStore(
             self.job_dir,
             job_config.checkpointing.retained,
@@ -294,6 +300,11 @@ class JobMaster:
 
     async def _run_attempt(self) -> Outcome:
         self.attempt += 1
+        if self.ha is not None:
+            try:
+                await self.ha.record_attempt(self.attempt)
+            except services.FencedError as e:
+                return Outcome("failed", f"not the leader any more: {e}")
         loop = asyncio.get_running_loop()
         outcome_future: asyncio.Future[Outcome] = loop.create_future()
         self._outcome = outcome_future
