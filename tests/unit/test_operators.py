@@ -158,3 +158,24 @@ def test_file_source_resumes_from_its_byte_offset(tmp_path: Path) -> None:
     again.add_splits(state)
     assert again.poll(100) == [f"line {i}" for i in range(4, 10)]
     assert again.poll(100) is None
+
+
+def test_timer_queue_keeps_one_timer_as_an_int_and_several_as_a_set() -> None:
+    from streamjob_runtime.state import heap
+
+    backend = heap.KeyedStateBackend()
+    timers = heap.TimerQueue(backend, "t")
+    timers.register("a", 5)
+    timers.register("a", 5)  # at most one per (key, time)
+    timers.register("b", 3)
+    timers.register("b", 7)
+    assert backend.tables["t"] == {"a": 5, "b": {3, 7}}
+    timers.delete("b", 7)
+    assert backend.tables["t"] == {"a": 5, "b": 3}
+    restored = heap.KeyedStateBackend()
+    restored.restore({"t": {"a": 5, "b": {3, 9}}})  # both forms restore
+    again = heap.TimerQueue(restored, "t")
+    assert list(again.pop_due(6)) == [(3, "b"), (5, "a")]
+    assert restored.tables["t"] == {"b": 9}
+    assert list(again.pop_due(100)) == [(9, "b")]
+    assert restored.tables["t"] == {}

@@ -102,31 +102,53 @@ class MapState(_View, Generic[K, V]):
 class TimerQueue:
     """Timers of one kind (event time or processing time), at most one per (key, time).
 
-    The set per key lives in a keyed state table, so timers are checkpointed and
-    redistributed by key group like any other keyed state.
+    The timers of a key live in a keyed state table, so they are checkpointed and
+    redistributed by key group like any other keyed state.  A key's entry is a
+    plain int while it has one timer (the common case, and several times cheaper
+    to checkpoint than a set) and a set of ints beyond that.
     """
 
     def __init__(self, backend: KeyedStateBackend, name: str) -> None:
-        self._by_key: dict[Any, set[int]] = backend.table(name)
+        self._by_key: dict[Any, int | set[int]] = backend.table(name)
         self._heap: list[tuple[int, int, Any]] = []
         self._seq = itertools.count()
         for key, times in self._by_key.items():
-            for t in times:
+            for t in (times,) if isinstance(times, int) else times:
                 self._heap.append((t, next(self._seq), key))
         heapq.heapify(self._heap)
 
+    def _has(self, key: Any, time: int) -> bool:
+        times = self._by_key.get(key)
+        return times == time if isinstance(times, int) else times is not None and time in times
+
     def register(self, key: Any, time: int) -> None:
-        times = self._by_key.setdefault(key, set())
-        if time not in times:
+        times = self._by_key.get(key)
+        if times is None:
+            self._by_key[key] = time
+        elif isinstance(times, int):
+            if times == time:
+                return
+            self._by_key[key] = {times, time}
+        elif time in times:
+            return
+        else:
             times.add(time)
-            heapq.heappush(self._heap, (time, next(self._seq), key))
+        heapq.heappush(self._heap, (time, next(self._seq), key))
 
     def delete(self, key: Any, time: int) -> None:
+        """Forget the timer; its heap entry is skipped when it surfaces."""
         times = self._by_key.get(key)
-        if times is not None:
-            times.discard(time)  # the heap entry is skipped when it surfaces
-            if not times:
+        if times is None:
+            return
+        if isinstance(times, int):
+            if times == time:
                 del self._by_key[key]
+            return
+        times.discard(time)
+        if len(times) == 1:
+            self._by_key[key] = next(iter(times))
+        elif not times:
+            del self._by_key[key]
 
     def next_time(self) -> int | None:
         return self._heap[0][0] if self._heap else None
@@ -136,10 +158,7 @@ class TimerQueue:
         heap = self._heap
         while heap and heap[0][0] <= up_to:
             time, _, key = heapq.heappop(heap)
-            times = self._by_key.get(key)
-            if times is None or time not in times:
+            if not self._has(key, time):
                 continue
-            times.discard(time)
-            if not times:
-                del self._by_key[key]
+            self.delete(key, time)
             yield time, key
