@@ -67,6 +67,9 @@ class Harness:
         assert isinstance(result, models.JobExceptions)
         return result
 
+    def cancel(self, job_id: str) -> None:
+        self._call(lambda c: c.cancel(job_id))
+
     def trigger_savepoint(self, job_id: str, cancel: bool = False) -> str:
         result = self._call(lambda c: c.trigger_savepoint(job_id, None, cancel))
         assert isinstance(result, str)

@@ -163,3 +163,22 @@ def test_a_savepoint_interrupted_by_a_taskmanager_death_fails_and_a_retry_succee
     assert retry.status is models.SavepointStatus.COMPLETED, retry.failure_cause
     assert h.wait_terminal(job).state is models.JobStatus.FINISHED
     assert_exact(out)
+
+
+def test_a_retained_checkpoint_of_a_cancelled_job_restores(
+    cluster_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    h = cluster_factory()
+    out = tmp_path / "out"
+    job = h.submit("keyed_sum", args(out, retained=2))
+    h.wait_for("10000 source records", lambda: h.source_records(job) >= 10_000)
+    h.wait_for("a checkpoint", lambda: h.checkpoints(job).counts.completed >= 1)
+    h.cancel(job)
+    assert h.wait_terminal(job).state is models.JobStatus.CANCELED
+    latest = h.checkpoints(job).latest_completed
+    assert latest is not None
+    restored = h.submit("keyed_sum", args(out), savepoint=latest.path)
+    details = h.wait_terminal(restored)
+    assert details.state is models.JobStatus.FINISHED, details.failure_cause
+    assert details.restored_from == latest.id
+    assert_exact(out)
