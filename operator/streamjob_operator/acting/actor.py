@@ -1,0 +1,291 @@
+"""Takes a Plan's actions in order, stops at the first that fails, then records the status.
+
+What each action does:
+
+- WriteStatus: merge-patch the status subresource, with the resourceVersion last seen
+  as precondition (``acting.status``);
+- ApplyChildren: create or replace every manifest of ``desired.children``
+  (``acting.children``);
+- DeleteJobManager / DeleteTaskManager: delete the Deployment (foreground; 404 done);
+  DeleteHaMetadata: delete the HA ConfigMap (404 done);
+- SubmitJob, TriggerSavepoint, StopWithSavepoint, CancelJob: the JobManager's REST
+  API at the Service's address, through the same address resolution observing uses.
+  A cancel of a job that ended (409) or that the JobManager does not know (404) is
+  done. The request id a trigger or stop returns is written into
+  ``status.pendingSavepoint.triggerId`` at once, and the id of a submitted job into
+  ``status.job.id``, before anything else; later status writes of the same plan
+  carry them too;
+- DisposeSavepoint: ``acting.savepoints`` (the operator deletes only what it mounts);
+- RecordEvent: a core/v1 Event;
+- FinishDeletion, RequeueAfter: reported in the :class:`Outcome` for the caller (the
+  kopf glue releases the finalizer, or schedules the next pass).
+
+Once every action succeeded, ``Plan.status`` (with the recorded ids) is written. After
+a failure it is not: the plan's status assumes its actions happened; the next pass
+plans again from the status as stored, which the WriteStatus before any destructive
+action made accurate.
+
+Events and disposals are not worth stopping for: an Event that cannot be posted is
+logged, and a savepoint that cannot be deleted is reported (once per location) and
+asked for again by a later pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import logging
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+import pydantic
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from streamjob_operator.acting import children, events, savepoints, status
+from streamjob_operator.api import models
+from streamjob_operator.desired import children as desired_children
+from streamjob_operator.desired import jobmanager, metadata, target
+from streamjob_operator.observing import jobmanager as rest_observing
+from streamjob_operator.observing import resource
+from streamjob_operator.planning import actions
+from streamjob_runtime.api import client as rest_client
+
+log = logging.getLogger(__name__)
+
+HERE = target.DeploymentTarget()
+COMPONENT = "streamjob-operator"
+
+FAILURES: tuple[type[BaseException], ...] = (
+    ApiException,
+    aiohttp.ClientError,
+    OSError,
+    TimeoutError,
+    asyncio.TimeoutError,
+    rest_client.RestError,
+    pydantic.ValidationError,
+    children.ApplyRefused,
+    RuntimeError,
+)
+"""What an action may fail with (anything else is a bug, and propagates)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    resolve: rest_observing.Resolve = rest_observing.identity
+    rest_timeout_s: float = 30.0
+    savepoint_mounts: tuple[Path, ...] = ()
+    instance: str = dataclasses.field(default_factory=socket.gethostname)
+
+
+@dataclasses.dataclass
+class Outcome:
+    taken: list[actions.Action] = dataclasses.field(default_factory=list)
+    failed: actions.Action | None = None
+    error: str | None = None
+    conflict: bool = False  # the failure was a 409 (someone else wrote first)
+    requeue_after: float | None = None
+    finished_deletion: bool = False
+    disposed: list[str] = dataclasses.field(default_factory=list)
+    recorded: bool = False  # Plan.status was written (or already stored)
+
+    @property
+    def ok(self) -> bool:
+        return self.failed is None and self.error is None
+
+
+def describe(action: actions.Action | None) -> str:
+    return "recording the status" if action is None else type(action).__name__
+
+
+def _explain(error: BaseException) -> str:
+    if isinstance(error, ApiException):
+        body = error.body.decode() if isinstance(error.body, bytes) else str(error.body or "")
+        return f"Kubernetes answered {error.status} {error.reason}: {body}".strip()
+    return f"{type(error).__name__}: {error}"
+
+
+class Actor:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        settings: Settings | None = None,
+        clock: Callable[[], datetime.datetime] | None = None,
+    ) -> None:
+        self.api = api
+        self.settings = settings or Settings()
+        self.clock = clock or (lambda: datetime.datetime.now(datetime.UTC))
+        self._reported: set[str] = set()  # savepoints reported as not disposable
+
+    async def act(self, streamjob: resource.StreamJobResource, plan: actions.Plan) -> Outcome:
+        run = _Run(self, streamjob)
+        outcome = run.outcome
+        for action in plan.actions:
+            try:
+                await run.take(action)
+            except FAILURES as e:
+                outcome.failed = action
+                outcome.error = f"{describe(action)} failed: {_explain(e)}"
+                outcome.conflict = isinstance(e, ApiException) and e.status == 409
+                return outcome
+            outcome.taken.append(action)
+        try:
+            await run.writer.write(run.overlay(plan.status))
+        except FAILURES as e:
+            outcome.error = f"{describe(None)} failed: {_explain(e)}"
+            outcome.conflict = isinstance(e, ApiException) and e.status == 409
+            return outcome
+        outcome.recorded = True
+        return outcome
+
+
+class _Run:
+    """One plan's execution: the status writer and the ids recorded on the way."""
+
+    def __init__(self, actor: Actor, streamjob: resource.StreamJobResource) -> None:
+        self.actor = actor
+        self.api = actor.api
+        self.settings = actor.settings
+        self.streamjob = streamjob
+        self.writer = status.StatusWriter(actor.api, streamjob)
+        self.outcome = Outcome()
+        self.trigger_id: str | None = None
+        self.job_id: str | None = None
+
+    def overlay(self, planned: models.StreamJobStatus) -> models.StreamJobStatus:
+        """``planned`` with the ids this run's actions returned (planning could not know them)."""
+        result = planned.model_copy(deep=True)
+        pending = result.pendingSavepoint
+        if self.trigger_id is not None and pending is not None and pending.triggerId is None:
+            pending.triggerId = self.trigger_id
+        if self.job_id is not None and result.job.id is None:
+            result.job.id = self.job_id
+        return result
+
+    def rest(self) -> rest_client.JobManagerClient:
+        url = jobmanager.rest_url(self.streamjob.identity(), HERE)
+        return rest_client.JobManagerClient(
+            self.settings.resolve(url), timeout_s=self.settings.rest_timeout_s
+        )
+
+    async def take(self, action: actions.Action) -> None:
+        names = self.streamjob.identity()
+        match action:
+            case actions.WriteStatus(status=s):
+                await self.writer.write(self.overlay(s))
+            case actions.ApplyChildren(job=job, where=where):
+                for manifest in desired_children.children(job, where):
+                    await children.apply(self.api, manifest)
+            case actions.DeleteJobManager(where=where):
+                await children.delete_deployment(
+                    self.api, names, where, metadata.Component.JOBMANAGER
+                )
+            case actions.DeleteTaskManager(where=where):
+                await children.delete_deployment(
+                    self.api, names, where, metadata.Component.TASKMANAGER
+                )
+            case actions.DeleteHaMetadata(where=where):
+                await children.delete_ha_metadata(self.api, names, where)
+            case actions.SubmitJob(submission=submission):
+                async with self.rest() as jm:
+                    job_id = await jm.submit(submission)
+                self.job_id = job_id
+                await self.writer.record(
+                    lambda s: setattr(s.job, "id", job_id), lambda s: s.job.id in (None, job_id)
+                )
+            case actions.TriggerSavepoint(job_id=job_id, directory=directory):
+                async with self.rest() as jm:
+                    request_id = await jm.trigger_savepoint(job_id, directory)
+                await self.record_trigger(request_id)
+            case actions.StopWithSavepoint(job_id=job_id, directory=directory):
+                async with self.rest() as jm:
+                    request_id = await jm.stop(job_id, directory)
+                await self.record_trigger(request_id)
+            case actions.CancelJob(job_id=job_id):
+                await self.cancel(job_id)
+            case actions.DisposeSavepoint(location=location):
+                await self.dispose(location)
+            case actions.RecordEvent():
+                await self.event(action)
+            case actions.FinishDeletion():
+                self.outcome.finished_deletion = True
+            case actions.RequeueAfter(seconds=seconds):
+                self.outcome.requeue_after = seconds
+
+    async def record_trigger(self, request_id: str) -> None:
+        self.trigger_id = request_id
+        planned = self.writer.last.pendingSavepoint
+
+        def put(s: models.StreamJobStatus) -> None:
+            assert s.pendingSavepoint is not None
+            s.pendingSavepoint.triggerId = request_id
+
+        def still(s: models.StreamJobStatus) -> bool:
+            p = s.pendingSavepoint
+            return (
+                p is not None
+                and planned is not None
+                and p.triggerId is None
+                and (p.triggerType, p.triggerTime, p.jobId)
+                == (planned.triggerType, planned.triggerTime, planned.jobId)
+            )
+
+        if planned is None:
+            raise RuntimeError(
+                "a savepoint was triggered without a pending savepoint in status (a planning"
+                " bug): its request id is not recorded"
+            )
+        await self.writer.record(put, still)
+
+    async def cancel(self, job_id: str) -> None:
+        try:
+            async with self.rest() as jm:
+                await jm.cancel(job_id)
+        except rest_client.RestError as e:
+            if e.status not in (404, 409):  # unknown, or ended already: cancelled enough
+                raise
+
+    async def dispose(self, location: str) -> None:
+        mounts = self.settings.savepoint_mounts
+        try:
+            result = await asyncio.to_thread(savepoints.dispose, location, mounts)
+        except OSError as e:
+            await self.report_once(
+                location,
+                "SavepointDisposalFailed",
+                f"the expired savepoint {location} could not be deleted ({e}); retrying",
+            )
+            return
+        if not result.freed:
+            await self.report_once(
+                location, "SavepointNotDisposed", savepoints.explain(location, result)
+            )
+        self.outcome.disposed.append(location)
+
+    async def report_once(self, location: str, reason: str, message: str) -> None:
+        if location in self.actor._reported:
+            return
+        self.actor._reported.add(location)
+        await self.event(actions.RecordEvent(actions.EventType.WARNING, reason, message))
+
+    async def event(self, record: actions.RecordEvent) -> None:
+        try:
+            await events.post(
+                self.api,
+                self.streamjob,
+                record,
+                self.actor.clock(),
+                COMPONENT,
+                self.settings.instance,
+            )
+        except FAILURES as e:
+            log.warning(
+                "StreamJob %s/%s: Event %s not recorded: %s",
+                self.streamjob.namespace,
+                self.streamjob.name,
+                record.reason,
+                _explain(e),
+            )

@@ -1,0 +1,153 @@
+"""Writing a StreamJob's children: apply (create or replace), delete Deployments and HA metadata.
+
+Apply approximates server-side apply with a read and a write: an object that does not
+exist is created (POST); one that exists is replaced (PUT, with the stored
+``resourceVersion`` as precondition) unless it already holds everything the manifest
+says and carries the manifest's hash (``streamjob.dev/desired-hash``), in which case
+nothing is written. The hash catches what a field-by-field comparison cannot: a field
+the manifest no longer has. The comparison tolerates what the API server adds
+(defaults, status, bookkeeping metadata). A Service keeps its ``clusterIP``, which
+cannot change. Replacing is what Deployments need (their pod template is ours
+whole); for the other kinds it also removes anyone else's edits, by design.
+
+An object controlled by something else (an owner reference with ``controller: true``
+and another uid) is never replaced: that is a name clash, reported as an error. An
+object without a controller is adopted.
+
+Deleting a Deployment is in the foreground: it stays (with a ``deletionTimestamp``)
+until its pods are gone, so observing sees it PROGRESSING, not ABSENT, while old
+pods still run. A delete of something already gone (404) is done.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from typing import Any
+
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from streamjob_operator.desired import ha, metadata, target
+from streamjob_operator.observing import kubeapi
+
+HASH_ANNOTATION = "streamjob.dev/desired-hash"
+
+Obj = kubeapi.Obj
+
+
+class ApplyRefused(RuntimeError):
+    """The object cannot be applied as it stands; the message says why and what to do."""
+
+
+def desired_hash(manifest: Obj) -> str:
+    canonical = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def with_hash(manifest: Obj) -> Obj:
+    stamped = copy.deepcopy(manifest)
+    annotations = stamped["metadata"].setdefault("annotations", {})
+    annotations[HASH_ANNOTATION] = desired_hash(manifest)
+    return stamped
+
+
+def _empty(value: Any) -> bool:
+    return value is None or value == {} or value == []
+
+
+def covers(stored: Any, desired: Any) -> bool:
+    """Whether ``stored`` holds everything ``desired`` says (more is fine; an empty value
+    and an absent one are the same)."""
+    if isinstance(desired, dict):
+        if not isinstance(stored, dict):
+            return _empty(stored) and _empty(desired)
+        return all(
+            covers(stored[key], value) if key in stored else _empty(value)
+            for key, value in desired.items()
+        )
+    if isinstance(desired, list):
+        if not isinstance(stored, list):
+            return _empty(stored) and not desired
+        return len(stored) == len(desired) and all(
+            covers(s, d) for s, d in zip(stored, desired, strict=True)
+        )
+    return bool(stored == desired)
+
+
+def _controller(obj: Obj) -> dict[str, Any] | None:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return next((r for r in refs if r.get("controller")), None)
+
+
+def _describe(obj: Obj) -> str:
+    meta = obj["metadata"]
+    return f"{obj['kind']} {meta['namespace']}/{meta['name']}"
+
+
+async def apply(api: client.ApiClient, manifest: Obj) -> str:
+    """Create or replace ``manifest``; returns "created", "replaced" or "unchanged"."""
+    desired = with_hash(manifest)
+    stored = await kubeapi.get(api, kubeapi.path_of(manifest))
+    if stored is None:
+        await kubeapi.request(api, "POST", kubeapi.collection_of(manifest), body=desired)
+        return "created"
+    meta = stored.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        raise ApplyRefused(
+            f"{_describe(manifest)} is being deleted; it is created again once it is gone"
+        )
+    ours = _controller(manifest)
+    theirs = _controller(stored)
+    if theirs is not None and ours is not None and theirs.get("uid") != ours.get("uid"):
+        raise ApplyRefused(
+            f"{_describe(manifest)} exists and is controlled by {theirs.get('kind')}"
+            f" {theirs.get('name')}, not by this StreamJob: rename the StreamJob or remove"
+            " that object"
+        )
+    annotations = meta.get("annotations") or {}
+    if annotations.get(HASH_ANNOTATION) == desired_hash(manifest) and covers(stored, desired):
+        return "unchanged"
+    body = copy.deepcopy(desired)
+    body["metadata"]["resourceVersion"] = meta.get("resourceVersion")
+    if manifest["kind"] == "Service":
+        for key in ("clusterIP", "clusterIPs"):
+            value = (stored.get("spec") or {}).get(key)
+            if value is not None:
+                body["spec"].setdefault(key, value)
+    await kubeapi.request(api, "PUT", kubeapi.path_of(manifest), body=body)
+    return "replaced"
+
+
+async def delete(
+    api: client.ApiClient, resource_path: str, propagation: str = "Background"
+) -> bool:
+    """Delete; True if it was there. Gone already (404) is fine."""
+    try:
+        await kubeapi.request(
+            api, "DELETE", resource_path, query=[("propagationPolicy", propagation)]
+        )
+    except ApiException as e:
+        if e.status == 404:
+            return False
+        raise
+    return True
+
+
+async def delete_deployment(
+    api: client.ApiClient,
+    job: target.StreamJob,
+    where: target.DeploymentTarget,
+    component: metadata.Component,
+) -> bool:
+    name = metadata.name(job, where, component)
+    path = kubeapi.path("apps/v1", "deployments", job.namespace, name)
+    return await delete(api, path, propagation="Foreground")
+
+
+async def delete_ha_metadata(
+    api: client.ApiClient, job: target.StreamJob, where: target.DeploymentTarget
+) -> bool:
+    name = ha.configmap_name(metadata.cluster_id(job, where))
+    return await delete(api, kubeapi.path("v1", "configmaps", job.namespace, name))

@@ -1,0 +1,99 @@
+"""The JobManager as its REST API reports it: jobs, the status' job, its checkpoints, a savepoint.
+
+The operator reaches the JobManager at the address its Service implies
+(``desired.jobmanager.rest_url``: ``http://<name>-jobmanager.<namespace>.svc:8081``),
+passed through a :data:`Resolve` function: the identity in a cluster; elsewhere (an
+operator run on a laptop, tests running JobManagers as local processes) it maps the
+Service's URL to one that reaches the JobManager.
+
+:func:`observe` never raises for the JobManager's sake. Either every call it needs
+answered, and the observation is ``reachable`` (a job or savepoint request the
+JobManager does not know, 404, is then None: it does not know it), or it is not
+reachable at all and nothing else it holds means anything. A half answer is never
+returned: a job that looks unknown only because its request failed would read as a
+lost job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import aiohttp
+import pydantic
+
+from streamjob_runtime.api import client as rest_client
+from streamjob_runtime.api import models as rest
+
+log = logging.getLogger(__name__)
+
+Resolve = Callable[[str], str]
+"""Maps the JobManager Service's REST URL to a URL this process can reach."""
+
+T = TypeVar("T")
+
+
+def identity(url: str) -> str:
+    return url
+
+
+@dataclasses.dataclass(frozen=True)
+class RestObservation:
+    reachable: bool
+    jobs: tuple[rest.JobOverview, ...] = ()
+    job: rest.JobDetails | None = None
+    checkpoints: rest.CheckpointingStatistics | None = None
+    savepoint: rest.SavepointInfo | None = None
+    error: str | None = None  # why it was not reachable
+
+
+UNREACHABLE = RestObservation(reachable=False)
+
+# What a JobManager that cannot answer looks like from here: refused, reset, DNS
+# failure, timeout, a standby's 503, a body that is not the API's.
+_FAILURES = (
+    aiohttp.ClientError,
+    OSError,
+    TimeoutError,
+    asyncio.TimeoutError,
+    pydantic.ValidationError,
+    rest_client.RestError,
+)
+
+
+async def _known(call: Awaitable[T]) -> T | None:
+    """The answer, or None for a 404 (the JobManager does not know it); else raises."""
+    try:
+        return await call
+    except rest_client.RestError as e:
+        if e.status == 404:
+            return None
+        raise
+
+
+async def observe(
+    url: str,
+    job_id: str | None,
+    savepoint: tuple[str, str] | None,
+    timeout_s: float = 5.0,
+) -> RestObservation:
+    """What the JobManager at ``url`` says of its jobs, of ``job_id`` and of the savepoint
+    request ``savepoint`` = (job id, request id)."""
+    try:
+        async with rest_client.JobManagerClient(url, timeout_s=timeout_s) as jm:
+            jobs = (await jm.list_jobs()).jobs
+            job = checkpoints = None
+            if job_id is not None:
+                job = await _known(jm.job(job_id))
+                if job is not None:
+                    checkpoints = await _known(jm.checkpoints(job_id))
+            info = None
+            if savepoint is not None:
+                info = await _known(jm.savepoint_status(*savepoint))
+            return RestObservation(True, tuple(jobs), job, checkpoints, info)
+    except _FAILURES as e:
+        log.debug("JobManager at %s not reachable: %r", url, e)
+        return dataclasses.replace(UNREACHABLE, error=f"{type(e).__name__}: {e}")

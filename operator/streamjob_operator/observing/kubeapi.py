@@ -1,0 +1,109 @@
+"""Kubernetes objects as plain JSON, by path, through a kubernetes_asyncio ``ApiClient``.
+
+The operator handles its children as the dicts ``desired`` renders, of several kinds
+(ServiceAccounts, Roles, RoleBindings, ConfigMaps, Services, Deployments), plus its own
+StreamJobs, Events and Leases. kubernetes_asyncio's typed APIs would turn each into a
+model and back; this module sends and returns JSON instead, addressed by
+``apiVersion``, plural, namespace and name, as ``kubectl`` does.
+
+:func:`request` is the one call to the API server, shared with acting; observing itself
+only reads (:func:`get`). Errors are kubernetes_asyncio's ``ApiException`` (with
+``status``) and, for a server that cannot be reached, ``aiohttp.ClientError`` or
+``TimeoutError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+Obj = dict[str, Any]
+
+PLURALS: dict[str, str] = {
+    "ConfigMap": "configmaps",
+    "Deployment": "deployments",
+    "Event": "events",
+    "Lease": "leases",
+    "Role": "roles",
+    "RoleBinding": "rolebindings",
+    "Service": "services",
+    "ServiceAccount": "serviceaccounts",
+    "StreamJob": "streamjobs",
+}
+
+MERGE_PATCH = "application/merge-patch+json"
+JSON = "application/json"
+
+# What every response is decoded as: the JSON itself (a dict), not a model.
+_AS_JSON = {code: "object" for code in (200, 201, 202)}
+
+
+def path(
+    api_version: str,
+    plural: str,
+    namespace: str,
+    name: str | None = None,
+    subresource: str | None = None,
+) -> str:
+    """``/api/v1/namespaces/<ns>/<plural>[/<name>[/<subresource>]]`` (or ``/apis/<group>/...``)."""
+    root = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    parts = [root, "namespaces", namespace, plural]
+    if name is not None:
+        parts.append(name)
+        if subresource is not None:
+            parts.append(subresource)
+    return "/".join(parts)
+
+
+def path_of(obj: Obj, subresource: str | None = None) -> str:
+    """The path of a (namespaced) manifest, from its apiVersion, kind, namespace and name."""
+    meta = obj["metadata"]
+    return path(
+        obj["apiVersion"], PLURALS[obj["kind"]], meta["namespace"], meta["name"], subresource
+    )
+
+
+def collection_of(obj: Obj) -> str:
+    """The path to POST a (namespaced) manifest to."""
+    return path(obj["apiVersion"], PLURALS[obj["kind"]], obj["metadata"]["namespace"])
+
+
+async def request(
+    api: client.ApiClient,
+    method: str,
+    resource_path: str,
+    *,
+    body: Obj | None = None,
+    content_type: str = JSON,
+    query: Sequence[tuple[str, str]] = (),
+    request_timeout: float | None = 30.0,
+) -> Obj:
+    """One API call; the response's JSON (an object or a Status)."""
+    headers = {"Accept": JSON}
+    if body is not None:
+        headers["Content-Type"] = content_type
+    result: Any = await api.call_api(
+        resource_path,
+        method,
+        query_params=list(query),
+        header_params=headers,
+        body=body,
+        response_types_map=_AS_JSON,
+        auth_settings=["BearerToken"],
+        _return_http_data_only=True,
+        _request_timeout=request_timeout,
+    )
+    return result if isinstance(result, dict) else {}
+
+
+async def get(api: client.ApiClient, resource_path: str) -> Obj | None:
+    """The object at ``resource_path``, or None when there is none (404)."""
+    try:
+        return await request(api, "GET", resource_path)
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
