@@ -1,0 +1,1 @@
+"""Leadership: only the operator replica holding a Lease runs the handlers (``lease``)."""
