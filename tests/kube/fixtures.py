@@ -30,6 +30,9 @@ and a kopf operator against it:
     with kopf_operator(kube, registry, namespaces=["default"]):
         kube.create({...})
         kube.wait_for(lambda: ..., timeout=20)
+
+and the pods of streamjob Deployments as local processes (tests.kube.pods): the
+`pod_runner` fixture, or `with PodRunner(kube, log_dir) as runner:`.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ import kopf
 import pytest
 from kubernetes_asyncio import client, config
 
+from tests.kube.pods import PodRunner
 from tests.kube.server import KubeEmulator
 
 
@@ -61,6 +65,14 @@ def kube() -> Iterator[KubeEmulator]:
 def kubeconfig(kube: KubeEmulator, tmp_path: Path) -> Path:
     """A kubeconfig file pointing at the `kube` emulator (plain HTTP, a bearer token)."""
     return kube.write_kubeconfig(tmp_path / "kubeconfig")
+
+
+@pytest.fixture
+def pod_runner(kube: KubeEmulator, tmp_path: Path) -> Iterator[PodRunner]:
+    """The pods of streamjob Deployments in `kube` (every namespace) run as local processes,
+    logging under tmp_path/pods (tests.kube.pods)."""
+    with PodRunner(kube, tmp_path / "pods") as runner:
+        yield runner
 
 
 # kubernetes_asyncio sends a dict patch body to a custom object as application/json-patch+json
