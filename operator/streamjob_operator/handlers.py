@@ -1,0 +1,384 @@
+"""The kopf glue: StreamJob events become reconcile passes (the only module importing kopf).
+
+A pass (:meth:`Reconciler.reconcile`) reads the StreamJob afresh, observes its world
+(``observing``), plans (``planning.planner.plan``) and acts (``acting``). kopf decides
+when passes run:
+
+- ``on.create``, ``on.update`` (the spec or metadata changed) and ``on.resume`` (the
+  operator started, or became the leader, and finds the StreamJob) run a pass at once;
+- a timer every ``Options.timer_interval`` seconds runs a pass when the last one asked
+  to be looked at again by now (``RequeueAfter``), or when the last one failed and its
+  retry delay is over: retries are scheduled, never slept;
+- ``on.delete`` runs passes until planning releases the StreamJob (``FinishDeletion``:
+  the job was stopped, with a final savepoint bounded in time when configured); until
+  then it raises ``kopf.TemporaryError`` and kopf keeps its finalizer and calls again.
+
+Passes of one StreamJob never overlap (one lock per StreamJob); passes of different
+StreamJobs run concurrently. A pass that fails (Kubernetes or the JobManager did not
+answer, a write conflicted, a bug) is logged with the StreamJob's name, counted, and
+retried through ``kopf.TemporaryError(delay=...)``: the control loop never dies.
+
+kopf's own bookkeeping goes to annotations prefixed ``streamjob.dev`` (the status
+belongs to planning, and its schema has no room for kopf), its finalizer is
+``streamjob.dev/finalizer``, it runs standalone (leadership is the Lease's, see
+``leadership``), and it posts its warnings and errors as Events.
+
+Metrics (prometheus-client, in :class:`Metrics`' own registry; ``__main__`` serves
+them): passes by trigger, failed passes by stage, pass durations, actions by type and
+result, StreamJobs by lifecycle state, and whether this replica leads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import kopf
+import prometheus_client
+from kubernetes_asyncio import client
+
+from streamjob_operator.acting import actor
+from streamjob_operator.api import models
+from streamjob_operator.observing import observer, resource
+from streamjob_operator.planning import actions, configuration, planner
+
+log = logging.getLogger(__name__)
+
+GROUP, VERSION, PLURAL = models.GROUP, models.VERSION, models.PLURAL
+PREFIX = "streamjob.dev"
+FINALIZER = f"{PREFIX}/finalizer"
+
+ApiFactory = Callable[[], Awaitable[client.ApiClient]]
+Clock = Callable[[], datetime.datetime]
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """How passes are run.
+
+    - ``timer_interval``: how often the timer looks whether a pass is due (seconds);
+    - ``retry_delay`` / ``conflict_delay``: when to try again after a failed pass, or
+      after one whose write conflicted with someone else's;
+    - ``rest_timeout_s``: per JobManager request while observing (acting's is in
+      ``acting``);
+    - ``planning``: the operator's settings that planning reads;
+    - ``acting``: the JobManager address resolution, savepoint volumes, identity.
+    """
+
+    timer_interval: float = 2.0
+    retry_delay: float = 5.0
+    conflict_delay: float = 1.0
+    rest_timeout_s: float = 5.0
+    planning: configuration.OperatorConfiguration = dataclasses.field(
+        default_factory=configuration.OperatorConfiguration
+    )
+    acting: actor.Settings = dataclasses.field(default_factory=actor.Settings)
+
+
+class Metrics:
+    def __init__(self, registry: prometheus_client.CollectorRegistry | None = None) -> None:
+        self.registry = registry or prometheus_client.CollectorRegistry()
+        r = self.registry
+        self.reconciles = prometheus_client.Counter(
+            "streamjob_operator_reconciles",
+            "Reconcile passes, by what started them (create, update, resume, timer, delete).",
+            ["trigger"],
+            registry=r,
+        )
+        self.errors = prometheus_client.Counter(
+            "streamjob_operator_reconcile_errors",
+            "Reconcile passes that failed, by stage (read, observe, plan, act).",
+            ["stage"],
+            registry=r,
+        )
+        self.duration = prometheus_client.Histogram(
+            "streamjob_operator_reconcile_duration_seconds",
+            "How long a reconcile pass took.",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.actions = prometheus_client.Counter(
+            "streamjob_operator_actions",
+            "Actions of plans, by type and result (ok, failed).",
+            ["action", "result"],
+            registry=r,
+        )
+        self.streamjobs = prometheus_client.Gauge(
+            "streamjob_operator_streamjobs",
+            "StreamJobs this operator reconciles, by lifecycle state.",
+            ["lifecycle"],
+            registry=r,
+        )
+        self.leader = prometheus_client.Gauge(
+            "streamjob_operator_leader",
+            "1 while this operator replica holds the Lease and runs the handlers.",
+            registry=r,
+        )
+        self._lifecycles: dict[str, models.LifecycleState] = {}
+        for state in models.LifecycleState:
+            self.streamjobs.labels(state.value).set(0)
+
+    def lifecycle(self, key: str, state: models.LifecycleState | None) -> None:
+        if state is None:
+            self._lifecycles.pop(key, None)
+        else:
+            self._lifecycles[key] = state
+        for each in models.LifecycleState:
+            count = sum(1 for s in self._lifecycles.values() if s is each)
+            self.streamjobs.labels(each.value).set(count)
+
+    def exposition(self) -> bytes:
+        return prometheus_client.generate_latest(self.registry)
+
+
+class Stopping(RuntimeError):
+    """The operator is stopping (kopf ran its cleanup): no pass starts any more."""
+
+
+class PassFailed(Exception):
+    def __init__(self, message: str, delay: float) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+def _utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+class Reconciler:
+    """Runs passes; remembers per StreamJob when the next is due and what was disposed of.
+
+    ``api`` makes the Kubernetes client (called once, lazily, on the loop the passes
+    run on; :meth:`close` closes it). ``leading`` says whether this replica may act.
+    """
+
+    def __init__(
+        self,
+        api: ApiFactory,
+        options: Options | None = None,
+        metrics: Metrics | None = None,
+        *,
+        clock: Clock = _utcnow,
+        leading: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self._api_factory = api
+        self.options = options or Options()
+        self.metrics = metrics or Metrics()
+        self.clock = clock
+        self.leading = leading
+        self.passes = 0  # passes started, for tests and logs
+        self._api: client.ApiClient | None = None
+        self._api_lock = asyncio.Lock()  # concurrent first passes make one client
+        self._stopping = False
+        self._actor: actor.Actor | None = None
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._due: dict[str, float] = {}
+        self._disposed: dict[str, set[str]] = {}
+
+    def start(self) -> None:
+        """kopf (re)starts: passes may run again (after :meth:`close`)."""
+        self._stopping = False
+
+    async def api(self) -> client.ApiClient:
+        async with self._api_lock:
+            if self._stopping:
+                raise Stopping("the operator is stopping")
+            if self._api is None:
+                self._api = await self._api_factory()
+                self._actor = actor.Actor(self._api, self.options.acting, clock=self.clock)
+            return self._api
+
+    async def close(self) -> None:
+        """Close the Kubernetes client; passes fail with Stopping until :meth:`start`."""
+        async with self._api_lock:
+            self._stopping = True
+            if self._api is not None:
+                api, self._api, self._actor = self._api, None, None
+                await api.close()
+
+    def due(self, namespace: str, name: str) -> bool:
+        return self._due.get(f"{namespace}/{name}", 0.0) <= time.monotonic()
+
+    def forget(self, namespace: str, name: str) -> None:
+        key = f"{namespace}/{name}"
+        for memory in (self._due, self._disposed, self._locks):
+            memory.pop(key, None)
+        self.metrics.lifecycle(key, None)
+
+    def _schedule(self, key: str, delay: float) -> None:
+        self._due[key] = time.monotonic() + delay
+
+    async def reconcile(self, namespace: str, name: str, trigger: str) -> actor.Outcome | None:
+        """One pass; None when the StreamJob is gone. Raises PassFailed (with a retry delay)."""
+        key = f"{namespace}/{name}"
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            self.passes += 1
+            self.metrics.reconciles.labels(trigger).inc()
+            with self.metrics.duration.time():
+                return await self._pass(key, namespace, name)
+
+    async def _pass(self, key: str, namespace: str, name: str) -> actor.Outcome | None:
+        stage = "read"
+        try:
+            api = await self.api()
+            streamjob = await resource.read(api, namespace, name)
+            if streamjob is None:
+                self.forget(namespace, name)
+                return None
+            stage = "observe"
+            seen = await observer.observe(
+                api,
+                streamjob,
+                resolve=self.options.acting.resolve,
+                disposed=self._disposed.get(key, set()),
+                rest_timeout_s=self.options.rest_timeout_s,
+            )
+            stage = "plan"
+            plan = planner.plan(
+                seen, streamjob.spec, streamjob.status, self.clock(), self.options.planning
+            )
+            stage = "act"
+            assert self._actor is not None
+            outcome = await self._actor.act(streamjob, plan)
+        except Stopping as e:
+            raise PassFailed(str(e), self.options.retry_delay) from None
+        except Exception as e:  # the loop must not die: count, log, retry later
+            self.metrics.errors.labels(stage).inc()
+            self._schedule(key, self.options.retry_delay)
+            log.exception("StreamJob %s: the reconcile pass failed to %s", key, stage)
+            raise PassFailed(f"{stage}: {type(e).__name__}: {e}", self.options.retry_delay) from e
+        self._account(key, streamjob, plan, outcome)
+        if outcome.ok:
+            reconcile = self.options.planning.reconcile_interval.total_seconds()
+            self._schedule(key, outcome.requeue_after or reconcile)
+            return outcome
+        self.metrics.errors.labels("act").inc()
+        delay = self.options.conflict_delay if outcome.conflict else self.options.retry_delay
+        self._schedule(key, delay)
+        log.warning("StreamJob %s: %s; retrying in %s s", key, outcome.error, delay)
+        raise PassFailed(outcome.error or "acting failed", delay)
+
+    def _account(
+        self,
+        key: str,
+        streamjob: resource.StreamJobResource,
+        plan: actions.Plan,
+        outcome: actor.Outcome,
+    ) -> None:
+        for action in outcome.taken:
+            self.metrics.actions.labels(type(action).__name__, "ok").inc()
+        if outcome.failed is not None:
+            self.metrics.actions.labels(type(outcome.failed).__name__, "failed").inc()
+        history = {e.location for e in plan.status.savepointHistory}
+        kept = {location for location in self._disposed.get(key, set()) if location in history}
+        self._disposed[key] = kept | set(outcome.disposed)
+        status = plan.status if outcome.recorded else streamjob.status
+        self.metrics.lifecycle(key, status.lifecycleState)
+        log.debug(
+            "StreamJob %s: %s, %d action(s), next pass in %s s",
+            key,
+            status.lifecycleState.value,
+            len(outcome.taken),
+            outcome.requeue_after,
+        )
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    """kopf's settings for this operator (see the module doc)."""
+    settings.peering.standalone = True
+    settings.posting.enabled = True
+    settings.posting.level = logging.WARNING
+    settings.posting.reporting_component = "streamjob-operator"
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=PREFIX, key="last-handled-configuration"
+    )
+
+
+async def _run_pass(
+    reconciler: Reconciler, namespace: str, name: str, trigger: str
+) -> actor.Outcome | None:
+    if not reconciler.leading():
+        raise kopf.TemporaryError(
+            "this operator replica does not hold the Lease; the leader reconciles",
+            delay=reconciler.options.retry_delay,
+        )
+    try:
+        return await reconciler.reconcile(namespace, name, trigger)
+    except PassFailed as e:
+        raise kopf.TemporaryError(str(e), delay=e.delay) from None
+
+
+def build_registry(reconciler: Reconciler, *, login: bool = False) -> kopf.OperatorRegistry:
+    """The handlers of this operator, bound to ``reconciler``; with ``login``, kopf logs in
+    as kubernetes_asyncio does (in-cluster, else kubeconfig)."""
+    registry = kopf.OperatorRegistry()
+    resource_ = (GROUP, VERSION, PLURAL)
+
+    @kopf.on.startup(registry=registry)
+    def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        configure(settings)
+        reconciler.start()
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        await reconciler.close()
+
+    if login:
+
+        @kopf.on.login(registry=registry)
+        async def kubernetes_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+            return await kopf.login_via_async_client(**kwargs)
+
+    async def changed(*, name: str, namespace: str | None, reason: str, **_: Any) -> None:
+        await _run_pass(reconciler, namespace or "", name, str(reason))
+
+    kopf.on.create(*resource_, id="reconcile-created", registry=registry)(changed)
+    kopf.on.update(*resource_, id="reconcile-updated", registry=registry)(changed)
+    kopf.on.resume(*resource_, id="reconcile-resumed", registry=registry)(changed)
+
+    @kopf.timer(*resource_, interval=reconciler.options.timer_interval, registry=registry)
+    async def reconcile_when_due(*, name: str, namespace: str | None, **_: Any) -> None:
+        if reconciler.due(namespace or "", name):
+            await _run_pass(reconciler, namespace or "", name, "timer")
+
+    @kopf.on.delete(*resource_, registry=registry)
+    async def reconcile_deleted(*, name: str, namespace: str | None, **_: Any) -> None:
+        outcome = await _run_pass(reconciler, namespace or "", name, "delete")
+        if outcome is None or outcome.finished_deletion:
+            reconciler.forget(namespace or "", name)
+            return
+        progress = reconciler.options.planning.progress_check_interval.total_seconds()
+        raise kopf.TemporaryError(
+            "stopping the job before the StreamJob goes", delay=outcome.requeue_after or progress
+        )
+
+    return registry
+
+
+async def operate(
+    registry: kopf.OperatorRegistry,
+    *,
+    namespaces: Sequence[str] = (),
+    stop: asyncio.Event | None = None,
+    ready: asyncio.Event | None = None,
+) -> None:
+    """Run kopf with ``registry`` until ``stop`` is set (cluster-wide without ``namespaces``)."""
+    settings = kopf.OperatorSettings()
+    configure(settings)
+    await kopf.operator(
+        registry=registry,
+        settings=settings,
+        standalone=True,
+        clusterwide=not namespaces,
+        namespaces=list(namespaces),
+        stop_flag=stop,
+        ready_flag=ready,
+    )
