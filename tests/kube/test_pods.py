@@ -470,3 +470,102 @@ def test_with_ha_the_service_follows_the_leader_label(
     details = wait_terminal(kube, runner, job, job_id)
     assert details.state is rest.JobStatus.FINISHED, details.failure_cause
     assert_exact(tmp_path / "out")
+
+
+def test_a_replaced_jobmanager_pod_is_found_again_through_the_service(
+    kube: KubeEmulator, runner: PodRunner, tmp_path: Path
+) -> None:
+    job = create_streamjob(kube, "again", spec(tmp_path))
+    deploy(kube, job)
+    wait_ready(kube, runner, jm_name(job), tm_name(job))
+    [old] = runner.processes(jm_name(job))
+    [tm] = runner.processes(tm_name(job))
+    assert old.pid is not None
+    # Deleting the Pod object stops its process; the Deployment replaces the pod.
+    kube.delete("v1", "pods", old.name, NAMESPACE)
+    wait(
+        kube,
+        runner,
+        lambda: [p.name for p in runner.processes(jm_name(job))] not in ([old.name], []),
+        "a new JobManager pod",
+    )
+    wait_ready(kube, runner, jm_name(job), tm_name(job))
+    assert not pid_exists(old.pid)
+    [new] = runner.processes(jm_name(job))
+    url = runner.rest_url(jm_name(job))
+    assert url == f"http://127.0.0.1:{new.ports[jobmanager.REST_PORT]}"
+    # The TaskManager, given the Service's address, reaches the new JobManager.
+    wait(
+        kube,
+        runner,
+        lambda: rest_call(url, lambda c: c.overview()).taskmanagers == 1,
+        "the TaskManager to register with the new JobManager",
+    )
+    [same] = runner.processes(tm_name(job))
+    assert (same.name, same.pid, same.restarts) == (tm.name, tm.pid, 0)
+
+
+def test_the_container_environment_is_computed_as_the_kubelet_does(
+    kube: KubeEmulator, tmp_path: Path
+) -> None:
+    kube.create({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "settings", "namespace": NAMESPACE},
+        "data": {"LEVEL": "INFO", "COLOR": "blue"},
+    })  # fmt: skip
+    kube.create({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "secret", "namespace": NAMESPACE},
+        "stringData": {"TOKEN": "s3cr3t"},
+    })  # fmt: skip
+    labels = {"app": "lonely"}
+    container = {
+        "name": "tm",
+        "image": "streamjob:test",
+        "command": ["streamjob"],
+        "args": ["taskmanager", "--jobmanager", "127.0.0.1:1", "--data-port", "6121",
+                 "--id", "tm-$(POD_NAME)", "--slots", "$(SLOTS)"],
+        "envFrom": [{"configMapRef": {"name": "settings"}, "prefix": "CM_"}],
+        "env": [
+            {"name": "SLOTS", "value": "3"},
+            {"name": "GREETING", "value": "hello $(CM_COLOR) $$(SLOTS)"},
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+            {"name": "LEVEL",
+             "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "LEVEL"}}},
+            {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "secret", "key": "TOKEN"}}},
+        ],
+    }  # fmt: skip
+    kube.create({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "lonely", "namespace": NAMESPACE},
+        "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                 "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}}},
+    })  # fmt: skip
+    # No JobManager: ready after a moment of running, without registration.
+    with PodRunner(kube, tmp_path / "pods", require_registration=False, min_ready=0.2) as runner:
+        wait(
+            kube,
+            runner,
+            lambda: (deployment(kube, "lonely") or {}).get("status", {}).get("readyReplicas"),
+            "the lonely TaskManager to be ready",
+        )
+        [tm] = runner.processes("lonely")
+        assert tm.pid is not None
+        env = environ(tm.pid)
+        assert {k: env[k] for k in ("SLOTS", "GREETING", "POD_NAME", "APP", "TOKEN")} == {
+            "SLOTS": "3",
+            "GREETING": "hello blue $(SLOTS)",
+            "POD_NAME": tm.name,
+            "APP": "lonely",
+            "TOKEN": "s3cr3t",
+        }
+        assert (env["CM_LEVEL"], env["CM_COLOR"], env["LEVEL"]) == ("INFO", "blue", "INFO")
+        flags = list(tm.argv[tm.argv.index("taskmanager") :])
+        port = tm.ports[6121]
+        assert flags == [
+            "taskmanager", "--jobmanager", "127.0.0.1:1", "--data-port", str(port),
+            "--id", f"tm-{tm.name}", "--slots", "3",
+        ]  # fmt: skip
+    assert not pid_exists(tm.pid)
+    assert kube.list("v1", "pods", NAMESPACE) == []  # let go when the runner stops
