@@ -363,9 +363,8 @@ class PodRunner:
         self._thread: threading.Thread | None = None
         self._stop: asyncio.Event | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._dead = socket.socket()  # bound, never listening: connecting is refused
-        self._dead.bind(("127.0.0.1", 0))
-        self.dead_url = f"http://127.0.0.1:{self._dead.getsockname()[1]}"
+        self._dead: socket.socket | None = None
+        self.dead_url = ""  # once started: a URL that refuses connections
         self.kubeconfig = self.log_dir / "kubeconfig"
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -375,6 +374,9 @@ class PodRunner:
             raise RuntimeError("the runner is already running")
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.kube.write_kubeconfig(self.kubeconfig)
+        self._dead = socket.socket()  # bound, never listening: connecting is refused
+        self._dead.bind(("127.0.0.1", 0))
+        self.dead_url = f"http://127.0.0.1:{self._dead.getsockname()[1]}"
         loop = asyncio.new_event_loop()
         self._loop = loop
         started: threading.Event = threading.Event()
@@ -403,7 +405,8 @@ class PodRunner:
                 loop.call_soon_threadsafe(stop.set)
         thread.join(self.grace_period + 30)
         self._thread = None
-        self._dead.close()
+        if self._dead is not None:
+            self._dead.close()
         if thread.is_alive():
             raise AssertionError("the pod runner did not stop")
 
