@@ -16,6 +16,7 @@ import pytest
 from streamjob_operator.api import crd, models
 from streamjob_operator.desired import ha, jobmanager, metadata, submission, target, taskmanager
 from streamjob_operator.observing import children
+from streamjob_operator.observing import jobmanager as rest_observing
 from streamjob_operator.planning import observed
 from streamjob_runtime.api import client
 from streamjob_runtime.api import models as rest
@@ -304,6 +305,14 @@ def test_a_rendered_cluster_runs_a_job_to_its_exact_output(
     assert details.state is rest.JobStatus.FINISHED, details.failure_cause
     assert_exact(tmp_path / "out")
     assert (tmp_path / "checkpoints").is_dir()
+
+    # The operator's observation of the JobManager, through the resolver.
+    seen = asyncio.run(
+        rest_observing.observe(runner.resolve(jobmanager.rest_url(job, HERE)), job_id, None)
+    )
+    assert seen.reachable
+    assert seen.job is not None
+    assert seen.job.state is rest.JobStatus.FINISHED
     assert runner.errors == []
 
 
