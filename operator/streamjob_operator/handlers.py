@@ -184,6 +184,10 @@ class Reconciler:
         """kopf (re)starts: passes may run again (after :meth:`close`)."""
         self._stopping = False
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
     async def api(self) -> client.ApiClient:
         async with self._api_lock:
             if self._stopping:
@@ -346,7 +350,7 @@ def build_registry(reconciler: Reconciler, *, login: bool = False) -> kopf.Opera
 
     @kopf.timer(*resource_, interval=reconciler.options.timer_interval, registry=registry)
     async def reconcile_when_due(*, name: str, namespace: str | None, **_: Any) -> None:
-        if reconciler.due(namespace or "", name):
+        if reconciler.due(namespace or "", name) and not reconciler.stopping:
             await _run_pass(reconciler, namespace or "", name, "timer")
 
     @kopf.on.delete(*resource_, registry=registry)

@@ -5,17 +5,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes_asyncio import client
 
+from streamjob_operator.api import crd
 from streamjob_operator.leadership import lease
 from tests.kube import KubeEmulator, fixtures
+from tests.operator import test_observing
 
 kube = fixtures.kube
+kubeconfig = fixtures.kubeconfig
 
 NAMESPACE = "default"
 FAST = lease.Timings(lease_duration=1.5, renew_deadline=1.0, retry_period=0.1)
@@ -174,3 +184,115 @@ def test_lead_ending_on_its_own_ends_the_run_and_releases(kube: KubeEmulator) ->
 def test_timings_must_decrease() -> None:
     with pytest.raises(ValueError, match="lease duration"):
         lease.Timings(lease_duration=10, renew_deadline=10, retry_period=2)
+
+
+# -- two operator processes -----------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class OperatorProcess:
+    """``python -m streamjob_operator`` against the emulator (through a kubeconfig)."""
+
+    def __init__(self, kubeconfig: Path, identity: str, logs: Path) -> None:
+        self.identity = identity
+        self.port = free_port()
+        self.log_path = logs / f"operator-{identity}.log"
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+        env.pop("KUBERNETES_SERVICE_HOST", None)
+        command = [
+            sys.executable, "-m", "streamjob_operator",
+            "--namespace", NAMESPACE,
+            "--identity", identity,
+            "--lease-duration", "2", "--renew-deadline", "1.5", "--retry-period", "0.2",
+            "--metrics-host", "127.0.0.1", "--metrics-port", str(self.port),
+            "--progress-check-interval", "1s",
+        ]  # fmt: skip
+        with open(self.log_path, "wb") as log:
+            self.popen = subprocess.Popen(
+                command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+
+    def metrics(self) -> dict[str, float]:
+        """The samples of /metrics (empty while the server is not up)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as r:
+                text = r.read().decode()
+        except OSError:
+            return {}
+        samples = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                samples[key] = float(value)
+        return samples
+
+    def reconciles(self) -> float:
+        return sum(
+            v
+            for k, v in self.metrics().items()
+            if k.startswith("streamjob_operator_reconciles_total")
+        )
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+        self.popen.wait(10)
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+
+def children_of(kube: KubeEmulator, name: str) -> Any:
+    return kube.get("apps/v1", "deployments", f"{name}-jobmanager", NAMESPACE)
+
+
+def test_of_two_operator_processes_only_the_leader_reconciles_and_the_other_takes_over(
+    kube: KubeEmulator, kubeconfig: Path, tmp_path: Path
+) -> None:
+    kube.apply_crd(crd.build())
+    first = OperatorProcess(kubeconfig, "first", tmp_path)
+    second: OperatorProcess | None = None
+    try:
+        kube.wait_for(lambda: lease_holder(kube) == "first", timeout=30, what="first to lead")
+        second = OperatorProcess(kubeconfig, "second", tmp_path)
+        kube.wait_for(lambda: second is not None and second.metrics() != {}, timeout=30)
+        kube.create(test_observing.streamjob_body("one"))
+        kube.wait_for(lambda: children_of(kube, "one"), timeout=30, what="one's children")
+        time.sleep(1.0)  # several timer ticks
+        assert first.metrics()["streamjob_operator_leader"] == 1.0
+        assert second.metrics()["streamjob_operator_leader"] == 0.0
+        assert first.reconciles() > 0
+        assert second.reconciles() == 0, second.logs()
+        assert lease_holder(kube) == "first"
+
+        first.popen.send_signal(signal.SIGKILL)  # no release: second waits out the lease
+        kube.wait_for(lambda: lease_holder(kube) == "second", timeout=30, what="a takeover")
+        kube.create(test_observing.streamjob_body("two"))
+        kube.wait_for(lambda: children_of(kube, "two"), timeout=30, what="two's children")
+        assert second.metrics()["streamjob_operator_leader"] == 1.0
+        assert second.reconciles() > 0
+        stored = kube.get("coordination.k8s.io/v1", "leases", "streamjob-operator", NAMESPACE)
+        assert stored is not None
+        assert stored["spec"]["leaseTransitions"] == 1
+
+        second.popen.send_signal(signal.SIGTERM)  # a clean stop hands the Lease back
+        assert second.popen.wait(30) == 0, second.logs()
+        assert lease_holder(kube) == ""
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
+def lease_holder(kube: KubeEmulator) -> str | None:
+    stored = kube.get("coordination.k8s.io/v1", "leases", "streamjob-operator", NAMESPACE)
+    if stored is None:
+        return None
+    holder: str = stored["spec"].get("holderIdentity") or ""
+    return holder

@@ -1,0 +1,260 @@
+"""``python -m streamjob_operator``: the operator process.
+
+Every replica campaigns for the Lease (``--lease-name`` in ``--lease-namespace``);
+the one holding it runs kopf with the handlers (``handlers``), the others wait their
+turn. A leader that loses the Lease stops kopf and campaigns again. Each replica
+serves ``/metrics`` (Prometheus) and ``/healthz`` on ``--metrics-port``, leader or
+not. SIGTERM and SIGINT stop the process; a leader hands the Lease back on the way
+out, so a standby takes over at once.
+
+Kubernetes credentials are the pod's service account in a cluster, else the kubeconfig
+(``$KUBECONFIG`` or ``~/.kube/config``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import logging
+import os
+import signal
+import socket
+import sys
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+from kubernetes_asyncio import client, config
+
+from streamjob_operator import handlers
+from streamjob_operator.acting import actor
+from streamjob_operator.api import durations
+from streamjob_operator.leadership import lease
+from streamjob_operator.planning import configuration
+
+log = logging.getLogger("streamjob_operator")
+
+
+def _duration(text: str) -> datetime.timedelta:
+    try:
+        return datetime.timedelta(milliseconds=durations.to_ms(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m streamjob_operator",
+        description="Reconciles StreamJob resources; one replica leads through a Lease.",
+    )
+    p.add_argument(
+        "--namespace",
+        action="append",
+        default=[],
+        help="a namespace to watch (repeatable; default: every namespace)",
+    )
+    p.add_argument("--lease-name", default="streamjob-operator", help="the leader election Lease")
+    p.add_argument(
+        "--lease-namespace",
+        default=None,
+        help="where the Lease is (default: $POD_NAMESPACE, else the first --namespace, else"
+        " default)",
+    )
+    p.add_argument(
+        "--identity",
+        default=None,
+        help="this replica's name in the Lease (default: $POD_NAME or the host name, plus a"
+        " random suffix)",
+    )
+    p.add_argument("--lease-duration", type=float, default=15.0, help="seconds (default 15)")
+    p.add_argument("--renew-deadline", type=float, default=10.0, help="seconds (default 10)")
+    p.add_argument("--retry-period", type=float, default=2.0, help="seconds (default 2)")
+    p.add_argument("--metrics-host", default="0.0.0.0", help="address of /metrics and /healthz")
+    p.add_argument(
+        "--metrics-port", type=int, default=8080, help="port of /metrics and /healthz (0: none)"
+    )
+    p.add_argument(
+        "--savepoint-volume",
+        action="append",
+        type=Path,
+        default=[],
+        help="a directory this pod mounts at the path the jobs see, under which expired"
+        " savepoints are deleted (repeatable; others are reported, not deleted)",
+    )
+    p.add_argument(
+        "--savepoint-on-deletion",
+        action="store_true",
+        help="stop a deleted StreamJob's job with a final savepoint (when it has"
+        " savepoints.directory)",
+    )
+    p.add_argument(
+        "--deletion-savepoint-timeout",
+        type=_duration,
+        default=datetime.timedelta(minutes=5),
+        help="give the final savepoint this long after the deletion (default 5m)",
+    )
+    p.add_argument(
+        "--reconcile-interval",
+        type=_duration,
+        default=datetime.timedelta(seconds=60),
+        help="look at a StreamJob this often when nothing is under way (default 60s)",
+    )
+    p.add_argument(
+        "--progress-check-interval",
+        type=_duration,
+        default=datetime.timedelta(seconds=5),
+        help="look again this soon while something is under way (default 5s)",
+    )
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING... (default INFO)")
+    return p
+
+
+async def kubernetes_client() -> client.ApiClient:
+    """A client configured from the service account in a cluster, else the kubeconfig."""
+    configuration_ = client.Configuration()
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config(  # type: ignore[no-untyped-call]
+            client_configuration=configuration_
+        )
+    else:
+        await config.load_kube_config(
+            config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration_
+        )
+    return client.ApiClient(configuration_)
+
+
+def health_app(metrics: handlers.Metrics, elector: lease.LeaseElector) -> web.Application:
+    """``/metrics`` and ``/healthz`` (alive, leading or not)."""
+
+    async def serve_metrics(request: web.Request) -> web.Response:
+        return web.Response(
+            body=metrics.exposition(),
+            content_type="text/plain",
+            charset="utf-8",
+            headers={"X-Content-Type-Options": "nosniff"},
+        )
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "leader": elector.leading})
+
+    app = web.Application()
+    app.router.add_get("/metrics", serve_metrics)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+def _identity(given: str | None) -> str:
+    if given:
+        return given
+    base = os.environ.get("POD_NAME") or socket.gethostname()
+    return f"{base}_{uuid.uuid4().hex[:8]}"
+
+
+async def serve(args: argparse.Namespace) -> int:
+    namespaces: list[str] = list(args.namespace)
+    lease_namespace = (
+        args.lease_namespace
+        or os.environ.get("POD_NAMESPACE")
+        or (namespaces[0] if namespaces else "default")
+    )
+    identity = _identity(args.identity)
+    timings = lease.Timings(args.lease_duration, args.renew_deadline, args.retry_period)
+    metrics = handlers.Metrics()
+    options = handlers.Options(
+        planning=configuration.OperatorConfiguration(
+            savepoint_on_deletion=args.savepoint_on_deletion,
+            deletion_savepoint_timeout=args.deletion_savepoint_timeout,
+            progress_check_interval=args.progress_check_interval,
+            reconcile_interval=args.reconcile_interval,
+        ),
+        acting=actor.Settings(savepoint_mounts=tuple(args.savepoint_volume), instance=identity),
+    )
+    api = await kubernetes_client()
+    elector = lease.LeaseElector(
+        api,
+        lease_namespace,
+        args.lease_name,
+        identity,
+        timings,
+        on_change=lambda leading: metrics.leader.set(1 if leading else 0),
+    )
+    reconciler = handlers.Reconciler(
+        kubernetes_client, options, metrics, leading=lambda: elector.leading
+    )
+    registry = handlers.build_registry(reconciler, login=True)
+
+    loop = asyncio.get_running_loop()
+    shutdown = asyncio.Event()
+
+    def install_signals() -> None:
+        # kopf puts its own handlers in place while it runs; ours are back between runs
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, shutdown.set)
+
+    async def lead(stop: asyncio.Event) -> None:
+        log.info("%s leads: starting the handlers", identity)
+        try:
+            await handlers.operate(registry, namespaces=namespaces, stop=stop)
+        finally:
+            install_signals()
+            log.info("%s: the handlers stopped", identity)
+
+    runner: web.AppRunner | None = None
+    if args.metrics_port:
+        runner = web.AppRunner(health_app(metrics, elector), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, args.metrics_host, args.metrics_port).start()
+    install_signals()
+    log.info(
+        "%s campaigns for the Lease %s/%s (watching %s)",
+        identity,
+        lease_namespace,
+        args.lease_name,
+        ", ".join(namespaces) or "every namespace",
+    )
+    election = asyncio.create_task(elector.run(lead), name="leader-election")
+    signalled = asyncio.create_task(shutdown.wait(), name="shutdown")
+    code = 0
+    try:
+        await asyncio.wait({election, signalled}, return_when=asyncio.FIRST_COMPLETED)
+        if election.done():
+            election.result()  # kopf stopped on its own (a signal reached it): exit
+        else:
+            election.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await election
+    except Exception:
+        log.exception("the operator failed")
+        code = 1
+    finally:
+        signalled.cancel()
+        if runner is not None:
+            await runner.cleanup()
+        await reconciler.close()
+        await api.close()
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # kopf reports every handler call at INFO ("Timer ... succeeded", every few seconds)
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    try:
+        lease.Timings(args.lease_duration, args.renew_deadline, args.retry_period)
+    except ValueError as e:
+        parser().error(str(e))
+    return asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
