@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -232,6 +233,14 @@ class OperatorProcess:
                 samples[key] = float(value)
         return samples
 
+    def health(self) -> dict[str, Any]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as r:
+                answer: dict[str, Any] = json.loads(r.read())
+                return answer
+        except OSError:
+            return {}
+
     def reconciles(self) -> float:
         return sum(
             v
@@ -296,3 +305,28 @@ def lease_holder(kube: KubeEmulator) -> str | None:
         return None
     holder: str = stored["spec"].get("holderIdentity") or ""
     return holder
+
+
+def test_an_operator_that_loses_the_lease_stops_reconciling_and_resumes_when_it_is_back(
+    kube: KubeEmulator, kubeconfig: Path, tmp_path: Path
+) -> None:
+    kube.apply_crd(crd.build())
+    only = OperatorProcess(kubeconfig, "only", tmp_path)
+    try:
+        kube.wait_for(lambda: only.health().get("leader") is True, timeout=30, what="leading")
+        stored = kube.get("coordination.k8s.io/v1", "leases", "streamjob-operator", NAMESPACE)
+        assert stored is not None
+        # someone else holds it now, for 4 s, and never renews
+        stored["spec"].update(holderIdentity="usurper", leaseDurationSeconds=4)
+        kube.put_object(stored)
+        kube.wait_for(lambda: only.health().get("leader") is False, timeout=10, what="stepped down")
+        kube.create(test_observing.streamjob_body("during"))
+        time.sleep(1.0)
+        assert children_of(kube, "during") is None
+        assert only.metrics()["streamjob_operator_leader"] == 0.0
+        kube.wait_for(lambda: children_of(kube, "during"), timeout=30, what="reconciled again")
+        assert lease_holder(kube) == "only"
+        assert only.health() == {"status": "ok", "leader": True}
+        assert only.logs().count("only leads: starting the handlers") == 2
+    finally:
+        only.stop()
