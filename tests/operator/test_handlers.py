@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -19,6 +19,7 @@ from kubernetes_asyncio import client
 from streamjob_operator import handlers
 from streamjob_operator.acting import actor
 from streamjob_operator.api import models
+from streamjob_operator.observing import jobmanager as rest_observing
 from streamjob_operator.planning import configuration
 from streamjob_runtime.api import models as rest
 from tests.kube import KubeEmulator, fixtures
@@ -82,11 +83,17 @@ def reconciler_for(
     kube: KubeEmulator,
     jm: FakeJobManager | None = None,
     planning: configuration.OperatorConfiguration = FAST,
+    resolve: Callable[[str], str] | None = None,
 ) -> handlers.Reconciler:
+    """A Reconciler for the emulator reaching ``jm`` (or through ``resolve``; else the
+    Service's own address, which resolves nowhere here)."""
+
     async def api() -> client.ApiClient:
         return fixtures.api_client(kube)
 
-    settings = actor.Settings(resolve=jm.resolve if jm is not None else lambda url: url)
+    if resolve is None:
+        resolve = jm.resolve if jm is not None else rest_observing.identity
+    settings = actor.Settings(resolve=resolve)
     options = handlers.Options(
         timer_interval=0.2,
         retry_delay=0.5,
