@@ -9,6 +9,23 @@ out, so a standby takes over at once.
 
 Kubernetes credentials are the pod's service account in a cluster, else the kubeconfig
 (``$KUBECONFIG`` or ``~/.kube/config``).
+
+Permissions the operator's ServiceAccount needs (for a Helm chart's RBAC):
+
+- ``streamjobs.streamjob.dev``: get, list, watch, patch; ``streamjobs/status``: get,
+  patch (the reconcile loop) — kopf also lists and watches
+  ``customresourcedefinitions`` cluster-wide to find the resource, and ``namespaces``
+  when it watches every namespace;
+- in the watched namespaces, the children it applies and deletes:
+  ``deployments`` (apps), ``services``, ``configmaps``, ``serviceaccounts``, ``roles``
+  and ``rolebindings`` (rbac.authorization.k8s.io): get, create, update, delete;
+  ``events``: create;
+- the permissions it grants the JobManagers' and TaskManagers' Roles
+  (``desired.rbac``: leases get/create/update, configmaps get/create/update, pods
+  list/patch), because Kubernetes lets nobody grant what they do not hold (or give it
+  ``escalate`` and ``bind`` on roles);
+- its own Lease (``coordination.k8s.io`` ``leases`` in ``--lease-namespace``): get,
+  create, update.
 """
 
 from __future__ import annotations
