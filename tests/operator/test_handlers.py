@@ -8,9 +8,11 @@ Nothing runs pods here: :class:`DeploymentController` plays the Deployment contr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -326,3 +328,64 @@ def test_a_replica_that_does_not_lead_does_nothing(
             lambda: kube.get("apps/v1", "deployments", "wordcount-jobmanager", NAMESPACE),
             timeout=20,
         )
+
+
+def test_an_invalid_spec_is_reported_and_nothing_is_deployed(kube: KubeEmulator) -> None:
+    reconciler = reconciler_for(kube)
+    invalid = {**SPEC, "savepoints": {}}  # upgradeMode savepoint needs savepoints.directory
+    with operator(kube, reconciler):
+        create(kube, spec=invalid)
+        kube.wait_for(lambda: status_of(kube).get("error"), timeout=20, what="an error")
+        passes = reconciler.passes
+        kube.wait_for(lambda: reconciler.passes >= passes + 2, timeout=20, what="more passes")
+    assert "nothing was deployed" in status_of(kube)["error"]
+    assert "savepoints.directory" in status_of(kube)["error"]
+    assert reasons(kube) == ["InvalidSpec"]  # once, not every pass
+    assert kube.get("apps/v1", "deployments", "wordcount-jobmanager", NAMESPACE) is None
+
+
+def test_manual_savepoints_are_kept_to_the_history_limit_and_the_expired_one_disposed_of(
+    kube: KubeEmulator, fake_jobmanager: FakeJobManager, tmp_path: Path
+) -> None:
+    fake_jobmanager.savepoint_root = tmp_path / "savepoints"
+    reconciler = reconciler_for(kube, fake_jobmanager)
+    reconciler.options = dataclasses.replace(
+        reconciler.options,
+        acting=dataclasses.replace(
+            reconciler.options.acting, savepoint_mounts=(tmp_path / "savepoints",)
+        ),
+    )
+    spec = {**SPEC, "savepoints": {"directory": "/savepoints", "historyMaxCount": 1}}
+
+    def history() -> list[str]:
+        return [e["location"] for e in status_of(kube).get("savepointHistory", [])]
+
+    def trigger(nonce: int) -> None:
+        kube.patch(
+            GROUP_VERSION,
+            models.PLURAL,
+            "wordcount",
+            {"spec": {"job": {"savepointTriggerNonce": nonce}}},
+            namespace=NAMESPACE,
+        )
+
+    with operator(kube, reconciler), DeploymentController(kube, fake_jobmanager):
+        create(kube, spec=spec)
+        wait_lifecycle(kube, "DEPLOYED")
+        trigger(1)
+        kube.wait_for(lambda: len(history()) == 1, timeout=20, what="the first savepoint")
+        (first,) = history()
+        assert Path(first).is_dir()
+        trigger(2)
+        kube.wait_for(
+            lambda: len(history()) == 1 and history()[0] != first,
+            timeout=20,
+            what="the second savepoint, alone in the history",
+        )
+        (second,) = history()
+        assert status_of(kube)["lastSavepoint"]["location"] == second
+        assert status_of(kube)["lastSavepoint"]["nonce"] == 2
+        assert not Path(first).exists(), "the expired savepoint was not disposed of"
+        assert Path(second).is_dir()
+    assert "SavepointsDisposed" in reasons(kube)
+    assert "SavepointNotDisposed" not in reasons(kube)

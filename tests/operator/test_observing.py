@@ -49,7 +49,8 @@ class FakeJobManager:
     """The JobManager's REST API over jobs held in memory, on its own thread and loop.
 
     Submitted jobs run at once; a savepoint completes when it is asked about (a stop then
-    finishes the job) unless ``hold_savepoints``; ``available = False`` answers 503 (a
+    finishes the job) unless ``hold_savepoints``, as a directory under ``savepoint_root``
+    when that is set; ``available = False`` answers 503 (a
     standby). ``requests`` logs "METHOD path" of every call.
     """
 
@@ -61,6 +62,7 @@ class FakeJobManager:
         self.requests: list[str] = []
         self.available = True
         self.hold_savepoints = False
+        self.savepoint_root: Path | None = None  # set: completed savepoints are written there
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
@@ -212,10 +214,16 @@ class FakeJobManager:
             return _error(404, "no such request")
         jid, stop, info = found
         if info.status is rest.SavepointStatus.IN_PROGRESS and not self.hold_savepoints:
+            location = f"/savepoints/savepoint-{info.request_id}"
+            if self.savepoint_root is not None:
+                directory = self.savepoint_root / f"savepoint-{info.request_id}"
+                directory.mkdir(parents=True)
+                (directory / "_metadata").write_bytes(b"{}")
+                location = str(directory)
             info = rest.SavepointInfo(
                 request_id=info.request_id,
                 status=rest.SavepointStatus.COMPLETED,
-                location=f"/savepoints/savepoint-{info.request_id}",
+                location=location,
             )
             self.savepoints[info.request_id] = (jid, stop, info)
             if stop:
