@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from streamjob_operator.desired import ha, metadata, podtemplate, target
+from streamjob_operator.desired import ha, metadata, podtemplate, target, workload
 
 CONTAINER = "jobmanager"
 REST_PORT = 8081
@@ -81,26 +81,14 @@ def deployment(job: target.StreamJob, where: target.DeploymentTarget) -> dict[st
     The strategy is Recreate: without HA a rolling update would run two JobManagers,
     two leaders of one job, side by side; with HA it would mix versions in one election.
     """
-    template = podtemplate.build(
+    return workload.deployment(
         job,
         where,
         COMPONENT,
         container(job, where),
         job.spec.jobManager.podTemplate,
-        service_account=metadata.name(job, where, COMPONENT),
-        kubernetes_api=ha.enabled(job.spec),
+        job.spec.jobManager.replicas,
     )
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": metadata.object_meta(job, where, COMPONENT),
-        "spec": {
-            "replicas": job.spec.jobManager.replicas,
-            "strategy": {"type": "Recreate"},
-            "selector": {"matchLabels": metadata.selector_labels(job, where, COMPONENT)},
-            "template": template,
-        },
-    }
 
 
 def service(job: target.StreamJob, where: target.DeploymentTarget) -> dict[str, Any]:

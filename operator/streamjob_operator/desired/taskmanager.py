@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from streamjob_operator.desired import ha, jobmanager, metadata, podtemplate, target
+from streamjob_operator.desired import ha, jobmanager, metadata, podtemplate, target, workload
 
 CONTAINER = "taskmanager"
 DATA_PORT = 6121
@@ -50,23 +50,11 @@ def container(job: target.StreamJob, where: target.DeploymentTarget) -> dict[str
 
 def deployment(job: target.StreamJob, where: target.DeploymentTarget) -> dict[str, Any]:
     """The TaskManagers, replaced all at once (Recreate): one job never mixes versions."""
-    template = podtemplate.build(
+    return workload.deployment(
         job,
         where,
         COMPONENT,
         container(job, where),
         job.spec.taskManager.podTemplate,
-        service_account=metadata.name(job, where, COMPONENT),
-        kubernetes_api=ha.enabled(job.spec),
+        job.spec.taskManager.replicas,
     )
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": metadata.object_meta(job, where, COMPONENT),
-        "spec": {
-            "replicas": job.spec.taskManager.replicas,
-            "strategy": {"type": "Recreate"},
-            "selector": {"matchLabels": metadata.selector_labels(job, where, COMPONENT)},
-            "template": template,
-        },
-    }
