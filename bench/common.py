@@ -137,6 +137,20 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def fmt_s(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.2f} s"
+
+
+def fmt_median_s(values: list[float | None]) -> str:
+    """The median of the measured times, saying how many were never seen."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return "-"
+    return f"{median(known):.2f} s" + (
+        f" ({len(values) - len(known)} not seen)" if len(known) < len(values) else ""
+    )
+
+
 def fmt_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if abs(n) < 1024 or unit == "GB":

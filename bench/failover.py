@@ -280,17 +280,8 @@ async def run_config(
     return result
 
 
-def fmt(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds:.2f} s"
-
-
-def med(values: list[float | None]) -> str:
-    known = [v for v in values if v is not None]
-    if not known:
-        return "-"
-    return f"{common.median(known):.2f} s" + (
-        f" ({len(values) - len(known)} not seen)" if len(known) < len(values) else ""
-    )
+fmt = common.fmt_s
+med = common.fmt_median_s
 
 
 async def main_async(a: argparse.Namespace) -> bool:

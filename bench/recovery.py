@@ -216,17 +216,8 @@ async def wait_terminal(jm: client.JobManagerClient, job_id: str) -> None:
     raise TimeoutError(f"job {job_id} did not end within 30 s")
 
 
-def fmt(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds:.2f} s"
-
-
-def med(values: list[float | None]) -> str:
-    known = [v for v in values if v is not None]
-    if not known:
-        return "-"
-    return f"{common.median(known):.2f} s" + (
-        f" ({len(values) - len(known)} not seen)" if len(known) < len(values) else ""
-    )
+fmt = common.fmt_s
+med = common.fmt_median_s
 
 
 async def main_async(a: argparse.Namespace) -> bool:
