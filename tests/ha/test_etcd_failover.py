@@ -19,7 +19,7 @@ from streamjob_runtime.ha import etcd as ha_etcd
 from streamjob_runtime.ha import services
 from tests.conftest import Harness
 from tests.etcd import Etcd
-from tests.ha import stepdown
+from tests.ha import failover, stepdown
 from tests.integration.test_exactly_once_recovery import args, assert_exact
 
 LEASE = ["--ha-lease-duration", "3000", "--ha-renew-deadline", "2000", "--ha-retry-period", "500"]
@@ -44,16 +44,7 @@ def test_killed_leader_is_replaced_by_a_standby_and_the_output_is_exact(
     cluster_factory: Callable[..., Harness], tmp_path: Path, etcd: Etcd, jobmanagers: int
 ) -> None:
     h = cluster_factory(taskmanagers=2, jobmanagers=jobmanagers, ha=ha_args(etcd))
-    out = tmp_path / "out"
-    job = h.submit("keyed_sum", args(out), parallelism=2)
-    h.wait_for("12000 source records", lambda: h.source_records(job) >= 12_000)
-    h.wait_for("a checkpoint", lambda: h.checkpoints(job).counts.completed >= 1)
-    leader = h.cluster.leader_pid()
-    h.cluster.kill_jobmanager(h.cluster.leader_index())
-    h.wait_for("a new leader", lambda: h.cluster.leader_pid() != leader)
-    details = h.wait_terminal(job, timeout_s=120)
-    assert details.state is models.JobStatus.FINISHED, details.failure_cause
-    assert_exact(out)
+    job = failover.kill_leader_mid_job(h, tmp_path / "out", 12_000)
     recovered = events(h, "job_recovered")
     assert recovered
     assert recovered[0]["job_id"] == job

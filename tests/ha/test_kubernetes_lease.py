@@ -9,11 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from streamjob_runtime.api import models
 from streamjob_runtime.ha import lease, services
 from tests.conftest import Harness
-from tests.ha import stepdown
-from tests.integration.test_exactly_once_recovery import args, assert_exact
+from tests.ha import failover, stepdown
 from tests.kube.server import KubeEmulator
 
 CFG = services.HaConfig(services.HaKind.KUBERNETES, "t", 2_000, 1_500, 200, namespace="default")
@@ -160,13 +158,4 @@ def test_jobmanager_failover_on_kubernetes_leases_keeps_the_output_exact(
     h = cluster_factory(
         taskmanagers=2, jobmanagers=2, ha=ha, extra_env={"KUBECONFIG": str(kubeconfig)}
     )
-    out = tmp_path / "out"
-    job = h.submit("keyed_sum", args(out), parallelism=2)
-    h.wait_for("10000 source records", lambda: h.source_records(job) >= 10_000)
-    h.wait_for("a checkpoint", lambda: h.checkpoints(job).counts.completed >= 1)
-    leader = h.cluster.leader_pid()
-    h.cluster.kill_jobmanager(h.cluster.leader_index())
-    h.wait_for("a new leader", lambda: h.cluster.leader_pid() != leader)
-    details = h.wait_terminal(job, timeout_s=120)
-    assert details.state is models.JobStatus.FINISHED, details.failure_cause
-    assert_exact(out)
+    failover.kill_leader_mid_job(h, tmp_path / "out", 10_000)
