@@ -108,7 +108,9 @@ class JobManagerSpec(_Spec):
         description="JobManagers; more than one runs a leader and standbys (needs"
         " highAvailability.enabled).",
     )
-    resources: Resources = Field(default_factory=Resources)
+    resources: Resources = Field(
+        default_factory=Resources, description="CPU and memory of each pod (request = limit)."
+    )
     podTemplate: dict[str, Any] | None = Field(
         default=None,
         description="A Pod template merged into the JobManager pods (labels, tolerations,"
@@ -120,7 +122,9 @@ class JobManagerSpec(_Spec):
 class TaskManagerSpec(_Spec):
     replicas: int = Field(default=1, ge=1, description="TaskManager pods.")
     slots: int = Field(default=1, ge=1, le=64, description="Task slots per TaskManager.")
-    resources: Resources = Field(default_factory=Resources)
+    resources: Resources = Field(
+        default_factory=Resources, description="CPU and memory of each pod (request = limit)."
+    )
     podTemplate: dict[str, Any] | None = Field(
         default=None,
         description="A Pod template merged into the TaskManager pods.",
@@ -130,7 +134,11 @@ class TaskManagerSpec(_Spec):
 
 class CheckpointingSpec(_Spec):
     interval: Duration = Field(default="10s", description="Time between checkpoints.")
-    mode: CheckpointingMode = Field(default=CheckpointingMode.EXACTLY_ONCE)
+    mode: CheckpointingMode = Field(
+        default=CheckpointingMode.EXACTLY_ONCE,
+        description="exactly-once (barriers aligned: every record counted once after a"
+        " restore) or at-least-once (no alignment: lower latency, replays may repeat records).",
+    )
     storage: str = Field(
         default="/checkpoints",
         description="Checkpoint directory, on a volume every JobManager and TaskManager"
@@ -163,17 +171,29 @@ class RestartStrategySpec(_Spec):
     )
     attempts: int | None = Field(default=None, ge=0, description="fixed-delay: restarts.")
     delay: Duration | None = Field(default=None, description="fixed-delay, failure-rate.")
-    maxFailuresPerInterval: int | None = Field(default=None, ge=1)
-    failureRateInterval: Duration | None = None
+    maxFailuresPerInterval: int | None = Field(
+        default=None, ge=1, description="failure-rate: failures allowed per interval."
+    )
+    failureRateInterval: Duration | None = Field(
+        default=None, description="failure-rate: the interval failures are counted over."
+    )
     initialBackoff: Duration | None = Field(default=None, description="exponential-delay.")
     maxBackoff: Duration | None = Field(default=None, description="exponential-delay.")
 
 
 class HighAvailabilitySpec(_Spec):
     enabled: bool = Field(default=False, description="Leader election on a Lease.")
-    leaseDuration: Duration = "15s"
-    renewDeadline: Duration = "10s"
-    retryPeriod: Duration = "2s"
+    leaseDuration: Duration = Field(
+        default="15s", description="How long a standby waits before taking an unrenewed lease."
+    )
+    renewDeadline: Duration = Field(
+        default="10s",
+        description="A leader that cannot renew for this long steps down (shorter than"
+        " leaseDuration).",
+    )
+    retryPeriod: Duration = Field(
+        default="2s", description="How often the leader renews and standbys retry."
+    )
 
 
 class UpgradeStrategySpec(_Spec):
@@ -206,17 +226,42 @@ class RollbackSpec(_Spec):
 
 class StreamJobSpec(_Spec):
     image: str = Field(min_length=1, description="The streamjob image (with the job in it).")
-    imagePullPolicy: str = Field(default="IfNotPresent", pattern="^(Always|IfNotPresent|Never)$")
-    job: JobSpec
-    jobManager: JobManagerSpec = Field(default_factory=JobManagerSpec)
-    taskManager: TaskManagerSpec = Field(default_factory=TaskManagerSpec)
-    checkpointing: CheckpointingSpec = Field(default_factory=CheckpointingSpec)
-    savepoints: SavepointsSpec = Field(default_factory=SavepointsSpec)
-    restartStrategy: RestartStrategySpec = Field(default_factory=RestartStrategySpec)
-    highAvailability: HighAvailabilitySpec = Field(default_factory=HighAvailabilitySpec)
-    upgradeStrategy: UpgradeStrategySpec = Field(default_factory=UpgradeStrategySpec)
-    stability: StabilitySpec = Field(default_factory=StabilitySpec)
-    rollback: RollbackSpec = Field(default_factory=RollbackSpec)
+    imagePullPolicy: str = Field(
+        default="IfNotPresent",
+        pattern="^(Always|IfNotPresent|Never)$",
+        description="Always, IfNotPresent or Never, as for any container.",
+    )
+    job: JobSpec = Field(description="The job to run and how its state carries across changes.")
+    jobManager: JobManagerSpec = Field(
+        default_factory=JobManagerSpec, description="The JobManager pods."
+    )
+    taskManager: TaskManagerSpec = Field(
+        default_factory=TaskManagerSpec, description="The TaskManager pods."
+    )
+    checkpointing: CheckpointingSpec = Field(
+        default_factory=CheckpointingSpec, description="Periodic barrier checkpoints."
+    )
+    savepoints: SavepointsSpec = Field(
+        default_factory=SavepointsSpec,
+        description="Savepoints: where they go, periodic ones, and how many are kept.",
+    )
+    restartStrategy: RestartStrategySpec = Field(
+        default_factory=RestartStrategySpec, description="What the job does after a failure."
+    )
+    highAvailability: HighAvailabilitySpec = Field(
+        default_factory=HighAvailabilitySpec,
+        description="JobManager leader election on a Kubernetes Lease (HA metadata in a"
+        " ConfigMap).",
+    )
+    upgradeStrategy: UpgradeStrategySpec = Field(
+        default_factory=UpgradeStrategySpec, description="How the pods are replaced."
+    )
+    stability: StabilitySpec = Field(
+        default_factory=StabilitySpec, description="When a deploy counts as STABLE."
+    )
+    rollback: RollbackSpec = Field(
+        default_factory=RollbackSpec, description="Rolling back a deploy that is not stable."
+    )
     config: dict[str, str] = Field(
         default_factory=dict,
         description="Engine options, Flink-style (e.g. execution.batch-size: '2048').",
