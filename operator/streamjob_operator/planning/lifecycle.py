@@ -8,6 +8,8 @@ that ``kubectl get`` can show it.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pydantic
 
 from streamjob_operator.api import models
@@ -18,6 +20,8 @@ State = models.ReconciliationState
 
 # Conditions planning maintains (types and the reasons lifecycle reads).
 READY = "Ready"
+PROGRESSING = "Progressing"
+DEGRADED = "Degraded"
 STABLE = "Stable"
 SPEC_VALID = "SpecValid"
 STABILITY_TIMEOUT = "StabilityTimeout"
@@ -85,3 +89,56 @@ def lifecycle_state(status: models.StreamJobStatus) -> Lifecycle:
     if r.lastStableSpec is not None and r.lastStableSpec == r.lastReconciledSpec:
         return Lifecycle.STABLE
     return Lifecycle.DEPLOYED
+
+
+@dataclasses.dataclass(frozen=True)
+class DerivedCondition:
+    type: str
+    value: bool
+    reason: str
+    message: str = ""
+
+
+_PROGRESS_REASONS = {
+    Lifecycle.CREATED: "Deploying",
+    Lifecycle.UPGRADING: "Upgrading",
+    Lifecycle.ROLLING_BACK: "RollingBack",
+    Lifecycle.DELETING: "Deleting",
+    Lifecycle.DEPLOYED: "Stabilizing",
+}
+_RESTARTING_STATES = frozenset({"RESTARTING", "FAILING"})
+
+
+def derived_conditions(status: models.StreamJobStatus) -> tuple[DerivedCondition, ...]:
+    """``Progressing`` and ``Degraded``, read off the rest of status (after ``lifecycleState``).
+
+    Progressing is True while the operator works towards the spec: a deployment, an
+    upgrade, a rollback or a deletion under way (with the step), or a deploy waiting for
+    the stability gate; False once there is nothing left to do. Degraded is True when
+    something needs a person or the job is not well: a status error, a failed or
+    rolled-back deploy, a job that failed or is restarting.
+    """
+    state = status.lifecycleState
+    reason = _PROGRESS_REASONS.get(state)
+    step = status.reconciliation.step
+    progressing = (
+        DerivedCondition(PROGRESSING, True, reason, f"step {step}" if step else "")
+        if reason is not None
+        else DerivedCondition(PROGRESSING, False, "Reconciled", f"lifecycle {state.value}")
+    )
+    job_state = status.job.state or ""
+    if state is Lifecycle.FAILED:
+        degraded = DerivedCondition(DEGRADED, True, "Failed", status.error or "")
+    elif state is Lifecycle.ROLLED_BACK:
+        degraded = DerivedCondition(
+            DEGRADED, True, "RolledBack", "the last stable spec runs; change the spec to retry"
+        )
+    elif status.error:
+        degraded = DerivedCondition(DEGRADED, True, "Error", status.error)
+    elif job_state in _RESTARTING_STATES:
+        degraded = DerivedCondition(
+            DEGRADED, True, "JobRestarting", f"the job is {job_state.lower()}"
+        )
+    else:
+        degraded = DerivedCondition(DEGRADED, False, "AsExpected")
+    return progressing, degraded

@@ -155,6 +155,8 @@ class _Pass:
         last = self.status.lastCheckpoint
         self.status.checkpointAge = None if last is None else clock.age(last.time, self.now)
         self.status.lifecycleState = lifecycle.lifecycle_state(self.status)
+        for derived in lifecycle.derived_conditions(self.status):
+            self.set_condition(derived.type, derived.value, derived.reason, derived.message)
 
     def finish(self) -> actions.Plan:
         self.derive()
