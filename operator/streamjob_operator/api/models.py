@@ -321,10 +321,12 @@ class _Status(BaseModel):
 
 
 class JobInfo(_Status):
-    id: str | None = None
-    state: str | None = None
-    startTime: str | None = None
-    restarts: int = 0
+    id: str | None = Field(default=None, description="The job's id on its JobManager.")
+    state: str | None = Field(
+        default=None, description="As the JobManager reports it: RUNNING, RESTARTING, FAILED..."
+    )
+    startTime: str | None = Field(default=None, description="When the job was submitted.")
+    restarts: int = Field(default=0, description="Restarts since the job was submitted.")
     lastRestartTime: str | None = Field(
         default=None,
         description="When the operator first saw restarts grow (the stability window restarts"
@@ -333,16 +335,18 @@ class JobInfo(_Status):
 
 
 class CheckpointInfo(_Status):
-    id: int
-    path: str
-    time: str
+    id: int = Field(description="The checkpoint's id.")
+    path: str = Field(description="Its directory (restorable with streamjob run -s).")
+    time: str = Field(description="When it completed.")
 
 
 class SavepointRecord(_Status):
-    location: str
-    time: str
+    location: str = Field(description="The savepoint's directory.")
+    time: str = Field(description="When it completed.")
     trigger: str = Field(description="manual, periodic, upgrade, suspend or delete")
-    nonce: int | None = None
+    nonce: int | None = Field(
+        default=None, description="The savepointTriggerNonce a manual savepoint answered."
+    )
 
 
 class PendingSavepoint(_Status):
@@ -359,11 +363,11 @@ class PendingSavepoint(_Status):
 
 
 class Condition(_Status):
-    type: str
-    status: str
-    reason: str
-    message: str = ""
-    lastTransitionTime: str
+    type: str = Field(description="Ready, Progressing, Degraded, Stable or SpecValid.")
+    status: str = Field(description="True, False or Unknown.")
+    reason: str = Field(description="One CamelCase word, also the Event's reason.")
+    message: str = Field(default="", description="What happened, for people.")
+    lastTransitionTime: str = Field(description="When status last changed.")
 
 
 class Reconciliation(_Status):
@@ -374,8 +378,12 @@ class Reconciliation(_Status):
     step: str | None = Field(
         default=None, description="The destructive step in progress (a write-ahead log entry)."
     )
-    observedGeneration: int | None = None
-    deployedAt: str | None = None
+    observedGeneration: int | None = Field(
+        default=None, description="The metadata.generation this status answers."
+    )
+    deployedAt: str | None = Field(
+        default=None, description="When the current deployment's job was submitted."
+    )
     state: ReconciliationState | None = Field(
         default=None,
         description="DEPLOYED, UPGRADING, ROLLING_BACK, ROLLED_BACK (the Flink operator's"
@@ -389,18 +397,38 @@ class Reconciliation(_Status):
 
 
 class StreamJobStatus(_Status):
-    lifecycleState: LifecycleState = LifecycleState.CREATED
-    job: JobInfo = Field(default_factory=JobInfo)
-    lastCheckpoint: CheckpointInfo | None = None
-    lastSavepoint: SavepointRecord | None = None
-    savepointHistory: list[SavepointRecord] = Field(default_factory=list)
-    pendingSavepoint: PendingSavepoint | None = None
+    lifecycleState: LifecycleState = Field(
+        default=LifecycleState.CREATED,
+        description="Where the StreamJob is in its life, derived from the rest of status.",
+    )
+    job: JobInfo = Field(default_factory=JobInfo, description="The running job, as last seen.")
+    lastCheckpoint: CheckpointInfo | None = Field(
+        default=None, description="The latest completed checkpoint seen."
+    )
+    lastSavepoint: SavepointRecord | None = Field(
+        default=None, description="The latest completed savepoint."
+    )
+    savepointHistory: list[SavepointRecord] = Field(
+        default_factory=list,
+        description="Completed savepoints, oldest first; an entry leaves only once its files"
+        " are disposed.",
+    )
+    pendingSavepoint: PendingSavepoint | None = Field(
+        default=None, description="A savepoint under way (see its fields)."
+    )
     lastPeriodicSavepointTime: str | None = Field(
         default=None, description="When the last periodic savepoint was triggered."
     )
-    reconciliation: Reconciliation = Field(default_factory=Reconciliation)
-    conditions: list[Condition] = Field(default_factory=list)
-    error: str | None = None
+    reconciliation: Reconciliation = Field(
+        default_factory=Reconciliation,
+        description="The operator's write-ahead log: what it works towards and the step it is at.",
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Ready, Progressing, Degraded, Stable, SpecValid."
+    )
+    error: str | None = Field(
+        default=None, description="Why the operator cannot go on, and what to fix."
+    )
     checkpointAge: str | None = Field(
         default=None, description="Age of the last checkpoint, for kubectl get."
     )
