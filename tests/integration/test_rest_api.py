@@ -188,3 +188,60 @@ def test_the_committed_openapi_document_matches_the_models() -> None:
         "docs/openapi.json is stale: regenerate it with"
         " `uv run python -m streamjob_runtime.api.openapi > docs/openapi.json`"
     )
+
+
+def test_a_repeated_trigger_id_returns_the_savepoint_or_stop_already_started(
+    cluster_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    h = cluster_factory()
+    url = h.cluster.rest_url
+    job = h.submit(
+        "keyed_sum",
+        [f"out={tmp_path / 'out'}", "events=-1", "rate=5000", "commit_delay=1.0", "interval=60000"],
+    )
+    h.wait_for("the job to run", lambda: h.job(job).state is models.JobStatus.RUNNING)
+    savepoints, stops = tmp_path / "savepoints", tmp_path / "stops"
+    first, second = "0" * 31 + "1", "f" * 32
+
+    async def scenario() -> None:
+        async with client.JobManagerClient(url) as c:
+            # The sink's pre-commit holds the savepoint open for a second: the repeat
+            # comes while it is in progress, and is no "second savepoint" (no 409).
+            assert await c.trigger_savepoint(job, str(savepoints), trigger_id=first) == first
+            assert await c.trigger_savepoint(job, str(savepoints), trigger_id=first) == first
+            info = await c.savepoint_status(job, first)
+            assert info.status is models.SavepointStatus.IN_PROGRESS
+            status, message = await raw(url, "POST", f"/jobs/{job}/stop", {"trigger_id": first})
+            assert (status, message) == (
+                409,
+                f"request {first} of job {job} is a savepoint, not a stop: choose a new trigger"
+                " id for another operation",
+            )
+            done = await c.wait_savepoint(job, first)
+            assert done.status is models.SavepointStatus.COMPLETED
+            assert await c.trigger_savepoint(job, trigger_id=first) == first  # done: still it
+            assert [p.name for p in savepoints.iterdir()] == [Path(str(done.location)).name]
+
+            assert await c.stop(job, str(stops), trigger_id=second) == second
+            stopped = await c.wait_savepoint(job, second)
+            assert stopped.status is models.SavepointStatus.COMPLETED
+            await until("the stop", lambda: _state(c, job, models.JobStatus.FINISHED))
+            # The job ended: a repeat of the stop still finds it, a new request is refused.
+            assert await c.stop(job, str(stops), trigger_id=second) == second
+            assert await c.savepoint_status(job, second) == stopped
+            assert [p.name for p in stops.iterdir()] == [Path(str(stopped.location)).name]
+            status, message = await raw(url, "POST", f"/jobs/{job}/stop", {"trigger_id": "e" * 32})
+            assert status == 409
+            assert "FINISHED" in message
+
+            status, message = await raw(
+                url, "POST", f"/jobs/{job}/savepoints", {"trigger_id": "NOT-HEX"}
+            )
+            assert status == 400
+            assert message == (
+                "invalid SavepointTriggerRequest body: trigger_id: Value error, 'NOT-HEX' is not"
+                " a trigger id: give 32 lowercase hex digits (as uuid.uuid4().hex), or leave"
+                " trigger_id out and the JobManager chooses one"
+            )
+
+    asyncio.run(scenario())

@@ -83,10 +83,16 @@ class JobManagerClient:
         await self._call("PATCH", f"/jobs/{job_id}?mode=cancel", None)
 
     async def trigger_savepoint(
-        self, job_id: str, target_directory: str | None = None, cancel_job: bool = False
+        self,
+        job_id: str,
+        target_directory: str | None = None,
+        cancel_job: bool = False,
+        trigger_id: str | None = None,
     ) -> str:
+        """Start a savepoint; returns its request id (``trigger_id`` when given: sending
+        the same id again returns the same request instead of starting another)."""
         body = models.SavepointTriggerRequest(
-            target_directory=target_directory, cancel_job=cancel_job
+            target_directory=target_directory, cancel_job=cancel_job, trigger_id=trigger_id
         )
         result = await self._call(
             "POST", f"/jobs/{job_id}/savepoints", models.TriggerResponse, body
@@ -98,9 +104,17 @@ class JobManagerClient:
         return await self._get(f"/jobs/{job_id}/savepoints/{request_id}", models.SavepointInfo)
 
     async def stop(
-        self, job_id: str, target_directory: str | None = None, drain: bool = False
+        self,
+        job_id: str,
+        target_directory: str | None = None,
+        drain: bool = False,
+        trigger_id: str | None = None,
     ) -> str:
-        body = models.StopRequest(target_directory=target_directory, drain=drain)
+        """Stop with a savepoint; returns its request id (``trigger_id`` as for
+        :meth:`trigger_savepoint`)."""
+        body = models.StopRequest(
+            target_directory=target_directory, drain=drain, trigger_id=trigger_id
+        )
         result = await self._call("POST", f"/jobs/{job_id}/stop", models.TriggerResponse, body)
         assert result is not None
         return result.request_id

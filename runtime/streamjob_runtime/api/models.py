@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import enum
+import re
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 
 class _Model(BaseModel):
@@ -47,6 +49,35 @@ class JobSubmission(_Model):
     )
 
 
+TRIGGER_ID_PATTERN = r"^[0-9a-f]{32}$"
+"""A client-chosen trigger id: 32 lowercase hex digits, as Flink's ``TriggerId``."""
+
+
+def _check_trigger_id(value: str | None) -> str | None:
+    if value is not None and re.fullmatch(TRIGGER_ID_PATTERN, value) is None:
+        raise ValueError(
+            f"{value!r} is not a trigger id: give 32 lowercase hex digits (as uuid.uuid4().hex),"
+            " or leave trigger_id out and the JobManager chooses one"
+        )
+    return value
+
+
+TriggerId = Annotated[
+    str | None,
+    AfterValidator(_check_trigger_id),
+    Field(
+        default=None,
+        json_schema_extra={"pattern": TRIGGER_ID_PATTERN},
+        description=(
+            "Optional id chosen by the client (32 lowercase hex digits), as Flink's triggerId:"
+            " it becomes the request id. A repeat with the same id returns the operation"
+            " already started (in whatever state it is in) instead of starting another, so"
+            " a client that lost the answer can send the request again."
+        ),
+    ),
+]
+
+
 class SavepointTriggerRequest(_Model):
     target_directory: str | None = Field(
         default=None,
@@ -55,6 +86,7 @@ class SavepointTriggerRequest(_Model):
     cancel_job: bool = Field(
         default=False, description="Cancel the job once the savepoint completes."
     )
+    trigger_id: TriggerId = None
 
 
 class StopRequest(_Model):
@@ -66,6 +98,7 @@ class StopRequest(_Model):
         default=False,
         description="Advance event time to the end first, firing every window, before stopping.",
     )
+    trigger_id: TriggerId = None
 
 
 class TriggerResponse(_Model):

@@ -38,6 +38,7 @@ CANCEL_TIMEOUT_S = 30.0
 @dataclass
 class SavepointRequest:
     request_id: str
+    operation: str  # "savepoint", "stop" or "cancel": what a repeat of the id must ask for
     status: models.SavepointStatus = models.SavepointStatus.IN_PROGRESS
     location: str | None = None
     failure_cause: str | None = None
@@ -493,13 +494,36 @@ class JobMaster:
     # -- savepoints ----------------------------------------------------------------------
 
     def trigger_savepoint(
-        self, directory: Path, *, stop: bool = False, drain: bool = False, cancel: bool = False
+        self,
+        directory: Path,
+        *,
+        stop: bool = False,
+        drain: bool = False,
+        cancel: bool = False,
+        request_id: str | None = None,
     ) -> SavepointRequest:
         """Start a savepoint (and optionally stop or cancel the job after it).
+
+        ``request_id``: the client's id for the request (Flink's ``triggerId``); a new
+        one is chosen when None. A repeat of an id this job knows returns that request,
+        whatever its state and the job's now, and starts nothing: a client that lost the
+        answer (it crashed, the connection dropped) sends the request again safely. A
+        repeat that asks for another operation (a stop under a plain savepoint's id) is
+        refused. Ids are remembered as long as this JobMaster runs, not across a
+        JobManager failover.
 
         Raises :class:`ConflictError` unless the job is RUNNING with no savepoint
         in progress.
         """
+        operation = "cancel" if cancel else "stop" if stop else "savepoint"
+        known = None if request_id is None else self.savepoints.get(request_id)
+        if known is not None:
+            if known.operation != operation:
+                raise ConflictError(
+                    f"request {request_id} of job {self.job_id} is a {known.operation}, not a"
+                    f" {operation}: choose a new trigger id for another operation"
+                )
+            return known
         if self.state is not models.JobStatus.RUNNING or self.coordinator.gateway is None:
             raise ConflictError(
                 f"job {self.job_id} is {self.state.value}: savepoints need a RUNNING job;"
@@ -513,7 +537,7 @@ class JobMaster:
                 f"savepoint {busy[0].request_id} of job {self.job_id} is still in progress;"
                 " wait for it (GET /jobs/<id>/savepoints/<request id>) before triggering another"
             )
-        request = SavepointRequest(uuid.uuid4().hex)
+        request = SavepointRequest(request_id or uuid.uuid4().hex, operation)
         self.savepoints[request.request_id] = request
         task = asyncio.create_task(self._savepoint(request, directory, stop, drain, cancel))
         self._savepoint_tasks.add(task)

@@ -2,7 +2,12 @@
 
 Errors are JSON ``{"error": "..."}``: 400 for an invalid request, 404 for an
 unknown job or savepoint request, 409 for a request the job's state does not
-allow (a second savepoint, a savepoint of a job that is not running).
+allow (a second savepoint, a savepoint of a job that is not running, a trigger id
+repeated for another operation).
+
+Savepoint and stop requests may carry a client-chosen ``trigger_id`` (Flink's
+``triggerId``): repeated, it answers with the request already started (202, the same
+request id) and starts nothing, whatever the job's state is by then.
 """
 
 from __future__ import annotations
@@ -133,7 +138,7 @@ async def trigger_savepoint(request: web.Request) -> web.Response:
     job = _job(request)
     body = await _body(request, models.SavepointTriggerRequest)
     directory = request.app[JM_KEY].savepoint_directory(job.job_id, body.target_directory)
-    trigger = job.trigger_savepoint(directory, cancel=body.cancel_job)
+    trigger = job.trigger_savepoint(directory, cancel=body.cancel_job, request_id=body.trigger_id)
     return _json(models.TriggerResponse(request_id=trigger.request_id), 202)
 
 
@@ -151,7 +156,9 @@ async def stop_job(request: web.Request) -> web.Response:
     job = _job(request)
     body = await _body(request, models.StopRequest)
     directory = request.app[JM_KEY].savepoint_directory(job.job_id, body.target_directory)
-    trigger = job.trigger_savepoint(directory, stop=True, drain=body.drain)
+    trigger = job.trigger_savepoint(
+        directory, stop=True, drain=body.drain, request_id=body.trigger_id
+    )
     return _json(models.TriggerResponse(request_id=trigger.request_id), 202)
 
 
