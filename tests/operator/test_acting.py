@@ -291,11 +291,14 @@ def test_an_event_that_cannot_be_posted_does_not_stop_the_plan(
 # -- the JobManager -------------------------------------------------------------------------
 
 
+TRIGGER_ID = "5" * 32
+
+
 def pending(job_id: str, kind: str = "upgrade") -> models.StreamJobStatus:
     return models.StreamJobStatus(
         job=models.JobInfo(id=job_id, state="RUNNING"),
         pendingSavepoint=models.PendingSavepoint(
-            triggerType=kind, triggerTime="2026-03-01T12:00:00Z", jobId=job_id
+            triggerId=TRIGGER_ID, triggerType=kind, triggerTime="2026-03-01T12:00:00Z", jobId=job_id
         ),
     )
 
@@ -304,8 +307,15 @@ def rest_settings(jm: FakeJobManager) -> actor.Settings:
     return actor.Settings(resolve=jm.resolve, rest_timeout_s=5)
 
 
+def savepoint_request(jid: str, stop: bool) -> actions.Action:
+    kind = actions.SavepointKind.UPGRADE
+    if stop:
+        return actions.StopWithSavepoint(jid, kind, "/savepoints", TRIGGER_ID)
+    return actions.TriggerSavepoint(jid, kind, "/savepoints", TRIGGER_ID)
+
+
 @pytest.mark.parametrize("stop", [True, False])
-def test_a_savepoint_request_id_is_recorded_at_once_even_when_the_next_action_fails(
+def test_a_savepoint_request_carries_the_trigger_id_in_status_and_a_repeat_starts_nothing(
     kube: KubeEmulator,
     streamjob: resource.StreamJobResource,
     fake_jobmanager: FakeJobManager,
@@ -314,18 +324,12 @@ def test_a_savepoint_request_id_is_recorded_at_once_even_when_the_next_action_fa
     jid = fake_jobmanager.add_job()
     fake_jobmanager.hold_savepoints = True
     status = pending(jid)
-    kind = actions.SavepointKind.UPGRADE
-    trigger: actions.Action = (
-        actions.StopWithSavepoint(jid, kind, "/savepoints")
-        if stop
-        else actions.TriggerSavepoint(jid, kind, "/savepoints")
-    )
     kube.inject_error(500, method="DELETE", path_contains="deployments")
     outcome = act(
         kube,
         streamjob,
         actions.WriteStatus(status),
-        trigger,
+        savepoint_request(jid, stop),
         actions.DeleteJobManager(HERE),
         status=status,
         settings=rest_settings(fake_jobmanager),
@@ -333,49 +337,44 @@ def test_a_savepoint_request_id_is_recorded_at_once_even_when_the_next_action_fa
     assert isinstance(outcome.failed, actions.DeleteJobManager)
     recorded = stored_status(kube).pendingSavepoint
     assert recorded is not None
-    (request_id,) = fake_jobmanager.savepoints
-    assert recorded.triggerId == request_id
-    assert f"POST /jobs/{jid}/{'stop' if stop else 'savepoints'}" in fake_jobmanager.requests
+    assert recorded.triggerId == TRIGGER_ID
+    assert list(fake_jobmanager.savepoints) == [TRIGGER_ID]
+    post = f"POST /jobs/{jid}/{'stop' if stop else 'savepoints'}"
+    assert fake_jobmanager.requests.count(post) == 1
+
+    # the next pass sends it again (the operator could not know it arrived): same request
+    streamjob = test_observing.read_resource(kube)
+    outcome = act(
+        kube, streamjob, savepoint_request(jid, stop), status=status,
+        settings=rest_settings(fake_jobmanager),
+    )  # fmt: skip
+    assert outcome.ok, outcome.error
+    assert fake_jobmanager.requests.count(post) == 2
+    assert list(fake_jobmanager.savepoints) == [TRIGGER_ID]
 
 
-def test_a_request_id_survives_a_concurrent_write_unless_the_pending_savepoint_changed(
+def test_a_jobmanager_that_ignores_the_trigger_id_fails_the_request_and_says_why(
     kube: KubeEmulator, streamjob: resource.StreamJobResource, fake_jobmanager: FakeJobManager
 ) -> None:
     jid = fake_jobmanager.add_job()
     fake_jobmanager.hold_savepoints = True
-    status = pending(jid, "manual")
-    assert act(kube, streamjob, actions.WriteStatus(status), status=status).ok
-    streamjob = test_observing.read_resource(kube)
-    trigger = actions.TriggerSavepoint(jid, actions.SavepointKind.MANUAL, None)
-    # someone writes the StreamJob between the trigger and the recording of its id
-    kube.inject_error(409, method="PATCH", path_contains="/status", times=1)
-    outcome = act(kube, streamjob, trigger, status=status, settings=rest_settings(fake_jobmanager))
-    assert outcome.ok, outcome.error
-    recorded = stored_status(kube).pendingSavepoint
-    assert recorded is not None
-    assert recorded.triggerId is not None
-    assert recorded.triggerId in fake_jobmanager.savepoints
-
-    # a pass planned from an old read: the stored pending savepoint is another one now
-    stale = streamjob
-    other = pending(jid, "periodic")
-    kube.patch(
-        GROUP_VERSION,
-        models.PLURAL,
-        "wordcount",
-        {"status": other.model_dump(mode="json")},
-        namespace=NAMESPACE,
-        subresource="status",
+    fake_jobmanager.ignore_trigger_ids = True
+    status = pending(jid)
+    outcome = act(
+        kube,
+        streamjob,
+        actions.WriteStatus(status),
+        savepoint_request(jid, stop=True),
+        status=status,
+        settings=rest_settings(fake_jobmanager),
     )
-    fake_jobmanager.savepoints.clear()
-    outcome = act(kube, stale, trigger, status=status, settings=rest_settings(fake_jobmanager))
-    assert not outcome.ok
-    assert outcome.error is not None
-    assert "changed under the operator" in outcome.error
-    kept = stored_status(kube).pendingSavepoint
-    assert kept is not None
-    assert kept.triggerType == "periodic"
-    assert kept.triggerId is None
+    assert isinstance(outcome.failed, actions.StopWithSavepoint)
+    (request_id,) = fake_jobmanager.savepoints
+    assert outcome.error == (
+        f"StopWithSavepoint failed: RuntimeError: the JobManager answered the savepoint request"
+        f" {TRIGGER_ID} with request id {request_id}: it ignores client-chosen trigger ids (a"
+        " JobManager older than the operator?); run a JobManager image of the operator's version"
+    )
 
 
 def test_a_submitted_job_id_is_recorded_and_kept_by_the_plans_status(

@@ -51,7 +51,9 @@ class FakeJobManager:
     Submitted jobs run at once; a savepoint completes when it is asked about (a stop then
     finishes the job) unless ``hold_savepoints``, as a directory under ``savepoint_root``
     when that is set; ``available = False`` answers 503 (a
-    standby). ``requests`` logs "METHOD path" of every call.
+    standby). ``requests`` logs "METHOD path" of every call. A savepoint or stop request
+    with a ``trigger_id`` the fake knows answers with that request and starts nothing (as
+    the runtime); ``ignore_trigger_ids`` makes it choose its own ids instead.
     """
 
     def __init__(self) -> None:
@@ -62,6 +64,7 @@ class FakeJobManager:
         self.requests: list[str] = []
         self.available = True
         self.hold_savepoints = False
+        self.ignore_trigger_ids = False
         self.savepoint_root: Path | None = None  # set: completed savepoints are written there
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -195,9 +198,16 @@ class FakeJobManager:
             job = self._job(request)
         except web.HTTPNotFound:
             return _error(404, "no such job")
+        body = await request.read()
+        model = rest.StopRequest if stop else rest.SavepointTriggerRequest
+        trigger_id = model.model_validate_json(body or b"{}").trigger_id
+        if self.ignore_trigger_ids:
+            trigger_id = None
+        if trigger_id in self.savepoints:
+            return _json(rest.TriggerResponse(request_id=trigger_id), 202)
         if job.state is not rest.JobStatus.RUNNING:
             return _error(409, "not running")
-        rid = f"req{next(self._ids)}"
+        rid = trigger_id or f"req{next(self._ids)}"
         info = rest.SavepointInfo(request_id=rid, status=rest.SavepointStatus.IN_PROGRESS)
         self.savepoints[rid] = (job.jid, stop, info)
         return _json(rest.TriggerResponse(request_id=rid), 202)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,7 @@ from streamjob_operator.planning import (
     lifecycle,
     observed,
     planner,
+    savepoints,
     steps,
 )
 from streamjob_runtime.api import models as rest
@@ -297,6 +299,13 @@ def check_write_ahead(plan: actions.Plan) -> None:
             assert lifecycle.deployed_spec_text(last.status) == target, action
             if isinstance(action, actions.StopWithSavepoint):
                 assert last.status.pendingSavepoint is not None
+        if isinstance(action, (actions.StopWithSavepoint, actions.TriggerSavepoint)):
+            # the trigger id is in status before the request carries it
+            assert last is not None, f"{action} without a WriteStatus before it"
+            asked = last.status.pendingSavepoint
+            assert asked is not None, action
+            assert asked.triggerId == action.trigger_id, (asked, action)
+            assert asked.jobId == action.job_id, (asked, action)
 
 
 # -- the table -----------------------------------------------------------------------------
@@ -327,6 +336,19 @@ STATELESS = raw(job__upgradeMode="stateless")
 ROLLBACK = raw(rollback={"enabled": True}, image="streamjob:2")
 NEW_IMAGE = raw(image="streamjob:2")
 MAX_AGE = raw(image="streamjob:2", checkpointing={"maxAge": "10m"})
+
+
+UPGRADE = actions.SavepointKind.UPGRADE
+MANUAL = actions.SavepointKind.MANUAL
+UPGRADE_ID = savepoints.trigger_id(META.uid, "j1", UPGRADE, NOW)
+
+
+def _sent(plan: actions.Plan, request: actions.Action) -> None:
+    """The plan sends exactly ``request`` (and keeps the pending savepoint as it was)."""
+    sent = plan.of_type(actions.StopWithSavepoint) + plan.of_type(actions.TriggerSavepoint)
+    assert sent == [request]
+    assert plan.status.pendingSavepoint is not None
+    assert plan.status.pendingSavepoint.triggerId == "t1"
 
 
 def _has(**expected: Any) -> Callable[[actions.Plan], None]:
@@ -550,7 +572,8 @@ CASES = [
         seen(), status(), ["event Upgrading", "write stop-job", "stop j1 upgrade"],
         spec=NEW_IMAGE, lifecycle=Lifecycle.UPGRADING, step=Step.STOP_JOB,
         check=_has(reconciliation__lastReconciledSpec=encoded(image="streamjob:2"),
-                   pendingSavepoint__triggerType="upgrade", pendingSavepoint__triggerId=None),
+                   pendingSavepoint__triggerType="upgrade", pendingSavepoint__triggerId=UPGRADE_ID,
+                   pendingSavepoint__triggerTime=stamp(NOW), pendingSavepoint__jobId="j1"),
     ),
     Case(
         "a rescale is an upgrade with state",
@@ -625,7 +648,27 @@ CASES = [
         check=_has(job__id="j2"),
     ),
     Case(
-        "crash resume: the stop was sent but its request id not recorded",
+        "crash resume: the stop's trigger id is recorded, the JobManager does not know it and"
+        " the job runs: send the stop again under the same id",
+        seen(),
+        status(NEW_IMAGE, state=State.UPGRADING, step=Step.STOP_JOB, pending=SAVEPOINT_T1),
+        ["write stop-job", "stop j1 upgrade"], spec=NEW_IMAGE, step=Step.STOP_JOB,
+        lifecycle=Lifecycle.UPGRADING,
+        check=lambda p: _sent(p, actions.StopWithSavepoint("j1", UPGRADE, "/state/savepoints",
+                                                           "t1")),
+    ),
+    Case(
+        "crash resume: a stop unknown to the JobManager, whose job is not running, is lost;"
+        " a young checkpoint stands in",
+        seen(details(state=rest.JobStatus.FINISHED)),
+        status(MAX_AGE, state=State.UPGRADING, step=Step.STOP_JOB, pending=SAVEPOINT_T1,
+               last_checkpoint=(7, "/checkpoints/j1/chk-7", ago(minutes=1))),
+        ["event SavepointFailed", "event CheckpointFallback", "write delete-deployments",
+         *DELETES],
+        spec=MAX_AGE, restore="/checkpoints/j1/chk-7",
+    ),
+    Case(
+        "crash resume: a stop an older operator recorded without its request id is lost",
         seen(details(state=rest.JobStatus.FINISHED)),
         status(MAX_AGE, state=State.UPGRADING, step=Step.STOP_JOB,
                pending=pending("upgrade", trigger_id=None),
@@ -816,8 +859,21 @@ CASES = [
                    lastSavepoint__trigger="manual", pendingSavepoint=None),
     ),
     Case(
-        "a savepoint the JobManager forgot is given up",
-        seen(), status(pending=pending("periodic")), ["event SavepointFailed"],
+        "a savepoint the JobManager does not know is sent again under its id while the job runs",
+        seen(), status(pending=pending("manual", nonce=4)), ["write -", "savepoint manual 4"],
+        check=lambda p: _sent(p, actions.TriggerSavepoint("j1", MANUAL, "/state/savepoints",
+                                                          "t1", 4)),
+    ),
+    Case(
+        "a savepoint the JobManager forgot, of a job that is not running, is given up",
+        seen(details(state=rest.JobStatus.RESTARTING)), status(pending=pending("periodic")),
+        ["event SavepointFailed"],
+        check=_has(pendingSavepoint=None),
+    ),
+    Case(
+        "a savepoint the JobManager does not know is given up after its timeout",
+        seen(), status(pending=pending("periodic", at=ago(minutes=12))),
+        ["event SavepointFailed"],
         check=_has(pendingSavepoint=None),
     ),
     Case(
@@ -963,3 +1019,20 @@ def test_the_same_observation_gives_the_same_plan_and_leaves_status_alone(case: 
     second = planner.plan(case.seen, case.spec, case.status, NOW, case.config)
     assert first == second
     assert case.status.model_dump() == before
+
+
+def test_a_trigger_id_is_the_runtimes_format_stable_and_distinct_per_streamjob_job_kind_time() -> (
+    None
+):
+    first = savepoints.trigger_id("uid-1", "j1", UPGRADE, NOW)
+    assert re.fullmatch(rest.TRIGGER_ID_PATTERN, first)
+    assert rest.StopRequest(trigger_id=first).trigger_id == first
+    assert savepoints.trigger_id("uid-1", "j1", UPGRADE, NOW) == first
+    others = {
+        savepoints.trigger_id("uid-2", "j1", UPGRADE, NOW),
+        savepoints.trigger_id("uid-1", "j2", UPGRADE, NOW),
+        savepoints.trigger_id("uid-1", "j1", MANUAL, NOW),
+        savepoints.trigger_id("uid-1", "j1", UPGRADE, NOW + datetime.timedelta(microseconds=1)),
+    }
+    assert len(others) == 4
+    assert first not in others

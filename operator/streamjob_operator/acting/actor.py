@@ -11,10 +11,10 @@ What each action does:
 - SubmitJob, TriggerSavepoint, StopWithSavepoint, CancelJob: the JobManager's REST
   API at the Service's address, through the same address resolution observing uses.
   A cancel of a job that ended (409) or that the JobManager does not know (404) is
-  done. The request id a trigger or stop returns is written into
-  ``status.pendingSavepoint.triggerId`` at once, and the id of a submitted job into
-  ``status.job.id``, before anything else; later status writes of the same plan
-  carry them too;
+  done. A trigger or stop carries the trigger id planning chose and status already
+  holds; a JobManager that answers with another request id fails the action. The id
+  of a submitted job is written into ``status.job.id`` at once, before anything else;
+  later status writes of the same plan carry it too;
 - DisposeSavepoint: ``acting.savepoints`` (the operator deletes only what it mounts);
 - RecordEvent: a core/v1 Event;
 - FinishDeletion, RequeueAfter: reported in the :class:`Outcome` for the caller (the
@@ -152,15 +152,12 @@ class _Run:
         self.streamjob = streamjob
         self.writer = status.StatusWriter(actor.api, streamjob)
         self.outcome = Outcome()
-        self.trigger_id: str | None = None
         self.job_id: str | None = None
 
     def overlay(self, planned: models.StreamJobStatus) -> models.StreamJobStatus:
-        """``planned`` with the ids this run's actions returned (planning could not know them)."""
+        """``planned`` with the job id this run's submission returned (planning could not
+        know it)."""
         result = planned.model_copy(deep=True)
-        pending = result.pendingSavepoint
-        if self.trigger_id is not None and pending is not None and pending.triggerId is None:
-            pending.triggerId = self.trigger_id
         if self.job_id is not None and result.job.id is None:
             result.job.id = self.job_id
         return result
@@ -196,14 +193,14 @@ class _Run:
                 await self.writer.record(
                     lambda s: setattr(s.job, "id", job_id), lambda s: s.job.id in (None, job_id)
                 )
-            case actions.TriggerSavepoint(job_id=job_id, directory=directory):
+            case actions.TriggerSavepoint(job_id=job_id, directory=directory, trigger_id=tid):
                 async with self.rest() as jm:
-                    request_id = await jm.trigger_savepoint(job_id, directory)
-                await self.record_trigger(request_id)
-            case actions.StopWithSavepoint(job_id=job_id, directory=directory):
+                    request_id = await jm.trigger_savepoint(job_id, directory, trigger_id=tid)
+                self.check_trigger(tid, request_id)
+            case actions.StopWithSavepoint(job_id=job_id, directory=directory, trigger_id=tid):
                 async with self.rest() as jm:
-                    request_id = await jm.stop(job_id, directory)
-                await self.record_trigger(request_id)
+                    request_id = await jm.stop(job_id, directory, trigger_id=tid)
+                self.check_trigger(tid, request_id)
             case actions.CancelJob(job_id=job_id):
                 await self.cancel(job_id)
             case actions.DisposeSavepoint(location=location):
@@ -215,30 +212,14 @@ class _Run:
             case actions.RequeueAfter(seconds=seconds):
                 self.outcome.requeue_after = seconds
 
-    async def record_trigger(self, request_id: str) -> None:
-        self.trigger_id = request_id
-        planned = self.writer.last.pendingSavepoint
-
-        def put(s: models.StreamJobStatus) -> None:
-            assert s.pendingSavepoint is not None
-            s.pendingSavepoint.triggerId = request_id
-
-        def still(s: models.StreamJobStatus) -> bool:
-            p = s.pendingSavepoint
-            return (
-                p is not None
-                and planned is not None
-                and p.triggerId is None
-                and (p.triggerType, p.triggerTime, p.jobId)
-                == (planned.triggerType, planned.triggerTime, planned.jobId)
-            )
-
-        if planned is None:
+    @staticmethod
+    def check_trigger(trigger_id: str, request_id: str) -> None:
+        if request_id != trigger_id:
             raise RuntimeError(
-                "a savepoint was triggered without a pending savepoint in status (a planning"
-                " bug): its request id is not recorded"
+                f"the JobManager answered the savepoint request {trigger_id} with request id"
+                f" {request_id}: it ignores client-chosen trigger ids (a JobManager older than"
+                " the operator?); run a JobManager image of the operator's version"
             )
-        await self.writer.record(put, still)
 
     async def cancel(self, job_id: str) -> None:
         try:

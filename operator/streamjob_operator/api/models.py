@@ -354,7 +354,8 @@ class PendingSavepoint(_Status):
 
     triggerId: str | None = Field(
         default=None,
-        description="The JobManager's request id, recorded as soon as the trigger returns.",
+        description="The request's trigger id, chosen by the operator and recorded before the"
+        " request is sent (also the JobManager's request id).",
     )
     triggerType: str = Field(description="manual, periodic, upgrade, suspend or delete")
     triggerTime: str

@@ -1,11 +1,13 @@
 """What planning asks acting to do: a :class:`Plan` of actions, in order, and a status.
 
 Acting takes the actions in order and stops at the first that fails (the next pass
-plans again from what it then observes); then it records ``Plan.status``. Two actions
-return what status must keep, and acting writes it at once, before anything else:
-:class:`TriggerSavepoint` and :class:`StopWithSavepoint` return the JobManager's request
-id (into ``status.pendingSavepoint.triggerId``), :class:`SubmitJob` returns the job id
-(into ``status.job.id``).
+plans again from what it then observes); then it records ``Plan.status``. One action
+returns what status must keep, and acting writes it at once, before anything else:
+:class:`SubmitJob` returns the job id (into ``status.job.id``). A savepoint's request id
+is not returned but chosen by planning (:func:`savepoints.trigger_id`): the
+:class:`WriteStatus` before :class:`TriggerSavepoint` or :class:`StopWithSavepoint`
+records it in ``status.pendingSavepoint.triggerId``, and the request carries it, so an
+operator that dies once the request is sent finds it again under that id.
 
 Destructive actions (:data:`DESTRUCTIVE`) stop a job, remove pods, replace them, or
 delete data. A plan never holds one without a :class:`WriteStatus` before it that
@@ -87,21 +89,25 @@ class SubmitJob:
 
 @dataclasses.dataclass(frozen=True)
 class TriggerSavepoint:
-    """``POST /jobs/{job_id}/savepoints`` into ``directory``; the job keeps running."""
+    """``POST /jobs/{job_id}/savepoints`` into ``directory`` under ``trigger_id``; the job
+    keeps running."""
 
     job_id: str
     kind: SavepointKind
     directory: str | None
+    trigger_id: str
     nonce: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class StopWithSavepoint:
-    """``POST /jobs/{job_id}/stop`` into ``directory``: the job finishes after the savepoint."""
+    """``POST /jobs/{job_id}/stop`` into ``directory`` under ``trigger_id``: the job
+    finishes after the savepoint."""
 
     job_id: str
     kind: SavepointKind
     directory: str | None
+    trigger_id: str
 
 
 @dataclasses.dataclass(frozen=True)

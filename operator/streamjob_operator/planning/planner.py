@@ -6,7 +6,10 @@ A pass, in order:
 2. A StreamJob being deleted is stopped (with a final savepoint when configured,
    bounded in time) and then let go; nothing else happens.
 3. Settle the pending savepoint, if any: completed (recorded in the history), failed,
-   lost (the JobManager no longer knows it) or timed out.
+   timed out, or unknown to the JobManager: then, while the job runs, the request is
+   sent again under the trigger id status recorded before it was first sent (the
+   operator may have stopped in between; a repeat of an id the JobManager knows starts
+   nothing), else it is lost.
 4. Validate the spec. An invalid spec is reported (status error, ``SpecValid``
    condition, one Event) and not acted on: the last valid spec keeps running.
 5. With a redeploy under way (``reconciliation.step``), carry it on; otherwise
@@ -258,16 +261,28 @@ class _Pass:
             self.savepoint_lost(f"failed: {info.failure_cause or 'no cause given'}")
             return
         triggered = clock.parse_time(pending.triggerTime)
+        timed_out = self.now - triggered > self.savepoint_timeout()
         if pending.triggerId is None:
+            # written by an operator that recorded the JobManager's id after the request
             self.savepoint_lost(
                 "was not confirmed by the JobManager (the trigger failed, or the operator"
                 " stopped before it could record the request)"
             )
         elif info is None and self.seen.rest_reachable:
-            self.savepoint_lost(
-                f"request {pending.triggerId} is unknown to the JobManager (it restarted)"
-            )
-        elif self.now - triggered > self.savepoint_timeout():
+            # The request never arrived (the operator stopped between recording its id
+            # and sending it, or sending failed), or the JobManager forgot it (it
+            # restarted). Sending it again under the same id is safe either way.
+            running = self.seen.job_running and pending.jobId == self.status.job.id
+            if running and not timed_out:
+                self.write()
+                self.request_savepoint(pending)
+                self.soon()
+            else:
+                self.savepoint_lost(
+                    f"request {pending.triggerId} is unknown to the JobManager (it restarted)"
+                    + ("" if running else f" and job {pending.jobId} is not running")
+                )
+        elif timed_out:
             self.savepoint_lost(
                 f"did not complete within {self.savepoint_timeout()} of its trigger at"
                 f" {pending.triggerTime}"
@@ -283,25 +298,46 @@ class _Pass:
         self.event(WARNING, "SavepointFailed", f"the {pending.triggerType} savepoint {why}")
         self.soon()
 
-    def begin_savepoint(self, kind: Kind, nonce: int | None = None) -> None:
+    def begin_savepoint(self, kind: Kind, nonce: int | None = None) -> models.PendingSavepoint:
+        """Record a savepoint of the job about to be requested, with the trigger id the
+        request will carry (write it before the request: the write-ahead log entry)."""
         job_id = self.status.job.id
         assert job_id is not None
-        self.status.pendingSavepoint = models.PendingSavepoint(
+        pending = models.PendingSavepoint(
+            triggerId=savepoints.trigger_id(self.seen.meta.uid, job_id, kind, self.now),
             triggerType=kind.value,
             triggerTime=clock.format_time(self.now),
             nonce=nonce,
             jobId=job_id,
         )
+        self.status.pendingSavepoint = pending
         self.soon()
+        return pending
+
+    def request_savepoint(self, pending: models.PendingSavepoint) -> None:
+        """Ask the JobManager for ``pending`` under its trigger id: stop-with-savepoint for
+        the kinds that stop the job, a savepoint for the others. Sent again after a crash
+        or a failed send, the same id finds the request already started."""
+        kind = Kind(pending.triggerType)
+        spec = lifecycle.deployed_spec(self.status)
+        directory = spec.savepoints.directory if spec is not None else None
+        assert pending.jobId is not None
+        assert pending.triggerId is not None
+        if kind in savepoints.STOP_KINDS:
+            self.emit(actions.StopWithSavepoint(pending.jobId, kind, directory, pending.triggerId))
+        else:
+            self.emit(
+                actions.TriggerSavepoint(
+                    pending.jobId, kind, directory, pending.triggerId, pending.nonce
+                )
+            )
 
     def trigger_savepoint(self, spec: models.StreamJobSpec, kind: Kind, nonce: int | None) -> None:
-        self.begin_savepoint(kind, nonce)
+        pending = self.begin_savepoint(kind, nonce)
         if kind is Kind.PERIODIC:
             self.status.lastPeriodicSavepointTime = clock.format_time(self.now)
         self.write()
-        job_id = self.status.job.id
-        assert job_id is not None
-        self.emit(actions.TriggerSavepoint(job_id, kind, spec.savepoints.directory, nonce))
+        self.request_savepoint(pending)
 
     def retain_savepoints(self) -> None:
         spec = lifecycle.deployed_spec(self.status)
@@ -642,10 +678,9 @@ class _Pass:
             return
         if with_savepoint and self.seen.job_running and not self.savepoint_failed:
             assert job_id is not None
-            kind = Kind.SUSPEND if suspend else Kind.UPGRADE
-            self.begin_savepoint(kind)
+            pending = self.begin_savepoint(Kind.SUSPEND if suspend else Kind.UPGRADE)
             self.write()
-            self.emit(actions.StopWithSavepoint(job_id, kind, spec.savepoints.directory))
+            self.request_savepoint(pending)
             return
         if with_savepoint and self.seen.job_alive and self.savepoint_failed:
             self.soon()  # the failed stop restarts the job: take the savepoint when it runs
@@ -852,9 +887,9 @@ class _Pass:
                 and self.now < deadline
                 and not self.savepoint_failed
             ):
-                self.begin_savepoint(Kind.DELETE)
+                pending = self.begin_savepoint(Kind.DELETE)
                 self.write()
-                self.emit(actions.StopWithSavepoint(job_id, Kind.DELETE, spec.savepoints.directory))
+                self.request_savepoint(pending)
                 self.soon(min(deadline, self.now + self.config.progress_check_interval))
                 return
             self.write()

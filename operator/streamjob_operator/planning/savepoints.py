@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import uuid
 
 from streamjob_operator.api import models
 from streamjob_operator.planning import actions, clock
@@ -81,6 +82,20 @@ def next_periodic(
     if status.lastPeriodicSavepointTime is not None:
         since = max(since, clock.parse_time(status.lastPeriodicSavepointTime))
     return since + clock.duration(interval)
+
+
+_TRIGGER_IDS = uuid.UUID("6f3c2a1e-5b0d-4c8e-9a47-2d1f0e6b8c35")
+
+
+def trigger_id(
+    streamjob_uid: str, job_id: str, kind: actions.SavepointKind, now: datetime.datetime
+) -> str:
+    """The trigger id of a savepoint requested now (32 hex digits, as the JobManager's
+    REST API takes them): chosen by planning, so that status records it before the
+    request is sent, and the same request sent again after a crash carries it too.
+    Distinct for every StreamJob, job, kind and moment (to the microsecond)."""
+    name = f"{streamjob_uid}/{job_id}/{kind.value}/{now.astimezone(datetime.UTC).isoformat()}"
+    return uuid.uuid5(_TRIGGER_IDS, name).hex
 
 
 STOP_KINDS = frozenset(
