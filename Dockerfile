@@ -2,9 +2,9 @@
 #
 # One image for the operator, the JobManager and the TaskManager.
 #
-#   docker build -t streamjob:dev .
-#   docker run --rm streamjob:dev --version                    # entrypoint: streamjob
-#   docker run --rm --entrypoint streamjob-operator streamjob:dev --help
+#   docker build -t streamjob:0.1.0 .
+#   docker run --rm streamjob:0.1.0 --version                    # entrypoint: streamjob
+#   docker run --rm --entrypoint streamjob-operator streamjob:0.1.0 --help
 #
 # The JobManager and TaskManager pods run `streamjob jobmanager|taskmanager`, the
 # operator's pod `streamjob-operator` (both on PATH). The examples are in

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import posixpath
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,8 @@ CRD = ROOT / "crds" / "streamjobs.streamjob.dev.yaml"
 MANIFESTS = sorted((ROOT / "examples").glob("*.yaml"))
 API_VERSION = f"{models.GROUP}/{models.VERSION}"
 CONTAINERS = {"Deployment": ("jobmanager", "taskmanager")}
+VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+IMAGE = f"streamjob:{VERSION}"  # the chart's default image (its appVersion) too
 
 
 def documents(path: Path) -> list[dict[str, Any]]:
@@ -111,6 +114,10 @@ def streamjob_problems(doc: dict[str, Any], claims: set[str]) -> list[str]:
     ]
     if doc.get("apiVersion") != API_VERSION:
         found.append(f"{name}: apiVersion must be {API_VERSION}")
+    if doc.get("spec", {}).get("image") != IMAGE:
+        found.append(
+            f"{name}: image must be {IMAGE}, as the README builds it and the chart runs it"
+        )
     try:
         models.StreamJobSpec.model_validate(doc.get("spec"))
     except pydantic.ValidationError as e:
