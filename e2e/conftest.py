@@ -85,7 +85,11 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cluster.Kube]:
         if os.environ.get("STREAMJOB_E2E_KEEP") == "1":
             print(f"kept kind cluster {name}; KUBECONFIG={kubeconfig}")
         else:
-            cluster.run([kind, "delete", "cluster", "--name", name], check=False, timeout=300)
+            cluster.run(
+                [kind, "delete", "cluster", "--name", name, "--kubeconfig", str(kubeconfig)],
+                check=False,
+                timeout=300,
+            )
 
 
 @pytest.fixture(autouse=True)

@@ -124,8 +124,13 @@ def test_savepoint_upgrade_taskmanager_kill_suspend_resume_and_delete(
 
     # Suspend: a savepoint, then no pods; resume from that savepoint.
     kube.patch_spec(name, {"job": {"state": "suspended"}})
-    status = cluster.wait_for(
-        lambda: s if (s := kube.status(name)).get("lifecycleState") == "SUSPENDED" else None,
+    generation = kube.streamjob(name)["metadata"]["generation"]
+    cluster.wait_for(
+        lambda: (
+            (s := kube.status(name)).get("lifecycleState") == "SUSPENDED"
+            and s["reconciliation"].get("observedGeneration", 0) >= generation
+            and s["reconciliation"].get("step") is None
+        ),
         f"{name} SUSPENDED",
         SETTLE,
     )
