@@ -55,7 +55,7 @@ def structural(node: Any) -> Any:
     if node.get("x-kubernetes-int-or-string"):
         out.pop("type", None)
         out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
-    if node.get("nullable"):
+    if node.get("nullable") and "type" in out:
         out["type"] = [out["type"], "null"]
     preserve = node.get("x-kubernetes-preserve-unknown-fields")
     if node.get("type") == "object" and "additionalProperties" not in node and not preserve:
