@@ -19,6 +19,7 @@ import pytest
 from streamjob_operator.api import models
 from streamjob_operator.planning import (
     actions,
+    bluegreen,
     changes,
     clock,
     configuration,
@@ -279,12 +280,25 @@ DELETES = ["delete taskmanager", "delete jobmanager", "delete ha"]
 def check_write_ahead(plan: actions.Plan) -> None:
     """Every destructive action follows a WriteStatus that records the target and the step."""
     expected_step: dict[type[Any], set[str | None]] = {
-        actions.StopWithSavepoint: {Step.STOP_JOB},
-        actions.CancelJob: {Step.STOP_JOB},
+        actions.StopWithSavepoint: {Step.STOP_JOB, Step.STOP_ACTIVE},
+        actions.CancelJob: {Step.STOP_JOB, Step.STOP_ACTIVE, Step.STOP_NEXT},
         actions.DeleteTaskManager: {Step.DELETE_DEPLOYMENTS},
         actions.DeleteJobManager: {Step.DELETE_DEPLOYMENTS},
-        actions.DeleteHaMetadata: {Step.DELETE_DEPLOYMENTS, Step.STOP_JOB},  # STOP_JOB: deleting
-        actions.ApplyChildren: {Step.APPLY_CHILDREN, None},  # None: re-applying missing ones
+        # STOP_JOB: deleting; DEPLOY_NEXT: a stale record of the next colour
+        actions.DeleteHaMetadata: {Step.DELETE_DEPLOYMENTS, Step.STOP_JOB, Step.DEPLOY_NEXT},
+        actions.DeleteChildren: {
+            Step.DELETE_DEPLOYMENTS,  # the strategy changed
+            Step.REMOVE_PREVIOUS,
+            Step.REMOVE_NEXT,
+        },
+        # None: re-applying missing ones; SUBMIT_*: a colour's JobManager went away
+        actions.ApplyChildren: {
+            Step.APPLY_CHILDREN,
+            None,
+            Step.DEPLOY_NEXT,
+            Step.SUBMIT_NEXT,
+            Step.SUBMIT_ACTIVE,
+        },
         actions.DisposeSavepoint: {None, *Step},
     }
     target = lifecycle.deployed_spec_text(plan.status)
@@ -299,6 +313,24 @@ def check_write_ahead(plan: actions.Plan) -> None:
             assert lifecycle.deployed_spec_text(last.status) == target, action
             if isinstance(action, actions.StopWithSavepoint):
                 assert last.status.pendingSavepoint is not None
+            if (
+                isinstance(action, actions.DeleteChildren)
+                and written.step != Step.DELETE_DEPLOYMENTS
+            ):
+                # a blue-green step never removes the cluster status says the job is on
+                assert action.where.color != bluegreen.job_color(last.status), action
+        if isinstance(
+            action,
+            (
+                actions.StopWithSavepoint,
+                actions.TriggerSavepoint,
+                actions.CancelJob,
+                actions.SubmitJob,
+            ),
+        ):
+            # job actions go to the cluster status says the job is on
+            assert last is not None, f"{action} without a WriteStatus before it"
+            assert action.where.color == bluegreen.job_color(last.status), (action, last.status)
         if isinstance(action, (actions.StopWithSavepoint, actions.TriggerSavepoint)):
             # the trigger id is in status before the request carries it
             assert last is not None, f"{action} without a WriteStatus before it"

@@ -7,9 +7,11 @@ What each action does:
 - ApplyChildren: create or replace every manifest of ``desired.children``
   (``acting.children``);
 - DeleteJobManager / DeleteTaskManager: delete the Deployment (foreground; 404 done);
-  DeleteHaMetadata: delete the HA ConfigMap (404 done);
-- SubmitJob, TriggerSavepoint, StopWithSavepoint, CancelJob: the JobManager's REST
-  API at the Service's address, through the same address resolution observing uses.
+  DeleteHaMetadata: delete the HA ConfigMap (404 done); DeleteChildren: every child of
+  the cluster (Deployments in the foreground first), then its HA ConfigMap (404 done);
+- SubmitJob, TriggerSavepoint, StopWithSavepoint, CancelJob: the REST API of the
+  JobManager of the action's cluster (``where``) at its Service's address, through
+  the same address resolution observing uses.
   A cancel of a job that ended (409) or that the JobManager does not know (404) is
   done. A trigger or stop carries the trigger id planning chose and status already
   holds; a JobManager that answers with another request id fails the action. The id
@@ -56,7 +58,6 @@ from streamjob_runtime.api import client as rest_client
 
 log = logging.getLogger(__name__)
 
-HERE = target.DeploymentTarget()
 COMPONENT = "streamjob-operator"
 
 FAILURES: tuple[type[BaseException], ...] = (
@@ -162,8 +163,8 @@ class _Run:
             result.job.id = self.job_id
         return result
 
-    def rest(self) -> rest_client.JobManagerClient:
-        url = jobmanager.rest_url(self.streamjob.identity(), HERE)
+    def rest(self, where: target.DeploymentTarget) -> rest_client.JobManagerClient:
+        url = jobmanager.rest_url(self.streamjob.identity(), where)
         return rest_client.JobManagerClient(
             self.settings.resolve(url), timeout_s=self.settings.rest_timeout_s
         )
@@ -186,23 +187,29 @@ class _Run:
                 )
             case actions.DeleteHaMetadata(where=where):
                 await children.delete_ha_metadata(self.api, names, where)
-            case actions.SubmitJob(submission=submission):
-                async with self.rest() as jm:
+            case actions.DeleteChildren(where=where):
+                await children.delete_children(self.api, names, where)
+            case actions.SubmitJob(submission=submission, where=where):
+                async with self.rest(where) as jm:
                     job_id = await jm.submit(submission)
                 self.job_id = job_id
                 await self.writer.record(
                     lambda s: setattr(s.job, "id", job_id), lambda s: s.job.id in (None, job_id)
                 )
-            case actions.TriggerSavepoint(job_id=job_id, directory=directory, trigger_id=tid):
-                async with self.rest() as jm:
+            case actions.TriggerSavepoint(
+                job_id=job_id, directory=directory, trigger_id=tid, where=where
+            ):
+                async with self.rest(where) as jm:
                     request_id = await jm.trigger_savepoint(job_id, directory, trigger_id=tid)
                 self.check_trigger(tid, request_id)
-            case actions.StopWithSavepoint(job_id=job_id, directory=directory, trigger_id=tid):
-                async with self.rest() as jm:
+            case actions.StopWithSavepoint(
+                job_id=job_id, directory=directory, trigger_id=tid, where=where
+            ):
+                async with self.rest(where) as jm:
                     request_id = await jm.stop(job_id, directory, trigger_id=tid)
                 self.check_trigger(tid, request_id)
-            case actions.CancelJob(job_id=job_id):
-                await self.cancel(job_id)
+            case actions.CancelJob(job_id=job_id, where=where):
+                await self.cancel(job_id, where)
             case actions.DisposeSavepoint(location=location):
                 await self.dispose(location)
             case actions.RecordEvent():
@@ -221,9 +228,9 @@ class _Run:
                 " the operator?); run a JobManager image of the operator's version"
             )
 
-    async def cancel(self, job_id: str) -> None:
+    async def cancel(self, job_id: str, where: target.DeploymentTarget) -> None:
         try:
-            async with self.rest() as jm:
+            async with self.rest(where) as jm:
                 await jm.cancel(job_id)
         except rest_client.RestError as e:
             if e.status not in (404, 409):  # unknown, or ended already: cancelled enough

@@ -29,6 +29,7 @@ from typing import Any
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from streamjob_operator.desired import children as desired_children
 from streamjob_operator.desired import ha, metadata, target
 from streamjob_operator.observing import kubeapi
 
@@ -151,3 +152,18 @@ async def delete_ha_metadata(
 ) -> bool:
     name = ha.configmap_name(metadata.cluster_id(job, where))
     return await delete(api, kubeapi.path("v1", "configmaps", job.namespace, name))
+
+
+async def delete_children(
+    api: client.ApiClient, job: target.StreamJob, where: target.DeploymentTarget
+) -> None:
+    """Every child of ``where``'s cluster, Deployments first (their pods go before the
+    RBAC they run with), then its HA ConfigMap. ``job`` is needed for names only."""
+    manifests = desired_children.children(job, where)
+    deployments = [m for m in manifests if m["kind"] == "Deployment"]
+    for manifest in deployments:
+        await delete(api, kubeapi.path_of(manifest), propagation="Foreground")
+    for manifest in manifests:
+        if manifest["kind"] != "Deployment":
+            await delete(api, kubeapi.path_of(manifest))
+    await delete_ha_metadata(api, job, where)

@@ -397,6 +397,31 @@ class Reconciliation(_Status):
     )
 
 
+class BlueGreenStatus(_Status):
+    """Which colour runs the job, and the one being brought up or taken down (blueGreen)."""
+
+    active: str | None = Field(
+        default=None,
+        description="blue or green: the colour whose cluster runs the job (during an upgrade,"
+        " the old one until the new one is stable); null: the uncoloured cluster of recreate.",
+    )
+    next: str | None = Field(
+        default=None,
+        description="During a blue-green upgrade or its fallback: the other colour (blue or"
+        " green), being brought up or taken down.",
+    )
+    fallback: bool = Field(
+        default=False,
+        description="The active colour runs the last stable spec, so a new colour that does"
+        " not become stable can fall back to it (with rollback.enabled).",
+    )
+    previousJobs: list[str] = Field(
+        default_factory=list,
+        description="The jobs the JobManager submitted to listed before the submission (never"
+        " adopted as the submitted job).",
+    )
+
+
 class StreamJobStatus(_Status):
     lifecycleState: LifecycleState = Field(
         default=LifecycleState.CREATED,
@@ -423,6 +448,10 @@ class StreamJobStatus(_Status):
     reconciliation: Reconciliation = Field(
         default_factory=Reconciliation,
         description="The operator's write-ahead log: what it works towards and the step it is at.",
+    )
+    blueGreen: BlueGreenStatus | None = Field(
+        default=None,
+        description="upgradeStrategy blueGreen: the active colour and the one under way.",
     )
     conditions: list[Condition] = Field(
         default_factory=list, description="Ready, Progressing, Degraded, Stable, SpecValid."

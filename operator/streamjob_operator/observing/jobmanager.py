@@ -47,6 +47,7 @@ class RestObservation:
     job: rest.JobDetails | None = None
     checkpoints: rest.CheckpointingStatistics | None = None
     savepoint: rest.SavepointInfo | None = None
+    overview: rest.ClusterOverview | None = None  # when asked for
     error: str | None = None  # why it was not reachable
 
 
@@ -79,9 +80,12 @@ async def observe(
     job_id: str | None,
     savepoint: tuple[str, str] | None,
     timeout_s: float = 5.0,
+    *,
+    overview: bool = False,
 ) -> RestObservation:
     """What the JobManager at ``url`` says of its jobs, of ``job_id`` and of the savepoint
-    request ``savepoint`` = (job id, request id)."""
+    request ``savepoint`` = (job id, request id); and with ``overview`` of its cluster
+    (``GET /overview``: TaskManagers and slots)."""
     try:
         async with rest_client.JobManagerClient(url, timeout_s=timeout_s) as jm:
             jobs = (await jm.list_jobs()).jobs
@@ -93,7 +97,8 @@ async def observe(
             info = None
             if savepoint is not None:
                 info = await _known(jm.savepoint_status(*savepoint))
-            return RestObservation(True, tuple(jobs), job, checkpoints, info)
+            cluster = await jm.overview() if overview else None
+            return RestObservation(True, tuple(jobs), job, checkpoints, info, cluster)
     except _FAILURES as e:
         log.debug("JobManager at %s not reachable: %r", url, e)
         return dataclasses.replace(UNREACHABLE, error=f"{type(e).__name__}: {e}")

@@ -6,10 +6,12 @@ anything. Kubernetes that cannot be read raises (kubernetes_asyncio's ``ApiExcep
 make planning re-create what exists; the pass fails and is retried. A JobManager
 that cannot be read is observed as unreachable (``observing.jobmanager``).
 
-What is observed is the current deployment target (``recreate``: one copy of the
-cluster named after the StreamJob; blue-green is not planned yet) of the spec being
-deployed (``planning.lifecycle.deployed_spec``), which decides whether HA metadata is
-looked at.
+What is observed is the cluster of ``status.job`` (``planning.bluegreen.job_target``:
+the uncoloured copy named after the StreamJob for ``recreate``, else a colour's) with
+the spec being deployed (``planning.lifecycle.deployed_spec``), which decides whether
+HA metadata is looked at; and during a blue-green upgrade or fallback the other
+colour's cluster too (``bluegreen.other_target``): its Deployments, and whether its
+JobManager answers, with which jobs and how many registered slots.
 """
 
 from __future__ import annotations
@@ -21,9 +23,7 @@ from kubernetes_asyncio import client
 from streamjob_operator.desired import ha, jobmanager, metadata, target
 from streamjob_operator.observing import children, resource
 from streamjob_operator.observing import jobmanager as rest_observing
-from streamjob_operator.planning import lifecycle, observed
-
-HERE = target.DeploymentTarget()
+from streamjob_operator.planning import bluegreen, lifecycle, observed
 
 
 async def observe(
@@ -38,12 +38,13 @@ async def observe(
     status = streamjob.status
     spec = lifecycle.deployed_spec(status)
     job = streamjob.identity(spec)
-    jm_state = await children.deployment(api, job, HERE, metadata.Component.JOBMANAGER)
-    tm_state = await children.deployment(api, job, HERE, metadata.Component.TASKMANAGER)
+    here = bluegreen.job_target(status)
+    jm_state = await children.deployment(api, job, here, metadata.Component.JOBMANAGER)
+    tm_state = await children.deployment(api, job, here, metadata.Component.TASKMANAGER)
     job_id = status.job.id
     ha_checkpoint = None
     if spec is not None and ha.enabled(spec) and job_id is not None:
-        ha_checkpoint = await children.ha_checkpoint(api, job, HERE, job_id)
+        ha_checkpoint = await children.ha_checkpoint(api, job, here, job_id)
     rest = rest_observing.UNREACHABLE
     if jm_state is not observed.DeploymentState.ABSENT:
         pending = status.pendingSavepoint
@@ -52,8 +53,12 @@ async def observe(
             savepoint_job = pending.jobId or job_id
             if savepoint_job is not None:
                 savepoint = (savepoint_job, pending.triggerId)
-        url = resolve(jobmanager.rest_url(job, HERE))
+        url = resolve(jobmanager.rest_url(job, here))
         rest = await rest_observing.observe(url, job_id, savepoint, rest_timeout_s)
+    other = None
+    there = bluegreen.other_target(status)
+    if there is not None:
+        other = await cluster(api, job, there, resolve, rest_timeout_s)
     return observed.Observed(
         meta=streamjob.meta,
         jobmanager=jm_state,
@@ -65,4 +70,25 @@ async def observe(
         savepoint=rest.savepoint,
         ha_checkpoint=ha_checkpoint,
         disposed=frozenset(disposed),
+        color=here.color,
+        other=other,
     )
+
+
+async def cluster(
+    api: client.ApiClient,
+    job: target.StreamJob,
+    where: target.DeploymentTarget,
+    resolve: rest_observing.Resolve,
+    rest_timeout_s: float,
+) -> observed.Cluster:
+    """A colour's cluster without regard to ``status.job``: Deployments, and its
+    JobManager's jobs and registered slots."""
+    jm_state = await children.deployment(api, job, where, metadata.Component.JOBMANAGER)
+    tm_state = await children.deployment(api, job, where, metadata.Component.TASKMANAGER)
+    if jm_state is observed.DeploymentState.ABSENT:
+        return observed.Cluster(where.color, jm_state, tm_state)
+    url = resolve(jobmanager.rest_url(job, where))
+    rest = await rest_observing.observe(url, None, None, rest_timeout_s, overview=True)
+    slots = None if rest.overview is None else rest.overview.slots_total
+    return observed.Cluster(where.color, jm_state, tm_state, rest.reachable, rest.jobs, slots)

@@ -9,6 +9,10 @@ is not returned but chosen by planning (:func:`savepoints.trigger_id`): the
 records it in ``status.pendingSavepoint.triggerId``, and the request carries it, so an
 operator that dies once the request is sent finds it again under that id.
 
+The JobManager actions (:class:`SubmitJob`, :class:`TriggerSavepoint`,
+:class:`StopWithSavepoint`, :class:`CancelJob`) name the cluster they go to
+(``where``: the uncoloured one of ``recreate``, or a colour's during blue-green).
+
 Destructive actions (:data:`DESTRUCTIVE`) stop a job, remove pods, replace them, or
 delete data. A plan never holds one without a :class:`WriteStatus` before it that
 records the target spec and step: status is the write-ahead log of the reconcile loop.
@@ -81,10 +85,23 @@ class DeleteHaMetadata:
 
 
 @dataclasses.dataclass(frozen=True)
+class DeleteChildren:
+    """Delete every child of ``where``'s cluster (``desired.children``: Deployments in the
+    foreground, Service, ConfigMap, RBAC) and its HA ConfigMap; absent ones are fine.
+    A blue-green upgrade removes the colour it leaves this way."""
+
+    where: target.DeploymentTarget
+
+
+HERE = target.DeploymentTarget()
+
+
+@dataclasses.dataclass(frozen=True)
 class SubmitJob:
     """``POST /jobs``; the submission's ``savepoint_path`` is the restore path (or None)."""
 
     submission: rest.JobSubmission
+    where: target.DeploymentTarget = HERE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +114,7 @@ class TriggerSavepoint:
     directory: str | None
     trigger_id: str
     nonce: int | None = None
+    where: target.DeploymentTarget = HERE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +126,7 @@ class StopWithSavepoint:
     kind: SavepointKind
     directory: str | None
     trigger_id: str
+    where: target.DeploymentTarget = HERE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +134,7 @@ class CancelJob:
     """``PATCH /jobs/{job_id}?mode=cancel`` (a job that already ended is fine)."""
 
     job_id: str
+    where: target.DeploymentTarget = HERE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,6 +169,7 @@ Action = (
     | DeleteJobManager
     | DeleteTaskManager
     | DeleteHaMetadata
+    | DeleteChildren
     | SubmitJob
     | TriggerSavepoint
     | StopWithSavepoint
@@ -164,6 +185,7 @@ DESTRUCTIVE: tuple[type[Action], ...] = (
     DeleteJobManager,
     DeleteTaskManager,
     DeleteHaMetadata,
+    DeleteChildren,
     StopWithSavepoint,
     CancelJob,
     DisposeSavepoint,

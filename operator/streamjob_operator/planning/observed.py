@@ -11,6 +11,7 @@ import dataclasses
 import datetime
 import enum
 
+from streamjob_operator.desired import target
 from streamjob_runtime.api import models as rest
 
 
@@ -40,6 +41,29 @@ class HaCheckpoint:
 
 
 @dataclasses.dataclass(frozen=True)
+class Cluster:
+    """One colour's cluster as a blue-green step needs it (``Observed.cluster``).
+
+    ``slots``: the slots its TaskManagers registered with the JobManager (``GET
+    /overview``); None when not asked or not reachable. ``jobs``: what the JobManager
+    lists (meaningful only when ``rest_reachable``).
+    """
+
+    color: target.Color | None
+    jobmanager: DeploymentState = DeploymentState.ABSENT
+    taskmanager: DeploymentState = DeploymentState.ABSENT
+    rest_reachable: bool = False
+    jobs: tuple[rest.JobOverview, ...] = ()
+    slots: int | None = None
+
+    @property
+    def deployments_absent(self) -> bool:
+        return (
+            self.jobmanager is DeploymentState.ABSENT and self.taskmanager is DeploymentState.ABSENT
+        )
+
+
+@dataclasses.dataclass(frozen=True)
 class Observed:
     """One pass's observation.
 
@@ -57,6 +81,10 @@ class Observed:
     - ``disposed``: savepoint locations acting has disposed of (or found gone), so the
       history can drop them; a location disposed of but forgotten (operator restart) is
       disposed of again, which is a no-op.
+    - ``color``: the cluster the fields above describe, the one of ``status.job``
+      (``planning.bluegreen.job_target``): None for the uncoloured cluster of
+      ``recreate``. ``other``: during a blue-green upgrade or fallback, the other
+      colour's cluster (``planning.bluegreen.other_target``); None otherwise.
     """
 
     meta: Meta
@@ -69,6 +97,16 @@ class Observed:
     savepoint: rest.SavepointInfo | None = None
     ha_checkpoint: HaCheckpoint | None = None
     disposed: frozenset[str] = frozenset()
+    color: target.Color | None = None
+    other: Cluster | None = None
+
+    def cluster(self, color: target.Color | None) -> Cluster | None:
+        """The cluster of ``color`` as observed this pass; None when it was not."""
+        if color == self.color:
+            return Cluster(color, self.jobmanager, self.taskmanager, self.rest_reachable, self.jobs)
+        if self.other is not None and self.other.color == color:
+            return self.other
+        return None
 
     @property
     def deployments_absent(self) -> bool:

@@ -33,8 +33,11 @@ alone). ``last-state`` cancels the job and restores from its latest checkpoint (
 JobManager's, the HA metadata's or the last one status saw). ``stateless`` cancels
 and starts from empty state. No upgrade falls back to empty state by itself.
 
-Not planned here yet: blue-green upgrades (``upgradeStrategy: blueGreen`` is
-redeployed like ``recreate``, with a warning Event).
+With ``upgradeStrategy: blueGreen`` an upgrade, restart or rescale brings the new
+spec up on the other colour's cluster first, warm, and only then stops the old job
+and submits to it (``planning.bluegreen``, steps ``steps.BLUE_GREEN_ORDER``). A first
+deployment, suspend and resume deploy in place, on the active colour; the cluster
+that runs ``status.job`` (``bluegreen.job_target``) is where job actions go.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from streamjob_operator.api import models
 from streamjob_operator.desired import submission, target
 from streamjob_operator.planning import (
     actions,
+    bluegreen,
     changes,
     clock,
     configuration,
@@ -66,7 +70,6 @@ Kind = actions.SavepointKind
 Change = changes.ChangeKind
 WARNING = actions.EventType.WARNING
 NORMAL = actions.EventType.NORMAL
-HERE = target.DeploymentTarget()
 
 
 def plan(
@@ -167,6 +170,11 @@ class _Pass:
             seconds = max(1.0, (self.wake - self.now).total_seconds())
             self.emit(actions.RequeueAfter(seconds))
         return actions.Plan(tuple(self.actions), self.status)
+
+    @property
+    def here(self) -> target.DeploymentTarget:
+        """The cluster of ``status.job``: where job actions go."""
+        return bluegreen.job_target(self.status)
 
     def streamjob(self, spec: models.StreamJobSpec) -> target.StreamJob:
         meta = self.seen.meta
@@ -324,11 +332,15 @@ class _Pass:
         assert pending.jobId is not None
         assert pending.triggerId is not None
         if kind in savepoints.STOP_KINDS:
-            self.emit(actions.StopWithSavepoint(pending.jobId, kind, directory, pending.triggerId))
+            self.emit(
+                actions.StopWithSavepoint(
+                    pending.jobId, kind, directory, pending.triggerId, where=self.here
+                )
+            )
         else:
             self.emit(
                 actions.TriggerSavepoint(
-                    pending.jobId, kind, directory, pending.triggerId, pending.nonce
+                    pending.jobId, kind, directory, pending.triggerId, pending.nonce, self.here
                 )
             )
 
@@ -377,7 +389,6 @@ class _Pass:
         if spec.job.state is models.DesiredJobState.SUSPENDED:
             self.event(NORMAL, "Suspended", "created suspended: nothing is deployed")
             return
-        self.warn_blue_green(spec)
         where = f"from savepoint {spec.job.initialSavepointPath}"
         self.event(
             NORMAL,
@@ -385,15 +396,6 @@ class _Pass:
             f"first deployment, {where if spec.job.initialSavepointPath else 'empty state'}",
         )
         self.apply_children(spec)
-
-    def warn_blue_green(self, spec: models.StreamJobSpec) -> None:
-        if spec.upgradeStrategy.type is models.UpgradeStrategyType.BLUE_GREEN:
-            self.event(
-                WARNING,
-                "BlueGreenUnsupported",
-                "upgradeStrategy blueGreen is not planned yet: the job is redeployed in place"
-                " (recreate)",
-            )
 
     def record_spec(self, spec: models.StreamJobSpec) -> None:
         """Take ``spec`` as reconciled without a redeploy (STABLE stays STABLE)."""
@@ -438,6 +440,9 @@ class _Pass:
             self.error(f"cannot apply the {kind.label}: " + "; ".join(errors), "InvalidChange")
             return False
         verb = "suspending" if kind is Change.SUSPEND else f"{kind.label} ({change.description})"
+        if kind is not Change.SUSPEND and bluegreen.uses(new):
+            bluegreen.BlueGreen(self).start(new, verb)
+            return True
         self.start_redeploy(new, verb)
         self.stop_job(new)
         return True
@@ -446,7 +451,6 @@ class _Pass:
         self.r.lastReconciledSpec = changes.encode(spec)
         self.r.state = State.UPGRADING
         self.set_condition(lifecycle.STABLE, None, "Redeploying", why)
-        self.warn_blue_green(spec)
         self.event(
             NORMAL,
             "Upgrading" if spec.job.state is models.DesiredJobState.RUNNING else "Suspending",
@@ -492,7 +496,7 @@ class _Pass:
                 f"the {' and '.join(missing)} Deployment is missing: applying it again",
             )
             self.write()
-            where = target.DeploymentTarget(savepoint_path=self.r.restorePath)
+            where = dataclasses.replace(self.here, savepoint_path=self.r.restorePath)
             self.emit(actions.ApplyChildren(self.streamjob(spec), where))
             self.soon()
             return
@@ -627,7 +631,9 @@ class _Pass:
         step = Step(self.r.step)
         spec = lifecycle.deployed_spec(self.status)
         assert spec is not None, "a step is under way without a target spec"
-        if step is Step.STOP_JOB:
+        if bluegreen.is_step(step):
+            bluegreen.BlueGreen(self).carry_on(spec, valid)
+        elif step is Step.STOP_JOB:
             spec = self.retarget(spec, valid)
             self.stop_job(spec)
         elif step is Step.DELETE_DEPLOYMENTS:
@@ -662,9 +668,17 @@ class _Pass:
         self.event(NORMAL, "Retargeted", "the upgrade under way now goes to the new spec")
         return valid
 
-    def stop_job(self, spec: models.StreamJobSpec) -> None:
-        """Step STOP_JOB: stop the old job and choose what the new one restores from."""
-        self.r.step = Step.STOP_JOB
+    def stop_job(
+        self,
+        spec: models.StreamJobSpec,
+        step: Step = Step.STOP_JOB,
+        then: bluegreen.Then | None = None,
+    ) -> None:
+        """Step STOP_JOB (or ``step``): stop the job of ``status.job`` and choose what the
+        next one restores from; then ``then(spec, restore)``, by default the next step
+        in place (delete the Deployments)."""
+        self.r.step = step
+        then = then or (lambda s, restore: self.delete_deployments(s, restore=restore))
         rolling_back = self.r.state is State.ROLLING_BACK
         mode = spec.job.upgradeMode
         with_savepoint = mode is models.UpgradeMode.SAVEPOINT and not rolling_back
@@ -674,7 +688,7 @@ class _Pass:
             self.soon()  # a savepoint is in flight: the JobManager takes one at a time
             return
         if self.stopped_with is not None:
-            self.delete_deployments(spec, restore=self.stopped_with)
+            then(spec, self.stopped_with)
             return
         if with_savepoint and self.seen.job_running and not self.savepoint_failed:
             assert job_id is not None
@@ -692,12 +706,12 @@ class _Pass:
         if self.seen.job_alive:
             assert job_id is not None
             self.write()
-            self.emit(actions.CancelJob(job_id))
+            self.emit(actions.CancelJob(job_id, self.here))
             self.soon()
             return
         if choice.note is not None:
             self.event(WARNING, "CheckpointFallback", choice.note)
-        self.delete_deployments(spec, restore=choice.path)
+        then(spec, choice.path)
 
     def latest_checkpoint(self) -> _Checkpoint | None:
         found: list[_Checkpoint] = []
@@ -767,9 +781,12 @@ class _Pass:
             self.r.step = Step.DELETE_DEPLOYMENTS
             self.r.restorePath = restore
         self.write()
-        self.emit(actions.DeleteTaskManager(HERE))
-        self.emit(actions.DeleteJobManager(HERE))
-        self.emit(actions.DeleteHaMetadata(HERE))
+        if self.here.color != bluegreen.deploy_color(spec, self.status):
+            self.emit(actions.DeleteChildren(self.here))  # the strategy changed: all of it
+        else:
+            self.emit(actions.DeleteTaskManager(self.here))
+            self.emit(actions.DeleteJobManager(self.here))
+            self.emit(actions.DeleteHaMetadata(self.here))
         if not self.seen.deployments_absent:
             self.soon()
             return
@@ -784,12 +801,16 @@ class _Pass:
         """Step APPLY_CHILDREN: the new children, then wait for the JobManager."""
         if self.r.step != Step.APPLY_CHILDREN:
             self.r.step = Step.APPLY_CHILDREN
+            color = bluegreen.deploy_color(spec, self.status)
+            self.status.blueGreen = (
+                None if color is None else models.BlueGreenStatus(active=color.value)
+            )
             self.r.deployedAt = clock.format_time(self.now)
             self.status.job = models.JobInfo()
             self.status.lastCheckpoint = None
             self.status.lastPeriodicSavepointTime = None
         self.write()
-        where = target.DeploymentTarget(savepoint_path=self.r.restorePath)
+        where = dataclasses.replace(self.here, savepoint_path=self.r.restorePath)
         self.emit(actions.ApplyChildren(self.streamjob(spec), where))
         if self.seen.jobmanager is observed.DeploymentState.READY and self.seen.rest_reachable:
             self.submit(spec)
@@ -810,8 +831,9 @@ class _Pass:
             return
         self.r.step = Step.SUBMIT_JOB
         self.write()
-        where = target.DeploymentTarget(savepoint_path=self.r.restorePath)
-        self.emit(actions.SubmitJob(submission.job_submission(self.streamjob(spec), where)))
+        where = dataclasses.replace(self.here, savepoint_path=self.r.restorePath)
+        job = submission.job_submission(self.streamjob(spec), where)
+        self.emit(actions.SubmitJob(job, where))
         self.soon()
 
     def adopt(self, job: rest.JobOverview) -> None:
@@ -861,6 +883,14 @@ class _Pass:
         if self.r.state is not State.DELETING:
             self.r.state = State.DELETING
             self.event(NORMAL, "Deleting", "stopping the job before the StreamJob goes")
+            bg = self.status.blueGreen
+            if (
+                bg is not None
+                and bg.next is not None
+                and self.here.color != bluegreen.color(bg.active)
+            ):
+                # The job runs on the next colour: from here on it is the active one.
+                self.status.blueGreen = models.BlueGreenStatus(active=bg.next, next=bg.active)
         self.r.step = Step.STOP_JOB
         deadline = asked + self.config.deletion_savepoint_timeout
         self.settle_savepoint()
@@ -893,12 +923,15 @@ class _Pass:
                 self.soon(min(deadline, self.now + self.config.progress_check_interval))
                 return
             self.write()
-            self.emit(actions.CancelJob(job_id))
+            self.emit(actions.CancelJob(job_id, self.here))
             self.soon()
             return
         self.status.pendingSavepoint = None
         self.write()
-        self.emit(actions.DeleteHaMetadata(HERE))
+        # HA metadata has no owner: each cluster this StreamJob may have run goes.
+        clusters = [None] if self.status.blueGreen is None else [None, *target.Color]
+        for color in clusters:
+            self.emit(actions.DeleteHaMetadata(target.DeploymentTarget(color=color)))
         self.emit(actions.FinishDeletion())
 
 
