@@ -187,11 +187,23 @@ def test_deleting_deployments_and_ha_metadata_that_are_gone_is_done(
             "metadata": {"name": "streamjob-wordcount-ha", "namespace": NAMESPACE},
         }
     )
+    kube.create(
+        {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": "streamjob-wordcount-leader", "namespace": NAMESPACE},
+            "spec": {"holderIdentity": "a-crashed-jobmanager", "leaseDurationSeconds": 15},
+        }
+    )
     outcome = act(kube, streamjob, *deletes)
     assert outcome.ok, outcome.error
     assert kube.get("apps/v1", "deployments", "wordcount-jobmanager", NAMESPACE) is None
     assert kube.get("apps/v1", "deployments", "wordcount-taskmanager", NAMESPACE) is None
     assert kube.get("v1", "configmaps", "streamjob-wordcount-ha", NAMESPACE) is None
+    lease = kube.get("coordination.k8s.io/v1", "leases", "streamjob-wordcount-leader", NAMESPACE)
+    assert lease is None
+    ha_deletes = [r.path.rsplit("/", 2)[-2] for r in kube.requests if r.method == "DELETE"]
+    assert ha_deletes[-2:] == ["configmaps", "leases"]  # the epoch record first
     assert kube.get("v1", "services", "wordcount-jobmanager", NAMESPACE) is not None
     deleted = [r for r in kube.requests if r.method == "DELETE" and "deployments" in r.path]
     assert all("propagationPolicy=Foreground" in r.query for r in deleted)

@@ -7,8 +7,9 @@ What each action does:
 - ApplyChildren: create or replace every manifest of ``desired.children``
   (``acting.children``);
 - DeleteJobManager / DeleteTaskManager: delete the Deployment (foreground; 404 done);
-  DeleteHaMetadata: delete the HA ConfigMap (404 done); DeleteChildren: every child of
-  the cluster (Deployments in the foreground first), then its HA ConfigMap (404 done);
+  DeleteHaMetadata: delete the HA ConfigMap, then the leader Lease (404 done);
+  DeleteChildren: every child of the cluster (Deployments in the foreground first),
+  then its HA metadata (404 done);
 - SubmitJob, TriggerSavepoint, StopWithSavepoint, CancelJob: the REST API of the
   JobManager of the action's cluster (``where``) at its Service's address, through
   the same address resolution observing uses.

@@ -150,8 +150,21 @@ async def delete_deployment(
 async def delete_ha_metadata(
     api: client.ApiClient, job: target.StreamJob, where: target.DeploymentTarget
 ) -> bool:
-    name = ha.configmap_name(metadata.cluster_id(job, where))
-    return await delete(api, kubeapi.path("v1", "configmaps", job.namespace, name))
+    """The HA ConfigMap, then the leader Lease (both absent: fine).
+
+    The Lease goes too, so that a new JobManager need not wait out a lease its crashed
+    predecessor still holds, and nothing is left behind a deleted StreamJob. In this
+    order: the ConfigMap records the epoch (the Lease's transitions) its writers must
+    reach, so a Lease reset under a surviving ConfigMap would fence every new leader.
+    """
+    cluster_id = metadata.cluster_id(job, where)
+    configmap = kubeapi.path("v1", "configmaps", job.namespace, ha.configmap_name(cluster_id))
+    lease = kubeapi.path(
+        "coordination.k8s.io/v1", "leases", job.namespace, ha.lease_name(cluster_id)
+    )
+    existed = await delete(api, configmap)
+    await delete(api, lease)
+    return existed
 
 
 async def delete_children(

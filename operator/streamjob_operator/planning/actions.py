@@ -75,7 +75,7 @@ class DeleteTaskManager:
 
 @dataclasses.dataclass(frozen=True)
 class DeleteHaMetadata:
-    """Delete the HA ConfigMap of ``where``'s cluster (``desired.ha.configmap_name``).
+    """Delete the HA ConfigMap of ``where``'s cluster, then its leader Lease (``desired.ha``).
 
     A new JobManager would otherwise recover the old job graph from it instead of
     running the one planning submits.
