@@ -415,10 +415,10 @@ class BlueGreenStatus(_Status):
         description="The active colour runs the last stable spec, so a new colour that does"
         " not become stable can fall back to it (with rollback.enabled).",
     )
-    previousJobs: list[str] = Field(
-        default_factory=list,
-        description="The jobs the JobManager submitted to listed before the submission (never"
-        " adopted as the submitted job).",
+    previousJobs: list[str] | None = Field(
+        default=None,
+        description="During a submission: the jobs that JobManager listed before it (never"
+        " adopted as the submitted job); null until recorded.",
     )
 
 

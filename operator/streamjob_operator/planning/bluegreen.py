@@ -255,32 +255,34 @@ class BlueGreen:
         if p.r.step != Step.DEPLOY_NEXT:
             p.r.step = Step.DEPLOY_NEXT
             p.r.deployedAt = clock.format_time(p.now)
-        p.write()
         view = p.seen.cluster(self.next().color)
+        warm = view is not None and view.rest_reachable
+        warm = warm and view is not None and (view.slots or 0) >= spec.job.parallelism
+        deadline = clock.parse_time(p.r.deployedAt or clock.format_time(p.now))
+        deadline += clock.duration(spec.stability.timeout)
+        why = self.warm_up_missing(spec, view)
+        if not warm and p.now >= deadline:
+            timeout = f"the {name(self.next().color)} cluster is not ready"
+            timeout += f" {spec.stability.timeout} after it was deployed ({why});"
+            timeout += " the old job keeps running"
+            if self.can_fall_back():
+                self.start_fallback(timeout)
+                return
+            if not lifecycle.stability_failed(p.status):
+                p.set_condition(lifecycle.STABLE, False, lifecycle.STABILITY_TIMEOUT, timeout)
+                p.error(f"{timeout}: fix the spec and apply it", "StabilityTimeout")
+            else:
+                p.errors.append(timeout)
+        p.write()
         if view is None or view.jobmanager is observed.DeploymentState.ABSENT:
             # A warm JobManager would recover a job from an earlier life of this colour.
             p.emit(actions.DeleteHaMetadata(self.next()))
         p.emit(actions.ApplyChildren(p.streamjob(spec), self.next()))
-        if view is not None and view.rest_reachable and (view.slots or 0) >= spec.job.parallelism:
+        if warm:
             self.stop_active(spec)
             return
-        why = self.warm_up_missing(spec, view)
-        deadline = clock.parse_time(p.r.deployedAt or clock.format_time(p.now))
-        deadline += clock.duration(spec.stability.timeout)
         if p.now < deadline:
             p.set_condition(lifecycle.STABLE, None, "Redeploying", why)
-            p.soon()
-            return
-        timeout = f"the {name(self.next().color)} cluster is not ready {spec.stability.timeout}"
-        timeout += f" after it was deployed ({why}); the old job keeps running"
-        if self.can_fall_back():
-            self.start_fallback(timeout)
-            return
-        if not lifecycle.stability_failed(p.status):
-            p.set_condition(lifecycle.STABLE, False, lifecycle.STABILITY_TIMEOUT, timeout)
-            p.error(f"{timeout}: fix the spec and apply it", "StabilityTimeout")
-        else:
-            p.errors.append(timeout)
         p.soon()
 
     @staticmethod
@@ -309,10 +311,11 @@ class BlueGreen:
             p.status.job = models.JobInfo()
             p.status.lastCheckpoint = None
             p.status.lastPeriodicSavepointTime = None
-            self.bg.previousJobs = []
+            self.bg.previousJobs = None
         view = p.seen.cluster(where.color)
-        if view is not None and view.rest_reachable:
-            fresh = [j for j in view.jobs if j.jid not in self.bg.previousJobs]
+        known = self.bg.previousJobs
+        if view is not None and view.rest_reachable and known is not None:
+            fresh = [j for j in view.jobs if j.jid not in known]
             if fresh:
                 self.adopt(max(fresh, key=lambda j: (not j.state.terminal, j.start_time)))
                 return
@@ -325,7 +328,8 @@ class BlueGreen:
             p.write()
             p.soon()
             return
-        self.bg.previousJobs = sorted(j.jid for j in view.jobs)
+        if known is None:  # what it lists now is not ours to adopt
+            self.bg.previousJobs = sorted(j.jid for j in view.jobs)
         p.write()
         job = submission.job_submission(p.streamjob(spec), where)
         p.emit(actions.SubmitJob(job, where=where))
@@ -339,7 +343,7 @@ class BlueGreen:
             startTime=clock.format_time(clock.from_epoch_ms(job.start_time)),
             restarts=job.restarts,
         )
-        self.bg.previousJobs = []
+        self.bg.previousJobs = None
         if p.r.state is State.ROLLING_BACK:
             p.event(
                 NORMAL,
@@ -487,12 +491,13 @@ class BlueGreen:
         if view is None or not view.deployments_absent:
             p.soon()
             return
+        old = self.active()
         p.status.blueGreen = models.BlueGreenStatus(active=self.bg.active)
         p.r.step = None
         p.r.state = State.ROLLED_BACK
         p.event(
             WARNING,
             "RolledBack",
-            f"rolled back to the last stable spec on the {name(self.active().color)} cluster",
+            f"rolled back to the last stable spec on the {name(old.color)} cluster",
         )
         p.soon()
