@@ -75,8 +75,14 @@ Emulated as kube-apiserver does it:
   answers), as does re-creating an object read from the server without clearing it.
 - Test hooks: direct thread-safe get/list/create/put_object/patch/delete/events_for,
   wait_for(condition) woken by every state change, compact(), drop_watches(), watch_count(),
-  inject_error(status, method, path_contains, times), requests (a log of what was served),
+  inject_error(status, method, path_contains, times), on_request(action, method,
+  path_contains, when, times) (runs once a matching request succeeded, before its answer is
+  sent: e.g. SIGKILL the client at a given write), requests (a log of what was served),
   write_kubeconfig(path), internal_errors (the `kube` fixture asserts the emulator had none).
+- The Service proxy subresource (/api/v1/namespaces/<ns>/services/[http:]<name>[:<port>]/proxy/
+  <path>, what `kubectl proxy` exposes) forwards to the endpoint a backend names
+  (`serve_services`; the test kubelet, tests.kube.pods, installs one); without one, or
+  without a ready endpoint, 503 "no endpoints available for service".
 
 Not emulated (know this before relying on it):
 

@@ -51,8 +51,12 @@ podIP 127.0.0.1, Ready and ContainersReady conditions, one container status.
 Services: :meth:`PodRunner.rest_url` and :meth:`PodRunner.resolve` (the
 ``address_resolver`` to give the operator's observing and acting) map a Service to the
 local port of a ready pod it selects now, its ``targetPort`` through the container's
-named ports. The selector is evaluated against the Pod objects, so the HA leader label
-the runtime patches onto its own pod (``streamjob.dev/jobmanager-leader=true``) decides.
+named ports. While the runner runs, the emulator's Service proxy
+(``<kube.url>/api/v1/namespaces/<ns>/services/<name>:<port>/proxy/...``) reaches the
+same pods, so an operator process reaches JobManagers as it would through ``kubectl
+proxy`` (its ``--jobmanager-url-template``). The selector is evaluated against the Pod
+objects, so the HA leader label the runtime patches onto its own pod
+(``streamjob.dev/jobmanager-leader=true``) decides.
 
 Not emulated: volumes (paths are the host's: give checkpoint and savepoint directories
 as absolute temporary paths), resources, liveness and startup probes, init and sidecar
@@ -394,12 +398,14 @@ class PodRunner:
         self._thread = threading.Thread(target=run, name="pod-runner", daemon=True)
         self._thread.start()
         started.wait(10)
+        self.kube.serve_services(self.service_endpoint)
         return self
 
     def stop(self) -> None:
         loop, thread, stop = self._loop, self._thread, self._stop
         if loop is None or thread is None:
             return
+        self.kube.serve_services(None)
         if stop is not None:
             with contextlib.suppress(RuntimeError):  # the loop already ended
                 loop.call_soon_threadsafe(stop.set)
@@ -586,6 +592,20 @@ class PodRunner:
         return urllib.parse.urlunsplit(
             ("http", base.removeprefix("http://"), parts.path, parts.query, parts.fragment)
         )
+
+    def service_endpoint(self, namespace: str, service: str, port: str) -> str | None:
+        """``http://127.0.0.1:<port>`` of a ready pod the Service selects now for ``port``
+        (a number, a name, or "" for its first port), or None: the emulator's Service proxy
+        backend while the runner runs."""
+        wanted: int | str = int(port) if port.isdigit() else port
+        if wanted == "":
+            found = self.kube.get("v1", "services", service, namespace)
+            ports = ((found or {}).get("spec") or {}).get("ports") or []
+            if not ports:
+                return None
+            wanted = ports[0]["port"]
+        local = self.endpoints(service, namespace, wanted)
+        return f"http://127.0.0.1:{local[0]}" if local else None
 
     @property
     def address_resolver(self) -> Callable[[str], str]:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aiohttp
 from aiohttp import web
 
 from tests.kube.registry import CRDS, NAMESPACES, Obj, Registry, ResourceType
@@ -91,6 +92,22 @@ class Fault:
     message: str
 
 
+@dataclass
+class Hook:
+    """``action`` runs once a matching request was served (its effect stored) and before
+    its answer is sent: the client has not seen the answer when the action runs."""
+
+    method: str | None
+    path_contains: str
+    when: Callable[[Any], bool] | None  # on the decoded JSON body (None without one)
+    action: Callable[[], None]
+    times: int
+
+
+ServiceBackend = Callable[[str, str, str], "str | None"]
+"""(namespace, service, port name or number) -> the base URL of an endpoint, or None."""
+
+
 def _not_found_route() -> ApiError:
     return ApiError(404, "NotFound", "the server could not find the requested resource")
 
@@ -117,6 +134,9 @@ class ApiServer:
         self.watchers: set[asyncio.Event] = set()
         self.requests: deque[RequestRecord] = deque(maxlen=10_000)
         self.faults: list[Fault] = []
+        self.hooks: list[Hook] = []
+        self.service_backend: ServiceBackend | None = None
+        self._proxy_session: aiohttp.ClientSession | None = None
         self.internal_errors: list[str] = []  # unexpected exceptions: emulator bugs
         self.address = ""
         self.drop_generation = 0  # bumped to end every open watch stream
@@ -140,6 +160,8 @@ class ApiServer:
         try:
             response = await self._handle(request)
             status = response.status
+            if status < 400:
+                await self._run_hooks(request)
             return response
         except ApiError as e:
             status = e.code
@@ -160,6 +182,71 @@ class ApiServer:
                 )
             )
 
+    async def _run_hooks(self, request: web.Request) -> None:
+        for hook in self.hooks:
+            if hook.times <= 0 or hook.method not in (None, request.method):
+                continue
+            if hook.path_contains not in request.path_qs:
+                continue
+            if hook.when is not None:
+                raw = await request.read()  # aiohttp keeps the body it read
+                try:
+                    body = json.loads(raw) if raw else None
+                except ValueError:
+                    body = None
+                if not hook.when(body):
+                    continue
+            hook.times -= 1
+            hook.action()
+
+    async def _service_proxy(self, request: web.Request, parts: list[str]) -> web.StreamResponse:
+        """``/api/v1/namespaces/<ns>/services/[<scheme>:]<name>[:<port>]/proxy/<path>``: the
+        request forwarded to an endpoint of the Service (``service_backend``)."""
+        namespace, target = parts[3], parts[5]
+        pieces = target.split(":")
+        if len(pieces) == 3:
+            pieces = pieces[1:]  # a scheme: http only here
+        name, port = pieces[0], pieces[1] if len(pieces) > 1 else ""
+        services = self.registry.find("v1", "services")
+        assert services is not None
+        self.store.get(services, namespace, name)  # or 404
+        backend = self.service_backend
+        base = None
+        if backend is not None:
+            base = await asyncio.to_thread(backend, namespace, name, port)
+        if base is None:
+            raise ApiError(
+                503, "ServiceUnavailable", f'no endpoints available for service "{name}"'
+            )
+        if self._proxy_session is None:
+            self._proxy_session = aiohttp.ClientSession(auto_decompress=False)
+        tail = "/" + "/".join(parts[7:])
+        body = await request.read()
+        headers = {k: v for k, v in request.headers.items() if k.lower() == "content-type"}
+        try:
+            async with self._proxy_session.request(
+                request.method,
+                base + tail,
+                params=request.query,
+                data=body or None,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=60),
+            ) as upstream:
+                content = await upstream.read()
+                return web.Response(
+                    body=content,
+                    status=upstream.status,
+                    content_type=upstream.content_type,
+                )
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            raise ApiError(
+                503, "ServiceUnavailable", f"error trying to reach service: {e!r}"
+            ) from None
+
+    async def close(self) -> None:
+        if self._proxy_session is not None:
+            await self._proxy_session.close()
+
     def _fault(self, request: web.Request) -> ApiError | None:
         for fault in self.faults:
             if fault.times <= 0:
@@ -178,6 +265,11 @@ class ApiServer:
         if fault is not None:
             raise fault
         parts = [p for p in request.path.split("/") if p]
+        if parts[:3] == ["api", "v1", "namespaces"] and (parts[4:5], parts[6:7]) == (
+            ["services"],
+            ["proxy"],
+        ):
+            return await self._service_proxy(request, parts)
         if request.method == "GET":
             document = self._discovery(parts)
             if document is not None:
@@ -583,6 +675,7 @@ class KubeEmulator:
         self._server._wake_watchers()
         if self._runner is not None:
             await self._runner.cleanup()
+        await self._server.close()
 
     def stop(self) -> None:
         loop, thread = self._loop, self._thread
@@ -801,6 +894,28 @@ class KubeEmulator:
         """Answer the next `times` matching requests with an error Status."""
         fault = Fault(method, path_contains, status, times, reason, message)
         self._call(lambda: self._server.faults.append(fault))
+
+    def on_request(
+        self,
+        action: Callable[[], None],
+        *,
+        method: str | None = None,
+        path_contains: str = "",
+        when: Callable[[Any], bool] | None = None,
+        times: int = 1,
+    ) -> None:
+        """Run ``action`` (on the emulator's thread) when the next ``times`` matching
+        requests succeeded: after their effect is stored, before their answer is sent.
+        ``when`` looks at the decoded JSON body. E.g. SIGKILL the client that sent it."""
+        hook = Hook(method, path_contains, when, action, times)
+        self._call(lambda: self._server.hooks.append(hook))
+
+    def serve_services(self, backend: ServiceBackend | None) -> None:
+        """Serve the API server's Service proxy
+        (``/api/v1/namespaces/<ns>/services/<name>[:<port>]/proxy/...``, what ``kubectl
+        proxy`` exposes) through ``backend``: (namespace, service, port) -> the base URL of
+        an endpoint, or None (503). None: no Service proxy (503)."""
+        self._call(lambda: setattr(self._server, "service_backend", backend))
 
     def write_kubeconfig(self, path: Path, namespace: str = "default") -> Path:
         """A kubeconfig for this emulator: plain HTTP and a bearer token. JSON is valid YAML."""

@@ -1290,6 +1290,80 @@ def test_kubeconfig_and_test_hooks(kube: KubeEmulator, kubeconfig: Path) -> None
     assert kube.get("apps/v1", "deployments", "d", "default") is None
 
 
+def test_a_request_hook_runs_after_the_write_is_stored_and_before_the_answer(
+    kube: KubeEmulator,
+) -> None:
+    seen: list[Obj | None] = []
+
+    def action() -> None:  # runs on the emulator's thread, the answer not yet sent
+        seen.append(kube.get("v1", "configmaps", "b", "default"))
+
+    kube.on_request(
+        action,
+        method="POST",
+        path_contains="/configmaps",
+        when=lambda body: body["metadata"]["name"] == "b",
+    )
+    kube.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "b"}})
+    kube.delete("v1", "configmaps", "b", "default")  # not through HTTP: no hook
+
+    async def main() -> None:
+        async with api_client(kube) as api:
+            core = client.CoreV1Api(api)
+            await core.create_namespaced_config_map("default", configmap("a"))
+            await core.create_namespaced_config_map("default", configmap("b"))
+            await expect_error(409, core.create_namespaced_config_map("default", configmap("b")))
+
+    run(main())
+    assert len(seen) == 1  # once: the name matched, the request succeeded, times=1
+    stored = seen[0]
+    assert stored is not None
+    assert stored["metadata"]["name"] == "b"
+
+
+def test_the_service_proxy_forwards_to_the_backends_endpoint_or_answers_503(
+    kube: KubeEmulator,
+) -> None:
+    asked: list[tuple[str, str, str]] = []
+
+    def backend(namespace: str, service: str, port: str) -> str | None:
+        asked.append((namespace, service, port))
+        return kube.url if port == "http" else None  # the emulator stands in for a pod
+
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80}]},
+    }
+    kube.create(service)
+    base = f"{kube.url}/api/v1/namespaces/default/services"
+
+    async def get(url: str) -> tuple[int, Any]:
+        async with aiohttp.ClientSession() as session, session.get(url) as resp:
+            return resp.status, await resp.json()
+
+    async def main() -> None:
+        status, body = await get(f"{base}/web:http/proxy/version")
+        assert (status, body["message"]) == (503, 'no endpoints available for service "web"')
+        kube.serve_services(backend)
+        status, body = await get(f"{base}/web:http/proxy/version")
+        assert (status, body["gitVersion"]) == (200, "v1.30.0-streamjob-emulator")
+        status, body = await get(f"{base}/http:web:http/proxy/api/v1/namespaces/nope")
+        assert status == 404  # the endpoint's own answer, passed through
+        assert body["reason"] == "NotFound"
+        status, body = await get(f"{base}/web:80/proxy/version")
+        assert status == 503
+        status, body = await get(f"{base}/missing:http/proxy/version")
+        assert status == 404
+        kube.serve_services(None)
+        status, body = await get(f"{base}/web:http/proxy/version")
+        assert status == 503
+
+    run(main())
+    assert asked == [("default", "web", "http")] * 2 + [("default", "web", "80")]
+
+
 # ------------------------------------------------------------------------------- kopf
 
 
