@@ -8,7 +8,10 @@ not. SIGTERM and SIGINT stop the process; a leader hands the Lease back on the w
 out, so a standby takes over at once.
 
 Kubernetes credentials are the pod's service account in a cluster, else the kubeconfig
-(``$KUBECONFIG`` or ``~/.kube/config``).
+(``$KUBECONFIG`` or ``~/.kube/config``). JobManagers are reached at their Service's
+cluster DNS name; an operator outside the cluster reaches them through ``kubectl proxy``
+with ``--jobmanager-url-template
+http://127.0.0.1:8001/api/v1/namespaces/{namespace}/services/{service}:{port}/proxy``.
 
 Permissions the operator's ServiceAccount needs (for a Helm chart's RBAC):
 
@@ -50,6 +53,7 @@ from streamjob_operator import handlers
 from streamjob_operator.acting import actor
 from streamjob_operator.api import durations
 from streamjob_operator.leadership import lease
+from streamjob_operator.observing import jobmanager as rest_observing
 from streamjob_operator.planning import configuration
 
 log = logging.getLogger("streamjob_operator")
@@ -58,6 +62,13 @@ log = logging.getLogger("streamjob_operator")
 def _duration(text: str) -> datetime.timedelta:
     try:
         return datetime.timedelta(milliseconds=durations.to_ms(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _url_template(text: str) -> rest_observing.Resolve:
+    try:
+        return rest_observing.url_template(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -125,6 +136,16 @@ def parser() -> argparse.ArgumentParser:
         default=datetime.timedelta(seconds=5),
         help="look again this soon while something is under way (default 5s)",
     )
+    p.add_argument(
+        "--jobmanager-url-template",
+        type=_url_template,
+        default=rest_observing.identity,
+        metavar="URL",
+        help="reach each JobManager's REST API at this URL, made of {service}, {namespace}"
+        " and {port} of its Service (default: the Service's cluster DNS name,"
+        " http://{service}.{namespace}.svc:{port}). For an operator outside the cluster,"
+        " through `kubectl proxy`: " + rest_observing.KUBECTL_PROXY_TEMPLATE,
+    )
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING... (default INFO)")
     return p
 
@@ -187,7 +208,11 @@ async def serve(args: argparse.Namespace) -> int:
             progress_check_interval=args.progress_check_interval,
             reconcile_interval=args.reconcile_interval,
         ),
-        acting=actor.Settings(savepoint_mounts=tuple(args.savepoint_volume), instance=identity),
+        acting=actor.Settings(
+            resolve=args.jobmanager_url_template,
+            savepoint_mounts=tuple(args.savepoint_volume),
+            instance=identity,
+        ),
     )
     api = await kubernetes_client()
     elector = lease.LeaseElector(

@@ -612,3 +612,25 @@ def test_a_real_jobmanagers_job_and_checkpoints_are_observed(
     assert seen.checkpoints.latest_completed is not None
     assert seen.checkpoints.latest_completed.path
     cluster.cancel(jid)
+
+
+def test_a_jobmanager_url_template_maps_service_urls_and_refuses_unknown_fields() -> None:
+    through_proxy = rest_observing.url_template(rest_observing.KUBECTL_PROXY_TEMPLATE)
+    job = target.StreamJob("sum", "prod", "u", models.StreamJobSpec.model_validate(SPEC))
+    url = jobmanager.rest_url(job, target.DeploymentTarget())
+    assert url == "http://sum-jobmanager.prod.svc:8081"
+    assert through_proxy(url) == (
+        "http://127.0.0.1:8001/api/v1/namespaces/prod/services/sum-jobmanager:8081/proxy"
+    )
+    assert through_proxy(url + "/jobs?x=1") == (
+        "http://127.0.0.1:8001/api/v1/namespaces/prod/services/sum-jobmanager:8081/proxy/jobs?x=1"
+    )
+    assert through_proxy("http://10.0.0.7:8081") == "http://10.0.0.7:8081"  # not a Service's
+    dns = rest_observing.url_template("http://{service}.{namespace}.svc.cluster.local:{port}/")
+    assert dns(url) == "http://sum-jobmanager.prod.svc.cluster.local:8081"
+    with pytest.raises(ValueError, match=r"names name: it may name only \{service\}"):
+        rest_observing.url_template("http://{name}:{port}")
+    with pytest.raises(ValueError, match="is not an http:// or https:// URL"):
+        rest_observing.url_template("{service}:{port}")
+    with pytest.raises(ValueError, match="is malformed"):
+        rest_observing.url_template("http://{service")

@@ -9,8 +9,8 @@ action the write was to announce; the next pass plans again from what is stored.
 whole status is sent each time; fields it clears are sent as null, which a merge
 patch removes.
 
-:meth:`StatusWriter.record` writes a result an action returned (a savepoint request
-id, a job id) into the status as last written. Losing such a result would lose track
+:meth:`StatusWriter.record` writes a result an action returned (a submitted job's id)
+into the status as last written. Losing such a result would lose track
 of a savepoint under way, so a conflict there is retried: the StreamJob is read again
 and the result written into its current status, as long as that status still
 describes the same request (``still``), else the result is dropped and the write fails.

@@ -4,7 +4,8 @@ The operator reaches the JobManager at the address its Service implies
 (``desired.jobmanager.rest_url``: ``http://<name>-jobmanager.<namespace>.svc:8081``),
 passed through a :data:`Resolve` function: the identity in a cluster; elsewhere (an
 operator run on a laptop, tests running JobManagers as local processes) it maps the
-Service's URL to one that reaches the JobManager.
+Service's URL to one that reaches the JobManager, e.g. :func:`url_template` (the
+operator's ``--jobmanager-url-template``) through ``kubectl proxy``.
 
 :func:`observe` never raises for the JobManager's sake. Either every call it needs
 answered, and the observation is ``reachable`` (a job or savepoint request the
@@ -19,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
+import string
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -38,6 +41,54 @@ T = TypeVar("T")
 
 def identity(url: str) -> str:
     return url
+
+
+_SERVICE_URL = re.compile(
+    r"^(?P<scheme>https?)://(?P<service>[a-z0-9]([-a-z0-9]*[a-z0-9])?)"
+    r"\.(?P<namespace>[a-z0-9]([-a-z0-9]*[a-z0-9])?)\.svc(\.cluster\.local)?"
+    r":(?P<port>[0-9]+)(?P<rest>[/?].*)?$"
+)
+TEMPLATE_FIELDS = ("service", "namespace", "port")
+KUBECTL_PROXY_TEMPLATE = (
+    "http://127.0.0.1:8001/api/v1/namespaces/{namespace}/services/{service}:{port}/proxy"
+)
+
+
+def url_template(template: str) -> Resolve:
+    """A :data:`Resolve` that puts a Service URL's parts into ``template``.
+
+    ``template`` names ``{service}``, ``{namespace}`` and ``{port}`` (any of them); the
+    request's path follows it. E.g. :data:`KUBECTL_PROXY_TEMPLATE` reaches the JobManagers
+    of an operator run outside the cluster through ``kubectl proxy`` (the API server's
+    Service proxy). URLs that are not a Service's (``<service>.<namespace>.svc:<port>``)
+    stay as they are. Raises ValueError, saying what to fix, for a template that is not
+    one.
+    """
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        raise ValueError(f"the JobManager URL template {template!r} is malformed: {e}") from None
+    unknown = sorted(set(fields) - set(TEMPLATE_FIELDS))
+    if unknown:
+        raise ValueError(
+            f"the JobManager URL template {template!r} names {', '.join(unknown)}: it may name"
+            " only {service}, {namespace} and {port}"
+        )
+    if not template.startswith(("http://", "https://")):
+        raise ValueError(
+            f"the JobManager URL template {template!r} is not an http:// or https:// URL"
+        )
+
+    def resolve(url: str) -> str:
+        match = _SERVICE_URL.match(url)
+        if match is None:
+            return url
+        base = template.format(
+            service=match["service"], namespace=match["namespace"], port=match["port"]
+        )
+        return base.rstrip("/") + (match["rest"] or "")
+
+    return resolve
 
 
 @dataclasses.dataclass(frozen=True)
