@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -200,7 +200,9 @@ def free_port() -> int:
 class OperatorProcess:
     """``python -m streamjob_operator`` against the emulator (through a kubeconfig)."""
 
-    def __init__(self, kubeconfig: Path, identity: str, logs: Path) -> None:
+    def __init__(
+        self, kubeconfig: Path, identity: str, logs: Path, extra: Sequence[str] = ()
+    ) -> None:
         self.identity = identity
         self.port = free_port()
         self.log_path = logs / f"operator-{identity}.log"
@@ -213,6 +215,7 @@ class OperatorProcess:
             "--lease-duration", "2", "--renew-deadline", "1.5", "--retry-period", "0.2",
             "--metrics-host", "127.0.0.1", "--metrics-port", str(self.port),
             "--progress-check-interval", "1s",
+            *extra,
         ]  # fmt: skip
         with open(self.log_path, "wb") as log:
             self.popen = subprocess.Popen(
