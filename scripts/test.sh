@@ -6,6 +6,9 @@ if ! command -v etcd >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get
     (apt-get update -qq && apt-get install -y -qq etcd-server >/dev/null) \
         || echo "warning: could not install etcd-server; the etcd HA tests will skip"
 fi
+# helm and kubectl (pinned) for the chart tests, which fail rather than skip without them.
+bash scripts/tools.sh || echo "error: could not fetch helm and kubectl; the chart tests will fail"
+export STREAMJOB_REQUIRE_TOOLS=1
 echo "== ruff";          uv run --frozen ruff check .
 echo "== ruff format";   uv run --frozen ruff format --check .
 echo "== mypy --strict"; uv run --frozen mypy
