@@ -18,8 +18,8 @@ COMMITTED = ROOT / "crds" / "streamjobs.streamjob.dev.yaml"
 
 def test_the_committed_crd_matches_the_models() -> None:
     assert COMMITTED.read_text() == crd.render(), (
-        "crds/ is stale: regenerate it with"
-        " `uv run python -m streamjob_operator.api.crd > crds/streamjobs.streamjob.dev.yaml`"
+        "crds/ is stale: regenerate it (and the Helm chart's copy) with"
+        " `uv run python -m streamjob_operator.api.crd --write`"
     )
 
 

@@ -1,7 +1,9 @@
 """Generates the StreamJob CustomResourceDefinition from the pydantic models.
 
-``python -m streamjob_operator.api.crd > crds/streamjobs.streamjob.dev.yaml``
-regenerates the committed CRD; a test fails when the two differ.
+``python -m streamjob_operator.api.crd --write`` (from the repository root) regenerates
+the committed CRD, ``crds/streamjobs.streamjob.dev.yaml``, and its copy in the Helm
+chart, ``charts/streamjob-operator/files/``; tests fail when either differs. Without
+``--write`` it prints the CRD.
 
 Pydantic's JSON Schema becomes a Kubernetes *structural* schema: references are
 inlined, ``Optional`` becomes ``nullable``, titles and ``additionalProperties:
@@ -11,8 +13,11 @@ keep ``x-kubernetes-preserve-unknown-fields``.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pydantic
@@ -21,6 +26,11 @@ import yaml
 from streamjob_operator.api import models
 
 Schema = dict[str, Any]
+
+FILE = "streamjobs.streamjob.dev.yaml"
+# Where --write puts the CRD, relative to the repository root: the committed CRD and the
+# chart's copy (Helm reads no file outside the chart).
+TARGETS = (Path("crds") / FILE, Path("charts/streamjob-operator/files") / FILE)
 
 
 def _structural(node: Any, defs: dict[str, Schema]) -> Any:
@@ -134,5 +144,29 @@ def render() -> str:
     return header + yaml.safe_dump(build(), sort_keys=False, width=100)
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m streamjob_operator.api.crd",
+        description="Print the StreamJob CRD generated from the models, or --write it.",
+    )
+    p.add_argument(
+        "--write",
+        action="store_true",
+        help=f"write {' and '.join(map(str, TARGETS))} (run from the repository root)",
+    )
+    args = p.parse_args(argv)
+    text = render()
+    if not args.write:
+        sys.stdout.write(text)
+        return 0
+    missing = [str(t.parent) for t in TARGETS if not t.parent.is_dir()]
+    if missing:
+        p.error(f"no {', '.join(missing)} here: run --write from the repository root")
+    for target in TARGETS:
+        target.write_text(text)
+        print(f"wrote {target}", file=sys.stderr)
+    return 0
+
+
 if __name__ == "__main__":
-    sys.stdout.write(render())
+    sys.exit(main())
