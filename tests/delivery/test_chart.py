@@ -19,10 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import re
 import shutil
+import socket
 import subprocess
+import sys
+import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -34,6 +38,10 @@ import yaml
 from streamjob_operator import __main__ as operator_main
 from streamjob_operator.api import crd, models
 from streamjob_operator.desired import children, ha, metadata, rbac, target
+from tests.kube import KubeEmulator, fixtures
+
+kube = fixtures.kube
+kubeconfig = fixtures.kubeconfig
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "streamjob-operator"
@@ -675,6 +683,64 @@ def test_the_non_default_flags_reach_the_operator(helm: str, non_default_file: P
     }
     assert mounts["/archive"]["subPath"] == "savepoints"
     assert volumes[mounts["/archive"]["name"]]["nfs"]["server"] == "nfs.example.com"
+
+
+def test_the_rendered_command_line_runs_the_operator(
+    helm: str, kube: KubeEmulator, kubeconfig: Path, tmp_path: Path
+) -> None:
+    """The Deployment's command, args and downward-API env, run as a process against the
+    Kubernetes emulator with the chart's CRD: it leads through the Lease the RBAC names,
+    reconciles a StreamJob in its watched namespace and answers /healthz on the metrics
+    port. (A SIGTERM's Lease hand-back: tests/operator/test_leadership.py.)"""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    docs = render(helm, "--set", f"metrics.port={port}", "--set", "watchNamespaces={team-a}")
+    for namespace in (NAMESPACE, "team-a"):
+        kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    kube.apply_crd(one(docs, "CustomResourceDefinition"))
+    container = operator_container(docs)
+    pod = {"metadata.name": "streamjob-operator-7d9f-x2x4q", "metadata.namespace": NAMESPACE}
+    env = {e["name"]: pod[e["valueFrom"]["fieldRef"]["fieldPath"]] for e in container["env"]}
+    [command] = container["command"]
+    executable = Path(sys.executable).parent / command  # the console script, as in the image
+    log = tmp_path / "operator.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [str(executable), *_expand(container["args"], env)],
+            env={**os.environ, **env, "KUBECONFIG": str(kubeconfig)},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+
+        def holder() -> str:
+            lease = kube.get("coordination.k8s.io/v1", "leases", RELEASE, NAMESPACE)
+            return str(((lease or {}).get("spec") or {}).get("holderIdentity") or "")
+
+        kube.wait_for(lambda: holder().startswith(f"{env['POD_NAME']}_"), timeout=30,
+                      what="the operator to lead")  # fmt: skip
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as answer:
+            assert answer.status == 200
+            assert json.loads(answer.read()) == {"status": "ok", "leader": True}
+        kube.create({
+            "apiVersion": f"{models.GROUP}/{models.VERSION}", "kind": models.KIND,
+            "metadata": {"name": "clicks", "namespace": "team-a"},
+            "spec": {"image": "streamjob:dev", "job": {"entrypoint": "examples.clickstream"},
+                     "savepoints": {"directory": "/data/savepoints"}},
+        })  # fmt: skip
+        kube.wait_for(
+            lambda: kube.get("apps/v1", "deployments", "clicks-jobmanager", "team-a"),
+            timeout=30,
+            what="the StreamJob's JobManager Deployment",
+        )
+    except AssertionError as e:
+        raise AssertionError(f"{e}\noperator log:\n{log.read_text()[-4000:]}") from e
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
 
 
 def test_the_pod_is_locked_down(helm: str) -> None:
