@@ -404,6 +404,33 @@ def test_no_jobmanager_deployment_means_no_rest_call(
     assert fake_jobmanager.requests == []
 
 
+def test_a_jobmanager_without_a_ready_pod_is_not_asked_until_one_is_ready(
+    kube: KubeEmulator, fake_jobmanager: FakeJobManager
+) -> None:
+    jid = fake_jobmanager.add_job()
+    create_streamjob(kube, status=deployed_status(id=jid))
+    kube.create(deployment_manifest("wordcount", metadata.Component.JOBMANAGER))
+    asked: list[str] = []
+
+    def resolve(url: str) -> str:
+        asked.append(url)
+        return fake_jobmanager.url
+
+    mark_ready(kube, "wordcount-jobmanager", ready=0)  # the pod is not ready yet
+    seen = run_observe(kube, read_resource(kube), resolve=resolve)
+    assert seen.jobmanager is DeploymentState.PROGRESSING
+    assert not seen.rest_reachable
+    assert asked == []
+    assert fake_jobmanager.requests == []
+
+    mark_ready(kube, "wordcount-jobmanager", ready=1)
+    seen = run_observe(kube, read_resource(kube), resolve=resolve)
+    assert asked == ["http://wordcount-jobmanager.default.svc:8081"]
+    assert seen.rest_reachable
+    assert seen.job is not None
+    assert seen.job.jid == jid
+
+
 # -- the JobManager -------------------------------------------------------------------------
 
 

@@ -4,7 +4,9 @@ A Deployment is READY when every replica of its current generation is ready: the
 controller has seen the generation (``status.observedGeneration``, when reported) and
 ``readyReplicas`` and ``updatedReplicas`` reach ``spec.replicas``. One being deleted
 (``deletionTimestamp``; acting deletes in the foreground, so it lasts until its pods are
-gone) or not yet ready is PROGRESSING; one not found is ABSENT.
+gone) or not yet ready is PROGRESSING; one not found is ABSENT. Whether any of its pods
+is ready (``status.readyReplicas``) is read too: a JobManager without a ready pod is not
+behind its Service (the Service publishes ready pods only), so observing does not ask it.
 
 The HA metadata is the runtime's ConfigMap (``desired.ha.configmap_name``); its
 ``checkpoints.<job id>`` entry is JSON with the retained checkpoints (``retained``: a
@@ -46,15 +48,29 @@ def deployment_state(deployment: Mapping[str, Any] | None) -> State:
     return State.READY
 
 
+def has_ready_pod(deployment: Mapping[str, Any] | None) -> bool:
+    """Whether the Deployment reports a ready pod (``status.readyReplicas`` above 0)."""
+    status = (deployment or {}).get("status") or {}
+    return int(status.get("readyReplicas") or 0) > 0
+
+
+async def read_deployment(
+    api: client.ApiClient,
+    job: target.StreamJob,
+    where: target.DeploymentTarget,
+    component: metadata.Component,
+) -> kubeapi.Obj | None:
+    name = metadata.name(job, where, component)
+    return await kubeapi.get(api, kubeapi.path("apps/v1", "deployments", job.namespace, name))
+
+
 async def deployment(
     api: client.ApiClient,
     job: target.StreamJob,
     where: target.DeploymentTarget,
     component: metadata.Component,
 ) -> State:
-    name = metadata.name(job, where, component)
-    found = await kubeapi.get(api, kubeapi.path("apps/v1", "deployments", job.namespace, name))
-    return deployment_state(found)
+    return deployment_state(await read_deployment(api, job, where, component))
 
 
 def latest_checkpoint(data: Mapping[str, str], job_id: str) -> observed.HaCheckpoint | None:

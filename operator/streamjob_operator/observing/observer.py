@@ -4,7 +4,11 @@
 anything. Kubernetes that cannot be read raises (kubernetes_asyncio's ``ApiException``,
 ``aiohttp.ClientError``, ``TimeoutError``): a guess there, such as "absent", would
 make planning re-create what exists; the pass fails and is retried. A JobManager
-that cannot be read is observed as unreachable (``observing.jobmanager``).
+that cannot be read is observed as unreachable (``observing.jobmanager``), and so is
+one whose Deployment has no ready pod, without asking: its Service routes to ready pods
+only, so the request could only fail, after a DNS lookup and a connection attempt that
+cost time and threads (with many StreamJobs whose pods are not up yet, a resolver that
+drops queries would hold every lookup thread for seconds).
 
 What is observed is the cluster of ``status.job`` (``planning.bluegreen.job_target``:
 the uncoloured copy named after the StreamJob for ``recreate``, else a colour's) with
@@ -39,14 +43,15 @@ async def observe(
     spec = lifecycle.deployed_spec(status)
     job = streamjob.identity(spec)
     here = bluegreen.job_target(status)
-    jm_state = await children.deployment(api, job, here, metadata.Component.JOBMANAGER)
+    jm = await children.read_deployment(api, job, here, metadata.Component.JOBMANAGER)
+    jm_state = children.deployment_state(jm)
     tm_state = await children.deployment(api, job, here, metadata.Component.TASKMANAGER)
     job_id = status.job.id
     ha_checkpoint = None
     if spec is not None and ha.enabled(spec) and job_id is not None:
         ha_checkpoint = await children.ha_checkpoint(api, job, here, job_id)
     rest = rest_observing.UNREACHABLE
-    if jm_state is not observed.DeploymentState.ABSENT:
+    if children.has_ready_pod(jm):
         pending = status.pendingSavepoint
         savepoint = None
         if pending is not None and pending.triggerId is not None:
@@ -84,9 +89,10 @@ async def cluster(
 ) -> observed.Cluster:
     """A colour's cluster without regard to ``status.job``: Deployments, and its
     JobManager's jobs and registered slots."""
-    jm_state = await children.deployment(api, job, where, metadata.Component.JOBMANAGER)
+    jm = await children.read_deployment(api, job, where, metadata.Component.JOBMANAGER)
+    jm_state = children.deployment_state(jm)
     tm_state = await children.deployment(api, job, where, metadata.Component.TASKMANAGER)
-    if jm_state is observed.DeploymentState.ABSENT:
+    if not children.has_ready_pod(jm):
         return observed.Cluster(where.color, jm_state, tm_state)
     url = resolve(jobmanager.rest_url(job, where))
     rest = await rest_observing.observe(url, None, None, rest_timeout_s, overview=True)
