@@ -22,7 +22,10 @@ Permissions the operator's ServiceAccount needs (for a Helm chart's RBAC):
 - in the watched namespaces, the children it applies and deletes:
   ``deployments`` (apps), ``services``, ``configmaps``, ``serviceaccounts``, ``roles``
   and ``rolebindings`` (rbac.authorization.k8s.io): get, create, update, delete;
-  ``events``: create;
+  ``events``: create; the JobManagers' leader ``leases`` (coordination.k8s.io): delete,
+  with their HA metadata;
+  ``streamjobs/finalizers``: update, where admission enforces owner references
+  (the children's ``blockOwnerDeletion``);
 - the permissions it grants the JobManagers' and TaskManagers' Roles
   (``desired.rbac``: leases get/create/update, configmaps get/create/update, pods
   list/patch), because Kubernetes lets nobody grant what they do not hold (or give it
