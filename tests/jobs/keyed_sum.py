@@ -8,7 +8,8 @@ replayed one repeats a line, and state lost on restore restarts the count.
 
 Arguments (env.args, as key=value): out, events, keys, rate, mode,
 interval, restart (none|fixed:<attempts>:<ms>|rate:<max>:<interval ms>:<ms>),
-fail_at (event index whose map raises, on every attempt), commit_delay
+fail_at (event index whose map raises, on every attempt), fail_from (every
+event from that index on raises: a job that never gets past it), commit_delay
 (seconds the sink's pre-commit blocks, to hold checkpoints open), retained,
 sink_delay (seconds the sink sleeps per batch, a slow sink), slow_subtask (only
 that sink subtask is slow), source_parallelism, timeout and tolerable
@@ -106,6 +107,7 @@ def build(env: StreamExecutionEnvironment) -> None:
     keys = int(a.get("keys", "97"))
     rate = float(a["rate"]) if "rate" in a else None
     fail_at = int(a.get("fail_at", "-1"))
+    fail_from = int(a.get("fail_from", "-1"))
     env.enable_checkpointing(
         int(a.get("interval", "200")),
         a.get("mode", "exactly-once"),
@@ -121,6 +123,8 @@ def build(env: StreamExecutionEnvironment) -> None:
     def check(event: tuple[int, int]) -> tuple[int, int]:
         if event[1] == fail_at:
             raise RuntimeError(f"boom at event {fail_at}")
+        if 0 <= fail_from <= event[1]:
+            raise RuntimeError(f"boom at event {event[1]} (fail_from={fail_from})")
         return (event[0], 1)
 
     out = SlowSink(
