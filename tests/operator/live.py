@@ -37,6 +37,7 @@ from tests.operator.test_observing import NAMESPACE
 JOBS = Path(__file__).parent.parent / "jobs"
 EVENTS = 40_000
 RATE = 3_000  # events per second: the job runs ~13 s in all, whatever its downtime
+FAST_RATE = 20_000
 PLANNING = configuration.OperatorConfiguration(
     progress_check_interval=datetime.timedelta(milliseconds=300),
     reconcile_interval=datetime.timedelta(seconds=2),
@@ -44,14 +45,21 @@ PLANNING = configuration.OperatorConfiguration(
 TERMINAL = frozenset(s.value for s in rest.JobStatus if s.terminal)
 
 
-def spec(tmp_path: Path, parallelism: int = 2, **job_args: object) -> dict[str, Any]:
+def spec(
+    tmp_path: Path,
+    parallelism: int = 2,
+    rate: int = RATE,
+    events: int = EVENTS,
+    **job_args: object,
+) -> dict[str, Any]:
     """A StreamJob spec running keyed_sum into ``tmp_path/out`` (``job_args`` added to
-    its arguments), with checkpoints and savepoints under ``tmp_path``."""
+    its arguments), with checkpoints and savepoints under ``tmp_path``. The rate does
+    not change the output: a test that is done changing the job may raise it."""
     return {
         "image": "streamjob:test",
         "job": {
             "entrypoint": str(JOBS / "keyed_sum.py"),
-            "args": args(tmp_path / "out", events=EVENTS, rate=RATE, **job_args),
+            "args": args(tmp_path / "out", events=events, rate=rate, **job_args),
             "parallelism": parallelism,
         },
         "taskManager": {"replicas": 1, "slots": 2},

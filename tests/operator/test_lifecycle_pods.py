@@ -50,7 +50,8 @@ def test_a_savepoint_upgrade_stops_with_a_savepoint_and_the_new_job_restores_it_
         first = live.job_id(live.wait_stable(kube, "sum"))
         old_pods = pids(pod_runner)
 
-        new = live.spec(tmp_path, delay=150)  # the restart delay: the output stays the same
+        # a faster source: the output stays the same
+        new = live.spec(tmp_path, rate=live.FAST_RATE)
         live.patch(kube, "sum", {"job": {"args": new["job"]["args"]}})
         assert first is not None
         status = live.wait_redeployed(kube, "sum", first, "the upgraded job")
@@ -59,7 +60,7 @@ def test_a_savepoint_upgrade_stops_with_a_savepoint_and_the_new_job_restores_it_
         assert status["lastSavepoint"]["location"] == savepoint["location"]
         assert status["reconciliation"]["restorePath"] == savepoint["location"]
         assert (Path(savepoint["location"]) / METADATA).is_file()
-        assert "delay=150" in status["reconciliation"]["lastReconciledSpec"]
+        assert f"rate={live.FAST_RATE}" in status["reconciliation"]["lastReconciledSpec"]
         # new processes for the new deployment
         assert not set(pids(pod_runner).values()) & set(old_pods.values())
 
@@ -83,14 +84,16 @@ def test_a_last_state_upgrade_with_ha_restores_the_latest_checkpoint_without_a_s
         leases = kube.list("coordination.k8s.io/v1", "leases", NAMESPACE)
         assert [x["metadata"]["name"] for x in leases if x["metadata"]["name"].endswith("-leader")]
 
-        new = live.spec(tmp_path, delay=150)
+        new = live.spec(tmp_path, rate=live.FAST_RATE)
         live.patch(kube, "sum", {"job": {"args": new["job"]["args"]}})
         status = live.wait_redeployed(kube, "sum", first, "the upgraded job")
         restored = Path(status["reconciliation"]["restorePath"])
         # a checkpoint of the old job, not a savepoint
         assert restored.parent == tmp_path / "checkpoints" / first
-        assert restored.name.startswith("chk-")
         assert (restored / METADATA).is_file()
+        # its latest: the one the cancelled job completed last
+        completed = (tmp_path / "checkpoints" / first).glob(f"chk-*/{METADATA}")
+        assert restored.name == max((p.parent.name for p in completed), key=lambda n: int(n[4:]))
         assert status.get("lastSavepoint") is None
         assert history(status) == []
 
@@ -126,9 +129,11 @@ def test_a_suspended_streamjob_has_no_pods_and_resumes_from_its_savepoint_exactl
         # suspended mid-way: some of the output, not all of it
         assert 0 < committed_lines(tmp_path / "out") < live.EVENTS
 
-        live.patch(kube, "sum", {"job": {"state": "running"}})
+        faster = live.spec(tmp_path, rate=live.FAST_RATE)["job"]["args"]  # rides along
+        live.patch(kube, "sum", {"job": {"state": "running", "args": faster}})
         status = live.wait_redeployed(kube, "sum", first, "the resumed job")
         assert status["reconciliation"]["restorePath"] == savepoint["location"]
+        assert f"rate={live.FAST_RATE}" in status["reconciliation"]["lastReconciledSpec"]
         assert status["lifecycleState"] in {"DEPLOYED", "STABLE"}
         live.wait_finished(kube, "sum")
         reasons = test_handlers.reasons(kube, "sum")
@@ -191,7 +196,8 @@ def test_manual_and_periodic_savepoints_are_on_disk_in_the_history_and_expired_o
 def test_an_upgrade_that_never_becomes_stable_is_rolled_back_to_the_upgrade_savepoint(
     kube: KubeEmulator, pod_runner: PodRunner, tmp_path: Path
 ) -> None:
-    spec = live.spec(tmp_path)
+    events = 25_000  # ~8 s of running: the rolled back job runs at the stable spec's rate
+    spec = live.spec(tmp_path, events=events)
     spec["rollback"] = {"enabled": True}
     with live.operator(kube, pod_runner):
         create(kube, spec)
@@ -199,7 +205,7 @@ def test_an_upgrade_that_never_becomes_stable_is_rolled_back_to_the_upgrade_save
         assert first is not None
 
         # every event raises in the new version: its job restarts over and over
-        failing = live.spec(tmp_path, fail_from=0)
+        failing = live.spec(tmp_path, events=events, fail_from=0)
         live.patch(
             kube,
             "sum",
@@ -223,7 +229,7 @@ def test_an_upgrade_that_never_becomes_stable_is_rolled_back_to_the_upgrade_save
         assert status["lifecycleState"] == "ROLLED_BACK"
         assert "fail_from=0" not in status["reconciliation"].get("lastStableSpec", "")
         assert "RolledBack" in test_handlers.reasons(kube, "sum")
-    assert_exact(tmp_path / "out", events=live.EVENTS)
+    assert_exact(tmp_path / "out", events=events)
 
 
 def test_an_invalid_spec_leaves_the_running_job_and_its_pods_alone(
