@@ -951,6 +951,17 @@ CASES = [
         check=lambda p: _history(p, ["/sp/2", "/sp/3", "/sp/4"]),
     ),
     Case(
+        "of savepoints completed within one second (times are to the second), the oldest"
+        " in the history expire first",
+        seen(),
+        status(raw(savepoints={"directory": "/sp", "historyMaxCount": 2}),
+               history=[record("/sp/1", ago(seconds=1)), record("/sp/2", ago(seconds=1)),
+                        record("/sp/3", ago(seconds=1))],
+               last_savepoint=record("/sp/3", ago(seconds=1))),
+        ["write -", "dispose /sp/1"],
+        spec=raw(savepoints={"directory": "/sp", "historyMaxCount": 2}),
+    ),
+    Case(
         "savepoints past historyMaxAge go, but never the last one or the restore path",
         seen(),
         status(raw(savepoints={"directory": "/sp", "historyMaxAge": "1h"}),

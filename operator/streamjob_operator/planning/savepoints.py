@@ -50,9 +50,15 @@ def retention(
         protected.add(status.lastSavepoint.location)
     max_age = spec.savepoints.historyMaxAge
     oldest = None if max_age is None else now - clock.duration(max_age)
-    newest_first = sorted(
-        status.savepointHistory, key=lambda e: clock.parse_time(e.time), reverse=True
-    )
+    # Times are to the second: the history's order (completion order) breaks ties.
+    newest_first = [
+        entry
+        for _, entry in sorted(
+            enumerate(status.savepointHistory),
+            key=lambda item: (clock.parse_time(item[1].time), item[0]),
+            reverse=True,
+        )
+    ]
     keep: list[models.SavepointRecord] = []
     dispose: list[str] = []
     for rank, entry in enumerate(newest_first):
