@@ -575,6 +575,11 @@ class ApiServer:
                     wait = min(wait, remaining)
                 if events:
                     continue
+                # Nothing after `last` at the scan just made (no await since): every
+                # resourceVersion up to now is seen. A bookmark may say so, and only so: a
+                # write that lands while the wait below times out (wait_for yields to the
+                # loop while it cancels) comes after this and is read by the next scan.
+                scanned = max(last, self.store.rv)
                 try:
                     await asyncio.wait_for(wake.wait(), wait)
                 except TimeoutError:
@@ -582,7 +587,7 @@ class ApiServer:
                     if transport is None or transport.is_closing():
                         break
                     if bookmarks and loop.time() - last_bookmark >= self.bookmark_interval:
-                        last = max(last, self.store.rv)  # no wake-up since the scan: all seen
+                        last = scanned
                         await response.write(self._bookmark(rt, last))
                         last_bookmark = loop.time()
             await response.write_eof()

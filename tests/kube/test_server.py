@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,7 +19,7 @@ from kubernetes_asyncio.client.rest import ApiException
 from kubernetes_asyncio.leaderelection import electionconfig, leaderelection
 from kubernetes_asyncio.leaderelection.resourcelock.leaselock import LeaseLock
 
-from tests.kube import KubeEmulator
+from tests.kube import KubeEmulator, server
 from tests.kube.fixtures import (
     MERGE_PATCH,
     api_client,
@@ -592,6 +593,61 @@ def test_idle_watches_get_bookmarks_to_resume_from() -> None:
                     events = await read_events(r, 2)
                 assert summary(events[:1]) == [("ADDED", "after")]
                 assert events[1]["type"] == "BOOKMARK"
+
+        run(main())
+
+
+def test_a_write_landing_as_a_watch_wait_times_out_is_sent_and_no_bookmark_passes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # asyncio.wait_for yields to the loop while it cancels a timed-out wait, so a write can
+    # land between the timeout and the watch's handling of it. The watch must still send
+    # its event, and no bookmark may claim its resourceVersion first: kopf resumes from
+    # bookmarks, and such a lost event left a StreamJob's deletion waiting forever.
+    # Here the write is made to land there, on the watch's first idle timeout.
+    landed: list[int] = []
+
+    with KubeEmulator(bookmark_interval=0.001) as kube:
+        real_wait_for = asyncio.wait_for
+
+        async def wait_for(waited: Awaitable[T], timeout: float | None) -> T:  # noqa: ASYNC109 (wait_for's own signature)
+            try:
+                return await real_wait_for(waited, timeout)
+            except TimeoutError:
+                if not landed:  # on the emulator's loop: the write is stored at once
+                    created = kube.create(
+                        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "late"}}
+                    )
+                    landed.append(int(created["metadata"]["resourceVersion"]))
+                raise
+
+        patched = types.SimpleNamespace(**{**vars(asyncio), "wait_for": wait_for})
+        monkeypatch.setattr(server, "asyncio", patched)
+
+        async def main() -> None:
+            async with raw(kube) as http:
+                url = "/api/v1/namespaces/default/configmaps"
+                params = {"watch": "true", "allowWatchBookmarks": "true"}
+                async with http.get(url, params=params) as r:
+                    bookmarks: list[int] = []
+                    try:
+                        async with asyncio.timeout(3):
+                            while True:
+                                line = await r.content.readline()
+                                assert line, "the stream ended"
+                                event = json.loads(line)
+                                rv = int(event["object"]["metadata"]["resourceVersion"])
+                                if event["type"] != "BOOKMARK":
+                                    break
+                                bookmarks.append(rv)
+                    except TimeoutError:
+                        raise AssertionError(
+                            f"the write at resourceVersion {landed} was never sent; bookmarks"
+                            f" said {sorted(set(bookmarks))}"
+                        ) from None
+                assert (event["type"], event["object"]["metadata"]["name"]) == ("ADDED", "late")
+                assert [rv] == landed
+                assert all(b < rv for b in bookmarks), (bookmarks, rv)
 
         run(main())
 
