@@ -28,7 +28,7 @@ import pytest
 
 from streamjob_operator.api import models
 from streamjob_operator.desired import target
-from streamjob_operator.planning import actions, bluegreen, observed, planner, steps
+from streamjob_operator.planning import actions, bluegreen, changes, observed, planner, steps
 from streamjob_runtime.api import models as rest
 from tests.operator import test_planning
 
@@ -647,3 +647,334 @@ def test_a_blue_green_fallback_survives_an_operator_crash_at_any_action(
     ]
     assert world.submissions[-1] == (BLUE, "streamjob:1", savepoint)
     assert world.deployed() == {BLUE}
+
+
+# -- tables: one pass of a blue-green step, observation and status in, plan out ---------------
+
+NOW = test_planning.NOW
+UP = "/sp/savepoint-up"  # the upgrade's restore path
+ROLLBACK_V2 = ROLLBACK  # V2 with rollback.enabled
+
+
+def ago(**delta: float) -> datetime.datetime:
+    return NOW - datetime.timedelta(**delta)
+
+
+def colour(where: target.DeploymentTarget) -> str:
+    return bluegreen.name(where.color)
+
+
+def rendered(plan: actions.Plan) -> list[str]:
+    """test_planning.summary with the cluster of each action (and the applied image)."""
+    out: list[str] = []
+    for a in plan.actions:
+        match a:
+            case actions.ApplyChildren(job=job, where=w):
+                out.append(f"apply {colour(w)} {job.spec.image} {w.savepoint_path or '-'}")
+            case actions.DeleteChildren(where=w):
+                out.append(f"remove {colour(w)}")
+            case actions.DeleteHaMetadata(where=w):
+                out.append(f"delete ha {colour(w)}")
+            case actions.DeleteJobManager(where=w) | actions.DeleteTaskManager(where=w):
+                (which,) = test_planning.summary(actions.Plan((a,), plan.status))
+                out.append(f"{which} {colour(w)}")
+            case actions.SubmitJob(submission=sub, where=w):
+                out.append(f"submit {colour(w)} {sub.savepoint_path or '-'}")
+            case actions.CancelJob(job_id=jid, where=w):
+                out.append(f"cancel {jid} {colour(w)}")
+            case actions.StopWithSavepoint(job_id=jid, where=w):
+                out.append(f"stop {jid} {colour(w)}")
+            case _:
+                out.extend(test_planning.summary(actions.Plan((a,), plan.status)))
+    return out
+
+
+def bg_status(
+    reconciled: dict[str, Any],
+    step: Step | None,
+    *,
+    state: models.ReconciliationState = models.ReconciliationState.UPGRADING,
+    active: str = "blue",
+    upcoming: str | None = "green",
+    fallback: bool = True,
+    stable: dict[str, Any] = V1,
+    job_id: str | None = "j1",
+    job_state: str | None = "RUNNING",
+    deployed: datetime.datetime | None = None,
+    restore: str | None = UP,
+    pending: models.PendingSavepoint | None = None,
+    previous_jobs: list[str] | None = None,
+    checkpoint: tuple[int, str, datetime.datetime] | None = None,
+) -> models.StreamJobStatus:
+    """A status of a blue-green upgrade of ``stable`` to ``reconciled`` at ``step``."""
+    result = test_planning.status(
+        reconciled,
+        state=state,
+        step=step,
+        job_id=job_id,
+        job_state=job_state,
+        deployed=deployed or ago(seconds=30),
+        restore=restore,
+        pending=pending,
+        last_checkpoint=checkpoint,
+        stable_spec=changes.encode(models.StreamJobSpec.model_validate(stable)),
+    )
+    result.blueGreen = models.BlueGreenStatus(
+        active=active, next=upcoming, fallback=fallback, previousJobs=previous_jobs
+    )
+    return result
+
+
+def cluster(
+    color: Color,
+    jm: State = State.READY,
+    tm: State = State.READY,
+    jobs: tuple[rest.JobOverview, ...] = (),
+    slots: int | None = 2,
+) -> observed.Cluster:
+    reachable = jm is State.READY
+    return observed.Cluster(
+        color, jm, tm, reachable, jobs if reachable else (), slots if reachable else None
+    )
+
+
+def sees(
+    here: Color,
+    job: rest.JobDetails | None = None,
+    *,
+    other: observed.Cluster | None = None,
+    jm: State = State.READY,
+    **fields: Any,
+) -> observed.Observed:
+    """The cluster of ``status.job`` (``here``) and the other colour's."""
+    reachable = jm is State.READY
+    if not reachable:
+        fields.setdefault("jobs", ())
+    return test_planning.seen(
+        job, reachable=reachable, jm=jm, tm=jm, color=here, other=other, **fields
+    )
+
+
+FINISHED_J1 = (test_planning.overview("j1", rest.JobStatus.FINISHED),)
+WARM_GREEN = cluster(GREEN)
+WARM_BLUE_J1_DONE = cluster(BLUE, jobs=FINISHED_J1)
+LAST_STATE_V2 = spec(V2, job__upgradeMode="last-state")
+LAST_STATE_V3 = spec(V3, job__upgradeMode="last-state")
+
+
+@dataclasses.dataclass
+class Case:
+    id: str
+    seen: observed.Observed
+    status: models.StreamJobStatus
+    spec: dict[str, Any]
+    expected: list[str]
+    step: Step | None
+    reconciled: dict[str, Any] | None = None  # lastReconciledSpec after the pass
+    error: str | None = None  # a fragment of status.error; "" checks there is none
+    bg: models.BlueGreenStatus | None = None
+
+
+CASES = [
+    # -- a new spec during stop-active ---------------------------------------------------------
+    Case(
+        "a new spec while the old job still runs at stop-active (its stop-with-savepoint"
+        " failed) warms the next colour up again with it, and stops nothing this pass",
+        sees(BLUE, test_planning.details("j1"), other=WARM_GREEN),
+        bg_status(V2, Step.STOP_ACTIVE),
+        V3,
+        ["event Retargeted", "write deploy-next", "apply green streamjob:3 -"],
+        Step.DEPLOY_NEXT,
+        reconciled=V3,
+    ),
+    Case(
+        "a new spec at stop-active with the stop-with-savepoint in flight waits for the end"
+        " of this upgrade",
+        sees(
+            BLUE,
+            test_planning.details("j1"),
+            other=WARM_GREEN,
+            savepoint=test_planning.savepoint(rest.SavepointStatus.IN_PROGRESS),
+        ),
+        bg_status(
+            V2,
+            Step.STOP_ACTIVE,
+            pending=test_planning.pending("upgrade", at=ago(seconds=5)),
+            restore=None,
+        ),
+        V3,
+        [],
+        Step.STOP_ACTIVE,
+        reconciled=V2,
+    ),
+    Case(
+        "a new spec at stop-active once the old job is cancelling (last-state) waits for the"
+        " end of this upgrade, and the cancel is sent again",
+        sees(BLUE, test_planning.details("j1", rest.JobStatus.CANCELLING), other=WARM_GREEN),
+        bg_status(
+            LAST_STATE_V2,
+            Step.STOP_ACTIVE,
+            restore=None,
+            checkpoint=(4, "/checkpoints/j1/chk-4", ago(seconds=10)),
+        ),
+        LAST_STATE_V3,
+        ["write stop-active", "cancel j1 blue"],
+        Step.STOP_ACTIVE,
+        reconciled=LAST_STATE_V2,
+    ),
+    Case(
+        "a new spec in the pass the stop-with-savepoint completes is not submitted to a"
+        " colour applied with the spec before: the old target goes on",
+        sees(
+            BLUE,
+            test_planning.details("j1", rest.JobStatus.FINISHED),
+            other=WARM_GREEN,
+            savepoint=test_planning.savepoint(rest.SavepointStatus.COMPLETED, UP),
+        ),
+        bg_status(
+            V2,
+            Step.STOP_ACTIVE,
+            pending=test_planning.pending("upgrade", at=ago(seconds=5)),
+            restore=None,
+        ),
+        V3,
+        ["event SavepointCompleted", "write submit-next", "submit green /sp/savepoint-up"],
+        Step.SUBMIT_NEXT,
+        reconciled=V2,
+    ),
+    # -- await-stable: a job the new colour's JobManager does not know -------------------------
+    Case(
+        "a job the next colour's JobManager no longer knows at await-stable falls back: the"
+        " last stable spec is resubmitted to the warm old colour from the same savepoint",
+        sees(GREEN, None, jobs=(), other=WARM_BLUE_J1_DONE),
+        bg_status(ROLLBACK_V2, Step.AWAIT_STABLE, job_id="j2"),
+        ROLLBACK_V2,
+        ["event RollingBack", "write submit-active", "submit blue /sp/savepoint-up"],
+        Step.SUBMIT_ACTIVE,
+        error="",
+    ),
+    Case(
+        "a job the next colour's JobManager no longer knows at await-stable, without"
+        " rollback, fails the upgrade and removes the old colour",
+        sees(GREEN, None, jobs=(), other=WARM_BLUE_J1_DONE),
+        bg_status(V2, Step.AWAIT_STABLE, job_id="j2"),
+        V2,
+        ["event StabilityTimeout", "write remove-previous", "remove blue"],
+        Step.REMOVE_PREVIOUS,
+        error="its JobManager does not know job j2 (rollback.enabled is off)",
+    ),
+    # -- submit-next: its timeout, and a JobManager gone mid-submit -----------------------------
+    Case(
+        "a submission that does not happen within stability.timeout of the old job's stop"
+        " falls back to the old colour from the same savepoint",
+        sees(GREEN, None, jm=State.PROGRESSING, other=WARM_BLUE_J1_DONE),
+        bg_status(
+            ROLLBACK_V2, Step.SUBMIT_NEXT, job_id=None, job_state=None, deployed=ago(minutes=3)
+        ),
+        ROLLBACK_V2,
+        ["event RollingBack", "write submit-active", "submit blue /sp/savepoint-up"],
+        Step.SUBMIT_ACTIVE,
+    ),
+    Case(
+        "a submission that does not happen within stability.timeout, without rollback,"
+        " keeps waiting for the next colour's JobManager",
+        sees(GREEN, None, jm=State.PROGRESSING, other=WARM_BLUE_J1_DONE),
+        bg_status(V2, Step.SUBMIT_NEXT, job_id=None, job_state=None, deployed=ago(minutes=3)),
+        V2,
+        ["write submit-next"],
+        Step.SUBMIT_NEXT,
+    ),
+    Case(
+        "a submission before its deadline with the JobManager not answering yet waits",
+        sees(GREEN, None, jm=State.PROGRESSING, other=WARM_BLUE_J1_DONE),
+        bg_status(ROLLBACK_V2, Step.SUBMIT_NEXT, job_id=None, job_state=None),
+        ROLLBACK_V2,
+        ["write submit-next"],
+        Step.SUBMIT_NEXT,
+    ),
+    Case(
+        "the next colour's JobManager gone mid-submit is applied again with the new spec and"
+        " the restore path",
+        sees(GREEN, None, jm=State.ABSENT, other=WARM_BLUE_J1_DONE),
+        bg_status(ROLLBACK_V2, Step.SUBMIT_NEXT, job_id=None, job_state=None),
+        ROLLBACK_V2,
+        ["write submit-next", "apply green streamjob:2 /sp/savepoint-up"],
+        Step.SUBMIT_NEXT,
+    ),
+    Case(
+        "the old colour's JobManager gone mid-resubmit (falling back) is applied again with"
+        " the last stable spec",
+        sees(BLUE, None, jm=State.ABSENT, other=cluster(GREEN)),
+        bg_status(
+            ROLLBACK_V2,
+            Step.SUBMIT_ACTIVE,
+            state=models.ReconciliationState.ROLLING_BACK,
+            job_id=None,
+            job_state=None,
+        ),
+        ROLLBACK_V2,
+        ["write submit-active", "apply blue streamjob:1 /sp/savepoint-up"],
+        Step.SUBMIT_ACTIVE,
+    ),
+    # -- the old colour was not on the stable spec: rollback in place ---------------------------
+    Case(
+        "a failed new colour whose old colour did not run the last stable spec cannot fall"
+        " back: the old colour goes, and the new one rolls back in place once active",
+        sees(
+            GREEN,
+            test_planning.details("j2", rest.JobStatus.FAILED, failure="boom"),
+            other=WARM_BLUE_J1_DONE,
+        ),
+        bg_status(ROLLBACK_V2, Step.AWAIT_STABLE, job_id="j2", fallback=False),
+        ROLLBACK_V2,
+        ["event NotStable", "write remove-previous", "remove blue"],
+        Step.REMOVE_PREVIOUS,
+        error="",
+    ),
+    Case(
+        "once the new colour is active, the failed job rolls back in place on it: the"
+        " recreate steps on green, to the last stable spec from the upgrade's savepoint",
+        sees(GREEN, test_planning.details("j2", rest.JobStatus.FAILED, failure="boom")),
+        bg_status(
+            ROLLBACK_V2,
+            None,
+            state=models.ReconciliationState.DEPLOYED,
+            active="green",
+            upcoming=None,
+            fallback=False,
+            job_id="j2",
+            job_state="FAILED",
+        ),
+        ROLLBACK_V2,
+        [
+            "event RollingBack",
+            "write delete-deployments",
+            "delete taskmanager green",
+            "delete jobmanager green",
+            "delete ha green",
+        ],
+        Step.DELETE_DEPLOYMENTS,
+        bg=models.BlueGreenStatus(active="green"),
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_blue_green_step(case: Case) -> None:
+    plan = planner.plan(case.seen, case.spec, case.status, NOW)
+    test_planning.check_write_ahead(plan)
+    assert rendered(plan) == case.expected
+    r = plan.status.reconciliation
+    assert r.step == case.step
+    if case.reconciled is not None:
+        expected = models.StreamJobSpec.model_validate(case.reconciled)
+        assert r.lastReconciledSpec == changes.encode(expected)
+    if case.error == "":
+        assert plan.status.error is None
+    elif case.error is not None:
+        assert plan.status.error is not None
+        assert case.error in plan.status.error
+    if case.bg is not None:
+        assert plan.status.blueGreen == case.bg
+    # the same observation gives the same plan, and status is not modified
+    assert planner.plan(case.seen, case.spec, case.status, NOW) == plan

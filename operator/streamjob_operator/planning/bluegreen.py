@@ -9,9 +9,13 @@ An upgrade, restart or rescale of a StreamJob whose new spec says ``blueGreen`` 
 ``steps.BLUE_GREEN_ORDER``, each step written to status before its action:
 
 1. ``deploy-next``: the next colour's children with the new spec, and no job. Wait
-   until its JobManager answers and its TaskManagers registered ``job.parallelism``
-   slots. Its HA metadata is deleted while its JobManager is absent, so it never
-   recovers a job from an earlier life of that colour.
+   until its Deployments are ready, its JobManager answers and its TaskManagers
+   registered ``job.parallelism`` slots. Its HA metadata is deleted while its
+   JobManager is absent, so it never recovers a job from an earlier life of that colour.
+   A newer blueGreen spec applied before the old job is asked to stop (here, or at
+   ``stop-active`` while the old job still runs with no stop in flight) retargets the
+   upgrade: the warm-up starts again with it. Once the stop is under way, a newer spec
+   waits for the end of this upgrade.
 2. ``stop-active``: the old job stops as ``recreate`` stops it (stop-with-savepoint
    with ``savepoint``, cancel with ``last-state`` and ``stateless``) and the restore
    path is chosen as there. Nothing is scheduled from here on: the downtime is the
@@ -144,6 +148,7 @@ class Host(Protocol):
     now: datetime.datetime
     config: configuration.OperatorConfiguration
     errors: list[str]
+    stopped_with: str | None
 
     @property
     def r(self) -> models.Reconciliation: ...
@@ -202,10 +207,14 @@ class BlueGreen:
 
     def carry_on(self, spec: models.StreamJobSpec, valid: models.StreamJobSpec | None) -> None:
         step = Step(self.p.r.step or "")
-        if step is Step.DEPLOY_NEXT:
-            self.deploy_next(self.retarget(spec, valid))
-        elif step is Step.STOP_ACTIVE:
-            self.stop_active(self.retarget(spec, valid))
+        if step in (Step.DEPLOY_NEXT, Step.STOP_ACTIVE):
+            target_spec = self.retarget(spec, valid)
+            if target_spec is not spec:
+                self.deploy_next(target_spec, retargeted=True)
+            elif step is Step.DEPLOY_NEXT:
+                self.deploy_next(spec)
+            else:
+                self.stop_active(spec)
         elif step is Step.SUBMIT_NEXT:
             if not self.failed_in_time(spec):
                 self.submit(spec, self.p.r.restorePath)
@@ -223,8 +232,15 @@ class BlueGreen:
     def retarget(
         self, spec: models.StreamJobSpec, valid: models.StreamJobSpec | None
     ) -> models.StreamJobSpec:
-        """Before the old job stops, a newer blueGreen spec replaces the target: the next
-        colour is applied again with it (a spec back to recreate waits for the end)."""
+        """Before the old job is asked to stop, a newer blueGreen spec replaces the target:
+        the warm-up starts again with it (the next colour applied with the new spec).
+
+        At ``stop-active`` that is while the old job still runs with no stop in flight
+        (a stop-with-savepoint that failed, an upgrade blocked for want of state, an
+        operator stopped before the request): the next colour runs the spec it was applied
+        with, and the submission must match it. Once the stop is under way (a pending or
+        completed savepoint, a cancelled job), the new spec waits for the end of this
+        upgrade, and so does a spec back to recreate, a suspend or a resume."""
         r = self.p.r
         if (
             valid is None
@@ -233,6 +249,10 @@ class BlueGreen:
             or changes.encode(valid) == r.lastReconciledSpec
         ):
             return spec
+        if r.step == Step.STOP_ACTIVE and (
+            self.p.stopped_with is not None or not self.p.seen.job_running
+        ):
+            return spec  # the old job is stopping or stopped: taken up once this is over
         kind = changes.classify(spec, valid).kind
         if kind in (changes.ChangeKind.SUSPEND, changes.ChangeKind.RESUME):
             return spec  # taken up once this upgrade is over
@@ -249,18 +269,30 @@ class BlueGreen:
 
     # -- forward -----------------------------------------------------------------------------
 
-    def deploy_next(self, spec: models.StreamJobSpec) -> None:
-        """Step DEPLOY_NEXT: the next colour's children, warm; then stop the active job."""
+    def deploy_next(self, spec: models.StreamJobSpec, retargeted: bool = False) -> None:
+        """Step DEPLOY_NEXT: the next colour's children, warm; then stop the active job.
+
+        Warm: its Deployments are ready at the generation last applied, its JobManager
+        answers and its TaskManagers registered ``job.parallelism`` slots. A pass that
+        ``retargeted`` applies the new spec and looks again next pass: what it observed
+        are the pods of the spec before."""
         p = self.p
-        if p.r.step != Step.DEPLOY_NEXT:
+        if p.r.step != Step.DEPLOY_NEXT or retargeted:
             p.r.step = Step.DEPLOY_NEXT
             p.r.deployedAt = clock.format_time(p.now)
         view = p.seen.cluster(self.next().color)
-        warm = view is not None and view.rest_reachable
-        warm = warm and view is not None and (view.slots or 0) >= spec.job.parallelism
+        ready = observed.DeploymentState.READY
+        warm = (
+            not retargeted
+            and view is not None
+            and view.jobmanager is ready
+            and view.taskmanager is ready
+            and view.rest_reachable
+            and (view.slots or 0) >= spec.job.parallelism
+        )
         deadline = clock.parse_time(p.r.deployedAt or clock.format_time(p.now))
         deadline += clock.duration(spec.stability.timeout)
-        why = self.warm_up_missing(spec, view)
+        why = "the new spec was just applied" if retargeted else self.warm_up_missing(spec, view)
         if not warm and p.now >= deadline:
             timeout = f"the {name(self.next().color)} cluster is not ready"
             timeout += f" {spec.stability.timeout} after it was deployed ({why});"
@@ -287,7 +319,13 @@ class BlueGreen:
 
     @staticmethod
     def warm_up_missing(spec: models.StreamJobSpec, view: observed.Cluster | None) -> str:
-        if view is None or not view.rest_reachable:
+        ready = observed.DeploymentState.READY
+        if view is None or ready not in (view.jobmanager, view.taskmanager):
+            return "its Deployments are not ready yet"
+        if view.jobmanager is not ready or view.taskmanager is not ready:
+            which = "JobManager" if view.jobmanager is not ready else "TaskManager"
+            return f"its {which} Deployment is not ready yet"
+        if not view.rest_reachable:
             return "its JobManager does not answer yet"
         return f"its TaskManagers registered {view.slots or 0} of {spec.job.parallelism} slots"
 
