@@ -72,17 +72,24 @@ class ColourJobManager(FakeJobManager):
 
 @contextlib.contextmanager
 def colours() -> Iterator[dict[str, ColourJobManager]]:
-    blue, green = ColourJobManager(), ColourJobManager()
-    with blue, green:
-        yield {"blue": blue, "green": green}
+    """A fake per cluster: "blue", "green" and "" (the uncoloured one of recreate)."""
+    blue, green, uncoloured = ColourJobManager(), ColourJobManager(), ColourJobManager()
+    with blue, green, uncoloured:
+        yield {"blue": blue, "green": green, "": uncoloured}
+
+
+def prefix(colour: str) -> str:
+    """The names of a cluster's children start with this."""
+    return f"wordcount-{colour}-" if colour else "wordcount-"
 
 
 def resolver(jms: dict[str, ColourJobManager]) -> Callable[[str], str]:
     def resolve(service_url: str) -> str:
+        host = service_url.split("://", 1)[-1]
         for colour, jm in jms.items():
-            if f"-{colour}-jobmanager." in service_url:
+            if host.startswith(f"{prefix(colour)}jobmanager."):
                 return jm.url
-        return "http://127.0.0.1:9"  # the uncoloured cluster: nothing answers here
+        raise AssertionError(f"no fake JobManager for {service_url}")
 
     return resolve
 
@@ -108,11 +115,11 @@ class Controller:
                     with contextlib.suppress(Exception):  # deleted meanwhile
                         test_observing.mark_ready(self.kube, name)
             for colour, jm in self.jms.items():
-                if f"wordcount-{colour}-taskmanager" in names:
+                if f"{prefix(colour)}taskmanager" in names:
                     jm.slots = 2
                 else:
                     jm.slots = 0
-                if f"wordcount-{colour}-jobmanager" not in names and jm.jobs:
+                if f"{prefix(colour)}jobmanager" not in names and jm.jobs:
                     jm.jobs.clear()
                     jm.savepoints.clear()
 
@@ -208,3 +215,69 @@ def test_a_blue_green_upgrade_through_kopf_warms_green_then_switches_from_the_st
             # the job was cancelled before the StreamJob went (its jobs went with its
             # JobManager's Deployment: the controller empties the fake then)
             assert f"PATCH /jobs/{new}" in green.requests
+
+
+def children(kube: KubeEmulator, colour: str) -> dict[str, bool]:
+    """Whether each of a cluster's children but its Deployments exists."""
+    names = [
+        ("v1", "services", "jobmanager"),
+        ("v1", "configmaps", "config"),
+        ("v1", "serviceaccounts", "jobmanager"),
+        ("v1", "serviceaccounts", "taskmanager"),
+        ("rbac.authorization.k8s.io/v1", "roles", "jobmanager"),
+        ("rbac.authorization.k8s.io/v1", "rolebindings", "jobmanager"),
+    ]
+    return {
+        f"{kind}/{prefix(colour)}{name}": kube.get(
+            version, kind, f"{prefix(colour)}{name}", NAMESPACE
+        )
+        is not None
+        for version, kind, name in names
+    }
+
+
+def patch_spec(kube: KubeEmulator, spec: dict[str, Any]) -> None:
+    kube.patch(
+        test_handlers.GROUP_VERSION, models.PLURAL, "wordcount", {"spec": spec}, namespace=NAMESPACE
+    )
+
+
+def reconciled(kube: KubeEmulator) -> bool:
+    body = kube.get(test_handlers.GROUP_VERSION, models.PLURAL, "wordcount", NAMESPACE)
+    assert body is not None
+    seen = (body.get("status") or {}).get("reconciliation", {}).get("observedGeneration")
+    return bool(seen == body["metadata"]["generation"])
+
+
+def test_switching_to_recreate_while_suspended_removes_the_colour_when_it_resumes(
+    kube: KubeEmulator,
+) -> None:
+    with colours() as jms:
+        blue, uncoloured = jms["blue"], jms[""]
+        reconciler = test_handlers.reconciler_for(kube, resolve=resolver(jms))
+        with test_handlers.operator(kube, reconciler), Controller(kube, jms):
+            test_handlers.create(kube, spec=SPEC)
+            test_handlers.wait_lifecycle(kube, "DEPLOYED")
+            assert all(children(kube, "blue").values())
+            patch_spec(kube, {"job": {"state": "suspended"}})
+            test_handlers.wait_lifecycle(kube, "SUSPENDED")
+            suspended = test_handlers.status_of(kube)["lastSavepoint"]
+            assert suspended["trigger"] == "suspend"
+            assert deployments(kube) == set()
+            assert all(children(kube, "blue").values())  # a suspended colour keeps these
+
+            patch_spec(kube, {"upgradeStrategy": {"type": "recreate"}})
+            kube.wait_for(lambda: reconciled(kube), timeout=30, what="the switch recorded")
+            assert test_handlers.lifecycle(kube) == "SUSPENDED"
+            assert deployments(kube) == set()
+
+            patch_spec(kube, {"job": {"state": "running"}})
+            kube.wait_for(lambda: uncoloured.submissions, timeout=30, what="the resubmission")
+            (submission,) = uncoloured.submissions
+            assert submission.savepoint_path == suspended["location"]
+            test_handlers.wait_lifecycle(kube, "DEPLOYED")
+            assert deployments(kube) == {"wordcount-jobmanager", "wordcount-taskmanager"}
+            assert not any(children(kube, "blue").values()), children(kube, "blue")
+            assert all(children(kube, "").values()), children(kube, "")
+            assert len(blue.submissions) == 1
+            assert test_handlers.status_of(kube).get("blueGreen") is None

@@ -130,6 +130,7 @@ class World:
     deleted: bool = False
     finished: bool = False
     ha_deleted: list[Color | None] = dataclasses.field(default_factory=list)
+    removed: list[Color | None] = dataclasses.field(default_factory=list)  # every child
     gap: list[int] = dataclasses.field(default_factory=list)  # passes between stop and submit
     stopped_at: int | None = None
 
@@ -255,6 +256,7 @@ class World:
             case actions.DeleteChildren(where=where):
                 self.remove(self.view(where.color))
                 self.ha_deleted.append(where.color)
+                self.removed.append(where.color)
             case actions.DeleteHaMetadata(where=where):
                 self.ha_deleted.append(where.color)
             case actions.SubmitJob(submission=sub, where=where):
@@ -565,6 +567,39 @@ def test_suspend_and_resume_stay_on_the_active_colour() -> None:
     ((color, job),) = world.live_jobs()
     assert color is GREEN
     assert job.restored_from == last.location
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "gone", "runs"),
+    [
+        (V2, spec(V2, upgradeStrategy={"type": "recreate"}), GREEN, None),
+        (spec(V2, upgradeStrategy={"type": "recreate"}), V2, None, BLUE),
+    ],
+    ids=["blue-green to recreate", "recreate to blue-green"],
+)
+def test_a_strategy_switched_while_suspended_removes_the_old_cluster_on_resume(
+    before: dict[str, Any], after: dict[str, Any], gone: Color | None, runs: Color | None
+) -> None:
+    world = stable_on_blue()
+    if gone is GREEN:
+        world.run(V2, passes=20)  # green runs the job
+    else:
+        world.run(before, passes=20)  # the uncoloured cluster runs the job
+    assert world.deployed() == {gone}
+    world.run(spec(before, job__state="suspended"), passes=8)
+    assert lifecycle_of(world) is Lifecycle.SUSPENDED
+    world.run(spec(after, job__state="suspended"), passes=3)
+    assert world.deployed() == set()
+    removed = len(world.removed)
+    world.run(after, passes=14)
+    assert lifecycle_of(world) is Lifecycle.STABLE, world.events
+    assert world.removed[removed:] == [gone]
+    ((color, job),) = world.live_jobs()
+    assert color is runs
+    last = world.status.lastSavepoint
+    assert last is not None
+    assert (last.trigger, job.restored_from) == ("suspend", last.location)
+    assert world.deployed() == {runs}
 
 
 def test_deleting_during_an_upgrade_stops_the_job_where_it_runs_and_cleans_both_colours() -> None:

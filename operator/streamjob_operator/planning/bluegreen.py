@@ -43,6 +43,8 @@ spec retargets it.
 Strategy switches take effect at the next redeploy: from ``recreate`` the upgrade
 brings up blue next to the uncoloured cluster and removes that; to ``recreate`` the
 redeploy stops the colour's job, deletes its cluster and deploys the uncoloured one.
+A switch made while suspended takes effect at the resume, which deletes the cluster it
+was suspended on (all its children and HA metadata) before deploying the new one.
 Suspend, resume and a first deployment deploy in place (``recreate``'s steps) on the
 active colour (blue at first). Deleting a StreamJob stops the job where it runs; both
 colours' pods go with their owner, and both colours' HA metadata is deleted.

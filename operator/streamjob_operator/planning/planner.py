@@ -432,7 +432,12 @@ class _Pass:
             self.start_redeploy(new, f"resuming ({change.description})")
             if new.job.upgradeMode is models.UpgradeMode.STATELESS:
                 self.r.restorePath = None
-            self.apply_children(new)
+            if self.here.color != bluegreen.deploy_color(new, self.status):
+                # The strategy changed while suspended: the cluster it was suspended on
+                # (its Service, ConfigMap, RBAC, HA metadata) goes before the new one comes.
+                self.delete_deployments(new, restore=self.r.restorePath)
+            else:
+                self.apply_children(new)
             return True
         with_state = new.job.upgradeMode is not models.UpgradeMode.STATELESS
         errors = validation.transition_errors(current, new, with_state=with_state)
