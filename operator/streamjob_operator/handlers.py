@@ -231,6 +231,7 @@ class Reconciler:
         stage = "read"
         try:
             api = await self.api()
+            acting = self._actor  # close() may drop it while this pass waits on the API
             streamjob = await resource.read(api, namespace, name)
             if streamjob is None:
                 self.forget(namespace, name)
@@ -248,8 +249,9 @@ class Reconciler:
                 seen, streamjob.spec, streamjob.status, self.clock(), self.options.planning
             )
             stage = "act"
-            assert self._actor is not None
-            outcome = await self._actor.act(streamjob, plan)
+            if self._stopping or acting is None:
+                raise Stopping("the operator is stopping")
+            outcome = await acting.act(streamjob, plan)
         except Stopping as e:
             raise PassFailed(str(e), self.options.retry_delay) from None
         except Exception as e:  # the loop must not die: count, log, retry later
