@@ -31,10 +31,16 @@ from streamjob_operator.desired import target
 from streamjob_operator.planning import actions, bluegreen, changes, observed, planner, steps
 from streamjob_runtime.api import models as rest
 from tests.operator import test_planning
+from tests.operator import test_planning_simulation as simulation
+from tests.operator.test_planning_simulation import (  # the world's pieces
+    META,
+    START,
+    TICK,
+    Crash,
+    Job,
+    Request,
+)
 
-START = datetime.datetime(2026, 3, 1, 12, 0, 0, tzinfo=datetime.UTC)
-TICK = datetime.timedelta(seconds=5)
-META = observed.Meta("wordcount", "prod", "uid-1")
 State = observed.DeploymentState
 Lifecycle = models.LifecycleState
 Color = target.Color
@@ -71,24 +77,6 @@ RECREATE = spec(upgradeStrategy={"type": "recreate"})
 
 
 @dataclasses.dataclass
-class Job:
-    jid: str
-    image: str
-    restored_from: str | None
-    state: rest.JobStatus = rest.JobStatus.RUNNING
-    checkpoints: int = 0
-    start: datetime.datetime = START
-
-
-@dataclasses.dataclass
-class Request:
-    jid: str
-    stop: bool
-    status: rest.SavepointStatus = rest.SavepointStatus.IN_PROGRESS
-    location: str | None = None
-
-
-@dataclasses.dataclass
 class Cluster:
     """One colour's Deployments and JobManager."""
 
@@ -103,10 +91,6 @@ class Cluster:
     @property
     def reachable(self) -> bool:
         return self.jm is State.READY and not self.deleting
-
-
-class Crash(Exception):
-    pass
 
 
 @dataclasses.dataclass
@@ -161,7 +145,7 @@ class World:
                 o.jm,
                 o.tm,
                 o.reachable,
-                tuple(self.overview(j) for j in o.jobs.values()) if o.reachable else (),
+                tuple(simulation.overview(j) for j in o.jobs.values()) if o.reachable else (),
                 o.slots if o.reachable else None,
             )
         meta = META
@@ -172,49 +156,14 @@ class World:
             jobmanager=c.jm,
             taskmanager=c.tm,
             rest_reachable=reachable,
-            jobs=tuple(self.overview(j) for j in c.jobs.values()) if reachable else (),
-            job=None if job is None else self.details(job),
-            checkpoints=None if job is None else self.statistics(job),
+            jobs=tuple(simulation.overview(j) for j in c.jobs.values()) if reachable else (),
+            job=None if job is None else simulation.details(job),
+            checkpoints=None if job is None else simulation.statistics(job, self.now),
             savepoint=request,
             disposed=frozenset(history - self.storage),
             color=here,
             other=other,
         )
-
-    def overview(self, job: Job) -> rest.JobOverview:
-        start = int(job.start.timestamp() * 1000)
-        return rest.JobOverview(
-            jid=job.jid, name="wordcount", state=job.state, start_time=start, restarts=0
-        )
-
-    def details(self, job: Job) -> rest.JobDetails:
-        return rest.JobDetails(
-            jid=job.jid,
-            name="wordcount",
-            state=job.state,
-            start_time=int(job.start.timestamp() * 1000),
-            end_time=None,
-            duration_ms=0,
-            restarts=0,
-            attempt=1,
-            restored_from=None,
-            failure_cause=None,
-            vertices=[],
-        )
-
-    def statistics(self, job: Job) -> rest.CheckpointingStatistics:
-        latest = None
-        if job.checkpoints:
-            latest = rest.CompletedCheckpointInfo(
-                id=job.checkpoints,
-                path=f"/checkpoints/{job.jid}/chk-{job.checkpoints}",
-                trigger_timestamp=int(self.now.timestamp() * 1000),
-                duration_ms=1.0,
-                bytes=1,
-                alignment_ms=0.0,
-            )
-        counts = rest.CheckpointCounts(completed=job.checkpoints, failed=0, in_progress=0)
-        return rest.CheckpointingStatistics(counts=counts, latest_completed=latest, history=[])
 
     # -- acting -----------------------------------------------------------------------------
 

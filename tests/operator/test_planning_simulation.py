@@ -76,6 +76,47 @@ class Crash(Exception):
     pass
 
 
+# -- the JobManager's answers, as the REST API gives them ----------------------------------
+
+
+def overview(job: Job) -> rest.JobOverview:
+    start = int(job.start.timestamp() * 1000)
+    return rest.JobOverview(
+        jid=job.jid, name="wordcount", state=job.state, start_time=start, restarts=0
+    )
+
+
+def details(job: Job) -> rest.JobDetails:
+    return rest.JobDetails(
+        jid=job.jid,
+        name="wordcount",
+        state=job.state,
+        start_time=int(job.start.timestamp() * 1000),
+        end_time=None,
+        duration_ms=0,
+        restarts=0,
+        attempt=1,
+        restored_from=None,
+        failure_cause=None,
+        vertices=[],
+    )
+
+
+def statistics(job: Job, now: datetime.datetime) -> rest.CheckpointingStatistics:
+    latest = None
+    if job.checkpoints:
+        latest = rest.CompletedCheckpointInfo(
+            id=job.checkpoints,
+            path=f"/checkpoints/{job.jid}/chk-{job.checkpoints}",
+            trigger_timestamp=int(now.timestamp() * 1000),
+            duration_ms=1.0,
+            bytes=1,
+            alignment_ms=0.0,
+        )
+    counts = rest.CheckpointCounts(completed=job.checkpoints, failed=0, in_progress=0)
+    return rest.CheckpointingStatistics(counts=counts, latest_completed=latest, history=[])
+
+
 @dataclasses.dataclass
 class World:
     now: datetime.datetime = START
@@ -111,47 +152,12 @@ class World:
             jobmanager=self.jm,
             taskmanager=self.tm,
             rest_reachable=reachable,
-            jobs=tuple(self.overview(j) for j in self.jobs.values()) if reachable else (),
-            job=None if job is None else self.details(job),
-            checkpoints=None if job is None else self.statistics(job),
+            jobs=tuple(overview(j) for j in self.jobs.values()) if reachable else (),
+            job=None if job is None else details(job),
+            checkpoints=None if job is None else statistics(job, self.now),
             savepoint=request,
             disposed=frozenset(history - self.storage),
         )
-
-    def overview(self, job: Job) -> rest.JobOverview:
-        start = int(job.start.timestamp() * 1000)
-        return rest.JobOverview(
-            jid=job.jid, name="wordcount", state=job.state, start_time=start, restarts=0
-        )
-
-    def details(self, job: Job) -> rest.JobDetails:
-        return rest.JobDetails(
-            jid=job.jid,
-            name="wordcount",
-            state=job.state,
-            start_time=int(job.start.timestamp() * 1000),
-            end_time=None,
-            duration_ms=0,
-            restarts=0,
-            attempt=1,
-            restored_from=None,
-            failure_cause=None,
-            vertices=[],
-        )
-
-    def statistics(self, job: Job) -> rest.CheckpointingStatistics:
-        latest = None
-        if job.checkpoints:
-            latest = rest.CompletedCheckpointInfo(
-                id=job.checkpoints,
-                path=f"/checkpoints/{job.jid}/chk-{job.checkpoints}",
-                trigger_timestamp=int(self.now.timestamp() * 1000),
-                duration_ms=1.0,
-                bytes=1,
-                alignment_ms=0.0,
-            )
-        counts = rest.CheckpointCounts(completed=job.checkpoints, failed=0, in_progress=0)
-        return rest.CheckpointingStatistics(counts=counts, latest_completed=latest, history=[])
 
     # -- acting -----------------------------------------------------------------------------
 
