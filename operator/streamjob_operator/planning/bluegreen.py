@@ -464,16 +464,23 @@ class BlueGreen:
             p.error(f"{why} ({next_step}): fix the spec and apply it", "StabilityTimeout")
         self.remove_previous()
 
+    def removed(self, step: Step, where: target.DeploymentTarget) -> bool:
+        """Record ``step``, delete ``where``'s cluster; True once its Deployments are gone."""
+        p = self.p
+        p.r.step = step
+        p.write()
+        p.emit(actions.DeleteChildren(where))
+        view = p.seen.cluster(where.color)
+        if view is None or not view.deployments_absent:
+            p.soon()
+            return False
+        return True
+
     def remove_previous(self) -> None:
         """Step REMOVE_PREVIOUS: the old colour goes; then the new one is active."""
         p = self.p
-        p.r.step = Step.REMOVE_PREVIOUS
-        p.write()
         previous = self.active()
-        p.emit(actions.DeleteChildren(previous))
-        view = p.seen.cluster(previous.color)
-        if view is None or not view.deployments_absent:
-            p.soon()
+        if not self.removed(Step.REMOVE_PREVIOUS, previous):
             return
         upcoming = self.bg.next
         p.status.blueGreen = models.BlueGreenStatus(active=upcoming)
@@ -523,13 +530,7 @@ class BlueGreen:
     def remove_next(self) -> None:
         """Step REMOVE_NEXT: the new colour goes; the old one runs the last stable spec."""
         p = self.p
-        p.r.step = Step.REMOVE_NEXT
-        p.write()
-        upcoming = self.next()
-        p.emit(actions.DeleteChildren(upcoming))
-        view = p.seen.cluster(upcoming.color)
-        if view is None or not view.deployments_absent:
-            p.soon()
+        if not self.removed(Step.REMOVE_NEXT, self.next()):
             return
         old = self.active()
         p.status.blueGreen = models.BlueGreenStatus(active=self.bg.active)
