@@ -37,21 +37,9 @@ class ColourJobManager(FakeJobManager):
         super().__init__()
         self.slots = 0
 
-    async def _start(self) -> None:
-        app = web.Application(middlewares=[self._middleware])
-        r = app.router
+    def _routes(self, r: web.UrlDispatcher) -> None:
+        super()._routes(r)
         r.add_get("/overview", self._overview)
-        r.add_get("/jobs", self._list)
-        r.add_post("/jobs", self._submit)
-        r.add_get("/jobs/{jid}", self._details)
-        r.add_patch("/jobs/{jid}", self._cancel)
-        r.add_get("/jobs/{jid}/checkpoints", self._checkpoints)
-        r.add_post("/jobs/{jid}/savepoints", self._trigger)
-        r.add_post("/jobs/{jid}/stop", self._stop)
-        r.add_get("/jobs/{jid}/savepoints/{rid}", self._savepoint)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 
     async def _overview(self, request: web.Request) -> web.Response:
         jobs = list(self.jobs.values())

@@ -96,7 +96,12 @@ class FakeJobManager:
 
     async def _start(self) -> None:
         app = web.Application(middlewares=[self._middleware])
-        r = app.router
+        self._routes(app.router)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    def _routes(self, r: web.UrlDispatcher) -> None:
         r.add_get("/jobs", self._list)
         r.add_post("/jobs", self._submit)
         r.add_get("/jobs/{jid}", self._details)
@@ -105,9 +110,6 @@ class FakeJobManager:
         r.add_post("/jobs/{jid}/savepoints", self._trigger)
         r.add_post("/jobs/{jid}/stop", self._stop)
         r.add_get("/jobs/{jid}/savepoints/{rid}", self._savepoint)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 
     @web.middleware
     async def _middleware(
