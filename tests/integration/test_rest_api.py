@@ -95,16 +95,22 @@ def test_the_typed_client_round_trips_every_endpoint(
     asyncio.run(scenario())
 
 
-def test_rest_errors_have_the_right_status_and_say_what_to_fix(
-    cluster_factory: Callable[..., Harness], tmp_path: Path
-) -> None:
-    h = cluster_factory()
-    url = h.cluster.rest_url
+def endless_job(h: Harness, tmp_path: Path) -> str:
+    """A keyed_sum job that runs until stopped (no checkpoint in the test's time), running."""
     job = h.submit(
         "keyed_sum",
         [f"out={tmp_path / 'out'}", "events=-1", "rate=5000", "commit_delay=1.0", "interval=60000"],
     )
     h.wait_for("the job to run", lambda: h.job(job).state is models.JobStatus.RUNNING)
+    return job
+
+
+def test_rest_errors_have_the_right_status_and_say_what_to_fix(
+    cluster_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    h = cluster_factory()
+    url = h.cluster.rest_url
+    job = endless_job(h, tmp_path)
 
     async def checks() -> None:
         status, message = await raw(url, "GET", "/jobs/nope")
@@ -195,11 +201,7 @@ def test_a_repeated_trigger_id_returns_the_savepoint_or_stop_already_started(
 ) -> None:
     h = cluster_factory()
     url = h.cluster.rest_url
-    job = h.submit(
-        "keyed_sum",
-        [f"out={tmp_path / 'out'}", "events=-1", "rate=5000", "commit_delay=1.0", "interval=60000"],
-    )
-    h.wait_for("the job to run", lambda: h.job(job).state is models.JobStatus.RUNNING)
+    job = endless_job(h, tmp_path)
     savepoints, stops = tmp_path / "savepoints", tmp_path / "stops"
     first, second = "0" * 31 + "1", "f" * 32
 
