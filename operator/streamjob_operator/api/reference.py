@@ -64,20 +64,18 @@ def _cell(text: str) -> str:
 def _rows(node: Schema, prefix: str, required: frozenset[str]) -> Iterator[str]:
     for name, child in node.get("properties", {}).items():
         path = f"{prefix}{name}"
-        if "default" in child:
+        is_section = "properties" in child
+        # a section's own default ({}) says nothing its fields do not
+        if "default" in child and not is_section:
             default = f"`{json.dumps(child['default'])}`"
         elif name in required:
             default = "**required**"
         else:
             default = ""
-        is_section = "properties" in child
         details = _constraints(child)
         description = child.get("description", "")
         if details:
             description = f"{description} ({details})" if description else details
-        if is_section:
-            # a section's own default ({}) says nothing its fields do not
-            default = "**required**" if name in required else ""
         yield (f"| `{path}` | {_type(child)} | {_cell(default)} | {_cell(description)} |")
         if is_section:
             yield from _rows(child, f"{path}.", frozenset(child.get("required", ())))
