@@ -58,20 +58,22 @@ class BurstReader(source.SourceReader):
     def add_splits(self, splits: list[Any]) -> None:
         self.splits.extend(GeneratorSplit(s.index, s.num_splits, s.next_index) for s in splits)
 
-    def _take(self, splits: list[GeneratorSplit], per_split: int, limit: int | None) -> list[int]:
-        out: list[int] = []
+    def _take(
+        self, splits: list[GeneratorSplit], per_split: int, limit: int | None
+    ) -> list[source.SplitRecords]:
+        out: list[source.SplitRecords] = []
         for split in splits:
             n = split.num_splits
             stop = split.next_index + per_split * n
             if limit is not None:
                 stop = min(stop, limit)
             indices = range(split.next_index, stop, n)
-            out.extend(indices)
             if indices:
+                out.append(source.SplitRecords(split.index, list(indices)))
                 split.next_index = indices[-1] + n
         return out
 
-    def poll(self, max_records: int) -> list[Any] | None:
+    def poll(self, max_records: int) -> list[source.SplitRecords] | None:
         if not self.splits:
             self._backoff = 0.05
             return []
@@ -88,7 +90,7 @@ class BurstReader(source.SourceReader):
             return []
         per_split = max(1, min(max_records, allowed) // len(self.splits))
         out = self._take(self.splits, per_split, None)
-        self.trickled += len(out)
+        self.trickled += sum(len(part.values) for part in out)
         return out
 
     def backoff_s(self) -> float:

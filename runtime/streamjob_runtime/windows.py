@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -56,11 +57,15 @@ WindowAssigner = TumblingEventTimeWindows | SlidingEventTimeWindows
 class WatermarkStrategy:
     """How a source assigns event timestamps and generates watermarks.
 
-    The watermark after a batch is ``max timestamp seen - max_out_of_orderness - 1``.
+    Each split of the source has its own watermark, ``max timestamp seen in the
+    split - max_out_of_orderness - 1``; a source subtask emits the minimum over
+    its splits that are neither finished nor idle.  Split watermarks are part
+    of checkpoints and savepoints.
     """
 
     timestamp_assigner: Callable[[Any], int] | None = None
     max_out_of_orderness_ms: int = 0
+    idle_timeout_ms: int | None = None
 
     @classmethod
     def no_watermarks(cls) -> WatermarkStrategy:
@@ -77,4 +82,15 @@ class WatermarkStrategy:
         return cls(max_out_of_orderness_ms=max_out_of_orderness_ms)
 
     def with_timestamp_assigner(self, assigner: Callable[[Any], int]) -> WatermarkStrategy:
-        return WatermarkStrategy(assigner, self.max_out_of_orderness_ms)
+        return dataclasses.replace(self, timestamp_assigner=assigner)
+
+    def with_idleness(self, idle_timeout_ms: int) -> WatermarkStrategy:
+        """A split without records for ``idle_timeout_ms`` stops holding the watermark back.
+
+        As in Flink, records an idle split reads later may then be behind the
+        watermark and be dropped as late.  When every split of a subtask is
+        idle its watermark stays where it is.
+        """
+        if idle_timeout_ms <= 0:
+            raise ValueError("idle timeout must be > 0 ms")
+        return dataclasses.replace(self, idle_timeout_ms=idle_timeout_ms)

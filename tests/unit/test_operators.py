@@ -7,7 +7,7 @@ from typing import Any
 
 from streamjob_runtime import functions, windows
 from streamjob_runtime.connectors import files, generator
-from streamjob_runtime.operators import base, keyed, window
+from streamjob_runtime.operators import base, keyed, source, window
 
 
 class Recorder:
@@ -109,24 +109,49 @@ def test_keyed_process_function_state_and_event_time_timers() -> None:
     assert len(out.records) == 2
 
 
+def values(polled: list[source.SplitRecords] | None) -> list[Any]:
+    assert polled is not None
+    return [v for part in polled for v in part.values]
+
+
+def drain(reader: source.SourceReader, max_records: int) -> list[source.SplitRecords]:
+    parts: list[source.SplitRecords] = []
+    while (polled := reader.poll(max_records)) is not None:
+        parts.extend(polled)
+    return parts
+
+
 def test_generator_reader_resumes_exactly_after_its_snapshot() -> None:
     src = generator.GeneratorSource(lambda i: i, count=100)
     splits = src.create_splits(2)
     reader = src.create_reader(0, 1)
     reader.add_splits(splits)
-    first = reader.poll(10)
+    first = values(reader.poll(10))
     state = reader.snapshot()
-    rest_a = []
-    while (batch := reader.poll(7)) is not None:
-        rest_a.extend(batch)
+    rest_a = values(drain(reader, 7))
     replay = src.create_reader(0, 1)
     replay.add_splits(state)
-    rest_b = []
-    while (batch := replay.poll(13)) is not None:
-        rest_b.extend(batch)
-    assert first is not None
+    rest_parts = drain(replay, 13)
+    rest_b = values(rest_parts)
     assert sorted(rest_a) == sorted(rest_b)
     assert sorted(first + rest_a) == list(range(100))
+    # Records come attributed to their split; each split is reported finished once.
+    assert all(v % 2 == part.split for part in rest_parts for v in part.values)
+    assert sorted(part.split for part in rest_parts if part.finished) == [0, 1]
+
+
+def test_a_restored_generator_reader_reports_an_exhausted_split_finished() -> None:
+    src = generator.GeneratorSource(lambda i: i, count=4)
+    reader = src.create_reader(0, 1)
+    reader.add_splits(src.create_splits(2))
+    drain(reader, 100)
+    again = src.create_reader(0, 1)
+    again.add_splits(reader.snapshot())
+    assert again.poll(100) == [
+        source.SplitRecords(0, [], finished=True),
+        source.SplitRecords(1, [], finished=True),
+    ]
+    assert again.poll(100) is None
 
 
 def test_file_sink_stages_until_commit_and_discards_stale_attempts(tmp_path: Path) -> None:
@@ -151,12 +176,13 @@ def test_file_source_resumes_from_its_byte_offset(tmp_path: Path) -> None:
     src = files.FileSource(str(path))
     reader = src.create_reader(0, 1)
     reader.add_splits(src.create_splits(1))
-    assert reader.poll(4) == [f"line {i}" for i in range(4)]
+    assert values(reader.poll(4)) == [f"line {i}" for i in range(4)]
     state = reader.snapshot()
     reader.close()
     again = src.create_reader(0, 1)
     again.add_splits(state)
-    assert again.poll(100) == [f"line {i}" for i in range(4, 10)]
+    assert again.poll(100) == [source.SplitRecords(0, [f"line {i}" for i in range(4, 10)])]
+    assert again.poll(100) == [source.SplitRecords(0, [], finished=True)]
     assert again.poll(100) is None
 
 
@@ -179,3 +205,156 @@ def test_timer_queue_keeps_one_timer_as_an_int_and_several_as_a_set() -> None:
     assert restored.tables["t"] == {"b": 9}
     assert list(again.pop_due(100)) == [(9, "b")]
     assert restored.tables["t"] == {}
+
+
+# -- per-split watermarks -----------------------------------------------------------------
+
+OUT_OF_ORDERNESS = 5
+
+
+def skewed(i: int) -> tuple[int, int]:
+    """Record ``i`` of 3 splits: split 0 runs 1000 ms of event time ahead of the others."""
+    split = i % 3
+    return (split, (i // 3) * 10 + (1000 if split == 0 else 0))
+
+
+def source_op(
+    restored: base.RestoredState | None = None,
+    index: int = 0,
+    parallelism: int = 1,
+    strategy: windows.WatermarkStrategy | None = None,
+) -> tuple[source.SourceOperator, Recorder]:
+    strategy = strategy or windows.WatermarkStrategy.for_bounded_out_of_orderness(
+        OUT_OF_ORDERNESS
+    ).with_timestamp_assigner(lambda r: r[1])
+    op = source.SourceOperator(generator.GeneratorSource(skewed, count=300, splits=3), strategy)
+    out = Recorder()
+    op.setup(ctx(index, parallelism), out)
+    op.initialize_state(restored)
+    op.open()
+    return op, out
+
+
+def test_a_source_with_several_splits_emits_the_minimum_of_their_watermarks() -> None:
+    op, out = source_op()
+    assert op.emit_next(30) == 30  # 10 records per split
+    # Split 0 is at 1090, the others at 90: the watermark follows the slowest.
+    # (One watermark from the batch maximum, 1084, would make splits 1 and 2 late.)
+    assert out.watermarks == [90 - OUT_OF_ORDERNESS - 1]
+
+
+def test_a_finished_split_no_longer_holds_the_watermark_back() -> None:
+    op = source.SourceOperator(
+        generator.GeneratorSource(lambda i: i, count=7, splits=2),
+        windows.WatermarkStrategy.for_monotonous_timestamps().with_timestamp_assigner(
+            lambda r: r if r % 2 else r * 100
+        ),
+    )
+    out = Recorder()
+    op.setup(ctx(), out)
+    op.initialize_state(None)
+    op.open()
+    while op.emit_next(2) is not None:
+        pass
+    # Split 0 (even records, ts 0..600) ends after 4 records, split 1 (1, 3, 5) after 3:
+    # once split 1 is finished, split 0 alone sets the watermark.
+    assert out.watermarks[-1] == 599
+
+
+def test_split_watermarks_are_checkpointed_and_restored_at_another_parallelism() -> None:
+    op, _out = source_op()
+    op.emit_next(30)
+    snapshot = op.snapshot_state(1)
+    assert [(s.split.index, s.watermark) for s in snapshot.operator] == [
+        (0, 1090 - OUT_OF_ORDERNESS - 1),
+        (1, 90 - OUT_OF_ORDERNESS - 1),
+        (2, 90 - OUT_OF_ORDERNESS - 1),
+    ]
+    restored = base.RestoredState(1, "job", {}, [snapshot.operator], 1)
+    first, first_out = source_op(restored, 0, 2)  # splits 0 and 2
+    _second, second_out = source_op(restored, 1, 2)  # split 1
+    # Before any replayed record, each subtask re-emits the event time it restored.
+    assert first_out.watermarks == [84]
+    assert first_out.records == []
+    assert second_out.watermarks == [84]
+    first.emit_next(20)
+    assert first_out.watermarks[-1] == 190 - OUT_OF_ORDERNESS - 1  # split 2, not split 0
+    assert [r[0] for r, _ in first_out.records] == [0] * 10 + [2] * 10
+
+
+def test_a_bare_split_from_an_older_checkpoint_restores_at_the_lowest_watermark() -> None:
+    bare = [generator.GeneratorSplit(j, 3, 30 + j) for j in range(3)]
+    op, out = source_op(base.RestoredState(1, "job", {}, [bare], 1))
+    assert out.watermarks == []
+    op.emit_next(3)
+    assert out.watermarks == [100 - OUT_OF_ORDERNESS - 1]
+
+
+def test_an_idle_split_stops_holding_the_watermark_back() -> None:
+    now = [1000.0]
+    strategy = (
+        windows.WatermarkStrategy.for_monotonous_timestamps()
+        .with_timestamp_assigner(lambda r: r[1])
+        .with_idleness(500)
+    )
+    op = source.SourceOperator(generator.GeneratorSource(skewed, count=300, splits=3), strategy)
+    op.clock = lambda: now[0]
+    out = Recorder()
+    op.setup(ctx(), out)
+    op.initialize_state(None)
+    op.open()
+    assert isinstance(op.reader, generator.GeneratorReader)
+    op.reader.splits = [s for s in op.reader.splits if s.index == 0]  # 1 and 2 read nothing
+    op.emit_next(10)
+    assert out.watermarks == []  # splits 1 and 2 are not idle yet
+    now[0] += 0.6
+    op.emit_next(10)
+    assert out.watermarks == [1000 + 19 * 10 - 1]
+
+
+def test_window_operator_restores_its_watermark_and_drops_the_same_late_records() -> None:
+    op, _ = window_op(windows.TumblingEventTimeWindows.of(10))
+    op.process_batch([("a", 1)], [1])
+    op.process_watermark(15)
+    op.process_batch([("a", 16)], [16])
+    snap = op.snapshot_state(1)
+    op.process_watermark(base.MAX_WATERMARK)  # a drain: not what a restore resumes at
+    assert op.snapshot_state(2).operator == [15]
+    restored, out = window_op(windows.TumblingEventTimeWindows.of(10))
+    restored.initialize_state(base.RestoredState(1, "job", snap.keyed, [snap.operator, [20]], 2))
+    restored.process_batch([("a", 2), ("a", 17)], [2, 17])  # [0, 10) fired before the failure
+    assert restored.late_records == 1
+    restored.process_watermark(19)
+    assert [r for r, _ in out.records] == [("a", 10, 2)]
+
+
+def test_keyed_process_function_sees_the_restored_watermark() -> None:
+    op = keyed.ProcessOperator(lambda v: v[0], Timers())
+    op.setup(ctx(), Recorder())
+    op.initialize_state(None)
+    op.open()
+    op.process_watermark(42)
+    snap = op.snapshot_state(1)
+    again = keyed.ProcessOperator(lambda v: v[0], Timers())
+    again.setup(ctx(), Recorder())
+    again.initialize_state(base.RestoredState(1, "job", snap.keyed, [snap.operator], 1))
+    again.open()
+    assert again.timers.current_watermark() == 42
+
+
+def test_a_file_source_holds_its_watermark_until_every_file_is_read(tmp_path: Path) -> None:
+    later, earlier = tmp_path / "later.txt", tmp_path / "earlier.txt"
+    later.write_text("".join(f"{100 + i}\n" for i in range(10)))
+    earlier.write_text("".join(f"{i}\n" for i in range(10)))
+    strategy = windows.WatermarkStrategy.for_monotonous_timestamps().with_timestamp_assigner(int)
+    op = source.SourceOperator(files.FileSource([str(later), str(earlier)]), strategy)
+    out = Recorder()
+    op.setup(ctx(), out)
+    op.initialize_state(None)
+    op.open()
+    assert op.emit_next(100) == 10  # all of the first file
+    assert out.watermarks == []  # the second file, unread, might be behind: it is
+    while op.emit_next(100) is not None:
+        pass
+    assert out.watermarks == [8]
+    assert all(int(v) > 8 for v, _ in out.records[:10])

@@ -35,7 +35,8 @@ class FileReader(source.SourceReader):
     def add_splits(self, splits: list[Any]) -> None:
         self.splits.extend(FileSplit(s.index, s.path, s.offset) for s in splits)
 
-    def poll(self, max_records: int) -> list[Any] | None:
+    def poll(self, max_records: int) -> list[source.SplitRecords] | None:
+        finished: list[source.SplitRecords] = []
         while self.splits:
             split = self.splits[0]
             if self._file is None:
@@ -49,11 +50,12 @@ class FileReader(source.SourceReader):
                 lines.append(line.rstrip(b"\r\n").decode())
             split.offset = self._file.tell()
             if lines:
-                return lines
+                return [*finished, source.SplitRecords(split.index, lines)]
             self._file.close()
             self._file = None
             self.splits.pop(0)
-        return None
+            finished.append(source.SplitRecords(split.index, [], finished=True))
+        return finished or None
 
     def snapshot(self) -> list[Any]:
         return [FileSplit(s.index, s.path, s.offset) for s in self.splits]
@@ -65,7 +67,12 @@ class FileReader(source.SourceReader):
 
 
 class FileSource(source.Source):
-    """Lines of one or more text files; each file is a split (bounded)."""
+    """Lines of one or more text files; each file is a split (bounded).
+
+    A subtask reads its files one after the other; every file not yet finished
+    holds its watermark back, so with event time the watermark waits for the
+    last file (records are never late for being in a later file).
+    """
 
     def __init__(self, paths: str | list[str]) -> None:
         self.paths = [paths] if isinstance(paths, str) else list(paths)

@@ -32,6 +32,7 @@ class GeneratorReader(source.SourceReader):
         self.started = time.monotonic()
         self.emitted = 0
         self._backoff = 0.0
+        self._finished: set[int] = set()  # splits reported finished
 
     def add_splits(self, splits: list[Any]) -> None:
         self.splits.extend(GeneratorSplit(s.index, s.num_splits, s.next_index) for s in splits)
@@ -41,10 +42,18 @@ class GeneratorReader(source.SourceReader):
             return self.splits
         return [s for s in self.splits if s.next_index < self.count]
 
-    def poll(self, max_records: int) -> list[Any] | None:
+    def _newly_finished(self) -> list[source.SplitRecords]:
+        if self.count is None:
+            return []
+        count, reported = self.count, self._finished
+        done = [s.index for s in self.splits if s.next_index >= count and s.index not in reported]
+        reported.update(done)
+        return [source.SplitRecords(index, [], finished=True) for index in done]
+
+    def poll(self, max_records: int) -> list[source.SplitRecords] | None:
         active = self._active()
         if not active:
-            return None
+            return self._newly_finished() or None
         if self.rate is not None:
             my_rate = self.rate * len(self.splits) / self.splits[0].num_splits
             allowed = int(my_rate * (time.monotonic() - self.started)) - self.emitted
@@ -54,17 +63,18 @@ class GeneratorReader(source.SourceReader):
             max_records = min(max_records, allowed)
         per_split = max(1, max_records // len(active))
         fn, count = self.fn, self.count
-        out: list[Any] = []
+        out: list[source.SplitRecords] = []
         for split in active:
             n = split.num_splits
             stop = split.next_index + per_split * n
             if count is not None:
                 stop = min(stop, count)
             indices = range(split.next_index, stop, n)
-            out.extend(map(fn, indices))
             if indices:
                 split.next_index = indices[-1] + n
-        self.emitted += len(out)
+                out.append(source.SplitRecords(split.index, list(map(fn, indices))))
+                self.emitted += len(indices)
+        out.extend(self._newly_finished())
         return out
 
     def backoff_s(self) -> float:

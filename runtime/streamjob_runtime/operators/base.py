@@ -82,6 +82,21 @@ class RestoredState:
     former_parallelism: int
 
 
+def restored_watermark(restored: RestoredState) -> int:
+    """The event time to resume an operator at: the lowest watermark its former subtasks saved.
+
+    Event-time operators save their watermark as their operator state (a
+    one-item list per subtask); a restore that started them at
+    :data:`MIN_WATERMARK` would accept records the failed attempt had already
+    dropped as late.  The minimum is exact when every former subtask read the
+    same input channels (a keyed exchange) and never later than any of them
+    otherwise.  A former subtask that saved nothing (an older checkpoint)
+    yields :data:`MIN_WATERMARK`.
+    """
+    saved = [former[0] if former else MIN_WATERMARK for former in restored.operator]
+    return min(saved, default=MIN_WATERMARK)
+
+
 class StreamOperator(abc.ABC):
     """One operator of a chain.  Never blocks: the task's event loop runs it.
 

@@ -85,12 +85,21 @@ class ProcessOperator(KeyedOperator):
         super().__init__(key_selector)
         self.fn = fn
 
+    def initialize_state(self, restored: base.RestoredState | None) -> None:
+        super().initialize_state(restored)
+        # Saved with the state (see base.restored_watermark): what the function sees
+        # as the current watermark resumes where the replaced attempt had it.
+        self.saved_watermark = base.MIN_WATERMARK
+        if restored is not None:
+            self.saved_watermark = base.restored_watermark(restored)
+
     def open(self) -> None:
         self.event_timers = heap.TimerQueue(self.backend, "__event_timers__")
         self.processing_timers = heap.TimerQueue(self.backend, "__processing_timers__")
         self.timers = functions.TimerService(
             self.backend, self.event_timers, self.processing_timers
         )
+        self.timers.watermark = self.saved_watermark
         self.context = functions.KeyedContext(self.backend, self.timers)
         self.fn.open(self.context)
 
@@ -132,8 +141,17 @@ class ProcessOperator(KeyedOperator):
                 out_ts.extend([ts] * (len(out) - before))
         self._emit(out, out_ts)
 
+    def snapshot_state(self, checkpoint_id: int) -> base.OperatorSnapshot:
+        snapshot = super().snapshot_state(checkpoint_id)
+        snapshot.operator = [self.saved_watermark]
+        return snapshot
+
     def process_watermark(self, watermark: int) -> None:
+        if watermark <= self.timers.watermark:
+            return  # at or behind the restored watermark: nothing new is due
         self.timers.watermark = watermark
+        if watermark < base.MAX_WATERMARK:
+            self.saved_watermark = watermark
         out: list[Any] = []
         out_ts: list[int] = []
         for time, key in self.event_timers.pop_due(watermark):

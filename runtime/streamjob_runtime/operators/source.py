@@ -3,26 +3,44 @@
 from __future__ import annotations
 
 import abc
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from streamjob_runtime import windows
-from streamjob_runtime.operators import base
+from streamjob_runtime.operators import base, watermarks
+
+
+@dataclass
+class SplitRecords:
+    """What one poll read from one split: records in the split's order.
+
+    ``finished`` says the split has no record after these (``values`` may then
+    be empty); a reader reports it once per split it was given, also for a
+    split that was already exhausted when it was restored.
+    """
+
+    split: int
+    values: list[Any]
+    finished: bool = False
 
 
 class SourceReader(abc.ABC):
     """Reads the splits assigned to one source subtask.
 
-    ``poll`` must never block: it returns what is available now (possibly
-    nothing) or ``None`` once every split is exhausted.  ``snapshot`` returns the
-    splits with their current positions, so that a restored reader resumes
-    exactly after the last record it returned.
+    ``poll`` must never block: it returns what is available now, per split
+    (possibly nothing), or ``None`` once every split is exhausted and reported
+    finished.  Per-split results let the source operator keep one watermark per
+    split.  ``snapshot`` returns the splits with their current positions, so
+    that a restored reader resumes exactly after the last record it returned.
     """
 
     @abc.abstractmethod
     def add_splits(self, splits: list[Any]) -> None: ...
 
     @abc.abstractmethod
-    def poll(self, max_records: int) -> list[Any] | None: ...
+    def poll(self, max_records: int) -> list[SplitRecords] | None: ...
 
     @abc.abstractmethod
     def snapshot(self) -> list[Any]: ...
@@ -50,18 +68,36 @@ def split_index(split: Any) -> int:
     return int(split.index)
 
 
+@dataclass
+class SourceSplitState:
+    """A split as a checkpoint holds it: its position (the connector's split) and watermark.
+
+    Restoring the watermark with the split keeps event time where the failed
+    or stopped attempt had it, at any parallelism: records that attempt
+    dropped as late are dropped again, and a split moved to another reader
+    does not hold back or run ahead of that reader's other splits.
+    """
+
+    split: Any
+    watermark: int
+
+
 class SourceOperator(base.StreamOperator):
     """Drives a :class:`SourceReader`: assigns splits, timestamps and watermarks.
 
     The head of a source task: the task calls :meth:`emit_next` instead of
-    :meth:`process_batch`.
+    :meth:`process_batch`.  Each split has its own watermark (``max timestamp
+    seen in that split - max_out_of_orderness - 1``); the operator emits the
+    minimum over its splits that are neither finished nor idle
+    (:class:`watermarks.WatermarkOutputMultiplexer`).
     """
 
     def __init__(self, source: Source, strategy: windows.WatermarkStrategy | None) -> None:
         self.source = source
         self.strategy = strategy
-        self.max_ts = base.MIN_WATERMARK
-        self.watermark = base.MIN_WATERMARK
+        self.watermarks = watermarks.WatermarkOutputMultiplexer()
+        self._last_active: dict[int, float] = {}  # split -> when it last had records
+        self.clock: Callable[[], float] = time.monotonic
 
     def setup(self, ctx: base.OperatorContext, output: base.Output) -> None:
         super().setup(ctx, output)
@@ -69,42 +105,93 @@ class SourceOperator(base.StreamOperator):
 
     def initialize_state(self, restored: base.RestoredState | None) -> None:
         if restored is None:
-            splits = self.source.create_splits(self.ctx.parallelism)
+            fresh = self.source.create_splits(self.ctx.parallelism)
+            states = [SourceSplitState(s, base.MIN_WATERMARK) for s in fresh]
         else:
-            splits = [s for former in restored.operator for s in former]
+            # Checkpoints written before split watermarks hold bare splits.
+            states = [
+                s if isinstance(s, SourceSplitState) else SourceSplitState(s, base.MIN_WATERMARK)
+                for former in restored.operator
+                for s in former
+            ]
         mine = [
-            s for s in splits if split_index(s) % self.ctx.parallelism == self.ctx.subtask_index
+            s
+            for s in states
+            if split_index(s.split) % self.ctx.parallelism == self.ctx.subtask_index
         ]
-        self.reader.add_splits(mine)
+        now = self.clock()
+        for s in mine:
+            self.watermarks.register(split_index(s.split), s.watermark)
+            self._last_active[split_index(s.split)] = now
+        self.reader.add_splits([s.split for s in mine])
+
+    def open(self) -> None:
+        # Downstream hears the restored event time before any replayed record.
+        if self.strategy is not None and self.strategy.timestamp_assigner is not None:
+            self._emit_watermark()
 
     def process_batch(self, values: base.Batch, timestamps: base.Timestamps) -> None:
         raise TypeError("a source operator has no input")
 
+    def _emit_watermark(self) -> None:
+        watermark = self.watermarks.advance()
+        if watermark is not None:
+            self.output.emit_watermark(watermark)
+
     def emit_next(self, max_records: int) -> int | None:
         """Emit up to ``max_records``; the number emitted, or None at the end of input."""
-        values = self.reader.poll(max_records)
-        if values is None:
+        polled = self.reader.poll(max_records)
+        if polled is None:
             return None
-        if not values:
-            return 0
         strategy = self.strategy
         if strategy is None or strategy.timestamp_assigner is None:
-            self.output.emit(values, None)
+            values = [v for part in polled for v in part.values]
+            if values:
+                self.output.emit(values, None)
             return len(values)
-        assign = strategy.timestamp_assigner
-        timestamps = [assign(v) for v in values]
-        self.output.emit(values, timestamps)
-        batch_max = max(timestamps)
-        if batch_max > self.max_ts:
-            self.max_ts = batch_max
-            watermark = batch_max - strategy.max_out_of_orderness_ms - 1
-            if watermark > self.watermark:
-                self.watermark = watermark
-                self.output.emit_watermark(watermark)
+        assign, mux = strategy.timestamp_assigner, self.watermarks
+        lag = strategy.max_out_of_orderness_ms + 1
+        values = []
+        timestamps: list[int] = []
+        for part in polled:
+            if part.values:
+                ts = [assign(v) for v in part.values]
+                values.extend(part.values)
+                timestamps.extend(ts)
+                mux.on_watermark(part.split, max(ts) - lag)
+        if strategy.idle_timeout_ms is not None:
+            self._track_idleness(polled, strategy.idle_timeout_ms)
+        if values:
+            self.output.emit(values, timestamps)
+        self._emit_watermark()
+        finished = [part.split for part in polled if part.finished]
+        if finished:
+            # Only now: the last records of a finished split still count.
+            for split in finished:
+                mux.unregister(split)
+                self._last_active.pop(split, None)
+            self._emit_watermark()
         return len(values)
 
+    def _track_idleness(self, polled: list[SplitRecords], idle_timeout_ms: int) -> None:
+        now = self.clock()
+        last, mux = self._last_active, self.watermarks
+        for part in polled:
+            if part.values:
+                last[part.split] = now
+                mux.mark_active(part.split)
+        deadline = now - idle_timeout_ms / 1000
+        for split, seen in last.items():
+            if seen < deadline:
+                mux.mark_idle(split)
+
     def snapshot_state(self, checkpoint_id: int) -> base.OperatorSnapshot:
-        return base.OperatorSnapshot(operator=self.reader.snapshot())
+        split_watermark = self.watermarks.split_watermark
+        return base.OperatorSnapshot(
+            operator=[
+                SourceSplitState(s, split_watermark(split_index(s))) for s in self.reader.snapshot()
+            ]
+        )
 
     def close(self) -> None:
         self.reader.close()

@@ -32,7 +32,11 @@ class WindowOperator(keyed.KeyedOperator):
 
     A window ``[start, end)`` fires once the watermark reaches ``end - 1``; its
     result carries the timestamp ``end - 1``.  Records for windows that already
-    fired are late and dropped (counted in :attr:`late_records`).
+    fired are late and dropped (counted in :attr:`late_records`).  The
+    watermark is checkpointed, so a restored operator drops the same records as
+    the attempt it replaces; the end-of-input watermark (end of a bounded input
+    or ``stop --drain``) is not: a job restored after a drain accepts records
+    again.
     """
 
     def __init__(
@@ -47,6 +51,7 @@ class WindowOperator(keyed.KeyedOperator):
         self.agg = agg
         self.window_fn = window_fn
         self.watermark = base.MIN_WATERMARK
+        self.saved_watermark = base.MIN_WATERMARK  # the watermark below the end of input
         self.late_records = 0
         # window end -> {key -> accumulator}: firing touches only due windows.
         self.windows: dict[int, dict[Any, Any]] = {}
@@ -54,6 +59,7 @@ class WindowOperator(keyed.KeyedOperator):
     def initialize_state(self, restored: base.RestoredState | None) -> None:
         if restored is None:
             return
+        self.watermark = self.saved_watermark = base.restored_watermark(restored)
         for key, per_window in restored.keyed.get("windows", {}).items():
             for end, acc in per_window.items():
                 self.windows.setdefault(end, {})[key] = acc
@@ -63,7 +69,9 @@ class WindowOperator(keyed.KeyedOperator):
         for end, accs in self.windows.items():
             for key, acc in accs.items():
                 by_key.setdefault(key, {})[end] = acc
-        return base.OperatorSnapshot(keyed={"windows": by_key} if by_key else {})
+        return base.OperatorSnapshot(
+            keyed={"windows": by_key} if by_key else {}, operator=[self.saved_watermark]
+        )
 
     def process_batch(self, values: base.Batch, timestamps: base.Timestamps) -> None:
         if timestamps is None:
@@ -89,6 +97,8 @@ class WindowOperator(keyed.KeyedOperator):
         if watermark <= self.watermark:
             return
         self.watermark = watermark
+        if watermark < base.MAX_WATERMARK:
+            self.saved_watermark = watermark
         due = sorted(end for end in self.windows if end - 1 <= watermark)
         for end in due:
             accs = self.windows.pop(end)
