@@ -54,7 +54,7 @@ def test_uninterrupted_run_produces_the_exact_output(
     assert details.restarts == 0
     assert_exact(tmp_path / "out")
     # Nothing staged is left behind once the job finished.
-    assert not list((tmp_path / "out" / ".staging" / "sink").iterdir())
+    assert not list((tmp_path / "out" / ".staging" / "sink").rglob("*.inprogress"))
 
 
 @pytest.mark.parametrize(("parallelism", "seed"), [(1, 1), (1, 2), (2, 3), (2, 4), (2, 5)])

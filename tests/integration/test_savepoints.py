@@ -15,6 +15,7 @@ from streamjob_runtime.api import client, models
 from streamjob_runtime.connectors import files
 from tests.conftest import Harness
 from tests.integration.test_exactly_once_recovery import EVENTS, KEYS, args, assert_exact
+from tests.jobs import keyed_sum
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 sys.path.insert(0, str(EXAMPLES))
@@ -182,3 +183,42 @@ def test_a_retained_checkpoint_of_a_cancelled_job_restores(
     assert details.state is models.JobStatus.FINISHED, details.failure_cause
     assert details.restored_from == latest.id
     assert_exact(out)
+
+
+def lines_of_job(out: Path, job_id: str) -> collections.Counter[tuple[int, int]]:
+    """Committed lines of the parts one job committed (part names carry the job id)."""
+    lines: collections.Counter[tuple[int, int]] = collections.Counter()
+    for part in out.glob(f"part-sink-{job_id[:8]}-*"):
+        for line in part.read_text().splitlines():
+            key, count = line.split()
+            lines[(int(key), int(count))] += 1
+    return lines
+
+
+def test_a_job_forked_from_a_savepoint_into_the_same_sink_leaves_the_running_job_alone(
+    cluster_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    h = cluster_factory(taskmanagers=2)
+    out = tmp_path / "out"
+    # A restart would hide the damage: the original fails at once if its files are touched.
+    running = h.submit("keyed_sum", args(out, rate=8_000, restart="none"))
+    h.wait_for("8000 source records", lambda: h.source_records(running) >= 8_000)
+    info = h.wait_savepoint(running, h.trigger_savepoint(running))
+    assert info.status is models.SavepointStatus.COMPLETED, info.failure_cause
+    assert info.location is not None
+    fork = h.submit("keyed_sum", args(out), savepoint=info.location)
+    assert h.source_records(running) < EVENTS, "the original ended before the fork started"
+    forked = h.wait_terminal(fork)
+    assert forked.state is models.JobStatus.FINISHED, forked.failure_cause
+    original = h.wait_terminal(running)
+    assert original.state is models.JobStatus.FINISHED, original.failure_cause
+    # The original committed its whole exact output ...
+    assert lines_of_job(out, running) == keyed_sum.expected(EVENTS, KEYS)
+    # ... and the fork continued every key's count from the savepoint to its end.
+    continued = lines_of_job(out, fork)
+    assert max(continued.values()) == 1
+    want = keyed_sum.expected(EVENTS, KEYS)
+    for key in range(KEYS):
+        counts = sorted(n for k, n in continued if k == key)
+        assert counts == list(range(counts[0], counts[-1] + 1))
+        assert counts[-1] == max(n for k, n in want if k == key)

@@ -160,14 +160,34 @@ def test_file_sink_stages_until_commit_and_discards_stale_attempts(tmp_path: Pat
     w.write([{"a": 1}])
     committables = w.prepare_commit(1)
     assert files.read_committed_lines(str(tmp_path)) == []
-    w.write([{"a": 2}])  # staged after checkpoint 1: never committed
+    w.write([{"a": 2}])
+    w.prepare_commit(2)  # pre-committed, but checkpoint 2 never completes
+    w.write([{"a": 3}])  # staged after checkpoint 2: never pre-committed
     w.close()
+    staging = tmp_path / ".staging" / "op" / "job"
+    assert len(list(staging.iterdir())) == 2  # closing dropped the file no checkpoint knows
     w2 = sink.create_writer(ctx(attempt=2))
     w2.commit(committables)
     w2.commit(committables)  # idempotent, as a restore may commit again
     w2.discard_staged(committables, "job")
     assert files.read_committed_lines(str(tmp_path)) == ['{"a":1}']
-    assert not list((tmp_path / ".staging" / "op").iterdir())
+    assert not list(staging.iterdir())
+
+
+def test_a_job_restored_from_another_jobs_savepoint_never_deletes_its_staged_files(
+    tmp_path: Path,
+) -> None:
+    sink = files.FileSink(str(tmp_path))
+    running = sink.create_writer(ctx())
+    running.write([{"a": 1}])
+    savepoint = running.prepare_commit(1)
+    running.write([{"a": 2}])  # the running job goes on after its savepoint
+    fork = sink.create_writer(base.OperatorContext("op", 0, 1, 128, 1, "fork"))
+    fork.commit(savepoint)
+    fork.discard_staged(savepoint, "job")
+    running.commit(savepoint)  # the savepoint's own commit: already done, still fine
+    running.commit(running.prepare_commit(2))
+    assert files.read_committed_lines(str(tmp_path)) == ['{"a":1}', '{"a":2}']
 
 
 def test_file_source_resumes_from_its_byte_offset(tmp_path: Path) -> None:

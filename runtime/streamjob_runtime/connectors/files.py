@@ -1,7 +1,7 @@
 """File connectors: a line source replayable by byte offset and an exactly-once sink.
 
 The sink writes each checkpoint's records to a hidden staged file
-(``.staging/...inprogress``), fsyncs it at the barrier, and renames it to a
+(``.staging/<uid>/<job id>/...inprogress``), fsyncs it at the barrier, and renames it to a
 visible ``part-*`` file when the checkpoint completes.  Readers of the
 directory see only committed ``part-*`` files.
 """
@@ -9,6 +9,7 @@ directory see only committed ``part-*`` files.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,10 @@ from typing import IO, Any
 
 import msgspec
 
+from streamjob_runtime import logs
 from streamjob_runtime.operators import base, sink, source
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -100,15 +104,33 @@ class Committable:
     final: str
 
 
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class FileSinkWriter(sink.SinkWriter):
-    """Staged files live in ``.staging/<uid>/<job>-<attempt>-<subtask>-<txn>.inprogress``."""
+    """Staged files live in ``.staging/<uid>/<job id>/<attempt>-<subtask>-<txn>.inprogress``.
+
+    The staging directory of a job belongs to that job alone: a job restored
+    from another job's checkpoint or savepoint commits the restored
+    committables (wherever they are staged) but never deletes another job's
+    staged files, because that job may still be running (a fork: a savepoint
+    without cancel, then ``run -s`` into the same directory).  Files a job that
+    ended left staged stay in its directory and are reported at the restore.
+    """
 
     def __init__(
         self, directory: Path, encode: Callable[[Any], bytes], ctx: base.OperatorContext
     ) -> None:
         self.directory = directory
-        self.staging = directory / ".staging" / ctx.uid
+        self.staging = directory / ".staging" / ctx.uid / ctx.job_id
         self.staging.mkdir(parents=True, exist_ok=True)
+        # The job's directory entry must survive a crash with the files staged in it.
+        _fsync_directory(self.staging.parent)
         self.encode = encode
         self.ctx = ctx
         self._file: IO[bytes] | None = None
@@ -119,7 +141,7 @@ class FileSinkWriter(sink.SinkWriter):
         if self._file is None:
             self._txn += 1
             ctx = self.ctx
-            self._name = f"{ctx.job_id}-{ctx.attempt}-{ctx.subtask_index}-{self._txn}.inprogress"
+            self._name = f"{ctx.attempt}-{ctx.subtask_index}-{self._txn}.inprogress"
             self._file = open(self.staging / self._name, "wb")  # noqa: SIM115
         return self._file
 
@@ -139,7 +161,8 @@ class FileSinkWriter(sink.SinkWriter):
             f"part-{ctx.uid}-{ctx.job_id[:8]}-{ctx.subtask_index}-a{ctx.attempt}"
             f"-c{checkpoint_id}.jsonl"
         )
-        return [Committable(f".staging/{ctx.uid}/{self._name}", final)]
+        staged = self.staging.relative_to(self.directory) / self._name
+        return [Committable(staged.as_posix(), final)]
 
     def commit(self, committables: list[Any]) -> None:
         for c in committables:
@@ -153,37 +176,53 @@ class FileSinkWriter(sink.SinkWriter):
                         " committed; the sink directory was modified outside the job"
                     ) from None
         if committables:
-            fd = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync_directory(self.directory)
 
     def discard_staged(self, keep: list[Any], restored_job_id: str | None) -> None:
-        """Delete staged files of earlier attempts (or of the restored job) not in ``keep``.
+        """Delete this job's staged files of earlier attempts that are not in ``keep``.
 
         Only subtask 0 does it, after every subtask has committed its share of
-        ``keep`` in ``initialize_state``; files of the current attempt are
-        never touched.
+        ``keep`` in ``initialize_state``; files of the current attempt and
+        files of other jobs (the restored one included) are never touched.
         """
         if self.ctx.subtask_index != 0:
             return
-        kept = {Path(c.staged).name for c in keep}
+        kept = {c.staged for c in keep}
+        prefix = self.staging.relative_to(self.directory).as_posix()
         for entry in self.staging.iterdir():
-            if entry.name in kept or not entry.name.endswith(".inprogress"):
+            if f"{prefix}/{entry.name}" in kept or not entry.name.endswith(".inprogress"):
                 continue
-            job, attempt = entry.name.split("-")[:2]
-            stale = (job == self.ctx.job_id and int(attempt) < self.ctx.attempt) or (
-                job == restored_job_id and job != self.ctx.job_id
-            )
-            if stale:
+            attempt = entry.name.partition("-")[0]
+            if attempt.isdigit() and int(attempt) < self.ctx.attempt:
                 with contextlib.suppress(FileNotFoundError):
                     entry.unlink()
+        if restored_job_id is not None and restored_job_id != self.ctx.job_id:
+            self._report_left_by(restored_job_id, kept)
+
+    def _report_left_by(self, job_id: str, kept: set[str]) -> None:
+        other = self.staging.parent / job_id
+        if not other.is_dir():
+            return
+        prefix = other.relative_to(self.directory).as_posix()
+        left = [e for e in other.iterdir() if f"{prefix}/{e.name}" not in kept]
+        if left:
+            logs.event(
+                log,
+                "file_sink_staged_files_of_restored_job_kept",
+                logging.WARNING,
+                uid=self.ctx.uid,
+                directory=str(other),
+                files=len(left),
+                hint=f"job {job_id} may still be running; delete {other} once it has ended",
+            )
 
     def close(self) -> None:
         if self._file is not None:
+            # Never pre-committed, so no checkpoint refers to it: a restore replays its records.
             self._file.close()
             self._file = None
+            with contextlib.suppress(FileNotFoundError):
+                (self.staging / self._name).unlink()
 
 
 class FileSink(sink.Sink):
