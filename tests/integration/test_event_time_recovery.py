@@ -21,7 +21,9 @@ from tests.integration.test_savepoints import stop_with_savepoint
 from tests.jobs import event_windows
 
 POSITIONS = 3_000  # per split
-LATE_FROM = 1_200  # positions before it have no late events
+# Positions before it have no late events: by then (2 s into a run) every source subtask has
+# sent the window operators a watermark, so a run without failures drops every late event.
+LATE_FROM = 1_500
 
 
 def args(out: Path, skew: int, **extra: object) -> list[str]:
@@ -76,6 +78,6 @@ def test_late_events_are_dropped_alike_with_and_without_a_killed_taskmanager(
         h.cluster.kill_taskmanager(0)
     details = h.wait_terminal(job)
     assert details.state is models.JobStatus.FINISHED, details.failure_cause
-    assert details.restarts == (1 if kill else 0)
+    assert details.restarts >= 1 if kill else details.restarts == 0
     assert files.read_committed_lines(str(out)), "the job committed nothing"
     assert_exact(out, skew=0)

@@ -143,22 +143,26 @@ class SourceOperator(base.StreamOperator):
         polled = self.reader.poll(max_records)
         if polled is None:
             return None
+        if len(polled) == 1:
+            values = polled[0].values
+        else:
+            values = []
+            for part in polled:
+                values.extend(part.values)
         strategy = self.strategy
         if strategy is None or strategy.timestamp_assigner is None:
-            values = [v for part in polled for v in part.values]
             if values:
                 self.output.emit(values, None)
             return len(values)
         assign, mux = strategy.timestamp_assigner, self.watermarks
         lag = strategy.max_out_of_orderness_ms + 1
-        values = []
-        timestamps: list[int] = []
+        timestamps = list(map(assign, values))
+        start = 0
         for part in polled:
             if part.values:
-                ts = [assign(v) for v in part.values]
-                values.extend(part.values)
-                timestamps.extend(ts)
-                mux.on_watermark(part.split, max(ts) - lag)
+                end = start + len(part.values)
+                mux.on_watermark(part.split, max(timestamps[start:end]) - lag)
+                start = end
         if strategy.idle_timeout_ms is not None:
             self._track_idleness(polled, strategy.idle_timeout_ms)
         if values:
