@@ -82,11 +82,16 @@ class RestoredState:
     former_parallelism: int
 
 
+def saved_watermark(watermark: int) -> list[Any]:
+    """The operator state that saves ``watermark`` (none before the first one)."""
+    return [watermark] if watermark > MIN_WATERMARK else []
+
+
 def restored_watermark(restored: RestoredState) -> int:
     """The event time to resume an operator at: the lowest watermark its former subtasks saved.
 
     Event-time operators save their watermark as their operator state (a
-    one-item list per subtask); a restore that started them at
+    one-item list per subtask, see :func:`saved_watermark`); a restore that started them at
     :data:`MIN_WATERMARK` would accept records the failed attempt had already
     dropped as late.  The minimum is exact when every former subtask read the
     same input channels (a keyed exchange) and never later than any of them

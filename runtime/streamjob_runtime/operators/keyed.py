@@ -143,7 +143,7 @@ class ProcessOperator(KeyedOperator):
 
     def snapshot_state(self, checkpoint_id: int) -> base.OperatorSnapshot:
         snapshot = super().snapshot_state(checkpoint_id)
-        snapshot.operator = [self.saved_watermark]
+        snapshot.operator = base.saved_watermark(self.saved_watermark)
         return snapshot
 
     def process_watermark(self, watermark: int) -> None:

@@ -70,7 +70,8 @@ class WindowOperator(keyed.KeyedOperator):
             for key, acc in accs.items():
                 by_key.setdefault(key, {})[end] = acc
         return base.OperatorSnapshot(
-            keyed={"windows": by_key} if by_key else {}, operator=[self.saved_watermark]
+            keyed={"windows": by_key} if by_key else {},
+            operator=base.saved_watermark(self.saved_watermark),
         )
 
     def process_batch(self, values: base.Batch, timestamps: base.Timestamps) -> None:
