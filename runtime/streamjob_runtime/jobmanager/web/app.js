@@ -371,7 +371,7 @@ function busyColour(x) {
 
 function graphTab(job) {
   const now = Date.now();
-  const W = 250, H = 132, GX = 90, GY = 28, PAD = 24;
+  const W = 214, H = 132, GX = 64, GY = 24, PAD = 20;
   const { layers, layer, pos } = layout(job.vertices);
   const tallest = Math.max(...layers.map((l) => l.length));
   const width = PAD * 2 + layers.length * W + (layers.length - 1) * GX;
@@ -381,7 +381,9 @@ function graphTab(job) {
     const offset = ((tallest - l.length) * (H + GY)) / 2;
     return { x: PAD + layer.get(v.id) * (W + GX), y: PAD + offset + pos.get(v.id) * (H + GY) };
   };
-  const root = svg("svg", { width, height, viewBox: `0 0 ${width} ${height}`, "data-testid": "job-graph", role: "img" });
+  // Wide graphs scale down to the page's width rather than scroll.
+  const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, style: `width:100%;max-width:${width}px;height:auto`,
+    "data-testid": "job-graph", role: "img" });
   root.append(svg("defs", {}, svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5,
     markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" }, svg("path", { d: "M0,0 L10,5 L0,10 z", fill: "#8496aa" }))));
   const byId = new Map(job.vertices.map((v) => [v.id, v]));
@@ -407,18 +409,18 @@ function graphTab(job) {
     g.append(title);
     g.append(svg("rect", { width: W, height: H, rx: 8, style: r ? `fill:${busyColour(r.busy)}` : "" }));
     const text = (cls, ty, s) => { const t = svg("text", { class: cls, x: 12, y: ty }); t.textContent = s; return t; };
-    const name = v.name.length > 34 ? `${v.name.slice(0, 33)}…` : v.name;
+    const name = v.name.length > 28 ? `${v.name.slice(0, 27)}…` : v.name;
     g.append(text("title", 22, name));
     g.append(text("line", 42, `Parallelism ${v.parallelism} · ${v.status}`));
-    g.append(text("line", 60, `Records in ${fmtCount(v.records_in)} · out ${fmtCount(v.records_out)}`));
+    g.append(text("line", 60, `In ${fmtCount(v.records_in)} · out ${fmtCount(v.records_out)} records`));
     g.append(text("line", 78, r ? `${fmtCount(Math.round(r.rps))} records/s in` : "measuring rate…"));
     const bar = (ty, label, x) => {
       g.append(text("line", ty, `${label} ${x === null ? "—" : `${Math.round(x * 100)}%`}`));
-      g.append(svg("rect", { class: "bar-bg", x: 142, y: ty - 9, width: W - 154, height: 9, rx: 3 }));
-      if (x !== null) g.append(svg("rect", { x: 142, y: ty - 9, width: (W - 154) * x, height: 9, rx: 3, fill: label === "Busy" ? "#d84315" : "#6a1b9a" }));
+      g.append(svg("rect", { class: "bar-bg", x: 132, y: ty - 9, width: W - 144, height: 9, rx: 3 }));
+      if (x !== null) g.append(svg("rect", { x: 132, y: ty - 9, width: (W - 144) * x, height: 9, rx: 3, fill: label === "Busy" ? "#d84315" : "#6a1b9a" }));
     };
     bar(100, "Busy", r ? r.busy : null);
-    bar(120, "Back-pressured", r ? r.bp : null);
+    bar(120, "Backpressure", r ? r.bp : null);
     root.append(g);
     rows.push(el("tr", { "data-testid": "vertex-row" },
       el("td", {}, v.name), el("td", { class: "num" }, v.parallelism), el("td", {}, badge(v.status)),
@@ -488,7 +490,7 @@ function checkpointsTab(stats) {
           ? el("table", { "data-testid": "subtask-table" },
             el("thead", {}, el("tr", {}, ["Vertex", "Subtask", "Acknowledged after", "State size", "Sync", "Async", "Alignment"]
               .map((x, i) => el("th", { class: i > 1 ? "num" : null }, x)))),
-            el("tbody", {}, h.subtasks.map((s) => el("tr", {},
+            el("tbody", {}, h.subtasks.slice().sort((a, b) => a.vertex.localeCompare(b.vertex) || a.subtask - b.subtask).map((s) => el("tr", {},
               el("td", {}, s.vertex), el("td", {}, s.subtask),
               el("td", { class: "num" }, fmtDuration(s.ack_ms)), el("td", { class: "num" }, fmtBytes(s.bytes)),
               el("td", { class: "num" }, fmtDuration(s.sync_ms)), el("td", { class: "num" }, fmtDuration(s.async_ms)),
