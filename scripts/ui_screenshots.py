@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import FloatRect, sync_playwright
 
 from streamjob_runtime.local import LocalCluster
 
@@ -75,6 +75,11 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 60) -> None:
         time.sleep(0.1)
 
 
+def clip(height: float) -> FloatRect:
+    """The top of the page, ``height`` pixels high."""
+    return {"x": 0, "y": 0, "width": 1200, "height": height}
+
+
 def main() -> None:
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "docs"
     work = Path(tempfile.mkdtemp(prefix="streamjob-ui-"))
@@ -102,8 +107,7 @@ def main() -> None:
                 page.wait_for_selector(ready)
                 time.sleep(settle_s)
                 height = min(720, page.evaluate("document.body.scrollHeight") + 24)
-                clip = {"x": 0, "y": 0, "width": 1200, "height": height}
-                page.screenshot(path=str(out / f"ui-{name}.png"), clip=clip)
+                page.screenshot(path=str(out / f"ui-{name}.png"), clip=clip(height))
 
             shot("", "overview", "[data-testid=jobs-table]")
             shot(f"#/jobs/{job}", "job-graph", "text=records/s in", settle_s=2.5)
@@ -119,8 +123,7 @@ def main() -> None:
             page.locator("[data-testid=checkpoint-row][data-status=COMPLETED]").first.click()
             page.wait_for_selector("[data-testid=subtask-table]")
             page.evaluate("window.scrollTo(0, 0)")
-            clip = {"x": 0, "y": 0, "width": 1200, "height": 1240}
-            page.screenshot(path=str(out / "ui-checkpoints.png"), full_page=True, clip=clip)
+            page.screenshot(path=str(out / "ui-checkpoints.png"), full_page=True, clip=clip(1240))
             shot(f"#/jobs/{job}/exceptions", "exceptions", "[data-testid=exception-row]")
             shot("#/taskmanagers", "taskmanagers", "[data-testid=taskmanagers-table]")
             browser.close()
