@@ -131,6 +131,13 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                 page.set_default_timeout(TIMEOUT_MS)
                 errors: list[str] = []
                 page.on("pageerror", lambda e: errors.append(str(e)))
+                # Console errors too: a Content-Security-Policy violation is reported there.
+                page.on(
+                    "console",
+                    lambda m: (
+                        errors.append(m.text) if m.type == "error" and "401" not in m.text else None
+                    ),
+                )
                 yield Env(cluster, job, page, artifacts, work)
                 assert errors == [], f"JavaScript errors in the page: {errors}"
             finally:

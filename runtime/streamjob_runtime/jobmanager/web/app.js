@@ -177,7 +177,9 @@ let generation = 0;
 
 function route() {
   const parts = (location.hash.replace(/^#\/?/, "") || "").split("/").filter(Boolean);
-  if (parts[0] === "jobs" && parts[1]) return { page: "job", job: parts[1], tab: parts[2] || "overview" };
+  if (parts[0] === "jobs" && parts[1]) {
+    return { page: "job", job: encodeURIComponent(decodeURIComponent(parts[1])), tab: parts[2] || "overview" };
+  }
   if (parts[0] === "taskmanagers") return { page: "taskmanagers" };
   return { page: "overview" };
 }
