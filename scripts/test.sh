@@ -6,6 +6,11 @@ if ! command -v etcd >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get
     (apt-get update -qq && apt-get install -y -qq etcd-server >/dev/null) \
         || echo "warning: could not install etcd-server; the etcd HA tests will skip"
 fi
+# Chromium for the web UI's browser tests (they skip, saying why, without it).
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+        || echo "warning: could not install chromium; the web UI browser tests will skip"
+fi
 # helm and kubectl (pinned) for the chart tests, which fail rather than skip without them.
 bash scripts/tools.sh || echo "error: could not fetch helm and kubectl; the chart tests will fail"
 export STREAMJOB_REQUIRE_TOOLS=1

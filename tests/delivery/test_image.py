@@ -34,7 +34,7 @@ EXAMPLES = "/opt/streamjob/examples"
 # Paths the image owns; the replay moves them under its temporary root.
 IMAGE_PATHS = ("/opt/streamjob", "/src")
 BUILD_TOOLS = ("build-essential", "gcc", "g++", "clang", "make ", "uv ", "pip install")
-DEV_ONLY = ("pytest", "mypy", "ruff", "import-linter", "kubernetes-validate")
+DEV_ONLY = ("pytest", "mypy", "ruff", "import-linter", "kubernetes-validate", "playwright")
 
 
 def problems(text: str, ignore: dockerfile.DockerIgnore, context: Path) -> list[str]:
@@ -266,6 +266,16 @@ def test_the_image_commands_run_from_the_installed_venv(
     # A wheel in the venv, not the sources (--no-editable); the examples by module name.
     assert Path(runtime).is_relative_to(venv), runtime
     assert example == f"{root}{EXAMPLES}/keyed_count.py"
+    # The web UI's static files are package data: in the wheel, next to the code.
+    shipped = _run(
+        env,
+        str(venv / "bin/python"),
+        "-c",
+        "from streamjob_runtime.jobmanager import rest;"
+        " print(sorted(p.name for p in rest.WEB_DIR.iterdir()), rest.WEB_DIR)",
+    )
+    assert shipped.startswith("['app.js', 'favicon.svg', 'index.html', 'style.css'] ")
+    assert Path(shipped.split()[-1]).is_relative_to(venv), shipped
 
 
 def test_the_venv_holds_exactly_the_locked_runtime_dependencies(

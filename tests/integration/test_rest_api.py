@@ -63,13 +63,43 @@ def test_the_typed_client_round_trips_every_endpoint(
             await until("a checkpoint", lambda: _completed(c, job))
             details = await c.job(job)
             assert [v.parallelism for v in details.vertices] == [2, 2]
+            assert [[e.id for e in v.inputs] for v in details.vertices] == [
+                [],
+                [details.vertices[0].id],
+            ]
+            assert details.vertices[1].inputs[0].ship_strategy == "hash"
             stats = await c.checkpoints(job)
             assert stats.latest_completed is not None
+            assert stats.config is not None
+            assert stats.config.interval_ms == 100
+            assert stats.latest_restored is None
+            first = stats.history[-1]
+            assert sorted((s.vertex, s.subtask) for s in first.subtasks) == sorted(
+                (v.id, i) for v in details.vertices for i in range(v.parallelism)
+            )
+            assert sum(s.bytes for s in first.subtasks) == first.bytes
+
+            async def busy() -> bool:  # every vertex reports time spent in its operators
+                return all(v.busy_ms > 0 for v in (await c.job(job)).vertices)
+
+            await until("busy time", busy)
+            tms = (await c.taskmanagers()).taskmanagers
+            assert all(tm.memory_rss_bytes and tm.memory_rss_bytes > 1 << 20 for tm in tms)
+            assert [tm.slots_total for tm in tms] == [1, 1]
+            assert [tm.slots_free for tm in tms] == [0, 0]
+            job_config = await c.job_config(job)
+            assert job_config.entrypoint.endswith("keyed_sum.py")
+            assert job_config.parallelism == 2
+            assert (await c.savepoints(job)).requests == []
             assert stats.latest_completed.path.endswith(f"chk-{stats.latest_completed.id}")
             assert (await c.exceptions(job)).history == []
             request = await c.trigger_savepoint(job)
             info = await c.wait_savepoint(job, request)
             assert info.status is models.SavepointStatus.COMPLETED
+            listed = (await c.savepoints(job)).requests
+            assert [(r.request_id, r.operation, r.status) for r in listed] == [
+                (request, "savepoint", models.SavepointStatus.COMPLETED)
+            ]
             text = await c.metrics()
             assert f'streamjob_checkpoints_completed_total{{job_id="{job}"}}' in text
             assert "streamjob_records_in_total" in text

@@ -422,12 +422,22 @@ class BlueGreenStatus(_Status):
     )
 
 
+class JobManagerStatus(_Status):
+    webUrl: str = Field(
+        description="The JobManager's web UI (and REST API) inside the cluster; from outside:"
+        " kubectl port-forward svc/<name>-jobmanager 8081, then http://localhost:8081/."
+    )
+
+
 class StreamJobStatus(_Status):
     lifecycleState: LifecycleState = Field(
         default=LifecycleState.CREATED,
         description="Where the StreamJob is in its life, derived from the rest of status.",
     )
     job: JobInfo = Field(default_factory=JobInfo, description="The running job, as last seen.")
+    jobManager: JobManagerStatus | None = Field(
+        default=None, description="The JobManager that runs the job (null before a submission)."
+    )
     lastCheckpoint: CheckpointInfo | None = Field(
         default=None, description="The latest completed checkpoint seen."
     )

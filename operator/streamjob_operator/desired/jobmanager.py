@@ -31,6 +31,11 @@ def rest_url(job: target.StreamJob, where: target.DeploymentTarget) -> str:
     return f"http://{service_name(job, where)}.{job.namespace}.svc:{REST_PORT}"
 
 
+def web_url(job: target.StreamJob, where: target.DeploymentTarget) -> str:
+    """The JobManager's web UI, which it serves at the root of its REST API."""
+    return rest_url(job, where) + "/"
+
+
 def rpc_address(job: target.StreamJob, where: target.DeploymentTarget) -> str:
     """The Service's RPC address, as TaskManagers without HA are given it."""
     return f"{service_name(job, where)}.{job.namespace}.svc:{RPC_PORT}"

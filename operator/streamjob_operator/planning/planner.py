@@ -48,7 +48,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from streamjob_operator.api import models
-from streamjob_operator.desired import submission, target
+from streamjob_operator.desired import jobmanager, submission, target
 from streamjob_operator.planning import (
     actions,
     bluegreen,
@@ -160,9 +160,17 @@ class _Pass:
         self.r.observedGeneration = self.seen.meta.generation
         last = self.status.lastCheckpoint
         self.status.checkpointAge = None if last is None else clock.age(last.time, self.now)
+        self.status.jobManager = self.jobmanager_status()
         self.status.lifecycleState = lifecycle.lifecycle_state(self.status)
         for derived in lifecycle.derived_conditions(self.status):
             self.set_condition(derived.type, derived.value, derived.reason, derived.message)
+
+    def jobmanager_status(self) -> models.JobManagerStatus | None:
+        """The web UI of the cluster that runs ``status.job``; None before a submission."""
+        if self.status.job.id is None or self.r.lastReconciledSpec is None:
+            return None
+        job = self.streamjob(changes.decode(self.r.lastReconciledSpec))
+        return models.JobManagerStatus(webUrl=jobmanager.web_url(job, self.here))
 
     def finish(self) -> actions.Plan:
         self.derive()

@@ -62,6 +62,9 @@ class JobManagerClient:
     async def overview(self) -> models.ClusterOverview:
         return await self._get("/overview", models.ClusterOverview)
 
+    async def taskmanagers(self) -> models.TaskManagerList:
+        return await self._get("/taskmanagers", models.TaskManagerList)
+
     async def list_jobs(self) -> models.JobList:
         return await self._get("/jobs", models.JobList)
 
@@ -78,6 +81,12 @@ class JobManagerClient:
 
     async def exceptions(self, job_id: str) -> models.JobExceptions:
         return await self._get(f"/jobs/{job_id}/exceptions", models.JobExceptions)
+
+    async def job_config(self, job_id: str) -> models.JobConfigInfo:
+        return await self._get(f"/jobs/{job_id}/config", models.JobConfigInfo)
+
+    async def savepoints(self, job_id: str) -> models.SavepointRequestList:
+        return await self._get(f"/jobs/{job_id}/savepoints", models.SavepointRequestList)
 
     async def cancel(self, job_id: str) -> None:
         await self._call("PATCH", f"/jobs/{job_id}?mode=cancel", None)

@@ -124,6 +124,13 @@ class JobSubmitted(_Model):
     jobid: str
 
 
+class VertexInput(_Model):
+    """An edge of the job graph, seen from its downstream vertex."""
+
+    id: str = Field(description="The upstream vertex.")
+    ship_strategy: str = Field(description="forward, hash, rebalance or broadcast (Flink's).")
+
+
 class VertexInfo(_Model):
     id: str
     name: str
@@ -133,6 +140,13 @@ class VertexInfo(_Model):
     records_in: int
     records_out: int
     backpressured_ms: int
+    busy_ms: int = Field(
+        default=0,
+        description="Time the vertex's subtasks spent processing records, summed over subtasks.",
+    )
+    inputs: list[VertexInput] = Field(
+        default_factory=list, description="The vertex's input edges (empty for a source)."
+    )
 
 
 class JobDetails(_Model):
@@ -172,6 +186,18 @@ class ClusterOverview(_Model):
     version: str
 
 
+class SubtaskCheckpointStats(_Model):
+    """One subtask's acknowledgement of a checkpoint."""
+
+    vertex: str
+    subtask: int
+    ack_ms: float = Field(description="From the trigger to this subtask's acknowledgement.")
+    bytes: int
+    sync_ms: float
+    async_ms: float
+    alignment_ms: float
+
+
 class CheckpointEntry(_Model):
     id: int
     kind: str = Field(description="checkpoint or savepoint")
@@ -181,6 +207,9 @@ class CheckpointEntry(_Model):
     bytes: int
     alignment_ms: float
     failure: str | None = None
+    subtasks: list[SubtaskCheckpointStats] = Field(
+        default_factory=list, description="The subtasks that acknowledged, in order of arrival."
+    )
 
 
 class CompletedCheckpointInfo(_Model):
@@ -198,10 +227,83 @@ class CheckpointCounts(_Model):
     in_progress: int
 
 
+class CheckpointConfigInfo(_Model):
+    """The job's ``execution.checkpointing.*`` settings."""
+
+    enabled: bool
+    interval_ms: int
+    mode: str
+    timeout_ms: int
+    min_pause_ms: int
+    max_concurrent: int
+    tolerable_failures: int
+    retained: int
+
+
+class RestoreInfo(_Model):
+    """The checkpoint or savepoint the current attempt started from."""
+
+    id: int
+    path: str
+    kind: str = Field(description="checkpoint or savepoint")
+    restore_timestamp: int = Field(description="When the attempt restored it (ms since epoch).")
+    attempt: int
+
+
 class CheckpointingStatistics(_Model):
     counts: CheckpointCounts
     latest_completed: CompletedCheckpointInfo | None
     history: list[CheckpointEntry]
+    config: CheckpointConfigInfo | None = None
+    latest_restored: RestoreInfo | None = None
+
+
+class SavepointRequestInfo(_Model):
+    """A savepoint, stop or cancel-with-savepoint request this JobManager received."""
+
+    request_id: str
+    operation: str = Field(description="savepoint, stop or cancel")
+    trigger_timestamp: int
+    status: SavepointStatus
+    location: str | None = None
+    failure_cause: str | None = None
+
+
+class SavepointRequestList(_Model):
+    requests: list[SavepointRequestInfo] = Field(description="Newest first.")
+
+
+class JobConfigInfo(_Model):
+    """What the job was submitted with, and the settings the JobManager derived from it."""
+
+    jid: str
+    name: str
+    entrypoint: str
+    args: list[str]
+    parallelism: int
+    max_parallelism: int
+    savepoint_path: str | None
+    allow_non_restored_state: bool
+    config: dict[str, str] = Field(description="The submitted Flink-style options.")
+    restart_strategy: str
+
+
+class TaskManagerDetails(_Model):
+    id: str
+    host: str
+    data_port: int
+    pid: int
+    slots_total: int
+    slots_free: int
+    last_heartbeat_ms_ago: int = Field(description="Milliseconds since its last message.")
+    heartbeat_timeout_ms: int
+    memory_rss_bytes: int | None = Field(
+        default=None, description="Resident memory of the process, as it last reported."
+    )
+
+
+class TaskManagerList(_Model):
+    taskmanagers: list[TaskManagerDetails]
 
 
 class ExceptionEntry(_Model):

@@ -19,6 +19,7 @@ Route = tuple[str, str, str, type[pydantic.BaseModel] | None, int, type[pydantic
 # method, path, summary, request body, success status, success body
 ROUTES: list[Route] = [
     ("get", "/overview", "Cluster overview", None, 200, models.ClusterOverview),
+    ("get", "/taskmanagers", "TaskManagers", None, 200, models.TaskManagerList),
     ("get", "/jobs", "List jobs", None, 200, models.JobList),
     ("post", "/jobs", "Submit a job", models.JobSubmission, 202, models.JobSubmitted),
     ("get", "/jobs/{job_id}", "Job details", None, 200, models.JobDetails),
@@ -32,6 +33,15 @@ ROUTES: list[Route] = [
         models.CheckpointingStatistics,
     ),
     ("get", "/jobs/{job_id}/exceptions", "Failure history", None, 200, models.JobExceptions),
+    ("get", "/jobs/{job_id}/config", "Job configuration", None, 200, models.JobConfigInfo),
+    (
+        "get",
+        "/jobs/{job_id}/savepoints",
+        "Savepoint requests (newest first)",
+        None,
+        200,
+        models.SavepointRequestList,
+    ),
     (
         "post",
         "/jobs/{job_id}/savepoints",
@@ -62,6 +72,7 @@ PLAIN: list[tuple[str, str]] = [
     ("/metrics", "Prometheus metrics (text exposition format)"),
     ("/healthz", "Liveness"),
     ("/readyz", "Readiness"),
+    ("/", "Web UI (HTML)"),
 ]
 
 

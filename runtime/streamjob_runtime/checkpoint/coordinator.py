@@ -47,6 +47,19 @@ class CheckpointPersistence(Protocol):
     async def completed(self, checkpoint: store.CompletedCheckpoint) -> None: ...
 
 
+@dataclass(frozen=True)
+class SubtaskAck:
+    """One subtask's acknowledgement, kept for the checkpoint's statistics."""
+
+    vertex_id: str
+    subtask: int
+    ack_ms: float  # from the trigger to the acknowledgement
+    bytes: int
+    sync_ms: float
+    async_ms: float
+    alignment_ms: float
+
+
 @dataclass
 class PendingCheckpoint:
     checkpoint_id: int
@@ -62,6 +75,7 @@ class PendingCheckpoint:
     stop: bool = False  # sources emit nothing after this barrier
     drain: bool = False
     failure: str | None = None
+    acks: list[SubtaskAck] = field(default_factory=list)
     done: asyncio.Future[store.CompletedCheckpoint | None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -77,6 +91,7 @@ class CheckpointStats:
     alignment_ms: float
     failure: str | None = None
     kind: str = "checkpoint"
+    acks: tuple[SubtaskAck, ...] = ()
 
 
 class CheckpointCoordinator:
@@ -218,6 +233,17 @@ class CheckpointCoordinator:
         if pending is None:
             return  # late ack of an aborted checkpoint
         pending.not_yet_acknowledged.discard((ack.vertex_id, ack.subtask))
+        pending.acks.append(
+            SubtaskAck(
+                ack.vertex_id,
+                ack.subtask,
+                (time.monotonic() - pending.started) * 1000,
+                ack.bytes,
+                ack.sync_ms,
+                ack.async_ms,
+                ack.alignment_ms,
+            )
+        )
         pending.handles.extend(ack.handles)
         pending.bytes += ack.bytes
         pending.alignment_ms = max(pending.alignment_ms, ack.alignment_ms)
@@ -289,6 +315,7 @@ class CheckpointCoordinator:
                 pending.bytes,
                 pending.alignment_ms,
                 kind=pending.kind,
+                acks=tuple(pending.acks),
             )
         )
         logs.event(
@@ -332,6 +359,7 @@ class CheckpointCoordinator:
                 pending.alignment_ms,
                 reason,
                 kind=pending.kind,
+                acks=tuple(pending.acks),
             )
         )
         if not pending.done.done():

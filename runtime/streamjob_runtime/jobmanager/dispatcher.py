@@ -329,6 +329,25 @@ class JobManager:
             version=__version__,
         )
 
+    def taskmanagers(self) -> models.TaskManagerList:
+        now = time.monotonic()
+        return models.TaskManagerList(
+            taskmanagers=[
+                models.TaskManagerDetails(
+                    id=tm.tm_id,
+                    host=tm.host,
+                    data_port=tm.data_port,
+                    pid=tm.pid,
+                    slots_total=tm.slots,
+                    slots_free=self.rm.free_slots(tm),
+                    last_heartbeat_ms_ago=int((now - tm.last_heartbeat) * 1000),
+                    heartbeat_timeout_ms=self.cluster.heartbeat_timeout_ms,
+                    memory_rss_bytes=tm.rss_bytes,
+                )
+                for tm in sorted(self.rm.taskmanagers.values(), key=lambda t: t.tm_id)
+            ]
+        )
+
     # -- TaskManager connections ---------------------------------------------------------
 
     async def _serve_taskmanager(
@@ -362,6 +381,8 @@ class JobManager:
             while True:
                 message = messages.to_jobmanager.decode(await framing.read_frame(reader))
                 tm.last_heartbeat = time.monotonic()
+                if isinstance(message, messages.Heartbeat) and message.rss_bytes is not None:
+                    tm.rss_bytes = message.rss_bytes
                 await self._dispatch(tm.tm_id, message)
         except (asyncio.IncompleteReadError, ConnectionError) as e:
             reason = "connection closed" if isinstance(e, asyncio.IncompleteReadError) else str(e)

@@ -42,6 +42,7 @@ class SavepointRequest:
     status: models.SavepointStatus = models.SavepointStatus.IN_PROGRESS
     location: str | None = None
     failure_cause: str | None = None
+    trigger_timestamp: int = 0
 
     def info(self) -> models.SavepointInfo:
         return models.SavepointInfo(
@@ -158,6 +159,7 @@ class JobMaster:
         self.attempt = 0
         self.restarts = 0
         self.restored_from: int | None = None
+        self.latest_restore: models.RestoreInfo | None = None
         self.exceptions: list[models.ExceptionEntry] = []
         self.failure_cause: str | None = None
         self.job_dir = Path(cluster.checkpoint_dir) / job_id
@@ -356,6 +358,13 @@ class JobMaster:
                 {uid: (op.parallelism, op.handles) for uid, op in meta.operators.items()},
             )
             self.restored_from = meta.checkpoint_id
+            self.latest_restore = models.RestoreInfo(
+                id=meta.checkpoint_id,
+                path=str(directory),
+                kind=meta.kind,
+                restore_timestamp=logs.now_ms(),
+                attempt=self.attempt,
+            )
             logs.event(
                 log,
                 "restoring_from_checkpoint",
@@ -537,7 +546,9 @@ class JobMaster:
                 f"savepoint {busy[0].request_id} of job {self.job_id} is still in progress;"
                 " wait for it (GET /jobs/<id>/savepoints/<request id>) before triggering another"
             )
-        request = SavepointRequest(request_id or uuid.uuid4().hex, operation)
+        request = SavepointRequest(
+            request_id or uuid.uuid4().hex, operation, trigger_timestamp=logs.now_ms()
+        )
         self.savepoints[request.request_id] = request
         task = asyncio.create_task(self._savepoint(request, directory, stop, drain, cancel))
         self._savepoint_tasks.add(task)
@@ -588,6 +599,11 @@ class JobMaster:
                     records_in=sum(m.records_in for m in ms),
                     records_out=sum(m.records_out for m in ms),
                     backpressured_ms=sum(m.backpressured_ms for m in ms),
+                    busy_ms=sum(m.busy_ms for m in ms),
+                    inputs=[
+                        models.VertexInput(id=e.upstream, ship_strategy=e.partitioning.kind.value)
+                        for e in v.inputs
+                    ],
                 )
             )
         end = self.end_time or logs.now_ms()
@@ -616,6 +632,7 @@ class JobMaster:
 
     def checkpoint_statistics(self) -> models.CheckpointingStatistics:
         c = self.coordinator
+        cfg = self.config.checkpointing
         latest = self.store.latest()
         return models.CheckpointingStatistics(
             counts=models.CheckpointCounts(
@@ -643,9 +660,64 @@ class JobMaster:
                     bytes=h.bytes,
                     alignment_ms=h.alignment_ms,
                     failure=h.failure,
+                    subtasks=[
+                        models.SubtaskCheckpointStats(
+                            vertex=a.vertex_id,
+                            subtask=a.subtask,
+                            ack_ms=round(a.ack_ms, 1),
+                            bytes=a.bytes,
+                            sync_ms=round(a.sync_ms, 1),
+                            async_ms=round(a.async_ms, 1),
+                            alignment_ms=round(a.alignment_ms, 1),
+                        )
+                        for a in h.acks
+                    ],
                 )
                 for h in reversed(c.history)
             ],
+            config=models.CheckpointConfigInfo(
+                enabled=cfg.enabled,
+                interval_ms=cfg.interval_ms,
+                mode=cfg.mode.value,
+                timeout_ms=cfg.timeout_ms,
+                min_pause_ms=cfg.min_pause_ms,
+                max_concurrent=cfg.max_concurrent,
+                tolerable_failures=cfg.tolerable_failures,
+                retained=cfg.retained,
+            ),
+            latest_restored=self.latest_restore,
+        )
+
+    def savepoint_requests(self) -> models.SavepointRequestList:
+        return models.SavepointRequestList(
+            requests=[
+                models.SavepointRequestInfo(
+                    request_id=r.request_id,
+                    operation=r.operation,
+                    trigger_timestamp=r.trigger_timestamp,
+                    status=r.status,
+                    location=r.location,
+                    failure_cause=r.failure_cause,
+                )
+                for r in sorted(
+                    self.savepoints.values(), key=lambda r: r.trigger_timestamp, reverse=True
+                )
+            ]
+        )
+
+    def job_config(self) -> models.JobConfigInfo:
+        sub = self.submission
+        return models.JobConfigInfo(
+            jid=self.job_id,
+            name=self.config.name,
+            entrypoint=sub.entrypoint,
+            args=sub.args,
+            parallelism=self.config.parallelism,
+            max_parallelism=self.config.max_parallelism,
+            savepoint_path=sub.savepoint_path,
+            allow_non_restored_state=sub.allow_non_restored_state,
+            config=sub.config,
+            restart_strategy=self.strategy.description,
         )
 
     def exception_history(self) -> models.JobExceptions:

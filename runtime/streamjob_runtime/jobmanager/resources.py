@@ -27,6 +27,7 @@ class TaskManagerInfo:
     pid: int
     writer: asyncio.StreamWriter
     last_heartbeat: float = field(default_factory=time.monotonic)
+    rss_bytes: int | None = None  # as the TaskManager last reported it
     send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 

@@ -13,6 +13,7 @@ request id) and starts nothing, whatever the job's state is by then.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import pydantic
@@ -45,14 +46,21 @@ class _NotFound(Exception):
     pass
 
 
-_ANY_JOBMANAGER = {"/healthz", "/openapi.json", "/metrics"}
+_ANY_JOBMANAGER = {"/healthz", "/openapi.json", "/metrics", "/"}
+
+WEB_DIR = Path(__file__).parent / "web"
+"""The web UI's static files (package data): served without a token, they hold no data."""
 
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         jm = request.app[JM_KEY]
-        if not jm.is_leader and request.path not in _ANY_JOBMANAGER:
+        if (
+            not jm.is_leader
+            and request.path not in _ANY_JOBMANAGER
+            and not request.path.startswith("/web/")
+        ):
             raise errors.NotLeaderError(jm.identity)
         return await handler(request)
     except errors.NotLeaderError as e:
@@ -171,6 +179,34 @@ async def prometheus(request: web.Request) -> web.Response:
     )
 
 
+async def taskmanagers(request: web.Request) -> web.Response:
+    return _json(request.app[JM_KEY].taskmanagers())
+
+
+async def job_config(request: web.Request) -> web.Response:
+    return _json(_job(request).job_config())
+
+
+async def list_savepoints(request: web.Request) -> web.Response:
+    return _json(_job(request).savepoint_requests())
+
+
+async def web_index(request: web.Request) -> web.FileResponse:
+    """The web UI.  Its own URLs are relative, so it works under any path prefix."""
+    return web.FileResponse(
+        WEB_DIR / "index.html",
+        headers={
+            "Cache-Control": "no-cache",
+            # Only its own script and requests: no inline script, nothing from elsewhere.
+            "Content-Security-Policy": (
+                "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline';"
+                " img-src 'self' data:; connect-src 'self'; frame-ancestors 'self'"
+            ),
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
+
+
 async def openapi_document(request: web.Request) -> web.Response:
     return web.json_response(openapi.document())
 
@@ -184,12 +220,17 @@ def create_app(jm: JobManager) -> web.Application:
     r.add_get("/overview", overview)
     r.add_get("/metrics", prometheus)
     r.add_get("/openapi.json", openapi_document)
+    r.add_get("/", web_index)
+    r.add_static("/web/", WEB_DIR, append_version=False)
+    r.add_get("/taskmanagers", taskmanagers)
     r.add_get("/jobs", list_jobs)
     r.add_post("/jobs", submit_job)
     r.add_get("/jobs/{job_id}", job_details)
     r.add_patch("/jobs/{job_id}", patch_job)
     r.add_get("/jobs/{job_id}/checkpoints", job_checkpoints)
     r.add_get("/jobs/{job_id}/exceptions", job_exceptions)
+    r.add_get("/jobs/{job_id}/config", job_config)
+    r.add_get("/jobs/{job_id}/savepoints", list_savepoints)
     r.add_post("/jobs/{job_id}/savepoints", trigger_savepoint)
     r.add_get("/jobs/{job_id}/savepoints/{request_id}", savepoint_status)
     r.add_post("/jobs/{job_id}/stop", stop_job)

@@ -33,6 +33,7 @@ class Heartbeat(Message, frozen=True):
     tm_id: str
     # (job_id, attempt, vertex_id, subtask) -> counters, summed by the JobManager
     metrics: list[TaskMetrics] = []
+    rss_bytes: int | None = None  # the process's resident memory, where the OS tells it
 
 
 class TaskMetrics(msgspec.Struct, frozen=True):
@@ -43,6 +44,7 @@ class TaskMetrics(msgspec.Struct, frozen=True):
     records_in: int
     records_out: int
     backpressured_ms: int
+    busy_ms: int = 0  # time spent in the operators (emitting or processing records)
 
 
 class TaskStateChanged(Message, frozen=True):

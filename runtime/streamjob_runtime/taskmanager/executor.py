@@ -214,11 +214,12 @@ class TaskExecutor:
                     t.records_in,
                     t.output.records_out,
                     int((t.gate.backpressured_s if t.gate else 0) * 1000),
+                    int(t.busy_s * 1000),
                 )
                 for d in self.deployments.values()
                 for key, t in d.tasks.items()
             ]
-            await self.send(messages.Heartbeat(self.tm_id, metrics))
+            await self.send(messages.Heartbeat(self.tm_id, metrics, _rss_bytes()))
             await asyncio.sleep(self._heartbeat_interval_s)
 
     # -- messages from the JobManager ----------------------------------------------------
@@ -494,3 +495,12 @@ def main(
     executor = TaskExecutor(resolve, slots, host, data_port, tm_id, watch)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(executor.run())
+
+
+def _rss_bytes() -> int | None:
+    """This process's resident memory from ``/proc/self/statm``; None off Linux."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None

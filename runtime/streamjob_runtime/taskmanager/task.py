@@ -126,6 +126,7 @@ class Task:
         self.report = report
         self.exactly_once = job_config.checkpointing.mode is config.CheckpointingMode.EXACTLY_ONCE
         self.records_in = 0
+        self.busy_s = 0.0  # time in the operators, for the busy-time metric
         self.input_ended = False
         self._triggers: list[messages.TriggerCheckpoint] = []
         self._stopped = False  # after a stop-with-savepoint barrier: emit nothing more
@@ -252,7 +253,9 @@ class Task:
             if self.input_ended or self._stopped:
                 backoff = None  # only barriers are left to emit: sleep until a trigger
             else:
+                started = time.perf_counter()
                 emitted = head.emit_next(batch_size)
+                self.busy_s += time.perf_counter() - started
                 if emitted is None:
                     await self._end_of_input()
                 elif emitted:
@@ -306,7 +309,9 @@ class Task:
                 kind = element[0]
                 if kind == "b":
                     self.records_in += len(element[1])
+                    started = time.perf_counter()
                     head.process_batch(element[1], element[2])
+                    self.busy_s += time.perf_counter() - started
                 elif kind == "w":
                     self._on_watermark(channel, element[1])
                 elif kind == "c":
