@@ -141,7 +141,8 @@ class FileSinkWriter(sink.SinkWriter):
                 os.replace(staged, final)
             except FileNotFoundError:
                 if not final.exists():
-                    raise RuntimeError(
+                    # A restart restores the same committable and fails the same way.
+                    raise base.UnrecoverableError(
                         f"file sink: staged file {staged} is gone and {final} was never"
                         " committed; the sink directory was modified outside the job"
                     ) from None
