@@ -18,6 +18,7 @@ from typing import IO, Any
 import msgspec
 
 from streamjob_runtime.operators import base, sink, source
+from streamjob_runtime.state import storage
 
 
 @dataclass
@@ -101,7 +102,13 @@ class FileSinkWriter(sink.SinkWriter):
     ) -> None:
         self.directory = directory
         self.staging = directory / ".staging" / ctx.uid
-        self.staging.mkdir(parents=True, exist_ok=True)
+        if not self.staging.is_dir():
+            self.staging.mkdir(parents=True, exist_ok=True)
+            # Staged files must survive a power loss once pre-committed: so must their
+            # directories' entries.
+            storage.fsync_directory(directory.parent)
+            storage.fsync_directory(directory)
+            storage.fsync_directory(directory / ".staging")
         self.encode = encode
         self.ctx = ctx
         self._file: IO[bytes] | None = None
@@ -127,6 +134,9 @@ class FileSinkWriter(sink.SinkWriter):
         os.fsync(self._file.fileno())
         self._file.close()
         self._file = None
+        # The new file's name in .staging/<uid>: without it the fsynced data is unreachable
+        # after a power loss, and the acknowledged pre-commit is lost.
+        storage.fsync_directory(self.staging)
         ctx = self.ctx
         final = (
             f"part-{ctx.uid}-{ctx.job_id[:8]}-{ctx.subtask_index}-a{ctx.attempt}"
@@ -147,11 +157,7 @@ class FileSinkWriter(sink.SinkWriter):
                         " committed; the sink directory was modified outside the job"
                     ) from None
         if committables:
-            fd = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            storage.fsync_directory(self.directory)
 
     def discard_staged(self, keep: list[Any], restored_job_id: str | None) -> None:
         """Delete staged files of earlier attempts (or of the restored job) not in ``keep``.
