@@ -1,0 +1,83 @@
+"""etcd HA uses every endpoint of the cluster, not only the first (real etcd processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+from streamjob_runtime.ha import etcd as ha_etcd
+from streamjob_runtime.ha import services
+from tests.etcd import Etcd, free_port
+
+
+def config(cluster_id: str, endpoints: tuple[str, ...]) -> services.HaConfig:
+    return services.HaConfig(
+        services.HaKind.ETCD, cluster_id, 3_000, 2_000, 500, etcd_endpoints=endpoints
+    )
+
+
+def test_a_dead_first_endpoint_does_not_keep_a_jobmanager_from_leading(etcd: Etcd) -> None:
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there
+    cfg = config("dead-first", (dead, etcd.endpoint))
+
+    async def scenario() -> None:
+        client = ha_etcd.connect(cfg)
+        elector = ha_etcd.EtcdLeaderElector(cfg, client, "jm-0")
+        store = ha_etcd.EtcdHaStore(cfg, client)
+        elected: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        async def on_elected(epoch: int) -> None:
+            elected.set_result(epoch)
+
+        async def on_revoked(reason: str) -> None:
+            raise AssertionError(f"revoked: {reason}")
+
+        run = asyncio.create_task(elector.run(on_elected, on_revoked))
+        try:
+            epoch = await asyncio.wait_for(elected, 20)
+            await store.put_checkpoints(epoch, "job", services.CheckpointRecord(3, ()))
+            assert (await store.checkpoints("job")).next_checkpoint_id == 3
+        finally:
+            run.cancel()
+            await elector.release()
+            await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_leader_keeps_leading_when_the_etcd_member_it_talks_to_is_killed(
+    etcd_cluster: list[Etcd],
+) -> None:
+    cfg = config("member-killed", tuple(m.endpoint for m in etcd_cluster))
+
+    async def scenario() -> None:
+        client = ha_etcd.connect(cfg)
+        elector = ha_etcd.EtcdLeaderElector(cfg, client, "jm-0")
+        store = ha_etcd.EtcdHaStore(cfg, client)
+        elected: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        revoked: list[str] = []
+
+        async def on_elected(epoch: int) -> None:
+            elected.set_result(epoch)
+
+        async def on_revoked(reason: str) -> None:
+            revoked.append(reason)
+
+        run = asyncio.create_task(elector.run(on_elected, on_revoked))
+        try:
+            epoch = await asyncio.wait_for(elected, 20)
+            etcd_cluster[0].process.send_signal(signal.SIGKILL)
+            etcd_cluster[0].process.wait(10)
+            # Longer than the lease (3 s): renewals must have gone through another member.
+            await asyncio.sleep(4)
+            assert not revoked, revoked
+            assert not run.done()
+            assert client.index != 0  # moved away from the killed first member
+            await store.put_checkpoints(epoch, "job", services.CheckpointRecord(5, ()))
+            assert (await store.checkpoints("job")).next_checkpoint_id == 5
+        finally:
+            run.cancel()
+            await elector.release()
+            await client.close()
+
+    asyncio.run(scenario())
