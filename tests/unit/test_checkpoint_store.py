@@ -89,3 +89,15 @@ def test_a_recovered_checkpoint_that_is_gone_is_reported_not_passed_over(tmp_pat
     assert selection.required
     assert [k.directory for k in selection.skipped] == recorded
     assert s.max_id() == 7
+
+
+def test_an_older_restore_point_that_is_gone_is_not_reported_when_a_newer_one_is_used(
+    tmp_path: Path,
+) -> None:
+    savepoint = tmp_path / "savepoint-1"  # the job started from it; disposed since
+    s = store.CompletedCheckpointStore(tmp_path / "job", retained=1, initial=savepoint)
+    s.add(complete(tmp_path / "job", 5))
+    selection = s.select_restore()
+    assert selection.restore is not None
+    assert selection.restore[0] == tmp_path / "job" / "chk-5"
+    assert selection.skipped == ()

@@ -30,6 +30,7 @@ class SkippedCheckpoint:
 
     directory: Path
     reason: str
+    checkpoint_id: int  # as recorded when it completed (0 for the savepoint a job started from)
 
 
 @dataclass(frozen=True)
@@ -77,17 +78,18 @@ class CompletedCheckpointStore:
         retained: int,
         initial: Path | None = None,
         recovered: list[Path] | None = None,
-        recovered_savepoints: list[Path] | None = None,
+        recovered_savepoints: list[tuple[int, Path]] | None = None,
     ) -> None:
         self.job_dir = job_dir
         self.retained = retained
         self.completed: list[CompletedCheckpoint] = []
         self.scan = recovered is None
         self._recovered = list(recovered or [])
-        # Savepoints taken by this job and the savepoint it started from: restore
-        # candidates too (a savepoint commits sink output, so a restore must not go
-        # back before it), but never discarded by retention.
-        self.restore_points: list[Path] = [initial] if initial is not None else []
+        # Savepoints taken by this job and the savepoint it started from (id 0: older
+        # than anything this job did), by id: restore candidates too (a savepoint
+        # commits sink output, so a restore must not go back before it), but never
+        # discarded by retention.
+        self.restore_points: list[tuple[int, Path]] = [] if initial is None else [(0, initial)]
         self.restore_points.extend(recovered_savepoints or [])
 
     def recover(self) -> None:
@@ -116,7 +118,7 @@ class CompletedCheckpointStore:
         self.completed = sorted(self.completed, key=lambda c: c.checkpoint_id)[-self.retained :]
 
     def add_savepoint(self, savepoint: CompletedCheckpoint) -> None:
-        self.restore_points.append(savepoint.directory)
+        self.restore_points.append((savepoint.checkpoint_id, savepoint.directory))
 
     def add(self, checkpoint: CompletedCheckpoint) -> None:
         self.completed.append(checkpoint)
@@ -131,7 +133,14 @@ class CompletedCheckpointStore:
         return self.completed[-1] if self.completed else None
 
     def _candidates(self) -> tuple[list[tuple[int, Path]], list[SkippedCheckpoint]]:
-        directories: list[Path] = [c.directory for c in self.completed]
+        """Readable restore points (id, directory), and the known-complete ones that are not.
+
+        A scanned ``chk-N`` that this store never saw complete (one in flight at a
+        crash) is passed over with a log line only.
+        """
+        known = {c.directory: c.checkpoint_id for c in self.completed}
+        known.update((directory, i) for i, directory in self.restore_points)
+        directories = list(known)
         if self.scan:
             scanned = [
                 storage.checkpoint_dir(self.job_dir, checkpoint_id)
@@ -140,16 +149,13 @@ class CompletedCheckpointStore:
             directories = [*scanned, *(d for d in directories if d not in scanned)]
         found: list[tuple[int, Path]] = []
         skipped: list[SkippedCheckpoint] = []
-        for directory in [*directories, *self.restore_points]:
+        for directory in directories:
             try:
                 found.append((metadata.read(directory).checkpoint_id, directory))
             except metadata.CorruptCheckpointError as e:
                 reason = str(e) if directory.is_dir() else f"{directory} is missing"
-                known = directory in self.restore_points or any(
-                    c.directory == directory for c in self.completed
-                )
-                if known:
-                    skipped.append(SkippedCheckpoint(directory, reason))
+                if directory in known:
+                    skipped.append(SkippedCheckpoint(directory, reason, known[directory]))
                 logs.event(
                     log,
                     "checkpoint_skipped",
@@ -161,16 +167,19 @@ class CompletedCheckpointStore:
         return sorted(found), skipped
 
     def select_restore(self) -> RestoreSelection:
-        """The newest checkpoint or savepoint whose metadata and files are intact."""
+        """The newest checkpoint or savepoint whose metadata and files are intact.
+
+        ``skipped`` lists the known ones newer than it that could not be used
+        (all of them when none can): restoring an older checkpoint than one whose
+        commit already happened may repeat that output, so it is always reported.
+        """
         candidates, skipped = self._candidates()
         required = bool(self.completed or self.restore_points)
         for checkpoint_id, directory in reversed(candidates):
             try:
-                return RestoreSelection(
-                    (directory, metadata.read(directory)), tuple(skipped), required
-                )
+                meta = metadata.read(directory)
             except metadata.CorruptCheckpointError as e:
-                skipped.append(SkippedCheckpoint(directory, str(e)))
+                skipped.append(SkippedCheckpoint(directory, str(e), checkpoint_id))
                 logs.event(
                     log,
                     "checkpoint_skipped",
@@ -179,6 +188,9 @@ class CompletedCheckpointStore:
                     reason=str(e),
                     action="trying the previous checkpoint",
                 )
+                continue
+            newer = tuple(k for k in skipped if k.checkpoint_id > meta.checkpoint_id)
+            return RestoreSelection((directory, meta), newer, required)
         return RestoreSelection(None, tuple(skipped), required)
 
     def max_id(self) -> int:

@@ -64,12 +64,14 @@ class HaCheckpoints:
         self.persist = persist
         self.retained = 1
 
-    def paths(self, kind: str) -> list[Path]:
-        """The recorded checkpoints (``kind`` "checkpoint") or savepoints, oldest first."""
+    def checkpoints(self) -> list[Path]:
+        """The recorded checkpoints (not savepoints), oldest first."""
+        return [Path(p.path) for p in self.record.retained if p.kind != "savepoint"]
+
+    def savepoints(self) -> list[tuple[int, Path]]:
+        """The recorded savepoints of the job, with their checkpoint ids."""
         return [
-            Path(p.path)
-            for p in self.record.retained
-            if (p.kind == "savepoint") == (kind == "savepoint")
+            (p.checkpoint_id, Path(p.path)) for p in self.record.retained if p.kind == "savepoint"
         ]
 
     async def record_attempt(self, attempt: int) -> None:
@@ -179,8 +181,8 @@ class JobMaster:
             self.job_dir,
             job_config.checkpointing.retained,
             initial_savepoint,
-            recovered=ha.paths("checkpoint") if ha is not None else None,
-            recovered_savepoints=ha.paths("savepoint") if ha is not None else None,
+            recovered=ha.checkpoints() if ha is not None else None,
+            recovered_savepoints=ha.savepoints() if ha is not None else None,
         )
         self.skipped_restore_points = 0  # retained checkpoints a restore could not use
         self.savepoints: dict[str, SavepointRequest] = {}
