@@ -154,12 +154,14 @@ class CompletedCheckpointStore:
                 found.append((metadata.read(directory).checkpoint_id, directory))
             except metadata.CorruptCheckpointError as e:
                 reason = str(e) if directory.is_dir() else f"{directory} is missing"
+                checkpoint_id = known.get(directory, _checkpoint_id(directory))
                 if directory in known:
-                    skipped.append(SkippedCheckpoint(directory, reason, known[directory]))
+                    skipped.append(SkippedCheckpoint(directory, reason, checkpoint_id))
                 logs.event(
                     log,
                     "checkpoint_skipped",
                     logging.WARNING,
+                    checkpoint_id=checkpoint_id,
                     directory=str(directory),
                     reason=reason,
                     action="trying the previous checkpoint",
