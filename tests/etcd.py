@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -28,6 +29,15 @@ class Etcd:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(10)
+
+    def is_raft_leader(self) -> bool:
+        """Whether this member leads its cluster's raft (etcd's v3 JSON gateway)."""
+        request = urllib.request.Request(
+            f"http://{self.endpoint}/v3/maintenance/status", data=b"{}", method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=5) as r:
+            status = json.loads(r.read())
+        return bool(status["leader"] == status["header"]["member_id"])
 
 
 def start_etcd(data_dir: Path) -> Etcd:

@@ -55,7 +55,7 @@ def test_a_new_leader_fails_the_job_when_the_recorded_checkpoint_is_gone(
 ) -> None:
     h = cluster_factory(taskmanagers=2, jobmanagers=2, ha=ha_args(etcd))
     # A long interval: no other checkpoint completes between the deletion and the kill.
-    job = h.submit("keyed_sum", keyed_sum_args(tmp_path / "out", 3000, 1), parallelism=2)
+    job = h.submit("keyed_sum", keyed_sum_args(tmp_path / "out", 5000, 1), parallelism=2)
     h.wait_for("a completed checkpoint", lambda: h.checkpoints(job).counts.completed >= 1)
     latest = h.checkpoints(job).latest_completed
     assert latest is not None

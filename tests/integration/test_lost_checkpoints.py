@@ -28,7 +28,7 @@ def test_a_deleted_only_checkpoint_fails_the_job_naming_it_instead_of_restarting
     # A long interval: no other checkpoint completes between the deletion and the kill.
     job = h.submit(
         "keyed_sum",
-        [f"out={out}", "events=-1", "keys=97", "rate=20000", "interval=3000", "retained=1"],
+        [f"out={out}", "events=-1", "keys=97", "rate=20000", "interval=5000", "retained=1"],
         parallelism=2,
     )
     h.wait_for("a completed checkpoint", lambda: h.checkpoints(job).counts.completed >= 1)
