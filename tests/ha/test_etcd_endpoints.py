@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable
+from pathlib import Path
 
 from streamjob_runtime.ha import etcd as ha_etcd
 from streamjob_runtime.ha import services
+from tests.conftest import Harness
 from tests.etcd import Etcd, free_port
+from tests.ha import failover
+from tests.ha.test_etcd_failover import LEASE
 
 
 def config(cluster_id: str, endpoints: tuple[str, ...]) -> services.HaConfig:
@@ -86,3 +91,13 @@ def test_a_leader_keeps_leading_when_the_etcd_member_it_talks_to_is_killed(
             await client.close()
 
     asyncio.run(scenario())
+
+
+def test_jobmanagers_fail_over_with_a_dead_first_etcd_endpoint(
+    cluster_factory: Callable[..., Harness], tmp_path: Path, etcd: Etcd
+) -> None:
+    endpoints = f"127.0.0.1:{free_port()},{etcd.endpoint}"
+    ha = ["--ha", "etcd", "--ha-etcd-endpoints", endpoints, "--ha-cluster-id", "dead-first",
+          *LEASE]  # fmt: skip
+    h = cluster_factory(taskmanagers=2, jobmanagers=2, ha=ha)
+    failover.kill_leader_mid_job(h, tmp_path / "out", 12_000)
