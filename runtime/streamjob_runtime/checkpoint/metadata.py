@@ -55,7 +55,17 @@ def encode(meta: CheckpointMetadata) -> bytes:
 
 
 def write(directory: Path, meta: CheckpointMetadata) -> None:
+    """Write ``_metadata`` last, atomically and durably: the checkpoint is complete after it.
+
+    Besides the file, the directory entries that lead to it are fsynced: the
+    checkpoint's directory in its parent (``chk-N`` in the job directory, or a
+    savepoint in its target) and that parent in its own (created with the first
+    checkpoint), so a power loss cannot take away a checkpoint already reported
+    complete.
+    """
     storage.write_atomically(directory / storage.METADATA, encode(meta))
+    storage.fsync_directory(directory.parent)
+    storage.fsync_directory(directory.parent.parent)
 
 
 def read(directory: Path) -> CheckpointMetadata:

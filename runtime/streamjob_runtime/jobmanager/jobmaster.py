@@ -65,8 +65,15 @@ class HaCheckpoints:
         self.persist = persist
         self.retained = 1
 
-    def paths(self) -> list[Path]:
-        return [Path(p.path) for p in self.record.retained]
+    def checkpoints(self) -> list[Path]:
+        """The recorded checkpoints (not savepoints), oldest first."""
+        return [Path(p.path) for p in self.record.retained if p.kind != "savepoint"]
+
+    def savepoints(self) -> list[tuple[int, Path]]:
+        """The recorded savepoints of the job, with their checkpoint ids."""
+        return [
+            (p.checkpoint_id, Path(p.path)) for p in self.record.retained if p.kind == "savepoint"
+        ]
 
     async def record_attempt(self, attempt: int) -> None:
         record = msgspec.structs.replace(self.record, attempt=attempt)
@@ -176,8 +183,10 @@ class JobMaster:
             self.job_dir,
             job_config.checkpointing.retained,
             initial_savepoint,
-            pointers=ha.paths() if ha is not None else None,
+            recovered=ha.checkpoints() if ha is not None else None,
+            recovered_savepoints=ha.savepoints() if ha is not None else None,
         )
+        self.skipped_restore_points = 0  # retained checkpoints a restore could not use
         self.savepoints: dict[str, SavepointRequest] = {}
         self._savepoint_tasks: set[asyncio.Task[None]] = set()
         self.coordinator = coordinator.CheckpointCoordinator(
@@ -260,6 +269,7 @@ class JobMaster:
             self._transition(models.JobStatus.FAILED, cause=self.failure_cause)
 
     async def _run_attempts(self) -> None:
+        await asyncio.to_thread(self.store.recover)
         while True:
             outcome = await self._run_attempt()
             if outcome.kind == "finished":
@@ -313,7 +323,13 @@ class JobMaster:
         self._outcome = outcome_future
         if self._cancel_requested.is_set():
             return Outcome("canceled")
-        restore = await asyncio.to_thread(self.store.latest_valid)
+        selection = await asyncio.to_thread(self.store.select_restore)
+        if selection.skipped:
+            self._report_skipped(selection)
+        if selection.restore is None and selection.required:
+            # Starting empty would re-emit everything the sinks already committed.
+            return Outcome("failed", selection.missing_message(self.job_id), unrecoverable=True)
+        restore = selection.restore
         try:
             slots = await self.rm.allocate(
                 self.job_id, self.graph.slots_needed, self.cluster.slot_request_timeout_ms / 1000
@@ -330,6 +346,30 @@ class JobMaster:
         await self.rm.release(self.job_id)
         self.placements = {}
         return outcome
+
+    def _report_skipped(self, selection: store.RestoreSelection) -> None:
+        """Retained checkpoints the restore passes over: a log line, a history entry, a metric."""
+        self.skipped_restore_points += len(selection.skipped)
+        skipped = "; ".join(f"{s.directory}: {s.reason}" for s in selection.skipped)
+        if selection.restore is not None:
+            outcome = f"restoring from {selection.restore[0]} instead"
+        elif selection.required:
+            outcome = "no other checkpoint or savepoint is left: the job fails"
+        else:
+            outcome = "starting without state"
+        cause = f"attempt {self.attempt} cannot restore {skipped}; {outcome}"
+        logs.event(
+            log,
+            "restore_checkpoints_skipped",
+            logging.WARNING,
+            job_id=self.job_id,
+            attempt=self.attempt,
+            skipped=[str(s.directory) for s in selection.skipped],
+            restoring_from=None if selection.restore is None else str(selection.restore[0]),
+        )
+        self.exceptions.append(
+            models.ExceptionEntry(timestamp=logs.now_ms(), attempt=self.attempt, cause=cause)
+        )
 
     def _deploy(
         self,

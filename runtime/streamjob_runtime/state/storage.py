@@ -40,6 +40,19 @@ def write_unsynced(path: Path, data: bytes) -> int:
     return len(data)
 
 
+def fsync_directory(directory: Path) -> None:
+    """Make the entries of ``directory`` (files created, renamed or removed in it) durable.
+
+    A file's own fsync does not persist its name: after a power loss a new file
+    (or a rename) whose directory was not fsynced can be gone, data and all.
+    """
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_files(paths: list[Path]) -> None:
     """Flush written files and their directories to disk (blocking: run it off the loop)."""
     directories = set()
@@ -51,11 +64,7 @@ def fsync_files(paths: list[Path]) -> None:
             os.close(fd)
         directories.add(path.parent)
     for directory in directories:
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_directory(directory)
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -63,11 +72,7 @@ def write_atomically(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     write_file(tmp, data)
     os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_directory(path.parent)
 
 
 def checkpoint_ids(job_dir: str | Path) -> list[int]:

@@ -24,6 +24,7 @@ from streamjob_runtime import jobfile, logs
 from streamjob_runtime.graph import jobgraph
 from streamjob_runtime.ha import factory as ha_factory
 from streamjob_runtime.ha import services
+from streamjob_runtime.operators import base
 from streamjob_runtime.rpc import framing, messages
 from streamjob_runtime.taskmanager import network, task
 
@@ -271,6 +272,7 @@ class TaskExecutor:
                     t.subtask,
                     "FAILED",
                     f"{t.name}: {type(e).__name__}: {e}",
+                    unrecoverable=isinstance(e, base.UnrecoverableError),
                 )
             )
 
