@@ -14,7 +14,8 @@ Scenarios (:data:`SCENARIOS`):
   right after the job runs again, the others after a checkpoint of the new attempt.
 - ``jobmanagers``: two JobManagers elected through a real etcd (leases 3 s / 2 s /
   0.5 s); the leader is SIGKILLed once and SIGSTOPped once for longer than its lease
-  (then SIGCONT: it must find itself deposed and change nothing), in random order.
+  (then SIGCONT: it must log that it lost leadership, and change nothing), in random
+  order.
 - ``rescale``: a chain of stop-with-savepoint at ``p`` and restore at ``p'``
   (``chain`` parallelisms), the last job running to the end of its input.
 
@@ -349,10 +350,19 @@ def run_jobmanagers(workdir: Path, seed: int, config: Config, etcd: Etcd) -> Run
                 cluster.kill_jobmanager(leader)
                 run.jm_kills += 1
             else:
+                stopped = cluster.jms[leader].process
                 cluster.kill_jobmanager(leader, signal.SIGSTOP)
                 run.jm_stops += 1
                 time.sleep(LEASE_MS[0] / 1000 + rng.uniform(1.0, 2.0))
                 cluster.kill_jobmanager(leader, signal.SIGCONT)
+                # Resumed, it must find its lease gone and step down (and exit).
+                h.wait_for(
+                    f"the stopped leader (pid {pid}) to step down",
+                    lambda stopped=stopped: (  # type: ignore[misc]
+                        '"event":"leadership_lost"' in stopped.log_path.read_text()
+                    ),
+                    60,
+                )
             h.wait_for("a new leader", lambda pid=pid: cluster.leader_pid() != pid, 120)  # type: ignore[misc]
         _finish(h, job, out, run)
     run.seconds = time.monotonic() - started
