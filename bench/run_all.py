@@ -1,10 +1,10 @@
-"""Run every benchmark: throughput, recovery, savepoints, failover, operator reconcile.
+"""Run every benchmark: throughput, recovery, savepoints, failover, operator reconcile, chaos.
 
     uv run python bench/run_all.py [--quick] [--repeat N] [--wait-idle CORES]
 
 ``--quick`` runs 2,000,000 events instead of 10,000,000, 2 kills per
 recovery configuration instead of 3, and the operator benchmark with 100
-StreamJobs only instead of 100 and 1,000.  On a
+StreamJobs only instead of 100 and 1,000, and one chaos round instead of 3.  On a
 shared machine, ``--repeat 3`` reports medians and ``--wait-idle 0.3``
 starts each throughput run only once other processes use at most 0.3 cores.
 """
@@ -47,6 +47,7 @@ def main() -> None:
     ok = run("savepoints.py", ["--quick"] if a.quick else []) and ok
     ok = run("failover.py", ["--quick"] if a.quick else []) and ok
     ok = run("operator_reconcile.py", ["--quick"] if a.quick else []) and ok
+    ok = run("chaos.py", ["--runs", "1" if a.quick else "3"]) and ok
     sys.exit(0 if ok else 1)
 
 

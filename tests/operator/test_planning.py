@@ -463,6 +463,14 @@ CASES = [
         [], lifecycle=Lifecycle.DEPLOYED,
     ),
     Case(
+        "a job that finished on its own before a pass saw it stable is STABLE (issue 10: a"
+        " bounded job that ends quickly is not failed at the stability timeout)",
+        seen(details(state=rest.JobStatus.FINISHED), checkpoints=stats(completed=1)),
+        status(stable=False, deployed=ago(seconds=2), job_state="RUNNING"),
+        ["event Stable"], lifecycle=Lifecycle.STABLE,
+        check=_has(reconciliation__lastStableSpec=encoded(), job__state="FINISHED"),
+    ),
+    Case(
         "a restart restarts the stability window",
         seen(details(restarts=1), checkpoints=stats(completed=5)),
         status(stable=False, deployed=ago(seconds=40)),
