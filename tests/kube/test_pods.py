@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
@@ -24,6 +25,7 @@ from tests.integration.test_exactly_once_recovery import args, assert_exact
 from tests.kube.pods import (
     FINALIZER,
     HASH_LABEL,
+    RUNTIME_ROOT,
     PodRunner,
     expand,
     rewrite_flags,
@@ -572,9 +574,13 @@ def test_the_container_environment_is_computed_as_the_kubelet_does(
         assert (env["CM_LEVEL"], env["CM_COLOR"], env["LEVEL"]) == ("INFO", "blue", "INFO")
         flags = list(tm.argv[tm.argv.index("taskmanager") :])
         port = tm.ports[6121]
+        # The security flags the pod spec lacks come last (see tests.kube.pods).
         assert flags == [
             "taskmanager", "--jobmanager", "127.0.0.1:1", "--data-port", str(port),
             "--id", f"tm-{tm.name}", "--slots", "3",
+            "--metrics-port", str(tm.ports[9249]), "--insecure",
+            "--job-roots", f"{RUNTIME_ROOT.parent}:{tempfile.gettempdir()}",
+            "--storage-roots", tempfile.gettempdir(),
         ]  # fmt: skip
     assert not pid_exists(tm.pid)
     assert kube.list("v1", "pods", NAMESPACE) == []  # let go when the runner stops
