@@ -148,10 +148,11 @@ async def run_one(
     interval_ms: int,
     workdir: Path,
     options: dict[str, str],
+    insecure: bool = False,
 ) -> Result:
     out = workdir / "output"
     interval = interval_ms if checkpoints else 0
-    with LocalCluster(workdir, taskmanagers=parallelism, slots=1) as cluster:
+    with LocalCluster(workdir, taskmanagers=parallelism, slots=1, insecure=insecure) as cluster:
         async with cluster.client() as jm:
             await common.wait_for_taskmanagers(jm, parallelism, 60)
             assert cluster.jobmanager is not None

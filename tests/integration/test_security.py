@@ -15,6 +15,8 @@ import json
 import pickle
 import ssl
 import struct
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -343,3 +345,26 @@ def test_a_metadata_naming_files_outside_its_savepoint_is_refused(
     assert "not a relative path inside its directory" in message
     assert not marker.exists()
     assert msgspec.json.decode((savepoint / "_metadata").read_bytes())  # left as it was
+
+
+def test_processes_refuse_to_start_without_tls_unless_told_insecure(tmp_path: Path) -> None:
+    def start(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "streamjob_runtime.cli", *args],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    jm = start("jobmanager", "--checkpoint-dir", str(tmp_path / "c"))
+    assert jm.returncode != 0
+    assert "give --tls-dir DIR (or STREAMJOB_TLS_DIR)" in jm.stderr
+    assert "--insecure" in jm.stderr
+    tm = start("taskmanager", "--jobmanager", "127.0.0.1:1")
+    assert tm.returncode != 0
+    assert "give --tls-dir DIR" in tm.stderr
+    tls = security.write_credentials(tmp_path / "tls")
+    jm = start("jobmanager", "--checkpoint-dir", str(tmp_path / "c"), "--tls-dir", str(tls))
+    assert jm.returncode != 0
+    assert "give --rest-token-file FILE" in jm.stderr
+    (tls / "tls.crt").unlink()
+    jm = start("jobmanager", "--checkpoint-dir", str(tmp_path / "c"), "--tls-dir", str(tls))
+    assert "lacks tls.crt" in jm.stderr
