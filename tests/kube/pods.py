@@ -63,9 +63,9 @@ written to ``<log_dir>/volumes/<namespace>.<pod>/<volume>/`` at every start, and
 argument or ``env`` value under such a volume's ``mountPath`` is rewritten to that
 directory (so ``--tls-dir /etc/streamjob/tls`` finds the job's certificates). Without
 ``--metrics-port`` the process gets one anyway (the default 9249 made local, so the
-probes reach it). Job files and state are the host's paths: without ``--job-roots`` a
-process may load job files from the repository and the temporary directory, and
-without ``--storage-roots`` use storage in the temporary directory. A container that
+probes reach it). Job files and state are the host's paths: a process may load job
+files from the repository and the temporary directory too (added to ``--job-roots``),
+and without ``--storage-roots`` use storage in the temporary directory. A container that
 names no TLS directory (``--tls-dir`` or ``STREAMJOB_TLS_DIR``) runs with
 ``--insecure`` (pod specs from before the operator made certificates); the REST URLs
 the runner hands out are then ``http://``, else ``https://``.
@@ -948,8 +948,13 @@ class PodRunner:
         pod.tls = "--tls-dir" in flags or bool(env.get("STREAMJOB_TLS_DIR"))
         if not pod.tls and "--insecure" not in flags:
             argv.append("--insecure")
-        if "--job-roots" not in flags:
-            argv += ["--job-roots", f"{RUNTIME_ROOT.parent}:{tempfile.gettempdir()}"]
+        # The image's job directories are the repository here (and the temporary
+        # directory, where tests write job files): added to the roots the spec names.
+        local_roots = f"{RUNTIME_ROOT.parent}:{tempfile.gettempdir()}"
+        if "--job-roots" in flags:
+            argv = rewrite_flags(argv, ("--job-roots",), lambda v: f"{v}:{local_roots}")
+        else:
+            argv += ["--job-roots", local_roots]
         if "--storage-roots" not in flags:
             argv += ["--storage-roots", tempfile.gettempdir()]
         argv = rewrite_flags(argv, PORT_FLAGS[pod.command.role], local)

@@ -594,7 +594,10 @@ def _secured(manifest: dict[str, Any], name: str) -> dict[str, Any]:
     pod = manifest["spec"]["template"]["spec"]
     container = pod["containers"][0]
     jobmanager_pod = container["command"][1] == "jobmanager"
-    container["args"] += ["--tls-dir", "/etc/streamjob/tls"]
+    container["args"] += [
+        "--tls-dir", "/etc/streamjob/tls",
+        "--job-roots", "/opt/streamjob/jobs:/opt/streamjob/examples",  # the image's
+    ]  # fmt: skip
     mounts = [{"name": "tls", "mountPath": "/etc/streamjob/tls", "readOnly": True}]
     volumes: list[dict[str, Any]] = [{"name": "tls", "secret": {"secretName": f"{name}-tls"}}]
     if jobmanager_pod:
@@ -635,13 +638,20 @@ def test_pods_with_the_jobs_tls_and_token_secrets_talk_mutual_tls_and_https(
     [jm] = runner.processes(jm_name(job))
     assert "--insecure" not in jm.argv
 
-    async def calls() -> tuple[int, int]:
+    async def calls() -> tuple[int, int, rest.JobStatus]:
         async with client.JobManagerClient(url, token=token, ca_file=tls / "ca.crt") as c:
             registered = (await c.overview()).taskmanagers
+            # tests/jobs is the image's job directory here (the kubelet adds it).
+            job_id = await c.submit(submission.job_submission(job, HERE))
+            for _ in range(1200):  # up to a minute
+                if (state := (await c.job(job_id)).state) is not rest.JobStatus.CREATED:
+                    break
+                await asyncio.sleep(0.05)
+            await c.cancel(job_id)
         async with client.JobManagerClient(url, ca_file=tls / "ca.crt") as c:
             with pytest.raises(client.RestError) as refused:
                 await c.overview()
-        return registered, refused.value.status
+        return registered, refused.value.status, state
 
-    assert asyncio.run(calls()) == (1, 401)
+    assert asyncio.run(calls()) == (1, 401, rest.JobStatus.RUNNING)
     assert '"tls":true' in runner.logs()
