@@ -240,6 +240,17 @@ def test_rest_needs_the_token_and_metrics_and_health_are_on_their_own_plain_port
                     assert resp.status == 200, path
             async with s.get(metrics + "/jobs") as resp:
                 assert resp.status == 404  # nothing else on the unauthenticated port
+            # A TaskManager's metrics port: ready once registered with the JobManager.
+            (started,) = _events(cluster, "taskmanager_started")
+            tm = f"http://127.0.0.1:{started['metrics_port']}"
+            async with s.get(tm + "/readyz") as resp:
+                assert resp.status == 200
+            async with s.get(tm + "/healthz") as resp:
+                assert resp.status == 200
+            async with s.get(tm + "/metrics") as resp:
+                assert "streamjob_taskmanager_registered 1" in await resp.text()
+            async with s.get(tm + "/jobs") as resp:
+                assert resp.status == 404
 
     asyncio.run(checks())
 

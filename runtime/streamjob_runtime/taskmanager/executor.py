@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import TypeVarTuple
 
 import msgspec
-from aiohttp import web
 
 from streamjob_runtime import jobfile, logs, security
 from streamjob_runtime.graph import jobgraph
@@ -136,14 +135,10 @@ class TaskExecutor:
             ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S if self._server_ssl else None,
         )
         self.data_port = server.sockets[0].getsockname()[1]
-        runner: web.AppRunner | None = None
+        metrics: asyncio.Server | None = None
         if self.metrics_port is not None:
-            runner = web.AppRunner(self._metrics_app(), access_log=None)
-            await runner.setup()
-            site = web.TCPSite(runner, self.host, self.metrics_port)
-            await site.start()
-            sockets = getattr(site._server, "sockets", None) or []
-            self.metrics_port = sockets[0].getsockname()[1] if sockets else self.metrics_port
+            metrics = await asyncio.start_server(self._serve_metrics, self.host, self.metrics_port)
+            self.metrics_port = metrics.sockets[0].getsockname()[1]
         logs.event(
             log,
             "taskmanager_started",
@@ -157,19 +152,18 @@ class TaskExecutor:
         try:
             await self._serve(server)
         finally:
-            if runner is not None:
-                await runner.cleanup()
+            if metrics is not None:
+                metrics.close()
 
-    def _metrics_app(self) -> web.Application:
-        async def healthz(request: web.Request) -> web.Response:
-            return web.json_response({"status": "ok"})
-
-        async def readyz(request: web.Request) -> web.Response:
+    def _metrics_answer(self, path: str) -> tuple[int, str, str]:
+        """(status, content type, body) for a GET of ``path`` on the metrics port."""
+        if path == "/healthz":
+            return 200, "application/json", '{"status": "ok"}'
+        if path == "/readyz":
             if self.registered:
-                return web.json_response({"status": "ready"})
-            return web.json_response({"status": "not registered with a JobManager"}, status=503)
-
-        async def prometheus(request: web.Request) -> web.Response:
+                return 200, "application/json", '{"status": "ready"}'
+            return 503, "application/json", '{"status": "not registered with a JobManager"}'
+        if path == "/metrics":
             tasks = sum(len(d.tasks) for d in self.deployments.values())
             lines = [
                 "# HELP streamjob_taskmanager_registered 1 while registered with a JobManager.",
@@ -182,13 +176,41 @@ class TaskExecutor:
                 "# TYPE streamjob_taskmanager_tasks gauge",
                 f"streamjob_taskmanager_tasks {tasks}",
             ]
-            return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+            return 200, "text/plain; version=0.0.4", "\n".join(lines) + "\n"
+        return (
+            404,
+            "application/json",
+            '{"error": "the metrics port serves /metrics, /healthz, /readyz"}',
+        )
 
-        app = web.Application()
-        app.router.add_get("/healthz", healthz)
-        app.router.add_get("/readyz", readyz)
-        app.router.add_get("/metrics", prometheus)
-        return app
+    async def _serve_metrics(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """A minimal HTTP/1.1 GET responder (one request, then close): probes and
+        Prometheus need no more, and the TaskManager starts without importing a web
+        framework."""
+        try:
+            async with asyncio.timeout(10):
+                head = await reader.readuntil(b"\r\n\r\n")  # bounded by the reader's limit
+            method, path, *_ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
+            if method != "GET":
+                status, kind, body = 405, "application/json", '{"error": "GET only"}'
+            else:
+                status, kind, body = self._metrics_answer(path.split("?", 1)[0])
+            payload = body.encode()
+            reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed"}.get(
+                status, "Service Unavailable"
+            )
+            writer.write(
+                f"HTTP/1.1 {status} {reason}\r\nContent-Type: {kind}\r\n"
+                f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
+                + payload
+            )
+            await writer.drain()
+        except (TimeoutError, ValueError, ConnectionError, asyncio.IncompleteReadError):
+            pass  # a malformed or slow request: just close
+        finally:
+            writer.close()
 
     async def _serve(self, server: asyncio.Server) -> None:
         delay = 0.1
