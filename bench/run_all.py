@@ -1,4 +1,5 @@
-"""Run every benchmark: throughput, recovery, savepoints, failover, operator reconcile, chaos.
+"""Run every benchmark: throughput, TLS cost, recovery, savepoints, failover, operator reconcile,
+chaos.
 
     uv run python bench/run_all.py [--quick] [--repeat N] [--wait-idle CORES]
 
@@ -43,6 +44,7 @@ def main() -> None:
     kills = "2" if a.quick else "3"
     idle = ["--wait-idle", a.wait_idle] if a.wait_idle else []
     ok = run("keyed_count.py", ["--events", events, "--repeat", str(a.repeat), *idle])
+    ok = run("tls.py", ["--events", events, "--repeat", str(max(a.repeat, 3))]) and ok
     ok = run("recovery.py", ["--kills", kills]) and ok
     ok = run("savepoints.py", ["--quick"] if a.quick else []) and ok
     ok = run("failover.py", ["--quick"] if a.quick else []) and ok

@@ -330,7 +330,7 @@ async def run(a: argparse.Namespace, workdir: Path) -> list[SizeResult]:
         heartbeat_interval_ms=100,
         heartbeat_timeout_ms=5000,
     ) as cluster:
-        async with client.JobManagerClient(cluster.rest_url) as jm:
+        async with cluster.client() as jm:
             for mb in a.sizes:
                 began = time.monotonic()
                 r = await measure(jm, mb, a, workdir)

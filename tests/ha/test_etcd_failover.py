@@ -48,9 +48,11 @@ def test_killed_leader_is_replaced_by_a_standby_and_the_output_is_exact(
     recovered = events(h, "job_recovered")
     assert recovered
     assert recovered[0]["job_id"] == job
-    # Clients find the new leader through the HA metadata too.
+    # Clients find the new leader through the HA metadata too (its https:// address;
+    # the job's CA and token given as a client outside the cluster gives them).
+    credentials = ["--ca-file", str(h.cluster.ca_file), "--token", str(h.cluster.token)]
     listed = subprocess.run(
-        [sys.executable, "-m", "streamjob_runtime.cli", "list", *ha_args(etcd)],
+        [sys.executable, "-m", "streamjob_runtime.cli", "list", *ha_args(etcd), *credentials],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert listed.returncode == 0, listed.stderr

@@ -60,7 +60,7 @@ def test_rest_submission_of_a_bad_job_is_a_400_with_the_reason(
     job.write_text("def build(env)\n")
 
     async def submit() -> client.RestError:
-        async with client.JobManagerClient(h.cluster.rest_url) as c:
+        async with h.cluster.client() as c:
             try:
                 await c.submit(models.JobSubmission(entrypoint=str(job)))
             except client.RestError as e:

@@ -58,8 +58,20 @@ proxy`` (its ``--jobmanager-url-template``). The selector is evaluated against t
 objects, so the HA leader label the runtime patches onto its own pod
 (``streamjob.dev/jobmanager-leader=true``) decides.
 
-Not emulated: volumes (paths are the host's: give checkpoint and savepoint directories
-as absolute temporary paths), resources, liveness and startup probes, init and sidecar
+Security (the runtime's flags, SECURITY-CONTRACT.md): Secret and ConfigMap volumes are
+written to ``<log_dir>/volumes/<namespace>.<pod>/<volume>/`` at every start, and every
+argument or ``env`` value under such a volume's ``mountPath`` is rewritten to that
+directory (so ``--tls-dir /etc/streamjob/tls`` finds the job's certificates). Without
+``--metrics-port`` the process gets one anyway (the default 9249 made local, so the
+probes reach it). Job files and state are the host's paths: a process may load job
+files from the repository and the temporary directory too (added to ``--job-roots``),
+and without ``--storage-roots`` use storage in the temporary directory. A container that
+names no TLS directory (``--tls-dir`` or ``STREAMJOB_TLS_DIR``) runs with
+``--insecure`` (pod specs from before the operator made certificates); the REST URLs
+the runner hands out are then ``http://``, else ``https://``.
+
+Not emulated: other volumes (paths are the host's: give checkpoint and savepoint
+directories as absolute temporary paths), resources, liveness and startup probes, init and sidecar
 containers (ignored), node scheduling, ReplicaSets and Endpoints objects, RollingUpdate.
 """
 
@@ -79,6 +91,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -106,9 +119,10 @@ NODE_NAME = "test-kubelet"
 POD_IP = "127.0.0.1"
 ROLES = ("jobmanager", "taskmanager")
 PORT_FLAGS: Mapping[str, tuple[str, ...]] = {
-    "jobmanager": ("--rpc-port", "--rest-port"),
-    "taskmanager": ("--data-port",),
+    "jobmanager": ("--rpc-port", "--rest-port", "--metrics-port"),
+    "taskmanager": ("--data-port", "--metrics-port"),
 }
+METRICS_PORT = 9249  # the runtime's default --metrics-port
 REGISTERED_EVENTS = {"taskmanager_registered": True, "jobmanager_unreachable": False}
 RUNTIME_ROOT = Path(streamjob_runtime.__file__).resolve().parent.parent
 
@@ -276,6 +290,7 @@ class _Pod:
     registered: bool = False
     log_offset: int = 0
     status_written: Obj | None = None
+    tls: bool = False  # runs with --tls-dir: its REST port is HTTPS
 
     @property
     def key(self) -> tuple[str, str]:
@@ -565,13 +580,15 @@ class PodRunner:
         port: int | str = "rest",
         timeout: float = 30.0,
     ) -> str:
-        """``http://127.0.0.1:<port>`` of a ready pod the Service selects; waits up to
-        ``timeout`` seconds for one (LookupError then)."""
+        """``http://127.0.0.1:<port>`` of a ready pod the Service selects (``https://`` if
+        that pod runs with TLS); waits up to ``timeout`` seconds for one (LookupError then)."""
         deadline = time.monotonic() + timeout
         while True:
             ports = self.endpoints(service, namespace, port)
             if ports:
-                return f"http://127.0.0.1:{ports[0]}"
+                with self._lock:
+                    tls = any(p.tls and ports[0] in p.ports.values() for p in self._pods.values())
+                return f"{'https' if tls else 'http'}://127.0.0.1:{ports[0]}"
             if time.monotonic() >= deadline:
                 raise LookupError(f"Service {namespace}/{service} selects no ready pod")
             time.sleep(0.05)
@@ -590,7 +607,7 @@ class PodRunner:
         ports = self.endpoints(service, namespace, parts.port or default)
         base = f"http://127.0.0.1:{ports[0]}" if ports else self.dead_url
         return urllib.parse.urlunsplit(
-            ("http", base.removeprefix("http://"), parts.path, parts.query, parts.fragment)
+            (parts.scheme, base.removeprefix("http://"), parts.path, parts.query, parts.fragment)
         )
 
     def service_endpoint(self, namespace: str, service: str, port: str) -> str | None:
@@ -925,6 +942,21 @@ class PodRunner:
                 pod.ports[port] = free_port()
             return str(pod.ports[port])
 
+        if not any(a == "--metrics-port" or a.startswith("--metrics-port=") for a in argv):
+            argv += ["--metrics-port", str(METRICS_PORT)]
+        flags = {a.partition("=")[0] for a in argv}
+        pod.tls = "--tls-dir" in flags or bool(env.get("STREAMJOB_TLS_DIR"))
+        if not pod.tls and "--insecure" not in flags:
+            argv.append("--insecure")
+        # The image's job directories are the repository here (and the temporary
+        # directory, where tests write job files): added to the roots the spec names.
+        local_roots = f"{RUNTIME_ROOT.parent}:{tempfile.gettempdir()}"
+        if "--job-roots" in flags:
+            argv = rewrite_flags(argv, ("--job-roots",), lambda v: f"{v}:{local_roots}")
+        else:
+            argv += ["--job-roots", local_roots]
+        if "--storage-roots" not in flags:
+            argv += ["--storage-roots", tempfile.gettempdir()]
         argv = rewrite_flags(argv, PORT_FLAGS[pod.command.role], local)
         if pod.command.role == "taskmanager":
             argv = rewrite_flags(argv, ("--jobmanager",), lambda v: self._service_address(v, pod))
@@ -942,9 +974,44 @@ class PodRunner:
             return address
         return f"127.0.0.1:{self._proxy(where[0], where[1], int(port))}"
 
+    def _volumes(self, pod: _Pod) -> dict[str, str]:
+        """Write the pod's Secret and ConfigMap volumes; return mountPath -> local dir."""
+        root = self.log_dir / "volumes" / f"{pod.namespace}.{pod.name}"
+        volumes = {v.get("name"): v for v in pod.spec.get("volumes") or []}
+        mounts: dict[str, str] = {}
+        for mount in pod.command.container.get("volumeMounts") or []:
+            volume = volumes.get(mount.get("name")) or {}
+            if "secret" in volume:
+                data = self._source_data(
+                    pod.namespace, {"secretRef": {"name": volume["secret"].get("secretName")}}
+                )
+            elif "configMap" in volume:
+                data = self._source_data(
+                    pod.namespace, {"configMapRef": {"name": volume["configMap"].get("name")}}
+                )
+            else:
+                continue
+            local = root / str(mount["name"])
+            local.mkdir(parents=True, exist_ok=True)
+            for key, value in data.items():
+                (local / key).write_text(value)
+                (local / key).chmod(0o600)
+            mounts[str(mount["mountPath"]).rstrip("/")] = str(local)
+        return mounts
+
+    @staticmethod
+    def _localize(value: str, mounts: Mapping[str, str]) -> str:
+        """``value`` (a path, or ``--flag=path``) with a mounted volume's path made local."""
+        name, eq, rest = value.partition("=") if value.startswith("--") else ("", "", value)
+        for path, local in mounts.items():
+            if rest == path or rest.startswith(f"{path}/"):
+                return f"{name}{eq}{local}{rest[len(path) :]}"
+        return value
+
     def _start(self, pod: _Pod) -> None:
-        env = self._environment(pod)
-        argv = self._command_line(pod, env)
+        mounts = self._volumes(pod)
+        env = {k: self._localize(v, mounts) for k, v in self._environment(pod).items()}
+        argv = [self._localize(a, mounts) for a in self._command_line(pod, env)]
         process_env = dict(os.environ)
         process_env.update(self.extra_env)
         for name in ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"):

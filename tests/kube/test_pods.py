@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
@@ -18,12 +19,14 @@ from streamjob_operator.desired import ha, jobmanager, metadata, submission, tar
 from streamjob_operator.observing import children
 from streamjob_operator.observing import jobmanager as rest_observing
 from streamjob_operator.planning import observed
+from streamjob_runtime import security
 from streamjob_runtime.api import client
 from streamjob_runtime.api import models as rest
 from tests.integration.test_exactly_once_recovery import args, assert_exact
 from tests.kube.pods import (
     FINALIZER,
     HASH_LABEL,
+    RUNTIME_ROOT,
     PodRunner,
     expand,
     rewrite_flags,
@@ -572,9 +575,83 @@ def test_the_container_environment_is_computed_as_the_kubelet_does(
         assert (env["CM_LEVEL"], env["CM_COLOR"], env["LEVEL"]) == ("INFO", "blue", "INFO")
         flags = list(tm.argv[tm.argv.index("taskmanager") :])
         port = tm.ports[6121]
+        # The security flags the pod spec lacks come last (see tests.kube.pods).
         assert flags == [
             "taskmanager", "--jobmanager", "127.0.0.1:1", "--data-port", str(port),
             "--id", f"tm-{tm.name}", "--slots", "3",
+            "--metrics-port", str(tm.ports[9249]), "--insecure",
+            "--job-roots", f"{RUNTIME_ROOT.parent}:{tempfile.gettempdir()}",
+            "--storage-roots", tempfile.gettempdir(),
         ]  # fmt: skip
     assert not pid_exists(tm.pid)
     assert kube.list("v1", "pods", NAMESPACE) == []  # let go when the runner stops
+
+
+def _secured(manifest: dict[str, Any], name: str) -> dict[str, Any]:
+    """``manifest`` with what SECURITY-CONTRACT.md has the operator add: the job's TLS
+    Secret and (JobManager) token Secret mounted, the flags naming them, probes on the
+    plain metrics port."""
+    pod = manifest["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    jobmanager_pod = container["command"][1] == "jobmanager"
+    container["args"] += [
+        "--tls-dir", "/etc/streamjob/tls",
+        "--job-roots", "/opt/streamjob/jobs:/opt/streamjob/examples",  # the image's
+    ]  # fmt: skip
+    mounts = [{"name": "tls", "mountPath": "/etc/streamjob/tls", "readOnly": True}]
+    volumes: list[dict[str, Any]] = [{"name": "tls", "secret": {"secretName": f"{name}-tls"}}]
+    if jobmanager_pod:
+        container["args"] += ["--rest-token-file", "/etc/streamjob/rest/token"]
+        mounts.append({"name": "rest-token", "mountPath": "/etc/streamjob/rest", "readOnly": True})
+        volumes.append({"name": "rest-token", "secret": {"secretName": f"{name}-rest-token"}})
+        container["ports"].append({"name": "metrics", "containerPort": 9249, "protocol": "TCP"})
+        container["readinessProbe"] = {"httpGet": {"path": "/readyz", "port": "metrics"}}
+    container["volumeMounts"] = [*(container.get("volumeMounts") or []), *mounts]
+    pod["volumes"] = [*(pod.get("volumes") or []), *volumes]
+    return manifest
+
+
+def test_pods_with_the_jobs_tls_and_token_secrets_talk_mutual_tls_and_https(
+    kube: KubeEmulator, runner: PodRunner, tmp_path: Path
+) -> None:
+    """The contract's pod layout runs: the kubelet mounts the Secrets, the TaskManager
+    registers over mutual TLS, REST is HTTPS with the token, probes use the metrics port."""
+    job = create_streamjob(kube, "sum", spec(tmp_path))
+    tls = security.write_credentials(tmp_path / "credentials", ["localhost"], ["127.0.0.1"])
+    token = security.new_token()
+    kube.create({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": {"name": "sum-tls", "namespace": NAMESPACE},
+        "stringData": {f: (tls / f).read_text() for f in ("ca.crt", "tls.crt", "tls.key")},
+    })  # fmt: skip
+    kube.create({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "sum-rest-token", "namespace": NAMESPACE},
+        "stringData": {"token": token},
+    })  # fmt: skip
+    kube.create(jobmanager.service(job, HERE))
+    kube.create(_secured(jobmanager.deployment(job, HERE), "sum"))
+    kube.create(_secured(taskmanager.deployment(job, HERE), "sum"))
+    wait_ready(kube, runner, jm_name(job), tm_name(job))
+    url = runner.rest_url(jm_name(job))
+    assert url.startswith("https://127.0.0.1:")
+    [jm] = runner.processes(jm_name(job))
+    assert "--insecure" not in jm.argv
+
+    async def calls() -> tuple[int, int, rest.JobStatus]:
+        async with client.JobManagerClient(url, token=token, ca_file=tls / "ca.crt") as c:
+            registered = (await c.overview()).taskmanagers
+            # tests/jobs is the image's job directory here (the kubelet adds it).
+            job_id = await c.submit(submission.job_submission(job, HERE))
+            for _ in range(1200):  # up to a minute
+                if (state := (await c.job(job_id)).state) is not rest.JobStatus.CREATED:
+                    break
+                await asyncio.sleep(0.05)
+            await c.cancel(job_id)
+        async with client.JobManagerClient(url, ca_file=tls / "ca.crt") as c:
+            with pytest.raises(client.RestError) as refused:
+                await c.overview()
+        return registered, refused.value.status, state
+
+    assert asyncio.run(calls()) == (1, 401, rest.JobStatus.RUNNING)
+    assert '"tls":true' in runner.logs()

@@ -624,7 +624,9 @@ def test_kubeapi_paths() -> None:
 def test_a_real_jobmanagers_job_and_checkpoints_are_observed(
     kube: KubeEmulator, cluster_factory: Callable[..., Harness], tmp_path: Path
 ) -> None:
-    cluster = cluster_factory(taskmanagers=1, slots=2)
+    # Without TLS and token: this observes as the operator does before it reads the
+    # job's certificates and token from the Secrets it owns.
+    cluster = cluster_factory(taskmanagers=1, slots=2, insecure=True)
     out = tmp_path / "out"
     jid = cluster.submit(
         str(JOBS / "keyed_sum.py"),

@@ -8,7 +8,7 @@ checkpoint is detected before a restore uses it.
 from __future__ import annotations
 
 import zlib
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import msgspec
 
@@ -68,6 +68,22 @@ def write(directory: Path, meta: CheckpointMetadata) -> None:
     storage.fsync_directory(directory.parent.parent)
 
 
+def _relative(name: str, path: Path) -> str:
+    """``name`` if it is a plain relative path inside the checkpoint directory.
+
+    State files are restored by unpickling them, so a ``_metadata`` naming a file
+    elsewhere (``../``, an absolute path) must not lead a restore out of the
+    directory the user or the JobManager chose.
+    """
+    parts = PurePosixPath(name).parts
+    if not name or "\\" in name or name.startswith("/") or ".." in parts or "\0" in name:
+        raise CorruptCheckpointError(
+            f"{path} names the state file {name!r}, which is not a relative path inside its"
+            " directory; state files must lie in the checkpoint's own directory"
+        )
+    return name
+
+
 def read(directory: Path) -> CheckpointMetadata:
     """Read and verify ``directory/_metadata``; raise :class:`CorruptCheckpointError`."""
     path = directory / storage.METADATA
@@ -99,7 +115,7 @@ def read(directory: Path) -> CheckpointMetadata:
         raise CorruptCheckpointError(f"{path} is not valid checkpoint metadata: {e}") from None
     for op in meta.operators.values():
         for h in op.handles:
-            f = directory / h.file
+            f = directory / _relative(h.file, path)
             try:
                 size = f.stat().st_size
             except FileNotFoundError:

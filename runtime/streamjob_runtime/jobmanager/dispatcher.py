@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import time
 import uuid
 from collections.abc import Coroutine
@@ -18,7 +19,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from streamjob_runtime import config, jobfile, logs
+from streamjob_runtime import config, jobfile, logs, security
 from streamjob_runtime.api import models
 from streamjob_runtime.checkpoint import savepoint
 from streamjob_runtime.ha import factory as ha_factory
@@ -47,8 +48,10 @@ class JobManager:
         host: str = "127.0.0.1",
         ha: services.HaConfig | None = None,
         identity: str | None = None,
+        settings: security.Settings | None = None,
     ) -> None:
         cluster.validate()
+        self.security = settings or security.Settings()
         self.cluster = cluster
         self.host = host
         self.ha = ha if ha is not None and ha.kind is not services.HaKind.NONE else None
@@ -59,6 +62,7 @@ class JobManager:
         self.jobs: dict[str, jobmaster.JobMaster] = {}
         self.rpc_port = 0
         self.rest_port = 0
+        self.metrics_port = 0
         self.epoch: int | None = None if self.ha is not None else 0
         self.elector: services.LeaderElector | None = None
         self.store: services.HaStore | None = None
@@ -66,6 +70,7 @@ class JobManager:
         self.serving = self.ha is None
         self._servers: list[asyncio.AbstractServer] = []
         self._runner: web.AppRunner | None = None
+        self._metrics_runner: web.AppRunner | None = None
         self._background: set[asyncio.Task[None]] = set()
 
     @property
@@ -75,30 +80,40 @@ class JobManager:
 
     @property
     def rest_url(self) -> str:
-        return f"http://{self.host}:{self.rest_port}"
+        scheme = "https" if self.security.tls is not None else "http"
+        return f"{scheme}://{self.host}:{self.rest_port}"
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    async def start(self, rpc_port: int = 0, rest_port: int = 0) -> None:
+    async def start(self, rpc_port: int = 0, rest_port: int = 0, metrics_port: int = 0) -> None:
         await asyncio.to_thread(
             Path(self.cluster.checkpoint_dir).mkdir, parents=True, exist_ok=True
         )
-        server = await asyncio.start_server(self._serve_taskmanager, self.host, rpc_port)
+        tls = self.security.tls
+        server = await asyncio.start_server(
+            self._serve_taskmanager,
+            self.host,
+            rpc_port,
+            ssl=tls.server_context() if tls else None,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S if tls else None,
+        )
         self._servers.append(server)
         self.rpc_port = server.sockets[0].getsockname()[1]
         self._runner = web.AppRunner(rest.create_app(self), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, rest_port)
-        await site.start()
-        assert site._server is not None
-        sockets = getattr(site._server, "sockets", None) or []
-        self.rest_port = sockets[0].getsockname()[1] if sockets else rest_port
+        self.rest_port = await _serve_http(
+            self._runner, self.host, rest_port, tls.rest_context() if tls else None
+        )
+        self._metrics_runner = web.AppRunner(rest.create_metrics_app(self), access_log=None)
+        self.metrics_port = await _serve_http(self._metrics_runner, self.host, metrics_port, None)
         self._spawn(self._check_heartbeats())
         logs.event(
             log,
             "jobmanager_started",
             rpc_port=self.rpc_port,
             rest_port=self.rest_port,
+            metrics_port=self.metrics_port,
+            tls=tls is not None,
+            rest_token=self.security.rest_token is not None,
             checkpoint_dir=self.cluster.checkpoint_dir,
             pid=os.getpid(),
             identity=self.identity,
@@ -196,8 +211,9 @@ class JobManager:
         for server in self._servers:
             server.close()
         await self.rm.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        for runner in (self._runner, self._metrics_runner):
+            if runner is not None:
+                await runner.cleanup()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         t = asyncio.create_task(coro)
@@ -214,6 +230,10 @@ class JobManager:
                 "no target directory given and the JobManager has no default savepoint"
                 " directory (start it with --savepoint-dir)"
             )
+        try:
+            self.security.check_storage(base, "savepoint target directory")
+        except security.StorageNotAllowed as e:
+            raise errors.ForbiddenError(str(e)) from None
         return savepoint.new_directory(base, job_id)
 
     async def submit(self, submission: models.JobSubmission) -> str:
@@ -242,6 +262,14 @@ class JobManager:
     ) -> jobmaster.JobMaster:
         """Build the job's JobMaster (started here only when recovered)."""
         base = config.JobConfig(parallelism=submission.parallelism or 1)
+        try:
+            jobfile.check_allowed(submission.entrypoint, self.security.job_roots)
+            if submission.savepoint_path is not None:
+                self.security.check_storage(submission.savepoint_path, "restore path")
+        except (jobfile.EntrypointNotAllowed, security.StorageNotAllowed) as e:
+            raise errors.ForbiddenError(str(e)) from None
+        except jobfile.JobFileError as e:
+            raise SubmissionError(str(e)) from None
         try:
             base = config.apply_options(base, submission.config)
             if submission.parallelism is not None:
@@ -362,7 +390,11 @@ class JobManager:
             writer.close()  # a standby: the TaskManager looks up the leader again
             return
         try:
-            first = messages.to_jobmanager.decode(await framing.read_frame(reader))
+            # The peer is authenticated (mutual TLS) by now; its first frame is still
+            # held to the small hello limit (all it needs), as is a peer without TLS.
+            first = messages.to_jobmanager.decode(
+                await framing.read_frame(reader, framing.MAX_HELLO)
+            )
             if not isinstance(first, messages.RegisterTaskManager):
                 return
             tm = resources.TaskManagerInfo(
@@ -437,6 +469,21 @@ class JobManager:
                     )
 
 
+HANDSHAKE_TIMEOUT_S = 10.0
+
+
+async def _serve_http(
+    runner: web.AppRunner, host: str, port: int, ssl_context: ssl.SSLContext | None
+) -> int:
+    """Start ``runner`` on ``host:port`` (HTTPS with ``ssl_context``); return the bound port."""
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+    await site.start()
+    assert site._server is not None
+    sockets = getattr(site._server, "sockets", None) or []
+    return int(sockets[0].getsockname()[1]) if sockets else port
+
+
 def _write_ready_file(ready_file: str, ready: dict[str, int]) -> None:
     tmp = f"{ready_file}.tmp"
     with open(tmp, "w") as f:
@@ -452,12 +499,19 @@ async def serve(
     ready_file: str | None,
     ha: services.HaConfig | None = None,
     identity: str | None = None,
+    settings: security.Settings | None = None,
+    metrics_port: int = 0,
 ) -> int:
     """Run a JobManager until SIGTERM/SIGINT (exit 0) or lost leadership (exit 3)."""
-    jm = JobManager(cluster, host, ha, identity)
-    await jm.start(rpc_port, rest_port)
+    jm = JobManager(cluster, host, ha, identity, settings)
+    await jm.start(rpc_port, rest_port, metrics_port)
     if ready_file:
-        ready = {"rpc_port": jm.rpc_port, "rest_port": jm.rest_port, "pid": os.getpid()}
+        ready = {
+            "rpc_port": jm.rpc_port,
+            "rest_port": jm.rest_port,
+            "metrics_port": jm.metrics_port,
+            "pid": os.getpid(),
+        }
         await asyncio.to_thread(_write_ready_file, ready_file, ready)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,6 +1,13 @@
 """The REST API (aiohttp), modelled on Flink's.  Models: :mod:`streamjob_runtime.api.models`.
 
-Errors are JSON ``{"error": "..."}``: 400 for an invalid request, 404 for an
+Every endpoint needs ``Authorization: Bearer <token>`` when the JobManager has a
+REST token (401 without one, 403 with a wrong one); the REST port is HTTPS when
+it has TLS.  ``/metrics``, ``/healthz`` and ``/readyz`` are also served, plain and
+unauthenticated, on the separate metrics port (:func:`create_metrics_app`) for
+Prometheus and probes.
+
+Errors are JSON ``{"error": "..."}``: 400 for an invalid request, 403 for a job
+file or a directory outside the allowed roots, 404 for an
 unknown job or savepoint request, 409 for a request the job's state does not
 allow (a second savepoint, a savepoint of a job that is not running, a trigger id
 repeated for another operation).
@@ -19,6 +26,7 @@ from typing import TYPE_CHECKING, TypeVar
 import pydantic
 from aiohttp import web
 
+from streamjob_runtime import security
 from streamjob_runtime.api import models, openapi
 from streamjob_runtime.jobmanager import errors, metrics
 
@@ -52,6 +60,33 @@ WEB_DIR = Path(__file__).parent / "web"
 """The web UI's static files (package data): served without a token, they hold no data."""
 
 
+def _is_web_ui_file(path: str) -> bool:
+    """The UI's static files hold no data: a browser loads them before it has a token."""
+    return path == "/" or (path.startswith("/web/") and ".." not in path)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    expected = request.app[JM_KEY].security.rest_token
+    if expected is None or _is_web_ui_file(request.path):
+        return await handler(request)
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        response = error(
+            401,
+            "this JobManager needs a bearer token: send 'Authorization: Bearer <token>'"
+            " (the CLI: --token or STREAMJOB_TOKEN; in Kubernetes the token is in the"
+            " Secret <streamjob>-rest-token)",
+        )
+        response.headers["WWW-Authenticate"] = 'Bearer realm="streamjob"'
+        return response
+    if not security.token_matches(given.strip(), expected):
+        return error(
+            403, "the bearer token is not this JobManager's; check --token or STREAMJOB_TOKEN"
+        )
+    return await handler(request)
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -67,6 +102,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error(503, str(e))
     except _NotFound as e:
         return error(404, str(e))
+    except errors.ForbiddenError as e:
+        return error(403, str(e))
     except errors.SubmissionError as e:
         return error(400, str(e))
     except errors.ConflictError as e:
@@ -211,8 +248,18 @@ async def openapi_document(request: web.Request) -> web.Response:
     return web.json_response(openapi.document())
 
 
-def create_app(jm: JobManager) -> web.Application:
+def create_metrics_app(jm: JobManager) -> web.Application:
+    """The plain, unauthenticated metrics port: ``/metrics``, ``/healthz``, ``/readyz``."""
     app = web.Application(middlewares=[errors_middleware])
+    app[JM_KEY] = jm
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", prometheus)
+    return app
+
+
+def create_app(jm: JobManager) -> web.Application:
+    app = web.Application(middlewares=[auth_middleware, errors_middleware])
     app[JM_KEY] = jm
     r = app.router
     r.add_get("/healthz", healthz)
