@@ -300,7 +300,7 @@ def test_behind_a_proxy_path_the_ui_asks_for_a_token_on_401_and_sends_it(
                 params=request.query,
                 data=await request.read(),
                 headers=headers,
-                ssl=ui.cluster.ssl_context(),
+                ssl=ui.cluster.ssl_context() or True,
             ) as resp,
         ):
             return web.Response(
