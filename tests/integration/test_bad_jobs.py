@@ -119,7 +119,7 @@ def test_staged_sink_files_removed_outside_the_job_fail_it_at_once_under_the_def
         [f"out={out}", "events=-1", "rate=20000", "interval=200", "restart=default"],
     )
     h.wait_for("a completed checkpoint", lambda: h.checkpoints(job_id).counts.completed >= 1)
-    staging = out / ".staging" / "sink"
+    staging = out / ".staging" / "sink" / job_id  # the job's own staged files
     # Someone cleans the sink directory: every staged file (being written or pre-committed)
     # is gone, so its commit cannot happen, now or after any restart.
     h.wait_for("a staged file", lambda: any(staging.glob("*.inprogress")))
