@@ -1,0 +1,111 @@
+"""Kafka brokers for tests: librdkafka's mock cluster (in process) and Tansu (a process).
+
+The mock cluster lives as long as the client that created it
+(``test.mock.num.brokers``); its brokers are in that client's metadata.  It
+auto-creates topics with 4 partitions on first produce and does not implement
+CreateTopics or transactions' isolation.  Tansu is a Kafka-protocol broker
+(``scripts/tools.sh`` fetches it into ``.tools/bin``): topics, groups,
+transactions with transactional offsets and producer fencing work;
+``read_committed`` does not hide aborted records.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import confluent_kafka as ck
+import pytest
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+ROOT = Path(__file__).resolve().parent.parent
+TANSU = ROOT / ".tools" / "bin" / "tansu"
+
+
+@dataclass
+class MockCluster:
+    owner: ck.Producer
+    bootstrap_servers: str
+
+    def produce(self, topic: str, values: list[tuple[int, bytes, int]]) -> None:
+        """``(partition, value, timestamp ms)`` each, key ``b"k<partition>"``."""
+        producer = ck.Producer({"bootstrap.servers": self.bootstrap_servers})
+        for partition, value, ts in values:
+            producer.produce(
+                topic, value, key=b"k%d" % partition, partition=partition, timestamp=ts
+            )
+        assert producer.flush(30) == 0
+
+
+@pytest.fixture
+def mock_cluster() -> Iterator[MockCluster]:
+    owner = ck.Producer({"test.mock.num.brokers": 3, "log_level": 3})
+    brokers = owner.list_topics(timeout=30).brokers.values()
+    yield MockCluster(owner, ",".join(f"{b.host}:{b.port}" for b in brokers))
+    owner.flush(5)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tansu_binary() -> Path | None:
+    found = TANSU if TANSU.is_file() else None
+    if found is None and shutil.which("tansu"):
+        found = Path(str(shutil.which("tansu")))
+    return found
+
+
+@dataclass
+class Tansu:
+    process: subprocess.Popen[bytes]
+    bootstrap_servers: str
+
+    def create_topic(self, name: str, partitions: int) -> None:
+        client = AdminClient({"bootstrap.servers": self.bootstrap_servers})
+        for future in client.create_topics([NewTopic(name, partitions, 1)]).values():
+            future.result(timeout=30)
+
+
+@pytest.fixture
+def tansu(tmp_path: Path) -> Iterator[Tansu]:
+    binary = tansu_binary()
+    if binary is None:
+        if os.environ.get("STREAMJOB_REQUIRE_TOOLS"):
+            pytest.fail("tansu is missing from .tools/bin: run scripts/tools.sh")
+        pytest.skip("tansu is missing (run scripts/tools.sh to fetch it into .tools/bin)")
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    log = (tmp_path / "tansu.log").open("wb")
+    process = subprocess.Popen(
+        [
+            *(str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url),
+            *("--storage-engine", "memory://tansu/"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"tansu did not start: see {tmp_path / 'tansu.log'}") from None
+            time.sleep(0.05)
+    try:
+        yield Tansu(process, f"127.0.0.1:{port}")
+    finally:
+        process.kill()
+        process.wait()
+        log.close()
