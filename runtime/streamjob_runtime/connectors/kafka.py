@@ -44,6 +44,7 @@ cost: a checkpoint holds the sink's records of one checkpoint interval.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -54,7 +55,7 @@ from typing import Any, Literal
 import confluent_kafka as ck
 
 from streamjob_runtime import logs
-from streamjob_runtime.operators import source
+from streamjob_runtime.operators import base, sink, source
 
 log = logging.getLogger(__name__)
 
@@ -429,3 +430,240 @@ class KafkaSource(source.Source):
 
     def create_reader(self, subtask_index: int, parallelism: int) -> source.SourceReader:
         return KafkaSourceReader(self, subtask_index, parallelism)
+
+
+@dataclass(frozen=True)
+class KafkaCommittable:
+    """One checkpoint's records of one sink subtask, committed in one transaction of its id."""
+
+    transactional_id: str
+    checkpoint_id: int
+    records: list[tuple[str, bytes | None, bytes | None]]  # (topic, key, value)
+
+
+class _DeliveryErrors:
+    """Collects asynchronous delivery failures so a flush can raise them."""
+
+    def __init__(self) -> None:
+        self.first: ck.KafkaError | None = None
+
+    def __call__(self, error: ck.KafkaError | None, _message: ck.Message) -> None:
+        if error is not None and self.first is None:
+            self.first = error
+
+    def raise_first(self) -> None:
+        if self.first is not None:
+            error, self.first = self.first, None
+            raise RuntimeError(f"kafka sink: a record was not delivered: {error}")
+
+
+class KafkaSinkWriter(sink.SinkWriter):
+    def __init__(self, spec: KafkaSink, ctx: base.OperatorContext) -> None:
+        self.spec = spec
+        self.ctx = ctx
+        self.errors = _DeliveryErrors()
+        self.transactional = spec.delivery_guarantee == "exactly-once"
+        self.transactional_id = f"{spec.prefix(ctx)}-{ctx.subtask_index}"
+        self.buffer: list[tuple[str, bytes | None, bytes | None]] = []
+        self._markers: dict[str, int] = {}  # transactional id -> last committed checkpoint
+        if self.transactional:
+            # Fences zombies of this id (earlier attempts) and aborts what they left open.
+            self.producer = spec.transactional_producer(self.transactional_id)
+        else:
+            self.producer = ck.Producer(spec.producer_config())
+        self._encode_key = _encoder(spec.key_format)
+        self._encode_value = _encoder(spec.value_format)
+
+    def _encode(self, value: Any) -> tuple[str, bytes | None, bytes | None]:
+        spec = self.spec
+        topic = spec.topic if isinstance(spec.topic, str) else spec.topic(value)
+        key = None if spec.key_selector is None else self._encode_key(spec.key_selector(value))
+        payload = value if spec.value_selector is None else spec.value_selector(value)
+        return topic, key, self._encode_value(payload)
+
+    def write(self, values: list[Any]) -> None:
+        encode = self._encode
+        if self.transactional:
+            self.buffer.extend(map(encode, values))
+            return
+        for value in values:
+            topic, key, payload = encode(value)
+            _produce(self.producer, topic, key, payload, self.errors)
+        self.producer.poll(0)
+        self.errors.raise_first()
+
+    def prepare_commit(self, checkpoint_id: int) -> list[Any]:
+        if self.transactional:
+            if not self.buffer:
+                return []
+            records, self.buffer = self.buffer, []
+            return [KafkaCommittable(self.transactional_id, checkpoint_id, records)]
+        if self.spec.delivery_guarantee == "at-least-once":
+            remaining = self.producer.flush(self.spec.flush_timeout_s)
+            self.errors.raise_first()
+            if remaining:
+                raise RuntimeError(
+                    f"kafka sink: {remaining} records not acknowledged within"
+                    f" {self.spec.flush_timeout_s} s at checkpoint {checkpoint_id};"
+                    " the checkpoint fails (is the cluster reachable?)"
+                )
+        return []
+
+    def commit(self, committables: list[Any]) -> None:
+        """Commit each committable's transaction unless its commit marker says it was."""
+        by_id: dict[str, list[KafkaCommittable]] = {}
+        for c in committables:
+            by_id.setdefault(c.transactional_id, []).append(c)
+        for tid, mine in by_id.items():
+            if tid == self.transactional_id:
+                self._commit_with(self.producer, tid, mine)
+                continue
+            # A former subtask's (restore, rescaled): its id fences that subtask's zombies.
+            producer = self.spec.transactional_producer(tid)
+            try:
+                self._commit_with(producer, tid, mine)
+            finally:
+                producer.flush(0)
+
+    def _commit_with(self, producer: ck.Producer, tid: str, mine: list[KafkaCommittable]) -> None:
+        spec, timeout = self.spec, self.spec.flush_timeout_s
+        group = ck.Consumer(spec.marker_consumer_config(tid))
+        try:
+            done = self._markers.get(tid)
+            if done is None:
+                [tp] = group.committed([ck.TopicPartition(spec.marker_topic, 0)], timeout=timeout)
+                done = self._markers[tid] = tp.offset  # -1001 when none
+            for c in sorted(mine, key=lambda c: c.checkpoint_id):
+                if c.checkpoint_id <= done:
+                    continue  # committed before a failure: producing it again would duplicate
+                producer.begin_transaction()
+                try:
+                    for topic, key, value in c.records:
+                        _produce(producer, topic, key, value, self.errors)
+                    marker = ck.TopicPartition(spec.marker_topic, 0, c.checkpoint_id)
+                    producer.send_offsets_to_transaction(
+                        [marker], group.consumer_group_metadata(), timeout
+                    )
+                    producer.commit_transaction(timeout)
+                except BaseException:
+                    with contextlib.suppress(ck.KafkaException):
+                        producer.abort_transaction(timeout)
+                    raise
+                self.errors.raise_first()
+                done = self._markers[tid] = c.checkpoint_id
+        finally:
+            group.close()
+
+    def close(self) -> None:
+        if not self.transactional:
+            # none / at-least-once: deliver what is buffered (end of a bounded job).
+            self.producer.flush(self.spec.flush_timeout_s)
+        # exactly-once: buffered records belong to no checkpoint; a restore replays them.
+
+
+def _produce(
+    producer: ck.Producer,
+    topic: str,
+    key: bytes | None,
+    value: bytes | None,
+    errors: _DeliveryErrors,
+) -> None:
+    while True:
+        try:
+            producer.produce(topic, value, key, on_delivery=errors)
+            return
+        except BufferError:  # the local queue is full: let librdkafka send
+            producer.poll(0.05)
+
+
+class KafkaSink(sink.Sink):
+    """Writes records to Kafka with ``delivery_guarantee`` none, at-least-once or exactly-once.
+
+    ``topic``: a name, or a function of the record (exactly-once then needs
+    ``commit_marker_topic``, an existing topic whose partition 0 carries the
+    commit markers' offsets).  ``key_selector`` / ``value_selector`` pick the
+    key (None: no key, librdkafka spreads the records) and the value from a
+    record; ``key_format`` / ``value_format`` encode them (``bytes``, ``str``,
+    ``json`` or a function to bytes).  ``transactional_id_prefix`` (default
+    ``streamjob-<job id>-<uid>``) must be unique per job and sink in the
+    cluster; ``transaction_timeout_ms`` must be at most the broker's
+    ``transaction.max.timeout.ms`` and exceed the time one commit takes.
+    ``properties`` go to the librdkafka producer (e.g. ``security.protocol``,
+    ``sasl.*``).  See the module docstring for the exactly-once protocol.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str | Callable[[Any], str],
+        *,
+        delivery_guarantee: DeliveryGuarantee = "at-least-once",
+        key_selector: Callable[[Any], Any] | None = None,
+        value_selector: Callable[[Any], Any] | None = None,
+        key_format: Format | Callable[[Any], bytes] = "str",
+        value_format: Format | Callable[[Any], bytes] = "json",
+        transactional_id_prefix: str | None = None,
+        commit_marker_topic: str | None = None,
+        transaction_timeout_ms: int = 900_000,
+        flush_timeout_s: float = 60.0,
+        properties: dict[str, Any] | None = None,
+    ) -> None:
+        if not bootstrap_servers:
+            raise ValueError("kafka sink: bootstrap_servers is empty; give host:port[,...]")
+        if delivery_guarantee not in ("none", "at-least-once", "exactly-once"):
+            raise ValueError(
+                f"kafka sink: delivery_guarantee {delivery_guarantee!r} is not one of"
+                " 'none', 'at-least-once', 'exactly-once'"
+            )
+        marker = commit_marker_topic or (topic if isinstance(topic, str) else None)
+        if delivery_guarantee == "exactly-once" and marker is None:
+            raise ValueError(
+                "kafka sink: exactly-once with a topic function needs commit_marker_topic"
+                " (an existing topic; its partition 0 carries the commit markers)"
+            )
+        _encoder(key_format), _encoder(value_format)  # bad formats fail at job build
+        self.bootstrap_servers = bootstrap_servers
+        self.topic = topic
+        self.delivery_guarantee = delivery_guarantee
+        self.key_selector = key_selector
+        self.value_selector = value_selector
+        self.key_format = key_format
+        self.value_format = value_format
+        self.transactional_id_prefix = transactional_id_prefix
+        self.marker_topic = marker or ""
+        self.transaction_timeout_ms = transaction_timeout_ms
+        self.flush_timeout_s = flush_timeout_s
+        self.properties = dict(properties or {})
+
+    def prefix(self, ctx: base.OperatorContext) -> str:
+        return self.transactional_id_prefix or f"streamjob-{ctx.job_id}-{ctx.uid}"
+
+    def producer_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {"linger.ms": 5, **self.properties}
+        config["bootstrap.servers"] = self.bootstrap_servers
+        if self.delivery_guarantee != "none":
+            config.setdefault("enable.idempotence", True)
+        return config
+
+    def transactional_producer(self, transactional_id: str) -> ck.Producer:
+        """A producer of ``transactional_id``, initialised: older producers of the id are fenced."""
+        producer = ck.Producer(
+            {
+                **self.producer_config(),
+                "transactional.id": transactional_id,
+                "transaction.timeout.ms": self.transaction_timeout_ms,
+            }
+        )
+        producer.init_transactions(self.flush_timeout_s)
+        return producer
+
+    def marker_consumer_config(self, transactional_id: str) -> dict[str, Any]:
+        return {
+            **self.properties,
+            "bootstrap.servers": self.bootstrap_servers,
+            "group.id": f"{transactional_id}-commits",
+            "enable.auto.commit": False,
+        }
+
+    def create_writer(self, ctx: base.OperatorContext) -> sink.SinkWriter:
+        return KafkaSinkWriter(self, ctx)
