@@ -11,12 +11,14 @@ transactions with transactional offsets and producer fencing work;
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +71,7 @@ def tansu_binary() -> Path | None:
 class Tansu:
     process: subprocess.Popen[bytes]
     bootstrap_servers: str
+    listen_port: int
 
     def create_topic(self, name: str, partitions: int) -> None:
         client = AdminClient({"bootstrap.servers": self.bootstrap_servers})
@@ -76,8 +79,8 @@ class Tansu:
             future.result(timeout=30)
 
 
-@pytest.fixture
-def tansu(tmp_path: Path) -> Iterator[Tansu]:
+def start_tansu(tmp_path: Path, advertised_port: int | None = None) -> Generator[Tansu]:
+    """A fresh Tansu on a free port (advertising ``advertised_port``, e.g. a proxy's)."""
     binary = tansu_binary()
     if binary is None:
         if os.environ.get("STREAMJOB_REQUIRE_TOOLS"):
@@ -85,11 +88,12 @@ def tansu(tmp_path: Path) -> Iterator[Tansu]:
         pytest.skip("tansu is missing (run scripts/tools.sh to fetch it into .tools/bin)")
     port = free_port()
     url = f"tcp://127.0.0.1:{port}"
+    advertised = f"tcp://127.0.0.1:{advertised_port or port}"
     log = (tmp_path / "tansu.log").open("wb")
     process = subprocess.Popen(
         [
-            *(str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url),
-            *("--storage-engine", "memory://tansu/"),
+            *(str(binary), "broker", "--listener-url", url),
+            *("--advertised-listener-url", advertised, "--storage-engine", "memory://tansu/"),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -104,8 +108,80 @@ def tansu(tmp_path: Path) -> Iterator[Tansu]:
                 raise RuntimeError(f"tansu did not start: see {tmp_path / 'tansu.log'}") from None
             time.sleep(0.05)
     try:
-        yield Tansu(process, f"127.0.0.1:{port}")
+        yield Tansu(process, f"127.0.0.1:{advertised_port or port}", port)
     finally:
         process.kill()
         process.wait()
         log.close()
+
+
+@pytest.fixture
+def tansu(tmp_path: Path) -> Iterator[Tansu]:
+    yield from start_tansu(tmp_path)
+
+
+class Outage:
+    """A TCP proxy in front of a broker that can cut every connection and refuse new ones.
+
+    Tansu advertises the proxy's address, so all client traffic (metadata
+    included) goes through it: ``down()`` is a broker outage as clients see it.
+    """
+
+    def __init__(self) -> None:
+        self.target_port = 0  # set once the broker behind it listens
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = int(self.listener.getsockname()[1])
+        self.up = True
+        self.sockets: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.up:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, target):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def down(self) -> None:
+        self.up = False
+        with self.lock:
+            sockets, self.sockets = self.sockets, []
+        for s in sockets:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def restore(self) -> None:
+        self.up = True
+
+    def close(self) -> None:
+        self.down()
+        self.listener.close()

@@ -1,8 +1,10 @@
-"""KafkaSource against librdkafka's mock cluster: offsets, restores, rescaling, bounded mode."""
+"""KafkaSource against librdkafka's mock cluster (offsets, restores, rescaling, bounded mode)
+and against Tansu behind a proxy that cuts the connections (a broker outage)."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import confluent_kafka as ck
@@ -10,7 +12,7 @@ import pytest
 
 from streamjob_runtime.connectors import kafka
 from streamjob_runtime.operators import source
-from tests.kafka import MockCluster, mock_cluster
+from tests.kafka import MockCluster, Outage, mock_cluster, start_tansu
 
 __all__ = ["mock_cluster"]
 
@@ -188,3 +190,39 @@ def test_source_splits_records_per_partition(mock_cluster: MockCluster) -> None:
         time.sleep(0.01)
     r.close()
     assert per_split == {p: [str(i) for i in range(p, 20, 4)] for p in range(4)}
+
+
+def test_source_rides_out_a_broker_outage_and_reads_on_exactly(tmp_path: Path) -> None:
+    proxy = Outage()
+    broker = start_tansu(tmp_path, advertised_port=proxy.port)
+    t = next(broker)
+    proxy.target_port = t.listen_port
+    try:
+        t.create_topic("o", 2)
+
+        def produce(first: int, n: int) -> None:
+            producer = ck.Producer({"bootstrap.servers": t.bootstrap_servers})
+            for i in range(first, n):
+                producer.produce("o", b"%d" % i, partition=i % 2)
+            assert producer.flush(30) == 0
+
+        produce(0, 100)
+        src = kafka.KafkaSource(
+            t.bootstrap_servers, "o", value_format="str", partition_discovery_interval_s=0.2
+        )
+        [r] = readers(src, src.create_splits(1), 1)
+        got = drain([r], 100)
+        proxy.down()
+        # Polls during the outage return nothing and raise nothing (librdkafka reconnects).
+        outage_end = time.monotonic() + 2
+        while time.monotonic() < outage_end:
+            assert all(not part.values for part in r.poll(100) or [])
+            time.sleep(0.02)
+        proxy.restore()
+        produce(100, 200)
+        got += drain([r], 100)
+        r.close()
+        assert sorted(got, key=int) == [str(i) for i in range(200)]
+    finally:
+        proxy.close()
+        broker.close()

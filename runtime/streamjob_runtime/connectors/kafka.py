@@ -47,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,6 +68,7 @@ DeliveryGuarantee = Literal["none", "at-least-once", "exactly-once"]
 # A split index: topic position in ``topics`` times this, plus the partition.
 _PARTITIONS_PER_TOPIC = 1 << 16
 _LIBRDKAFKA_TIMEOUT_S = 30.0
+_DISCOVERY_TIMEOUT_S = 10.0
 
 
 def _decoder(fmt: Format | Callable[[bytes], Any]) -> Callable[[bytes | None], Any]:
@@ -122,6 +124,9 @@ def record_timestamp(record: KafkaRecord) -> int:
 class KafkaPartitionSplit:
     """One partition: ``offset`` is the next one to read (None: the source's starting offsets).
 
+    A partition found by discovery starts at ``OFFSET_BEGINNING`` (-2, the
+    earliest offset still in the log) until its first record.
+
     ``stop_offset`` (bounded mode) is exclusive; None reads forever, -1 means
     "the end offset when first assigned", resolved by the reader.
     """
@@ -152,6 +157,8 @@ class KafkaSourceReader(source.SourceReader):
         self._taken: dict[int, list[ck.TopicPartition]] = {}  # checkpoint -> offsets
         self._next_discovery = time.monotonic() + (spec.partition_discovery_interval_s or 0)
         self._error_logged = 0.0
+        self._discovery: threading.Thread | None = None
+        self._found: list[tuple[int, str, int]] | None = None  # set by the discovery thread
         self._decode_key = _decoder(spec.key_format)
         self._decode_value = _decoder(spec.value_format)
 
@@ -229,6 +236,9 @@ class KafkaSourceReader(source.SourceReader):
     def poll(self, max_records: int) -> list[source.SplitRecords] | None:
         if self.spec.partition_discovery_interval_s and time.monotonic() >= self._next_discovery:
             self._discover()
+        found, self._found = self._found, None
+        if found is not None:
+            self._assign_discovered(found)
         out: dict[int, source.SplitRecords] = {}
         if self.splits:
             messages = self.consumer.consume(max_records, timeout=0)
@@ -259,7 +269,7 @@ class KafkaSourceReader(source.SourceReader):
         assert offset is not None
         index = self.spec.split_index(topic, partition)
         split = self.splits.get(index)
-        if split is None or offset < (split.offset or 0):
+        if split is None or offset < (split.offset or 0):  # OFFSET_BEGINNING (-2) passes
             return  # a partition just unassigned, or a stale fetch
         if split.stop_offset is not None and offset >= split.stop_offset:
             return
@@ -296,22 +306,31 @@ class KafkaSourceReader(source.SourceReader):
             )
 
     def _discover(self) -> None:
-        """Assign partitions of this subtask that no split covers yet (they start at earliest)."""
+        """Start a metadata request in a thread (a poll never waits for the broker)."""
         interval = self.spec.partition_discovery_interval_s or 0
         self._next_discovery = time.monotonic() + interval
+        if self._discovery is not None and self._discovery.is_alive():
+            return
+        self._discovery = threading.Thread(
+            target=self._list_partitions, name="kafka-partition-discovery", daemon=True
+        )
+        self._discovery.start()
+
+    def _list_partitions(self) -> None:
         try:
-            found = self.spec.partitions(self.consumer)
+            self._found = self.spec.partitions(self.consumer, timeout_s=_DISCOVERY_TIMEOUT_S)
         except ck.KafkaException as e:
             logs.event(log, "kafka_partition_discovery_failed", logging.WARNING, error=str(e))
-            return
+
+    def _assign_discovered(self, found: list[tuple[int, str, int]]) -> None:
+        """Assign partitions of this subtask that no split covers yet, from the earliest offset."""
         new = [
-            KafkaPartitionSplit(index, topic, partition, None)
+            KafkaPartitionSplit(index, topic, partition, ck.OFFSET_BEGINNING)
             for index, topic, partition in found
             if index % self.parallelism == self.subtask_index and index not in self.splits
         ]
         if new:
             logs.event(log, "kafka_partitions_discovered", partitions=len(new))
-            self._resolve(new, "earliest")
             for s in new:
                 self.splits[s.index] = s
             self.consumer.incremental_assign(
@@ -330,7 +349,7 @@ class KafkaSourceReader(source.SourceReader):
             self._taken[checkpoint_id] = [
                 ck.TopicPartition(s.topic, s.partition, s.offset)
                 for s in splits
-                if s.offset is not None
+                if s.offset is not None and s.offset >= 0
             ]
         return splits
 
@@ -348,6 +367,8 @@ class KafkaSourceReader(source.SourceReader):
         return 0.005
 
     def close(self) -> None:
+        if self._discovery is not None:
+            self._discovery.join()
         self.consumer.close()
 
 
@@ -408,11 +429,13 @@ class KafkaSource(source.Source):
     def split_index(self, topic: str, partition: int) -> int:
         return self.topics.index(topic) * _PARTITIONS_PER_TOPIC + partition
 
-    def partitions(self, client: ck.Consumer | ck.Producer) -> list[tuple[int, str, int]]:
+    def partitions(
+        self, client: ck.Consumer, timeout_s: float = _LIBRDKAFKA_TIMEOUT_S
+    ) -> list[tuple[int, str, int]]:
         """(split index, topic, partition) of every existing partition of the topics."""
         found = []
         for topic in self.topics:
-            meta = client.list_topics(topic, timeout=_LIBRDKAFKA_TIMEOUT_S).topics.get(topic)
+            meta = client.list_topics(topic, timeout=timeout_s).topics.get(topic)
             if meta is None or meta.error is not None:
                 continue  # not created yet: discovery picks it up later
             for partition in sorted(meta.partitions):
