@@ -31,13 +31,17 @@ checkpoint id) and produces it again only if not.  Fencing: the transactional
 id is ``<prefix>-<subtask>`` (prefix per job and sink, default
 ``streamjob-<job id>-<uid>``); every new attempt's ``init_transactions`` fences
 zombie producers of the same id by epoch and aborts what they left open, and
-a restore initialises the ids of every former subtask (rescaling down
-included) before it checks their markers.
+a restore initialises the id of every former subtask whose transactions the
+restored checkpoint holds (rescaling down included) before it checks their
+markers.  Not covered: a removed subtask's id that a restore from an older
+checkpoint does not name may keep an open transaction until its timeout.
 
 Transaction timeout rule: ``transaction.timeout.ms`` (default here 15 min)
 must exceed the time a transaction stays open, which with this scheme is the
-time one commit takes to produce one checkpoint's records; the broker's
-``transaction.max.timeout.ms`` must allow it.  Records become visible to
+time one commit takes to produce one checkpoint's records (Flink's rule,
+"above the longest checkpoint interval plus recovery", applies to schemes
+that keep a transaction open across a checkpoint; it is met here by far);
+the brokers' ``transaction.max.timeout.ms`` must allow it.  Records become visible to
 ``read_committed`` readers when their checkpoint completes, as in Flink.  The
 cost: a checkpoint holds the sink's records of one checkpoint interval.
 """
