@@ -131,3 +131,22 @@ def test_kafka_to_kafka_count_is_exact_without_failures(
     details = h.wait_terminal(job, timeout_s=150)
     assert details.state is models.JobStatus.FINISHED, details.failure_cause
     assert committed_output(tansu) == (keyed_sum.expected(EVENTS, KEYS), 0)
+
+
+def test_kafka_to_kafka_count_rescales_from_2_to_3_through_a_savepoint_exactly(
+    cluster_factory: Callable[..., Harness], tansu: Tansu
+) -> None:
+    produce_input(tansu)
+    h = cluster_factory(taskmanagers=3)
+    args = [f"bootstrap={tansu.bootstrap_servers}", f"stop={EVENTS // 4}", "delay=0.0008"]
+    job = h.submit("kafka_count", args, parallelism=2)
+    h.wait_for("a completed checkpoint", lambda: h.checkpoints(job).counts.completed >= 1)
+    info = h.wait_savepoint(job, h.stop(job))
+    assert info.status is models.SavepointStatus.COMPLETED, info.failure_cause
+    assert info.location is not None
+    assert h.wait_terminal(job).state is models.JobStatus.FINISHED
+    assert h.job(job).vertices[-1].records_in < EVENTS, "the job ended before the stop"
+    restored = h.submit("kafka_count", args, parallelism=3, savepoint=info.location)
+    details = h.wait_terminal(restored, timeout_s=150)
+    assert details.state is models.JobStatus.FINISHED, details.failure_cause
+    assert committed_output(tansu) == (keyed_sum.expected(EVENTS, KEYS), 0)
