@@ -1,4 +1,4 @@
-"""Run every benchmark: throughput, recovery, savepoints, failover, operator reconcile.
+"""Run every benchmark: throughput, recovery, savepoints, failover, operator reconcile, Kafka.
 
     uv run python bench/run_all.py [--quick] [--repeat N] [--wait-idle CORES]
 
@@ -47,6 +47,7 @@ def main() -> None:
     ok = run("savepoints.py", ["--quick"] if a.quick else []) and ok
     ok = run("failover.py", ["--quick"] if a.quick else []) and ok
     ok = run("operator_reconcile.py", ["--quick"] if a.quick else []) and ok
+    ok = run("kafka_count.py", ["--events", "100000" if a.quick else "400000"]) and ok
     sys.exit(0 if ok else 1)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -35,15 +36,32 @@ EVENTS = 12_000
 KEYS = 13
 
 
-def produce_input(t: Tansu) -> None:
+def create_topics(t: Tansu) -> None:
     t.create_topic("in", 4)
     t.create_topic("out", 3)
-    producer = ck.Producer({"bootstrap.servers": t.bootstrap_servers, "linger.ms": 20})
-    for i in range(EVENTS):
-        producer.produce("in", json.dumps([i % KEYS, i]).encode(), partition=i % 4)
-        if i % 1000 == 0:
-            producer.poll(0)
-    assert producer.flush(30) == 0
+
+
+def produce_input(t: Tansu, per_second: float | None = None) -> threading.Thread:
+    """Write the input (``per_second``: at that pace, so the job keeps waiting for more
+    and checkpoints complete all along); the thread that does it, started."""
+
+    def produce() -> None:
+        producer = ck.Producer({"bootstrap.servers": t.bootstrap_servers, "linger.ms": 5})
+        started = time.monotonic()
+        for i in range(EVENTS):
+            producer.produce("in", json.dumps([i % KEYS, i]).encode(), partition=i % 4)
+            if per_second is not None and i % 200 == 0:
+                producer.poll(0)
+                ahead = started + i / per_second - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)  # pacing the input, not waiting for a condition
+        assert producer.flush(30) == 0
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    if per_second is None:
+        thread.join()
+    return thread
 
 
 def committed_output(t: Tansu) -> tuple[Counter[tuple[int, int]], int]:
@@ -91,20 +109,21 @@ def committed_output(t: Tansu) -> tuple[Counter[tuple[int, int]], int]:
 def test_kafka_to_kafka_count_is_exact_after_a_taskmanager_kill(
     cluster_factory: Callable[..., Harness], tansu: Tansu, seed: int
 ) -> None:
-    produce_input(tansu)
     rng = random.Random(seed)
     h = cluster_factory(taskmanagers=2)
+    create_topics(tansu)
     job = h.submit(
         "kafka_count",
-        [f"bootstrap={tansu.bootstrap_servers}", f"stop={EVENTS // 4}", "delay=0.0004"],
+        [f"bootstrap={tansu.bootstrap_servers}", f"stop={EVENTS // 4}"],
         parallelism=2,
     )
-    # The source reads the whole input into the network buffers before the first
-    # barrier gets through the slow map: kill by the sink's progress, after a checkpoint
-    # (so that the restore has committables to finish).
+    h.wait_for("the job running", lambda: h.job(job).state is models.JobStatus.RUNNING)
+    feeder = produce_input(tansu, per_second=2_500)
+    # After a checkpoint, so that the restore has transactions to finish.
     h.wait_for("a completed checkpoint", lambda: h.checkpoints(job).counts.completed >= 1)
     threshold = int(EVENTS * rng.uniform(0.3, 0.7))
     h.wait_for(f"{threshold} sink records", lambda: h.job(job).vertices[-1].records_in >= threshold)
+    assert feeder.is_alive(), "the input was complete before the kill"
     h.cluster.kill_taskmanager(rng.randrange(2))
     details = h.wait_terminal(job, timeout_s=150)
     assert details.state is models.JobStatus.FINISHED, details.failure_cause
@@ -121,6 +140,7 @@ def test_kafka_to_kafka_count_is_exact_after_a_taskmanager_kill(
 def test_kafka_to_kafka_count_is_exact_without_failures(
     cluster_factory: Callable[..., Harness], tansu: Tansu
 ) -> None:
+    create_topics(tansu)
     produce_input(tansu)
     h = cluster_factory(taskmanagers=2)
     job = h.submit(
@@ -136,11 +156,14 @@ def test_kafka_to_kafka_count_is_exact_without_failures(
 def test_kafka_to_kafka_count_rescales_from_2_to_3_through_a_savepoint_exactly(
     cluster_factory: Callable[..., Harness], tansu: Tansu
 ) -> None:
-    produce_input(tansu)
     h = cluster_factory(taskmanagers=3)
-    args = [f"bootstrap={tansu.bootstrap_servers}", f"stop={EVENTS // 4}", "delay=0.0008"]
+    create_topics(tansu)
+    args = [f"bootstrap={tansu.bootstrap_servers}", f"stop={EVENTS // 4}"]
     job = h.submit("kafka_count", args, parallelism=2)
+    h.wait_for("the job running", lambda: h.job(job).state is models.JobStatus.RUNNING)
+    feeder = produce_input(tansu, per_second=2_500)
     h.wait_for("a completed checkpoint", lambda: h.checkpoints(job).counts.completed >= 1)
+    assert feeder.is_alive(), "the input was complete before the stop"
     info = h.wait_savepoint(job, h.stop(job))
     assert info.status is models.SavepointStatus.COMPLETED, info.failure_cause
     assert info.location is not None

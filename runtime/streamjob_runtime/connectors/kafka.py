@@ -49,7 +49,6 @@ cost: a checkpoint holds the sink's records of one checkpoint interval.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 import time
@@ -58,6 +57,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import confluent_kafka as ck
+import msgspec
 
 from streamjob_runtime import logs
 from streamjob_runtime.operators import base, sink, source
@@ -84,7 +84,8 @@ def _decoder(fmt: Format | Callable[[bytes], Any]) -> Callable[[bytes | None], A
     if fmt == "str":
         return lambda b: None if b is None else b.decode()
     if fmt == "json":
-        return lambda b: None if b is None else json.loads(b)
+        decode = msgspec.json.decode
+        return lambda b: None if b is None else decode(b)
     raise ValueError(f"kafka: unknown format {fmt!r}; use 'bytes', 'str', 'json' or a function")
 
 
@@ -97,7 +98,8 @@ def _encoder(fmt: Format | Callable[[Any], bytes]) -> Callable[[Any], bytes | No
     if fmt == "str":
         return lambda v: None if v is None else str(v).encode()
     if fmt == "json":
-        return lambda v: None if v is None else json.dumps(v, separators=(",", ":")).encode()
+        encode = msgspec.json.Encoder().encode
+        return lambda v: None if v is None else encode(v)
     raise ValueError(f"kafka: unknown format {fmt!r}; use 'bytes', 'str', 'json' or a function")
 
 
@@ -164,6 +166,7 @@ class KafkaSourceReader(source.SourceReader):
         self._discovery: threading.Thread | None = None
         self._found: list[tuple[int, str, int]] | None = None  # set by the discovery thread
         self._decode_key = _decoder(spec.key_format)
+        self._topic_base = {t: i * _PARTITIONS_PER_TOPIC for i, t in enumerate(spec.topics)}
         self._decode_value = _decoder(spec.value_format)
 
     def add_splits(self, splits: list[Any]) -> None:
@@ -271,15 +274,16 @@ class KafkaSourceReader(source.SourceReader):
         assert topic is not None
         assert partition is not None
         assert offset is not None
-        index = self.spec.split_index(topic, partition)
+        index = self._topic_base[topic] + partition
         split = self.splits.get(index)
         if split is None or offset < (split.offset or 0):  # OFFSET_BEGINNING (-2) passes
             return  # a partition just unassigned, or a stale fetch
         if split.stop_offset is not None and offset >= split.stop_offset:
             return
         split.offset = offset + 1
-        key, value = self._decode_key(m.key()), self._decode_value(m.value())
+        value = self._decode_value(m.value())
         if self.spec.as_record:
+            key = self._decode_key(m.key())
             _kind, ts = m.timestamp()
             raw = m.headers() or []
             pairs = raw.items() if isinstance(raw, dict) else raw
