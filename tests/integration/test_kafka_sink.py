@@ -154,9 +154,20 @@ def test_at_least_once_flushes_at_the_barrier(tansu: Tansu) -> None:
     tansu.create_topic("out", 2)
     op = operator(kafka.KafkaSink(tansu.bootstrap_servers, "out", flush_timeout_s=10))
     op.process_batch(list(range(20)), None)
-    op.snapshot_state(1)
+    assert op.snapshot_state(1).operator == []  # nothing to commit: the flush was the point
     assert sorted(read_all(tansu, "out", 20)) == list(range(20))
     op.close()
+
+
+def test_delivery_guarantee_none_delivers_without_waiting_at_the_barrier(tansu: Tansu) -> None:
+    tansu.create_topic("out", 2)
+    spec = kafka.KafkaSink(tansu.bootstrap_servers, "out", delivery_guarantee="none")
+    assert "enable.idempotence" not in spec.producer_config()
+    op = operator(spec)
+    op.process_batch(list(range(20)), None)
+    op.snapshot_state(1)
+    op.close()  # flushes what librdkafka still holds
+    assert sorted(read_all(tansu, "out", 20)) == list(range(20))
 
 
 def test_bad_sink_options_fail_with_a_sentence() -> None:
@@ -164,3 +175,24 @@ def test_bad_sink_options_fail_with_a_sentence() -> None:
         kafka.KafkaSink("x:9092", lambda v: "t", delivery_guarantee="exactly-once")
     with pytest.raises(ValueError, match="is not one of"):
         kafka.KafkaSink("x:9092", "t", delivery_guarantee="twice")  # type: ignore[arg-type]
+
+
+def test_a_rescaled_restore_fences_a_former_subtask_that_had_no_records(tansu: Tansu) -> None:
+    tansu.create_topic("out", 3)
+    spec = eos(tansu)
+    ops = [operator(spec, subtask=i, parallelism=2) for i in range(2)]
+    ops[0].process_batch([1, 2], None)  # subtask 1 gets nothing before the checkpoint
+    snaps = [op.snapshot_state(1) for op in ops]
+    assert [len(s.operator) for s in snaps] == [1, 1]  # an empty committable names it too
+    for op in ops:
+        op.notify_checkpoint_complete(1)
+    # Subtask 1's producer, still alive (a zombie), opens a transaction after the checkpoint.
+    zombie = spec.transactional_producer("streamjob-job-out-1")
+    zombie.begin_transaction()
+    zombie.produce("out", b"99")
+    zombie.flush(5)
+    one = operator(spec, restored(*snaps, checkpoint_id=1), attempt=2)
+    with pytest.raises(ck.KafkaException):
+        zombie.commit_transaction(5)  # fenced by the restore at parallelism 1
+    for op in [*ops, one]:
+        op.close()

@@ -226,3 +226,14 @@ def test_source_rides_out_a_broker_outage_and_reads_on_exactly(tmp_path: Path) -
     finally:
         proxy.close()
         broker.close()
+
+
+def test_a_bounded_source_of_a_missing_topic_fails_instead_of_reading_nothing(
+    mock_cluster: MockCluster,
+) -> None:
+    fill(mock_cluster, "here", 4)
+    src = kafka.KafkaSource(
+        mock_cluster.bootstrap_servers, ["here", "absent"], stopping_offsets="latest"
+    )
+    with pytest.raises(RuntimeError, match=r"\['absent'\] do not exist"):
+        src.create_splits(1)

@@ -31,10 +31,12 @@ checkpoint id) and produces it again only if not.  Fencing: the transactional
 id is ``<prefix>-<subtask>`` (prefix per job and sink, default
 ``streamjob-<job id>-<uid>``); every new attempt's ``init_transactions`` fences
 zombie producers of the same id by epoch and aborts what they left open, and
-a restore initialises the id of every former subtask whose transactions the
-restored checkpoint holds (rescaling down included) before it checks their
-markers.  Not covered: a removed subtask's id that a restore from an older
-checkpoint does not name may keep an open transaction until its timeout.
+a restore initialises the id of every former subtask (every checkpoint names
+each subtask's id, with an empty committable when it had no records; rescaling
+down included) before it checks their markers.  Not covered: ids of subtasks
+of a parallelism the restored checkpoint never had (a job scaled up after
+that checkpoint, then restored from it) may keep an open transaction until
+its timeout.
 
 Transaction timeout rule: ``transaction.timeout.ms`` (default here 15 min)
 must exceed the time a transaction stays open, which with this scheme is the
@@ -455,9 +457,19 @@ class KafkaSource(source.Source):
             {**self.properties, "bootstrap.servers": self.bootstrap_servers, "group.id": "-"}
         )
         try:
-            return [KafkaPartitionSplit(i, t, p, None) for i, t, p in self.partitions(consumer)]
+            found = self.partitions(consumer)
         finally:
             consumer.close()
+        if self.stopping_offsets is not None:
+            missing = sorted(set(self.topics) - {t for _, t, _ in found})
+            if missing:
+                # A bounded source does not discover: it would finish at once, reading nothing.
+                raise RuntimeError(
+                    f"kafka source: topics {missing} do not exist at {self.bootstrap_servers};"
+                    " a bounded source reads the partitions that exist when it starts:"
+                    " create the topics first"
+                )
+        return [KafkaPartitionSplit(i, t, p, None) for i, t, p in found]
 
     def create_reader(self, subtask_index: int, parallelism: int) -> source.SourceReader:
         return KafkaSourceReader(self, subtask_index, parallelism)
@@ -525,8 +537,8 @@ class KafkaSinkWriter(sink.SinkWriter):
 
     def prepare_commit(self, checkpoint_id: int) -> list[Any]:
         if self.transactional:
-            if not self.buffer:
-                return []
+            # Also when empty: every checkpoint then names every subtask's transactional
+            # id, so a restore (at any parallelism) fences each of them.
             records, self.buffer = self.buffer, []
             return [KafkaCommittable(self.transactional_id, checkpoint_id, records)]
         if self.spec.delivery_guarantee == "at-least-once":
@@ -547,7 +559,8 @@ class KafkaSinkWriter(sink.SinkWriter):
             by_id.setdefault(c.transactional_id, []).append(c)
         for tid, mine in by_id.items():
             if tid == self.transactional_id:
-                self._commit_with(self.producer, tid, mine)
+                if any(c.records for c in mine):
+                    self._commit_with(self.producer, tid, mine)
                 continue
             # A former subtask's (restore, rescaled): its id fences that subtask's zombies.
             producer = self.spec.transactional_producer(tid)
@@ -565,7 +578,7 @@ class KafkaSinkWriter(sink.SinkWriter):
                 [tp] = group.committed([ck.TopicPartition(spec.marker_topic, 0)], timeout=timeout)
                 done = self._markers[tid] = tp.offset  # -1001 when none
             for c in sorted(mine, key=lambda c: c.checkpoint_id):
-                if c.checkpoint_id <= done:
+                if c.checkpoint_id <= done or not c.records:
                     continue  # committed before a failure: producing it again would duplicate
                 producer.begin_transaction()
                 try:
