@@ -16,7 +16,8 @@ see examples/streamjob-kafka.yaml): ``KAFKA_BOOTSTRAP_SERVERS`` (default
 Arguments (``key=value``): ``in`` (topic, default ``clicks``), ``out`` (topic,
 default ``clicks-per-user``), ``group`` (consumer group for monitoring offsets,
 default ``streamjob-kafka-clicks``), ``start`` (``earliest``, ``latest`` or
-``committed``; default ``earliest``)::
+``committed``; default ``earliest``).  Checkpoints every 5 s unless the
+submission sets an interval (the sink commits with each checkpoint)::
 
     KAFKA_BOOTSTRAP_SERVERS=localhost:9092 streamjob run -p 2 \\
         -D execution.checkpointing.interval=5000 examples/kafka_clicks.py in=clicks
@@ -75,6 +76,9 @@ def build(env: StreamExecutionEnvironment) -> None:
     args = {**DEFAULTS, **dict(a.split("=", 1) for a in env.args)}
     if args["start"] not in ("earliest", "latest", "committed"):
         raise ValueError(f"start={args['start']}: use earliest, latest or committed")
+    if not env.config.checkpointing.enabled:
+        # The exactly-once sink commits with checkpoints: without them nothing is written.
+        env.enable_checkpointing(5_000)
     servers, properties = connection()
     source = kafka.KafkaSource(
         servers,
