@@ -237,3 +237,17 @@ def test_a_bounded_source_of_a_missing_topic_fails_instead_of_reading_nothing(
     )
     with pytest.raises(RuntimeError, match=r"\['absent'\] do not exist"):
         src.create_splits(1)
+
+
+def test_a_restored_offset_out_of_range_reads_from_the_earliest_offset(
+    mock_cluster: MockCluster,
+) -> None:
+    fill(mock_cluster, "r", 8)  # 2 per partition
+    src = kafka.KafkaSource(mock_cluster.bootstrap_servers, "r", value_format="str")
+    # As if the topic had been recreated after the checkpoint: offset 50 does not exist.
+    restored = [kafka.KafkaPartitionSplit(0, "r", 0, 50)]
+    restored += [kafka.KafkaPartitionSplit(p, "r", p, 2) for p in (1, 2, 3)]  # all read
+    [r] = readers(src, restored, 1)
+    got = drain([r], 2)
+    r.close()
+    assert got == ["0", "4"]

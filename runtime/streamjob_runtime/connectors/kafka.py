@@ -155,6 +155,9 @@ class KafkaSourceReader(source.SourceReader):
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "isolation.level": "read_committed",
+            # A restored offset the log no longer has (retention, a recreated topic): read
+            # what it has rather than skip to its end (librdkafka's default), as Flink.
+            "auto.offset.reset": "earliest",
             "group.id": spec.group_id or "streamjob-unused",
             **spec.properties,
             "bootstrap.servers": spec.bootstrap_servers,
@@ -278,8 +281,9 @@ class KafkaSourceReader(source.SourceReader):
         assert offset is not None
         index = self._topic_base[topic] + partition
         split = self.splits.get(index)
-        if split is None or offset < (split.offset or 0):  # OFFSET_BEGINNING (-2) passes
-            return  # a partition just unassigned, or a stale fetch
+        if split is None:
+            return  # a partition just unassigned
+        # No check against split.offset: after an out-of-range reset offsets go back.
         if split.stop_offset is not None and offset >= split.stop_offset:
             return
         split.offset = offset + 1
