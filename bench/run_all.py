@@ -1,5 +1,5 @@
 """Run every benchmark: throughput, TLS cost, recovery, savepoints, failover, operator reconcile,
-chaos.
+chaos, Kafka.
 
     uv run python bench/run_all.py [--quick] [--repeat N] [--wait-idle CORES]
 
@@ -50,6 +50,7 @@ def main() -> None:
     ok = run("failover.py", ["--quick"] if a.quick else []) and ok
     ok = run("operator_reconcile.py", ["--quick"] if a.quick else []) and ok
     ok = run("chaos.py", ["--runs", "1" if a.quick else "3"]) and ok
+    ok = run("kafka_count.py", ["--events", "100000" if a.quick else "400000"]) and ok
     sys.exit(0 if ok else 1)
 
 
