@@ -92,7 +92,7 @@ class Metrics:
         )
         self.errors = prometheus_client.Counter(
             "streamjob_operator_reconcile_errors",
-            "Reconcile passes that failed, by stage (read, observe, plan, act).",
+            "Reconcile passes that failed, by stage (read, credentials, observe, plan, act).",
             ["stage"],
             registry=r,
         )
@@ -236,6 +236,10 @@ class Reconciler:
             if streamjob is None:
                 self.forget(namespace, name)
                 return None
+            if acting is None:
+                raise Stopping("the operator is stopping")
+            stage = "credentials"
+            rest_credentials = await acting.credentials(streamjob)
             stage = "observe"
             seen = await observer.observe(
                 api,
@@ -243,6 +247,7 @@ class Reconciler:
                 resolve=self.options.acting.resolve,
                 disposed=self._disposed.get(key, set()),
                 rest_timeout_s=self.options.rest_timeout_s,
+                credentials=rest_credentials,
             )
             stage = "plan"
             plan = planner.plan(
@@ -251,7 +256,7 @@ class Reconciler:
             stage = "act"
             if self._stopping or acting is None:
                 raise Stopping("the operator is stopping")
-            outcome = await acting.act(streamjob, plan)
+            outcome = await acting.act(streamjob, plan, rest_credentials)
         except Stopping as e:
             raise PassFailed(str(e), self.options.retry_delay) from None
         except Exception as e:  # the loop must not die: count, log, retry later

@@ -11,7 +11,8 @@ Emulated as kube-apiserver does it:
 - Built-in kinds (registry.BUILTINS): namespaces, configmaps, secrets, serviceaccounts, services,
   endpoints, pods, persistentvolumeclaims, events, nodes (core/v1); deployments, statefulsets,
   replicasets, daemonsets (apps/v1); jobs (batch/v1); poddisruptionbudgets (policy/v1); leases
-  (coordination.k8s.io/v1); roles, rolebindings, clusterroles, clusterrolebindings (rbac/v1);
+  (coordination.k8s.io/v1); networkpolicies (networking.k8s.io/v1; stored, not enforced);
+  roles, rolebindings, clusterroles, clusterrolebindings (rbac/v1);
   customresourcedefinitions (apiextensions.k8s.io/v1). Creating a CRD serves its resource at
   once (every served version; one storage shared by all versions, no conversion) with an
   Established status; deleting it deletes its objects first (cleanup finalizer).

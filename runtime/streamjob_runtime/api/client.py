@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -22,9 +23,23 @@ class RestError(RuntimeError):
 
 
 class JobManagerClient:
-    def __init__(self, base_url: str, timeout_s: float = 30.0) -> None:
+    """``token``: sent as ``Authorization: Bearer <token>`` on every request.
+    ``ssl_context``: verifies an ``https://`` JobManager (e.g. made from the job's CA)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        timeout_s: float = 30.0,
+        *,
+        token: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s))
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        connector = aiohttp.TCPConnector(ssl=ssl_context) if ssl_context is not None else None
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=timeout_s), headers=headers, connector=connector
+        )
 
     async def __aenter__(self) -> JobManagerClient:
         return self
