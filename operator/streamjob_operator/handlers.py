@@ -1,8 +1,9 @@
 """The kopf glue: StreamJob events become reconcile passes (the only module importing kopf).
 
-A pass (:meth:`Reconciler.reconcile`) reads the StreamJob afresh, observes its world
-(``observing``), plans (``planning.planner.plan``) and acts (``acting``). kopf decides
-when passes run:
+A pass (:meth:`Reconciler.reconcile`) reads the StreamJob afresh, makes or renews the
+job's CA, certificate and REST token (``acting.credentials``, which observing and acting
+use to call the JobManager), observes its world (``observing``), plans
+(``planning.planner.plan``) and acts (``acting``). kopf decides when passes run:
 
 - ``on.create``, ``on.update`` (the spec or metadata changed) and ``on.resume`` (the
   operator started, or became the leader, and finds the StreamJob) run a pass at once;
