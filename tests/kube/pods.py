@@ -48,6 +48,12 @@ TaskManager (no probe) is ready once its log says it registered with a JobManage
 any other container after ``min_ready`` seconds of running. Pod status: phase Running,
 podIP 127.0.0.1, Ready and ContainersReady conditions, one container status.
 
+Until the runtime takes the security flags of SECURITY-CONTRACT.md (``--tls-dir``,
+``--rest-token-file``, ``--metrics-port``: :data:`RUNTIME_TLS`), the kubelet leaves out
+those of them it does not know (:func:`drop_unsupported`) and probes a ``metrics`` port
+it so left out on the REST port; once it takes them, nothing is left out.
+:meth:`PodRunner.client_options` gives a test the token and CAs a pod mounts.
+
 Services: :meth:`PodRunner.rest_url` and :meth:`PodRunner.resolve` (the
 ``address_resolver`` to give the operator's observing and acting) map a Service to the
 local port of a ready pod it selects now, its ``targetPort`` through the container's
@@ -58,24 +64,9 @@ proxy`` (its ``--jobmanager-url-template``). The selector is evaluated against t
 objects, so the HA leader label the runtime patches onto its own pod
 (``streamjob.dev/jobmanager-leader=true``) decides.
 
-Secret volumes: before a container starts, each ``secret`` volume it mounts is written
-under ``<log_dir>/volumes/<namespace>.<pod>/<volume>/`` (its keys, or its ``items``),
-and every argument naming a path under the mount path is rewritten to the local copy
-(``--tls-dir /etc/streamjob/tls`` becomes ``.../volumes/.../tls``). A pod whose Secret
-does not exist yet waits (as ContainerCreating) and starts once it does.
-
-The job's security flags (``--tls-dir``, ``--rest-token-file``, ``--metrics-port``,
-see :data:`SECURITY_FLAGS`) are passed on only when the runtime's command line knows
-them (:data:`RUNTIME_TLS`); a runtime without them gets them dropped, its readiness
-probes on the ``metrics`` port go to its REST port, and :meth:`PodRunner.resolve`
-answers ``http://`` URLs; with them, ``--metrics-port`` gets a free local port like the
-other ports, and ``https://`` Service URLs resolve to ``https://127.0.0.1:<port>``
-(the job's certificate names 127.0.0.1).
-
-Not emulated: other volumes (paths are the host's: give checkpoint and savepoint
-directories as absolute temporary paths), resources, liveness and startup probes, init
-and sidecar containers (ignored), node scheduling, ReplicaSets and Endpoints objects,
-RollingUpdate.
+Not emulated: volumes (paths are the host's: give checkpoint and savepoint directories
+as absolute temporary paths), resources, liveness and startup probes, init and sidecar
+containers (ignored), node scheduling, ReplicaSets and Endpoints objects, RollingUpdate.
 """
 
 from __future__ import annotations
@@ -122,46 +113,9 @@ HASH_LABEL = "pod-template-hash"
 NODE_NAME = "test-kubelet"
 POD_IP = "127.0.0.1"
 ROLES = ("jobmanager", "taskmanager")
-SECURITY_FLAGS = ("--tls-dir", "--rest-token-file", "--metrics-port")
-
-
-def runtime_options(role: str) -> frozenset[str]:
-    """The options ``streamjob <role>`` of the runtime under test accepts."""
-    parser = runtime_cli.parser()
-    for action in parser._subparsers._group_actions if parser._subparsers else ():
-        choices = getattr(action, "choices", None) or {}
-        if role in choices:
-            return frozenset(option for a in choices[role]._actions for option in a.option_strings)
-    return frozenset()
-
-
-RUNTIME_TLS = "--tls-dir" in runtime_options("jobmanager")
-"""Whether the runtime takes the job's certificate and token (the security flags)."""
-
-
-def drop_unsupported(argv: Sequence[str], role: str) -> tuple[list[str], set[str]]:
-    """``argv`` without the :data:`SECURITY_FLAGS` (and their values) the runtime does
-    not accept for ``role``; and which were dropped."""
-    known = runtime_options(role)
-    out: list[str] = []
-    dropped: set[str] = set()
-    skip = False
-    for token in argv:
-        if skip:
-            skip = False
-            continue
-        name = token.partition("=")[0]
-        if name in SECURITY_FLAGS and name not in known:
-            dropped.add(name)
-            skip = "=" not in token
-            continue
-        out.append(token)
-    return out, dropped
-
-
 PORT_FLAGS: Mapping[str, tuple[str, ...]] = {
-    "jobmanager": ("--rpc-port", "--rest-port", "--metrics-port"),
-    "taskmanager": ("--data-port", "--metrics-port"),
+    "jobmanager": ("--rpc-port", "--rest-port"),
+    "taskmanager": ("--data-port",),
 }
 REGISTERED_EVENTS = {"taskmanager_registered": True, "jobmanager_unreachable": False}
 RUNTIME_ROOT = Path(streamjob_runtime.__file__).resolve().parent.parent
@@ -252,6 +206,43 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+SECURITY_FLAGS = ("--tls-dir", "--rest-token-file", "--metrics-port")
+
+
+def runtime_options(role: str) -> frozenset[str]:
+    """The options ``streamjob <role>`` of the runtime under test accepts."""
+    parser = runtime_cli.parser()
+    for action in parser._subparsers._group_actions if parser._subparsers else ():
+        choices = getattr(action, "choices", None) or {}
+        if role in choices:
+            return frozenset(o for a in choices[role]._actions for o in a.option_strings)
+    return frozenset()
+
+
+RUNTIME_TLS = "--tls-dir" in runtime_options("jobmanager")
+"""Whether the runtime takes the job's certificate and token (the security flags)."""
+
+
+def drop_unsupported(argv: Sequence[str], role: str) -> tuple[list[str], set[str]]:
+    """``argv`` without the :data:`SECURITY_FLAGS` (and their values) the runtime does
+    not accept for ``role``; and which were dropped."""
+    known = runtime_options(role)
+    out: list[str] = []
+    dropped: set[str] = set()
+    skip = False
+    for token in argv:
+        if skip:
+            skip = False
+            continue
+        name = token.partition("=")[0]
+        if name in SECURITY_FLAGS and name not in known:
+            dropped.add(name)
+            skip = "=" not in token
+            continue
+        out.append(token)
+    return out, dropped
 
 
 def _now() -> str:
@@ -575,6 +566,25 @@ class PodRunner:
             for p in sorted(self.log_dir.glob("*.log"))
         )
 
+    def client_options(self, url: str) -> dict[str, Any]:
+        """``token`` and ``ssl`` for a ``JobManagerClient`` of ``url`` (a local URL this
+        runner gave), from the Secrets the pod behind it mounts (the REST token, the
+        job's CAs); empty for a pod that mounts none (or before the runtime takes them)."""
+        port = urllib.parse.urlsplit(url).port
+        with self._lock:
+            pod = next((p for p in self._pods.values() if port in p.ports.values()), None)
+        if pod is None:
+            return {}
+        root = self.log_dir / "volumes" / f"{pod.namespace}.{pod.name}"
+        options: dict[str, Any] = {}
+        token = next(root.glob("*/token"), None)
+        if token is not None:
+            options["token"] = token.read_text().strip()
+        ca = next(root.glob("*/ca.crt"), None)
+        if ca is not None and urllib.parse.urlsplit(url).scheme == "https":
+            options["ssl"] = ssl.create_default_context(cafile=str(ca))
+        return options
+
     def endpoints(
         self, service: str, namespace: str = "default", port: int | str = "rest"
     ) -> list[int]:
@@ -620,24 +630,21 @@ class PodRunner:
         port: int | str = "rest",
         timeout: float = 30.0,
     ) -> str:
-        """``http[s]://127.0.0.1:<port>`` of a ready pod the Service selects (https when
-        the runtime serves TLS); waits up to ``timeout`` seconds for one (LookupError
-        then)."""
+        """``http://127.0.0.1:<port>`` of a ready pod the Service selects; waits up to
+        ``timeout`` seconds for one (LookupError then)."""
         deadline = time.monotonic() + timeout
-        scheme = "https" if RUNTIME_TLS and port in ("rest", 8081) else "http"
         while True:
             ports = self.endpoints(service, namespace, port)
             if ports:
-                return f"{scheme}://127.0.0.1:{ports[0]}"
+                return f"http://127.0.0.1:{ports[0]}"
             if time.monotonic() >= deadline:
                 raise LookupError(f"Service {namespace}/{service} selects no ready pod")
             time.sleep(0.05)
 
     def resolve(self, url: str) -> str:
-        """A Service URL (``http[s]://<svc>.<ns>.svc:<port>/...``) as a local URL of a ready
-        pod the Service selects now; :attr:`dead_url` (refuses connections) when none; any
-        other URL unchanged. The scheme stays ``https`` only for a runtime that serves
-        TLS (module doc)."""
+        """A Service URL (``http://<svc>.<ns>.svc:<port>/...``) as a local URL of a ready pod
+        the Service selects now; :attr:`dead_url` (refuses connections) when none; any other
+        URL unchanged."""
         parts = urllib.parse.urlsplit(url)
         host = parts.hostname or ""
         where = service_of_host(host, "default")
@@ -647,9 +654,8 @@ class PodRunner:
         default = 443 if parts.scheme == "https" else 80
         ports = self.endpoints(service, namespace, parts.port or default)
         base = f"http://127.0.0.1:{ports[0]}" if ports else self.dead_url
-        scheme = "https" if RUNTIME_TLS and parts.scheme == "https" else "http"
         return urllib.parse.urlunsplit(
-            (scheme, base.removeprefix("http://"), parts.path, parts.query, parts.fragment)
+            ("http", base.removeprefix("http://"), parts.path, parts.query, parts.fragment)
         )
 
     def service_endpoint(self, namespace: str, service: str, port: str) -> str | None:
@@ -665,25 +671,6 @@ class PodRunner:
             wanted = ports[0]["port"]
         local = self.endpoints(service, namespace, wanted)
         return f"http://127.0.0.1:{local[0]}" if local else None
-
-    def client_options(self, url: str) -> dict[str, Any]:
-        """``token`` and ``ssl_context`` for a ``JobManagerClient`` of ``url`` (a local URL
-        this runner gave), from the Secrets the pod behind it mounts (the REST token,
-        the job's CAs); empty for a pod that mounts none."""
-        port = urllib.parse.urlsplit(url).port
-        with self._lock:
-            pod = next((p for p in self._pods.values() if port in p.ports.values()), None)
-        if pod is None:
-            return {}
-        root = self.log_dir / "volumes" / f"{pod.namespace}.{pod.name}"
-        options: dict[str, Any] = {}
-        token = next(root.glob("*/token"), None)
-        if token is not None:
-            options["token"] = token.read_text().strip()
-        ca = next(root.glob("*/ca.crt"), None)
-        if ca is not None and urllib.parse.urlsplit(url).scheme == "https":
-            options["ssl_context"] = ssl.create_default_context(cafile=str(ca))
-        return options
 
     @property
     def address_resolver(self) -> Callable[[str], str]:
@@ -991,46 +978,9 @@ class PodRunner:
             return {k: base64.b64decode(v).decode(errors="replace") for k, v in data.items()}
         return {}
 
-    def _secret_volumes(self, pod: _Pod) -> dict[str, Path] | None:
-        """The container's Secret mounts written to local directories: mount path ->
-        local directory; None while a Secret it needs does not exist."""
-        volumes = {v.get("name"): v for v in pod.spec.get("volumes") or []}
-        root = self.log_dir / "volumes" / f"{pod.namespace}.{pod.name}"
-        mounts: dict[str, Path] = {}
-        for mount in pod.command.container.get("volumeMounts") or []:
-            source = (volumes.get(mount.get("name")) or {}).get("secret")
-            if source is None:
-                continue
-            found = self.kube.get("v1", "secrets", source.get("secretName", ""), pod.namespace)
-            if found is None:
-                if source.get("optional"):
-                    continue
-                return None
-            data = {k: base64.b64decode(v) for k, v in (found.get("data") or {}).items()}
-            items = source.get("items") or [{"key": k, "path": k} for k in data]
-            local = root / str(mount["name"])
-            local.mkdir(parents=True, exist_ok=True)
-            for item in items:
-                if item["key"] in data:
-                    path = local / item["path"]
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    path.write_bytes(data[item["key"]])
-                    path.chmod(0o600)
-            mounts[str(mount["mountPath"]).rstrip("/")] = local
-        return mounts
-
-    def _command_line(
-        self, pod: _Pod, env: Mapping[str, str], mounts: Mapping[str, Path] | None = None
-    ) -> list[str]:
+    def _command_line(self, pod: _Pod, env: Mapping[str, str]) -> list[str]:
         argv = [expand(a, env) for a in pod.command.argv]
-        argv, pod.dropped = drop_unsupported(argv, pod.command.role)
-        for mount_path, copied in (mounts or {}).items():
-            argv = [
-                str(copied) + a[len(mount_path) :]
-                if a == mount_path or a.startswith(mount_path + "/")
-                else a
-                for a in argv
-            ]
+        argv, pod.dropped = drop_unsupported(argv, pod.command.role)  # see the module doc
         pod.ports = {}
 
         def local(value: str) -> str:
@@ -1059,12 +1009,8 @@ class PodRunner:
         return f"127.0.0.1:{self._proxy(where[0], where[1], int(port))}"
 
     def _start(self, pod: _Pod) -> None:
-        mounts = self._secret_volumes(pod)
-        if mounts is None:  # ContainerCreating until its Secrets exist
-            pod.next_start = time.monotonic() + self.period
-            return
         env = self._environment(pod)
-        argv = self._command_line(pod, env, mounts)
+        argv = self._command_line(pod, env)
         process_env = dict(os.environ)
         process_env.update(self.extra_env)
         for name in ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"):

@@ -119,7 +119,7 @@ def client(
         url,
         timeout_s=timeout_s,
         token=credentials.token,
-        ssl_context=credentials.ssl_context,
+        ssl=credentials.ssl_context,
     )
 
 
