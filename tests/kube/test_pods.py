@@ -20,11 +20,11 @@ from streamjob_operator.desired import (
     ha,
     jobmanager,
     metadata,
-    security,
     submission,
     target,
     taskmanager,
 )
+from streamjob_operator.desired import security as desired_security
 from streamjob_operator.observing import children
 from streamjob_operator.observing import jobmanager as rest_observing
 from streamjob_operator.planning import observed
@@ -97,25 +97,33 @@ def create_credentials(kube: KubeEmulator, job: target.StreamJob) -> None:
     """The job's CA, certificate and REST token Secrets, as acting.credentials makes them."""
     now = datetime.datetime.now(datetime.UTC)
     ca = certificates.make_ca("test CA", now)
-    names, addresses = security.dns_names(job), security.IP_ADDRESSES
+    names, addresses = desired_security.dns_names(job), desired_security.IP_ADDRESSES
     pair = certificates.issue(ca, "test", names, addresses, now)
-    kube.create(security.ca_secret(job, {security.CA_CERT: ca.cert, security.CA_KEY: ca.key}))
-    kube.create(security.tls_secret(job, ca.cert, pair.cert, pair.key))
-    kube.create(security.token_secret(job, "a-test-token"))
+    kube.create(
+        desired_security.ca_secret(
+            job, {desired_security.CA_CERT: ca.cert, desired_security.CA_KEY: ca.key}
+        )
+    )
+    kube.create(desired_security.tls_secret(job, ca.cert, pair.cert, pair.key))
+    kube.create(desired_security.token_secret(job, "a-test-token"))
 
 
 def credentials_of(kube: KubeEmulator, job: target.StreamJob) -> rest_observing.Credentials:
-    tls = security.secret_data(kube.get("v1", "secrets", security.tls_secret_name(job), NAMESPACE))
-    token = security.secret_data(
-        kube.get("v1", "secrets", security.token_secret_name(job), NAMESPACE)
+    tls = desired_security.secret_data(
+        kube.get("v1", "secrets", desired_security.tls_secret_name(job), NAMESPACE)
     )
-    return rest_observing.Credentials(token[security.TOKEN_KEY].decode(), tls[security.CA_CERT])
+    token = desired_security.secret_data(
+        kube.get("v1", "secrets", desired_security.token_secret_name(job), NAMESPACE)
+    )
+    return rest_observing.Credentials(
+        token[desired_security.TOKEN_KEY].decode(), tls[desired_security.CA_CERT]
+    )
 
 
 def deploy(kube: KubeEmulator, job: target.StreamJob) -> None:
     """What acting applies for the pods: the job's Secrets, the Service and both
     Deployments."""
-    if kube.get("v1", "secrets", security.tls_secret_name(job), NAMESPACE) is None:
+    if kube.get("v1", "secrets", desired_security.tls_secret_name(job), NAMESPACE) is None:
         create_credentials(kube, job)
     kube.create(jobmanager.service(job, HERE))
     kube.create(jobmanager.deployment(job, HERE))
