@@ -82,8 +82,9 @@ Emulated as kube-apiserver does it:
   write_kubeconfig(path), internal_errors (the `kube` fixture asserts the emulator had none).
 - The Service proxy subresource (/api/v1/namespaces/<ns>/services/[http:]<name>[:<port>]/proxy/
   <path>, what `kubectl proxy` exposes) forwards to the endpoint a backend names
-  (`serve_services`; the test kubelet, tests.kube.pods, installs one); without one, or
-  without a ready endpoint, 503 "no endpoints available for service".
+  (`serve_services`; the test kubelet, tests.kube.pods, installs one: http:// or, unverified,
+  https://); without one, or without a ready endpoint, 503 "no endpoints available for
+  service". It passes Content-Type and Authorization on (kube-apiserver drops the latter).
 
 Not emulated (know this before relying on it):
 

@@ -659,7 +659,7 @@ class PodRunner:
         )
 
     def service_endpoint(self, namespace: str, service: str, port: str) -> str | None:
-        """``http://127.0.0.1:<port>`` of a ready pod the Service selects now for ``port``
+        """``http[s]://127.0.0.1:<port>`` of a ready pod the Service selects now for ``port``
         (a number, a name, or "" for its first port), or None: the emulator's Service proxy
         backend while the runner runs."""
         wanted: int | str = int(port) if port.isdigit() else port
@@ -670,7 +670,13 @@ class PodRunner:
                 return None
             wanted = ports[0]["port"]
         local = self.endpoints(service, namespace, wanted)
-        return f"http://127.0.0.1:{local[0]}" if local else None
+        if not local:
+            return None
+        with self._lock:  # a pod given the job's certificate serves REST over HTTPS
+            tls = any(
+                "--tls-dir" in p.argv and local[0] == p.ports.get(8081) for p in self._pods.values()
+            )
+        return f"{'https' if tls else 'http'}://127.0.0.1:{local[0]}"
 
     @property
     def address_resolver(self) -> Callable[[str], str]:
