@@ -31,10 +31,10 @@ from streamjob_operator.planning import observed
 from streamjob_runtime.api import client
 from streamjob_runtime.api import models as rest
 from tests.integration.test_exactly_once_recovery import args, assert_exact
+from tests.kube import pods as kubelet
 from tests.kube.pods import (
     FINALIZER,
     HASH_LABEL,
-    RUNTIME_TLS,
     PodRunner,
     expand,
     rewrite_flags,
@@ -44,7 +44,7 @@ from tests.kube.pods import (
 from tests.kube.server import KubeEmulator
 
 T = TypeVar("T")
-REST_SCHEME = "https" if RUNTIME_TLS else "http"
+REST_SCHEME = "https" if kubelet.RUNTIME_TLS else "http"
 JOBS = Path(__file__).parent.parent / "jobs"
 NAMESPACE = "default"
 HERE = target.DeploymentTarget()
