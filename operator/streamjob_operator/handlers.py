@@ -1,8 +1,9 @@
 """The kopf glue: StreamJob events become reconcile passes (the only module importing kopf).
 
-A pass (:meth:`Reconciler.reconcile`) reads the StreamJob afresh, observes its world
-(``observing``), plans (``planning.planner.plan``) and acts (``acting``). kopf decides
-when passes run:
+A pass (:meth:`Reconciler.reconcile`) reads the StreamJob afresh, makes or renews the
+job's CA, certificate and REST token (``acting.credentials``, which observing and acting
+use to call the JobManager), observes its world (``observing``), plans
+(``planning.planner.plan``) and acts (``acting``). kopf decides when passes run:
 
 - ``on.create``, ``on.update`` (the spec or metadata changed) and ``on.resume`` (the
   operator started, or became the leader, and finds the StreamJob) run a pass at once;
@@ -92,7 +93,7 @@ class Metrics:
         )
         self.errors = prometheus_client.Counter(
             "streamjob_operator_reconcile_errors",
-            "Reconcile passes that failed, by stage (read, observe, plan, act).",
+            "Reconcile passes that failed, by stage (read, credentials, observe, plan, act).",
             ["stage"],
             registry=r,
         )
@@ -236,6 +237,10 @@ class Reconciler:
             if streamjob is None:
                 self.forget(namespace, name)
                 return None
+            if acting is None:
+                raise Stopping("the operator is stopping")
+            stage = "credentials"
+            rest_credentials = await acting.credentials(streamjob)
             stage = "observe"
             seen = await observer.observe(
                 api,
@@ -243,6 +248,7 @@ class Reconciler:
                 resolve=self.options.acting.resolve,
                 disposed=self._disposed.get(key, set()),
                 rest_timeout_s=self.options.rest_timeout_s,
+                credentials=rest_credentials,
             )
             stage = "plan"
             plan = planner.plan(
@@ -251,7 +257,7 @@ class Reconciler:
             stage = "act"
             if self._stopping or acting is None:
                 raise Stopping("the operator is stopping")
-            outcome = await acting.act(streamjob, plan)
+            outcome = await acting.act(streamjob, plan, rest_credentials)
         except Stopping as e:
             raise PassFailed(str(e), self.options.retry_delay) from None
         except Exception as e:  # the loop must not die: count, log, retry later

@@ -73,6 +73,9 @@ NON_DEFAULT: Doc = {
         {"mountPath": "/archive", "subPath": "savepoints", "volume": {"nfs": {
             "server": "nfs.example.com", "path": "/exports"}}},
     ],
+    "networkPolicy": {"enabled": False, "restNamespaces": ["tools", "ci"],
+                      "metricsNamespaces": ["monitoring"]},
+    "podTemplate": {"allowPrivileged": True},
     "metrics": {"port": 9090, "serviceMonitor": {"enabled": True, "interval": "15s",
                                                  "labels": {"release": "prometheus"}}},
     "resources": {"requests": {"cpu": "50m", "memory": "200Mi"},
@@ -496,6 +499,8 @@ def operator_needs(namespace: str) -> list[Request]:
           ("get", "list", "watch", "patch")),
         *(Request("streamjob.dev", "streamjobs/status", v, namespace) for v in ("get", "patch")),
         Request("", "events", "create", namespace),
+        # the job's CA, certificate and REST token Secrets (acting.credentials), by name
+        *(Request("", "secrets", v, namespace) for v in ("get", "create", "update")),
     ]  # fmt: skip
     # the children it applies and deletes: every kind the desired builders render
     job = target.StreamJob("wordcount", namespace, "uid-1", highly_available_spec())
@@ -592,15 +597,22 @@ def test_watching_some_namespaces_the_operator_may_act_only_there(
     assert "--lease-name=sj-leader" in operator_container(docs)["args"]
 
 
-def test_no_wildcards_secrets_or_escalation(helm: str, values_args: tuple[str, ...]) -> None:
+def test_no_wildcards_escalation_or_secrets_beyond_get_create_update(
+    helm: str, values_args: tuple[str, ...]
+) -> None:
     docs = render(helm, *values_args)
     rules = [r for d in docs if d["kind"] in ("Role", "ClusterRole") for r in d["rules"]]
     assert rules
+    secret_verbs: set[str] = set()
     for rule in rules:
         for field in ("apiGroups", "resources", "verbs"):
             assert "*" not in rule[field], rule
         assert not {"escalate", "bind", "impersonate", "deletecollection"} & set(rule["verbs"])
-        assert "secrets" not in rule["resources"]
+        if "secrets" in rule["resources"]:
+            assert rule["resources"] == ["secrets"], rule  # a rule of their own
+            secret_verbs |= set(rule["verbs"])
+    # exactly what acting.credentials does: never list, watch or delete another's Secrets
+    assert secret_verbs == {"get", "create", "update"}
 
 
 def test_every_rule_says_why(helm: str, values_args: tuple[str, ...]) -> None:
@@ -646,6 +658,7 @@ def test_the_default_flags_are_exact_and_the_operator_parses_them(helm: str) -> 
         "--progress-check-interval=5s",
         "--deletion-savepoint-timeout=5m",
         "--log-level=INFO",
+        "--network-policy",
     ]
     args = operator_main.parser().parse_args(
         _expand(container["args"], {"POD_NAMESPACE": NAMESPACE})
@@ -654,6 +667,9 @@ def test_the_default_flags_are_exact_and_the_operator_parses_them(helm: str) -> 
     assert (args.lease_name, args.lease_namespace) == (RELEASE, NAMESPACE)
     assert args.savepoint_on_deletion is False
     assert args.savepoint_volume == []
+    assert args.network_policy is True
+    assert (args.rest_namespace, args.metrics_namespace) == ([], [])
+    assert args.allow_privileged_pods is False
     env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
     assert env == {"POD_NAMESPACE": "metadata.namespace", "POD_NAME": "metadata.name"}
 
@@ -674,6 +690,10 @@ def test_the_non_default_flags_reach_the_operator(helm: str, non_default_file: P
     assert args.reconcile_interval.total_seconds() == 30
     assert args.progress_check_interval.total_seconds() == 2
     assert args.savepoint_volume == [Path("/data"), Path("/archive")]
+    assert args.network_policy is False
+    assert args.rest_namespace == ["tools", "ci"]
+    assert args.metrics_namespace == ["monitoring"]
+    assert args.allow_privileged_pods is True
     # each savepoint volume mounted where the flag says
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}

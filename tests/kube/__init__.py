@@ -11,7 +11,8 @@ Emulated as kube-apiserver does it:
 - Built-in kinds (registry.BUILTINS): namespaces, configmaps, secrets, serviceaccounts, services,
   endpoints, pods, persistentvolumeclaims, events, nodes (core/v1); deployments, statefulsets,
   replicasets, daemonsets (apps/v1); jobs (batch/v1); poddisruptionbudgets (policy/v1); leases
-  (coordination.k8s.io/v1); roles, rolebindings, clusterroles, clusterrolebindings (rbac/v1);
+  (coordination.k8s.io/v1); networkpolicies (networking.k8s.io/v1; stored, not enforced);
+  roles, rolebindings, clusterroles, clusterrolebindings (rbac/v1);
   customresourcedefinitions (apiextensions.k8s.io/v1). Creating a CRD serves its resource at
   once (every served version; one storage shared by all versions, no conversion) with an
   Established status; deleting it deletes its objects first (cleanup finalizer).
@@ -81,8 +82,9 @@ Emulated as kube-apiserver does it:
   write_kubeconfig(path), internal_errors (the `kube` fixture asserts the emulator had none).
 - The Service proxy subresource (/api/v1/namespaces/<ns>/services/[http:]<name>[:<port>]/proxy/
   <path>, what `kubectl proxy` exposes) forwards to the endpoint a backend names
-  (`serve_services`; the test kubelet, tests.kube.pods, installs one); without one, or
-  without a ready endpoint, 503 "no endpoints available for service".
+  (`serve_services`; the test kubelet, tests.kube.pods, installs one: http:// or, unverified,
+  https://); without one, or without a ready endpoint, 503 "no endpoints available for
+  service". It passes Content-Type and Authorization on (kube-apiserver drops the latter).
 
 Not emulated (know this before relying on it):
 

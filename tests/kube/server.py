@@ -222,7 +222,11 @@ class ApiServer:
             self._proxy_session = aiohttp.ClientSession(auto_decompress=False)
         tail = "/" + "/".join(parts[7:])
         body = await request.read()
-        headers = {k: v for k, v in request.headers.items() if k.lower() == "content-type"}
+        # Unlike kube-apiserver, which authenticates the caller by Authorization and drops
+        # it, the emulator (which authenticates nobody) passes it on: an operator process
+        # can then reach JobManagers that want their job's bearer token through here.
+        passed = ("content-type", "authorization")
+        headers = {k: v for k, v in request.headers.items() if k.lower() in passed}
         try:
             async with self._proxy_session.request(
                 request.method,
@@ -231,6 +235,7 @@ class ApiServer:
                 data=body or None,
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=60),
+                ssl=False,  # an https:// endpoint is not verified, as kube-apiserver does
             ) as upstream:
                 content = await upstream.read()
                 return web.Response(

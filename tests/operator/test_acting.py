@@ -75,7 +75,7 @@ def test_applying_children_creates_every_child_owned_by_the_streamjob(
     outcome = act(kube, streamjob, actions.ApplyChildren(job, HERE))
     assert outcome.ok, outcome.error
     manifests = desired_children.children(job, HERE)
-    assert len(manifests) == 10
+    assert len(manifests) == 12
     for manifest in manifests:
         meta = manifest["metadata"]
         stored = kube.get(manifest["apiVersion"], manifest["kind"], meta["name"], NAMESPACE)

@@ -8,13 +8,17 @@ does ``kubectl port-forward``, which connects there); use the Service.
 With HA only the leader answers ``/readyz``, so only the leader is Ready; the Service
 also selects ``streamjob.dev/jobmanager-leader: "true"``, the label the leader puts on
 its own pod, so it reaches the leader even while a deposed leader is still Ready.
+
+REST is HTTPS with the job's certificate and needs the job's bearer token
+(``desired.security``); the probes ask ``/healthz`` and ``/readyz`` on the plain-HTTP
+metrics port (9249), which serves nothing else.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from streamjob_operator.desired import ha, metadata, podtemplate, target, workload
+from streamjob_operator.desired import ha, metadata, podtemplate, security, target, workload
 
 CONTAINER = "jobmanager"
 REST_PORT = 8081
@@ -27,8 +31,9 @@ def service_name(job: target.StreamJob, where: target.DeploymentTarget) -> str:
 
 
 def rest_url(job: target.StreamJob, where: target.DeploymentTarget) -> str:
-    """Where the operator reaches the JobManager's REST API (the leader's, with HA)."""
-    return f"http://{service_name(job, where)}.{job.namespace}.svc:{REST_PORT}"
+    """Where the operator reaches the JobManager's REST API (the leader's, with HA): HTTPS,
+    verified with the job's CA (the certificate names the Service)."""
+    return f"https://{service_name(job, where)}.{job.namespace}.svc:{REST_PORT}"
 
 
 def web_url(job: target.StreamJob, where: target.DeploymentTarget) -> str:
@@ -52,11 +57,12 @@ def arguments(job: target.StreamJob, where: target.DeploymentTarget) -> list[str
     ]  # fmt: skip
     if spec.savepoints.directory is not None:
         args += ["--savepoint-dir", spec.savepoints.directory]
+    args += security.arguments(jobmanager=True)
     return args + ha.arguments(spec, metadata.cluster_id(job, where), jobmanager=True)
 
 
 def _probe(path: str, **timing: int) -> dict[str, Any]:
-    return {"httpGet": {"path": path, "port": "rest", "scheme": "HTTP"}, **timing}
+    return {"httpGet": {"path": path, "port": "metrics", "scheme": "HTTP"}, **timing}
 
 
 def container(job: target.StreamJob, where: target.DeploymentTarget) -> dict[str, Any]:
@@ -71,7 +77,9 @@ def container(job: target.StreamJob, where: target.DeploymentTarget) -> dict[str
         "ports": [
             {"name": "rest", "containerPort": REST_PORT, "protocol": "TCP"},
             {"name": "rpc", "containerPort": RPC_PORT, "protocol": "TCP"},
+            security.metrics_port(),
         ],
+        "volumeMounts": security.volume_mounts(jobmanager=True),
         "readinessProbe": _probe("/readyz", periodSeconds=2, timeoutSeconds=2, failureThreshold=3),
         "livenessProbe": _probe(
             "/healthz", initialDelaySeconds=15, periodSeconds=10, timeoutSeconds=5
@@ -93,6 +101,7 @@ def deployment(job: target.StreamJob, where: target.DeploymentTarget) -> dict[st
         container(job, where),
         job.spec.jobManager.podTemplate,
         job.spec.jobManager.replicas,
+        security.volumes(job, jobmanager=True),
     )
 
 

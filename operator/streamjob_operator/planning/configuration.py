@@ -17,9 +17,13 @@ class OperatorConfiguration:
       ``kubernetes.operator.savepoint.on-deletion``.)
     - ``progress_check_interval``: how soon to look again while something is under way.
     - ``reconcile_interval``: how soon to look again when nothing is.
+    - ``allow_privileged_pods``: pod templates may ask for privileged containers, host
+      namespaces and ports, hostPath volumes, added capabilities and root; off, such a
+      spec is invalid (``validation.pod_template_errors``).
     """
 
     savepoint_on_deletion: bool = False
     deletion_savepoint_timeout: datetime.timedelta = datetime.timedelta(minutes=5)
     progress_check_interval: datetime.timedelta = datetime.timedelta(seconds=5)
     reconcile_interval: datetime.timedelta = datetime.timedelta(seconds=60)
+    allow_privileged_pods: bool = False

@@ -236,7 +236,7 @@ class _Pass:
             )
 
     def validate(self, raw: Mapping[str, Any]) -> models.StreamJobSpec | None:
-        result = validation.validate(raw)
+        result = validation.validate(raw, allow_privileged=self.config.allow_privileged_pods)
         if result.spec is not None:
             self.set_condition(lifecycle.SPEC_VALID, True, "Valid")
             return result.spec
