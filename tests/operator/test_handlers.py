@@ -332,14 +332,15 @@ def test_a_replica_that_does_not_lead_does_nothing(
 
 def test_an_invalid_spec_is_reported_and_nothing_is_deployed(kube: KubeEmulator) -> None:
     reconciler = reconciler_for(kube)
-    invalid = {**SPEC, "savepoints": {}}  # upgradeMode savepoint needs savepoints.directory
+    # The CRD admits it (its rules cannot compare durations); the operator's validation not.
+    invalid = {**SPEC, "checkpointing": {"interval": "0s"}}
     with operator(kube, reconciler):
         create(kube, spec=invalid)
         kube.wait_for(lambda: status_of(kube).get("error"), timeout=20, what="an error")
         passes = reconciler.passes
         kube.wait_for(lambda: reconciler.passes >= passes + 2, timeout=20, what="more passes")
     assert "nothing was deployed" in status_of(kube)["error"]
-    assert "savepoints.directory" in status_of(kube)["error"]
+    assert "checkpointing.interval must be longer than zero" in status_of(kube)["error"]
     assert reasons(kube) == ["InvalidSpec"]  # once, not every pass
     assert kube.get("apps/v1", "deployments", "wordcount-jobmanager", NAMESPACE) is None
 

@@ -225,6 +225,10 @@ class RollbackSpec(_Spec):
 
 
 class StreamJobSpec(_Spec):
+    """The desired StreamJob: the image and job to run, its JobManager and TaskManager pods,
+    checkpoints and savepoints, and how changes reach the running job (spec.job.upgradeMode,
+    spec.upgradeStrategy). Every section but job may be left out: its fields have defaults."""
+
     image: str = Field(min_length=1, description="The streamjob image (with the job in it).")
     imagePullPolicy: str = Field(
         default="IfNotPresent",
@@ -423,6 +427,10 @@ class BlueGreenStatus(_Status):
 
 
 class StreamJobStatus(_Status):
+    """What the operator observed and where it stands (written by the operator only):
+    lifecycle state, the job as last seen, checkpoints and savepoints, conditions, and the
+    write-ahead log of the step under way."""
+
     lifecycleState: LifecycleState = Field(
         default=LifecycleState.CREATED,
         description="Where the StreamJob is in its life, derived from the rest of status.",
