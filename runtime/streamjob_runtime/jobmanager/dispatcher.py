@@ -39,6 +39,10 @@ class JobManager:
     recovers every job in the HA metadata from its latest completed checkpoint.
     It stops coordinating the moment it loses leadership, and :attr:`lost`
     is set so the process exits (a restarted process is a fresh standby).
+
+    ``host`` is the address it advertises (in the HA metadata and its REST URL);
+    ``bind_host`` the one its RPC and REST servers listen on (default: ``host``), e.g.
+    0.0.0.0 in a pod so that clients inside the pod reach it on localhost too.
     """
 
     def __init__(
@@ -47,10 +51,12 @@ class JobManager:
         host: str = "127.0.0.1",
         ha: services.HaConfig | None = None,
         identity: str | None = None,
+        bind_host: str | None = None,
     ) -> None:
         cluster.validate()
         self.cluster = cluster
         self.host = host
+        self.bind_host = bind_host or host
         self.ha = ha if ha is not None and ha.kind is not services.HaKind.NONE else None
         if self.ha is not None:
             self.ha.validate()
@@ -83,12 +89,12 @@ class JobManager:
         await asyncio.to_thread(
             Path(self.cluster.checkpoint_dir).mkdir, parents=True, exist_ok=True
         )
-        server = await asyncio.start_server(self._serve_taskmanager, self.host, rpc_port)
+        server = await asyncio.start_server(self._serve_taskmanager, self.bind_host, rpc_port)
         self._servers.append(server)
         self.rpc_port = server.sockets[0].getsockname()[1]
         self._runner = web.AppRunner(rest.create_app(self), access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, rest_port)
+        site = web.TCPSite(self._runner, self.bind_host, rest_port)
         await site.start()
         assert site._server is not None
         sockets = getattr(site._server, "sockets", None) or []
@@ -431,9 +437,10 @@ async def serve(
     ready_file: str | None,
     ha: services.HaConfig | None = None,
     identity: str | None = None,
+    bind_host: str | None = None,
 ) -> int:
     """Run a JobManager until SIGTERM/SIGINT (exit 0) or lost leadership (exit 3)."""
-    jm = JobManager(cluster, host, ha, identity)
+    jm = JobManager(cluster, host, ha, identity, bind_host)
     await jm.start(rpc_port, rest_port)
     if ready_file:
         ready = {"rpc_port": jm.rpc_port, "rest_port": jm.rest_port, "pid": os.getpid()}
