@@ -1,4 +1,4 @@
-"""``python -m streamjob_operator``: the operator process.
+"""``streamjob-operator`` (or ``python -m streamjob_operator``): the operator process.
 
 Every replica campaigns for the Lease (``--lease-name`` in ``--lease-namespace``);
 the one holding it runs kopf with the handlers (``handlers``), the others wait their
@@ -78,7 +78,7 @@ def _url_template(text: str) -> rest_observing.Resolve:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m streamjob_operator",
+        prog="streamjob-operator",  # the console script the image and the chart run
         description="Reconciles StreamJob resources; one replica leads through a Lease.",
     )
     p.add_argument(

@@ -831,6 +831,16 @@ def test_notes_say_what_to_do_next(helm: str) -> None:
     assert f"kubectl -n {NAMESPACE} port-forward svc/{RELEASE}-metrics 8080" in notes
     for example in ("storage.yaml", "streamjob-stateless.yaml"):
         assert (ROOT / "examples" / example).is_file(), f"NOTES.txt names examples/{example}"
+    # the image NOTES names is the one the examples use (and the chart's own default)
+    (image,) = {
+        doc["spec"]["image"]
+        for path in (ROOT / "examples").glob("streamjob-*.yaml")
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc and doc.get("kind") == "StreamJob"
+    }
+    named = re.findall(r"the examples use\s+(\S+?)\s", notes)
+    assert named == [image], named
+    assert f"docker build -t {image} ." in notes
 
 
 def _leaves(values: Doc, prefix: str = "") -> list[str]:
@@ -854,3 +864,11 @@ def test_the_chart_readme_lists_every_value() -> None:
     assert undocumented == []
     unknown = [d for d in documented if not any(v == d or v.startswith(f"{d}.") for v in values)]
     assert unknown == []
+
+
+def test_the_operators_usage_names_the_command_the_chart_runs(helm: str) -> None:
+    deployment = next(d for d in render(helm) if d["kind"] == "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["streamjob-operator"]
+    usage = operator_main.parser().format_usage()
+    assert usage.startswith("usage: streamjob-operator "), usage
