@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -188,6 +189,32 @@ def test_a_created_streamjob_gets_owned_children_and_is_deployed_then_stable(
         stored = kube.get(GROUP_VERSION, models.PLURAL, "wordcount", NAMESPACE)
         assert stored is not None
         assert handlers.FINALIZER in stored["metadata"]["finalizers"]
+
+
+def test_a_conflicting_status_write_is_retried_quietly_and_its_events_are_posted_once(
+    kube: KubeEmulator, fake_jobmanager: FakeJobManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 409 is normal on a busy object: no ERROR log, no kopf Warning Event, and the
+    Deploying Event of the pass that conflicted is not posted twice."""
+    reconciler = reconciler_for(kube, fake_jobmanager)
+    kube.inject_error(
+        409,
+        method="PATCH",
+        path_contains="/streamjobs/wordcount/status",
+        times=2,
+        reason="Conflict",
+        message="the object has been modified; please apply your changes to the latest version",
+    )
+    with operator(kube, reconciler), DeploymentController(kube, fake_jobmanager):
+        create(kube)
+        wait_lifecycle(kube, "DEPLOYED")
+    assert reasons(kube).count("Deploying") == 1, reasons(kube)
+    conflicts = [r for r in kube.requests if r.status == 409]
+    assert len(conflicts) == 2  # both injected conflicts were met, and retried
+    errors_logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors_logged == []
+    kinds = {e["type"] for e in kube.events_for("wordcount", NAMESPACE, kind="StreamJob")}
+    assert kinds == {"Normal"}
 
 
 def test_with_no_jobmanager_reachable_the_operator_waits_and_keeps_reconciling(
@@ -390,3 +417,37 @@ def test_manual_savepoints_are_kept_to_the_history_limit_and_the_expired_one_dis
         assert Path(second).is_dir()
     assert "SavepointsDisposed" in reasons(kube)
     assert "SavepointNotDisposed" not in reasons(kube)
+
+
+def test_an_expired_savepoint_the_operator_does_not_mount_is_reported_not_called_disposed(
+    kube: KubeEmulator, fake_jobmanager: FakeJobManager, tmp_path: Path
+) -> None:
+    """Its files remain: a SavepointNotDisposed Warning, and no SavepointsDisposed after it."""
+    fake_jobmanager.savepoint_root = tmp_path / "savepoints"
+    reconciler = reconciler_for(kube, fake_jobmanager)  # mounts no savepoint volume
+    spec = {**SPEC, "savepoints": {"directory": "/savepoints", "historyMaxCount": 1}}
+
+    def history() -> list[str]:
+        return [e["location"] for e in status_of(kube).get("savepointHistory", [])]
+
+    with operator(kube, reconciler), DeploymentController(kube, fake_jobmanager):
+        create(kube, spec=spec)
+        wait_lifecycle(kube, "DEPLOYED")
+        for nonce in (1, 2):
+            kube.patch(
+                GROUP_VERSION,
+                models.PLURAL,
+                "wordcount",
+                {"spec": {"job": {"savepointTriggerNonce": nonce}}},
+                namespace=NAMESPACE,
+            )
+
+            def answered(n: int = nonce) -> bool:
+                return bool((status_of(kube).get("lastSavepoint") or {}).get("nonce") == n)
+
+            kube.wait_for(answered, timeout=20, what=f"savepoint {nonce}")
+        kube.wait_for(lambda: len(history()) == 1, timeout=20, what="the first one dropped")
+        passes = reconciler.passes
+        kube.wait_for(lambda: reconciler.passes >= passes + 2, timeout=20, what="more passes")
+    assert reasons(kube).count("SavepointNotDisposed") == 1
+    assert "SavepointsDisposed" not in reasons(kube)

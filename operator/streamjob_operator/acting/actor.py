@@ -92,6 +92,8 @@ class Outcome:
     requeue_after: float | None = None
     finished_deletion: bool = False
     disposed: list[str] = dataclasses.field(default_factory=list)
+    # of ``disposed``: those whose files remain (reported by a SavepointNotDisposed Warning)
+    kept_files: list[str] = dataclasses.field(default_factory=list)
     recorded: bool = False  # Plan.status was written (or already stored)
 
     @property
@@ -123,9 +125,20 @@ class Actor:
         self._reported: set[str] = set()  # savepoints reported as not disposable
 
     async def act(self, streamjob: resource.StreamJobResource, plan: actions.Plan) -> Outcome:
+        """Take ``plan``'s actions in order, then record its status.
+
+        An Event is posted once the status write that follows it in the plan (the step's
+        write-ahead record), or the final one, is stored: a pass that fails before that
+        (a 409 conflict, say) is planned again and posts its Events then, so they are not
+        posted twice.
+        """
         run = _Run(self, streamjob)
         outcome = run.outcome
+        events: list[actions.RecordEvent] = []
         for action in plan.actions:
+            if isinstance(action, actions.RecordEvent):
+                events.append(action)
+                continue
             try:
                 await run.take(action)
             except FAILURES as e:
@@ -134,6 +147,8 @@ class Actor:
                 outcome.conflict = isinstance(e, ApiException) and e.status == 409
                 return outcome
             outcome.taken.append(action)
+            if isinstance(action, actions.WriteStatus):
+                await run.post(events)
         try:
             await run.writer.write(run.overlay(plan.status))
         except FAILURES as e:
@@ -141,6 +156,7 @@ class Actor:
             outcome.conflict = isinstance(e, ApiException) and e.status == 409
             return outcome
         outcome.recorded = True
+        await run.post(events)
         return outcome
 
 
@@ -155,6 +171,13 @@ class _Run:
         self.writer = status.StatusWriter(actor.api, streamjob)
         self.outcome = Outcome()
         self.job_id: str | None = None
+
+    async def post(self, events: list[actions.RecordEvent]) -> None:
+        """Post ``events`` (never fails: see ``event``) and empty the list."""
+        for record in events:
+            await self.event(record)
+            self.outcome.taken.append(record)
+        events.clear()
 
     def overlay(self, planned: models.StreamJobStatus) -> models.StreamJobStatus:
         """``planned`` with the job id this run's submission returned (planning could not
@@ -252,6 +275,7 @@ class _Run:
             await self.report_once(
                 location, "SavepointNotDisposed", savepoints.explain(location, result)
             )
+            self.outcome.kept_files.append(location)
         self.outcome.disposed.append(location)
 
     async def report_once(self, location: str, reason: str, message: str) -> None:

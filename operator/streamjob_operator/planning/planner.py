@@ -356,10 +356,13 @@ class _Pass:
         if spec is None:
             return
         kept = savepoints.retention(spec, self.status, self.now, self.seen.disposed)
-        dropped = len(self.status.savepointHistory) - len(kept.history)
+        left = {e.location for e in self.status.savepointHistory} - {
+            e.location for e in kept.history
+        }
         self.status.savepointHistory = kept.history
-        if dropped:
-            self.event(NORMAL, "SavepointsDisposed", f"{dropped} expired savepoint(s) disposed of")
+        freed = len(left - self.seen.kept_files)  # the others had a SavepointNotDisposed
+        if freed:
+            self.event(NORMAL, "SavepointsDisposed", f"{freed} expired savepoint(s) disposed of")
         if kept.dispose:
             self.write()
             for location in kept.dispose:
@@ -429,7 +432,7 @@ class _Pass:
             if errors:
                 self.error("cannot resume: " + "; ".join(errors), "InvalidChange")
                 return False
-            self.start_redeploy(new, f"resuming ({change.description})")
+            self.start_redeploy(new, f"resuming ({', '.join(change.fields)})")
             if new.job.upgradeMode is models.UpgradeMode.STATELESS:
                 self.r.restorePath = None
             if self.here.color != bluegreen.deploy_color(new, self.status):
@@ -444,7 +447,7 @@ class _Pass:
         if errors:
             self.error(f"cannot apply the {kind.label}: " + "; ".join(errors), "InvalidChange")
             return False
-        verb = "suspending" if kind is Change.SUSPEND else f"{kind.label} ({change.description})"
+        verb = "suspending" if kind is Change.SUSPEND else change.description
         if kind is not Change.SUSPEND and bluegreen.uses(new):
             bluegreen.BlueGreen(self).start(new, verb)
             return True
