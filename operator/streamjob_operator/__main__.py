@@ -134,6 +134,13 @@ def parser() -> argparse.ArgumentParser:
         help="look at a StreamJob this often when nothing is under way (default 60s)",
     )
     p.add_argument(
+        "--checkpoint-status-interval",
+        type=_duration,
+        default=datetime.timedelta(seconds=15),
+        help="while a job runs, refresh its status (last checkpoint) after each checkpoint"
+        " interval but not more often than this (default 15s)",
+    )
+    p.add_argument(
         "--progress-check-interval",
         type=_duration,
         default=datetime.timedelta(seconds=5),
@@ -210,6 +217,7 @@ async def serve(args: argparse.Namespace) -> int:
             deletion_savepoint_timeout=args.deletion_savepoint_timeout,
             progress_check_interval=args.progress_check_interval,
             reconcile_interval=args.reconcile_interval,
+            checkpoint_status_interval=args.checkpoint_status_interval,
         ),
         acting=actor.Settings(
             resolve=args.jobmanager_url_template,

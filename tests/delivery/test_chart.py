@@ -66,6 +66,7 @@ NON_DEFAULT: Doc = {
     "leaderElection": {"leaseName": "sj-leader", "leaseDuration": 30, "renewDeadline": 20,
                        "retryPeriod": 4},
     "operator": {"logLevel": "DEBUG", "reconcileInterval": "30s", "progressCheckInterval": "2s",
+                 "checkpointStatusInterval": "1m",
                  "savepointOnDeletion": True, "deletionSavepointTimeout": "2m"},
     "savepointVolumes": [
         {"mountPath": "/data",
@@ -644,6 +645,7 @@ def test_the_default_flags_are_exact_and_the_operator_parses_them(helm: str) -> 
         "--metrics-port=8080",
         "--reconcile-interval=60s",
         "--progress-check-interval=5s",
+        "--checkpoint-status-interval=15s",
         "--deletion-savepoint-timeout=5m",
         "--log-level=INFO",
     ]
@@ -673,6 +675,7 @@ def test_the_non_default_flags_reach_the_operator(helm: str, non_default_file: P
     assert args.deletion_savepoint_timeout.total_seconds() == 120
     assert args.reconcile_interval.total_seconds() == 30
     assert args.progress_check_interval.total_seconds() == 2
+    assert args.checkpoint_status_interval.total_seconds() == 60
     assert args.savepoint_volume == [Path("/data"), Path("/archive")]
     # each savepoint volume mounted where the flag says
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]

@@ -931,6 +931,19 @@ CASES = [
                        deployed=ago(minutes=9, seconds=30)),
         [], spec=raw(savepoints={"directory": "/sp", "interval": "10m"}),
         check=lambda p: _requeue(p, 30),
+        config=configuration.OperatorConfiguration(
+            checkpoint_status_interval=datetime.timedelta(minutes=5)
+        ),
+    ),
+    Case(
+        "a running job is looked at again after its checkpoint interval, for a fresh"
+        " LAST CHECKPOINT, but not more often than checkpoint_status_interval",
+        seen(), status(), [], check=lambda p: _requeue(p, 15),
+    ),
+    Case(
+        "a running job with a longer checkpoint interval is looked at again after it",
+        seen(), status(raw(checkpointing={"interval": "40s"})), [],
+        spec=raw(checkpointing={"interval": "40s"}), check=lambda p: _requeue(p, 40),
     ),
     Case(
         "expired savepoints are disposed of before they leave the history",

@@ -530,6 +530,8 @@ class _Pass:
         if self.gate(spec):
             return
         self.periodic_savepoint(spec)
+        checkpoints = clock.duration(spec.checkpointing.interval)
+        self.soon(self.now + max(checkpoints, self.config.checkpoint_status_interval))
 
     def can_roll_back(self) -> bool:
         """Whether the deployment of ``lastReconciledSpec`` may go back to the last stable
