@@ -362,8 +362,10 @@ class PendingSavepoint(_Status):
         " request is sent (also the JobManager's request id).",
     )
     triggerType: str = Field(description="manual, periodic, upgrade, suspend or delete")
-    triggerTime: str
-    nonce: int | None = None
+    triggerTime: str = Field(description="When the operator asked for it.")
+    nonce: int | None = Field(
+        default=None, description="The savepointTriggerNonce a manual savepoint answers."
+    )
     jobId: str | None = Field(default=None, description="The job the savepoint is of.")
 
 
