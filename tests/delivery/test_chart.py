@@ -36,6 +36,7 @@ import pytest
 import yaml
 
 from streamjob_operator import __main__ as operator_main
+from streamjob_operator import handlers
 from streamjob_operator.api import crd, models
 from streamjob_operator.desired import children, ha, metadata, rbac, target
 from tests.kube import KubeEmulator, fixtures
@@ -875,3 +876,17 @@ def test_the_operators_usage_names_the_command_the_chart_runs(helm: str) -> None
     assert container["command"] == ["streamjob-operator"]
     usage = operator_main.parser().format_usage()
     assert usage.startswith("usage: streamjob-operator "), usage
+
+
+def test_the_troubleshooting_commands_name_the_real_lease_and_finalizer(helm: str) -> None:
+    """The README's Troubleshooting says how to drop the Lease a `helm uninstall` leaves and
+    the finalizer that holds a StreamJob with no operator: with the names the chart and the
+    operator really use (the README installs the release `streamjob` in `streamjob`)."""
+    readme = (ROOT / "README.md").read_text()
+    assert "helm install streamjob charts/streamjob-operator -n streamjob" in readme
+    container = operator_container(render(helm, release="streamjob"))
+    (lease_flag,) = [a for a in container["args"] if a.startswith("--lease-name=")]
+    lease = lease_flag.partition("=")[2]
+    assert f"kubectl delete lease -n streamjob {lease}`" in readme, lease
+    assert f"finalizer `{handlers.FINALIZER}`" in readme
+    assert """-p '{"metadata":{"finalizers":null}}'""" in readme
