@@ -184,8 +184,9 @@ def test_a_created_streamjob_gets_owned_children_and_is_deployed_then_stable(
             assert status_of(kube)["job"]["id"] == jid
             fake_jobmanager.checkpoints[jid] = 1
             wait_lifecycle(kube, "STABLE")
+        # an Event follows the status write of its pass
+        kube.wait_for(lambda: "Stable" in reasons(kube), timeout=10, what="the Stable Event")
         assert reasons(kube)[:2] == ["Deploying", "Deployed"]
-        assert "Stable" in reasons(kube)
         stored = kube.get(GROUP_VERSION, models.PLURAL, "wordcount", NAMESPACE)
         assert stored is not None
         assert handlers.FINALIZER in stored["metadata"]["finalizers"]
