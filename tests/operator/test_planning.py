@@ -941,6 +941,10 @@ CASES = [
         seen(), status(), [], check=lambda p: _requeue(p, 15),
     ),
     Case(
+        "a job that is not running is looked at again after the reconcile interval only",
+        seen(reachable=False), status(), [], check=lambda p: _requeue(p, 60),
+    ),
+    Case(
         "a running job with a longer checkpoint interval is looked at again after it",
         seen(), status(raw(checkpointing={"interval": "40s"})), [],
         spec=raw(checkpointing={"interval": "40s"}), check=lambda p: _requeue(p, 40),

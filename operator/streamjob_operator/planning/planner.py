@@ -530,8 +530,9 @@ class _Pass:
         if self.gate(spec):
             return
         self.periodic_savepoint(spec)
-        checkpoints = clock.duration(spec.checkpointing.interval)
-        self.soon(self.now + max(checkpoints, self.config.checkpoint_status_interval))
+        if self.seen.job_running:  # its checkpoints complete: keep lastCheckpoint fresh
+            checkpoints = clock.duration(spec.checkpointing.interval)
+            self.soon(self.now + max(checkpoints, self.config.checkpoint_status_interval))
 
     def can_roll_back(self) -> bool:
         """Whether the deployment of ``lastReconciledSpec`` may go back to the last stable
