@@ -1,4 +1,4 @@
-"""``python -m streamjob_operator``: the operator process.
+"""``streamjob-operator`` (or ``python -m streamjob_operator``): the operator process.
 
 Every replica campaigns for the Lease (``--lease-name`` in ``--lease-namespace``);
 the one holding it runs kopf with the handlers (``handlers``), the others wait their
@@ -86,7 +86,7 @@ def _url_template(text: str) -> rest_observing.Resolve:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m streamjob_operator",
+        prog="streamjob-operator",  # the console script the image and the chart run
         description="Reconciles StreamJob resources; one replica leads through a Lease.",
     )
     p.add_argument(
@@ -140,6 +140,13 @@ def parser() -> argparse.ArgumentParser:
         type=_duration,
         default=datetime.timedelta(seconds=60),
         help="look at a StreamJob this often when nothing is under way (default 60s)",
+    )
+    p.add_argument(
+        "--checkpoint-status-interval",
+        type=_duration,
+        default=datetime.timedelta(seconds=15),
+        help="while a job runs, refresh its status (last checkpoint) after each checkpoint"
+        " interval but not more often than this (default 15s)",
     )
     p.add_argument(
         "--progress-check-interval",
@@ -251,6 +258,7 @@ async def serve(args: argparse.Namespace) -> int:
             progress_check_interval=args.progress_check_interval,
             reconcile_interval=args.reconcile_interval,
             allow_privileged_pods=args.allow_privileged_pods,
+            checkpoint_status_interval=args.checkpoint_status_interval,
         ),
         acting=actor.Settings(
             resolve=args.jobmanager_url_template,

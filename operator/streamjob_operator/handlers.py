@@ -147,6 +147,16 @@ class PassFailed(Exception):
         self.delay = delay
 
 
+class Conflicted(PassFailed):
+    """A write of the pass met a newer resourceVersion (409): someone else (often kopf's
+    own bookkeeping) wrote first. Normal on a busy object: retried, not an error."""
+
+
+# A conflicted pass runs again at once (it reads afresh) this many times in all before it
+# is left to the timer (after ``conflict_delay``).
+CONFLICT_ATTEMPTS = 3
+
+
 def _utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
@@ -180,6 +190,7 @@ class Reconciler:
         self._locks: dict[str, asyncio.Lock] = {}
         self._due: dict[str, float] = {}
         self._disposed: dict[str, set[str]] = {}
+        self._kept_files: dict[str, set[str]] = {}
 
     def start(self) -> None:
         """kopf (re)starts: passes may run again (after :meth:`close`)."""
@@ -211,7 +222,7 @@ class Reconciler:
 
     def forget(self, namespace: str, name: str) -> None:
         key = f"{namespace}/{name}"
-        for memory in (self._due, self._disposed, self._locks):
+        for memory in (self._due, self._disposed, self._kept_files, self._locks):
             memory.pop(key, None)
         self.metrics.lifecycle(key, None)
 
@@ -225,8 +236,15 @@ class Reconciler:
         async with lock:
             self.passes += 1
             self.metrics.reconciles.labels(trigger).inc()
-            with self.metrics.duration.time():
-                return await self._pass(key, namespace, name)
+            for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+                try:
+                    with self.metrics.duration.time():
+                        return await self._pass(key, namespace, name)
+                except Conflicted as e:
+                    if attempt == CONFLICT_ATTEMPTS:
+                        raise
+                    log.debug("StreamJob %s: %s; running the pass again", key, e)
+            raise AssertionError("unreachable")
 
     async def _pass(self, key: str, namespace: str, name: str) -> actor.Outcome | None:
         stage = "read"
@@ -247,6 +265,7 @@ class Reconciler:
                 streamjob,
                 resolve=self.options.acting.resolve,
                 disposed=self._disposed.get(key, set()),
+                kept_files=self._kept_files.get(key, set()),
                 rest_timeout_s=self.options.rest_timeout_s,
                 credentials=rest_credentials,
             )
@@ -270,8 +289,11 @@ class Reconciler:
             reconcile = self.options.planning.reconcile_interval.total_seconds()
             self._schedule(key, outcome.requeue_after or reconcile)
             return outcome
+        if outcome.conflict:
+            self._schedule(key, self.options.conflict_delay)
+            raise Conflicted(outcome.error or "a write conflicted", self.options.conflict_delay)
         self.metrics.errors.labels("act").inc()
-        delay = self.options.conflict_delay if outcome.conflict else self.options.retry_delay
+        delay = self.options.retry_delay
         self._schedule(key, delay)
         log.warning("StreamJob %s: %s; retrying in %s s", key, outcome.error, delay)
         raise PassFailed(outcome.error or "acting failed", delay)
@@ -290,6 +312,11 @@ class Reconciler:
         history = {e.location for e in plan.status.savepointHistory}
         kept = {location for location in self._disposed.get(key, set()) if location in history}
         self._disposed[key] = kept | set(outcome.disposed)
+        self._kept_files[key] = {
+            location
+            for location in self._kept_files.get(key, set()) | set(outcome.kept_files)
+            if location in self._disposed[key]
+        }
         status = plan.status if outcome.recorded else streamjob.status
         self.metrics.lifecycle(key, status.lifecycleState)
         log.debug(
@@ -324,6 +351,13 @@ async def _run_pass(
         )
     try:
         return await reconciler.reconcile(namespace, name, trigger)
+    except Conflicted as e:
+        if trigger == "delete":  # the deletion handler must not take this for done
+            raise kopf.TemporaryError(str(e), delay=e.delay) from None
+        # The timer runs the pass when due (scheduled): no kopf retry, no ERROR log, no
+        # Warning Event for what is normal on a busy object.
+        log.info("StreamJob %s/%s: %s; retrying in %s s", namespace, name, e, e.delay)
+        return None
     except PassFailed as e:
         raise kopf.TemporaryError(str(e), delay=e.delay) from None
 

@@ -36,6 +36,7 @@ import pytest
 import yaml
 
 from streamjob_operator import __main__ as operator_main
+from streamjob_operator import handlers
 from streamjob_operator.api import crd, models
 from streamjob_operator.desired import children, ha, metadata, rbac, target
 from tests.kube import KubeEmulator, fixtures
@@ -66,6 +67,7 @@ NON_DEFAULT: Doc = {
     "leaderElection": {"leaseName": "sj-leader", "leaseDuration": 30, "renewDeadline": 20,
                        "retryPeriod": 4},
     "operator": {"logLevel": "DEBUG", "reconcileInterval": "30s", "progressCheckInterval": "2s",
+                 "checkpointStatusInterval": "1m",
                  "savepointOnDeletion": True, "deletionSavepointTimeout": "2m"},
     "savepointVolumes": [
         {"mountPath": "/data",
@@ -656,6 +658,7 @@ def test_the_default_flags_are_exact_and_the_operator_parses_them(helm: str) -> 
         "--metrics-port=8080",
         "--reconcile-interval=60s",
         "--progress-check-interval=5s",
+        "--checkpoint-status-interval=15s",
         "--deletion-savepoint-timeout=5m",
         "--log-level=INFO",
         "--network-policy",
@@ -689,6 +692,7 @@ def test_the_non_default_flags_reach_the_operator(helm: str, non_default_file: P
     assert args.deletion_savepoint_timeout.total_seconds() == 120
     assert args.reconcile_interval.total_seconds() == 30
     assert args.progress_check_interval.total_seconds() == 2
+    assert args.checkpoint_status_interval.total_seconds() == 60
     assert args.savepoint_volume == [Path("/data"), Path("/archive")]
     assert args.network_policy is False
     assert args.rest_namespace == ["tools", "ci"]
@@ -851,6 +855,16 @@ def test_notes_say_what_to_do_next(helm: str) -> None:
     assert f"kubectl -n {NAMESPACE} port-forward svc/{RELEASE}-metrics 8080" in notes
     for example in ("storage.yaml", "streamjob-stateless.yaml"):
         assert (ROOT / "examples" / example).is_file(), f"NOTES.txt names examples/{example}"
+    # the image NOTES names is the one the examples use (and the chart's own default)
+    (image,) = {
+        doc["spec"]["image"]
+        for path in (ROOT / "examples").glob("streamjob-*.yaml")
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc and doc.get("kind") == "StreamJob"
+    }
+    named = re.findall(r"the examples use\s+(\S+?)\s", notes)
+    assert named == [image], named
+    assert f"docker build -t {image} ." in notes
 
 
 def _leaves(values: Doc, prefix: str = "") -> list[str]:
@@ -874,3 +888,25 @@ def test_the_chart_readme_lists_every_value() -> None:
     assert undocumented == []
     unknown = [d for d in documented if not any(v == d or v.startswith(f"{d}.") for v in values)]
     assert unknown == []
+
+
+def test_the_operators_usage_names_the_command_the_chart_runs(helm: str) -> None:
+    deployment = next(d for d in render(helm) if d["kind"] == "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["streamjob-operator"]
+    usage = operator_main.parser().format_usage()
+    assert usage.startswith("usage: streamjob-operator "), usage
+
+
+def test_the_troubleshooting_commands_name_the_real_lease_and_finalizer(helm: str) -> None:
+    """The README's Troubleshooting says how to drop the Lease a `helm uninstall` leaves and
+    the finalizer that holds a StreamJob with no operator: with the names the chart and the
+    operator really use (the README installs the release `streamjob` in `streamjob`)."""
+    readme = (ROOT / "README.md").read_text()
+    assert "helm install streamjob charts/streamjob-operator -n streamjob" in readme
+    container = operator_container(render(helm, release="streamjob"))
+    (lease_flag,) = [a for a in container["args"] if a.startswith("--lease-name=")]
+    lease = lease_flag.partition("=")[2]
+    assert f"kubectl delete lease -n streamjob {lease}`" in readme, lease
+    assert f"finalizer `{handlers.FINALIZER}`" in readme
+    assert """-p '{"metadata":{"finalizers":null}}'""" in readme

@@ -331,8 +331,8 @@ def test_a_rendered_cluster_runs_a_job_to_its_exact_output(
     assert env["HOME"] == "/tmp"
     assert "KUBERNETES_SERVICE_HOST" not in env
     rest_port = jm.ports[jobmanager.REST_PORT]
-    assert [jm.argv[3], *jm.argv[4:10]] == [
-        "jobmanager", "--host", "127.0.0.1",
+    assert [jm.argv[3], *jm.argv[4:12]] == [
+        "jobmanager", "--host", "127.0.0.1", "--bind-host", "0.0.0.0",
         "--rpc-port", str(jm.ports[jobmanager.RPC_PORT]), "--rest-port", str(rest_port),
     ]  # fmt: skip
     assert environ(tm.pid)["POD_NAME"] == tm.name

@@ -78,6 +78,7 @@ def test_jobmanager_flags_without_ha_are_exact() -> None:
     job = make_job(savepoints={"directory": "/state/savepoints"})
     assert jobmanager.arguments(job, HERE) == [
         "--host", "$(POD_IP)",
+        "--bind-host", "0.0.0.0",
         "--rpc-port", "6123",
         "--rest-port", "8081",
         "--checkpoint-dir", "/checkpoints",
@@ -101,6 +102,7 @@ def test_jobmanager_flags_with_ha_carry_the_timings_in_ms() -> None:
     )  # fmt: skip
     assert jobmanager.arguments(job, HERE) == [
         "--host", "$(POD_IP)",
+        "--bind-host", "0.0.0.0",
         "--rpc-port", "6123",
         "--rest-port", "8081",
         "--checkpoint-dir", "/state/checkpoints",
@@ -175,6 +177,7 @@ def test_the_runtime_parses_the_rendered_command_lines(fields: dict[str, Any]) -
     tm_argv, _ = pods.drop_unsupported(expand(taskmanager.arguments(job, HERE)), "taskmanager")
     jm = cli.parser().parse_args(["jobmanager", *jm_argv])
     assert (jm.host, jm.rpc_port, jm.rest_port) == ("10.0.0.7", 6123, 8081)
+    assert jm.bind_host == "0.0.0.0"  # localhost in the pod reaches it too
     assert jm.checkpoint_dir == job.spec.checkpointing.storage
     assert jm.savepoint_dir == job.spec.savepoints.directory
     tm = cli.parser().parse_args(["taskmanager", *tm_argv])

@@ -609,7 +609,25 @@ def test_the_ha_metadata_is_not_read_without_ha(kube: KubeEmulator) -> None:
 
 
 def test_an_unreadable_status_is_refused_rather_than_guessed(kube: KubeEmulator) -> None:
-    create_streamjob(kube, status={"savepointHistory": "not a list"})
+    """A status the API server stored under another schema (an older CRD: today's refuses
+    this status) and that the models cannot read."""
+    older = crd.build()
+    schema = older["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    schema["properties"]["status"] = {
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": True,
+    }
+    kube.apply_crd(older)
+    kube.create(streamjob_body())
+    kube.patch(
+        f"{models.GROUP}/{models.VERSION}",
+        models.PLURAL,
+        "wordcount",
+        {"status": {"savepointHistory": "not a list"}},
+        namespace=NAMESPACE,
+        subresource="status",
+    )
+    install_crd(kube)  # the stored object is not checked again on read
     with pytest.raises(resource.StatusUnreadable, match="cannot be read"):
         read_resource(kube)
 

@@ -96,6 +96,8 @@ class Outcome:
     requeue_after: float | None = None
     finished_deletion: bool = False
     disposed: list[str] = dataclasses.field(default_factory=list)
+    # of ``disposed``: those whose files remain (reported by a SavepointNotDisposed Warning)
+    kept_files: list[str] = dataclasses.field(default_factory=list)
     recorded: bool = False  # Plan.status was written (or already stored)
 
     @property
@@ -142,11 +144,21 @@ class Actor:
         plan: actions.Plan,
         rest_credentials: rest_observing.Credentials | None = None,
     ) -> Outcome:
-        """Take ``plan``; ``rest_credentials``: what :meth:`credentials` gave this pass
-        (asked for when needed, if not given)."""
+        """Take ``plan``'s actions in order, then record its status; ``rest_credentials``:
+        what :meth:`credentials` gave this pass (asked for when needed, if not given).
+
+        An Event is posted once the status write that follows it in the plan (the step's
+        write-ahead record), or the final one, is stored: a pass that fails before that
+        (a 409 conflict, say) is planned again and posts its Events then, so they are not
+        posted twice.
+        """
         run = _Run(self, streamjob, rest_credentials)
         outcome = run.outcome
+        events: list[actions.RecordEvent] = []
         for action in plan.actions:
+            if isinstance(action, actions.RecordEvent):
+                events.append(action)
+                continue
             try:
                 await run.take(action)
             except FAILURES as e:
@@ -155,6 +167,8 @@ class Actor:
                 outcome.conflict = isinstance(e, ApiException) and e.status == 409
                 return outcome
             outcome.taken.append(action)
+            if isinstance(action, actions.WriteStatus):
+                await run.post(events)
         try:
             await run.writer.write(run.overlay(plan.status))
         except FAILURES as e:
@@ -162,6 +176,7 @@ class Actor:
             outcome.conflict = isinstance(e, ApiException) and e.status == 409
             return outcome
         outcome.recorded = True
+        await run.post(events)
         return outcome
 
 
@@ -182,6 +197,13 @@ class _Run:
         self.writer = status.StatusWriter(actor.api, streamjob)
         self.outcome = Outcome()
         self.job_id: str | None = None
+
+    async def post(self, events: list[actions.RecordEvent]) -> None:
+        """Post ``events`` (never fails: see ``event``) and empty the list."""
+        for record in events:
+            await self.event(record)
+            self.outcome.taken.append(record)
+        events.clear()
 
     def overlay(self, planned: models.StreamJobStatus) -> models.StreamJobStatus:
         """``planned`` with the job id this run's submission returned (planning could not
@@ -287,6 +309,7 @@ class _Run:
             await self.report_once(
                 location, "SavepointNotDisposed", savepoints.explain(location, result)
             )
+            self.outcome.kept_files.append(location)
         self.outcome.disposed.append(location)
 
     async def report_once(self, location: str, reason: str, message: str) -> None:

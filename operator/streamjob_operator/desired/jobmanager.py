@@ -1,9 +1,9 @@
 """The JobManager: its Deployment and the Service in front of its REST and RPC ports.
 
-The JobManager binds and advertises one address (``--host``): it is the pod IP, which
-is what HA metadata must name for TaskManagers and clients to reach the leader. A
-consequence: nothing inside the pod reaches the JobManager on 127.0.0.1 (so neither
-does ``kubectl port-forward``, which connects there); use the Service.
+The JobManager advertises the pod IP (``--host``), which is what HA metadata must name
+for TaskManagers and clients to reach the leader, and listens on every interface of its
+pod (``--bind-host 0.0.0.0``), so that ``streamjob list -m localhost:8081`` inside the
+pod and ``kubectl port-forward`` (which connects to localhost) reach it too.
 
 With HA only the leader answers ``/readyz``, so only the leader is Ready; the Service
 also selects ``streamjob.dev/jobmanager-leader: "true"``, the label the leader puts on
@@ -51,6 +51,7 @@ def arguments(job: target.StreamJob, where: target.DeploymentTarget) -> list[str
     spec = job.spec
     args = [
         "--host", ha.POD_IP,
+        "--bind-host", "0.0.0.0",
         "--rpc-port", str(RPC_PORT),
         "--rest-port", str(REST_PORT),
         "--checkpoint-dir", spec.checkpointing.storage,

@@ -36,11 +36,13 @@ async def observe(
     *,
     resolve: rest_observing.Resolve = rest_observing.identity,
     disposed: Set[str] = frozenset(),
+    kept_files: Set[str] = frozenset(),
     rest_timeout_s: float = 5.0,
     credentials: rest_observing.Credentials | None = None,
 ) -> observed.Observed:
     """``disposed``: the savepoint locations acting disposed of (acting's memory);
-    ``credentials``: the job's REST token and CAs (``acting.credentials``)."""
+    ``kept_files``: those of them whose files remain; ``credentials``: the job's REST token
+    and CAs (``acting.credentials``)."""
     status = streamjob.status
     spec = lifecycle.deployed_spec(status)
     job = streamjob.identity(spec)
@@ -79,6 +81,7 @@ async def observe(
         savepoint=rest.savepoint,
         ha_checkpoint=ha_checkpoint,
         disposed=frozenset(disposed),
+        kept_files=frozenset(kept_files),
         color=here.color,
         other=other,
     )
