@@ -1150,12 +1150,12 @@ def test_a_trigger_id_is_the_runtimes_format_stable_and_distinct_per_streamjob_j
 def test_status_links_the_web_ui_of_the_jobmanager_that_runs_the_job() -> None:
     running = planner.plan(seen(), raw(), status(), NOW).status
     assert running.jobManager == models.JobManagerStatus(
-        webUrl="http://wordcount-jobmanager.prod.svc:8081/"
+        webUrl="https://wordcount-jobmanager.prod.svc:8081/"
     )
     green = status()
     green.blueGreen = models.BlueGreenStatus(active="green")
     on_green = planner.plan(seen(color=target.Color.GREEN), raw(), green, NOW).status
     assert on_green.jobManager is not None
-    assert on_green.jobManager.webUrl == "http://wordcount-green-jobmanager.prod.svc:8081/"
+    assert on_green.jobManager.webUrl == "https://wordcount-green-jobmanager.prod.svc:8081/"
     before_submission = planner.plan(EMPTY_JM, raw(), status(job_id=None), NOW).status
     assert before_submission.jobManager is None
