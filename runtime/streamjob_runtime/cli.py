@@ -353,7 +353,14 @@ def parser() -> argparse.ArgumentParser:
     _ha_arguments(ha_options.add_argument_group("high availability"))
 
     jm = sub.add_parser("jobmanager", help="start a JobManager process", parents=[ha_options])
-    jm.add_argument("--host", default="127.0.0.1")
+    jm.add_argument(
+        "--host", default="127.0.0.1", help="the address TaskManagers and clients reach us at"
+    )
+    jm.add_argument(
+        "--bind-host",
+        default=None,
+        help="the address to listen on (default: --host), e.g. 0.0.0.0 for every interface",
+    )
     jm.add_argument("--rpc-port", type=int, default=6123)
     jm.add_argument("--rest-port", type=int, default=8081)
     jm.add_argument("--checkpoint-dir", required=True)
@@ -447,6 +454,7 @@ def _jobmanager(args: argparse.Namespace) -> None:
             args.identity,
             _settings(args, storage),
             args.metrics_port,
+            args.bind_host,
         )
     )
     sys.exit(code)

@@ -48,6 +48,12 @@ TaskManager (no probe) is ready once its log says it registered with a JobManage
 any other container after ``min_ready`` seconds of running. Pod status: phase Running,
 podIP 127.0.0.1, Ready and ContainersReady conditions, one container status.
 
+Until the runtime takes the security flags of SECURITY-CONTRACT.md (``--tls-dir``,
+``--rest-token-file``, ``--metrics-port``: :data:`RUNTIME_TLS`), the kubelet leaves out
+those of them it does not know (:func:`drop_unsupported`) and probes a ``metrics`` port
+it so left out on the REST port; once it takes them, nothing is left out.
+:meth:`PodRunner.client_options` gives a test the token and CAs a pod mounts.
+
 Services: :meth:`PodRunner.rest_url` and :meth:`PodRunner.resolve` (the
 ``address_resolver`` to give the operator's observing and acting) map a Service to the
 local port of a ready pod it selects now, its ``targetPort`` through the container's
@@ -89,6 +95,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -105,6 +112,7 @@ from typing import Any
 import aiohttp
 
 import streamjob_runtime
+from streamjob_runtime import cli as runtime_cli
 from tests.kube.server import KubeEmulator
 from tests.kube.store import ApiError
 
@@ -214,6 +222,43 @@ def free_port() -> int:
         return port
 
 
+SECURITY_FLAGS = ("--tls-dir", "--rest-token-file", "--metrics-port")
+
+
+def runtime_options(role: str) -> frozenset[str]:
+    """The options ``streamjob <role>`` of the runtime under test accepts."""
+    parser = runtime_cli.parser()
+    for action in parser._subparsers._group_actions if parser._subparsers else ():
+        choices = getattr(action, "choices", None) or {}
+        if role in choices:
+            return frozenset(o for a in choices[role]._actions for o in a.option_strings)
+    return frozenset()
+
+
+RUNTIME_TLS = "--tls-dir" in runtime_options("jobmanager")
+"""Whether the runtime takes the job's certificate and token (the security flags)."""
+
+
+def drop_unsupported(argv: Sequence[str], role: str) -> tuple[list[str], set[str]]:
+    """``argv`` without the :data:`SECURITY_FLAGS` (and their values) the runtime does
+    not accept for ``role``; and which were dropped."""
+    known = runtime_options(role)
+    out: list[str] = []
+    dropped: set[str] = set()
+    skip = False
+    for token in argv:
+        if skip:
+            skip = False
+            continue
+        name = token.partition("=")[0]
+        if name in SECURITY_FLAGS and name not in known:
+            dropped.add(name)
+            skip = "=" not in token
+            continue
+        out.append(token)
+    return out, dropped
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -286,6 +331,7 @@ class _Pod:
     ready: bool = False
     ready_changed: str = ""
     probe_failures: int = 0
+    dropped: set[str] = field(default_factory=set)  # security flags the runtime lacks
     watch_log: bool = False  # readiness: registered with a JobManager, as its log says
     registered: bool = False
     log_offset: int = 0
@@ -535,6 +581,25 @@ class PodRunner:
             for p in sorted(self.log_dir.glob("*.log"))
         )
 
+    def client_options(self, url: str) -> dict[str, Any]:
+        """``token`` and ``ssl`` for a ``JobManagerClient`` of ``url`` (a local URL this
+        runner gave), from the Secrets the pod behind it mounts (the REST token, the
+        job's CAs); empty for a pod that mounts none (or before the runtime takes them)."""
+        port = urllib.parse.urlsplit(url).port
+        with self._lock:
+            pod = next((p for p in self._pods.values() if port in p.ports.values()), None)
+        if pod is None:
+            return {}
+        root = self.log_dir / "volumes" / f"{pod.namespace}.{pod.name}"
+        options: dict[str, Any] = {}
+        token = next(root.glob("*/token"), None)
+        if token is not None:
+            options["token"] = token.read_text().strip()
+        ca = next(root.glob("*/ca.crt"), None)
+        if ca is not None and urllib.parse.urlsplit(url).scheme == "https":
+            options["ssl"] = ssl.create_default_context(cafile=str(ca))
+        return options
+
     def endpoints(
         self, service: str, namespace: str = "default", port: int | str = "rest"
     ) -> list[int]:
@@ -611,7 +676,7 @@ class PodRunner:
         )
 
     def service_endpoint(self, namespace: str, service: str, port: str) -> str | None:
-        """``http://127.0.0.1:<port>`` of a ready pod the Service selects now for ``port``
+        """``http[s]://127.0.0.1:<port>`` of a ready pod the Service selects now for ``port``
         (a number, a name, or "" for its first port), or None: the emulator's Service proxy
         backend while the runner runs."""
         wanted: int | str = int(port) if port.isdigit() else port
@@ -622,7 +687,13 @@ class PodRunner:
                 return None
             wanted = ports[0]["port"]
         local = self.endpoints(service, namespace, wanted)
-        return f"http://127.0.0.1:{local[0]}" if local else None
+        if not local:
+            return None
+        with self._lock:  # a pod given the job's certificate serves REST over HTTPS
+            tls = any(
+                "--tls-dir" in p.argv and local[0] == p.ports.get(8081) for p in self._pods.values()
+            )
+        return f"{'https' if tls else 'http'}://127.0.0.1:{local[0]}"
 
     @property
     def address_resolver(self) -> Callable[[str], str]:
@@ -932,6 +1003,7 @@ class PodRunner:
 
     def _command_line(self, pod: _Pod, env: Mapping[str, str]) -> list[str]:
         argv = [expand(a, env) for a in pod.command.argv]
+        argv, pod.dropped = drop_unsupported(argv, pod.command.role)  # see the module doc
         pod.ports = {}
 
         def local(value: str) -> str:
@@ -1128,7 +1200,10 @@ class PodRunner:
         probe = pod.command.container.get("readinessProbe") or {}
         http = probe.get("httpGet")
         if http is not None:
-            port = pod.local_port(http.get("port", 80))
+            named = http.get("port", 80)
+            if named == "metrics" and "--metrics-port" in pod.dropped:
+                named = "rest"  # a runtime without a metrics port serves probes on REST
+            port = pod.local_port(named)
             ok = False
             if port is not None:
                 ok = await self._http_ok(f"http://127.0.0.1:{port}{http.get('path', '/')}")

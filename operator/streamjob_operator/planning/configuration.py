@@ -17,9 +17,18 @@ class OperatorConfiguration:
       ``kubernetes.operator.savepoint.on-deletion``.)
     - ``progress_check_interval``: how soon to look again while something is under way.
     - ``reconcile_interval``: how soon to look again when nothing is.
+    - ``allow_privileged_pods``: pod templates may ask for privileged containers, host
+      namespaces and ports, hostPath volumes, added capabilities and root; off, such a
+      spec is invalid (``validation.pod_template_errors``).
+    - ``checkpoint_status_interval``: while a job runs, look again after its checkpoint
+      interval, but not sooner than this, so that ``status.lastCheckpoint`` (the LAST
+      CHECKPOINT column of ``kubectl get sj``) is at most about that stale: it bounds the
+      passes (and status writes) a running StreamJob costs.
     """
 
     savepoint_on_deletion: bool = False
     deletion_savepoint_timeout: datetime.timedelta = datetime.timedelta(minutes=5)
     progress_check_interval: datetime.timedelta = datetime.timedelta(seconds=5)
     reconcile_interval: datetime.timedelta = datetime.timedelta(seconds=60)
+    allow_privileged_pods: bool = False
+    checkpoint_status_interval: datetime.timedelta = datetime.timedelta(seconds=15)

@@ -81,6 +81,9 @@ class Observed:
     - ``disposed``: savepoint locations acting has disposed of (or found gone), so the
       history can drop them; a location disposed of but forgotten (operator restart) is
       disposed of again, which is a no-op.
+    - ``kept_files``: of ``disposed``, the locations whose files remain (the operator does
+      not mount them, or they are not savepoints): they leave the history too, but were
+      reported by a Warning and are not counted as disposed of.
     - ``color``: the cluster the fields above describe, the one of ``status.job``
       (``planning.bluegreen.job_target``): None for the uncoloured cluster of
       ``recreate``. ``other``: during a blue-green upgrade or fallback, the other
@@ -97,6 +100,7 @@ class Observed:
     savepoint: rest.SavepointInfo | None = None
     ha_checkpoint: HaCheckpoint | None = None
     disposed: frozenset[str] = frozenset()
+    kept_files: frozenset[str] = frozenset()
     color: target.Color | None = None
     other: Cluster | None = None
 

@@ -236,7 +236,7 @@ class _Pass:
             )
 
     def validate(self, raw: Mapping[str, Any]) -> models.StreamJobSpec | None:
-        result = validation.validate(raw)
+        result = validation.validate(raw, allow_privileged=self.config.allow_privileged_pods)
         if result.spec is not None:
             self.set_condition(lifecycle.SPEC_VALID, True, "Valid")
             return result.spec
@@ -364,10 +364,13 @@ class _Pass:
         if spec is None:
             return
         kept = savepoints.retention(spec, self.status, self.now, self.seen.disposed)
-        dropped = len(self.status.savepointHistory) - len(kept.history)
+        left = {e.location for e in self.status.savepointHistory} - {
+            e.location for e in kept.history
+        }
         self.status.savepointHistory = kept.history
-        if dropped:
-            self.event(NORMAL, "SavepointsDisposed", f"{dropped} expired savepoint(s) disposed of")
+        freed = len(left - self.seen.kept_files)  # the others had a SavepointNotDisposed
+        if freed:
+            self.event(NORMAL, "SavepointsDisposed", f"{freed} expired savepoint(s) disposed of")
         if kept.dispose:
             self.write()
             for location in kept.dispose:
@@ -437,7 +440,7 @@ class _Pass:
             if errors:
                 self.error("cannot resume: " + "; ".join(errors), "InvalidChange")
                 return False
-            self.start_redeploy(new, f"resuming ({change.description})")
+            self.start_redeploy(new, f"resuming ({', '.join(change.fields)})")
             if new.job.upgradeMode is models.UpgradeMode.STATELESS:
                 self.r.restorePath = None
             if self.here.color != bluegreen.deploy_color(new, self.status):
@@ -452,7 +455,7 @@ class _Pass:
         if errors:
             self.error(f"cannot apply the {kind.label}: " + "; ".join(errors), "InvalidChange")
             return False
-        verb = "suspending" if kind is Change.SUSPEND else f"{kind.label} ({change.description})"
+        verb = "suspending" if kind is Change.SUSPEND else change.description
         if kind is not Change.SUSPEND and bluegreen.uses(new):
             bluegreen.BlueGreen(self).start(new, verb)
             return True
@@ -535,6 +538,9 @@ class _Pass:
         if self.gate(spec):
             return
         self.periodic_savepoint(spec)
+        if self.seen.job_running:  # its checkpoints complete: keep lastCheckpoint fresh
+            checkpoints = clock.duration(spec.checkpointing.interval)
+            self.soon(self.now + max(checkpoints, self.config.checkpoint_status_interval))
 
     def can_roll_back(self) -> bool:
         """Whether the deployment of ``lastReconciledSpec`` may go back to the last stable

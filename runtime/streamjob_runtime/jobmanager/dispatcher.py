@@ -40,6 +40,10 @@ class JobManager:
     recovers every job in the HA metadata from its latest completed checkpoint.
     It stops coordinating the moment it loses leadership, and :attr:`lost`
     is set so the process exits (a restarted process is a fresh standby).
+
+    ``host`` is the address it advertises (in the HA metadata and its REST URL);
+    ``bind_host`` the one its RPC and REST servers listen on (default: ``host``), e.g.
+    0.0.0.0 in a pod so that clients inside the pod reach it on localhost too.
     """
 
     def __init__(
@@ -49,11 +53,13 @@ class JobManager:
         ha: services.HaConfig | None = None,
         identity: str | None = None,
         settings: security.Settings | None = None,
+        bind_host: str | None = None,
     ) -> None:
         cluster.validate()
         self.security = settings or security.Settings()
         self.cluster = cluster
         self.host = host
+        self.bind_host = bind_host or host
         self.ha = ha if ha is not None and ha.kind is not services.HaKind.NONE else None
         if self.ha is not None:
             self.ha.validate()
@@ -92,7 +98,7 @@ class JobManager:
         tls = self.security.tls
         server = await asyncio.start_server(
             self._serve_taskmanager,
-            self.host,
+            self.bind_host,
             rpc_port,
             ssl=tls.server_context() if tls else None,
             ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S if tls else None,
@@ -101,10 +107,12 @@ class JobManager:
         self.rpc_port = server.sockets[0].getsockname()[1]
         self._runner = web.AppRunner(rest.create_app(self), access_log=None)
         self.rest_port = await _serve_http(
-            self._runner, self.host, rest_port, tls.rest_context() if tls else None
+            self._runner, self.bind_host, rest_port, tls.rest_context() if tls else None
         )
         self._metrics_runner = web.AppRunner(rest.create_metrics_app(self), access_log=None)
-        self.metrics_port = await _serve_http(self._metrics_runner, self.host, metrics_port, None)
+        self.metrics_port = await _serve_http(
+            self._metrics_runner, self.bind_host, metrics_port, None
+        )
         self._spawn(self._check_heartbeats())
         logs.event(
             log,
@@ -501,9 +509,10 @@ async def serve(
     identity: str | None = None,
     settings: security.Settings | None = None,
     metrics_port: int = 0,
+    bind_host: str | None = None,
 ) -> int:
     """Run a JobManager until SIGTERM/SIGINT (exit 0) or lost leadership (exit 3)."""
-    jm = JobManager(cluster, host, ha, identity, settings)
+    jm = JobManager(cluster, host, ha, identity, settings, bind_host)
     await jm.start(rpc_port, rest_port, metrics_port)
     if ready_file:
         ready = {
