@@ -93,6 +93,17 @@ def test_jobmanager_flags_without_ha_are_exact() -> None:
     ]
 
 
+def test_a_job_started_from_a_savepoint_elsewhere_may_restore_from_its_directory() -> None:
+    job = make_job(
+        savepoints={"directory": "/state/savepoints"},
+        job={"entrypoint": "examples.clickstream", "initialSavepointPath": "/imported/sp-1a2b/"},
+    )
+    args = jobmanager.arguments(job, HERE)
+    roots = args[args.index("--storage-roots") + 1]
+    assert roots == "/checkpoints:/state/savepoints:/imported"
+    assert "--storage-roots" not in jobmanager.arguments(make_job(), HERE)
+
+
 def test_jobmanager_flags_with_ha_carry_the_timings_in_ms() -> None:
     job = make_job(
         checkpointing={"storage": "/state/checkpoints"},

@@ -16,6 +16,7 @@ metrics port (9249), which serves nothing else.
 
 from __future__ import annotations
 
+import posixpath
 from typing import Any
 
 from streamjob_operator.desired import ha, metadata, podtemplate, security, target, workload
@@ -58,6 +59,13 @@ def arguments(job: target.StreamJob, where: target.DeploymentTarget) -> list[str
     ]  # fmt: skip
     if spec.savepoints.directory is not None:
         args += ["--savepoint-dir", spec.savepoints.directory]
+    if spec.job.initialSavepointPath is not None:
+        # The runtime confines restore paths to its storage roots (by default the checkpoint
+        # and savepoint directories): a job started from a savepoint elsewhere needs its
+        # directory among them too.
+        roots = [spec.checkpointing.storage, spec.savepoints.directory]
+        roots.append(posixpath.dirname(spec.job.initialSavepointPath.rstrip("/")))
+        args += ["--storage-roots", ":".join(r for r in roots if r)]
     args += security.arguments(jobmanager=True)
     return args + ha.arguments(spec, metadata.cluster_id(job, where), jobmanager=True)
 
