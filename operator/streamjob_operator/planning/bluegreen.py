@@ -143,7 +143,7 @@ def is_step(step: str | None) -> bool:
 
 
 class Host(Protocol):
-    """What the step machine uses of the planner's pass (``planner._Pass``)."""
+    """What the step machine uses of the planner's pass (``context.Pass``)."""
 
     seen: observed.Observed
     status: models.StreamJobStatus
