@@ -5,9 +5,11 @@ is what HA metadata must name for TaskManagers and clients to reach the leader. 
 consequence: nothing inside the pod reaches the JobManager on 127.0.0.1 (so neither
 does ``kubectl port-forward``, which connects there); use the Service.
 
-With HA only the leader answers ``/readyz``, so only the leader is Ready; the Service
-also selects ``streamjob.dev/jobmanager-leader: "true"``, the label the leader puts on
-its own pod, so it reaches the leader even while a deposed leader is still Ready.
+With HA the leader and the standbys are all Ready (``/readyz`` answers 200 for a standby
+ready to take over, so the Deployment becomes available and its rollout completes); the
+Service selects ``streamjob.dev/jobmanager-leader: "true"``, the label the leader puts on
+its own pod (and takes off the previous leader's), so it reaches the leader only. A
+standby takes a label a previous process of its pod left off before it reports ready.
 """
 
 from __future__ import annotations

@@ -145,6 +145,9 @@ class EtcdHaStore:
         kv = await self.client.get(key.encode())
         return None if kv is None else bytes(kv.value)
 
+    async def withdraw(self) -> None:
+        """Nothing routes to an etcd JobManager by a mark of its own: nothing to undo."""
+
     async def publish_leader(self, epoch: int, leader: services.LeaderInfo) -> None:
         await self._fenced(epoch, self.prefix + "leader-info", services.encode(leader))
 

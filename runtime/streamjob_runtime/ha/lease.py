@@ -314,6 +314,20 @@ class ConfigMapHaStore:
         await self._fenced(epoch, put)
         await self._label_leader_pod()
 
+    async def withdraw(self) -> None:
+        """Set this pod's leader label to false (a pod that is gone has none)."""
+        if not self.cfg.pod_name:
+            return
+        core = await self._core()
+        labels = {LEADER_LABEL: "false", CLUSTER_LABEL: self.cfg.cluster_id}
+        try:
+            await core.patch_namespaced_pod(
+                self.cfg.pod_name, self.cfg.namespace, {"metadata": {"labels": labels}}
+            )
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
     async def _label_leader_pod(self) -> None:
         """Move the leader label to our pod, so a Service selects only the leader."""
         if not self.cfg.pod_name:

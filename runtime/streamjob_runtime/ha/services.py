@@ -118,6 +118,13 @@ class LeaderElector(Protocol):
 
 
 class HaStore(Protocol):
+    async def withdraw(self) -> None:
+        """Make sure nothing routes to this JobManager as the leader, before it
+        campaigns: a standby that passes its readiness check must not be selected as
+        the leader (Kubernetes: set the pod's leader label to false, which a previous
+        process in the same pod may have left; etcd: nothing to undo). Raises when it
+        could not (the caller retries)."""
+
     async def publish_leader(self, epoch: int, leader: LeaderInfo) -> None: ...
 
     async def leader(self) -> LeaderInfo | None: ...

@@ -64,6 +64,7 @@ class JobManager:
         self.store: services.HaStore | None = None
         self.lost = asyncio.Event()
         self.serving = self.ha is None
+        self.withdrawn = False  # a standby that nothing routes to as the leader
         self._servers: list[asyncio.AbstractServer] = []
         self._runner: web.AppRunner | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -106,7 +107,28 @@ class JobManager:
         )
         if self.ha is not None:
             self.elector, self.store = ha_factory.create(self.ha, self.identity)
-            self._spawn(self.elector.run(self._on_elected, self._on_revoked))
+            self._spawn(self._campaign(self.ha, self.elector, self.store))
+
+    @property
+    def standby_ready(self) -> bool:
+        """A standby ready to take over: HA services reached, and nothing (a leader
+        label a previous process left on this pod) routes to it as the leader."""
+        return self.epoch is None and self.withdrawn and not self.lost.is_set()
+
+    async def _campaign(
+        self, ha: services.HaConfig, elector: services.LeaderElector, store: services.HaStore
+    ) -> None:
+        """Withdraw (``HaStore.withdraw``, retried), then campaign: withdrawing after
+        being elected would take the label off the new leader."""
+        while True:
+            try:
+                await store.withdraw()
+                break
+            except Exception as e:  # retried: the API server may be starting
+                logs.event(log, "withdraw_failed", logging.WARNING, error=repr(e))
+                await asyncio.sleep(ha.retry_period_ms / 1000)
+        self.withdrawn = True
+        await elector.run(self._on_elected, self._on_revoked)
 
     # -- leadership ----------------------------------------------------------------------
 

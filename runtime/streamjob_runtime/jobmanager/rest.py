@@ -45,7 +45,7 @@ class _NotFound(Exception):
     pass
 
 
-_ANY_JOBMANAGER = {"/healthz", "/openapi.json", "/metrics"}
+_ANY_JOBMANAGER = {"/healthz", "/readyz", "/openapi.json", "/metrics"}
 
 
 @web.middleware
@@ -93,7 +93,17 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ready"})
+    """Ready: the leader, serving; or a standby ready to take over (HA). Not ready: a
+    standby still withdrawing, a leader still recovering its jobs, one that lost its
+    leadership. The body names the role; with HA a Service routes to the leader by
+    the label the leader puts on its pod, not by readiness, so a Deployment of a
+    leader and standbys becomes fully available."""
+    jm = request.app[JM_KEY]
+    if jm.is_leader:
+        return web.json_response({"status": "ready", "role": "leader"})
+    if jm.standby_ready:
+        return web.json_response({"status": "ready", "role": "standby"})
+    return error(503, f"JobManager {jm.identity} is neither leading nor a ready standby")
 
 
 async def overview(request: web.Request) -> web.Response:
