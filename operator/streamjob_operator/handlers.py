@@ -45,7 +45,7 @@ from kubernetes_asyncio import client
 from streamjob_operator.acting import actor
 from streamjob_operator.api import models
 from streamjob_operator.observing import observer, resource
-from streamjob_operator.planning import actions, configuration, planner
+from streamjob_operator.planning import actions, configuration, observed, planner
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +179,7 @@ class Reconciler:
         self._locks: dict[str, asyncio.Lock] = {}
         self._due: dict[str, float] = {}
         self._disposed: dict[str, set[str]] = {}
+        self._refused: dict[str, observed.Refusal] = {}
 
     def start(self) -> None:
         """kopf (re)starts: passes may run again (after :meth:`close`)."""
@@ -210,7 +211,7 @@ class Reconciler:
 
     def forget(self, namespace: str, name: str) -> None:
         key = f"{namespace}/{name}"
-        for memory in (self._due, self._disposed, self._locks):
+        for memory in (self._due, self._disposed, self._refused, self._locks):
             memory.pop(key, None)
         self.metrics.lifecycle(key, None)
 
@@ -242,6 +243,7 @@ class Reconciler:
                 streamjob,
                 resolve=self.options.acting.resolve,
                 disposed=self._disposed.get(key, set()),
+                refused=self._refused.get(key),
                 rest_timeout_s=self.options.rest_timeout_s,
             )
             stage = "plan"
@@ -265,7 +267,9 @@ class Reconciler:
             self._schedule(key, outcome.requeue_after or reconcile)
             return outcome
         self.metrics.errors.labels("act").inc()
-        delay = self.options.conflict_delay if outcome.conflict else self.options.retry_delay
+        # A refused submission is planning's to report: the next pass shows it at once.
+        quick = outcome.conflict or outcome.refused is not None
+        delay = self.options.conflict_delay if quick else self.options.retry_delay
         self._schedule(key, delay)
         log.warning("StreamJob %s: %s; retrying in %s s", key, outcome.error, delay)
         raise PassFailed(outcome.error or "acting failed", delay)
@@ -284,6 +288,10 @@ class Reconciler:
         history = {e.location for e in plan.status.savepointHistory}
         kept = {location for location in self._disposed.get(key, set()) if location in history}
         self._disposed[key] = kept | set(outcome.disposed)
+        if outcome.refused is not None:
+            self._refused[key] = outcome.refused
+        elif outcome.submitted:
+            self._refused.pop(key, None)
         status = plan.status if outcome.recorded else streamjob.status
         self.metrics.lifecycle(key, status.lifecycleState)
         log.debug(

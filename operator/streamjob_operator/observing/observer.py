@@ -36,9 +36,11 @@ async def observe(
     *,
     resolve: rest_observing.Resolve = rest_observing.identity,
     disposed: Set[str] = frozenset(),
+    refused: observed.Refusal | None = None,
     rest_timeout_s: float = 5.0,
 ) -> observed.Observed:
-    """``disposed``: the savepoint locations acting disposed of (acting's memory)."""
+    """``disposed``: the savepoint locations acting disposed of; ``refused``: the last
+    submission a JobManager refused (acting's memory)."""
     status = streamjob.status
     spec = lifecycle.deployed_spec(status)
     job = streamjob.identity(spec)
@@ -75,6 +77,7 @@ async def observe(
         savepoint=rest.savepoint,
         ha_checkpoint=ha_checkpoint,
         disposed=frozenset(disposed),
+        refused=refused,
         color=here.color,
         other=other,
     )

@@ -163,6 +163,7 @@ class Host(Protocol):
         self, kind: str, value: bool | None, reason: str, message: str = ""
     ) -> None: ...
     def streamjob(self, spec: models.StreamJobSpec) -> target.StreamJob: ...
+    def refused(self, job: rest.JobSubmission) -> bool: ...
     def can_roll_back(self) -> bool: ...
     def start_redeploy(self, spec: models.StreamJobSpec, why: str) -> None: ...
     def stop_job(
@@ -370,8 +371,10 @@ class BlueGreen:
             return
         if known is None:  # what it lists now is not ours to adopt
             self.bg.previousJobs = sorted(j.jid for j in view.jobs)
-        p.write()
         job = submission.job_submission(p.streamjob(spec), where)
+        if p.refused(job):
+            return
+        p.write()
         p.emit(actions.SubmitJob(job, where=where))
         p.soon()
 

@@ -23,6 +23,7 @@ from streamjob_operator.planning import (
     observed,
     steps,
 )
+from streamjob_runtime.api import models as rest
 
 WARNING = actions.EventType.WARNING
 
@@ -107,6 +108,25 @@ class Pass(abc.ABC):
             seconds = max(1.0, (self.wake - self.now).total_seconds())
             self.emit(actions.RequeueAfter(seconds))
         return actions.Plan(tuple(self.actions), self.status)
+
+    def refused(self, job: rest.JobSubmission) -> bool:
+        """Whether the JobManager refused this very submission and it is not yet time to
+        send it again. A refusal is reported (status error, one ``SubmitFailed`` Event)
+        for as long as the submission stays the same; it is sent again
+        ``reconcile_interval`` after the refusal, in case the cause has passed (a
+        savepoint not yet visible), and a new spec is submitted at once."""
+        refusal = self.seen.refused
+        if refusal is None or refusal.submission != job:
+            return False
+        self.error(
+            f"the JobManager refused the job: {refusal.message}; fix the spec and apply it",
+            "SubmitFailed",
+        )
+        retry = refusal.at + self.config.reconcile_interval
+        if self.now < retry:
+            self.soon(retry)
+            return True
+        return False
 
     @property
     def here(self) -> target.DeploymentTarget:

@@ -12,7 +12,9 @@ A pass, in order:
    JobManager knows starts nothing), else it is lost.
 4. Validate the spec. An invalid spec is reported (status error, ``SpecValid``
    condition, one Event) and not acted on: the last valid spec keeps running.
-5. With a redeploy under way (``reconciliation.step``), carry it on; otherwise
+5. With a redeploy under way (``reconciliation.step``), carry it on (a newer spec
+   replaces its target until the old job is asked to stop, or until the new job is
+   submitted, ``redeploy.retarget`` and ``redeploy.retarget_deploy``); otherwise
    compare the spec with the last reconciled one and start what the change needs
    (``upgrade``), or look after the running job (``running``): job failures, the
    stability gate and rollback (``rollback``), manual and periodic savepoints.
@@ -159,12 +161,14 @@ class _Pass(context.Pass):
             redeploy.stop_job(self, spec)
         elif step is Step.DELETE_DEPLOYMENTS:
             redeploy.delete_deployments(self, spec)
+        elif redeploy.retarget_deploy(self, spec, valid):
+            return  # a newer spec replaced the deployment's target
+        elif rollback.deploy_timed_out(self, spec):
+            return
         elif step is Step.APPLY_CHILDREN:
-            if not rollback.deploy_timed_out(self, spec):
-                redeploy.apply_children(self, spec)
+            redeploy.apply_children(self, spec)
         else:
-            if not rollback.deploy_timed_out(self, spec):
-                redeploy.submit(self, spec)
+            redeploy.submit(self, spec)
 
     # -- the decisions blue-green's step machine calls back into -----------------------------
 

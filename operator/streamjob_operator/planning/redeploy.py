@@ -134,9 +134,13 @@ def delete_deployments(
     apply_children(p, spec)
 
 
-def apply_children(p: context.Pass, spec: models.StreamJobSpec) -> None:
-    """Step APPLY_CHILDREN: the new children, then wait for the JobManager."""
-    if p.r.step != Step.APPLY_CHILDREN:
+def apply_children(p: context.Pass, spec: models.StreamJobSpec, afresh: bool = False) -> None:
+    """Step APPLY_CHILDREN: the new children, then wait for the JobManager.
+
+    Entering the step (or ``afresh``: the target changed) starts the deployment's clock
+    and forgets the previous job; then the submission waits for the next pass, whose
+    observation shows whether the JobManager was replaced."""
+    if afresh or p.r.step != Step.APPLY_CHILDREN:
         p.r.step = Step.APPLY_CHILDREN
         color = bluegreen.deploy_color(spec, p.status)
         p.status.blueGreen = None if color is None else models.BlueGreenStatus(active=color.value)
@@ -147,10 +151,55 @@ def apply_children(p: context.Pass, spec: models.StreamJobSpec) -> None:
     p.write()
     where = dataclasses.replace(p.here, savepoint_path=p.r.restorePath)
     p.emit(actions.ApplyChildren(p.streamjob(spec), where))
-    if p.seen.jobmanager is observed.DeploymentState.READY and p.seen.rest_reachable:
+    if not afresh and p.seen.jobmanager is observed.DeploymentState.READY and p.seen.rest_reachable:
         submit(p, spec)
     else:
         p.soon()
+
+
+def retarget_deploy(
+    p: context.Pass, spec: models.StreamJobSpec, valid: models.StreamJobSpec | None
+) -> bool:
+    """Steps APPLY_CHILDREN and SUBMIT_JOB, before the JobManager lists a job: a newer
+    spec replaces the target (a fixed entrypoint after the JobManager refused the job,
+    say); True when it did (and took the step).
+
+    The new children are applied and, once the JobManager is ready, the new job is
+    submitted from the same restore path (a first deployment: from the new
+    ``initialSavepointPath``; ``stateless``: from empty state). The deployment's clock
+    starts again, and a deployment that had timed out is no longer FAILED. Suspended,
+    or with the other strategy, the children go first (``delete_deployments``). Once
+    the JobManager lists a job, a newer spec is an upgrade of that job instead.
+    """
+    r = p.r
+    if (
+        valid is None
+        or r.state not in (State.DEPLOYED, State.UPGRADING)
+        or changes.encode(valid) == r.lastReconciledSpec
+        or (p.seen.rest_reachable and p.seen.jobs)
+    ):
+        return False
+    restore: str | None
+    if r.state is State.DEPLOYED:  # the first deployment
+        restore = valid.job.initialSavepointPath
+    elif valid.job.upgradeMode is models.UpgradeMode.STATELESS:
+        restore = None
+    else:
+        restore = r.restorePath
+        errors = validation.transition_errors(spec, valid, with_state=restore is not None)
+        if errors:
+            p.error("cannot apply the new spec: " + "; ".join(errors), "InvalidChange")
+            return False
+    r.lastReconciledSpec = changes.encode(valid)
+    p.set_condition(lifecycle.STABLE, None, "Redeploying", "retargeted to a new spec")
+    p.event(NORMAL, "Retargeted", "the deployment under way now goes to the new spec")
+    suspend = valid.job.state is models.DesiredJobState.SUSPENDED
+    if suspend or p.here.color != bluegreen.deploy_color(valid, p.status):
+        delete_deployments(p, valid, restore=restore)
+    else:
+        r.restorePath = restore
+        apply_children(p, valid, afresh=True)
+    return True
 
 
 def submit(p: context.Pass, spec: models.StreamJobSpec) -> None:
@@ -166,9 +215,11 @@ def submit(p: context.Pass, spec: models.StreamJobSpec) -> None:
         p.soon()
         return
     p.r.step = Step.SUBMIT_JOB
-    p.write()
     where = dataclasses.replace(p.here, savepoint_path=p.r.restorePath)
     job = submission.job_submission(p.streamjob(spec), where)
+    if p.refused(job):
+        return
+    p.write()
     p.emit(actions.SubmitJob(job, where))
     p.soon()
 
