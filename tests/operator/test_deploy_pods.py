@@ -64,3 +64,28 @@ def test_a_refused_submission_shows_at_once_and_a_fixed_entrypoint_is_deployed_e
         assert "Retargeted" in reasons
         assert reasons.count("Deployed") == 1
     assert_exact(tmp_path / "out", events=live.EVENTS)
+
+
+def test_a_resume_of_the_same_spec_passes_the_stability_gate_again(
+    kube: KubeEmulator, pod_runner: PodRunner, tmp_path: Path
+) -> None:
+    with live.operator(kube, pod_runner):
+        kube.create(test_observing.streamjob_body("sum", live.spec(tmp_path)))
+        first = live.job_id(live.wait_stable(kube, "sum"))
+        assert first is not None
+        live.patch(kube, "sum", {"job": {"state": "suspended"}})
+        live.wait_status(kube, "sum", lambda s: s.get("lifecycleState") == "SUSPENDED", "SUSPENDED")
+
+        live.patch(kube, "sum", {"job": {"state": "running"}})  # the last stable spec again
+        resumed = live.wait_redeployed(kube, "sum", first, "the resumed job")
+        # The new job earns STABLE: the gate runs again, with its condition and Event.
+        assert resumed["lifecycleState"] in {"DEPLOYED", "STABLE"}
+        kube.wait_for(
+            lambda: test_handlers.reasons(kube, "sum").count("Stable") == 2,
+            timeout=60,
+            what="a second Stable event",
+        )
+        status = live.wait_stable(kube, "sum")
+        assert condition(status, "Stable")["status"] == "True"
+        live.wait_finished(kube, "sum")
+    assert_exact(tmp_path / "out", events=live.EVENTS)

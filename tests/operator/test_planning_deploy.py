@@ -40,12 +40,20 @@ from tests.operator.test_planning import (
     raw,
     seen,
     stamp,
+    stats,
     status,
     summary,
 )
 
 FIXED = raw(job__entrypoint="examples.fixed")
 REFUSAL = "cannot load job file examples.wordcount: no module named examples.wordcount"
+STABILIZING = models.Condition(
+    type=lifecycle.STABLE,
+    status="Unknown",
+    reason=lifecycle.STABILIZING,
+    message="the job was just submitted",
+    lastTransitionTime=stamp(ago(seconds=20)),
+)
 TIMED_OUT = models.Condition(
     type=lifecycle.STABLE,
     status="False",
@@ -153,7 +161,34 @@ CASES = [
         submitting(),
         ["event Deployed"], spec=FIXED, step=None,
     ),
+    # -- a resume of the last stable spec passes the stability gate again -----------------
+    Case(
+        "a resumed job with the last stable spec is DEPLOYED, not STABLE",
+        seen(details("j2")),
+        status(state=State.UPGRADING, step=Step.SUBMIT_JOB, job_id=None, job_state=None,
+               restore="/sp/suspend", deployed=ago(seconds=20)),
+        ["event Deployed"], lifecycle=Lifecycle.DEPLOYED, step=None,
+        check=lambda p: _stable(p, "Unknown"),
+    ),
+    Case(
+        "the resumed job waits for the stability gate",
+        seen(details("j2"), checkpoints=stats(completed=1)),
+        status(job_id="j2", deployed=ago(seconds=31), conditions=[STABILIZING]),
+        [], lifecycle=Lifecycle.DEPLOYED, check=lambda p: _stable(p, "Unknown"),
+    ),
+    Case(
+        "the resumed job passes the stability gate: STABLE, with its condition and Event",
+        seen(details("j2"), checkpoints=stats(completed=2)),
+        status(job_id="j2", deployed=ago(seconds=31), conditions=[STABILIZING]),
+        ["event Stable"], lifecycle=Lifecycle.STABLE, check=lambda p: _stable(p, "True"),
+    ),
 ]  # fmt: skip
+
+
+def _stable(plan: actions.Plan, value: str) -> None:
+    found = lifecycle.condition(plan.status, lifecycle.STABLE)
+    assert found is not None
+    assert found.status == value
 
 
 def _degraded(plan: actions.Plan, value: bool) -> None:

@@ -396,7 +396,7 @@ class BlueGreen:
             self.remove_next()
             return
         p.r.step = Step.AWAIT_STABLE
-        p.set_condition(lifecycle.STABLE, None, "Stabilizing", "the job was just submitted")
+        p.set_condition(lifecycle.STABLE, None, lifecycle.STABILIZING, "the job was just submitted")
         p.event(
             NORMAL, "Deployed", f"job {job.jid} submitted to the {name(self.next().color)} cluster"
         )
@@ -422,7 +422,7 @@ class BlueGreen:
             self.remove_previous()
             return
         if not verdict.timed_out:
-            p.set_condition(lifecycle.STABLE, None, "Stabilizing", verdict.why_not)
+            p.set_condition(lifecycle.STABLE, None, lifecycle.STABILIZING, verdict.why_not)
             if verdict.next_check is not None:
                 p.soon(min(verdict.next_check, p.now + p.config.progress_check_interval))
             return

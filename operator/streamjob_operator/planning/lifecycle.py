@@ -25,6 +25,7 @@ DEGRADED = "Degraded"
 STABLE = "Stable"
 SPEC_VALID = "SpecValid"
 STABILITY_TIMEOUT = "StabilityTimeout"
+STABILIZING = "Stabilizing"  # the Stable condition's reason while the gate is pending
 
 
 def condition(status: models.StreamJobStatus, kind: str) -> models.Condition | None:
@@ -52,6 +53,24 @@ def deployed_spec(status: models.StreamJobStatus) -> models.StreamJobSpec | None
         return changes.decode(text)
     except pydantic.ValidationError:
         return None
+
+
+def stabilizing(status: models.StreamJobStatus) -> bool:
+    """The current deployment waits for the stability gate, as its ``Stable`` condition
+    says from its submission on, even when its spec is the last stable one (a resume of
+    an unchanged spec: the new job has proven nothing yet)."""
+    stable = condition(status, STABLE)
+    return stable is not None and stable.status == "Unknown" and stable.reason == STABILIZING
+
+
+def spec_stable(status: models.StreamJobStatus) -> bool:
+    """The reconciled spec passed the stability gate, in the deployment that runs now."""
+    r = status.reconciliation
+    return (
+        r.lastStableSpec is not None
+        and r.lastStableSpec == r.lastReconciledSpec
+        and not stabilizing(status)
+    )
 
 
 def stability_failed(status: models.StreamJobStatus) -> bool:
@@ -86,7 +105,7 @@ def lifecycle_state(status: models.StreamJobStatus) -> Lifecycle:
         return Lifecycle.FAILED
     if r.state is State.ROLLED_BACK:
         return Lifecycle.ROLLED_BACK
-    if r.lastStableSpec is not None and r.lastStableSpec == r.lastReconciledSpec:
+    if spec_stable(status):
         return Lifecycle.STABLE
     return Lifecycle.DEPLOYED
 

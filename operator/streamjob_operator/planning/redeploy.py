@@ -237,6 +237,6 @@ def adopt(p: context.Pass, job: rest.JobOverview) -> None:
     if rolled_back:
         p.event(WARNING, "RolledBack", f"rolled back to the last stable spec: job {job.jid}")
     else:
-        p.set_condition(lifecycle.STABLE, None, "Stabilizing", "the job was just submitted")
+        p.set_condition(lifecycle.STABLE, None, lifecycle.STABILIZING, "the job was just submitted")
         p.event(NORMAL, "Deployed", f"job {job.jid} submitted")
     p.soon()

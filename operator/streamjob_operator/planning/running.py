@@ -83,7 +83,7 @@ def job_lost(p: context.Pass) -> bool:
 def gate(p: context.Pass, spec: models.StreamJobSpec) -> bool:
     """The stability gate; True when a rollback started."""
     r = p.r
-    if r.state is not State.DEPLOYED or r.lastStableSpec == r.lastReconciledSpec:
+    if r.state is not State.DEPLOYED or lifecycle.spec_stable(p.status):
         return False
     verdict = stability.judge(spec, p.status, p.seen, p.now)
     if verdict.stable:
@@ -92,7 +92,7 @@ def gate(p: context.Pass, spec: models.StreamJobSpec) -> bool:
         p.event(NORMAL, "Stable", "the deployment is stable")
         return False
     if not verdict.timed_out:
-        p.set_condition(lifecycle.STABLE, None, "Stabilizing", verdict.why_not)
+        p.set_condition(lifecycle.STABLE, None, lifecycle.STABILIZING, verdict.why_not)
         if verdict.next_check is not None:
             p.soon(min(verdict.next_check, p.now + p.config.progress_check_interval))
         return False
@@ -105,8 +105,8 @@ def gate(p: context.Pass, spec: models.StreamJobSpec) -> bool:
         return False
     next_step = (
         "rollback.enabled is off"
-        if r.lastStableSpec is not None
-        else "there is no stable spec to roll back to"
+        if r.lastStableSpec not in (None, r.lastReconciledSpec)
+        else "there is no other stable spec to roll back to"
     )
     p.set_condition(lifecycle.STABLE, False, lifecycle.STABILITY_TIMEOUT, why)
     p.error(f"{why} ({next_step}): fix the spec and apply it", "StabilityTimeout")

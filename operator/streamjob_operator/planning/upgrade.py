@@ -62,7 +62,7 @@ def first_deploy(p: context.Pass, spec: models.StreamJobSpec) -> None:
 def record_spec(p: context.Pass, spec: models.StreamJobSpec) -> None:
     """Take ``spec`` as reconciled without a redeploy (STABLE stays STABLE)."""
     text = changes.encode(spec)
-    was_stable = p.r.lastStableSpec == p.r.lastReconciledSpec
+    was_stable = lifecycle.spec_stable(p.status)
     if was_stable and p.r.state is State.DEPLOYED:
         p.r.lastStableSpec = text
     p.r.lastReconciledSpec = text
