@@ -242,6 +242,8 @@ class JobManager:
         """Validate, record in the HA metadata (fenced), and start a new job."""
         if self.epoch is None:
             raise errors.NotLeaderError(self.identity)
+        if submission.restore_from_latest_in is not None:
+            submission = await self._newest_restore_point(submission)
         job_id = uuid.uuid4().hex
         master = await self._start_job(job_id, submission, None)
         if self.store is not None:
@@ -255,6 +257,20 @@ class JobManager:
                 raise errors.NotLeaderError(self.identity) from None
         master.start()
         return job_id
+
+    async def _newest_restore_point(self, submission: models.JobSubmission) -> models.JobSubmission:
+        """``restore_from_latest_in`` resolved: the submission restores from the newest
+        completed checkpoint in that directory, or its savepoint when newer."""
+        directory = submission.restore_from_latest_in
+        assert directory is not None
+        try:
+            path = await asyncio.to_thread(savepoint.newest, directory, submission.savepoint_path)
+        except savepoint.SavepointError as e:
+            raise SubmissionError(str(e)) from None
+        logs.event(log, "restore_resolved", directory=directory, restore_point=str(path))
+        return submission.model_copy(
+            update={"savepoint_path": str(path), "restore_from_latest_in": None}
+        )
 
     async def _start_job(
         self,
