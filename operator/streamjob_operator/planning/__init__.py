@@ -16,6 +16,6 @@ derived from status), ``clock`` (timestamps), ``stability`` (the STABLE gate),
 ``savepoints`` (records, history retention, periodic triggers, and a pass's savepoint
 decisions), ``configuration`` (the operator's own settings), ``context`` (one pass:
 inputs, gathered actions and errors), the decisions of a pass by concern
-(``upgrade``, ``redeploy``, ``restore``, ``rollback``, ``running``, ``deletion``,
-``bluegreen``) and ``planner`` (:func:`planner.plan`, which orders them).
+(``upgrade``, ``redeploy``, ``restore``, ``rollback``, ``running``, ``recovery``,
+``deletion``, ``bluegreen``) and ``planner`` (:func:`planner.plan`, which orders them).
 """

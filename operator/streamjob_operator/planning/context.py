@@ -109,7 +109,7 @@ class Pass(abc.ABC):
             self.emit(actions.RequeueAfter(seconds))
         return actions.Plan(tuple(self.actions), self.status)
 
-    def refused(self, job: rest.JobSubmission) -> bool:
+    def refused(self, job: rest.JobSubmission, advice: str = "fix the spec and apply it") -> bool:
         """Whether the JobManager refused this very submission and it is not yet time to
         send it again. A refusal is reported (status error, one ``SubmitFailed`` Event)
         for as long as the submission stays the same; it is sent again
@@ -118,10 +118,7 @@ class Pass(abc.ABC):
         refusal = self.seen.refused
         if refusal is None or refusal.submission != job:
             return False
-        self.error(
-            f"the JobManager refused the job: {refusal.message}; fix the spec and apply it",
-            "SubmitFailed",
-        )
+        self.error(f"the JobManager refused the job: {refusal.message}; {advice}", "SubmitFailed")
         retry = refusal.at + self.config.reconcile_interval
         if self.now < retry:
             self.soon(retry)

@@ -13,7 +13,7 @@ import dataclasses
 import pydantic
 
 from streamjob_operator.api import models
-from streamjob_operator.planning import changes
+from streamjob_operator.planning import changes, steps
 
 Lifecycle = models.LifecycleState
 State = models.ReconciliationState
@@ -80,8 +80,9 @@ def stability_failed(status: models.StreamJobStatus) -> bool:
 
 def lifecycle_state(status: models.StreamJobStatus) -> Lifecycle:
     """In order: DELETING; CREATED before anything was reconciled; FAILED when a deploy
-    did not become stable in time; ROLLING_BACK and UPGRADING while redeploying; CREATED
-    during the first deployment (reconciliation state DEPLOYED with a step under way);
+    did not become stable in time; ROLLING_BACK and UPGRADING while redeploying; DEPLOYED
+    while a lost job is recovered; CREATED during the first deployment (reconciliation
+    state DEPLOYED with a step under way);
     SUSPENDED; FAILED when the job failed for good; ROLLED_BACK; STABLE when the
     reconciled spec passed the stability gate; else DEPLOYED.
     """
@@ -96,6 +97,8 @@ def lifecycle_state(status: models.StreamJobStatus) -> Lifecycle:
         return Lifecycle.ROLLING_BACK
     if r.state is State.UPGRADING:
         return Lifecycle.UPGRADING
+    if r.step == steps.Step.RECOVER_JOB:
+        return Lifecycle.DEPLOYED  # a lost job is being recovered
     if r.step is not None:
         return Lifecycle.CREATED
     spec = deployed_spec(status)

@@ -62,6 +62,7 @@ from streamjob_operator.planning import (
     deletion,
     lifecycle,
     observed,
+    recovery,
     redeploy,
     rollback,
     running,
@@ -156,6 +157,8 @@ class _Pass(context.Pass):
         assert spec is not None, "a step is under way without a target spec"
         if bluegreen.is_step(step):
             bluegreen.BlueGreen(self).carry_on(spec, valid)
+        elif step is Step.RECOVER_JOB:
+            recovery.carry_on(self, spec)
         elif step is Step.STOP_JOB:
             spec = redeploy.retarget(self, spec, valid)
             redeploy.stop_job(self, spec)

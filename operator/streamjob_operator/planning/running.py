@@ -11,6 +11,7 @@ from streamjob_operator.planning import (
     context,
     lifecycle,
     observed,
+    recovery,
     rollback,
     savepoints,
     stability,
@@ -47,12 +48,7 @@ def look_after(p: context.Pass, spec: models.StreamJobSpec) -> None:
         p.soon()
         return
     if job_lost(p):
-        p.error(
-            f"the JobManager does not know job {p.status.job.id} (it restarted without"
-            " high availability?): change job.restartNonce to start the job again from its"
-            " latest state",
-            "JobLost",
-        )
+        recovery.start(p, spec)
         return
     if p.status.job.state == rest.JobStatus.FAILED.value:
         if rollback.rollback_due(p):
