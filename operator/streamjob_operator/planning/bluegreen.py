@@ -164,6 +164,7 @@ class Host(Protocol):
     ) -> None: ...
     def streamjob(self, spec: models.StreamJobSpec) -> target.StreamJob: ...
     def refused(self, job: rest.JobSubmission, advice: str = ...) -> bool: ...
+    def awaiting_deletion(self, what: str) -> None: ...
     def can_roll_back(self) -> bool: ...
     def start_redeploy(self, spec: models.StreamJobSpec, why: str) -> None: ...
     def stop_job(
@@ -242,7 +243,8 @@ class BlueGreen:
         (a stop-with-savepoint that failed, an upgrade blocked for want of state, an
         operator stopped before the request): the next colour runs the spec it was applied
         with, and the submission must match it. Once the stop is under way (a pending or
-        completed savepoint, a cancelled job), the new spec waits for the end of this
+        completed savepoint, a cancel requested as status records it, a cancelled job),
+        the new spec waits for the end of this
         upgrade, and so does a spec back to recreate, a suspend or a resume."""
         r = self.p.r
         if (
@@ -253,7 +255,9 @@ class BlueGreen:
         ):
             return spec
         if r.step == Step.STOP_ACTIVE and (
-            self.p.stopped_with is not None or not self.p.seen.job_running
+            self.p.stopped_with is not None
+            or not self.p.seen.job_running
+            or (r.cancelRequested is not None and r.cancelRequested == self.p.status.job.id)
         ):
             return spec  # the old job is stopping or stopped: taken up once this is over
         kind = changes.classify(spec, valid).kind
@@ -475,7 +479,7 @@ class BlueGreen:
         p.emit(actions.DeleteChildren(where))
         view = p.seen.cluster(where.color)
         if view is None or not view.deployments_absent:
-            p.soon()
+            p.awaiting_deletion(f"the {name(where.color)} cluster's Deployments")
             return False
         return True
 

@@ -17,9 +17,12 @@ class OperatorConfiguration:
       ``kubernetes.operator.savepoint.on-deletion``.)
     - ``progress_check_interval``: how soon to look again while something is under way.
     - ``reconcile_interval``: how soon to look again when nothing is.
+    - ``deletion_timeout``: how long a step waits for Deployments it deleted before it
+      reports them stuck (it keeps waiting: new ones cannot take their names before).
     """
 
     savepoint_on_deletion: bool = False
     deletion_savepoint_timeout: datetime.timedelta = datetime.timedelta(minutes=5)
     progress_check_interval: datetime.timedelta = datetime.timedelta(seconds=5)
     reconcile_interval: datetime.timedelta = datetime.timedelta(seconds=60)
+    deletion_timeout: datetime.timedelta = datetime.timedelta(minutes=5)

@@ -94,6 +94,11 @@ class Pass(abc.ABC):
         self.status.conditions = sorted([*others, fresh], key=lambda c: c.type)
 
     def derive(self) -> None:
+        r = self.r
+        if r.step is None:
+            r.stepStartedAt = None
+        elif r.step != self.before.reconciliation.step or r.stepStartedAt is None:
+            r.stepStartedAt = clock.format_time(self.now)  # entered this pass
         self.status.error = "; ".join(self.errors) or None
         self.r.observedGeneration = self.seen.meta.generation
         last = self.status.lastCheckpoint
@@ -124,6 +129,23 @@ class Pass(abc.ABC):
             self.soon(retry)
             return True
         return False
+
+    def awaiting_deletion(self, what: str) -> None:
+        """A step waits for Deployments it deleted (``what`` names them); past
+        ``deletion_timeout`` from the step's start this is reported (status error, one
+        ``DeletionStuck`` Warning). It keeps waiting: new Deployments cannot take the
+        names of ones still being deleted."""
+        self.soon()
+        started = self.r.stepStartedAt
+        timeout = self.config.deletion_timeout
+        if started is None or self.now - clock.parse_time(started) <= timeout:
+            return
+        self.error(
+            f"{what}: still being deleted {timeout} after step {self.r.step} began, so its"
+            " pods do not terminate (a node that is down, a finalizer); delete them by hand"
+            " (kubectl delete pod --force --grace-period=0 POD) and the step carries on",
+            "DeletionStuck",
+        )
 
     @property
     def here(self) -> target.DeploymentTarget:

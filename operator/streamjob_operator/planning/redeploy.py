@@ -96,12 +96,14 @@ def stop_job(
         return
     if p.seen.job_alive:
         assert job_id is not None
+        p.r.cancelRequested = job_id
         p.write()
         p.emit(actions.CancelJob(job_id, p.here))
         p.soon()
         return
     if choice.note is not None:
         p.event(WARNING, "CheckpointFallback", choice.note)
+    p.r.cancelRequested = None  # the stop is over
     then(spec, choice.path)
 
 
@@ -124,7 +126,15 @@ def delete_deployments(
         p.emit(actions.DeleteJobManager(p.here))
         p.emit(actions.DeleteHaMetadata(p.here))
     if not p.seen.deployments_absent:
-        p.soon()
+        remaining = [
+            name
+            for name, state in (
+                ("JobManager", p.seen.jobmanager),
+                ("TaskManager", p.seen.taskmanager),
+            )
+            if state is not observed.DeploymentState.ABSENT
+        ]
+        p.awaiting_deletion(f"the old {' and '.join(remaining)} Deployment")
         return
     if spec.job.state is models.DesiredJobState.SUSPENDED:
         p.r.step = None
