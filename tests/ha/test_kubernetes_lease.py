@@ -217,3 +217,19 @@ def test_a_standby_takes_a_stale_leader_label_off_its_pod_then_is_ready_as_stand
     assert ready == {"status": "ready", "role": "standby"}
     assert overview == 503  # job requests are the leader's
     assert label == "false"
+
+
+def test_the_configmap_keeps_the_newest_savepoint_request_outcomes(kube: KubeEmulator) -> None:
+    async def scenario() -> list[services.TriggerRecord]:
+        _, store = pair("a")
+        for n in range(services.TRIGGERS_KEPT + 4):
+            record = services.TriggerRecord(
+                "j", f"{n:032x}", "stop", "COMPLETED", location=f"/sp/{n}", time_ms=1000 + n
+            )
+            await store.put_trigger(0, record)
+        found = await store.triggers()
+        await store.close()
+        return found
+
+    found = asyncio.run(scenario())
+    assert [r.location for r in found] == [f"/sp/{n}" for n in range(4, services.TRIGGERS_KEPT + 4)]

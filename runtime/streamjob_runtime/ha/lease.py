@@ -401,6 +401,31 @@ class ConfigMapHaStore:
             return services.CheckpointRecord()
         return msgspec.json.decode(raw, type=services.CheckpointRecord)
 
+    async def put_trigger(self, epoch: int, record: services.TriggerRecord) -> None:
+        def put(data: dict[str, str]) -> None:
+            data[f"trigger.{record.request_id}"] = services.encode(record).decode()
+            recorded = [
+                msgspec.json.decode(v, type=services.TriggerRecord)
+                for k, v in data.items()
+                if k.startswith("trigger.")
+            ]
+            kept = {r.request_id for r in services.newest_triggers(recorded)}
+            for r in recorded:
+                if r.request_id not in kept:
+                    data.pop(f"trigger.{r.request_id}", None)
+
+        await self._fenced(epoch, put)
+
+    async def triggers(self) -> list[services.TriggerRecord]:
+        cm = await self._read()
+        data = (cm.data or {}) if cm else {}
+        found = [
+            msgspec.json.decode(v, type=services.TriggerRecord)
+            for k, v in data.items()
+            if k.startswith("trigger.")
+        ]
+        return sorted(found, key=lambda r: (r.time_ms, r.request_id))
+
     async def close(self) -> None:
         await self.api.close()
 

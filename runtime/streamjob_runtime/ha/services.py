@@ -83,6 +83,29 @@ class JobRecord(msgspec.Struct, frozen=True):
     submission: bytes  # the REST JobSubmission, JSON
 
 
+class TriggerRecord(msgspec.Struct, frozen=True):
+    """The outcome of a savepoint request (Flink's trigger), kept in the HA metadata
+    beyond its job's end, so that a new leader answers it and does not resume a job
+    that was stopped with a savepoint before the leader changed. The newest
+    :data:`TRIGGERS_KEPT` are kept."""
+
+    job_id: str
+    request_id: str
+    operation: str  # "savepoint", "stop" or "cancel"
+    status: str  # "COMPLETED" or "FAILED"
+    location: str | None = None
+    failure_cause: str | None = None
+    time_ms: int = 0
+
+
+TRIGGERS_KEPT = 16
+
+
+def newest_triggers(records: list[TriggerRecord]) -> list[TriggerRecord]:
+    """The :data:`TRIGGERS_KEPT` newest of ``records``, oldest first."""
+    return sorted(records, key=lambda r: (r.time_ms, r.request_id))[-TRIGGERS_KEPT:]
+
+
 class CheckpointPointer(msgspec.Struct, frozen=True):
     checkpoint_id: int
     path: str
@@ -138,6 +161,13 @@ class HaStore(Protocol):
     async def put_checkpoints(self, epoch: int, job_id: str, record: CheckpointRecord) -> None: ...
 
     async def checkpoints(self, job_id: str) -> CheckpointRecord: ...
+
+    async def put_trigger(self, epoch: int, record: TriggerRecord) -> None:
+        """Record a savepoint request's outcome (fenced), dropping all but the newest
+        :data:`TRIGGERS_KEPT`."""
+
+    async def triggers(self) -> list[TriggerRecord]:
+        """The recorded savepoint request outcomes, oldest first."""
 
     async def close(self) -> None: ...
 

@@ -153,6 +153,26 @@ class JobManager:
 
     async def _recover(self, epoch: int, record: services.JobRecord) -> None:
         assert self.store is not None
+        stopped = [
+            t
+            for t in await self.store.triggers()
+            if t.job_id == record.job_id
+            and t.operation in ("stop", "cancel")
+            and t.status == models.SavepointStatus.COMPLETED.value
+        ]
+        if stopped:
+            # The previous leader recorded its stop-with-savepoint before finishing the
+            # tasks: resuming would run past the savepoint a client now restores from.
+            logs.event(
+                log,
+                "job_not_resumed",
+                job_id=record.job_id,
+                request_id=stopped[-1].request_id,
+                savepoint=stopped[-1].location,
+                reason=f"it was stopped with a savepoint ({stopped[-1].operation})",
+            )
+            await self.store.remove_job(epoch, record.job_id)
+            return
         submission = models.JobSubmission.model_validate_json(record.submission)
         checkpoints = await self.store.checkpoints(record.job_id)
         try:
@@ -327,6 +347,7 @@ class JobManager:
             initial_savepoint=initial,
             ha=ha_pointers,
             on_terminal=self._job_ended,
+            on_savepoint=self._record_trigger if self.store is not None else None,
         )
         self.jobs[job_id] = master
         logs.event(
@@ -342,6 +363,44 @@ class JobManager:
         if recovered is not None:
             master.start()
         return master
+
+    async def _record_trigger(self, job_id: str, request: jobmaster.SavepointRequest) -> None:
+        """Fenced write of a finished savepoint request's outcome; losing the fence
+        revokes leadership (and raises FencedError)."""
+        assert self.store is not None
+        epoch = self.epoch
+        if epoch is None:
+            raise services.FencedError("this JobManager is not the leader")
+        record = services.TriggerRecord(
+            job_id=job_id,
+            request_id=request.request_id,
+            operation=request.operation,
+            status=request.status.value,
+            location=request.location,
+            failure_cause=request.failure_cause,
+            time_ms=logs.now_ms(),
+        )
+        try:
+            await self.store.put_trigger(epoch, record)
+        except services.FencedError as e:
+            logs.event(log, "ha_write_fenced", logging.ERROR, job_id=job_id, error=str(e))
+            self._spawn(self._on_revoked(f"an HA metadata write was fenced: {e}"))
+            raise
+
+    async def recorded_trigger(self, job_id: str, request_id: str) -> models.SavepointInfo | None:
+        """A savepoint request of ``job_id`` as the HA metadata recorded it (a request
+        a previous leader finished); None without HA or when it is not there."""
+        if self.store is None:
+            return None
+        for record in await self.store.triggers():
+            if record.job_id == job_id and record.request_id == request_id:
+                return models.SavepointInfo(
+                    request_id=record.request_id,
+                    status=models.SavepointStatus(record.status),
+                    location=record.location,
+                    failure_cause=record.failure_cause,
+                )
+        return None
 
     async def _job_ended(self, job_id: str) -> None:
         """A globally terminal job leaves the HA metadata (its checkpoints stay on disk)."""

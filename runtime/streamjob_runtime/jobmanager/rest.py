@@ -153,13 +153,20 @@ async def trigger_savepoint(request: web.Request) -> web.Response:
 
 
 async def savepoint_status(request: web.Request) -> web.Response:
-    job = _job(request)
-    trigger = job.savepoints.get(request.match_info["request_id"])
-    if trigger is None:
-        raise _NotFound(
-            f"job {job.job_id} has no savepoint request {request.match_info['request_id']}"
-        )
-    return _json(trigger.info())
+    """A request this leader runs, else one a previous leader finished and recorded in
+    the HA metadata (the job may have ended since)."""
+    jm = request.app[JM_KEY]
+    job_id, request_id = request.match_info["job_id"], request.match_info["request_id"]
+    job = jm.jobs.get(job_id)
+    trigger = None if job is None else job.savepoints.get(request_id)
+    if trigger is not None:
+        return _json(trigger.info())
+    recorded = await jm.recorded_trigger(job_id, request_id)
+    if recorded is not None:
+        return _json(recorded)
+    if job is None:
+        raise _NotFound(f"job {job_id} not found; GET /jobs lists the known jobs")
+    raise _NotFound(f"job {job_id} has no savepoint request {request_id}")
 
 
 async def stop_job(request: web.Request) -> web.Response:
