@@ -21,7 +21,8 @@ Permissions the operator's ServiceAccount needs (for a Helm chart's RBAC):
   when it watches every namespace;
 - in the watched namespaces, the children it applies and deletes:
   ``deployments`` (apps), ``services``, ``configmaps``, ``serviceaccounts``, ``roles``
-  and ``rolebindings`` (rbac.authorization.k8s.io): get, create, update, delete;
+  and ``rolebindings`` (rbac.authorization.k8s.io): get, create, update, delete; and
+  ``deployments``: list, watch (kopf watches them, so steps go on at their changes);
   ``events``: create; the JobManagers' leader ``leases`` (coordination.k8s.io): delete,
   with their HA metadata;
   ``streamjobs/finalizers``: update, where admission enforces owner references

@@ -6,6 +6,9 @@ when passes run:
 
 - ``on.create``, ``on.update`` (the spec or metadata changed) and ``on.resume`` (the
   operator started, or became the leader, and finds the StreamJob) run a pass at once;
+- a change of one of its Deployments (kopf watches those the operator manages) makes
+  its next pass due at once, so a step waiting for a deletion or for readiness goes on
+  at the next timer tick;
 - a timer every ``Options.timer_interval`` seconds runs a pass when the last one asked
   to be looked at again by now (``RequeueAfter``), or when the last one failed and its
   retry delay is over: retries are scheduled, never slept;
@@ -44,6 +47,7 @@ from kubernetes_asyncio import client
 
 from streamjob_operator.acting import actor
 from streamjob_operator.api import models
+from streamjob_operator.desired import metadata
 from streamjob_operator.observing import observer, resource
 from streamjob_operator.planning import actions, configuration, observed, planner
 
@@ -209,6 +213,18 @@ class Reconciler:
     def due(self, namespace: str, name: str) -> bool:
         return self._due.get(f"{namespace}/{name}", 0.0) <= time.monotonic()
 
+    def next_pass_in(self, namespace: str, name: str) -> float:
+        """Seconds until the StreamJob's next pass is due (0: due now or unknown)."""
+        return max(0.0, self._due.get(f"{namespace}/{name}", 0.0) - time.monotonic())
+
+    def wake(self, namespace: str, name: str) -> None:
+        """Something a StreamJob may wait for happened (one of its Deployments changed:
+        deleted, ready, gone): its next pass is due now, and the timer runs it. A
+        StreamJob no pass has seen yet is left to its create or resume pass."""
+        key = f"{namespace}/{name}"
+        if key in self._due:
+            self._due[key] = min(self._due[key], time.monotonic())
+
     def forget(self, namespace: str, name: str) -> None:
         key = f"{namespace}/{name}"
         for memory in (self._due, self._disposed, self._refused, self._locks):
@@ -353,6 +369,21 @@ def build_registry(reconciler: Reconciler, *, login: bool = False) -> kopf.Opera
 
     async def changed(*, name: str, namespace: str | None, reason: str, **_: Any) -> None:
         await _run_pass(reconciler, namespace or "", name, str(reason))
+
+    @kopf.on.event(
+        "apps",
+        "v1",
+        "deployments",
+        labels={metadata.MANAGED_BY_LABEL: metadata.MANAGER},
+        registry=registry,
+    )
+    def child_changed(*, body: kopf.Body, namespace: str | None, **_: Any) -> None:
+        """A JobManager or TaskManager Deployment changed: a step waiting for it (its
+        deletion, its readiness) goes on at the next timer tick, not a progress check
+        later."""
+        for owner in body.metadata.get("ownerReferences") or []:
+            if owner.get("kind") == models.KIND and owner.get("name"):
+                reconciler.wake(namespace or "", owner["name"])
 
     kopf.on.create(*resource_, id="reconcile-created", registry=registry)(changed)
     kopf.on.update(*resource_, id="reconcile-updated", registry=registry)(changed)

@@ -496,6 +496,8 @@ def operator_needs(namespace: str) -> list[Request]:
           ("get", "list", "watch", "patch")),
         *(Request("streamjob.dev", "streamjobs/status", v, namespace) for v in ("get", "patch")),
         Request("", "events", "create", namespace),
+        # kopf watches the Deployments it manages (a step goes on at their changes)
+        *(Request("apps", "deployments", v, namespace) for v in ("list", "watch")),
     ]  # fmt: skip
     # the children it applies and deletes: every kind the desired builders render
     job = target.StreamJob("wordcount", namespace, "uid-1", highly_available_spec())

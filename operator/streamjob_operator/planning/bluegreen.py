@@ -158,6 +158,7 @@ class Host(Protocol):
     def event(self, kind: actions.EventType, reason: str, message: str) -> None: ...
     def write(self) -> None: ...
     def soon(self, at: datetime.datetime | None = None) -> None: ...
+    def soon_answer(self) -> None: ...
     def error(self, message: str, reason: str | None = None) -> None: ...
     def set_condition(
         self, kind: str, value: bool | None, reason: str, message: str = ""
@@ -380,7 +381,7 @@ class BlueGreen:
             return
         p.write()
         p.emit(actions.SubmitJob(job, where=where))
-        p.soon()
+        p.soon_answer()
 
     def adopt(self, job: rest.JobOverview) -> None:
         p = self.p

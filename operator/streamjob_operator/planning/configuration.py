@@ -16,6 +16,8 @@ class OperatorConfiguration:
       cancelled. Off: the job is cancelled. (The Flink operator's
       ``kubernetes.operator.savepoint.on-deletion``.)
     - ``progress_check_interval``: how soon to look again while something is under way.
+    - ``answer_check_interval``: how soon to look again while waiting for a JobManager
+      to act on a request (a savepoint, a cancel, a submission), which takes seconds.
     - ``reconcile_interval``: how soon to look again when nothing is.
     - ``deletion_timeout``: how long a step waits for Deployments it deleted before it
       reports them stuck (it keeps waiting: new ones cannot take their names before).
@@ -24,5 +26,6 @@ class OperatorConfiguration:
     savepoint_on_deletion: bool = False
     deletion_savepoint_timeout: datetime.timedelta = datetime.timedelta(minutes=5)
     progress_check_interval: datetime.timedelta = datetime.timedelta(seconds=5)
+    answer_check_interval: datetime.timedelta = datetime.timedelta(seconds=1)
     reconcile_interval: datetime.timedelta = datetime.timedelta(seconds=60)
     deletion_timeout: datetime.timedelta = datetime.timedelta(minutes=5)

@@ -73,6 +73,13 @@ class Pass(abc.ABC):
         at = at or self.now + self.config.progress_check_interval
         self.wake = min(self.wake, max(at, self.now))
 
+    def soon_answer(self) -> None:
+        """Look again after ``answer_check_interval``: a JobManager acts on a request
+        (a savepoint, a cancel, a submission) within seconds."""
+        self.soon(
+            self.now + min(self.config.answer_check_interval, self.config.progress_check_interval)
+        )
+
     def error(self, message: str, reason: str | None = None) -> None:
         """Report ``message`` in status; and as an Event when it is new."""
         self.errors.append(message)

@@ -84,7 +84,7 @@ def carry_on(p: context.Pass, spec: models.StreamJobSpec) -> None:
         return
     p.write()
     p.emit(actions.SubmitJob(job, where))
-    p.soon()
+    p.soon_answer()
 
 
 def adopt(p: context.Pass, spec: models.StreamJobSpec, job: rest.JobOverview) -> None:

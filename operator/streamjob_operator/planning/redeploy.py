@@ -76,7 +76,7 @@ def stop_job(
     suspend = spec.job.state is models.DesiredJobState.SUSPENDED
     job_id = p.status.job.id
     if p.status.pendingSavepoint is not None:
-        p.soon()  # a savepoint is in flight: the JobManager takes one at a time
+        p.soon_answer()  # a savepoint is in flight: the JobManager takes one at a time
         return
     if p.stopped_with is not None:
         then(spec, p.stopped_with)
@@ -99,7 +99,7 @@ def stop_job(
         p.r.cancelRequested = job_id
         p.write()
         p.emit(actions.CancelJob(job_id, p.here))
-        p.soon()
+        p.soon_answer()
         return
     if choice.note is not None:
         p.event(WARNING, "CheckpointFallback", choice.note)
@@ -231,7 +231,7 @@ def submit(p: context.Pass, spec: models.StreamJobSpec) -> None:
         return
     p.write()
     p.emit(actions.SubmitJob(job, where))
-    p.soon()
+    p.soon_answer()
 
 
 def adopt(p: context.Pass, job: rest.JobOverview) -> None:

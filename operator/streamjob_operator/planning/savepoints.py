@@ -162,7 +162,7 @@ def settle(p: context.Pass) -> None:
         if running and not timed_out:
             p.write()
             request(p, pending)
-            p.soon()
+            p.soon_answer()
         else:
             lost(
                 p,
@@ -176,7 +176,7 @@ def settle(p: context.Pass) -> None:
             f" {pending.triggerTime}",
         )
     else:
-        p.soon()
+        p.soon_answer()
 
 
 def lost(p: context.Pass, why: str) -> None:
@@ -201,7 +201,7 @@ def begin(p: context.Pass, kind: Kind, nonce: int | None = None) -> models.Pendi
         jobId=job_id,
     )
     p.status.pendingSavepoint = pending
-    p.soon()
+    p.soon_answer()
     return pending
 
 
