@@ -26,8 +26,9 @@ Permissions the operator's ServiceAccount needs (for a Helm chart's RBAC):
 - in the watched namespaces, the children it applies and deletes:
   ``deployments`` (apps), ``services``, ``configmaps``, ``serviceaccounts``, ``roles``
   and ``rolebindings`` (rbac.authorization.k8s.io), ``networkpolicies``
-  (networking.k8s.io): get, create, update, delete; the job's CA, certificate and REST
-  token ``secrets``: get, create, update (never list or watch; they go with the
+  (networking.k8s.io): get, create, update, delete; ``deployments``: list, watch too
+  (kopf watches them, so steps go on at their changes); the job's CA, certificate and
+  REST token ``secrets``: get, create, update (never list or watch; they go with the
   StreamJob by owner reference, so never delete either);
   ``events``: create; the JobManagers' leader ``leases`` (coordination.k8s.io): delete,
   with their HA metadata;

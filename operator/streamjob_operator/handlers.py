@@ -7,6 +7,9 @@ use to call the JobManager), observes its world (``observing``), plans
 
 - ``on.create``, ``on.update`` (the spec or metadata changed) and ``on.resume`` (the
   operator started, or became the leader, and finds the StreamJob) run a pass at once;
+- a change of one of its Deployments (kopf watches those the operator manages) makes
+  its next pass due at once, so a step waiting for a deletion or for readiness goes on
+  at the next timer tick;
 - a timer every ``Options.timer_interval`` seconds runs a pass when the last one asked
   to be looked at again by now (``RequeueAfter``), or when the last one failed and its
   retry delay is over: retries are scheduled, never slept;
@@ -45,8 +48,9 @@ from kubernetes_asyncio import client
 
 from streamjob_operator.acting import actor
 from streamjob_operator.api import models
+from streamjob_operator.desired import metadata
 from streamjob_operator.observing import observer, resource
-from streamjob_operator.planning import actions, configuration, planner
+from streamjob_operator.planning import actions, configuration, observed, planner
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +195,7 @@ class Reconciler:
         self._due: dict[str, float] = {}
         self._disposed: dict[str, set[str]] = {}
         self._kept_files: dict[str, set[str]] = {}
+        self._refused: dict[str, observed.Refusal] = {}
 
     def start(self) -> None:
         """kopf (re)starts: passes may run again (after :meth:`close`)."""
@@ -220,9 +225,21 @@ class Reconciler:
     def due(self, namespace: str, name: str) -> bool:
         return self._due.get(f"{namespace}/{name}", 0.0) <= time.monotonic()
 
+    def next_pass_in(self, namespace: str, name: str) -> float:
+        """Seconds until the StreamJob's next pass is due (0: due now or unknown)."""
+        return max(0.0, self._due.get(f"{namespace}/{name}", 0.0) - time.monotonic())
+
+    def wake(self, namespace: str, name: str) -> None:
+        """Something a StreamJob may wait for happened (one of its Deployments changed:
+        deleted, ready, gone): its next pass is due now, and the timer runs it. A
+        StreamJob no pass has seen yet is left to its create or resume pass."""
+        key = f"{namespace}/{name}"
+        if key in self._due:
+            self._due[key] = min(self._due[key], time.monotonic())
+
     def forget(self, namespace: str, name: str) -> None:
         key = f"{namespace}/{name}"
-        for memory in (self._due, self._disposed, self._kept_files, self._locks):
+        for memory in (self._due, self._disposed, self._kept_files, self._refused, self._locks):
             memory.pop(key, None)
         self.metrics.lifecycle(key, None)
 
@@ -266,6 +283,7 @@ class Reconciler:
                 resolve=self.options.acting.resolve,
                 disposed=self._disposed.get(key, set()),
                 kept_files=self._kept_files.get(key, set()),
+                refused=self._refused.get(key),
                 rest_timeout_s=self.options.rest_timeout_s,
                 credentials=rest_credentials,
             )
@@ -293,7 +311,8 @@ class Reconciler:
             self._schedule(key, self.options.conflict_delay)
             raise Conflicted(outcome.error or "a write conflicted", self.options.conflict_delay)
         self.metrics.errors.labels("act").inc()
-        delay = self.options.retry_delay
+        # A refused submission is planning's to report: the next pass shows it at once.
+        delay = self.options.conflict_delay if outcome.refused else self.options.retry_delay
         self._schedule(key, delay)
         log.warning("StreamJob %s: %s; retrying in %s s", key, outcome.error, delay)
         raise PassFailed(outcome.error or "acting failed", delay)
@@ -317,6 +336,10 @@ class Reconciler:
             for location in self._kept_files.get(key, set()) | set(outcome.kept_files)
             if location in self._disposed[key]
         }
+        if outcome.refused is not None:
+            self._refused[key] = outcome.refused
+        elif outcome.submitted:
+            self._refused.pop(key, None)
         status = plan.status if outcome.recorded else streamjob.status
         self.metrics.lifecycle(key, status.lifecycleState)
         log.debug(
@@ -385,6 +408,21 @@ def build_registry(reconciler: Reconciler, *, login: bool = False) -> kopf.Opera
 
     async def changed(*, name: str, namespace: str | None, reason: str, **_: Any) -> None:
         await _run_pass(reconciler, namespace or "", name, str(reason))
+
+    @kopf.on.event(
+        "apps",
+        "v1",
+        "deployments",
+        labels={metadata.MANAGED_BY_LABEL: metadata.MANAGER},
+        registry=registry,
+    )
+    def child_changed(*, body: kopf.Body, namespace: str | None, **_: Any) -> None:
+        """A JobManager or TaskManager Deployment changed: a step waiting for it (its
+        deletion, its readiness) goes on at the next timer tick, not a progress check
+        later."""
+        for owner in body.metadata.get("ownerReferences") or []:
+            if owner.get("kind") == models.KIND and owner.get("name"):
+                reconciler.wake(namespace or "", owner["name"])
 
     kopf.on.create(*resource_, id="reconcile-created", registry=registry)(changed)
     kopf.on.update(*resource_, id="reconcile-updated", registry=registry)(changed)

@@ -296,15 +296,16 @@ class LocalCluster:
     # -- addresses -----------------------------------------------------------------------
 
     def leader_rest_url(self) -> str | None:
-        """The REST address of the leading JobManager (the one whose /readyz says ready)."""
+        """The REST address of the leading JobManager (the one whose /readyz names it the
+        leader; a ready standby says ``standby``)."""
         for jm in list(self.jms):
             if not jm.rest_port or jm.process.popen.poll() is not None:
                 continue
             try:  # the plain metrics port: no token or TLS needed to ask
                 with urllib.request.urlopen(f"{jm.metrics_url}/readyz", timeout=2) as resp:
-                    if resp.status == 200:
+                    if resp.status == 200 and json.load(resp).get("role") == "leader":
                         return jm.rest_url
-            except OSError:
+            except (OSError, ValueError):
                 continue
         return None
 

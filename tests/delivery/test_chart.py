@@ -503,6 +503,8 @@ def operator_needs(namespace: str) -> list[Request]:
         Request("", "events", "create", namespace),
         # the job's CA, certificate and REST token Secrets (acting.credentials), by name
         *(Request("", "secrets", v, namespace) for v in ("get", "create", "update")),
+        # kopf watches the Deployments it manages (a step goes on at their changes)
+        *(Request("apps", "deployments", v, namespace) for v in ("list", "watch")),
     ]  # fmt: skip
     # the children it applies and deletes: every kind the desired builders render
     job = target.StreamJob("wordcount", namespace, "uid-1", highly_available_spec())

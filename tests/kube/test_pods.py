@@ -506,9 +506,14 @@ def test_with_ha_the_service_follows_the_leader_label(
         return names[0] if len(names) == 1 else None
 
     first = wait(kube, runner, leader, "a leader to label its pod")
-    # Only the leader is ready (the standby's /readyz answers 503).
-    status = (deployment(kube, jm_name(job)) or {})["status"]
-    assert (status["replicas"], status["readyReplicas"]) == (2, 1)
+    # The standby is ready too (its /readyz says "standby"): the Service selects the
+    # leader by its label, not by readiness.
+    wait(
+        kube,
+        runner,
+        lambda: (deployment(kube, jm_name(job)) or {})["status"].get("readyReplicas") == 2,
+        "both JobManagers to be ready",
+    )
     [leading] = [p for p in runner.processes(jm_name(job)) if p.name == first]
     assert leading.argv[leading.argv.index("--pod-name") + 1] == first
     assert runner.rest_url(jm_name(job)) == f"{REST_SCHEME}://127.0.0.1:{leading.ports[8081]}"

@@ -640,6 +640,7 @@ def test_the_job_submission_restores_from_the_target_savepoint(savepoint: str | 
         "config": DEFAULT_OPTIONS,
         "savepoint_path": savepoint,
         "allow_non_restored_state": True,
+        "restore_from_latest_in": None,  # only a lost job's recovery sets it
     }
 
 

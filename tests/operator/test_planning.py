@@ -583,8 +583,9 @@ CASES = [
         [], lifecycle=Lifecycle.FAILED,
     ),
     Case(
-        "a job the JobManager forgot is reported",
-        seen(jobs=()), status(), ["event JobLost"], error="does not know job j1",
+        "a job the JobManager forgot is reported and recovered from its newest checkpoint",
+        seen(jobs=()), status(), ["event JobLost", "write recover-job", "submit -"],
+        step=Step.RECOVER_JOB, lifecycle=Lifecycle.DEPLOYED, error="",
     ),
     Case(
         "missing Deployments are applied again",

@@ -80,11 +80,12 @@ JobManager Role the operator creates (operator/streamjob_operator/desired/rbac.p
 - apiGroups: [streamjob.dev]
   resources: [streamjobs/finalizers]
   verbs: [update]
-# The JobManager and TaskManager Deployments: observed (get), applied (create, update),
+# The JobManager and TaskManager Deployments: observed (get), watched so a step waiting
+# for their deletion or readiness goes on at once (list, watch), applied (create, update),
 # removed on upgrades, suspension and when a blue-green colour goes (delete).
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, create, update, delete]
+  verbs: [get, list, watch, create, update, delete]
 # The JobManager Service, the submission and HA ConfigMaps, the pods' ServiceAccounts:
 # observed or compared before applying (get), applied (create, update), removed when a
 # blue-green colour goes or HA metadata is discarded (delete). The JobManager's Role

@@ -16,6 +16,8 @@ What each action does:
   JobManager of the action's cluster (``where``) at its Service's address, through
   the same address resolution observing uses, over HTTPS with the job's REST token and
   CAs (the credentials the pass was given, else those of the Secrets).
+  A submission the JobManager refuses (400) fails the action and is reported in
+  :attr:`Outcome.refused`, for planning to show and not to repeat at once.
   A cancel of a job that ended (409) or that the JobManager does not know (404) is
   done. A trigger or stop carries the trigger id planning chose and status already
   holds; a JobManager that answers with another request id fails the action. The id
@@ -57,7 +59,7 @@ from streamjob_operator.desired import children as desired_children
 from streamjob_operator.desired import jobmanager, metadata, network, target
 from streamjob_operator.observing import jobmanager as rest_observing
 from streamjob_operator.observing import resource
-from streamjob_operator.planning import actions
+from streamjob_operator.planning import actions, observed
 from streamjob_runtime.api import client as rest_client
 
 log = logging.getLogger(__name__)
@@ -98,6 +100,8 @@ class Outcome:
     disposed: list[str] = dataclasses.field(default_factory=list)
     # of ``disposed``: those whose files remain (reported by a SavepointNotDisposed Warning)
     kept_files: list[str] = dataclasses.field(default_factory=list)
+    refused: observed.Refusal | None = None  # the submission a JobManager refused (400)
+    submitted: bool = False  # a JobManager accepted a submission
     recorded: bool = False  # Plan.status was written (or already stored)
 
     @property
@@ -249,8 +253,15 @@ class _Run:
                 await children.delete_children(self.api, names, where)
             case actions.SubmitJob(submission=submission, where=where):
                 async with await self.rest(where) as jm:
-                    job_id = await jm.submit(submission)
+                    try:
+                        job_id = await jm.submit(submission)
+                    except rest_client.RestError as e:
+                        if e.status == 400:
+                            refusal = observed.Refusal(submission, e.message, self.actor.clock())
+                            self.outcome.refused = refusal
+                        raise
                 self.job_id = job_id
+                self.outcome.submitted = True
                 await self.writer.record(
                     lambda s: setattr(s.job, "id", job_id), lambda s: s.job.id in (None, job_id)
                 )

@@ -401,6 +401,15 @@ class Reconciliation(_Status):
         description="The savepoint or checkpoint the current deployment restores from, chosen"
         " and written before the old pods are deleted.",
     )
+    stepStartedAt: str | None = Field(
+        default=None,
+        description="When the step in progress began (a step that waits is bounded from it).",
+    )
+    cancelRequested: str | None = Field(
+        default=None,
+        description="The job a stop step asked to cancel (last-state, stateless), written"
+        " before the request: from then on its stop is under way.",
+    )
 
 
 class BlueGreenStatus(_Status):

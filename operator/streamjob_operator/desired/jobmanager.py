@@ -5,9 +5,11 @@ for TaskManagers and clients to reach the leader, and listens on every interface
 pod (``--bind-host 0.0.0.0``), so that ``streamjob list -m localhost:8081`` inside the
 pod and ``kubectl port-forward`` (which connects to localhost) reach it too.
 
-With HA only the leader answers ``/readyz``, so only the leader is Ready; the Service
-also selects ``streamjob.dev/jobmanager-leader: "true"``, the label the leader puts on
-its own pod, so it reaches the leader even while a deposed leader is still Ready.
+With HA the leader and the standbys are all Ready (``/readyz`` answers 200 for a standby
+ready to take over, so the Deployment becomes available and its rollout completes); the
+Service selects ``streamjob.dev/jobmanager-leader: "true"``, the label the leader puts on
+its own pod (and takes off the previous leader's), so it reaches the leader only. A
+standby takes a label a previous process of its pod left off before it reports ready.
 
 REST is HTTPS with the job's certificate and needs the job's bearer token
 (``desired.security``); the probes ask ``/healthz`` and ``/readyz`` on the plain-HTTP

@@ -37,12 +37,14 @@ async def observe(
     resolve: rest_observing.Resolve = rest_observing.identity,
     disposed: Set[str] = frozenset(),
     kept_files: Set[str] = frozenset(),
+    refused: observed.Refusal | None = None,
     rest_timeout_s: float = 5.0,
     credentials: rest_observing.Credentials | None = None,
 ) -> observed.Observed:
     """``disposed``: the savepoint locations acting disposed of (acting's memory);
-    ``kept_files``: those of them whose files remain; ``credentials``: the job's REST token
-    and CAs (``acting.credentials``)."""
+    ``kept_files``: those of them whose files remain; ``refused``: the last submission a
+    JobManager refused (acting's memory); ``credentials``: the job's REST token and CAs
+    (``acting.credentials``)."""
     status = streamjob.status
     spec = lifecycle.deployed_spec(status)
     job = streamjob.identity(spec)
@@ -82,6 +84,7 @@ async def observe(
         ha_checkpoint=ha_checkpoint,
         disposed=frozenset(disposed),
         kept_files=frozenset(kept_files),
+        refused=refused,
         color=here.color,
         other=other,
     )

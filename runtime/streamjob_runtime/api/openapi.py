@@ -71,7 +71,7 @@ ROUTES: list[Route] = [
 PLAIN: list[tuple[str, str]] = [
     ("/metrics", "Prometheus metrics (text exposition format)"),
     ("/healthz", "Liveness"),
-    ("/readyz", "Readiness"),
+    ("/readyz", "Readiness: the leader, or a standby ready to take over (the body names the role)"),
     ("/", "Web UI (HTML)"),
 ]
 

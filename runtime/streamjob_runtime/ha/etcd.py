@@ -237,6 +237,9 @@ class EtcdHaStore:
         kv = await self._read(lambda c: c.get(key.encode()))
         return None if kv is None else bytes(kv.value)
 
+    async def withdraw(self) -> None:
+        """Nothing routes to an etcd JobManager by a mark of its own: nothing to undo."""
+
     async def publish_leader(self, epoch: int, leader: services.LeaderInfo) -> None:
         await self._fenced(epoch, self.prefix + "leader-info", services.encode(leader))
 
@@ -269,6 +272,19 @@ class EtcdHaStore:
         if raw is None:
             return services.CheckpointRecord()
         return msgspec.json.decode(raw, type=services.CheckpointRecord)
+
+    async def put_trigger(self, epoch: int, record: services.TriggerRecord) -> None:
+        key = f"{self.prefix}triggers/{record.request_id}"
+        await self._fenced(epoch, key, services.encode(record))
+        kept = {r.request_id for r in services.newest_triggers(await self.triggers())}
+        for old in await self.triggers():
+            if old.request_id not in kept:
+                await self._fenced(epoch, f"{self.prefix}triggers/{old.request_id}", None)
+
+    async def triggers(self) -> list[services.TriggerRecord]:
+        result = await self._read(lambda c: c.get_prefix(f"{self.prefix}triggers/".encode()))
+        found = [msgspec.json.decode(kv.value, type=services.TriggerRecord) for kv in result]
+        return sorted(found, key=lambda r: (r.time_ms, r.request_id))
 
     async def close(self) -> None:
         await self.client.close()

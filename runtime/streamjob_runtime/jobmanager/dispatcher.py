@@ -74,6 +74,7 @@ class JobManager:
         self.store: services.HaStore | None = None
         self.lost = asyncio.Event()
         self.serving = self.ha is None
+        self.withdrawn = False  # a standby that nothing routes to as the leader
         self._servers: list[asyncio.AbstractServer] = []
         self._runner: web.AppRunner | None = None
         self._metrics_runner: web.AppRunner | None = None
@@ -129,7 +130,28 @@ class JobManager:
         )
         if self.ha is not None:
             self.elector, self.store = ha_factory.create(self.ha, self.identity)
-            self._spawn(self.elector.run(self._on_elected, self._on_revoked))
+            self._spawn(self._campaign(self.ha, self.elector, self.store))
+
+    @property
+    def standby_ready(self) -> bool:
+        """A standby ready to take over: HA services reached, and nothing (a leader
+        label a previous process left on this pod) routes to it as the leader."""
+        return self.epoch is None and self.withdrawn and not self.lost.is_set()
+
+    async def _campaign(
+        self, ha: services.HaConfig, elector: services.LeaderElector, store: services.HaStore
+    ) -> None:
+        """Withdraw (``HaStore.withdraw``, retried), then campaign: withdrawing after
+        being elected would take the label off the new leader."""
+        while True:
+            try:
+                await store.withdraw()
+                break
+            except Exception as e:  # retried: the API server may be starting
+                logs.event(log, "withdraw_failed", logging.WARNING, error=repr(e))
+                await asyncio.sleep(ha.retry_period_ms / 1000)
+        self.withdrawn = True
+        await elector.run(self._on_elected, self._on_revoked)
 
     # -- leadership ----------------------------------------------------------------------
 
@@ -154,6 +176,26 @@ class JobManager:
 
     async def _recover(self, epoch: int, record: services.JobRecord) -> None:
         assert self.store is not None
+        stopped = [
+            t
+            for t in await self.store.triggers()
+            if t.job_id == record.job_id
+            and t.operation in ("stop", "cancel")
+            and t.status == models.SavepointStatus.COMPLETED.value
+        ]
+        if stopped:
+            # The previous leader recorded its stop-with-savepoint before finishing the
+            # tasks: resuming would run past the savepoint a client now restores from.
+            logs.event(
+                log,
+                "job_not_resumed",
+                job_id=record.job_id,
+                request_id=stopped[-1].request_id,
+                savepoint=stopped[-1].location,
+                reason=f"it was stopped with a savepoint ({stopped[-1].operation})",
+            )
+            await self.store.remove_job(epoch, record.job_id)
+            return
         submission = models.JobSubmission.model_validate_json(record.submission)
         checkpoints = await self.store.checkpoints(record.job_id)
         try:
@@ -248,6 +290,8 @@ class JobManager:
         """Validate, record in the HA metadata (fenced), and start a new job."""
         if self.epoch is None:
             raise errors.NotLeaderError(self.identity)
+        if submission.restore_from_latest_in is not None:
+            submission = await self._newest_restore_point(submission)
         job_id = uuid.uuid4().hex
         master = await self._start_job(job_id, submission, None)
         if self.store is not None:
@@ -261,6 +305,20 @@ class JobManager:
                 raise errors.NotLeaderError(self.identity) from None
         master.start()
         return job_id
+
+    async def _newest_restore_point(self, submission: models.JobSubmission) -> models.JobSubmission:
+        """``restore_from_latest_in`` resolved: the submission restores from the newest
+        completed checkpoint in that directory, or its savepoint when newer."""
+        directory = submission.restore_from_latest_in
+        assert directory is not None
+        try:
+            path = await asyncio.to_thread(savepoint.newest, directory, submission.savepoint_path)
+        except savepoint.SavepointError as e:
+            raise SubmissionError(str(e)) from None
+        logs.event(log, "restore_resolved", directory=directory, restore_point=str(path))
+        return submission.model_copy(
+            update={"savepoint_path": str(path), "restore_from_latest_in": None}
+        )
 
     async def _start_job(
         self,
@@ -325,6 +383,7 @@ class JobManager:
             initial_savepoint=initial,
             ha=ha_pointers,
             on_terminal=self._job_ended,
+            on_savepoint=self._record_trigger if self.store is not None else None,
         )
         self.jobs[job_id] = master
         logs.event(
@@ -340,6 +399,44 @@ class JobManager:
         if recovered is not None:
             master.start()
         return master
+
+    async def _record_trigger(self, job_id: str, request: jobmaster.SavepointRequest) -> None:
+        """Fenced write of a finished savepoint request's outcome; losing the fence
+        revokes leadership (and raises FencedError)."""
+        assert self.store is not None
+        epoch = self.epoch
+        if epoch is None:
+            raise services.FencedError("this JobManager is not the leader")
+        record = services.TriggerRecord(
+            job_id=job_id,
+            request_id=request.request_id,
+            operation=request.operation,
+            status=request.status.value,
+            location=request.location,
+            failure_cause=request.failure_cause,
+            time_ms=logs.now_ms(),
+        )
+        try:
+            await self.store.put_trigger(epoch, record)
+        except services.FencedError as e:
+            logs.event(log, "ha_write_fenced", logging.ERROR, job_id=job_id, error=str(e))
+            self._spawn(self._on_revoked(f"an HA metadata write was fenced: {e}"))
+            raise
+
+    async def recorded_trigger(self, job_id: str, request_id: str) -> models.SavepointInfo | None:
+        """A savepoint request of ``job_id`` as the HA metadata recorded it (a request
+        a previous leader finished); None without HA or when it is not there."""
+        if self.store is None:
+            return None
+        for record in await self.store.triggers():
+            if record.job_id == job_id and record.request_id == request_id:
+                return models.SavepointInfo(
+                    request_id=record.request_id,
+                    status=models.SavepointStatus(record.status),
+                    location=record.location,
+                    failure_cause=record.failure_cause,
+                )
+        return None
 
     async def _job_ended(self, job_id: str) -> None:
         """A globally terminal job leaves the HA metadata (its checkpoints stay on disk)."""

@@ -153,6 +153,7 @@ class JobMaster:
         initial_savepoint: Path | None = None,
         ha: HaCheckpoints | None = None,
         on_terminal: Callable[[str], Coroutine[Any, Any, None]] | None = None,
+        on_savepoint: Callable[[str, SavepointRequest], Awaitable[None]] | None = None,
     ) -> None:
         self.job_id = job_id
         self.submission = submission
@@ -175,6 +176,9 @@ class JobMaster:
         )
         self.ha = ha
         self.on_terminal = on_terminal
+        # Records a finished savepoint request (HA) before the job acts on it: a stop's
+        # tasks finish only once a new leader would know the job was stopped.
+        self.on_savepoint = on_savepoint
         self.suspended = False
         if ha is not None:
             ha.retained = job_config.checkpointing.retained
@@ -558,8 +562,9 @@ class JobMaster:
         whatever its state and the job's now, and starts nothing: a client that lost the
         answer (it crashed, the connection dropped) sends the request again safely. A
         repeat that asks for another operation (a stop under a plain savepoint's id) is
-        refused. Ids are remembered as long as this JobMaster runs, not across a
-        JobManager failover.
+        refused. Ids are remembered as long as this JobMaster runs; with HA a finished
+        request's outcome is recorded in the HA metadata (``on_savepoint``) before the job
+        acts on it, for the next leader.
 
         Raises :class:`ConflictError` unless the job is RUNNING with no savepoint
         in progress.
@@ -607,18 +612,33 @@ class JobMaster:
             reason = "the attempt ended" if pending is None else pending.failure
             request.status = models.SavepointStatus.FAILED
             request.failure_cause = f"savepoint failed: {reason}"
+            if not await self._recorded(request):
+                return
             if (stop or cancel) and attempt == self.attempt:
                 # The sources stopped at the barrier: only a restart resumes the job.
                 await self.fail(f"stop-with-savepoint failed ({reason}); restarting the job")
             return
         request.status = models.SavepointStatus.COMPLETED
         request.location = str(completed.directory)
+        if not await self._recorded(request):
+            return
         if cancel:
             await self.cancel()
         elif stop and attempt == self.attempt:
             message = messages.FinishTasks(self.job_id, attempt, completed.checkpoint_id)
             for tm_id in self.attempt_taskmanagers():
                 await self.rm.send(tm_id, message)
+
+    async def _recorded(self, request: SavepointRequest) -> bool:
+        """Record the request's outcome; False when the leader lost its fence (then
+        nothing more is done: the new leader decides from the HA metadata)."""
+        if self.on_savepoint is None:
+            return True
+        try:
+            await self.on_savepoint(self.job_id, request)
+        except services.FencedError:
+            return False
+        return True
 
     # -- REST views ----------------------------------------------------------------------
 

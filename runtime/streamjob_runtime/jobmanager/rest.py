@@ -54,7 +54,7 @@ class _NotFound(Exception):
     pass
 
 
-_ANY_JOBMANAGER = {"/healthz", "/openapi.json", "/metrics", "/"}
+_ANY_JOBMANAGER = {"/healthz", "/readyz", "/openapi.json", "/metrics", "/"}
 
 WEB_DIR = Path(__file__).parent / "web"
 """The web UI's static files (package data): served without a token, they hold no data."""
@@ -138,7 +138,17 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ready"})
+    """Ready: the leader, serving; or a standby ready to take over (HA). Not ready: a
+    standby still withdrawing, a leader still recovering its jobs, one that lost its
+    leadership. The body names the role; with HA a Service routes to the leader by
+    the label the leader puts on its pod, not by readiness, so a Deployment of a
+    leader and standbys becomes fully available."""
+    jm = request.app[JM_KEY]
+    if jm.is_leader:
+        return web.json_response({"status": "ready", "role": "leader"})
+    if jm.standby_ready:
+        return web.json_response({"status": "ready", "role": "standby"})
+    return error(503, f"JobManager {jm.identity} is neither leading nor a ready standby")
 
 
 async def overview(request: web.Request) -> web.Response:
@@ -188,13 +198,20 @@ async def trigger_savepoint(request: web.Request) -> web.Response:
 
 
 async def savepoint_status(request: web.Request) -> web.Response:
-    job = _job(request)
-    trigger = job.savepoints.get(request.match_info["request_id"])
-    if trigger is None:
-        raise _NotFound(
-            f"job {job.job_id} has no savepoint request {request.match_info['request_id']}"
-        )
-    return _json(trigger.info())
+    """A request this leader runs, else one a previous leader finished and recorded in
+    the HA metadata (the job may have ended since)."""
+    jm = request.app[JM_KEY]
+    job_id, request_id = request.match_info["job_id"], request.match_info["request_id"]
+    job = jm.jobs.get(job_id)
+    trigger = None if job is None else job.savepoints.get(request_id)
+    if trigger is not None:
+        return _json(trigger.info())
+    recorded = await jm.recorded_trigger(job_id, request_id)
+    if recorded is not None:
+        return _json(recorded)
+    if job is None:
+        raise _NotFound(f"job {job_id} not found; GET /jobs lists the known jobs")
+    raise _NotFound(f"job {job_id} has no savepoint request {request_id}")
 
 
 async def stop_job(request: web.Request) -> web.Response:
