@@ -130,12 +130,13 @@ def test_a_jobmanager_bound_to_every_interface_answers_on_localhost_and_advertis
     jm = subprocess.Popen(
         [sys.executable, "-m", "streamjob_runtime.cli", "jobmanager",
          "--host", "127.0.0.2", "--bind-host", "0.0.0.0", "--rpc-port", "0", "--rest-port", "0",
-         "--checkpoint-dir", str(tmp_path / "cp"), "--ready-file", str(ready_file)],
+         "--checkpoint-dir", str(tmp_path / "cp"), "--ready-file", str(ready_file),
+         "--insecure"],  # what is bound is the point here, not TLS (test_security.py)
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
         port = _ready(ready_file, jm)["rest_port"]
-        for address in (f"localhost:{port}", f"127.0.0.2:{port}"):
+        for address in (f"http://localhost:{port}", f"http://127.0.0.2:{port}"):
             listed = subprocess.run(
                 [sys.executable, "-m", "streamjob_runtime.cli", "list", "-m", address],
                 capture_output=True, text=True, timeout=60,

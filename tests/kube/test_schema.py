@@ -132,12 +132,16 @@ def test_every_shipped_manifest_is_accepted_without_warnings(
     """As `kubectl apply` (fieldValidation=Strict) against the real CRD: the stateless
     example leaves savepoints out, which the CRD's CEL rules once could not read."""
     for origin, manifest in shipped():
-        plural = {"StreamJob": "streamjobs", "PersistentVolumeClaim": "persistentvolumeclaims"}
+        plural = {
+            "StreamJob": "streamjobs",
+            "PersistentVolumeClaim": "persistentvolumeclaims",
+            "Secret": "secrets",
+        }
         assert manifest["kind"] in plural, origin
         path = (
             STREAMJOBS
             if manifest["kind"] == "StreamJob"
-            else "/api/v1/namespaces/default/persistentvolumeclaims"
+            else f"/api/v1/namespaces/default/{plural[manifest['kind']]}"
         )
         streamjob_kube.delete(
             manifest["apiVersion"],
