@@ -168,7 +168,6 @@ class RecordWriter:
         self.kind = partitioning.kind
         self.key_selector = partitioning.key_selector
         self.max_parallelism = max_parallelism
-        self.table = keygroups.group_to_operator_table(max_parallelism, len(channels))
         self.subtask_index = subtask_index
         self.pending: list[list[Element]] = [[] for _ in channels]
         self._rr = subtask_index
@@ -188,8 +187,9 @@ class RecordWriter:
             self.pending[target].append(("b", values, timestamps))
             return
         assert self.key_selector is not None
-        groups = keygroups.key_groups(list(map(self.key_selector, values)), self.max_parallelism)
-        targets = list(map(self.table.__getitem__, groups))
+        targets = keygroups.key_targets(
+            list(map(self.key_selector, values)), self.max_parallelism, n
+        )
         buckets = _split(values, targets, n)
         if timestamps is None:
             for t, bucket in enumerate(buckets):
