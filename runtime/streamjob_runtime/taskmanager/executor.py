@@ -4,7 +4,7 @@ It keeps one control connection to the JobManager (registration, heartbeats,
 deployments, checkpoint triggers and acknowledgements) and serves one TCP
 data port on which upstream subtasks of other TaskManagers open one
 connection per input channel.  Both are mutual TLS with the job's CA (unless
-``--insecure``): the data port may unpickle record batches, so it reads nothing
+``--insecure``): the data port unpickles record batches, so it reads nothing
 from a peer that has not shown a certificate of the job's CA.  A small plain
 HTTP port (``--metrics-port``) answers ``/healthz``, ``/readyz`` (registered with
 a JobManager) and ``/metrics`` for probes and Prometheus.
