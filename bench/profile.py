@@ -45,7 +45,7 @@ JOB = str(common.BENCH_DIR / "jobs" / "keyed_count_job.py")
 # function counts as state, the user function's own code as operator).
 STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("checkpoint", ("_checkpoint", "snapshot", "checkpoint/", "_write_snapshot")),
-    ("serialisation", ("pickle", "dumps", "loads", "codec", "msgspec", "encode_batch")),
+    ("serialisation", ("pickle", "dumps", "loads", "wire.py", "msgspec")),
     ("tls + sockets", ("sslproto", "ssl.py", "selector_events", "_ssl", "transports")),
     ("network framing", ("framing", "read_frame", "RemoteChannelWriter", "_serve_data")),
     ("flow control", ("network.py:put", "InputChannel", "InputGate", "flush", "drain")),
