@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import enum
 import subprocess
 import sys
 
@@ -37,3 +38,29 @@ def test_stable_hash_is_the_same_in_another_process_with_another_hash_seed() -> 
 def test_sequential_int_keys_spread_over_all_key_groups() -> None:
     groups = {keygroups.key_group(i, 128) for i in range(2_000)}
     assert len(groups) == 128
+
+
+class Color(enum.IntEnum):
+    RED = 1
+
+
+def test_key_targets_name_the_subtask_owning_each_keys_group_cached_or_not() -> None:
+    batches: list[list[object]] = [
+        list(range(1000)),
+        list(range(500, 1500)),  # half cached, half new
+        list(range(1000)),  # all cached
+        ["a", "b", "x" * 100, "a"],
+        [1, True, 1.0, Color.RED, (1, "a"), None],  # equal keys that hash differently
+        [Color.RED, 1],
+    ]
+    for parallelism in (1, 2, 3, 7):
+        for batch in batches:
+            expected = [
+                keygroups.operator_index(keygroups.key_group(k, 128), 128, parallelism)
+                for k in batch
+            ]
+            assert keygroups.key_targets(batch, 128, parallelism) == expected
+            for k, t in zip(batch, expected, strict=True):
+                assert keygroups.KeyGroupRange.for_subtask(t, 128, parallelism).contains(
+                    keygroups.key_group(k, 128)
+                )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from streamjob_runtime.taskmanager import network
+from streamjob_runtime.rpc import framing
+from streamjob_runtime.taskmanager import network, wire
 
 
 def test_a_task_waiting_on_the_gate_is_cancelled_even_when_a_record_arrives_at_once() -> None:
@@ -55,3 +56,39 @@ def test_a_blocked_channel_is_not_read_until_unblocked() -> None:
         assert await gate.next() == (0, ("w", 1))
 
     asyncio.run(scenario())
+
+
+def test_a_remote_writer_sends_a_flush_of_elements_over_a_socket_in_order() -> None:
+    elements: list[network.Element] = [
+        ("b", [(1, 2), (3, 4)], None),
+        ("w", 10),
+        ("b", ["a"], [5]),
+        ("c", 7, 1000, None),
+        ("e",),
+    ]
+
+    async def scenario() -> list[network.Element]:
+        received: list[network.Element] = []
+        done = asyncio.Event()
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while len(received) < 2 * len(elements):
+                received.append(wire.decode(await framing.read_frame(reader)))
+            done.set()
+            writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        _, w = await asyncio.open_connection("127.0.0.1", port)
+        channel = network.RemoteChannelWriter(w)
+        await channel.send_all(elements[:3])
+        await channel.send(elements[3])
+        await channel.send_all(elements[4:])
+        await channel.send_all(elements)
+        await asyncio.wait_for(done.wait(), 10)
+        channel.close()
+        server.close()
+        await server.wait_closed()
+        return received
+
+    assert asyncio.run(scenario()) == elements + elements

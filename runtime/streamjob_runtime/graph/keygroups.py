@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pickle
 import zlib
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 _MASK64 = (1 << 64) - 1
@@ -80,6 +81,7 @@ class _GroupCache:
 
 
 _group_caches: dict[int, _GroupCache] = {}
+_target_caches: dict[tuple[int, int], _GroupCache] = {}
 
 
 def key_groups(keys: list[Any], max_parallelism: int) -> list[int]:
@@ -89,16 +91,35 @@ def key_groups(keys: list[Any], max_parallelism: int) -> list[int]:
     and ``str`` keys go through a bounded per-process cache, so a repeated key
     costs a dict lookup instead of a hash.
     """
-    h = stable_hash
     c = _group_caches.get(max_parallelism)
     if c is None:
         c = _group_caches[max_parallelism] = _GroupCache()
+    h = stable_hash
+    return _cached(keys, c, lambda k: h(k) % max_parallelism)
+
+
+def key_targets(keys: list[Any], max_parallelism: int, parallelism: int) -> list[int]:
+    """The subtask index (of ``parallelism``) that owns each key's key group.
+
+    Equal to ``[operator_index(key_group(k, m), m, parallelism) for k in keys]``;
+    a record writer's partitioner, cached like :func:`key_groups` but from key
+    straight to subtask (one lookup per record instead of two).
+    """
+    c = _target_caches.get((max_parallelism, parallelism))
+    if c is None:
+        c = _target_caches[(max_parallelism, parallelism)] = _GroupCache()
+    h = stable_hash
+    return _cached(keys, c, lambda k: h(k) % max_parallelism * parallelism // max_parallelism)
+
+
+def _cached(keys: list[Any], c: _GroupCache, compute: Callable[[Any], int]) -> list[int]:
+    """``list(map(compute, keys))`` through the cache ``c`` (see the comment above)."""
     if c.bypass > 0:
         c.bypass -= len(keys)
-        return [h(k) % max_parallelism for k in keys]
+        return list(map(compute, keys))
     kinds = set(map(type, keys))
     if not kinds <= _CACHEABLE:
-        return [h(k) % max_parallelism for k in keys]
+        return list(map(compute, keys))
     cache = c.groups
     found: list[Any] = list(map(cache.get, keys))
     misses = found.count(None)
@@ -107,9 +128,7 @@ def key_groups(keys: list[Any], max_parallelism: int) -> list[int]:
     if not misses:
         groups: list[int] = found
     else:
-        groups = [
-            g if g is not None else h(k) % max_parallelism for k, g in zip(keys, found, strict=True)
-        ]
+        groups = [g if g is not None else compute(k) for k, g in zip(keys, found, strict=True)]
         if len(cache) < _CACHE_LIMIT:
             if str in kinds:
                 cache.update(

@@ -123,9 +123,9 @@ class ProcessOperator(KeyedOperator):
         out: list[Any] = []
         out_ts: list[int] = []
         if timestamps is None:
+            ctx.timestamp = None  # once per batch: the engine alone sets it
             for v in values:
                 backend.current_key = key_of(v)
-                ctx.timestamp = None
                 produced = process(v, ctx)
                 if produced is not None:
                     out.extend(produced)

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import pickle
 import socket
 import sys
 import uuid
@@ -32,7 +31,7 @@ from streamjob_runtime.ha import factory as ha_factory
 from streamjob_runtime.ha import services
 from streamjob_runtime.operators import base
 from streamjob_runtime.rpc import framing, messages
-from streamjob_runtime.taskmanager import network, task
+from streamjob_runtime.taskmanager import network, task, wire
 
 log = logging.getLogger(__name__)
 
@@ -509,11 +508,11 @@ class TaskExecutor:
             current = asyncio.current_task()
             assert current is not None
             d.readers.add(current)
-            channel = gate.channels[hello.channel]
-            loads = pickle.loads
+            put = gate.channels[hello.channel].put
+            decode, read_frame = wire.decode, framing.read_frame
             while True:
-                await channel.put(loads(await framing.read_frame(reader)))
-        except (asyncio.IncompleteReadError, ConnectionError, msgspec.DecodeError):
+                await put(decode(await read_frame(reader)))
+        except (asyncio.IncompleteReadError, ConnectionError, msgspec.DecodeError, ValueError):
             pass  # the upstream is gone (or spoke nonsense); the JobManager restarts the job
         except asyncio.CancelledError:
             pass  # the deployment was cancelled; this top-level handler just ends

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import pickle
 import time
 from itertools import compress
 from operator import not_
@@ -27,8 +26,14 @@ from typing import Any, Protocol
 from streamjob_runtime.graph import jobgraph, keygroups
 from streamjob_runtime.operators import base
 from streamjob_runtime.rpc import framing
+from streamjob_runtime.taskmanager import wire
 
 Element = tuple[Any, ...]
+
+# Bytes a remote channel's transport buffers before ``drain`` blocks the sender: room
+# for a few flushes' frames, small enough that a stalled receiver bounds the records in
+# flight (tests/integration/test_backpressure.py).
+WRITE_BUFFER = 256 * 1024
 
 
 class InputChannel:
@@ -92,6 +97,9 @@ class InputGate:
 class ChannelWriter(Protocol):
     async def send(self, element: Element) -> None: ...
 
+    async def send_all(self, elements: list[Element]) -> None:
+        """``send`` each element in order (a remote channel writes them in one go)."""
+
     def close(self) -> None: ...
 
 
@@ -104,20 +112,38 @@ class LocalChannelWriter:
     async def send(self, element: Element) -> None:
         await self.channel.put(element)
 
+    async def send_all(self, elements: list[Element]) -> None:
+        put = self.channel.put
+        for element in elements:
+            await put(element)
+
     def close(self) -> None:
         pass
 
 
 class RemoteChannelWriter:
-    """To a subtask in another TaskManager, over its own TCP connection."""
+    """To a subtask in another TaskManager, over its own TCP connection.
+
+    Each element is one frame (:mod:`wire` format).  Back-pressure is the
+    transport's: ``drain`` blocks while more than :data:`WRITE_BUFFER` bytes
+    wait to be sent, which happens when the receiver stops reading because its
+    input channel is full.
+    """
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
-        writer.transport.set_write_buffer_limits(high=128 * 1024)
+        writer.transport.set_write_buffer_limits(high=WRITE_BUFFER)
 
     async def send(self, element: Element) -> None:
         # One write (header and payload together): one send syscall and segment per frame.
-        self.writer.write(framing.frame(pickle.dumps(element, protocol=5)))
+        self.writer.write(framing.frame(wire.encode(element)))
+        await self.writer.drain()
+
+    async def send_all(self, elements: list[Element]) -> None:
+        # All frames of one flush in one write and one drain: one TLS record and
+        # send syscall where there were one per element.
+        frame, encode = framing.frame, wire.encode
+        self.writer.write(b"".join([frame(encode(e)) for e in elements]))
         await self.writer.drain()
 
     def close(self) -> None:
@@ -142,7 +168,6 @@ class RecordWriter:
         self.kind = partitioning.kind
         self.key_selector = partitioning.key_selector
         self.max_parallelism = max_parallelism
-        self.table = keygroups.group_to_operator_table(max_parallelism, len(channels))
         self.subtask_index = subtask_index
         self.pending: list[list[Element]] = [[] for _ in channels]
         self._rr = subtask_index
@@ -162,8 +187,9 @@ class RecordWriter:
             self.pending[target].append(("b", values, timestamps))
             return
         assert self.key_selector is not None
-        groups = keygroups.key_groups(list(map(self.key_selector, values)), self.max_parallelism)
-        targets = list(map(self.table.__getitem__, groups))
+        targets = keygroups.key_targets(
+            list(map(self.key_selector, values)), self.max_parallelism, n
+        )
         buckets = _split(values, targets, n)
         if timestamps is None:
             for t, bucket in enumerate(buckets):
@@ -185,9 +211,7 @@ class RecordWriter:
         for target, elements in enumerate(self.pending):
             if elements:
                 self.pending[target] = []
-                channel = self.channels[target]
-                for element in elements:
-                    await channel.send(element)
+                await self.channels[target].send_all(elements)
 
     def close(self) -> None:
         for c in self.channels:
