@@ -97,6 +97,24 @@ class RestartStrategyConfig(msgspec.Struct, frozen=True):
             raise ConfigError("exponential-delay jitter factor must be within [0, 1]")
 
 
+class StateBackendType(enum.StrEnum):
+    HASHMAP = "hashmap"
+    ROCKSDB = "rocksdb"
+
+
+class StateBackendConfig(msgspec.Struct, frozen=True):
+    """Flink's ``state.backend.*`` options: where keyed state lives while a job runs.
+
+    ``hashmap`` keeps keyed state in Python dicts (fast, bounded by memory);
+    ``rocksdb`` keeps it in an embedded RocksDB per operator subtask under
+    ``local_dir`` (``state.backend.rocksdb.localdir``; the system temporary
+    directory when unset), bounded by disk.
+    """
+
+    type: StateBackendType = StateBackendType.HASHMAP
+    local_dir: str | None = None
+
+
 class JobConfig(msgspec.Struct, frozen=True):
     """Everything that shapes one job's execution."""
 
@@ -105,6 +123,7 @@ class JobConfig(msgspec.Struct, frozen=True):
     max_parallelism: int = 128
     checkpointing: CheckpointConfig = CheckpointConfig()
     restart_strategy: RestartStrategyConfig = RestartStrategyConfig()
+    state_backend: StateBackendConfig = StateBackendConfig()
     batch_size: int = 1024  # records per network batch
     channel_capacity: int = 8  # batches buffered per input channel
 
@@ -145,6 +164,8 @@ _OPTIONS: dict[str, tuple[str | None, str, type]] = {
         int,
     ),
     "state.checkpoints.num-retained": ("checkpointing", "retained", int),
+    "state.backend.type": ("state_backend", "type", StateBackendType),
+    "state.backend.rocksdb.localdir": ("state_backend", "local_dir", str),
     "restart-strategy.type": ("restart_strategy", "kind", RestartStrategyKind),
     "restart-strategy.fixed-delay.attempts": ("restart_strategy", "attempts", int),
     "restart-strategy.fixed-delay.delay": ("restart_strategy", "delay_ms", int),

@@ -12,6 +12,7 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from streamjob_runtime import config
 from streamjob_runtime.graph import keygroups
 
 MIN_WATERMARK = -(2**63)
@@ -45,6 +46,7 @@ class OperatorContext:
     max_parallelism: int
     attempt: int
     job_id: str
+    state_backend: config.StateBackendConfig = field(default_factory=config.StateBackendConfig)
 
     @property
     def key_group_range(self) -> keygroups.KeyGroupRange:

@@ -1,13 +1,16 @@
-"""Keyed operators over the ``hashmap`` state backend: reduce, aggregate, process."""
+"""Keyed operators: reduce, aggregate, process, over the job's state backend."""
 
 from __future__ import annotations
 
+import functools
+import tempfile
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from streamjob_runtime import functions
+from streamjob_runtime import config, functions
+from streamjob_runtime.graph import keygroups
 from streamjob_runtime.operators import base
-from streamjob_runtime.state import heap
+from streamjob_runtime.state import heap, rocksdb, views
 
 _MISSING = object()
 
@@ -17,7 +20,14 @@ class KeyedOperator(base.StreamOperator):
 
     def __init__(self, key_selector: functions.KeySelector) -> None:
         self.key_selector = key_selector
-        self.backend = heap.KeyedStateBackend()
+        self.backend: views.KeyedStateBackend = heap.KeyedStateBackend()
+
+    def setup(self, ctx: base.OperatorContext, output: base.Output) -> None:
+        super().setup(ctx, output)
+        self.backend = create_backend(ctx)
+
+    def close(self) -> None:
+        self.backend.close()
 
     def initialize_state(self, restored: base.RestoredState | None) -> None:
         if restored is not None:
@@ -25,6 +35,18 @@ class KeyedOperator(base.StreamOperator):
 
     def snapshot_state(self, checkpoint_id: int) -> base.OperatorSnapshot:
         return base.OperatorSnapshot(keyed=self.backend.snapshot())
+
+
+def create_backend(ctx: base.OperatorContext) -> views.KeyedStateBackend:
+    """The keyed state backend the job's ``state.backend.type`` names, for subtask ``ctx``."""
+    settings = ctx.state_backend
+    if settings.type is config.StateBackendType.ROCKSDB:
+        return rocksdb.RocksDBKeyedStateBackend(
+            settings.local_dir or tempfile.gettempdir(),
+            f"{ctx.job_id}-{ctx.uid}-{ctx.subtask_index}-a{ctx.attempt}",
+            functools.partial(keygroups.key_group, max_parallelism=ctx.max_parallelism),
+        )
+    return heap.KeyedStateBackend()
 
 
 class ReduceOperator(KeyedOperator):
@@ -94,8 +116,8 @@ class ProcessOperator(KeyedOperator):
             self.saved_watermark = base.restored_watermark(restored)
 
     def open(self) -> None:
-        self.event_timers = heap.TimerQueue(self.backend, "__event_timers__")
-        self.processing_timers = heap.TimerQueue(self.backend, "__processing_timers__")
+        self.event_timers = views.TimerQueue(self.backend, "__event_timers__")
+        self.processing_timers = views.TimerQueue(self.backend, "__processing_timers__")
         self.timers = functions.TimerService(
             self.backend, self.event_timers, self.processing_timers
         )

@@ -166,6 +166,7 @@ class Task:
             max_parallelism=self.config.max_parallelism,
             attempt=self.attempt,
             job_id=self.job_id,
+            state_backend=self.config.state_backend,
         )
 
     def _initialize(self) -> None:
