@@ -1,0 +1,67 @@
+"""Jobs on the ``rocksdb`` state backend: crash recovery, and switching backends by savepoint."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from streamjob_runtime.api import models
+from tests.conftest import Harness
+from tests.integration.test_exactly_once_recovery import EVENTS, args, assert_exact
+from tests.integration.test_savepoints import stop_with_savepoint
+
+
+def rocksdb_dirs(localdir: Path) -> list[Path]:
+    root = localdir / "streamjob-rocksdb"
+    return sorted(root.iterdir()) if root.is_dir() else []
+
+
+def test_a_rocksdb_job_killed_mid_run_resumes_exactly(
+    cluster_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    h = cluster_factory(taskmanagers=2)
+    out, localdir = tmp_path / "out", tmp_path / "rocks"
+    job = h.submit("keyed_sum", args(out, backend="rocksdb", localdir=localdir), parallelism=2)
+    h.wait_for("12000 source records", lambda: h.source_records(job) >= 12_000)
+    # The reduce's keyed state lives in one RocksDB per subtask, on disk.
+    assert len([d for d in rocksdb_dirs(localdir) if "-sum-" in d.name]) == 2
+    h.cluster.kill_taskmanager(1)
+    details = h.wait_terminal(job)
+    assert details.state is models.JobStatus.FINISHED, details.failure_cause
+    assert details.restarts >= 1
+    assert_exact(out)
+    # Closed subtasks delete their DBs; only those of the SIGKILLed process remain.
+    assert len(rocksdb_dirs(localdir)) <= 1
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "parallelism"),
+    [("hashmap", "rocksdb", (1, 2)), ("rocksdb", "hashmap", (2, 1))],
+)
+def test_a_savepoint_switches_the_state_backend_and_the_parallelism(
+    cluster_factory: Callable[..., Harness],
+    tmp_path: Path,
+    before: str,
+    after: str,
+    parallelism: tuple[int, int],
+) -> None:
+    h = cluster_factory(taskmanagers=2)
+    out, localdir = tmp_path / "out", tmp_path / "rocks"
+    job = h.submit(
+        "keyed_sum", args(out, backend=before, localdir=localdir), parallelism=parallelism[0]
+    )
+    h.wait_for("12000 source records", lambda: h.source_records(job) >= 12_000)
+    location = stop_with_savepoint(h, job)
+    assert h.source_records(job) < EVENTS, "the job ended before the stop"
+    restored = h.submit(
+        "keyed_sum",
+        args(out, backend=after, localdir=localdir),
+        parallelism=parallelism[1],
+        savepoint=location,
+    )
+    details = h.wait_terminal(restored)
+    assert details.state is models.JobStatus.FINISHED, details.failure_cause
+    assert details.restored_from is not None
+    assert_exact(out)
