@@ -18,15 +18,31 @@ def rocksdb_dirs(localdir: Path) -> list[Path]:
     return sorted(root.iterdir()) if root.is_dir() else []
 
 
+@pytest.mark.parametrize("incremental", ["true", "false"])
 def test_a_rocksdb_job_killed_mid_run_resumes_exactly(
-    cluster_factory: Callable[..., Harness], tmp_path: Path
+    cluster_factory: Callable[..., Harness], tmp_path: Path, incremental: str
 ) -> None:
     h = cluster_factory(taskmanagers=2)
     out, localdir = tmp_path / "out", tmp_path / "rocks"
-    job = h.submit("keyed_sum", args(out, backend="rocksdb", localdir=localdir), parallelism=2)
+    job = h.submit(
+        "keyed_sum",
+        args(out, backend="rocksdb", localdir=localdir, incremental=incremental),
+        parallelism=2,
+    )
     h.wait_for("12000 source records", lambda: h.source_records(job) >= 12_000)
     # The reduce's keyed state lives in one RocksDB per subtask, on disk.
     assert len([d for d in rocksdb_dirs(localdir) if "-sum-" in d.name]) == 2
+    h.wait_for("a checkpoint", lambda: h.checkpoints(job).latest_completed is not None)
+    latest = h.checkpoints(job).latest_completed
+    assert latest is not None
+    sst = list((Path(latest.path).parent / "shared").rglob("*.sst"))
+    sidecars = list(Path(latest.path).glob("*.shared"))
+    if incremental == "true":
+        assert sst, "incremental checkpoints upload SST files to shared/"
+        assert sidecars, "each incremental state file lists its shared files"
+    else:
+        assert not sst
+        assert not sidecars
     h.cluster.kill_taskmanager(1)
     details = h.wait_terminal(job)
     assert details.state is models.JobStatus.FINISHED, details.failure_cause
@@ -64,4 +80,33 @@ def test_a_savepoint_switches_the_state_backend_and_the_parallelism(
     details = h.wait_terminal(restored)
     assert details.state is models.JobStatus.FINISHED, details.failure_cause
     assert details.restored_from is not None
+    assert_exact(out)
+
+
+@pytest.mark.parametrize("after", ["hashmap", "rocksdb"])
+def test_a_retained_incremental_checkpoint_restores_rescaled_into_either_backend(
+    cluster_factory: Callable[..., Harness], tmp_path: Path, after: str
+) -> None:
+    """A new job restores a cancelled job's incremental checkpoint (its shared files) at 2 -> 3."""
+    h = cluster_factory(taskmanagers=3)
+    out, localdir = tmp_path / "out", tmp_path / "rocks"
+    job = h.submit(
+        "keyed_sum", args(out, backend="rocksdb", localdir=localdir, retained=2), parallelism=2
+    )
+    h.wait_for("10000 source records", lambda: h.source_records(job) >= 10_000)
+    h.wait_for("2 checkpoints", lambda: h.checkpoints(job).counts.completed >= 2)
+    h.cancel(job)
+    assert h.wait_terminal(job).state is models.JobStatus.CANCELED
+    latest = h.checkpoints(job).latest_completed
+    assert latest is not None
+    assert list(Path(latest.path).glob("*.shared")), "not an incremental checkpoint"
+    restored = h.submit(
+        "keyed_sum",
+        args(out, backend=after, localdir=localdir),
+        parallelism=3,
+        savepoint=latest.path,
+    )
+    details = h.wait_terminal(restored)
+    assert details.state is models.JobStatus.FINISHED, details.failure_cause
+    assert details.restored_from == latest.id
     assert_exact(out)

@@ -14,8 +14,9 @@ event from that index on raises: a job that never gets past it), commit_delay
 sink_delay (seconds the sink sleeps per batch, a slow sink), slow_subtask (only
 that sink subtask is slow), source_parallelism, timeout and tolerable
 (checkpoint timeout in ms and tolerable failed checkpoints), sum_uid (the
-reduce's uid), backend (state.backend.type) and localdir
-(state.backend.rocksdb.localdir).
+reduce's uid), backend (state.backend.type), localdir
+(state.backend.rocksdb.localdir) and incremental
+(execution.checkpointing.incremental).
 """
 
 from __future__ import annotations
@@ -119,6 +120,7 @@ def build(env: StreamExecutionEnvironment) -> None:
     options = {
         "state.backend.type": a.get("backend"),
         "state.backend.rocksdb.localdir": a.get("localdir"),
+        "execution.checkpointing.incremental": a.get("incremental"),
     }
     env.config = config.apply_options(env.config, {k: v for k, v in options.items() if v})
     if "restart" in a:

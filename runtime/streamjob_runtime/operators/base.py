@@ -9,7 +9,9 @@ only between input batches, which is where back-pressure applies.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from streamjob_runtime import config
@@ -66,9 +68,13 @@ class OperatorSnapshot:
 
     keyed: dict[str, dict[Any, Any]] = field(default_factory=dict)
     operator: list[Any] = field(default_factory=list)
+    # Instead of ``keyed``: the asynchronous part of an incremental checkpoint of the keyed
+    # state. Called off the event loop with the job's checkpoint directory, it uploads what
+    # storage lacks and returns the picklable keyed part of the state file.
+    incremental: Callable[[Path], Any] | None = None
 
     def is_empty(self) -> bool:
-        return not self.keyed and not self.operator
+        return not self.keyed and not self.operator and self.incremental is None
 
 
 @dataclass
@@ -142,6 +148,14 @@ class StreamOperator(abc.ABC):
     def snapshot_state(self, checkpoint_id: int) -> OperatorSnapshot:
         """Synchronous part of a checkpoint: a consistent copy of this operator's state."""
         return OperatorSnapshot()
+
+    def snapshot_state_incremental(self, checkpoint_id: int) -> OperatorSnapshot | None:
+        """Like :meth:`snapshot_state` for a checkpoint (never a savepoint), incremental.
+
+        ``None`` (the default): take :meth:`snapshot_state`.  Savepoints always take
+        :meth:`snapshot_state`, the full and backend-independent form.
+        """
+        return None
 
     def notify_checkpoint_complete(self, checkpoint_id: int) -> None:  # noqa: B027
         """Checkpoint ``checkpoint_id`` is durable: commit what it covers."""

@@ -34,7 +34,28 @@ class KeyedOperator(base.StreamOperator):
             self.backend.restore(restored.keyed)
 
     def snapshot_state(self, checkpoint_id: int) -> base.OperatorSnapshot:
-        return base.OperatorSnapshot(keyed=self.backend.snapshot())
+        return base.OperatorSnapshot(keyed=self.backend.snapshot(), operator=self.operator_state())
+
+    def snapshot_state_incremental(self, checkpoint_id: int) -> base.OperatorSnapshot | None:
+        backend = self.backend
+        if not isinstance(backend, rocksdb.RocksDBKeyedStateBackend):
+            return None
+        if not self.ctx.state_backend.incremental_checkpoints:
+            return None
+        local = backend.take_checkpoint(checkpoint_id)
+        return base.OperatorSnapshot(
+            operator=self.operator_state(),
+            incremental=functools.partial(backend.upload, local),
+        )
+
+    def operator_state(self) -> list[Any]:
+        """Operator state saved beside the keyed state (none unless a subclass has some)."""
+        return []
+
+    def notify_checkpoint_complete(self, checkpoint_id: int) -> None:
+        backend = self.backend
+        if isinstance(backend, rocksdb.RocksDBKeyedStateBackend):
+            backend.notify_checkpoint_complete(checkpoint_id)
 
 
 def create_backend(ctx: base.OperatorContext) -> views.KeyedStateBackend:
@@ -163,10 +184,8 @@ class ProcessOperator(KeyedOperator):
                 out_ts.extend([ts] * (len(out) - before))
         self._emit(out, out_ts)
 
-    def snapshot_state(self, checkpoint_id: int) -> base.OperatorSnapshot:
-        snapshot = super().snapshot_state(checkpoint_id)
-        snapshot.operator = base.saved_watermark(self.saved_watermark)
-        return snapshot
+    def operator_state(self) -> list[Any]:
+        return base.saved_watermark(self.saved_watermark)
 
     def process_watermark(self, watermark: int) -> None:
         if watermark <= self.timers.watermark:

@@ -13,23 +13,40 @@ state key only if they serialise alike: ``1``, ``1.0`` and ``True`` are three
 keys here, one key on the ``hashmap`` backend (keep key types consistent).
 
 The write-ahead log is off, as in Flink: durability comes from checkpoints.
-Checkpoints are full snapshots in the canonical, backend-independent form
-(see :meth:`RocksDBKeyedStateBackend.snapshot`), so every checkpoint and
-savepoint restores into either backend.  Not done: incremental checkpoints,
-timers kept in RocksDB (the timer queue is rebuilt on the heap), state TTL.
+A savepoint (and a checkpoint when incremental checkpoints are off) is a full
+snapshot in the canonical, backend-independent form (see
+:meth:`RocksDBKeyedStateBackend.snapshot`), restorable into either backend.
+
+Incremental checkpoints (Flink's): the synchronous part is a RocksDB
+checkpoint, hard links to the DB's immutable SST files plus its small
+metadata files (:meth:`RocksDBKeyedStateBackend.take_checkpoint`); the
+asynchronous part (:func:`upload`) copies to ``<job dir>/shared/`` only the SST
+files that no *confirmed* (completed) checkpoint of this DB uploaded already,
+and returns an :class:`IncrementalKeyedState`: the shared files it references
+and the metadata files inline.  The JobManager deletes a shared file once no
+retained checkpoint references it (``checkpoint/shared.py``).
+
+Not done: timers kept in RocksDB (the timer queue is rebuilt on the heap),
+state TTL, local recovery, and restoring without materialising a subtask's
+key groups in memory (:func:`read_incremental` reads them into dicts).
 """
 
 from __future__ import annotations
 
+import os
 import pickle
 import shutil
 import struct
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 import rocksdict
+
+from streamjob_runtime.state import shared
 
 _INT = struct.Struct(">q")
 _FLOAT = struct.Struct(">d")
@@ -128,12 +145,7 @@ class RocksTable:
 
     def items_in_groups(self, start: int, end: int) -> Iterator[tuple[Any, Any]]:
         """(key, value) pairs of key groups ``start..end`` (inclusive): one range scan."""
-        stop = _GROUP.pack(end + 1) if end + 1 <= 0xFFFF else None
-        for k, v in self._family.items(from_key=_GROUP.pack(start)):
-            raw = cast(bytes, k)  # raw mode: keys and values are bytes
-            if stop is not None and raw >= stop:
-                return
-            yield deserialize(raw[2:]), deserialize(cast(bytes, v))
+        return _scan(self._family, start, end)
 
     def __iter__(self) -> Iterator[Any]:
         return (k for k, _ in self.items())
@@ -169,6 +181,10 @@ class RocksDBKeyedStateBackend:
         self._write_options.disable_wal = True  # type: ignore[method-assign,assignment]
         self._last_key: Any = object()
         self._last_encoded = b""
+        # Incremental checkpoints: SST name -> shared path, of the last confirmed checkpoint,
+        # and of each checkpoint uploaded but not yet confirmed.
+        self.confirmed_files: dict[str, str] = {}
+        self.pending_files: dict[int, dict[str, str]] = {}
 
     def _open(self) -> rocksdict.Rdict:
         if self._db is None:
@@ -214,6 +230,45 @@ class RocksDBKeyedStateBackend:
                 out[name] = entries
         return out
 
+    def take_checkpoint(self, checkpoint_id: int) -> LocalCheckpoint:
+        """Synchronous part of an incremental checkpoint: a RocksDB checkpoint (hard links).
+
+        Flushes the memtables (the WAL is off), so the files hold every write so far.
+        """
+        db = self._open()
+        directory = self.path.with_name(f"{self.path.name}.chk-{checkpoint_id}")
+        shutil.rmtree(directory, ignore_errors=True)  # a leftover of a declined attempt
+        rocksdict.Checkpoint(db).create_checkpoint(str(directory))
+        return LocalCheckpoint(
+            checkpoint_id,
+            directory,
+            self.path.name,
+            sorted(self._tables),
+            dict(self.confirmed_files),
+        )
+
+    def upload(self, local: LocalCheckpoint, job_dir: Path) -> IncrementalKeyedState:
+        """:func:`upload`, remembering the files for reuse once the checkpoint completes.
+
+        Runs in a worker thread; the task acknowledges (and so the checkpoint can
+        complete) only after it returned.
+        """
+        state = upload(local, job_dir)
+        self.pending_files[local.checkpoint_id] = dict(state.shared)
+        return state
+
+    def notify_checkpoint_complete(self, checkpoint_id: int) -> None:
+        """Later checkpoints may reuse the files of a completed (confirmed) checkpoint only.
+
+        Files of a checkpoint that never completes may be deleted with it, so they
+        are never referenced again.
+        """
+        files = self.pending_files.pop(checkpoint_id, None)
+        if files is not None:
+            self.confirmed_files = files
+        for older in [c for c in self.pending_files if c < checkpoint_id]:
+            del self.pending_files[older]
+
     def close(self) -> None:
         """Close the DB and delete its directory."""
         if self._db is not None:
@@ -223,3 +278,113 @@ class RocksDBKeyedStateBackend:
             self._db.close()
             self._db = None
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class LocalCheckpoint:
+    """A RocksDB checkpoint in the TaskManager's local directory, not yet uploaded."""
+
+    checkpoint_id: int
+    directory: Path
+    db_name: str
+    states: list[str]
+    confirmed_files: dict[str, str]
+
+
+@dataclass(frozen=True)
+class IncrementalKeyedState:
+    """The keyed state of one subtask in an incremental checkpoint (pickled in its state file).
+
+    ``shared``: SST file name -> path under the job's ``shared/`` directory;
+    ``inline``: the DB's other files (CURRENT, MANIFEST, OPTIONS, ...), small.
+    """
+
+    states: list[str]
+    shared: dict[str, str]
+    inline: dict[str, bytes] = field(default_factory=dict)
+    uploaded_bytes: int = 0
+
+
+def upload(local: LocalCheckpoint, job_dir: Path) -> IncrementalKeyedState:
+    """Asynchronous part: copy new SST files to ``<job_dir>/shared/``, inline the rest.
+
+    Blocking (run it in a thread).  Written files are fsynced.  The local
+    checkpoint directory is deleted afterwards, whatever happens.
+    """
+    try:
+        files: dict[str, str] = {}
+        inline: dict[str, bytes] = {}
+        uploaded = 0
+        written: list[Path] = []
+        for entry in sorted(os.listdir(local.directory)):
+            source = local.directory / entry
+            if not entry.endswith(".sst"):
+                inline[entry] = source.read_bytes()
+                continue
+            reused = local.confirmed_files.get(entry)
+            if reused is not None and (job_dir / shared.SHARED / reused).exists():
+                files[entry] = reused
+                continue
+            name = f"{local.db_name}/{entry}"
+            target = job_dir / shared.SHARED / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.tmp")
+            shutil.copyfile(source, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+            written.append(target.parent)
+            uploaded += source.stat().st_size
+            files[entry] = name
+        for directory in set(written):
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return IncrementalKeyedState(local.states, files, inline, uploaded)
+    finally:
+        shutil.rmtree(local.directory, ignore_errors=True)
+
+
+def read_incremental(
+    state: IncrementalKeyedState, job_dir: Path, start: int, end: int
+) -> dict[str, dict[Any, Any]]:
+    """The entries of key groups ``start..end`` of an incremental checkpoint, canonical form.
+
+    The checkpoint's files are hard-linked (copied across filesystems) into a
+    temporary directory and opened read-only; each state is one range scan.
+    """
+    with tempfile.TemporaryDirectory(prefix="streamjob-restore-") as tmp:
+        directory = Path(tmp)
+        for name, data in state.inline.items():
+            (directory / name).write_bytes(data)
+        for name, relative in state.shared.items():
+            source = job_dir / shared.SHARED / relative
+            try:
+                os.link(source, directory / name)
+            except OSError:
+                shutil.copyfile(source, directory / name)
+        db = rocksdict.Rdict(
+            str(directory), _options(), access_type=rocksdict.AccessType.read_only()
+        )
+        out: dict[str, dict[Any, Any]] = {}
+        try:
+            for name in state.states:
+                family = db.get_column_family(f"state:{name}")
+                table = dict(_scan(family, start, end))
+                family.close()
+                if table:
+                    out[name] = table
+        finally:
+            db.close()
+        return out
+
+
+def _scan(family: rocksdict.Rdict, start: int, end: int) -> Iterator[tuple[Any, Any]]:
+    stop = _GROUP.pack(end + 1) if end + 1 <= 0xFFFF else None
+    for k, v in family.items(from_key=_GROUP.pack(start)):
+        raw = cast(bytes, k)  # raw mode: keys and values are bytes
+        if stop is not None and raw >= stop:
+            return
+        yield deserialize(raw[2:]), deserialize(cast(bytes, v))

@@ -26,7 +26,7 @@ from streamjob_runtime import config, logs
 from streamjob_runtime.graph import jobgraph, keygroups
 from streamjob_runtime.operators import base, source
 from streamjob_runtime.rpc import messages
-from streamjob_runtime.state import storage
+from streamjob_runtime.state import rocksdb, shared, storage
 from streamjob_runtime.taskmanager import network
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,10 @@ def load_restored_state(
         operator[h.subtask] = operator_part
         if not wants_keyed:
             continue
+        if isinstance(keyed_part, rocksdb.IncrementalKeyedState):
+            # Shared files live in the checkpoint's job directory (also another job's).
+            job_dir = Path(restore.directory).parent
+            keyed_part = rocksdb.read_incremental(keyed_part, job_dir, mine.start, mine.end)
         exact = theirs == mine
         maxp = ctx.max_parallelism
         for name, table in keyed_part.items():
@@ -407,7 +411,12 @@ class Task:
         )
         started = time.monotonic()
         blobs: list[tuple[str, bytes, bool, bool]] = []
+        incremental: list[tuple[str, base.OperatorSnapshot]] = []
         for op, uid in zip(self.operators, self.uids, strict=True):
+            snap = None if target is not None else op.snapshot_state_incremental(checkpoint_id)
+            if snap is not None:
+                incremental.append((uid, snap))
+                continue
             snap = op.snapshot_state(checkpoint_id)
             if not snap.is_empty():
                 blobs.append((uid, _state_bytes(uid, snap), bool(snap.keyed), bool(snap.operator)))
@@ -423,7 +432,7 @@ class Task:
             bytes=sum(len(b[1]) for b in blobs),
         )
         upload = asyncio.get_running_loop().create_task(
-            self._upload(checkpoint_id, target, blobs, sync_s, alignment_s)
+            self._upload(checkpoint_id, target, blobs, sync_s, alignment_s, incremental)
         )
         self._uploads.add(upload)
         upload.add_done_callback(self._uploads.discard)
@@ -435,6 +444,7 @@ class Task:
         blobs: list[tuple[str, bytes, bool, bool]],
         sync_s: float,
         alignment_s: float,
+        incremental: list[tuple[str, base.OperatorSnapshot]] | None = None,
     ) -> None:
         started = time.monotonic()
         directory = (
@@ -453,6 +463,19 @@ class Task:
         try:
             handles = []
             paths = []
+            for uid, snap in incremental or []:
+                # Incremental keyed state: new SST files go to <job dir>/shared/ (from a
+                # worker thread: file copies); the state file holds the references, and a
+                # .shared file lists them for the JobManager's reference counting.
+                assert snap.incremental is not None
+                job_dir = Path(self.checkpoint_dir)
+                keyed_part = await asyncio.to_thread(snap.incremental, job_dir)
+                data = pickle.dumps((keyed_part, snap.operator), protocol=5)
+                blobs.append((uid, data, True, bool(snap.operator)))
+                refs = "".join(f"{p}\n" for p in sorted(keyed_part.shared.values()))
+                sidecar = directory / f"{uid}-{self.subtask}{shared.SUFFIX}"
+                storage.write_unsynced(sidecar, refs.encode())
+                paths.append(sidecar)
             for uid, data, has_keyed, has_operator in blobs:
                 name = f"{uid}-{self.subtask}.state"
                 size = storage.write_unsynced(directory / name, data)
