@@ -170,10 +170,13 @@ def test_a_closed_rocksdb_backend_deletes_its_directory(tmp_path: Path) -> None:
     state = keyed.create_backend(ctx(settings("rocksdb", tmp_path)))
     assert isinstance(state, rocksdb.RocksDBKeyedStateBackend)
     state.table("t")["k"] = 1
+    local = state.take_checkpoint(1)  # taken, never uploaded
+    assert local.directory.is_dir()
     assert state.path.is_dir()
     assert state.path.is_relative_to(tmp_path)
     state.close()
     assert not state.path.exists()
+    assert not local.directory.exists()
 
 
 @pytest.mark.parametrize(

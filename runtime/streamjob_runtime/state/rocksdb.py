@@ -278,6 +278,8 @@ class RocksDBKeyedStateBackend:
             self._db.close()
             self._db = None
         shutil.rmtree(self.path, ignore_errors=True)
+        for local in self.path.parent.glob(f"{self.path.name}.chk-*"):
+            shutil.rmtree(local, ignore_errors=True)  # checkpoints never uploaded
 
 
 @dataclass(frozen=True)

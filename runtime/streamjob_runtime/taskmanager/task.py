@@ -463,6 +463,7 @@ class Task:
         try:
             handles = []
             paths = []
+            shared_bytes = 0  # SST files this checkpoint uploaded (not those it reuses)
             for uid, snap in incremental or []:
                 # Incremental keyed state: new SST files go to <job dir>/shared/ (from a
                 # worker thread: file copies); the state file holds the references, and a
@@ -470,6 +471,7 @@ class Task:
                 assert snap.incremental is not None
                 job_dir = Path(self.checkpoint_dir)
                 keyed_part = await asyncio.to_thread(snap.incremental, job_dir)
+                shared_bytes += keyed_part.uploaded_bytes
                 data = pickle.dumps((keyed_part, snap.operator), protocol=5)
                 blobs.append((uid, data, True, bool(snap.operator)))
                 refs = "".join(f"{p}\n" for p in sorted(keyed_part.shared.values()))
@@ -512,7 +514,7 @@ class Task:
                 self.vertex.id,
                 self.subtask,
                 handles,
-                sum(h.size for h in handles),
+                sum(h.size for h in handles) + shared_bytes,
                 sync_ms=sync_s * 1000,
                 async_ms=(time.monotonic() - started) * 1000,
                 alignment_ms=alignment_s * 1000,
