@@ -216,3 +216,41 @@ def test_reduce_restored_at_another_parallelism_keeps_every_count(tmp_path: Path
         totals.update(dict(out.records))
         sub.close()
     assert totals == {k: 11 for k in range(10)}
+
+
+def test_window_state_survives_a_checkpoint_on_the_rocksdb_backend(tmp_path: Path) -> None:
+    """Windows keep their state on the heap: a rocksdb job must still checkpoint it."""
+    from streamjob_runtime import windows
+    from streamjob_runtime.operators import window
+
+    class Count(functions.AggregateFunction[Any, int, int]):
+        def create_accumulator(self) -> int:
+            return 0
+
+        def add(self, value: Any, accumulator: int) -> int:
+            return accumulator + 1
+
+        def get_result(self, accumulator: int) -> int:
+            return accumulator
+
+    def window_op() -> tuple[window.WindowOperator, Recorder]:
+        op = window.WindowOperator(
+            lambda v: v[0], windows.TumblingEventTimeWindows.of(10), Count(), None
+        )
+        out = Recorder()
+        op.setup(ctx(settings("rocksdb", tmp_path)), out)
+        return op, out
+
+    op, _ = window_op()
+    op.initialize_state(None)
+    op.open()
+    op.process_batch([("a", 1), ("b", 2)], [1, 2])
+    snap = op.snapshot_state_incremental(1) or op.snapshot_state(1)
+    assert snap.incremental is None
+    op.close()
+    again, out = window_op()
+    again.initialize_state(base.RestoredState(1, "job", snap.keyed, [snap.operator], 1))
+    again.open()
+    again.process_watermark(base.MAX_WATERMARK)
+    assert sorted(out.records) == [1, 1]
+    again.close()

@@ -16,7 +16,14 @@ _MISSING = object()
 
 
 class KeyedOperator(base.StreamOperator):
-    """Base for operators whose input is partitioned by ``key_selector``."""
+    """Base for operators whose input is partitioned by ``key_selector``.
+
+    ``uses_state_backend``: the operator keeps its keyed state in ``self.backend``
+    (the job's state backend).  One that keeps it elsewhere sets it false and gets
+    the ``hashmap`` backend and full snapshots of its own :meth:`snapshot_state`.
+    """
+
+    uses_state_backend = True
 
     def __init__(self, key_selector: functions.KeySelector) -> None:
         self.key_selector = key_selector
@@ -24,7 +31,8 @@ class KeyedOperator(base.StreamOperator):
 
     def setup(self, ctx: base.OperatorContext, output: base.Output) -> None:
         super().setup(ctx, output)
-        self.backend = create_backend(ctx)
+        if self.uses_state_backend:
+            self.backend = create_backend(ctx)
 
     def close(self) -> None:
         self.backend.close()
