@@ -91,6 +91,10 @@ class RestoredState:
     keyed: dict[str, dict[Any, Any]]
     operator: list[list[Any]]
     former_parallelism: int
+    # Keyed state of incremental checkpoints, not yet read: (the picklable keyed part a
+    # snapshot's ``incremental`` returned, the job directory holding its shared files).
+    # The operator reads this subtask's key groups from them (see operators.keyed).
+    keyed_incremental: list[tuple[Any, Path]] = field(default_factory=list)
 
 
 def saved_watermark(watermark: int) -> list[Any]:

@@ -38,8 +38,18 @@ class KeyedOperator(base.StreamOperator):
         self.backend.close()
 
     def initialize_state(self, restored: base.RestoredState | None) -> None:
-        if restored is not None:
-            self.backend.restore(restored.keyed)
+        if restored is None:
+            return
+        self.backend.restore(restored.keyed)
+        groups = self.ctx.key_group_range
+        for state, job_dir in restored.keyed_incremental:
+            if isinstance(self.backend, rocksdb.RocksDBKeyedStateBackend):
+                # Raw entries, batch by batch: never the whole state in memory.
+                self.backend.restore_incremental(state, job_dir, groups.start, groups.end)
+            else:
+                self.backend.restore(
+                    rocksdb.read_incremental(state, job_dir, groups.start, groups.end)
+                )
 
     def snapshot_state(self, checkpoint_id: int) -> base.OperatorSnapshot:
         return base.OperatorSnapshot(keyed=self.backend.snapshot(), operator=self.operator_state())

@@ -27,8 +27,8 @@ and the metadata files inline.  The JobManager deletes a shared file once no
 retained checkpoint references it (``checkpoint/shared.py``).
 
 Not done: timers kept in RocksDB (the timer queue is rebuilt on the heap),
-state TTL, local recovery, and restoring without materialising a subtask's
-key groups in memory (:func:`read_incremental` reads them into dicts).
+state TTL, local recovery, and restoring a full (canonical) snapshot without
+reading it into memory (it is one pickle).
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ _MIN_INT = -(2**63)
 _MAX_INT = 2**63 - 1
 
 _NO_DEFAULT: Any = object()
+_RESTORE_BATCH = 10_000
 _TAG_PICKLE = 0
 _TAG_INT = 1
 _TAG_FLOAT = 2
@@ -221,6 +222,30 @@ class RocksDBKeyedStateBackend:
                 batch.put(self.encode_key(key), serialize(value))
             db.write(batch, self._write_options)
 
+    def restore_incremental(
+        self, state: IncrementalKeyedState, job_dir: Path, start: int, end: int
+    ) -> None:
+        """Add key groups ``start..end`` of an incremental checkpoint: raw entries, in batches.
+
+        Keys and values keep their bytes (the encoding and the key groups are the
+        same: a restore never changes the max parallelism), and at most
+        ``_RESTORE_BATCH`` entries are in memory at once.
+        """
+        db = self._open()
+        for name, entries in _scan_checkpoint(state, job_dir, start, end):
+            self.table(name)
+            handle = db.get_column_family_handle(f"state:{name}")
+            batch = rocksdict.WriteBatch(raw_mode=True)
+            batch.set_default_column_family(handle)
+            for key, value in entries:
+                batch.put(key, value)
+                if len(batch) >= _RESTORE_BATCH:
+                    db.write(batch, self._write_options)
+                    batch = rocksdict.WriteBatch(raw_mode=True)
+                    batch.set_default_column_family(handle)
+            if len(batch):
+                db.write(batch, self._write_options)
+
     def snapshot(self) -> dict[str, dict[Any, Any]]:
         """A full snapshot, read from the DB into the canonical form name -> {key: value}."""
         out: dict[str, dict[Any, Any]] = {}
@@ -354,8 +379,24 @@ def read_incremental(
 ) -> dict[str, dict[Any, Any]]:
     """The entries of key groups ``start..end`` of an incremental checkpoint, canonical form.
 
+    For a restore into the ``hashmap`` backend: the result is in memory.
+    """
+    out: dict[str, dict[Any, Any]] = {}
+    for name, entries in _scan_checkpoint(state, job_dir, start, end):
+        table = {deserialize(k[2:]): deserialize(v) for k, v in entries}
+        if table:
+            out[name] = table
+    return out
+
+
+def _scan_checkpoint(
+    state: IncrementalKeyedState, job_dir: Path, start: int, end: int
+) -> Iterator[tuple[str, Iterator[tuple[bytes, bytes]]]]:
+    """(state name, its raw entries in key groups ``start..end``), one state after the other.
+
     The checkpoint's files are hard-linked (copied across filesystems) into a
     temporary directory and opened read-only; each state is one range scan.
+    Consume each state's entries before asking for the next state.
     """
     with tempfile.TemporaryDirectory(prefix="streamjob-restore-") as tmp:
         directory = Path(tmp)
@@ -370,23 +411,26 @@ def read_incremental(
         db = rocksdict.Rdict(
             str(directory), _options(), access_type=rocksdict.AccessType.read_only()
         )
-        out: dict[str, dict[Any, Any]] = {}
         try:
             for name in state.states:
                 family = db.get_column_family(f"state:{name}")
-                table = dict(_scan(family, start, end))
-                family.close()
-                if table:
-                    out[name] = table
+                try:
+                    yield name, _scan_raw(family, start, end)
+                finally:
+                    family.close()
         finally:
             db.close()
-        return out
 
 
-def _scan(family: rocksdict.Rdict, start: int, end: int) -> Iterator[tuple[Any, Any]]:
+def _scan_raw(family: rocksdict.Rdict, start: int, end: int) -> Iterator[tuple[bytes, bytes]]:
     stop = _GROUP.pack(end + 1) if end + 1 <= 0xFFFF else None
     for k, v in family.items(from_key=_GROUP.pack(start)):
         raw = cast(bytes, k)  # raw mode: keys and values are bytes
         if stop is not None and raw >= stop:
             return
-        yield deserialize(raw[2:]), deserialize(cast(bytes, v))
+        yield raw, cast(bytes, v)
+
+
+def _scan(family: rocksdict.Rdict, start: int, end: int) -> Iterator[tuple[Any, Any]]:
+    for k, v in _scan_raw(family, start, end):
+        yield deserialize(k[2:]), deserialize(v)

@@ -74,6 +74,7 @@ def load_restored_state(
     mine = ctx.key_group_range
     keyed: dict[str, dict[Any, Any]] = {}
     operator: list[list[Any]] = [[] for _ in range(former_parallelism)]
+    incremental: list[tuple[Any, Path]] = []
     for h in sorted(handles, key=lambda h: h.subtask):
         theirs = keygroups.KeyGroupRange(h.key_group_start, h.key_group_end)
         wants_keyed = h.has_keyed and mine.intersects(theirs)
@@ -85,9 +86,10 @@ def load_restored_state(
         if not wants_keyed:
             continue
         if isinstance(keyed_part, rocksdb.IncrementalKeyedState):
-            # Shared files live in the checkpoint's job directory (also another job's).
-            job_dir = Path(restore.directory).parent
-            keyed_part = rocksdb.read_incremental(keyed_part, job_dir, mine.start, mine.end)
+            # Read by the operator, which scans just its key groups; shared files live in
+            # the checkpoint's job directory (also another job's).
+            incremental.append((keyed_part, Path(restore.directory).parent))
+            continue
         exact = theirs == mine
         maxp = ctx.max_parallelism
         for name, table in keyed_part.items():
@@ -99,7 +101,7 @@ def load_restored_state(
                     (k, v) for k, v in table.items() if mine.contains(keygroups.key_group(k, maxp))
                 )
     return base.RestoredState(
-        restore.checkpoint_id, restore.job_id, keyed, operator, former_parallelism
+        restore.checkpoint_id, restore.job_id, keyed, operator, former_parallelism, incremental
     )
 
 
