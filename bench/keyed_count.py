@@ -13,6 +13,7 @@ and the table shows medians (the machine may be shared: single runs vary).
 
     uv run python bench/keyed_count.py [--events 10000000] [--keys 100000]
         [--parallelism 1,2] [--checkpoints off,on] [--interval 1000] [--repeat 1]
+        [--state-backend hashmap|rocksdb]
 """
 
 from __future__ import annotations
@@ -347,10 +348,12 @@ def print_comparisons(summaries: list[Summary], interval_ms: int) -> None:
 
 async def main_async(a: argparse.Namespace) -> bool:
     options = {"execution.batch-size": str(a.batch_size)} if a.batch_size else {}
+    options["state.backend.type"] = a.state_backend
     print(
         f"keyed count/sum: {a.events:,} events over {a.keys:,} keys; generator -> key_by ->"
         " KeyedProcessFunction (ValueState + timer) -> exactly-once FileSink"
-        + (f"; batch size {a.batch_size}" if a.batch_size else ""),
+        + (f"; batch size {a.batch_size}" if a.batch_size else "")
+        + f"; state backend {a.state_backend}",
         flush=True,
     )
     configs = [(p, mode == "on") for p in a.parallelism for mode in a.checkpoints]
@@ -386,6 +389,12 @@ def main() -> None:
     p.add_argument("--interval", type=int, default=1000, help="checkpoint interval, ms")
     p.add_argument("--repeat", type=int, default=1, help="runs per configuration (medians)")
     p.add_argument("--batch-size", type=int, default=None, help="execution.batch-size")
+    p.add_argument(
+        "--state-backend",
+        choices=["hashmap", "rocksdb"],
+        default="hashmap",
+        help="state.backend.type (rocksdb: incremental checkpoints)",
+    )
     p.add_argument(
         "--wait-idle",
         type=float,

@@ -47,6 +47,7 @@ def main() -> None:
     ok = run("tls.py", ["--events", events, "--repeat", str(max(a.repeat, 3))]) and ok
     ok = run("recovery.py", ["--kills", kills]) and ok
     ok = run("savepoints.py", ["--quick"] if a.quick else []) and ok
+    ok = run("state_backends.py", ["--checkpoints", "3"] if a.quick else []) and ok
     ok = run("failover.py", ["--quick"] if a.quick else []) and ok
     ok = run("operator_reconcile.py", ["--quick"] if a.quick else []) and ok
     ok = run("chaos.py", ["--runs", "1" if a.quick else "3"]) and ok

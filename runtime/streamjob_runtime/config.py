@@ -97,6 +97,38 @@ class RestartStrategyConfig(msgspec.Struct, frozen=True):
             raise ConfigError("exponential-delay jitter factor must be within [0, 1]")
 
 
+class StateBackendType(enum.StrEnum):
+    HASHMAP = "hashmap"
+    ROCKSDB = "rocksdb"
+
+
+class StateBackendConfig(msgspec.Struct, frozen=True):
+    """Flink's ``state.backend.*`` options: where keyed state lives while a job runs.
+
+    ``hashmap`` keeps keyed state in Python dicts (fast, bounded by memory);
+    ``rocksdb`` keeps it in an embedded RocksDB per operator subtask under
+    ``local_dir`` (``state.backend.rocksdb.localdir``; the system temporary
+    directory when unset), bounded by disk.
+    """
+
+    type: StateBackendType = StateBackendType.HASHMAP
+    local_dir: str | None = None
+    incremental: bool | None = None  # execution.checkpointing.incremental; None: on for rocksdb
+
+    @property
+    def incremental_checkpoints(self) -> bool:
+        if self.incremental is None:
+            return self.type is StateBackendType.ROCKSDB
+        return self.incremental
+
+    def validate(self) -> None:
+        if self.incremental and self.type is not StateBackendType.ROCKSDB:
+            raise ConfigError(
+                "execution.checkpointing.incremental: true needs state.backend.type: rocksdb;"
+                " the hashmap backend takes full checkpoints (set it to false or use rocksdb)"
+            )
+
+
 class JobConfig(msgspec.Struct, frozen=True):
     """Everything that shapes one job's execution."""
 
@@ -105,6 +137,7 @@ class JobConfig(msgspec.Struct, frozen=True):
     max_parallelism: int = 128
     checkpointing: CheckpointConfig = CheckpointConfig()
     restart_strategy: RestartStrategyConfig = RestartStrategyConfig()
+    state_backend: StateBackendConfig = StateBackendConfig()
     batch_size: int = 1024  # records per network batch
     channel_capacity: int = 8  # batches buffered per input channel
 
@@ -124,6 +157,7 @@ class JobConfig(msgspec.Struct, frozen=True):
             raise ConfigError("batch size and channel capacity must be >= 1")
         self.checkpointing.validate()
         self.restart_strategy.validate()
+        self.state_backend.validate()
 
 
 # Flink-style option keys accepted by ``-D key=value`` on the CLI and by the
@@ -145,6 +179,9 @@ _OPTIONS: dict[str, tuple[str | None, str, type]] = {
         int,
     ),
     "state.checkpoints.num-retained": ("checkpointing", "retained", int),
+    "state.backend.type": ("state_backend", "type", StateBackendType),
+    "state.backend.rocksdb.localdir": ("state_backend", "local_dir", str),
+    "execution.checkpointing.incremental": ("state_backend", "incremental", bool),
     "restart-strategy.type": ("restart_strategy", "kind", RestartStrategyKind),
     "restart-strategy.fixed-delay.attempts": ("restart_strategy", "attempts", int),
     "restart-strategy.fixed-delay.delay": ("restart_strategy", "delay_ms", int),
@@ -178,6 +215,12 @@ _OPTIONS: dict[str, tuple[str | None, str, type]] = {
 }
 
 
+def _parse_bool(raw: str) -> bool:
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    raise ValueError(raw)
+
+
 def option_keys() -> list[str]:
     return sorted(_OPTIONS)
 
@@ -196,11 +239,13 @@ def apply_options(config: JobConfig, options: Mapping[str, str]) -> JobConfig:
                 f"unknown option {key!r}; known options: {', '.join(option_keys())}"
             ) from None
         try:
-            value = kind(raw)
+            value = _parse_bool(raw) if kind is bool else kind(raw)
         except ValueError:
             hint = (
                 f"one of {[m.value for m in kind]}"
                 if issubclass(kind, enum.Enum)
+                else "true or false"
+                if kind is bool
                 else kind.__name__
             )
             raise ConfigError(f"option {key}={raw!r} is invalid: expected {hint}") from None

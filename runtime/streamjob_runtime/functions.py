@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from streamjob_runtime.state import heap
+from streamjob_runtime.state import views
 
 IN = TypeVar("IN")
 OUT = TypeVar("OUT")
@@ -46,9 +46,9 @@ class TimerService:
 
     def __init__(
         self,
-        backend: heap.KeyedStateBackend,
-        event_timers: heap.TimerQueue,
-        processing_timers: heap.TimerQueue,
+        backend: views.KeyedStateBackend,
+        event_timers: views.TimerQueue,
+        processing_timers: views.TimerQueue,
     ) -> None:
         self._backend = backend
         self._event = event_timers
@@ -77,7 +77,7 @@ class TimerService:
 class KeyedContext:
     """Passed to :class:`KeyedProcessFunction` calls: current key, time, state."""
 
-    def __init__(self, backend: heap.KeyedStateBackend, timers: TimerService) -> None:
+    def __init__(self, backend: views.KeyedStateBackend, timers: TimerService) -> None:
         self._backend = backend
         self.timer_service = timers
         self.timestamp: int | None = None
@@ -86,14 +86,14 @@ class KeyedContext:
     def current_key(self) -> Any:
         return self._backend.current_key
 
-    def value_state(self, name: str, default: Any = None) -> heap.ValueState[Any]:
-        return heap.ValueState(self._backend, name, default)
+    def value_state(self, name: str, default: Any = None) -> views.ValueState[Any]:
+        return views.ValueState(self._backend, name, default)
 
-    def list_state(self, name: str) -> heap.ListState[Any]:
-        return heap.ListState(self._backend, name)
+    def list_state(self, name: str) -> views.ListState[Any]:
+        return views.ListState(self._backend, name)
 
-    def map_state(self, name: str) -> heap.MapState[Any, Any]:
-        return heap.MapState(self._backend, name)
+    def map_state(self, name: str) -> views.MapState[Any, Any]:
+        return views.MapState(self._backend, name)
 
 
 class KeyedProcessFunction(abc.ABC):

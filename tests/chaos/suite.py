@@ -197,12 +197,15 @@ class Config:
     splits: int | None = None
     chain: tuple[int, ...] | None = None
     max_tm_kills: int = 3
+    state_backend: str | None = None  # state.backend.type; None: the job's default
 
 
 def job_args(out: Path, config: Config) -> list[str]:
     args = [f"out={out}", f"events={config.events}", f"rate={config.rate}"]
     if config.splits is not None:
         args.append(f"splits={config.splits}")
+    if config.state_backend is not None:
+        args.append(f"backend={config.state_backend}")
     return args
 
 

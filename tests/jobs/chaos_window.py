@@ -23,7 +23,7 @@ Two branches read the one source (uid ``events``):
 
 Arguments (env.args, as key=value): out, events (-1: unbounded), rate (records/s across
 all subtasks), splits (generator splits; default the first parallelism), interval
-(checkpoint interval in ms), delay (restart delay in ms).
+(checkpoint interval in ms), delay (restart delay in ms), backend (state.backend.type).
 """
 
 from __future__ import annotations
@@ -139,6 +139,8 @@ def build(env: StreamExecutionEnvironment) -> None:
     splits = int(a["splits"]) if "splits" in a else None
     env.enable_checkpointing(int(a.get("interval", "200")), "exactly-once")
     env.set_restart_strategy(config.fixed_delay(2_147_483_647, int(a.get("delay", "100"))))
+    if "backend" in a:
+        env.config = config.apply_options(env.config, {"state.backend.type": a["backend"]})
     strategy = WatermarkStrategy.for_bounded_out_of_orderness(
         OUT_OF_ORDER_MS
     ).with_timestamp_assigner(lambda e: e[1])

@@ -14,7 +14,9 @@ event from that index on raises: a job that never gets past it), commit_delay
 sink_delay (seconds the sink sleeps per batch, a slow sink), slow_subtask (only
 that sink subtask is slow), source_parallelism, timeout and tolerable
 (checkpoint timeout in ms and tolerable failed checkpoints), sum_uid (the
-reduce's uid).
+reduce's uid), backend (state.backend.type), localdir
+(state.backend.rocksdb.localdir) and incremental
+(execution.checkpointing.incremental).
 """
 
 from __future__ import annotations
@@ -115,6 +117,12 @@ def build(env: StreamExecutionEnvironment) -> None:
         timeout_ms=int(a.get("timeout", "600000")),
         tolerable_failures=int(a.get("tolerable", "0")),
     )
+    options = {
+        "state.backend.type": a.get("backend"),
+        "state.backend.rocksdb.localdir": a.get("localdir"),
+        "execution.checkpointing.incremental": a.get("incremental"),
+    }
+    env.config = config.apply_options(env.config, {k: v for k, v in options.items() if v})
     if "restart" in a:
         env.set_restart_strategy(restart_strategy(a["restart"]))
     else:

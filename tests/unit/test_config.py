@@ -21,6 +21,31 @@ def test_flink_style_options_set_typed_fields() -> None:
     assert c.parallelism == 3
 
 
+def test_state_backend_options_choose_the_backend_per_job() -> None:
+    c = config.apply_options(
+        config.JobConfig(),
+        {"state.backend.type": "rocksdb", "state.backend.rocksdb.localdir": "/var/tmp/x"},
+    )
+    assert c.state_backend.type is config.StateBackendType.ROCKSDB
+    assert c.state_backend.local_dir == "/var/tmp/x"
+    assert config.JobConfig().state_backend.type is config.StateBackendType.HASHMAP
+    with pytest.raises(config.ConfigError, match=r"state.backend.type='rocks'.*'hashmap'"):
+        config.apply_options(config.JobConfig(), {"state.backend.type": "rocks"})
+
+
+def test_incremental_checkpoints_are_the_rocksdb_default_and_need_rocksdb() -> None:
+    rocks = config.apply_options(config.JobConfig(), {"state.backend.type": "rocksdb"})
+    assert rocks.state_backend.incremental_checkpoints
+    full = config.apply_options(rocks, {"execution.checkpointing.incremental": "false"})
+    assert not full.state_backend.incremental_checkpoints
+    assert not config.JobConfig().state_backend.incremental_checkpoints
+    with pytest.raises(config.ConfigError, match="expected true or false"):
+        config.apply_options(rocks, {"execution.checkpointing.incremental": "yes"})
+    heap = config.apply_options(config.JobConfig(), {"execution.checkpointing.incremental": "TRUE"})
+    with pytest.raises(config.ConfigError, match=r"needs state\.backend\.type: rocksdb"):
+        heap.validate()
+
+
 def test_unknown_option_lists_the_known_ones() -> None:
     with pytest.raises(
         config.ConfigError, match=r"unknown option 'execution\.chekpointing'.*known"

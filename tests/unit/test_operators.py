@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from streamjob_runtime import functions, windows
+import pytest
+
+from streamjob_runtime import config, functions, windows
 from streamjob_runtime.connectors import files, generator
 from streamjob_runtime.operators import base, keyed, source, window
 
@@ -23,8 +25,21 @@ class Recorder:
         self.watermarks.append(watermark)
 
 
-def ctx(index: int = 0, parallelism: int = 1, attempt: int = 1) -> base.OperatorContext:
-    return base.OperatorContext("op", index, parallelism, 128, attempt, "job")
+def ctx(
+    index: int = 0,
+    parallelism: int = 1,
+    attempt: int = 1,
+    backend: config.StateBackendConfig | None = None,
+) -> base.OperatorContext:
+    return base.OperatorContext(
+        "op", index, parallelism, 128, attempt, "job", backend or config.StateBackendConfig()
+    )
+
+
+@pytest.fixture(params=["hashmap", "rocksdb"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> config.StateBackendConfig:
+    """Each keyed state test runs on both state backends (RocksDB under ``tmp_path``)."""
+    return config.StateBackendConfig(config.StateBackendType(request.param), str(tmp_path))
 
 
 class Count(functions.AggregateFunction[Any, int, int]):
@@ -94,10 +109,12 @@ class Timers(functions.KeyedProcessFunction):
         return [(ctx.current_key, self.seen.value(), self.items.get(), sorted(self.by_kind.keys()))]
 
 
-def test_keyed_process_function_state_and_event_time_timers() -> None:
+def test_keyed_process_function_state_and_event_time_timers(
+    backend: config.StateBackendConfig,
+) -> None:
     op = keyed.ProcessOperator(lambda v: v[0], Timers())
     out = Recorder()
-    op.setup(ctx(), out)
+    op.setup(ctx(backend=backend), out)
     op.initialize_state(None)
     op.open()
     op.process_batch([("a", 1), ("b", 2), ("a", 3)], [1, 2, 3])
@@ -107,6 +124,7 @@ def test_keyed_process_function_state_and_event_time_timers() -> None:
     assert sorted(r[0] for r in out.records) == [("a", 2, [1, 3], [1]), ("b", 1, [2], [0])]
     op.process_watermark(200)  # a timer fires once
     assert len(out.records) == 2
+    op.close()
 
 
 def values(polled: list[source.SplitRecords] | None) -> list[Any]:
@@ -206,25 +224,29 @@ def test_file_source_resumes_from_its_byte_offset(tmp_path: Path) -> None:
     assert again.poll(100) is None
 
 
-def test_timer_queue_keeps_one_timer_as_an_int_and_several_as_a_set() -> None:
-    from streamjob_runtime.state import heap
+def test_timer_queue_keeps_one_timer_as_an_int_and_several_as_a_set(
+    backend: config.StateBackendConfig,
+) -> None:
+    from streamjob_runtime.state import views
 
-    backend = heap.KeyedStateBackend()
-    timers = heap.TimerQueue(backend, "t")
+    state = keyed.create_backend(ctx(backend=backend))
+    timers = views.TimerQueue(state, "t")
     timers.register("a", 5)
     timers.register("a", 5)  # at most one per (key, time)
     timers.register("b", 3)
     timers.register("b", 7)
-    assert backend.tables["t"] == {"a": 5, "b": {3, 7}}
+    assert state.snapshot()["t"] == {"a": 5, "b": {3, 7}}
     timers.delete("b", 7)
-    assert backend.tables["t"] == {"a": 5, "b": 3}
-    restored = heap.KeyedStateBackend()
+    assert state.snapshot()["t"] == {"a": 5, "b": 3}
+    restored = keyed.create_backend(ctx(backend=backend))
     restored.restore({"t": {"a": 5, "b": {3, 9}}})  # both forms restore
-    again = heap.TimerQueue(restored, "t")
+    again = views.TimerQueue(restored, "t")
     assert list(again.pop_due(6)) == [(3, "b"), (5, "a")]
-    assert restored.tables["t"] == {"b": 9}
+    assert restored.snapshot()["t"] == {"b": 9}
     assert list(again.pop_due(100)) == [(9, "b")]
-    assert restored.tables["t"] == {}
+    assert "t" not in restored.snapshot()
+    state.close()
+    restored.close()
 
 
 # -- per-split watermarks -----------------------------------------------------------------
@@ -348,18 +370,22 @@ def test_window_operator_restores_its_watermark_and_drops_the_same_late_records(
     assert [r for r, _ in out.records] == [("a", 10, 2)]
 
 
-def test_keyed_process_function_sees_the_restored_watermark() -> None:
+def test_keyed_process_function_sees_the_restored_watermark(
+    backend: config.StateBackendConfig,
+) -> None:
     op = keyed.ProcessOperator(lambda v: v[0], Timers())
-    op.setup(ctx(), Recorder())
+    op.setup(ctx(backend=backend), Recorder())
     op.initialize_state(None)
     op.open()
     op.process_watermark(42)
     snap = op.snapshot_state(1)
     again = keyed.ProcessOperator(lambda v: v[0], Timers())
-    again.setup(ctx(), Recorder())
+    again.setup(ctx(backend=backend), Recorder())
     again.initialize_state(base.RestoredState(1, "job", snap.keyed, [snap.operator], 1))
     again.open()
     assert again.timers.current_watermark() == 42
+    op.close()
+    again.close()
 
 
 def test_a_file_source_holds_its_watermark_until_every_file_is_read(tmp_path: Path) -> None:

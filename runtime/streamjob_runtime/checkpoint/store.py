@@ -8,7 +8,7 @@ from pathlib import Path
 
 from streamjob_runtime import logs
 from streamjob_runtime.checkpoint import metadata
-from streamjob_runtime.state import storage
+from streamjob_runtime.state import shared, storage
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +125,19 @@ class CompletedCheckpointStore:
         while len(self.completed) > self.retained:
             self.completed.pop(0)
         oldest = self.completed[0].checkpoint_id
-        for checkpoint_id in storage.checkpoint_ids(self.job_dir):
-            if checkpoint_id < oldest:
-                storage.discard(storage.checkpoint_dir(self.job_dir, checkpoint_id))
+        discarded = [
+            storage.checkpoint_dir(self.job_dir, checkpoint_id)
+            for checkpoint_id in storage.checkpoint_ids(self.job_dir)
+            if checkpoint_id < oldest
+        ]
+        # Shared files (incremental checkpoints) that only discarded checkpoints reference.
+        unused = shared.unreferenced(
+            [shared.references(d) for d in discarded],
+            [shared.references(c.directory) for c in self.completed],
+        )
+        for directory in discarded:
+            storage.discard(directory)
+        shared.delete(self.job_dir, unused)
 
     def latest(self) -> CompletedCheckpoint | None:
         return self.completed[-1] if self.completed else None

@@ -9,9 +9,12 @@ only between input batches, which is where back-pressure applies.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
+from streamjob_runtime import config
 from streamjob_runtime.graph import keygroups
 
 MIN_WATERMARK = -(2**63)
@@ -45,6 +48,7 @@ class OperatorContext:
     max_parallelism: int
     attempt: int
     job_id: str
+    state_backend: config.StateBackendConfig = field(default_factory=config.StateBackendConfig)
 
     @property
     def key_group_range(self) -> keygroups.KeyGroupRange:
@@ -64,9 +68,13 @@ class OperatorSnapshot:
 
     keyed: dict[str, dict[Any, Any]] = field(default_factory=dict)
     operator: list[Any] = field(default_factory=list)
+    # Instead of ``keyed``: the asynchronous part of an incremental checkpoint of the keyed
+    # state. Called off the event loop with the job's checkpoint directory, it uploads what
+    # storage lacks and returns the picklable keyed part of the state file.
+    incremental: Callable[[Path], Any] | None = None
 
     def is_empty(self) -> bool:
-        return not self.keyed and not self.operator
+        return not self.keyed and not self.operator and self.incremental is None
 
 
 @dataclass
@@ -83,6 +91,10 @@ class RestoredState:
     keyed: dict[str, dict[Any, Any]]
     operator: list[list[Any]]
     former_parallelism: int
+    # Keyed state of incremental checkpoints, not yet read: (the picklable keyed part a
+    # snapshot's ``incremental`` returned, the job directory holding its shared files).
+    # The operator reads this subtask's key groups from them (see operators.keyed).
+    keyed_incremental: list[tuple[Any, Path]] = field(default_factory=list)
 
 
 def saved_watermark(watermark: int) -> list[Any]:
@@ -140,6 +152,14 @@ class StreamOperator(abc.ABC):
     def snapshot_state(self, checkpoint_id: int) -> OperatorSnapshot:
         """Synchronous part of a checkpoint: a consistent copy of this operator's state."""
         return OperatorSnapshot()
+
+    def snapshot_state_incremental(self, checkpoint_id: int) -> OperatorSnapshot | None:
+        """Like :meth:`snapshot_state` for a checkpoint (never a savepoint), incremental.
+
+        ``None`` (the default): take :meth:`snapshot_state`.  Savepoints always take
+        :meth:`snapshot_state`, the full and backend-independent form.
+        """
+        return None
 
     def notify_checkpoint_complete(self, checkpoint_id: int) -> None:  # noqa: B027
         """Checkpoint ``checkpoint_id`` is durable: commit what it covers."""

@@ -1,30 +1,91 @@
-"""Keyed operators over the ``hashmap`` state backend: reduce, aggregate, process."""
+"""Keyed operators: reduce, aggregate, process, over the job's state backend."""
 
 from __future__ import annotations
 
+import functools
+import tempfile
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from streamjob_runtime import functions
+from streamjob_runtime import config, functions
+from streamjob_runtime.graph import keygroups
 from streamjob_runtime.operators import base
-from streamjob_runtime.state import heap
+from streamjob_runtime.state import heap, rocksdb, views
 
 _MISSING = object()
 
 
 class KeyedOperator(base.StreamOperator):
-    """Base for operators whose input is partitioned by ``key_selector``."""
+    """Base for operators whose input is partitioned by ``key_selector``.
+
+    ``uses_state_backend``: the operator keeps its keyed state in ``self.backend``
+    (the job's state backend).  One that keeps it elsewhere sets it false and gets
+    the ``hashmap`` backend and full snapshots of its own :meth:`snapshot_state`.
+    """
+
+    uses_state_backend = True
 
     def __init__(self, key_selector: functions.KeySelector) -> None:
         self.key_selector = key_selector
-        self.backend = heap.KeyedStateBackend()
+        self.backend: views.KeyedStateBackend = heap.KeyedStateBackend()
+
+    def setup(self, ctx: base.OperatorContext, output: base.Output) -> None:
+        super().setup(ctx, output)
+        if self.uses_state_backend:
+            self.backend = create_backend(ctx)
+
+    def close(self) -> None:
+        self.backend.close()
 
     def initialize_state(self, restored: base.RestoredState | None) -> None:
-        if restored is not None:
-            self.backend.restore(restored.keyed)
+        if restored is None:
+            return
+        self.backend.restore(restored.keyed)
+        groups = self.ctx.key_group_range
+        for state, job_dir in restored.keyed_incremental:
+            if isinstance(self.backend, rocksdb.RocksDBKeyedStateBackend):
+                # Raw entries, batch by batch: never the whole state in memory.
+                self.backend.restore_incremental(state, job_dir, groups.start, groups.end)
+            else:
+                self.backend.restore(
+                    rocksdb.read_incremental(state, job_dir, groups.start, groups.end)
+                )
 
     def snapshot_state(self, checkpoint_id: int) -> base.OperatorSnapshot:
-        return base.OperatorSnapshot(keyed=self.backend.snapshot())
+        return base.OperatorSnapshot(keyed=self.backend.snapshot(), operator=self.operator_state())
+
+    def snapshot_state_incremental(self, checkpoint_id: int) -> base.OperatorSnapshot | None:
+        backend = self.backend
+        if not isinstance(backend, rocksdb.RocksDBKeyedStateBackend):
+            return None
+        if not self.ctx.state_backend.incremental_checkpoints:
+            return None
+        local = backend.take_checkpoint(checkpoint_id)
+        return base.OperatorSnapshot(
+            operator=self.operator_state(),
+            incremental=functools.partial(backend.upload, local),
+        )
+
+    def operator_state(self) -> list[Any]:
+        """Operator state saved beside the keyed state (none unless a subclass has some)."""
+        return []
+
+    def notify_checkpoint_complete(self, checkpoint_id: int) -> None:
+        backend = self.backend
+        if isinstance(backend, rocksdb.RocksDBKeyedStateBackend):
+            backend.notify_checkpoint_complete(checkpoint_id)
+
+
+def create_backend(ctx: base.OperatorContext) -> views.KeyedStateBackend:
+    """The keyed state backend the job's ``state.backend.type`` names, for subtask ``ctx``."""
+    settings = ctx.state_backend
+    if settings.type is config.StateBackendType.ROCKSDB:
+        return rocksdb.RocksDBKeyedStateBackend(
+            settings.local_dir or tempfile.gettempdir(),
+            f"{ctx.job_id}-{ctx.uid}-{ctx.subtask_index}-a{ctx.attempt}",
+            functools.partial(keygroups.key_group, max_parallelism=ctx.max_parallelism),
+        )
+    return heap.KeyedStateBackend()
 
 
 class ReduceOperator(KeyedOperator):
@@ -94,8 +155,8 @@ class ProcessOperator(KeyedOperator):
             self.saved_watermark = base.restored_watermark(restored)
 
     def open(self) -> None:
-        self.event_timers = heap.TimerQueue(self.backend, "__event_timers__")
-        self.processing_timers = heap.TimerQueue(self.backend, "__processing_timers__")
+        self.event_timers = views.TimerQueue(self.backend, "__event_timers__")
+        self.processing_timers = views.TimerQueue(self.backend, "__processing_timers__")
         self.timers = functions.TimerService(
             self.backend, self.event_timers, self.processing_timers
         )
@@ -141,10 +202,8 @@ class ProcessOperator(KeyedOperator):
                 out_ts.extend([ts] * (len(out) - before))
         self._emit(out, out_ts)
 
-    def snapshot_state(self, checkpoint_id: int) -> base.OperatorSnapshot:
-        snapshot = super().snapshot_state(checkpoint_id)
-        snapshot.operator = base.saved_watermark(self.saved_watermark)
-        return snapshot
+    def operator_state(self) -> list[Any]:
+        return base.saved_watermark(self.saved_watermark)
 
     def process_watermark(self, watermark: int) -> None:
         if watermark <= self.timers.watermark:

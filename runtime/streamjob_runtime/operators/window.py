@@ -36,8 +36,10 @@ class WindowOperator(keyed.KeyedOperator):
     watermark is checkpointed, so a restored operator drops the same records as
     the attempt it replaces; the end-of-input watermark (end of a bounded input
     or ``stop --drain``) is not: a job restored after a drain accepts records
-    again.
+    again.  Window state stays on the heap whatever ``state.backend.type`` says.
     """
+
+    uses_state_backend = False  # self.windows, snapshotted by snapshot_state
 
     def __init__(
         self,

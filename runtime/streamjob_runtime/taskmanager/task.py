@@ -26,7 +26,7 @@ from streamjob_runtime import config, logs
 from streamjob_runtime.graph import jobgraph, keygroups
 from streamjob_runtime.operators import base, source
 from streamjob_runtime.rpc import messages
-from streamjob_runtime.state import storage
+from streamjob_runtime.state import rocksdb, shared, storage
 from streamjob_runtime.taskmanager import network
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ def load_restored_state(
     mine = ctx.key_group_range
     keyed: dict[str, dict[Any, Any]] = {}
     operator: list[list[Any]] = [[] for _ in range(former_parallelism)]
+    incremental: list[tuple[Any, Path]] = []
     for h in sorted(handles, key=lambda h: h.subtask):
         theirs = keygroups.KeyGroupRange(h.key_group_start, h.key_group_end)
         wants_keyed = h.has_keyed and mine.intersects(theirs)
@@ -83,6 +84,11 @@ def load_restored_state(
             keyed_part, operator_part = pickle.load(f)
         operator[h.subtask] = operator_part
         if not wants_keyed:
+            continue
+        if isinstance(keyed_part, rocksdb.IncrementalKeyedState):
+            # Read by the operator, which scans just its key groups; shared files live in
+            # the checkpoint's job directory (also another job's).
+            incremental.append((keyed_part, Path(restore.directory).parent))
             continue
         exact = theirs == mine
         maxp = ctx.max_parallelism
@@ -95,7 +101,7 @@ def load_restored_state(
                     (k, v) for k, v in table.items() if mine.contains(keygroups.key_group(k, maxp))
                 )
     return base.RestoredState(
-        restore.checkpoint_id, restore.job_id, keyed, operator, former_parallelism
+        restore.checkpoint_id, restore.job_id, keyed, operator, former_parallelism, incremental
     )
 
 
@@ -166,6 +172,7 @@ class Task:
             max_parallelism=self.config.max_parallelism,
             attempt=self.attempt,
             job_id=self.job_id,
+            state_backend=self.config.state_backend,
         )
 
     def _initialize(self) -> None:
@@ -406,7 +413,12 @@ class Task:
         )
         started = time.monotonic()
         blobs: list[tuple[str, bytes, bool, bool]] = []
+        incremental: list[tuple[str, base.OperatorSnapshot]] = []
         for op, uid in zip(self.operators, self.uids, strict=True):
+            snap = None if target is not None else op.snapshot_state_incremental(checkpoint_id)
+            if snap is not None:
+                incremental.append((uid, snap))
+                continue
             snap = op.snapshot_state(checkpoint_id)
             if not snap.is_empty():
                 blobs.append((uid, _state_bytes(uid, snap), bool(snap.keyed), bool(snap.operator)))
@@ -422,7 +434,7 @@ class Task:
             bytes=sum(len(b[1]) for b in blobs),
         )
         upload = asyncio.get_running_loop().create_task(
-            self._upload(checkpoint_id, target, blobs, sync_s, alignment_s)
+            self._upload(checkpoint_id, target, blobs, sync_s, alignment_s, incremental)
         )
         self._uploads.add(upload)
         upload.add_done_callback(self._uploads.discard)
@@ -434,6 +446,7 @@ class Task:
         blobs: list[tuple[str, bytes, bool, bool]],
         sync_s: float,
         alignment_s: float,
+        incremental: list[tuple[str, base.OperatorSnapshot]] | None = None,
     ) -> None:
         started = time.monotonic()
         directory = (
@@ -452,6 +465,21 @@ class Task:
         try:
             handles = []
             paths = []
+            shared_bytes = 0  # SST files this checkpoint uploaded (not those it reuses)
+            for uid, snap in incremental or []:
+                # Incremental keyed state: new SST files go to <job dir>/shared/ (from a
+                # worker thread: file copies); the state file holds the references, and a
+                # .shared file lists them for the JobManager's reference counting.
+                assert snap.incremental is not None
+                job_dir = Path(self.checkpoint_dir)
+                keyed_part = await asyncio.to_thread(snap.incremental, job_dir)
+                shared_bytes += keyed_part.uploaded_bytes
+                data = pickle.dumps((keyed_part, snap.operator), protocol=5)
+                blobs.append((uid, data, True, bool(snap.operator)))
+                refs = "".join(f"{p}\n" for p in sorted(keyed_part.shared.values()))
+                sidecar = directory / f"{uid}-{self.subtask}{shared.SUFFIX}"
+                storage.write_unsynced(sidecar, refs.encode())
+                paths.append(sidecar)
             for uid, data, has_keyed, has_operator in blobs:
                 name = f"{uid}-{self.subtask}.state"
                 size = storage.write_unsynced(directory / name, data)
@@ -488,7 +516,7 @@ class Task:
                 self.vertex.id,
                 self.subtask,
                 handles,
-                sum(h.size for h in handles),
+                sum(h.size for h in handles) + shared_bytes,
                 sync_ms=sync_s * 1000,
                 async_ms=(time.monotonic() - started) * 1000,
                 alignment_ms=alignment_s * 1000,

@@ -1,0 +1,134 @@
+"""Jobs on the ``rocksdb`` state backend: crash recovery, and switching backends by savepoint."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from streamjob_runtime.api import models
+from tests.chaos import suite
+from tests.chaos.test_chaos import QUICK, RESCALE, no_etcd
+from tests.conftest import Harness
+from tests.integration.test_exactly_once_recovery import EVENTS, args, assert_exact
+from tests.integration.test_savepoints import stop_with_savepoint
+
+
+def rocksdb_dirs(localdir: Path) -> list[Path]:
+    root = localdir / "streamjob-rocksdb"
+    return sorted(root.iterdir()) if root.is_dir() else []
+
+
+@pytest.mark.parametrize("incremental", ["true", "false"])
+def test_a_rocksdb_job_killed_mid_run_resumes_exactly(
+    cluster_factory: Callable[..., Harness], tmp_path: Path, incremental: str
+) -> None:
+    h = cluster_factory(taskmanagers=2)
+    out, localdir = tmp_path / "out", tmp_path / "rocks"
+    job = h.submit(
+        "keyed_sum",
+        args(out, backend="rocksdb", localdir=localdir, incremental=incremental),
+        parallelism=2,
+    )
+    h.wait_for("12000 source records", lambda: h.source_records(job) >= 12_000)
+    # The reduce's keyed state lives in one RocksDB per subtask, on disk.
+    assert len([d for d in rocksdb_dirs(localdir) if "-sum-" in d.name]) == 2
+    h.wait_for("a checkpoint", lambda: h.checkpoints(job).latest_completed is not None)
+    latest = h.checkpoints(job).latest_completed
+    assert latest is not None
+    sst = list((Path(latest.path).parent / "shared").rglob("*.sst"))
+    sidecars = list(Path(latest.path).glob("*.shared"))
+    if incremental == "true":
+        assert sst, "incremental checkpoints upload SST files to shared/"
+        assert sidecars, "each incremental state file lists its shared files"
+    else:
+        assert not sst
+        assert not sidecars
+    h.cluster.kill_taskmanager(1)
+    details = h.wait_terminal(job)
+    assert details.state is models.JobStatus.FINISHED, details.failure_cause
+    assert details.restarts >= 1
+    assert_exact(out)
+    # Closed subtasks delete their DBs (and local checkpoints); only the SIGKILLed
+    # process's remain: one subtask of the first attempt.
+    left = {d.name.split(".chk-")[0] for d in rocksdb_dirs(localdir)}
+    assert len(left) <= 1
+    assert all("-a1-" in name for name in left), left
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "parallelism"),
+    [("hashmap", "rocksdb", (1, 2)), ("rocksdb", "hashmap", (2, 1))],
+)
+def test_a_savepoint_switches_the_state_backend_and_the_parallelism(
+    cluster_factory: Callable[..., Harness],
+    tmp_path: Path,
+    before: str,
+    after: str,
+    parallelism: tuple[int, int],
+) -> None:
+    h = cluster_factory(taskmanagers=2)
+    out, localdir = tmp_path / "out", tmp_path / "rocks"
+    job = h.submit(
+        "keyed_sum", args(out, backend=before, localdir=localdir), parallelism=parallelism[0]
+    )
+    h.wait_for("12000 source records", lambda: h.source_records(job) >= 12_000)
+    location = stop_with_savepoint(h, job)
+    assert h.source_records(job) < EVENTS, "the job ended before the stop"
+    restored = h.submit(
+        "keyed_sum",
+        args(out, backend=after, localdir=localdir),
+        parallelism=parallelism[1],
+        savepoint=location,
+    )
+    details = h.wait_terminal(restored)
+    assert details.state is models.JobStatus.FINISHED, details.failure_cause
+    assert details.restored_from is not None
+    assert_exact(out)
+
+
+@pytest.mark.parametrize("after", ["hashmap", "rocksdb"])
+def test_a_retained_incremental_checkpoint_restores_rescaled_into_either_backend(
+    cluster_factory: Callable[..., Harness], tmp_path: Path, after: str
+) -> None:
+    """A new job restores a cancelled job's incremental checkpoint (its shared files) at 2 -> 3."""
+    h = cluster_factory(taskmanagers=3)
+    out, localdir = tmp_path / "out", tmp_path / "rocks"
+    job = h.submit(
+        "keyed_sum", args(out, backend="rocksdb", localdir=localdir, retained=2), parallelism=2
+    )
+    h.wait_for("10000 source records", lambda: h.source_records(job) >= 10_000)
+    h.wait_for("2 checkpoints", lambda: h.checkpoints(job).counts.completed >= 2)
+    h.cancel(job)
+    assert h.wait_terminal(job).state is models.JobStatus.CANCELED
+    latest = h.checkpoints(job).latest_completed
+    assert latest is not None
+    assert list(Path(latest.path).glob("*.shared")), "not an incremental checkpoint"
+    restored = h.submit(
+        "keyed_sum",
+        args(out, backend=after, localdir=localdir),
+        parallelism=3,
+        savepoint=latest.path,
+    )
+    details = h.wait_terminal(restored)
+    assert details.state is models.JobStatus.FINISHED, details.failure_cause
+    assert details.restored_from == latest.id
+    assert_exact(out)
+
+
+@pytest.mark.parametrize(
+    ("scenario", "seed", "config"), [("taskmanagers", 1, QUICK), ("rescale", 2, RESCALE)]
+)
+def test_the_chaos_job_on_rocksdb_is_exact_through_kills_and_rescales(
+    tmp_path: Path, scenario: str, seed: int, config: suite.Config
+) -> None:
+    """Windows, value and map state, event-time timers on rocksdb: the quick chaos runs."""
+    # Half the quick rate: the input must outlast the kills and rescales (RocksDB subtasks
+    # take longer to start, so at the quick rate a run may end before its savepoints).
+    rocks = dataclasses.replace(config, state_backend="rocksdb", rate=config.rate / 2)
+    run = suite.run_one(scenario, tmp_path, seed, rocks, no_etcd)
+    print(run.line())
+    assert run.result.exact, run.line()
+    assert run.tm_kills + run.rescales >= 1

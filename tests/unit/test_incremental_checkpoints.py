@@ -1,0 +1,155 @@
+"""Incremental RocksDB checkpoints: only new SST files upload; shared files are ref-counted."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streamjob_runtime.checkpoint import store
+from streamjob_runtime.graph import keygroups
+from streamjob_runtime.state import rocksdb, shared, storage
+
+MAXP = 128
+
+
+def backend(tmp_path: Path) -> rocksdb.RocksDBKeyedStateBackend:
+    return rocksdb.RocksDBKeyedStateBackend(
+        tmp_path / "local", "op-0", lambda k: keygroups.key_group(k, MAXP)
+    )
+
+
+def checkpoint(
+    state: rocksdb.RocksDBKeyedStateBackend, job_dir: Path, checkpoint_id: int
+) -> rocksdb.IncrementalKeyedState:
+    """What a task does: take, upload, write the sidecar beside the state file."""
+    uploaded = state.upload(state.take_checkpoint(checkpoint_id), job_dir)
+    directory = storage.checkpoint_dir(job_dir, checkpoint_id)
+    refs = "".join(f"{p}\n" for p in sorted(uploaded.shared.values()))
+    storage.write_file(directory / f"op-0{shared.SUFFIX}", refs.encode())
+    return uploaded
+
+
+def test_a_second_checkpoint_uploads_only_the_new_files(tmp_path: Path) -> None:
+    state, job_dir = backend(tmp_path), tmp_path / "job"
+    table = state.table("counts")
+    for k in range(5_000):
+        table[k] = k
+    first = checkpoint(state, job_dir, 1)
+    state.notify_checkpoint_complete(1)
+    table[7] = -7
+    second = checkpoint(state, job_dir, 2)
+    assert first.uploaded_bytes > 0
+    reused = set(first.shared.values()) & set(second.shared.values())
+    assert reused == set(first.shared.values()), "the first checkpoint's SST was uploaded again"
+    assert second.uploaded_bytes < first.uploaded_bytes / 5
+    whole = rocksdb.read_incremental(second, job_dir, 0, MAXP - 1)
+    assert whole == {"counts": {k: -7 if k == 7 else k for k in range(5_000)}}
+    # A key-group range reads only its keys (a restore at another parallelism).
+    part = rocksdb.read_incremental(second, job_dir, 0, 63)
+    assert part["counts"] == {
+        k: v for k, v in whole["counts"].items() if keygroups.key_group(k, MAXP) <= 63
+    }
+    state.close()
+
+
+def test_an_unconfirmed_checkpoint_files_are_not_reused(tmp_path: Path) -> None:
+    """Without notify_checkpoint_complete the next checkpoint uploads its files itself."""
+    state, job_dir = backend(tmp_path), tmp_path / "job"
+    state.table("t")["a"] = 1
+    first = checkpoint(state, job_dir, 1)
+    second = checkpoint(state, job_dir, 2)
+    assert second.uploaded_bytes >= first.uploaded_bytes
+    state.close()
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_shared_files_a_retained_checkpoint_needs_are_never_deleted(
+    tmp_path: Path, seed: int
+) -> None:
+    """Random updates, checkpoints that complete or fail, random retention: after every step
+    each retained checkpoint restores to exactly the state it saw, and no shared file is
+    kept that no checkpoint on disk references."""
+    rng = random.Random(seed)
+    state, job_dir = backend(tmp_path), tmp_path / "job"
+    retained = rng.randint(1, 3)
+    completed = store.CompletedCheckpointStore(job_dir, retained)
+    table = state.table("t")
+    model: dict[Any, Any] = {}
+    expected: dict[int, dict[Any, Any]] = {}
+    taken: dict[int, rocksdb.IncrementalKeyedState] = {}
+    for checkpoint_id in range(1, 16):
+        for _ in range(rng.randint(1, 400)):
+            key = rng.randrange(3_000)
+            if rng.random() < 0.1 and key in model:
+                del table[key]
+                del model[key]
+            else:
+                model[key] = table[key] = rng.randrange(10**6)
+        taken[checkpoint_id] = checkpoint(state, job_dir, checkpoint_id)
+        if rng.random() < 0.25:
+            continue  # declined or timed out: never completes, is discarded later
+        expected[checkpoint_id] = dict(model)
+        completed.add(
+            store.CompletedCheckpoint(
+                checkpoint_id, 0, storage.checkpoint_dir(job_dir, checkpoint_id), 0, 0, 0
+            )
+        )
+        state.notify_checkpoint_complete(checkpoint_id)
+        assert len(completed.completed) <= retained
+        for kept in completed.completed:
+            saved = taken[kept.checkpoint_id]
+            assert shared.references(kept.directory) == set(saved.shared.values())
+            assert all((job_dir / shared.SHARED / f).is_file() for f in saved.shared.values())
+            got = rocksdb.read_incremental(saved, job_dir, 0, MAXP - 1).get("t", {})
+            assert got == expected[kept.checkpoint_id]
+        on_disk = {
+            str(p.relative_to(job_dir / shared.SHARED))
+            for p in (job_dir / shared.SHARED).rglob("*.sst")
+        }
+        referenced = set().union(
+            *(shared.references(storage.checkpoint_dir(job_dir, i)) for i in range(1, 16))
+        )
+        assert on_disk <= referenced, f"leaked: {on_disk - referenced}"
+    state.close()
+
+
+@pytest.mark.parametrize("target", ["hashmap", "rocksdb"])
+def test_an_incremental_checkpoint_restores_each_subtask_its_key_groups(
+    tmp_path: Path, target: str
+) -> None:
+    """Rescale 1 -> 3: each reduce subtask reads its key-group range (RocksDB: raw, batched)."""
+    from streamjob_runtime import config
+    from streamjob_runtime.operators import base, keyed
+
+    state, job_dir = backend(tmp_path), tmp_path / "job"
+    table = state.table("reduce")
+    keys = 25_000  # more than one restore batch
+    for k in range(keys):
+        table[k] = (k, 1)
+    saved = checkpoint(state, job_dir, 1)
+    state.close()
+    settings = config.StateBackendConfig(config.StateBackendType(target), str(tmp_path))
+    seen: dict[Any, Any] = {}
+    for index in range(3):
+        op = keyed.ReduceOperator(lambda v: v[0], lambda x, y: (x[0], x[1] + y[1]))
+        op.setup(base.OperatorContext("op", index, 3, MAXP, 1, "job", settings), _Drop())
+        restored = base.RestoredState(1, "job", {}, [[]], 1, [(saved, job_dir)])
+        op.initialize_state(restored)
+        op.open()
+        mine = op.ctx.key_group_range
+        part = op.backend.snapshot().get("reduce", {})
+        assert all(mine.contains(keygroups.key_group(k, MAXP)) for k in part)
+        seen.update(part)
+        op.close()
+    assert seen == {k: (k, 1) for k in range(keys)}
+
+
+class _Drop:
+    def emit(self, values: list[Any], timestamps: list[int] | None) -> None:
+        pass
+
+    def emit_watermark(self, watermark: int) -> None:
+        pass
