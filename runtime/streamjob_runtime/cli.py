@@ -497,6 +497,11 @@ def _run_cluster(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _absolute(path: str) -> str:
+    """A local path made absolute (the JobManager has another cwd); URLs stay as given."""
+    return path if "://" in path else os.path.abspath(path)
+
+
 def run(args: argparse.Namespace) -> int:
     from streamjob_runtime.api import models
 
@@ -511,7 +516,7 @@ def run(args: argparse.Namespace) -> int:
         args=args.args,
         parallelism=args.parallelism,
         config=options,
-        savepoint_path=os.path.abspath(args.from_savepoint) if args.from_savepoint else None,
+        savepoint_path=_absolute(args.from_savepoint) if args.from_savepoint else None,
         allow_non_restored_state=args.allow_non_restored_state,
     )
     if args.jobmanager or args.ha != "none" or local_cluster_info() is not None:

@@ -65,7 +65,8 @@ class LocalCluster:
     workdir: Path
     taskmanagers: int = 1
     slots: int = 1
-    checkpoint_dir: Path | None = None
+    checkpoint_dir: Path | str | None = None  # a path, or an s3:// URL
+    savepoint_dir: Path | str | None = None  # default savepoint target; a path or s3:// URL
     heartbeat_interval_ms: int = 10_000
     heartbeat_timeout_ms: int = 50_000
     respawn: bool = True
@@ -76,7 +77,9 @@ class LocalCluster:
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
         self.log_dir = self.workdir / "logs"
-        self.checkpoint_dir = Path(self.checkpoint_dir or self.workdir / "checkpoints")
+        self.checkpoint_dir = self.checkpoint_dir or self.workdir / "checkpoints"
+        if isinstance(self.checkpoint_dir, str) and "://" not in self.checkpoint_dir:
+            self.checkpoint_dir = Path(self.checkpoint_dir)
         self.jms: list[_JobManager] = []
         self.tms: list[_Process | None] = []
         self.spawned = 0
@@ -122,7 +125,7 @@ class LocalCluster:
             "--rpc-port", "0",
             "--rest-port", "0",
             "--checkpoint-dir", str(self.checkpoint_dir),
-            "--savepoint-dir", str(self.workdir / "savepoints"),
+            "--savepoint-dir", str(self.savepoint_dir or self.workdir / "savepoints"),
             "--heartbeat-interval", str(self.heartbeat_interval_ms),
             "--heartbeat-timeout", str(self.heartbeat_timeout_ms),
             "--ready-file", str(ready),

@@ -8,7 +8,6 @@ checkpoint is detected before a restore uses it.
 from __future__ import annotations
 
 import zlib
-from pathlib import Path
 
 import msgspec
 
@@ -54,15 +53,15 @@ def encode(meta: CheckpointMetadata) -> bytes:
     return msgspec.json.encode(_Envelope(zlib.crc32(body), msgspec.Raw(body))) + b"\n"
 
 
-def write(directory: Path, meta: CheckpointMetadata) -> None:
+def write(directory: storage.Location, meta: CheckpointMetadata) -> None:
     storage.write_atomically(directory / storage.METADATA, encode(meta))
 
 
-def read(directory: Path) -> CheckpointMetadata:
+def read(directory: storage.Location) -> CheckpointMetadata:
     """Read and verify ``directory/_metadata``; raise :class:`CorruptCheckpointError`."""
     path = directory / storage.METADATA
     try:
-        raw = path.read_bytes()
+        raw = storage.read_bytes(path)
     except FileNotFoundError:
         raise CorruptCheckpointError(
             f"{path} is missing (the checkpoint never completed)"
@@ -91,7 +90,7 @@ def read(directory: Path) -> CheckpointMetadata:
         for h in op.handles:
             f = directory / h.file
             try:
-                size = f.stat().st_size
+                size = storage.size(f)
             except FileNotFoundError:
                 raise CorruptCheckpointError(f"state file {f} named in {path} is missing") from None
             if size != h.size:

@@ -7,9 +7,7 @@ them by relative path, so a copied or moved savepoint still restores.
 from __future__ import annotations
 
 import secrets
-import shutil
 from collections.abc import Iterable
-from pathlib import Path
 
 from streamjob_runtime.checkpoint import metadata
 from streamjob_runtime.state import storage
@@ -19,16 +17,21 @@ class SavepointError(ValueError):
     """The savepoint cannot be used as asked; the message says what to do."""
 
 
-def new_directory(target: str | Path, job_id: str) -> Path:
+def new_directory(target: str | storage.Location, job_id: str) -> storage.Location:
     """A fresh ``savepoint-<job>-<random>`` directory under ``target`` (Flink's naming)."""
-    return Path(target) / f"savepoint-{job_id[:6]}-{secrets.token_hex(6)}"
+    return storage.location(target) / f"savepoint-{job_id[:6]}-{secrets.token_hex(6)}"
 
 
-def resolve(path: str | Path) -> tuple[Path, metadata.CheckpointMetadata]:
+def resolve(
+    path: str | storage.Location,
+) -> tuple[storage.Location, metadata.CheckpointMetadata]:
     """Read a savepoint or retained checkpoint given as its directory or its ``_metadata``."""
-    p = Path(path)
+    try:
+        p = storage.location(path)
+    except storage.StorageError as e:
+        raise SavepointError(str(e)) from None
     directory = p.parent if p.name == storage.METADATA else p
-    if not directory.is_dir():
+    if not storage.is_dir(directory):
         raise SavepointError(f"{path} does not exist: give a savepoint directory or its _metadata")
     try:
         return directory, metadata.read(directory)
@@ -67,7 +70,7 @@ def check_operators(
     return unmatched
 
 
-def dispose(path: str | Path) -> Path:
+def dispose(path: str | storage.Location) -> storage.Location:
     """Delete a savepoint, refusing any directory that is not one."""
     try:
         directory, meta = resolve(path)
@@ -81,11 +84,11 @@ def dispose(path: str | Path) -> Path:
             " that retains them"
         )
     expected = {storage.METADATA} | {h.file for op in meta.operators.values() for h in op.handles}
-    unknown = sorted(e.name for e in directory.iterdir() if e.name not in expected)
+    unknown = sorted(n for n in storage.names(directory) if n not in expected)
     if unknown:
         raise SavepointError(
             f"{directory} holds files that are not part of the savepoint"
             f" ({', '.join(unknown[:5])}); move them away and dispose again"
         )
-    shutil.rmtree(directory)
+    storage.delete_tree(directory)
     return directory

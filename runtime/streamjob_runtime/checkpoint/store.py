@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 from streamjob_runtime import logs
 from streamjob_runtime.checkpoint import metadata
@@ -17,7 +16,7 @@ log = logging.getLogger(__name__)
 class CompletedCheckpoint:
     checkpoint_id: int
     timestamp: int
-    directory: Path
+    directory: storage.Location
     duration_ms: float
     bytes: int
     alignment_ms: float
@@ -34,10 +33,10 @@ class CompletedCheckpointStore:
 
     def __init__(
         self,
-        job_dir: Path,
+        job_dir: storage.Location,
         retained: int,
-        initial: Path | None = None,
-        pointers: list[Path] | None = None,
+        initial: storage.Location | None = None,
+        pointers: list[storage.Location] | None = None,
     ) -> None:
         self.job_dir = job_dir
         self.retained = retained
@@ -49,7 +48,7 @@ class CompletedCheckpointStore:
         # Savepoints taken by this job and the savepoint it started from: restore
         # candidates too (a savepoint commits sink output, so a restore must not go
         # back before it), but never discarded by retention.
-        self.restore_points: list[Path] = [initial] if initial is not None else []
+        self.restore_points: list[storage.Location] = [initial] if initial is not None else []
 
     def add_savepoint(self, savepoint: CompletedCheckpoint) -> None:
         self.restore_points.append(savepoint.directory)
@@ -68,8 +67,8 @@ class CompletedCheckpointStore:
     def latest(self) -> CompletedCheckpoint | None:
         return self.completed[-1] if self.completed else None
 
-    def _candidates(self) -> list[tuple[int, Path]]:
-        found: list[tuple[int, Path]] = []
+    def _candidates(self) -> list[tuple[int, storage.Location]]:
+        found: list[tuple[int, storage.Location]] = []
         recorded = self.restore_points
         if self.pointers is None:
             found = [
@@ -90,9 +89,10 @@ class CompletedCheckpointStore:
                     reason=str(e),
                     action="trying the previous checkpoint",
                 )
-        return sorted(found)
+        # By id, then by name: a Path and an s3:// location do not compare.
+        return sorted(found, key=lambda f: (f[0], str(f[1])))
 
-    def latest_valid(self) -> tuple[Path, metadata.CheckpointMetadata] | None:
+    def latest_valid(self) -> tuple[storage.Location, metadata.CheckpointMetadata] | None:
         """The newest checkpoint or savepoint whose metadata and files are intact."""
         for checkpoint_id, directory in reversed(self._candidates()):
             try:

@@ -12,7 +12,6 @@ import socket
 import time
 import uuid
 from collections.abc import Coroutine
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -26,6 +25,7 @@ from streamjob_runtime.ha import services
 from streamjob_runtime.jobmanager import errors, jobmaster, resources, rest
 from streamjob_runtime.jobmanager.errors import SubmissionError
 from streamjob_runtime.rpc import framing, messages
+from streamjob_runtime.state import storage
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +80,7 @@ class JobManager:
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self, rpc_port: int = 0, rest_port: int = 0) -> None:
-        await asyncio.to_thread(
-            Path(self.cluster.checkpoint_dir).mkdir, parents=True, exist_ok=True
-        )
+        await asyncio.to_thread(storage.makedirs, storage.location(self.cluster.checkpoint_dir))
         server = await asyncio.start_server(self._serve_taskmanager, self.host, rpc_port)
         self._servers.append(server)
         self.rpc_port = server.sockets[0].getsockname()[1]
@@ -206,7 +204,7 @@ class JobManager:
 
     # -- jobs ----------------------------------------------------------------------------
 
-    def savepoint_directory(self, job_id: str, target: str | None) -> Path:
+    def savepoint_directory(self, job_id: str, target: str | None) -> storage.Location:
         """Where a new savepoint of ``job_id`` goes; raises SubmissionError without a target."""
         base = target or self.cluster.savepoint_dir
         if not base:
@@ -214,7 +212,10 @@ class JobManager:
                 "no target directory given and the JobManager has no default savepoint"
                 " directory (start it with --savepoint-dir)"
             )
-        return savepoint.new_directory(base, job_id)
+        try:
+            return savepoint.new_directory(base, job_id)
+        except storage.StorageError as e:
+            raise SubmissionError(str(e)) from None
 
     async def submit(self, submission: models.JobSubmission) -> str:
         """Validate, record in the HA metadata (fenced), and start a new job."""
@@ -251,7 +252,7 @@ class JobManager:
             )
         except (config.ConfigError, jobfile.JobFileError) as e:
             raise SubmissionError(str(e)) from None
-        initial: Path | None = None
+        initial: storage.Location | None = None
         if submission.savepoint_path is not None:
             try:
                 initial, meta = await asyncio.to_thread(

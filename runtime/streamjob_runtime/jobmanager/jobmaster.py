@@ -15,7 +15,6 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -28,6 +27,7 @@ from streamjob_runtime.ha import services
 from streamjob_runtime.jobmanager import resources, restart
 from streamjob_runtime.jobmanager.errors import ConflictError
 from streamjob_runtime.rpc import messages
+from streamjob_runtime.state import storage
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,8 @@ class HaCheckpoints:
         self.persist = persist
         self.retained = 1
 
-    def paths(self) -> list[Path]:
-        return [Path(p.path) for p in self.record.retained]
+    def paths(self) -> list[storage.Location]:
+        return [storage.location(p.path) for p in self.record.retained]
 
     async def record_attempt(self, attempt: int) -> None:
         record = msgspec.structs.replace(self.record, attempt=attempt)
@@ -143,7 +143,7 @@ class JobMaster:
         graph: jobgraph.JobGraph,
         cluster: config.ClusterConfig,
         rm: resources.ResourceManager,
-        initial_savepoint: Path | None = None,
+        initial_savepoint: storage.Location | None = None,
         ha: HaCheckpoints | None = None,
         on_terminal: Callable[[str], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
@@ -162,7 +162,7 @@ class JobMaster:
         self.latest_restore: models.RestoreInfo | None = None
         self.exceptions: list[models.ExceptionEntry] = []
         self.failure_cause: str | None = None
-        self.job_dir = Path(cluster.checkpoint_dir) / job_id
+        self.job_dir = storage.location(cluster.checkpoint_dir) / job_id
         self.strategy = restart.create(
             job_config.restart_strategy, job_config.checkpointing.enabled
         )
@@ -334,7 +334,7 @@ class JobMaster:
     def _deploy(
         self,
         slots: list[resources.Slot],
-        restore: tuple[Path, metadata.CheckpointMetadata] | None,
+        restore: tuple[storage.Location, metadata.CheckpointMetadata] | None,
     ) -> None:
         self.placements = {}
         placements: list[messages.SubtaskPlacement] = []
@@ -504,7 +504,7 @@ class JobMaster:
 
     def trigger_savepoint(
         self,
-        directory: Path,
+        directory: storage.Location,
         *,
         stop: bool = False,
         drain: bool = False,
@@ -556,7 +556,12 @@ class JobMaster:
         return request
 
     async def _savepoint(
-        self, request: SavepointRequest, directory: Path, stop: bool, drain: bool, cancel: bool
+        self,
+        request: SavepointRequest,
+        directory: storage.Location,
+        stop: bool,
+        drain: bool,
+        cancel: bool,
     ) -> None:
         attempt = self.attempt
         pending = await self.coordinator.trigger(

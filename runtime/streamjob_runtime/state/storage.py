@@ -1,4 +1,4 @@
-"""Checkpoint storage on a filesystem path (a PVC in Kubernetes).
+"""Checkpoint storage: a filesystem path (a PVC in Kubernetes) or an S3 bucket.
 
 Layout::
 
@@ -7,6 +7,12 @@ Layout::
 
 A checkpoint directory without a valid ``_metadata`` is incomplete and is
 never used for a restore.
+
+Every function here takes a :data:`Location`, chosen by :func:`location` from
+the URL scheme: a plain path or ``file://`` gives a :class:`~pathlib.Path` (the
+local code below, with its fsyncs), ``s3://bucket/prefix`` an
+:class:`~streamjob_runtime.state.objectstore.ObjectPath` handled by
+:mod:`~streamjob_runtime.state.objectstore`.  Callers never branch on the kind.
 """
 
 from __future__ import annotations
@@ -14,16 +20,97 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import overload
+
+from streamjob_runtime.state import objectstore
 
 METADATA = "_metadata"
 
-
-def checkpoint_dir(job_dir: str | Path, checkpoint_id: int) -> Path:
-    return Path(job_dir) / f"chk-{checkpoint_id}"
+Location = Path | objectstore.ObjectPath
 
 
-def write_file(path: Path, data: bytes) -> int:
+class StorageError(ValueError):
+    """A storage location cannot be used; the message says what to fix."""
+
+
+def location(value: str | Location) -> Location:
+    """Parse a user-given path or URL: a local path, ``file://...`` or ``s3://bucket/...``."""
+    if not isinstance(value, str):
+        return value
+    if value.startswith("file://"):
+        return Path(value[len("file://") :])
+    if "://" in value:
+        try:
+            return objectstore.ObjectPath.parse(value)
+        except ValueError as e:
+            raise StorageError(str(e)) from None
+    return Path(value)
+
+
+def is_remote(path: Location) -> bool:
+    """True for object storage (no fsync, no rename: uploads are durable when they return)."""
+    return isinstance(path, objectstore.ObjectPath)
+
+
+@overload
+def checkpoint_dir(job_dir: Path, checkpoint_id: int) -> Path: ...
+@overload
+def checkpoint_dir(
+    job_dir: objectstore.ObjectPath, checkpoint_id: int
+) -> objectstore.ObjectPath: ...
+@overload
+def checkpoint_dir(job_dir: str | Location, checkpoint_id: int) -> Location: ...
+def checkpoint_dir(job_dir: str | Location, checkpoint_id: int) -> Location:
+    return location(job_dir) / f"chk-{checkpoint_id}"
+
+
+def makedirs(path: Location) -> None:
+    """Create a directory (object stores have none: nothing to do)."""
+    if isinstance(path, objectstore.ObjectPath):
+        return
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def read_bytes(path: Location) -> bytes:
+    """The whole file; raises FileNotFoundError when it does not exist."""
+    if isinstance(path, objectstore.ObjectPath):
+        return objectstore.read_bytes(path)
+    return path.read_bytes()
+
+
+def size(path: Location) -> int:
+    """The file's size in bytes; raises FileNotFoundError when it does not exist."""
+    if isinstance(path, objectstore.ObjectPath):
+        return objectstore.size(path)
+    return path.stat().st_size
+
+
+def is_dir(path: Location) -> bool:
+    """Whether the directory exists (on object storage: whether any object is under it)."""
+    if isinstance(path, objectstore.ObjectPath):
+        return bool(objectstore.names(path))
+    return path.is_dir()
+
+
+def names(directory: Location) -> list[str]:
+    """Names of the entries directly under ``directory`` (files and subdirectories)."""
+    if isinstance(directory, objectstore.ObjectPath):
+        return objectstore.names(directory)
+    return [e.name for e in directory.iterdir()]
+
+
+def delete_tree(path: Location) -> None:
+    """Delete a directory and all under it (an object prefix); errors propagate."""
+    if isinstance(path, objectstore.ObjectPath):
+        objectstore.delete_prefix(path)
+        return
+    shutil.rmtree(path)
+
+
+def write_file(path: Location, data: bytes) -> int:
     """Write ``data`` durably (fsync) and return its size."""
+    if isinstance(path, objectstore.ObjectPath):
+        return objectstore.put(path, data)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
         f.write(data)
@@ -32,18 +119,25 @@ def write_file(path: Path, data: bytes) -> int:
     return len(data)
 
 
-def write_unsynced(path: Path, data: bytes) -> int:
-    """Write ``data`` to the page cache only; :func:`fsync_files` makes it durable."""
+def write_unsynced(path: Location, data: bytes) -> int:
+    """Write ``data`` to the page cache only; :func:`fsync_files` makes it durable.
+
+    On object storage this is a blocking upload: call it off the event loop.
+    """
+    if isinstance(path, objectstore.ObjectPath):
+        return objectstore.put(path, data)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
         f.write(data)
     return len(data)
 
 
-def fsync_files(paths: list[Path]) -> None:
+def fsync_files(paths: list[Location]) -> None:
     """Flush written files and their directories to disk (blocking: run it off the loop)."""
     directories = set()
     for path in paths:
+        if isinstance(path, objectstore.ObjectPath):
+            continue  # an uploaded object is durable once the PUT returned
         fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -58,8 +152,16 @@ def fsync_files(paths: list[Path]) -> None:
             os.close(fd)
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write-then-rename: readers see the old file, nothing, or all of ``data``."""
+def write_atomically(path: Location, data: bytes) -> None:
+    """Write-then-rename: readers see the old file, nothing, or all of ``data``.
+
+    On object storage a single PUT is atomic already; it is conditional
+    (``If-None-Match: *``), so of two writers of the same object only one
+    succeeds and the other gets :class:`FileExistsError`.
+    """
+    if isinstance(path, objectstore.ObjectPath):
+        objectstore.put(path, data, exclusive=True)
+        return
     tmp = path.with_name(f".{path.name}.tmp")
     write_file(tmp, data)
     os.replace(tmp, path)
@@ -70,9 +172,12 @@ def write_atomically(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def checkpoint_ids(job_dir: str | Path) -> list[int]:
+def checkpoint_ids(job_dir: str | Location) -> list[int]:
     """Ids of the checkpoint directories under ``job_dir``, ascending (complete or not)."""
-    root = Path(job_dir)
+    root = location(job_dir)
+    if isinstance(root, objectstore.ObjectPath):
+        found = objectstore.names(root)
+        return sorted(int(n[4:]) for n in found if n.startswith("chk-") and n[4:].isdigit())
     if not root.is_dir():
         return []
     ids = []
@@ -82,5 +187,9 @@ def checkpoint_ids(job_dir: str | Path) -> list[int]:
     return sorted(ids)
 
 
-def discard(path: Path) -> None:
+def discard(path: Location) -> None:
+    """Delete a directory and all under it, best effort (errors are ignored)."""
+    if isinstance(path, objectstore.ObjectPath):
+        objectstore.delete_prefix(path, ignore_errors=True)
+        return
     shutil.rmtree(path, ignore_errors=True)

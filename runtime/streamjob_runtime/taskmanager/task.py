@@ -19,7 +19,6 @@ import pickle
 import time
 import traceback
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from streamjob_runtime import config, logs
@@ -79,8 +78,9 @@ def load_restored_state(
         wants_keyed = h.has_keyed and mine.intersects(theirs)
         if not wants_keyed and not h.has_operator:
             continue
-        with open(Path(restore.directory) / h.file, "rb") as f:
-            keyed_part, operator_part = pickle.load(f)
+        keyed_part, operator_part = pickle.loads(
+            storage.read_bytes(storage.location(restore.directory) / h.file)
+        )
         operator[h.subtask] = operator_part
         if not wants_keyed:
             continue
@@ -418,7 +418,7 @@ class Task:
     ) -> None:
         started = time.monotonic()
         directory = (
-            Path(target)
+            storage.location(target)
             if target is not None
             else storage.checkpoint_dir(self.checkpoint_dir, checkpoint_id)
         )
@@ -432,10 +432,22 @@ class Task:
         # the GIL (CPython's switch interval), stretching checkpoints to seconds.
         try:
             handles = []
-            paths = []
-            for uid, data, has_keyed, has_operator in blobs:
+            paths: list[storage.Location] = []
+            remote = storage.is_remote(directory)
+            sizes: list[int] = []
+            if remote:
+                # Object storage: parallel uploads off the loop (network, not the GIL).
+                sizes = await asyncio.gather(
+                    *(
+                        asyncio.to_thread(
+                            storage.write_unsynced, directory / f"{uid}-{self.subtask}.state", data
+                        )
+                        for uid, data, _, _ in blobs
+                    )
+                )
+            for i, (uid, data, has_keyed, has_operator) in enumerate(blobs):
                 name = f"{uid}-{self.subtask}.state"
-                size = storage.write_unsynced(directory / name, data)
+                size = sizes[i] if remote else storage.write_unsynced(directory / name, data)
                 paths.append(directory / name)
                 handles.append(
                     messages.StateHandle(

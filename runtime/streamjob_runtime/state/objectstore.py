@@ -1,0 +1,162 @@
+"""Object storage (``s3://bucket/prefix``) for checkpoints and savepoints, through s3fs.
+
+Configuration comes from the usual AWS sources, read by botocore in every
+process (JobManager and TaskManagers alike): ``AWS_ACCESS_KEY_ID`` /
+``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, ``AWS_PROFILE`` and the
+config/credentials files, web-identity tokens (``AWS_ROLE_ARN`` +
+``AWS_WEB_IDENTITY_TOKEN_FILE``, as IRSA sets them), ``AWS_REGION``, and the
+endpoint of an S3-compatible store (MinIO, Ceph RGW...) from
+``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``.  ``STREAMJOB_S3_ADDRESSING_STYLE``
+(``path`` or ``virtual``) overrides the addressing style; with a custom
+endpoint botocore already uses path style.
+
+Contracts: a :func:`put` is durable when it returns (no fsync exists); a
+``put(..., exclusive=True)`` is a conditional PUT (``If-None-Match: *``) that
+fails with :class:`FileExistsError` when the object exists; listings are never
+cached (other processes write the same prefixes).  Large objects go up as
+parallel multipart uploads (s3fs does this above 100 MB).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+SCHEMES = ("s3",)
+
+
+@dataclass(frozen=True)
+class ObjectPath:
+    """``s3://bucket/key``: the path-like subset the checkpoint code uses (``/``, name, parent)."""
+
+    bucket: str
+    key: str  # no leading or trailing "/"; "" is the bucket's root
+    scheme: str = "s3"
+
+    @classmethod
+    def parse(cls, url: str) -> ObjectPath:
+        scheme, _, rest = url.partition("://")
+        if scheme not in SCHEMES:
+            raise ValueError(
+                f"{url!r} has the unsupported scheme {scheme!r}: use a local path, file://..."
+                " or s3://bucket/prefix"
+            )
+        bucket, _, key = rest.partition("/")
+        if not bucket:
+            raise ValueError(f"{url!r} names no bucket: write s3://bucket/prefix")
+        return cls(bucket, key.strip("/"), scheme)
+
+    def __truediv__(self, name: str) -> ObjectPath:
+        name = name.strip("/")
+        return ObjectPath(self.bucket, f"{self.key}/{name}" if self.key else name, self.scheme)
+
+    @property
+    def name(self) -> str:
+        return self.key.rpartition("/")[2]
+
+    @property
+    def parent(self) -> ObjectPath:
+        return ObjectPath(self.bucket, self.key.rpartition("/")[0], self.scheme)
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.bucket}/{self.key}"
+
+    @property
+    def _fs_path(self) -> str:
+        return f"{self.bucket}/{self.key}" if self.key else self.bucket
+
+
+_lock = threading.Lock()
+_filesystem: Any = None
+
+
+def filesystem() -> Any:
+    """This process's s3fs filesystem, created on first use from the environment."""
+    global _filesystem
+    with _lock:
+        if _filesystem is None:
+            import s3fs  # imported on first use: local-only deployments never load botocore
+
+            config: dict[str, Any] = {}
+            style = os.environ.get("STREAMJOB_S3_ADDRESSING_STYLE")
+            if style:
+                config["s3"] = {"addressing_style": style}
+            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+            _filesystem = s3fs.S3FileSystem(
+                endpoint_url=endpoint or None,
+                config_kwargs=config,
+                use_listings_cache=False,
+                skip_instance_cache=True,
+            )
+        return _filesystem
+
+
+def reset() -> None:
+    """Forget the filesystem (tests that change the endpoint or credentials)."""
+    global _filesystem
+    with _lock:
+        _filesystem = None
+
+
+def put(path: ObjectPath, data: bytes, exclusive: bool = False) -> int:
+    """Upload ``data`` as one object; durable on return.  Returns its size."""
+    fs = filesystem()
+    if exclusive:
+        try:
+            fs.pipe_file(path._fs_path, data, mode="create")
+        except Exception as e:
+            if _is_precondition_failure(e):
+                raise FileExistsError(f"{path} exists already (another writer got there)") from e
+            raise
+    else:
+        fs.pipe_file(path._fs_path, data)
+    return len(data)
+
+
+def _is_precondition_failure(error: BaseException) -> bool:
+    response = getattr(error, "response", None) or getattr(error.__cause__, "response", None)
+    code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+    return code in ("PreconditionFailed", "ConditionalRequestConflict") or (
+        "PreconditionFailed" in str(error)
+    )
+
+
+def read_bytes(path: ObjectPath) -> bytes:
+    data: bytes = filesystem().cat_file(path._fs_path)
+    return data
+
+
+def size(path: ObjectPath) -> int:
+    info = filesystem().info(path._fs_path)
+    if info.get("type") != "file":
+        raise FileNotFoundError(str(path))
+    return int(info["size"])
+
+
+def names(directory: ObjectPath) -> list[str]:
+    """Names directly under the prefix ``directory/`` (objects and common prefixes)."""
+    try:
+        entries = filesystem().ls(directory._fs_path, detail=False, refresh=True)
+    except FileNotFoundError:
+        return []
+    prefix = directory._fs_path.rstrip("/") + "/"
+    found = []
+    for entry in entries:
+        entry = str(entry).rstrip("/")
+        if entry.startswith(prefix):
+            found.append(entry[len(prefix) :])
+    return found
+
+
+def delete_prefix(directory: ObjectPath, ignore_errors: bool = False) -> None:
+    """Delete every object under ``directory/`` (never a sibling sharing its name's prefix)."""
+    try:
+        fs = filesystem()
+        keys = fs.find(directory._fs_path + "/")
+        if keys:
+            fs.rm(keys)
+    except Exception:
+        if not ignore_errors:
+            raise

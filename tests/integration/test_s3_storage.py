@@ -1,0 +1,269 @@
+"""Checkpoints and savepoints on S3: a real S3 API (moto's server) between real processes.
+
+Every S3 request goes through :class:`RefusingProxy`, a plain HTTP proxy in
+front of moto that can refuse writes (403, as a store with a revoked write
+permission does), to inject storage failures over the wire.
+"""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import json
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from streamjob_runtime.api import models
+from streamjob_runtime.checkpoint import metadata, savepoint
+from streamjob_runtime.state import objectstore, storage
+from tests.conftest import Harness
+from tests.integration.test_exactly_once_recovery import KEYS, args, assert_exact, committed
+from tests.jobs import keyed_sum
+
+BUCKET = "streamjob"
+
+REFUSAL = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
+    b"<Message>writes refused by the test</Message></Error>"
+)
+
+
+class RefusingProxy(http.server.ThreadingHTTPServer):
+    """Forwards every request to ``upstream``; refuses PUT and POST while ``refuse`` is set."""
+
+    daemon_threads = True
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.refuse = threading.Event()
+        self.refused = 0
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+
+
+class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: RefusingProxy
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _forward(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.server.refuse.is_set() and self.command in ("PUT", "POST"):
+            self.server.refused += 1
+            self.send_response(403)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(REFUSAL)))
+            self.end_headers()
+            self.wfile.write(REFUSAL)
+            return
+        conn = http.client.HTTPConnection(*self.server.upstream, timeout=30)
+        try:
+            # The body is read already: no "Expect: 100-continue" handshake upstream.
+            dropped = ("connection", "expect")
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in dropped}
+            conn.request(self.command, self.path, body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+        finally:
+            conn.close()
+        self.send_response(resp.status)
+        for k, v in resp.getheaders():
+            if k.lower() not in (
+                "content-length",
+                "connection",
+                "transfer-encoding",
+                "server",
+                "date",
+            ):
+                self.send_header(k, v)
+        # A HEAD answer has no body but the object's length (which size checks read).
+        length = resp.getheader("Content-Length") if self.command == "HEAD" else None
+        self.send_header("Content-Length", length or str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+
+@dataclass
+class S3:
+    proxy: RefusingProxy
+    client: Any  # a boto3 S3 client, straight to moto
+
+    def url(self, prefix: str) -> str:
+        return f"s3://{BUCKET}/{prefix}"
+
+    def keys(self, prefix: str) -> list[str]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+        return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3]:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    proxy = RefusingProxy(server.get_host_and_port())
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    host, port = server.get_host_and_port()
+    # The environment reaches the JobManager and TaskManager processes too.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{proxy.server_address[1]}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    objectstore.reset()
+    client = boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1")
+    client.create_bucket(Bucket=BUCKET)
+    try:
+        yield S3(proxy, client)
+    finally:
+        objectstore.reset()
+        proxy.shutdown()
+        proxy.server_close()
+        server.stop()
+
+
+def test_metadata_is_written_once_only_with_a_conditional_put(s3: S3) -> None:
+    target = storage.location(s3.url("cp/job/chk-1"))
+    assert isinstance(target, objectstore.ObjectPath)
+    meta = metadata.CheckpointMetadata(metadata.FORMAT_VERSION, "job", 1, 0, "checkpoint", {})
+    metadata.write(target, meta)
+    with pytest.raises(FileExistsError, match="another writer"):
+        metadata.write(target, meta)
+    assert metadata.read(target) == meta
+    assert storage.checkpoint_ids(s3.url("cp/job")) == [1]
+    assert storage.names(target) == ["_metadata"]
+
+
+def test_a_bad_url_is_a_clear_error() -> None:
+    with pytest.raises(storage.StorageError, match="unsupported scheme 'gs'"):
+        storage.location("gs://bucket/x")
+    with pytest.raises(storage.StorageError, match="names no bucket"):
+        storage.location("s3:///x")
+    assert storage.location("file:///tmp/x") == Path("/tmp/x")
+
+
+def test_checkpoints_on_s3_survive_a_killed_taskmanager_with_the_exact_output(
+    s3: S3, cluster_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    h = cluster_factory(taskmanagers=2, checkpoint_dir=s3.url("checkpoints"))
+    out = tmp_path / "out"
+    job = h.submit("keyed_sum", args(out, rate=4000), parallelism=2)
+    h.wait_for("2 completed checkpoints", lambda: h.checkpoints(job).counts.completed >= 2)
+    h.cluster.kill_taskmanager(1)
+    details = h.wait_terminal(job)
+    assert details.state is models.JobStatus.FINISHED, details.failure_cause
+    assert details.restarts >= 1
+    assert details.restored_from is not None
+    assert_exact(out)
+    keys = s3.keys(f"checkpoints/{job}/")
+    assert any(k.endswith("/_metadata") for k in keys), keys
+    assert any(k.endswith(".state") for k in keys), keys
+    assert not (tmp_path / "cluster-0" / "checkpoints").exists()
+
+
+def test_stop_with_savepoint_to_s3_restores_at_another_parallelism_and_disposes(
+    s3: S3, cluster_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    h = cluster_factory(
+        taskmanagers=2, checkpoint_dir=s3.url("checkpoints"), savepoint_dir=s3.url("savepoints")
+    )
+    out = tmp_path / "out"
+    job = h.submit("keyed_sum", args(out), parallelism=1)
+    h.wait_for("12000 source records", lambda: h.source_records(job) >= 12_000)
+    info = h.wait_savepoint(job, h.stop(job))
+    assert info.status is models.SavepointStatus.COMPLETED, info.failure_cause
+    location = info.location
+    assert location is not None
+    assert location.startswith(f"s3://{BUCKET}/savepoints/savepoint-")
+    assert h.wait_terminal(job).state is models.JobStatus.FINISHED
+    restored = h.submit("keyed_sum", args(out), parallelism=2, savepoint=location)
+    details = h.wait_terminal(restored)
+    assert details.state is models.JobStatus.FINISHED, details.failure_cause
+    assert details.restored_from is not None
+    assert_exact(out)
+    # The metadata names its files relatively: the savepoint is portable.
+    prefix = location.removeprefix(f"s3://{BUCKET}/")
+    body = json.loads(s3.client.get_object(Bucket=BUCKET, Key=f"{prefix}/_metadata")["Body"].read())
+    files = [h["file"] for op in body["body"]["operators"].values() for h in op["handles"]]
+    assert files
+    assert all("/" not in f for f in files)
+    savepoint.dispose(location)
+    assert s3.keys(prefix + "/") == []
+
+
+def test_dispose_refuses_an_s3_prefix_that_is_not_a_savepoint(s3: S3) -> None:
+    s3.client.put_object(Bucket=BUCKET, Key="data/precious.txt", Body=b"keep me")
+    with pytest.raises(savepoint.SavepointError, match="not a savepoint"):
+        savepoint.dispose(s3.url("data"))
+    assert s3.keys("data/") == ["data/precious.txt"]
+
+
+def test_checkpoints_fail_while_s3_refuses_writes_and_the_job_loses_nothing(
+    s3: S3, cluster_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    h = cluster_factory(taskmanagers=1, checkpoint_dir=s3.url("checkpoints"))
+    out = tmp_path / "out"
+    job = h.submit("keyed_sum", args(out, rate=4000, interval=200, tolerable=1000), parallelism=1)
+    h.wait_for("a completed checkpoint", lambda: h.checkpoints(job).counts.completed >= 1)
+    s3.proxy.refuse.set()
+    try:
+        h.wait_for("2 failed checkpoints", lambda: h.checkpoints(job).counts.failed >= 2)
+    finally:
+        s3.proxy.refuse.clear()
+    assert s3.proxy.refused > 0
+    completed = h.checkpoints(job).counts.completed
+    h.wait_for(
+        "a checkpoint after the outage",
+        lambda: h.checkpoints(job).counts.completed > completed or h.job(job).state.terminal,
+    )
+    details = h.wait_terminal(job)
+    assert details.state is models.JobStatus.FINISHED, details.failure_cause
+    assert details.restarts == 0
+    assert_exact(out)
+
+
+def test_a_missing_state_object_on_restore_falls_back_to_the_previous_checkpoint(
+    s3: S3, cluster_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    h = cluster_factory(checkpoint_dir=s3.url("checkpoints"))
+    out = tmp_path / "out"
+    job = h.submit(
+        "keyed_sum",
+        [f"out={out}", "events=60000", "rate=10000", "retained=3", "restart=fixed:5:2000"],
+    )
+    h.wait_for("3 completed checkpoints", lambda: h.checkpoints(job).counts.completed >= 3)
+    h.cluster.kill_taskmanager(0)
+    # The restart waits 2 s: remove a state object of the newest checkpoint meanwhile.
+    h.wait_for("the restart delay", lambda: h.job(job).state is models.JobStatus.RESTARTING)
+    ids = storage.checkpoint_ids(s3.url(f"checkpoints/{job}"))
+    newest = f"checkpoints/{job}/chk-{ids[-1]}/"
+    state_keys = [k for k in s3.keys(newest) if k.endswith(".state")]
+    assert state_keys
+    s3.client.delete_object(Bucket=BUCKET, Key=state_keys[0])
+    h.wait_for("the restore", lambda: h.job(job).restored_from is not None)
+    assert h.job(job).restored_from == ids[-2]
+    skipped = [
+        json.loads(line)
+        for line in (h.cluster.log_dir / "jobmanager.log").read_text().splitlines()
+        if '"checkpoint_skipped"' in line
+    ]
+    assert skipped
+    assert skipped[0]["checkpoint_id"] == ids[-1]
+    assert "missing" in str(skipped[0]["reason"])
+    details = h.wait_terminal(job)
+    assert details.state is models.JobStatus.FINISHED, details.failure_cause
+    # Going back past a committed checkpoint repeats its output (as with local storage),
+    # but never loses any: the state was restored, not started empty.
+    missing = keyed_sum.expected(60_000, KEYS) - committed(out)
+    assert not missing, f"{sum(missing.values())} lines missing"
