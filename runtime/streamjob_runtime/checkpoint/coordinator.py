@@ -348,7 +348,7 @@ class CheckpointCoordinator:
         if pending is None:
             return
         pending.failure = reason
-        storage.discard(pending.directory)
+        storage.discard_later(pending.directory)
         self.history.append(
             CheckpointStats(
                 checkpoint_id,

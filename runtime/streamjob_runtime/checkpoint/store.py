@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 
 from streamjob_runtime import logs
@@ -60,6 +61,15 @@ class CompletedCheckpointStore:
         while len(self.completed) > self.retained:
             self.completed.pop(0)
         oldest = self.completed[0].checkpoint_id
+        if storage.is_remote(self.job_dir):
+            # Listing and deleting objects is network I/O: off the JobManager's loop.
+            threading.Thread(
+                target=self._discard_before, args=(oldest,), name="retention", daemon=True
+            ).start()
+        else:
+            self._discard_before(oldest)
+
+    def _discard_before(self, oldest: int) -> None:
         for checkpoint_id in storage.checkpoint_ids(self.job_dir):
             if checkpoint_id < oldest:
                 storage.discard(storage.checkpoint_dir(self.job_dir, checkpoint_id))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import overload
 
@@ -185,6 +186,18 @@ def checkpoint_ids(job_dir: str | Location) -> list[int]:
         if entry.name.startswith("chk-") and entry.name[4:].isdigit():
             ids.append(int(entry.name[4:]))
     return sorted(ids)
+
+
+def discard_later(path: Location) -> None:
+    """:func:`discard` without blocking the caller when ``path`` is on object storage.
+
+    Deleting objects is network I/O that can take seconds on a slow store: it must
+    never hold up the JobManager's event loop.  Local deletes stay synchronous.
+    """
+    if isinstance(path, objectstore.ObjectPath):
+        threading.Thread(target=discard, args=(path,), name="discard", daemon=True).start()
+        return
+    discard(path)
 
 
 def discard(path: Location) -> None:
