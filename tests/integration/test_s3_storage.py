@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import http.server
 import json
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -272,3 +273,28 @@ def test_a_missing_state_object_on_restore_falls_back_to_the_previous_checkpoint
     # but never loses any: the state was restored, not started empty.
     missing = keyed_sum.expected(60_000, KEYS) - committed(out)
     assert not missing, f"{sum(missing.values())} lines missing"
+
+
+def test_an_unreachable_store_fails_as_an_oserror_that_names_the_object(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The coordinator turns an OSError from the _metadata write into a failed checkpoint;
+    # botocore's connection errors are not OSErrors, so the storage layer converts them.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    objectstore.reset()
+    target = storage.location(f"s3://{BUCKET}/cp/job/chk-1")
+    meta = metadata.CheckpointMetadata(metadata.FORMAT_VERSION, "job", 1, 0, "checkpoint", {})
+    try:
+        with pytest.raises(OSError, match=f"s3://{BUCKET}/cp/job/chk-1/_metadata"):
+            metadata.write(target, meta)
+        with pytest.raises(OSError, match="reading"):
+            storage.read_bytes(target / "x.state")
+    finally:
+        objectstore.reset()

@@ -19,8 +19,10 @@ parallel multipart uploads (s3fs does this above 100 MB).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,18 +102,32 @@ def reset() -> None:
         _filesystem = None
 
 
+@contextlib.contextmanager
+def _as_oserror(action: str, path: ObjectPath) -> Iterator[None]:
+    """Every failure is an OSError, as on a filesystem (botocore's own errors are not)."""
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as e:
+        raise OSError(f"{action} {path} failed: {type(e).__name__}: {e}") from e
+
+
 def put(path: ObjectPath, data: bytes, exclusive: bool = False) -> int:
     """Upload ``data`` as one object; durable on return.  Returns its size."""
-    fs = filesystem()
-    if exclusive:
-        try:
-            fs.pipe_file(path._fs_path, data, mode="create")
-        except Exception as e:
-            if _is_precondition_failure(e):
-                raise FileExistsError(f"{path} exists already (another writer got there)") from e
-            raise
-    else:
-        fs.pipe_file(path._fs_path, data)
+    with _as_oserror("uploading", path):
+        fs = filesystem()
+        if exclusive:
+            try:
+                fs.pipe_file(path._fs_path, data, mode="create")
+            except Exception as e:
+                if _is_precondition_failure(e):
+                    raise FileExistsError(
+                        f"{path} exists already (another writer got there)"
+                    ) from e
+                raise
+        else:
+            fs.pipe_file(path._fs_path, data)
     return len(data)
 
 
@@ -124,12 +140,14 @@ def _is_precondition_failure(error: BaseException) -> bool:
 
 
 def read_bytes(path: ObjectPath) -> bytes:
-    data: bytes = filesystem().cat_file(path._fs_path)
+    with _as_oserror("reading", path):
+        data: bytes = filesystem().cat_file(path._fs_path)
     return data
 
 
 def size(path: ObjectPath) -> int:
-    info = filesystem().info(path._fs_path)
+    with _as_oserror("reading the size of", path):
+        info = filesystem().info(path._fs_path)
     if info.get("type") != "file":
         raise FileNotFoundError(str(path))
     return int(info["size"])
@@ -138,7 +156,8 @@ def size(path: ObjectPath) -> int:
 def names(directory: ObjectPath) -> list[str]:
     """Names directly under the prefix ``directory/`` (objects and common prefixes)."""
     try:
-        entries = filesystem().ls(directory._fs_path, detail=False, refresh=True)
+        with _as_oserror("listing", directory):
+            entries = filesystem().ls(directory._fs_path, detail=False, refresh=True)
     except FileNotFoundError:
         return []
     prefix = directory._fs_path.rstrip("/") + "/"
@@ -153,10 +172,11 @@ def names(directory: ObjectPath) -> list[str]:
 def delete_prefix(directory: ObjectPath, ignore_errors: bool = False) -> None:
     """Delete every object under ``directory/`` (never a sibling sharing its name's prefix)."""
     try:
-        fs = filesystem()
-        keys = fs.find(directory._fs_path + "/")
-        if keys:
-            fs.rm(keys)
-    except Exception:
+        with _as_oserror("deleting", directory):
+            fs = filesystem()
+            keys = fs.find(directory._fs_path + "/")
+            if keys:
+                fs.rm(keys)
+    except OSError:
         if not ignore_errors:
             raise
