@@ -25,6 +25,8 @@ from streamjob_runtime.api import models
 from streamjob_runtime.checkpoint import metadata, savepoint
 from streamjob_runtime.state import objectstore, storage
 from tests.conftest import Harness
+from tests.etcd import Etcd
+from tests.ha.test_etcd_failover import events, ha_args
 from tests.integration.test_exactly_once_recovery import KEYS, args, assert_exact, committed
 from tests.jobs import keyed_sum
 
@@ -298,3 +300,24 @@ def test_an_unreachable_store_fails_as_an_oserror_that_names_the_object(
             storage.read_bytes(target / "x.state")
     finally:
         objectstore.reset()
+
+
+def test_a_killed_leader_jobmanager_is_replaced_and_restores_from_s3_through_the_ha_records(
+    s3: S3, cluster_factory: Callable[..., Harness], tmp_path: Path, etcd: Etcd
+) -> None:
+    h = cluster_factory(
+        taskmanagers=2, jobmanagers=2, ha=ha_args(etcd), checkpoint_dir=s3.url("checkpoints")
+    )
+    out = tmp_path / "out"
+    job = h.submit("keyed_sum", args(out, rate=4000), parallelism=2)
+    h.wait_for("a checkpoint", lambda: h.checkpoints(job).counts.completed >= 1)
+    leader = h.cluster.leader_pid()
+    h.cluster.kill_jobmanager(h.cluster.leader_index())
+    h.wait_for("a new leader", lambda: h.cluster.leader_pid() != leader)
+    details = h.wait_terminal(job, timeout_s=120)
+    assert details.state is models.JobStatus.FINISHED, details.failure_cause
+    assert_exact(out)
+    # The new leader found the checkpoint through the HA record, which names it on S3.
+    restored = [e for e in events(h, "restoring_from_checkpoint") if e.get("job_id") == job]
+    assert restored, "the new leader restored nothing"
+    assert str(restored[-1]["path"]).startswith(s3.url(f"checkpoints/{job}/chk-"))
