@@ -11,6 +11,8 @@ import http.client
 import http.server
 import json
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,13 +41,15 @@ REFUSAL = (
 
 
 class RefusingProxy(http.server.ThreadingHTTPServer):
-    """Forwards every request to ``upstream``; refuses PUT and POST while ``refuse`` is set."""
+    """Forwards every request to ``upstream``; refuses PUT and POST while ``refuse`` is set
+    (those of keys ending in ``refuse_suffix`` only, when it is set)."""
 
     daemon_threads = True
 
     def __init__(self, upstream: tuple[str, int]) -> None:
         self.upstream = upstream
         self.refuse = threading.Event()
+        self.refuse_suffix = ""  # refuse only the keys ending so ("": every write)
         self.refused = 0
         super().__init__(("127.0.0.1", 0), _ProxyHandler)
 
@@ -59,7 +63,8 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
 
     def _forward(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if self.server.refuse.is_set() and self.command in ("PUT", "POST"):
+        refused = self.server.refuse.is_set() and self.command in ("PUT", "POST")
+        if refused and self.path.split("?")[0].endswith(self.server.refuse_suffix):
             self.server.refused += 1
             self.send_response(403)
             self.send_header("Content-Type", "application/xml")
@@ -206,7 +211,11 @@ def test_stop_with_savepoint_to_s3_restores_at_another_parallelism_and_disposes(
     files = [h["file"] for op in body["body"]["operators"].values() for h in op["handles"]]
     assert files
     assert all("/" not in f for f in files)
-    savepoint.dispose(location)
+    disposed = subprocess.run(
+        [sys.executable, "-m", "streamjob_runtime.cli", "savepoint", "--dispose", location],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert disposed.returncode == 0, disposed.stderr
     assert s3.keys(prefix + "/") == []
 
 
@@ -321,3 +330,38 @@ def test_a_killed_leader_jobmanager_is_replaced_and_restores_from_s3_through_the
     restored = [e for e in events(h, "restoring_from_checkpoint") if e.get("job_id") == job]
     assert restored, "the new leader restored nothing"
     assert str(restored[-1]["path"]).startswith(s3.url(f"checkpoints/{job}/chk-"))
+
+
+def test_checkpoints_whose_metadata_put_is_refused_fail_and_leave_no_objects(
+    s3: S3, cluster_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    # State files go up, the _metadata PUT is refused: partial checkpoints, which must
+    # count as failed, never be restored (a TaskManager is killed meanwhile), and be
+    # deleted (by the abort, or by retention once a newer checkpoint completes).
+    h = cluster_factory(taskmanagers=1, checkpoint_dir=s3.url("checkpoints"))
+    out = tmp_path / "out"
+    job = h.submit("keyed_sum", args(out, rate=4000, interval=200, tolerable=1000))
+    h.wait_for("a completed checkpoint", lambda: h.checkpoints(job).counts.completed >= 1)
+    s3.proxy.refuse_suffix = "/_metadata"
+    s3.proxy.refuse.set()
+    try:
+        h.wait_for("2 failed checkpoints", lambda: h.checkpoints(job).counts.failed >= 2)
+        history = h.checkpoints(job).history
+        h.cluster.kill_taskmanager(0)
+        h.wait_for("the restore", lambda: h.job(job).restored_from is not None)
+    finally:
+        s3.proxy.refuse.clear()
+    partial = {c.id for c in history if "_metadata failed" in (c.failure or "")}
+    assert partial, history
+    assert h.job(job).restored_from not in partial
+    details = h.wait_terminal(job)
+    assert details.state is models.JobStatus.FINISHED, details.failure_cause
+    assert details.restarts >= 1
+    assert_exact(out)
+
+    def left() -> set[int]:
+        prefixes = {k.split("/")[2] for k in s3.keys(f"checkpoints/{job}/")}
+        return {cid for cid in partial if f"chk-{cid}" in prefixes}
+
+    # The partial checkpoints' state files are deleted by prefix.
+    h.wait_for("the partial checkpoints' objects to go", lambda: not left())
