@@ -50,6 +50,7 @@ class RefusingProxy(http.server.ThreadingHTTPServer):
         self.upstream = upstream
         self.refuse = threading.Event()
         self.refuse_suffix = ""  # refuse only the keys ending so ("": every write)
+        self.refuse_methods: tuple[str, ...] = ("PUT", "POST")
         self.refused = 0
         super().__init__(("127.0.0.1", 0), _ProxyHandler)
 
@@ -63,7 +64,7 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
 
     def _forward(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        refused = self.server.refuse.is_set() and self.command in ("PUT", "POST")
+        refused = self.server.refuse.is_set() and self.command in self.server.refuse_methods
         if refused and self.path.split("?")[0].endswith(self.server.refuse_suffix):
             self.server.refused += 1
             self.send_response(403)
@@ -365,3 +366,28 @@ def test_checkpoints_whose_metadata_put_is_refused_fail_and_leave_no_objects(
 
     # The partial checkpoints' state files are deleted by prefix.
     h.wait_for("the partial checkpoints' objects to go", lambda: not left())
+
+
+def test_a_restore_while_s3_is_unreadable_fails_the_attempt_and_retries_until_it_can_read(
+    s3: S3, cluster_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    h = cluster_factory(taskmanagers=1, checkpoint_dir=s3.url("checkpoints"))
+    out = tmp_path / "out"
+    job = h.submit("keyed_sum", args(out, rate=4000, restart="fixed:100:200"))
+    h.wait_for("a completed checkpoint", lambda: h.checkpoints(job).counts.completed >= 1)
+    s3.proxy.refuse_methods = ("GET", "HEAD", "PUT", "POST", "DELETE")
+    s3.proxy.refuse.set()
+    try:
+        h.cluster.kill_taskmanager(0)
+
+        def unreadable() -> bool:
+            causes = [e.cause for e in h.exceptions(job).history]
+            return any("reading the checkpoints failed" in c for c in causes)
+
+        h.wait_for("an attempt failed on the unreadable store", unreadable)
+    finally:
+        s3.proxy.refuse.clear()
+    details = h.wait_terminal(job)
+    assert details.state is models.JobStatus.FINISHED, details.failure_cause
+    assert details.restored_from is not None
+    assert_exact(out)

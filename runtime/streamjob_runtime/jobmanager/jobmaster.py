@@ -313,7 +313,12 @@ class JobMaster:
         self._outcome = outcome_future
         if self._cancel_requested.is_set():
             return Outcome("canceled")
-        restore = await asyncio.to_thread(self.store.latest_valid)
+        try:
+            restore = await asyncio.to_thread(self.store.latest_valid)
+        except OSError as e:
+            # The checkpoint storage cannot be read (an object store down, say): fail this
+            # attempt for the restart strategy; never start empty, never kill the loop.
+            return Outcome("failed", f"reading the checkpoints failed: {e}")
         try:
             slots = await self.rm.allocate(
                 self.job_id, self.graph.slots_needed, self.cluster.slot_request_timeout_ms / 1000
