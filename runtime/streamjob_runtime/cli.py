@@ -284,6 +284,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _jobmanager(args: argparse.Namespace) -> None:
     from streamjob_runtime.jobmanager import dispatcher
+    from streamjob_runtime.state import storage
 
     logs.setup("jobmanager")
     cluster_config = config.ClusterConfig(
@@ -295,6 +296,13 @@ def _jobmanager(args: argparse.Namespace) -> None:
     )
     try:
         cluster_config.validate()
+        locations = {"--checkpoint-dir": args.checkpoint_dir, "--savepoint-dir": args.savepoint_dir}
+        for flag, value in locations.items():
+            try:
+                if value:
+                    storage.location(value)  # a bad scheme or URL is a usage error, now
+            except storage.StorageError as e:
+                raise config.ConfigError(f"{flag}: {e}") from None
     except config.ConfigError as e:
         raise SystemExit(f"streamjob jobmanager: {e}") from None
     code = asyncio.run(

@@ -391,3 +391,16 @@ def test_a_restore_while_s3_is_unreadable_fails_the_attempt_and_retries_until_it
     assert details.state is models.JobStatus.FINISHED, details.failure_cause
     assert details.restored_from is not None
     assert_exact(out)
+
+
+def test_the_jobmanager_refuses_a_checkpoint_url_it_cannot_use(tmp_path: Path) -> None:
+    started = subprocess.run(
+        [sys.executable, "-m", "streamjob_runtime.cli", "jobmanager",
+         "--checkpoint-dir", "gs://bucket/checkpoints", "--ready-file", str(tmp_path / "r")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert started.returncode != 0
+    assert "--checkpoint-dir: 'gs://bucket/checkpoints' has the unsupported scheme 'gs'" in (
+        started.stderr
+    )
+    assert "Traceback" not in started.stderr
