@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +26,13 @@ from moto.server import ThreadedMotoServer
 
 from streamjob_runtime.api import models
 from streamjob_runtime.checkpoint import metadata, savepoint
+from streamjob_runtime.connectors import files, s3files
+from streamjob_runtime.operators import base
 from streamjob_runtime.state import objectstore, storage
 from tests.conftest import Harness
 from tests.etcd import Etcd
 from tests.ha.test_etcd_failover import events, ha_args
-from tests.integration.test_exactly_once_recovery import KEYS, args, assert_exact, committed
+from tests.integration.test_exactly_once_recovery import EVENTS, KEYS, args, assert_exact, committed
 from tests.jobs import keyed_sum
 
 BUCKET = "streamjob"
@@ -404,3 +407,68 @@ def test_the_jobmanager_refuses_a_checkpoint_url_it_cannot_use(tmp_path: Path) -
         started.stderr
     )
     assert "Traceback" not in started.stderr
+
+
+def committed_on_s3(url: str) -> Counter[tuple[int, int]]:
+    rows = (line.split() for line in files.read_committed_lines(url))
+    return Counter((int(k), int(s)) for k, s in rows)
+
+
+def test_the_exactly_once_file_sink_on_s3_survives_a_killed_taskmanager_with_the_exact_output(
+    s3: S3, cluster_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    h = cluster_factory(taskmanagers=2, checkpoint_dir=s3.url("checkpoints"))
+    out = s3.url("output")
+    job_args = [f"out={out}", f"events={EVENTS}", f"keys={KEYS}", "rate=4000"]
+    job = h.submit("keyed_sum", job_args, parallelism=2)
+    h.wait_for("2 completed checkpoints", lambda: h.checkpoints(job).counts.completed >= 2)
+    h.cluster.kill_taskmanager(1)
+    details = h.wait_terminal(job)
+    assert details.state is models.JobStatus.FINISHED, details.failure_cause
+    assert details.restarts >= 1
+    got, want = committed_on_s3(out), keyed_sum.expected(EVENTS, KEYS)
+    assert not want - got, f"{sum((want - got).values())} lines missing"
+    assert not got - want, f"{sum((got - want).values())} lines extra (duplicates)"
+    names = [k.rpartition("/")[2] for k in s3.keys("output/")]
+    assert names
+    assert all(n.startswith("part-") and n.endswith(".jsonl") for n in names), names
+    # No upload is left in progress: every one was completed or aborted.
+    uploads = s3.client.list_multipart_uploads(Bucket=BUCKET, Prefix="output/")
+    assert uploads.get("Uploads", []) == []
+
+
+def sink_writer(attempt: int, subtask: int = 0) -> s3files.S3FileSinkWriter:
+    ctx = base.OperatorContext("sink", subtask, 2, 128, attempt, "0123456789abcdef")
+    target = storage.location(f"s3://{BUCKET}/out")
+    assert isinstance(target, objectstore.ObjectPath)
+    return s3files.S3FileSinkWriter(target, lambda v: str(v).encode(), ctx)
+
+
+def test_s3_sink_uploads_are_invisible_until_committed_and_a_restore_commits_them_once(
+    s3: S3,
+) -> None:
+    crashed = sink_writer(attempt=1, subtask=1)
+    crashed.write(list(range(3)))
+    [pre_committed] = crashed.prepare_commit(7)  # the checkpoint holds this; then a crash
+    assert s3.keys("out/") == []
+    restored = sink_writer(attempt=2, subtask=1)
+    restored.commit([pre_committed])  # the restore finishes the restored commit
+    restored.commit([pre_committed])  # a second restore of the same checkpoint: no-op
+    assert files.read_committed_lines(f"s3://{BUCKET}/out") == ["0", "1", "2"]
+    assert s3.keys("out/") == ["out/part-sink-01234567-1-a1-c7.jsonl"]
+
+
+def test_s3_sink_aborts_the_uploads_of_earlier_attempts_that_no_checkpoint_kept(s3: S3) -> None:
+    kept_writer, lost_writer = sink_writer(attempt=1, subtask=0), sink_writer(attempt=1, subtask=1)
+    kept_writer.write([1])
+    lost_writer.write([2])
+    [kept] = kept_writer.prepare_commit(3)
+    [lost] = lost_writer.prepare_commit(4)  # checkpoint 4 never completed
+    current = sink_writer(attempt=2)
+    current.write([3])
+    [ongoing] = current.prepare_commit(5)
+    sink_writer(attempt=2).discard_staged([kept], None)
+    left = s3.client.list_multipart_uploads(Bucket=BUCKET, Prefix="out/").get("Uploads", [])
+    assert sorted(u["UploadId"] for u in left) == sorted([kept.upload_id, ongoing.upload_id])
+    with pytest.raises(RuntimeError, match="can no longer be completed"):
+        sink_writer(attempt=2).commit([lost])

@@ -180,3 +180,78 @@ def delete_prefix(directory: ObjectPath, ignore_errors: bool = False) -> None:
     except OSError:
         if not ignore_errors:
             raise
+
+
+# -- multipart uploads (the exactly-once file sink's two-phase commit) ----------------------
+
+PART_SIZE = 8 * 2**20  # S3's minimum is 5 MiB for every part but the last
+
+
+def start_upload(path: ObjectPath) -> str:
+    """Create a multipart upload of ``path``; the object stays invisible until completed."""
+    with _as_oserror("starting an upload of", path):
+        out = filesystem().call_s3("create_multipart_upload", Bucket=path.bucket, Key=path.key)
+    return str(out["UploadId"])
+
+
+def upload_parts(path: ObjectPath, upload_id: str, data: bytes) -> list[tuple[int, str]]:
+    """Upload ``data`` as the parts of ``upload_id``; returns (part number, ETag) pairs."""
+    parts = []
+    with _as_oserror("uploading parts of", path):
+        fs = filesystem()
+        for number, start in enumerate(range(0, len(data), PART_SIZE), start=1):
+            out = fs.call_s3(
+                "upload_part",
+                Bucket=path.bucket,
+                Key=path.key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=data[start : start + PART_SIZE],
+            )
+            parts.append((number, str(out["ETag"])))
+    return parts
+
+
+def complete_upload(path: ObjectPath, upload_id: str, parts: list[tuple[int, str]]) -> None:
+    """Make the uploaded parts the object ``path`` (atomically: all of it or nothing)."""
+    with _as_oserror("completing the upload of", path):
+        filesystem().call_s3(
+            "complete_multipart_upload",
+            Bucket=path.bucket,
+            Key=path.key,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in parts]},
+        )
+        filesystem().invalidate_cache(path._fs_path)
+
+
+def abort_upload(path: ObjectPath, upload_id: str) -> None:
+    with _as_oserror("aborting the upload of", path):
+        filesystem().call_s3(
+            "abort_multipart_upload", Bucket=path.bucket, Key=path.key, UploadId=upload_id
+        )
+
+
+def pending_uploads(directory: ObjectPath, name_prefix: str) -> list[tuple[ObjectPath, str]]:
+    """The multipart uploads in progress under ``directory/name_prefix``: (path, upload id)."""
+    prefix = f"{directory.key}/{name_prefix}" if directory.key else name_prefix
+    found = []
+    with _as_oserror("listing the uploads under", directory):
+        fs = filesystem()
+        kwargs: dict[str, Any] = {"Bucket": directory.bucket, "Prefix": prefix}
+        while True:
+            out = fs.call_s3("list_multipart_uploads", **kwargs)
+            for u in out.get("Uploads", []):
+                found.append((ObjectPath(directory.bucket, u["Key"]), str(u["UploadId"])))
+            if not out.get("IsTruncated"):
+                return found
+            kwargs["KeyMarker"] = out["NextKeyMarker"]
+            kwargs["UploadIdMarker"] = out["NextUploadIdMarker"]
+
+
+def exists(path: ObjectPath) -> bool:
+    try:
+        size(path)
+    except FileNotFoundError:
+        return False
+    return True
