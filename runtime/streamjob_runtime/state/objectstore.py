@@ -95,6 +95,15 @@ def filesystem() -> Any:
         return _filesystem
 
 
+def prepare() -> None:
+    """Create the filesystem in the background: loading s3fs and botocore takes seconds,
+    which the first checkpoint or sink call would otherwise spend (on a task's loop)."""
+    with _lock:
+        if _filesystem is not None:
+            return
+    threading.Thread(target=filesystem, name="s3-prepare", daemon=True).start()
+
+
 def reset() -> None:
     """Forget the filesystem (tests that change the endpoint or credentials)."""
     global _filesystem

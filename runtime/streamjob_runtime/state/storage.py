@@ -42,9 +42,11 @@ def location(value: str | Location) -> Location:
         return Path(value[len("file://") :])
     if "://" in value:
         try:
-            return objectstore.ObjectPath.parse(value)
+            parsed = objectstore.ObjectPath.parse(value)
         except ValueError as e:
             raise StorageError(str(e)) from None
+        objectstore.prepare()  # this process will talk to S3: load the client now
+        return parsed
     return Path(value)
 
 
