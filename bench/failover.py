@@ -113,7 +113,7 @@ async def ready_leader(
         if pid == exclude_pid or not jm.rest_port or jm.process.popen.poll() is not None:
             continue
         with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-            async with session.get(f"{jm.rest_url}/readyz") as resp:
+            async with session.get(f"{jm.metrics_url}/readyz") as resp:
                 if resp.status == 200:
                     return jm.rest_url, pid
     return None
@@ -148,7 +148,9 @@ async def wait_steady(
         all_up = all(jm.rest_port and jm.process.popen.poll() is None for jm in list(cluster.jms))
         if found is not None and all_up:
             url = found[0]
-            async with client.JobManagerClient(url, timeout_s=5) as jm:
+            async with client.JobManagerClient(
+                url, timeout_s=5, token=cluster.token, ssl=cluster.ssl_context()
+            ) as jm:
                 with contextlib.suppress(client.RestError, aiohttp.ClientError, TimeoutError):
                     job = await jm.job(job_id)
                     if job.state.terminal:
@@ -190,7 +192,9 @@ async def measure_failover(
             if leader is not None:
                 ready = time.monotonic() - killed_at
         if leader is not None:
-            async with client.JobManagerClient(leader[0], timeout_s=5) as jm:
+            async with client.JobManagerClient(
+                leader[0], timeout_s=5, token=cluster.token, ssl=cluster.ssl_context()
+            ) as jm:
                 with contextlib.suppress(client.RestError, aiohttp.ClientError, TimeoutError):
                     job = await jm.job(job_id)
                     now = time.monotonic() - killed_at
@@ -246,7 +250,9 @@ async def run_config(
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
             url = await asyncio.to_thread(lambda: cluster.rest_url)
-            async with client.JobManagerClient(url) as jm:
+            async with client.JobManagerClient(
+                url, token=cluster.token, ssl=cluster.ssl_context()
+            ) as jm:
                 job_id = await jm.submit(
                     models.JobSubmission(
                         entrypoint=JOB,
@@ -266,7 +272,9 @@ async def run_config(
                     flush=True,
                 )
             url, _ = await wait_steady(session, cluster, job_id, timeout_s)
-            async with client.JobManagerClient(url) as jm:
+            async with client.JobManagerClient(
+                url, token=cluster.token, ssl=cluster.ssl_context()
+            ) as jm:
                 await jm.cancel(job_id)
                 for _ in range(600):
                     if (await jm.job(job_id)).state.terminal:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import common
 
-from streamjob_runtime.api import client, models
+from streamjob_runtime.api import models
 from streamjob_runtime.connectors import files
 from streamjob_runtime.local import LocalCluster
 
@@ -148,11 +148,12 @@ async def run_one(
     interval_ms: int,
     workdir: Path,
     options: dict[str, str],
+    insecure: bool = False,
 ) -> Result:
     out = workdir / "output"
     interval = interval_ms if checkpoints else 0
-    with LocalCluster(workdir, taskmanagers=parallelism, slots=1) as cluster:
-        async with client.JobManagerClient(cluster.rest_url) as jm:
+    with LocalCluster(workdir, taskmanagers=parallelism, slots=1, insecure=insecure) as cluster:
+        async with cluster.client() as jm:
             await common.wait_for_taskmanagers(jm, parallelism, 60)
             assert cluster.jobmanager is not None
             jm_pid = cluster.jobmanager.popen.pid

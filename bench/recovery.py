@@ -171,7 +171,7 @@ async def run_config(a: argparse.Namespace, delay: str, spare: int, workdir: Pat
         heartbeat_timeout_ms=max(10 * a.heartbeat, 5_000),
     )
     with cluster:
-        async with client.JobManagerClient(cluster.rest_url) as jm:
+        async with cluster.client() as jm:
             await common.wait_for_taskmanagers(jm, a.parallelism + spare, 60)
             job_id = await jm.submit(
                 models.JobSubmission(

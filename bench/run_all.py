@@ -1,10 +1,11 @@
-"""Run every benchmark: throughput, recovery, savepoints, failover, operator reconcile.
+"""Run every benchmark: throughput, TLS cost, recovery, savepoints, failover, operator reconcile,
+chaos, Kafka.
 
     uv run python bench/run_all.py [--quick] [--repeat N] [--wait-idle CORES]
 
 ``--quick`` runs 2,000,000 events instead of 10,000,000, 2 kills per
 recovery configuration instead of 3, and the operator benchmark with 100
-StreamJobs only instead of 100 and 1,000.  On a
+StreamJobs only instead of 100 and 1,000, and one chaos round instead of 3.  On a
 shared machine, ``--repeat 3`` reports medians and ``--wait-idle 0.3``
 starts each throughput run only once other processes use at most 0.3 cores.
 """
@@ -43,10 +44,13 @@ def main() -> None:
     kills = "2" if a.quick else "3"
     idle = ["--wait-idle", a.wait_idle] if a.wait_idle else []
     ok = run("keyed_count.py", ["--events", events, "--repeat", str(a.repeat), *idle])
+    ok = run("tls.py", ["--events", events, "--repeat", str(max(a.repeat, 3))]) and ok
     ok = run("recovery.py", ["--kills", kills]) and ok
     ok = run("savepoints.py", ["--quick"] if a.quick else []) and ok
     ok = run("failover.py", ["--quick"] if a.quick else []) and ok
     ok = run("operator_reconcile.py", ["--quick"] if a.quick else []) and ok
+    ok = run("chaos.py", ["--runs", "1" if a.quick else "3"]) and ok
+    ok = run("kafka_count.py", ["--events", "100000" if a.quick else "400000"]) and ok
     sys.exit(0 if ok else 1)
 
 

@@ -377,7 +377,7 @@ async def run(a: argparse.Namespace, workdir: Path) -> list[SizeResult]:
                 **s3,  # type: ignore[arg-type]
             )
         )
-        async with client.JobManagerClient(cluster.rest_url) as jm:
+        async with cluster.client() as jm:
             for mb in a.sizes:
                 began = time.monotonic()
                 r = await measure(jm, mb, a, workdir)

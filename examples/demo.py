@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import clickstream
 
-from streamjob_runtime.api import client, models
+from streamjob_runtime.api import models
 from streamjob_runtime.connectors import files
 from streamjob_runtime.local import LocalCluster
 
@@ -34,7 +34,7 @@ JOB_FILE = str(Path(clickstream.__file__).resolve())
 async def run_demo(events: int, rate: float, workdir: Path) -> bool:
     output = workdir / "output"
     with LocalCluster(workdir, taskmanagers=2, slots=1) as cluster:
-        async with client.JobManagerClient(cluster.rest_url) as jm:
+        async with cluster.client() as jm:
             job_id = await jm.submit(
                 models.JobSubmission(
                     entrypoint=JOB_FILE, args=[str(output), str(events), str(rate)], parallelism=2

@@ -12,7 +12,7 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
         || echo "warning: could not install chromium; the web UI browser tests will skip"
 fi
 # helm and kubectl (pinned) for the chart tests, which fail rather than skip without them.
-bash scripts/tools.sh || echo "error: could not fetch helm and kubectl; the chart tests will fail"
+bash scripts/tools.sh || echo "error: could not fetch helm, kubectl and tansu; the chart and Kafka tests will fail"
 export STREAMJOB_REQUIRE_TOOLS=1
 echo "== ruff";          uv run --frozen ruff check .
 echo "== ruff format";   uv run --frozen ruff format --check .

@@ -27,7 +27,7 @@ class Harness:
 
     def _call(self, fn: Callable[[client.JobManagerClient], object]) -> object:
         async def go() -> object:
-            async with client.JobManagerClient(self.cluster.rest_url) as c:
+            async with self.cluster.client() as c:
                 return await fn(c)  # type: ignore[misc]
 
         return asyncio.run(go())
@@ -126,6 +126,8 @@ def cluster_factory(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
     def start(taskmanagers: int = 1, slots: int = 1, **kwargs: object) -> Harness:
         kwargs.setdefault("heartbeat_interval_ms", 200)
         kwargs.setdefault("heartbeat_timeout_ms", 5_000)
+        # Job files: the repository's (tests/jobs, examples) and those a test writes.
+        kwargs.setdefault("job_roots", [str(JOBS.parent.parent), str(tmp_path)])
         c = LocalCluster(
             tmp_path / f"cluster-{len(clusters)}",
             taskmanagers=taskmanagers,

@@ -1,4 +1,4 @@
-"""``python -m streamjob_operator``: the operator process.
+"""``streamjob-operator`` (or ``python -m streamjob_operator``): the operator process.
 
 Every replica campaigns for the Lease (``--lease-name`` in ``--lease-namespace``);
 the one holding it runs kopf with the handlers (``handlers``), the others wait their
@@ -9,9 +9,13 @@ out, so a standby takes over at once.
 
 Kubernetes credentials are the pod's service account in a cluster, else the kubeconfig
 (``$KUBECONFIG`` or ``~/.kube/config``). JobManagers are reached at their Service's
-cluster DNS name; an operator outside the cluster reaches them through ``kubectl proxy``
-with ``--jobmanager-url-template
-http://127.0.0.1:8001/api/v1/namespaces/{namespace}/services/{service}:{port}/proxy``.
+cluster DNS name, over HTTPS with each job's token and CA (``acting.credentials``). An
+operator outside the cluster can reach them through ``kubectl proxy`` with
+``--jobmanager-url-template
+http://127.0.0.1:8001/api/v1/namespaces/{namespace}/services/https:{service}:{port}/proxy``,
+but that is for experiments: the API server's proxy authenticates the operator itself
+and does not pass the operator's bearer token on to the JobManager, which then
+answers 401.
 
 Permissions the operator's ServiceAccount needs (for a Helm chart's RBAC):
 
@@ -21,7 +25,11 @@ Permissions the operator's ServiceAccount needs (for a Helm chart's RBAC):
   when it watches every namespace;
 - in the watched namespaces, the children it applies and deletes:
   ``deployments`` (apps), ``services``, ``configmaps``, ``serviceaccounts``, ``roles``
-  and ``rolebindings`` (rbac.authorization.k8s.io): get, create, update, delete;
+  and ``rolebindings`` (rbac.authorization.k8s.io), ``networkpolicies``
+  (networking.k8s.io): get, create, update, delete; ``deployments``: list, watch too
+  (kopf watches them, so steps go on at their changes); the job's CA, certificate and
+  REST token ``secrets``: get, create, update (never list or watch; they go with the
+  StreamJob by owner reference, so never delete either);
   ``events``: create; the JobManagers' leader ``leases`` (coordination.k8s.io): delete,
   with their HA metadata;
   ``streamjobs/finalizers``: update, where admission enforces owner references
@@ -55,6 +63,7 @@ from kubernetes_asyncio import client, config
 from streamjob_operator import handlers
 from streamjob_operator.acting import actor
 from streamjob_operator.api import durations
+from streamjob_operator.desired import network
 from streamjob_operator.leadership import lease
 from streamjob_operator.observing import jobmanager as rest_observing
 from streamjob_operator.planning import configuration
@@ -78,7 +87,7 @@ def _url_template(text: str) -> rest_observing.Resolve:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m streamjob_operator",
+        prog="streamjob-operator",  # the console script the image and the chart run
         description="Reconciles StreamJob resources; one replica leads through a Lease.",
     )
     p.add_argument(
@@ -134,6 +143,13 @@ def parser() -> argparse.ArgumentParser:
         help="look at a StreamJob this often when nothing is under way (default 60s)",
     )
     p.add_argument(
+        "--checkpoint-status-interval",
+        type=_duration,
+        default=datetime.timedelta(seconds=15),
+        help="while a job runs, refresh its status (last checkpoint) after each checkpoint"
+        " interval but not more often than this (default 15s)",
+    )
+    p.add_argument(
         "--progress-check-interval",
         type=_duration,
         default=datetime.timedelta(seconds=5),
@@ -148,6 +164,38 @@ def parser() -> argparse.ArgumentParser:
         " and {port} of its Service (default: the Service's cluster DNS name,"
         " http://{service}.{namespace}.svc:{port}). For an operator outside the cluster,"
         " through `kubectl proxy`: " + rest_observing.KUBECTL_PROXY_TEMPLATE,
+    )
+    p.add_argument(
+        "--allow-privileged-pods",
+        action="store_true",
+        help="let StreamJob pod templates have privileged containers, host namespaces and"
+        " ports, hostPath volumes, added capabilities and root (default: such a spec is"
+        " invalid)",
+    )
+    p.add_argument(
+        "--network-policy",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="give each StreamJob's pods NetworkPolicies (default: on)",
+    )
+    p.add_argument(
+        "--operator-namespace",
+        default=None,
+        help="the operator's namespace, whose pods may reach JobManagers' REST APIs"
+        " (default: $POD_NAMESPACE)",
+    )
+    p.add_argument(
+        "--rest-namespace",
+        action="append",
+        default=[],
+        help="another namespace whose pods may reach JobManagers' REST APIs (repeatable)",
+    )
+    p.add_argument(
+        "--metrics-namespace",
+        action="append",
+        default=[],
+        help="a namespace whose pods may scrape the job pods' metrics port (repeatable;"
+        " default: any)",
     )
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING... (default INFO)")
     return p
@@ -210,11 +258,19 @@ async def serve(args: argparse.Namespace) -> int:
             deletion_savepoint_timeout=args.deletion_savepoint_timeout,
             progress_check_interval=args.progress_check_interval,
             reconcile_interval=args.reconcile_interval,
+            allow_privileged_pods=args.allow_privileged_pods,
+            checkpoint_status_interval=args.checkpoint_status_interval,
         ),
         acting=actor.Settings(
             resolve=args.jobmanager_url_template,
             savepoint_mounts=tuple(args.savepoint_volume),
             instance=identity,
+            network=network.Settings(
+                enabled=args.network_policy,
+                operator_namespace=args.operator_namespace or os.environ.get("POD_NAMESPACE"),
+                rest_namespaces=tuple(args.rest_namespace),
+                metrics_namespaces=tuple(args.metrics_namespace),
+            ),
         ),
     )
     api = await kubernetes_client()

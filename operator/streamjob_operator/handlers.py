@@ -1,11 +1,15 @@
 """The kopf glue: StreamJob events become reconcile passes (the only module importing kopf).
 
-A pass (:meth:`Reconciler.reconcile`) reads the StreamJob afresh, observes its world
-(``observing``), plans (``planning.planner.plan``) and acts (``acting``). kopf decides
-when passes run:
+A pass (:meth:`Reconciler.reconcile`) reads the StreamJob afresh, makes or renews the
+job's CA, certificate and REST token (``acting.credentials``, which observing and acting
+use to call the JobManager), observes its world (``observing``), plans
+(``planning.planner.plan``) and acts (``acting``). kopf decides when passes run:
 
 - ``on.create``, ``on.update`` (the spec or metadata changed) and ``on.resume`` (the
   operator started, or became the leader, and finds the StreamJob) run a pass at once;
+- a change of one of its Deployments (kopf watches those the operator manages) makes
+  its next pass due at once, so a step waiting for a deletion or for readiness goes on
+  at the next timer tick;
 - a timer every ``Options.timer_interval`` seconds runs a pass when the last one asked
   to be looked at again by now (``RequeueAfter``), or when the last one failed and its
   retry delay is over: retries are scheduled, never slept;
@@ -44,8 +48,9 @@ from kubernetes_asyncio import client
 
 from streamjob_operator.acting import actor
 from streamjob_operator.api import models
+from streamjob_operator.desired import metadata
 from streamjob_operator.observing import observer, resource
-from streamjob_operator.planning import actions, configuration, planner
+from streamjob_operator.planning import actions, configuration, observed, planner
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +97,7 @@ class Metrics:
         )
         self.errors = prometheus_client.Counter(
             "streamjob_operator_reconcile_errors",
-            "Reconcile passes that failed, by stage (read, observe, plan, act).",
+            "Reconcile passes that failed, by stage (read, credentials, observe, plan, act).",
             ["stage"],
             registry=r,
         )
@@ -146,6 +151,16 @@ class PassFailed(Exception):
         self.delay = delay
 
 
+class Conflicted(PassFailed):
+    """A write of the pass met a newer resourceVersion (409): someone else (often kopf's
+    own bookkeeping) wrote first. Normal on a busy object: retried, not an error."""
+
+
+# A conflicted pass runs again at once (it reads afresh) this many times in all before it
+# is left to the timer (after ``conflict_delay``).
+CONFLICT_ATTEMPTS = 3
+
+
 def _utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
@@ -179,6 +194,8 @@ class Reconciler:
         self._locks: dict[str, asyncio.Lock] = {}
         self._due: dict[str, float] = {}
         self._disposed: dict[str, set[str]] = {}
+        self._kept_files: dict[str, set[str]] = {}
+        self._refused: dict[str, observed.Refusal] = {}
 
     def start(self) -> None:
         """kopf (re)starts: passes may run again (after :meth:`close`)."""
@@ -208,9 +225,21 @@ class Reconciler:
     def due(self, namespace: str, name: str) -> bool:
         return self._due.get(f"{namespace}/{name}", 0.0) <= time.monotonic()
 
+    def next_pass_in(self, namespace: str, name: str) -> float:
+        """Seconds until the StreamJob's next pass is due (0: due now or unknown)."""
+        return max(0.0, self._due.get(f"{namespace}/{name}", 0.0) - time.monotonic())
+
+    def wake(self, namespace: str, name: str) -> None:
+        """Something a StreamJob may wait for happened (one of its Deployments changed:
+        deleted, ready, gone): its next pass is due now, and the timer runs it. A
+        StreamJob no pass has seen yet is left to its create or resume pass."""
+        key = f"{namespace}/{name}"
+        if key in self._due:
+            self._due[key] = min(self._due[key], time.monotonic())
+
     def forget(self, namespace: str, name: str) -> None:
         key = f"{namespace}/{name}"
-        for memory in (self._due, self._disposed, self._locks):
+        for memory in (self._due, self._disposed, self._kept_files, self._refused, self._locks):
             memory.pop(key, None)
         self.metrics.lifecycle(key, None)
 
@@ -224,8 +253,15 @@ class Reconciler:
         async with lock:
             self.passes += 1
             self.metrics.reconciles.labels(trigger).inc()
-            with self.metrics.duration.time():
-                return await self._pass(key, namespace, name)
+            for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+                try:
+                    with self.metrics.duration.time():
+                        return await self._pass(key, namespace, name)
+                except Conflicted as e:
+                    if attempt == CONFLICT_ATTEMPTS:
+                        raise
+                    log.debug("StreamJob %s: %s; running the pass again", key, e)
+            raise AssertionError("unreachable")
 
     async def _pass(self, key: str, namespace: str, name: str) -> actor.Outcome | None:
         stage = "read"
@@ -236,13 +272,20 @@ class Reconciler:
             if streamjob is None:
                 self.forget(namespace, name)
                 return None
+            if acting is None:
+                raise Stopping("the operator is stopping")
+            stage = "credentials"
+            rest_credentials = await acting.credentials(streamjob)
             stage = "observe"
             seen = await observer.observe(
                 api,
                 streamjob,
                 resolve=self.options.acting.resolve,
                 disposed=self._disposed.get(key, set()),
+                kept_files=self._kept_files.get(key, set()),
+                refused=self._refused.get(key),
                 rest_timeout_s=self.options.rest_timeout_s,
+                credentials=rest_credentials,
             )
             stage = "plan"
             plan = planner.plan(
@@ -251,7 +294,7 @@ class Reconciler:
             stage = "act"
             if self._stopping or acting is None:
                 raise Stopping("the operator is stopping")
-            outcome = await acting.act(streamjob, plan)
+            outcome = await acting.act(streamjob, plan, rest_credentials)
         except Stopping as e:
             raise PassFailed(str(e), self.options.retry_delay) from None
         except Exception as e:  # the loop must not die: count, log, retry later
@@ -264,8 +307,12 @@ class Reconciler:
             reconcile = self.options.planning.reconcile_interval.total_seconds()
             self._schedule(key, outcome.requeue_after or reconcile)
             return outcome
+        if outcome.conflict:
+            self._schedule(key, self.options.conflict_delay)
+            raise Conflicted(outcome.error or "a write conflicted", self.options.conflict_delay)
         self.metrics.errors.labels("act").inc()
-        delay = self.options.conflict_delay if outcome.conflict else self.options.retry_delay
+        # A refused submission is planning's to report: the next pass shows it at once.
+        delay = self.options.conflict_delay if outcome.refused else self.options.retry_delay
         self._schedule(key, delay)
         log.warning("StreamJob %s: %s; retrying in %s s", key, outcome.error, delay)
         raise PassFailed(outcome.error or "acting failed", delay)
@@ -284,6 +331,15 @@ class Reconciler:
         history = {e.location for e in plan.status.savepointHistory}
         kept = {location for location in self._disposed.get(key, set()) if location in history}
         self._disposed[key] = kept | set(outcome.disposed)
+        self._kept_files[key] = {
+            location
+            for location in self._kept_files.get(key, set()) | set(outcome.kept_files)
+            if location in self._disposed[key]
+        }
+        if outcome.refused is not None:
+            self._refused[key] = outcome.refused
+        elif outcome.submitted:
+            self._refused.pop(key, None)
         status = plan.status if outcome.recorded else streamjob.status
         self.metrics.lifecycle(key, status.lifecycleState)
         log.debug(
@@ -318,6 +374,13 @@ async def _run_pass(
         )
     try:
         return await reconciler.reconcile(namespace, name, trigger)
+    except Conflicted as e:
+        if trigger == "delete":  # the deletion handler must not take this for done
+            raise kopf.TemporaryError(str(e), delay=e.delay) from None
+        # The timer runs the pass when due (scheduled): no kopf retry, no ERROR log, no
+        # Warning Event for what is normal on a busy object.
+        log.info("StreamJob %s/%s: %s; retrying in %s s", namespace, name, e, e.delay)
+        return None
     except PassFailed as e:
         raise kopf.TemporaryError(str(e), delay=e.delay) from None
 
@@ -345,6 +408,21 @@ def build_registry(reconciler: Reconciler, *, login: bool = False) -> kopf.Opera
 
     async def changed(*, name: str, namespace: str | None, reason: str, **_: Any) -> None:
         await _run_pass(reconciler, namespace or "", name, str(reason))
+
+    @kopf.on.event(
+        "apps",
+        "v1",
+        "deployments",
+        labels={metadata.MANAGED_BY_LABEL: metadata.MANAGER},
+        registry=registry,
+    )
+    def child_changed(*, body: kopf.Body, namespace: str | None, **_: Any) -> None:
+        """A JobManager or TaskManager Deployment changed: a step waiting for it (its
+        deletion, its readiness) goes on at the next timer tick, not a progress check
+        later."""
+        for owner in body.metadata.get("ownerReferences") or []:
+            if owner.get("kind") == models.KIND and owner.get("name"):
+                reconciler.wake(namespace or "", owner["name"])
 
     kopf.on.create(*resource_, id="reconcile-created", registry=registry)(changed)
     kopf.on.update(*resource_, id="reconcile-updated", registry=registry)(changed)

@@ -10,17 +10,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from streamjob_runtime import __version__, config, jobfile, logs
+from streamjob_runtime import __version__, config, jobfile, logs, security
 from streamjob_runtime.ha import services as ha_services
 
 if TYPE_CHECKING:  # the client (aiohttp) is imported lazily: process start-up stays fast
@@ -65,11 +67,51 @@ def local_cluster_info() -> dict[str, object] | None:
     return info
 
 
+@dataclass(frozen=True)
+class Target:
+    """A JobManager's REST address and what the CLI presents to and verifies it with."""
+
+    url: str
+    token: str | None = None
+    ca_file: str | None = None
+
+
+def _local_credentials(info: Mapping[str, object] | None) -> tuple[str | None, str | None]:
+    """The local cluster's REST token and CA file, if it has them."""
+    if not info:
+        return None, None
+    token = None
+    token_file, ca_file = info.get("token_file"), info.get("ca_file")
+    if isinstance(token_file, str):
+        try:
+            token = security.read_token(token_file)
+        except security.SecurityError:
+            token = None
+    return token, ca_file if isinstance(ca_file, str) else None
+
+
+def jobmanager_target(args: argparse.Namespace) -> Target:
+    """:func:`jobmanager_url` with credentials: --token/STREAMJOB_TOKEN and
+    --ca-file/STREAMJOB_CA_FILE, else those the local cluster wrote in its workdir."""
+    url = jobmanager_url(args)
+    local = local_cluster_info()
+    token, ca_file = _local_credentials(local)
+    if local is None or local.get("rest_url") != url:
+        token = ca_file = None
+    return Target(
+        url, getattr(args, "token", None) or token, getattr(args, "ca_file", None) or ca_file
+    )
+
+
 def jobmanager_url(args: argparse.Namespace) -> str:
-    """The REST address to talk to: --jobmanager, else the HA leader, else the local cluster."""
+    """The REST address to talk to: --jobmanager, else the HA leader, else the local cluster.
+
+    ``HOST:PORT`` means HTTPS (``http://`` with ``--insecure``)."""
     address: str | None = args.jobmanager
     if address:
-        return address if address.startswith("http") else f"http://{address}"
+        if address.startswith(("http://", "https://")):
+            return address
+        return f"{'http' if getattr(args, 'insecure', False) else 'https'}://{address}"
     if getattr(args, "ha", "none") != "none":
         return _ha_leader_url(args)
     info = local_cluster_info()
@@ -123,10 +165,82 @@ def _jobmanager_option(p: argparse.ArgumentParser) -> None:
         "--jobmanager",
         "-m",
         metavar="HOST:PORT",
-        help="REST address of the JobManager (default: the HA leader given --ha, else the"
-        " local cluster)",
+        help="REST address of the JobManager, https://HOST:PORT (default: the HA leader"
+        " given --ha, else the local cluster)",
+    )
+    p.add_argument(
+        "--token",
+        default=os.environ.get("STREAMJOB_TOKEN") or None,
+        help="the JobManager's REST bearer token (env STREAMJOB_TOKEN; default: the local"
+        " cluster's)",
+    )
+    p.add_argument(
+        "--ca-file",
+        default=os.environ.get("STREAMJOB_CA_FILE") or None,
+        metavar="FILE",
+        help="CA certificate (PEM) the JobManager's HTTPS certificate is verified with (env"
+        " STREAMJOB_CA_FILE; default: the local cluster's)",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="HOST:PORT means http:// (a JobManager started with --insecure); with `run`"
+        " and no cluster, the embedded cluster runs without TLS and REST token",
     )
     _ha_arguments(p.add_argument_group("finding the leader through HA"))
+
+
+def _process_security_arguments(p: argparse.ArgumentParser, role: str) -> None:
+    """The flags of the SECURITY-CONTRACT for ``streamjob jobmanager|taskmanager``."""
+    group = p.add_argument_group("security")
+    group.add_argument(
+        "--tls-dir",
+        default=os.environ.get("STREAMJOB_TLS_DIR") or None,
+        metavar="DIR",
+        help="ca.crt, tls.crt, tls.key: mutual TLS on every internal connection"
+        + (" and HTTPS for REST" if role == "jobmanager" else "")
+        + " (env STREAMJOB_TLS_DIR); required unless --insecure",
+    )
+    group.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow running without TLS"
+        + (" and REST token" if role == "jobmanager" else "")
+        + ": anyone who reaches the ports owns the job (local experiments only)",
+    )
+    if role == "jobmanager":
+        group.add_argument(
+            "--rest-token-file",
+            default=os.environ.get("STREAMJOB_REST_TOKEN_FILE") or None,
+            metavar="FILE",
+            help="the bearer token every REST request must carry (env"
+            " STREAMJOB_REST_TOKEN_FILE); required unless --insecure",
+        )
+    group.add_argument(
+        "--job-roots",
+        default=":".join(security.DEFAULT_JOB_ROOTS),
+        metavar="DIR[:DIR...]",
+        help="job files only from these directories (module names are always allowed);"
+        " default %(default)s",
+    )
+    group.add_argument(
+        "--storage-roots",
+        default=None,
+        metavar="DIR[:DIR...]",
+        help="savepoint targets and restore paths only inside these (local directories or"
+        " s3://bucket/prefix)"
+        + (
+            " (default: the checkpoint and savepoint directories)"
+            if role == "jobmanager"
+            else " (default: anywhere; the JobManager checks them)"
+        ),
+    )
+    group.add_argument(
+        "--metrics-port",
+        type=int,
+        default=9249,
+        help="plain, unauthenticated HTTP port for /metrics, /healthz, /readyz (probes)",
+    )
 
 
 def _ha_arguments(group: argparse._ArgumentGroup) -> None:
@@ -219,12 +333,35 @@ def parser() -> argparse.ArgumentParser:
     cl.add_argument("--taskmanagers", type=int, default=2)
     cl.add_argument("--slots", type=int, default=1)
     cl.add_argument("--workdir", default=None)
+    cl.add_argument(
+        "--insecure", action="store_true", help="no TLS and no REST token (local experiments)"
+    )
+    cl.add_argument(
+        "--job-roots",
+        default=None,
+        metavar="DIR[:DIR...]",
+        help="job files only from these (default: the current directory and the examples)",
+    )
+    cl.add_argument(
+        "--storage-roots",
+        default=None,
+        metavar="DIR[:DIR...]",
+        help="savepoints only inside these (default: the workdir, the current directory and"
+        " the temporary directory)",
+    )
 
     ha_options = argparse.ArgumentParser(add_help=False)
     _ha_arguments(ha_options.add_argument_group("high availability"))
 
     jm = sub.add_parser("jobmanager", help="start a JobManager process", parents=[ha_options])
-    jm.add_argument("--host", default="127.0.0.1")
+    jm.add_argument(
+        "--host", default="127.0.0.1", help="the address TaskManagers and clients reach us at"
+    )
+    jm.add_argument(
+        "--bind-host",
+        default=None,
+        help="the address to listen on (default: --host), e.g. 0.0.0.0 for every interface",
+    )
     jm.add_argument("--rpc-port", type=int, default=6123)
     jm.add_argument("--rest-port", type=int, default=8081)
     jm.add_argument("--checkpoint-dir", required=True)
@@ -235,6 +372,7 @@ def parser() -> argparse.ArgumentParser:
     jm.add_argument("--ready-file", default=None, help="write the bound ports here once ready")
 
     jm.add_argument("--identity", default=None, help="this JobManager's name in elections")
+    _process_security_arguments(jm, "jobmanager")
 
     tm = sub.add_parser("taskmanager", help="start a TaskManager process", parents=[ha_options])
     tm.add_argument(
@@ -244,6 +382,7 @@ def parser() -> argparse.ArgumentParser:
     tm.add_argument("--host", default="127.0.0.1", help="address other TaskManagers reach us at")
     tm.add_argument("--data-port", type=int, default=0)
     tm.add_argument("--id", default=None)
+    _process_security_arguments(tm, "taskmanager")
     return p
 
 
@@ -260,7 +399,14 @@ def main(argv: list[str] | None = None) -> None:
 
         logs.setup(f"taskmanager {args.id or ''}".strip())
         executor.main(
-            args.jobmanager, _ha_config(args), args.slots, args.host, args.data_port, args.id
+            args.jobmanager,
+            _ha_config(args),
+            args.slots,
+            args.host,
+            args.data_port,
+            args.id,
+            _settings(args, None),
+            args.metrics_port,
         )
         return
     if args.command == "run" and args.args[:1] == ["--"]:
@@ -305,6 +451,7 @@ def _jobmanager(args: argparse.Namespace) -> None:
                 raise config.ConfigError(f"{flag}: {e}") from None
     except config.ConfigError as e:
         raise SystemExit(f"streamjob jobmanager: {e}") from None
+    roots = [args.checkpoint_dir, *([args.savepoint_dir] if args.savepoint_dir else [])]
     code = asyncio.run(
         dispatcher.serve(
             cluster_config,
@@ -314,9 +461,52 @@ def _jobmanager(args: argparse.Namespace) -> None:
             args.ready_file,
             _ha_config(args),
             args.identity,
+            _settings(args, roots),
+            args.metrics_port,
+            args.bind_host,
         )
     )
     sys.exit(code)
+
+
+def _settings(args: argparse.Namespace, storage_default: list[str] | None) -> security.Settings:
+    """The process's security settings; exits naming the flag when one is missing or bad."""
+    jobmanager = args.command == "jobmanager"
+    try:
+        tls = security.TlsFiles.load(args.tls_dir) if args.tls_dir else None
+        token_file = getattr(args, "rest_token_file", None)
+        token = security.read_token(token_file) if token_file else None
+    except security.SecurityError as e:
+        raise SystemExit(f"streamjob {args.command}: {e}") from None
+    if not args.insecure:
+        if tls is None:
+            raise SystemExit(
+                f"streamjob {args.command}: give --tls-dir DIR (or STREAMJOB_TLS_DIR) holding"
+                " ca.crt, tls.crt and tls.key: every internal connection is mutual TLS. Pass"
+                " --insecure to run without it (local experiments only)"
+            )
+        if jobmanager and token is None:
+            raise SystemExit(
+                "streamjob jobmanager: give --rest-token-file FILE (or"
+                " STREAMJOB_REST_TOKEN_FILE): every REST request must carry its bearer token."
+                " Pass --insecure to run without it (local experiments only)"
+            )
+    else:
+        logs.event(
+            logging.getLogger("streamjob_runtime.security"),
+            "security_disabled",
+            logging.WARNING,
+            tls=tls is not None,
+            rest_token=token is not None,
+            warning="--insecure: anyone who reaches this process's ports can run code in it",
+        )
+    storage = security.split_roots(args.storage_roots) if args.storage_roots else None
+    return security.Settings(
+        tls=tls,
+        rest_token=token,
+        job_roots=security.split_roots(args.job_roots),
+        storage_roots=storage or (tuple(storage_default) if storage_default else None),
+    )
 
 
 def _ha_config(args: argparse.Namespace) -> ha_services.HaConfig:
@@ -337,18 +527,30 @@ def _ha_config(args: argparse.Namespace) -> ha_services.HaConfig:
     return cfg
 
 
-def _rest(url: str, fn: Callable[[JobManagerClient], Awaitable[int]]) -> int:
-    """Run ``fn(client)`` against the JobManager at ``url``, mapping errors to exit codes."""
+def _rest(target: Target, fn: Callable[[JobManagerClient], Awaitable[int]]) -> int:
+    """Run ``fn(client)`` against the JobManager at ``target``, mapping errors to exit codes."""
+    import aiohttp
+
     from streamjob_runtime.api import client
 
+    url = target.url
+
     async def go() -> int:
-        async with client.JobManagerClient(url) as c:
+        async with client.JobManagerClient(url, token=target.token, ca_file=target.ca_file) as c:
             return await fn(c)
 
     try:
         return asyncio.run(go())
     except client.RestError as e:
+        if e.status in (401, 403):
+            raise CliError(e.message, EXIT_USAGE) from None
         raise CliError(e.message, EXIT_USAGE if e.status < 500 else EXIT_FAILED) from None
+    except aiohttp.ClientConnectorCertificateError as e:
+        raise CliError(
+            f"the JobManager at {url} presented a certificate this CLI cannot verify"
+            f" ({e.certificate_error}); give its CA with --ca-file or STREAMJOB_CA_FILE",
+            EXIT_UNREACHABLE,
+        ) from None
     except OSError as e:
         raise CliError(f"cannot reach the JobManager at {url}: {e}", EXIT_UNREACHABLE) from None
 
@@ -391,7 +593,7 @@ def savepoint(args: argparse.Namespace) -> int:
         request = await c.trigger_savepoint(args.job_id, args.directory)
         return await _await_savepoint(c, args.job_id, request, "savepoint")
 
-    return _rest(jobmanager_url(args), go)
+    return _rest(jobmanager_target(args), go)
 
 
 def stop(args: argparse.Namespace) -> int:
@@ -399,7 +601,7 @@ def stop(args: argparse.Namespace) -> int:
         request = await c.stop(args.job_id, args.savepoint_dir, args.drain)
         return await _await_savepoint(c, args.job_id, request, "stop-with-savepoint")
 
-    return _rest(jobmanager_url(args), go)
+    return _rest(jobmanager_target(args), go)
 
 
 def cancel(args: argparse.Namespace) -> int:
@@ -411,7 +613,7 @@ def cancel(args: argparse.Namespace) -> int:
         request = await c.trigger_savepoint(args.job_id, args.savepoint or None, cancel_job=True)
         return await _await_savepoint(c, args.job_id, request, "cancel-with-savepoint")
 
-    return _rest(jobmanager_url(args), go)
+    return _rest(jobmanager_target(args), go)
 
 
 def list_jobs(args: argparse.Namespace) -> int:
@@ -424,7 +626,7 @@ def list_jobs(args: argparse.Namespace) -> int:
             print(f"{j.jid}  {j.state.value:<11} {started}  restarts={j.restarts}  {j.name}")
         return EXIT_OK
 
-    return _rest(jobmanager_url(args), go)
+    return _rest(jobmanager_target(args), go)
 
 
 def info(args: argparse.Namespace) -> int:
@@ -432,7 +634,7 @@ def info(args: argparse.Namespace) -> int:
         print((await c.job(args.job_id)).model_dump_json(indent=2))
         return EXIT_OK
 
-    return _rest(jobmanager_url(args), go)
+    return _rest(jobmanager_target(args), go)
 
 
 def cluster(args: argparse.Namespace) -> int:
@@ -463,7 +665,10 @@ def cluster(args: argparse.Namespace) -> int:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "streamjob_runtime.cli", "cluster", "run",
                  "--taskmanagers", str(args.taskmanagers), "--slots", str(args.slots),
-                 "--workdir", str(workdir)],
+                 "--workdir", str(workdir),
+                 *(["--insecure"] if args.insecure else []),
+                 *(["--job-roots", args.job_roots] if args.job_roots else []),
+                 *(["--storage-roots", args.storage_roots] if args.storage_roots else [])],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )  # fmt: skip
@@ -493,11 +698,20 @@ def _run_cluster(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     workdir = Path(args.workdir)
-    with LocalCluster(workdir, taskmanagers=args.taskmanagers, slots=args.slots) as local:
+    local = LocalCluster(
+        workdir,
+        taskmanagers=args.taskmanagers,
+        slots=args.slots,
+        insecure=args.insecure,
+        job_roots=security.split_roots(args.job_roots) or None,
+        storage_roots=security.split_roots(args.storage_roots) or None,
+    )
+    with local:
         tmp = cluster_file().with_suffix(".tmp")
-        tmp.write_text(
-            json.dumps({"rest_url": local.rest_url, "pid": os.getpid(), "workdir": str(workdir)})
-        )
+        info = {"rest_url": local.rest_url, "pid": os.getpid(), "workdir": str(workdir)}
+        if not args.insecure:
+            info.update(token_file=str(local.token_file), ca_file=str(local.ca_file))
+        tmp.write_text(json.dumps(info))
         tmp.replace(cluster_file())
         while not stopping:
             time.sleep(0.1)
@@ -528,7 +742,7 @@ def run(args: argparse.Namespace) -> int:
         allow_non_restored_state=args.allow_non_restored_state,
     )
     if args.jobmanager or args.ha != "none" or local_cluster_info() is not None:
-        return _submit_and_follow(jobmanager_url(args), submission, env, args.detached)
+        return _submit_and_follow(jobmanager_target(args), submission, env, args.detached)
     if args.detached:
         raise CliError(
             "--detached needs a cluster that outlives the command: start one with"
@@ -538,7 +752,13 @@ def run(args: argparse.Namespace) -> int:
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="streamjob-"))
     count = args.taskmanagers or -(-graph.slots_needed // args.slots)
-    local = LocalCluster(workdir, taskmanagers=count, slots=args.slots)
+    local = LocalCluster(
+        workdir,
+        taskmanagers=count,
+        slots=args.slots,
+        insecure=args.insecure,
+        job_roots=_local_job_roots(args.job),
+    )
     print(
         f"local cluster: 1 JobManager, {count} TaskManager(s) x {args.slots} slot(s);"
         f" logs in {workdir / 'logs'}"
@@ -548,13 +768,29 @@ def run(args: argparse.Namespace) -> int:
     except ClusterError as e:
         raise CliError(str(e), EXIT_FAILED) from None
     try:
-        return _submit_and_follow(local.rest_url, submission, env, detached=False)
+        target = Target(local.rest_url, local.token, str(local.ca_file) if local.ca_file else None)
+        return _submit_and_follow(target, submission, env, detached=False)
     finally:
         local.stop()
 
 
+def _local_job_roots(job: str) -> list[str]:
+    """An embedded cluster's job roots: the current directory, the examples, and the
+    job file's own directory."""
+    roots = [os.getcwd()]
+    examples = Path(__file__).resolve().parent.parent.parent / "examples"
+    if examples.is_dir():
+        roots.append(str(examples))
+    if jobfile.is_path(job):
+        roots.append(os.path.dirname(os.path.abspath(job)))
+    return roots
+
+
 def _submit_and_follow(
-    url: str, submission: models.JobSubmission, env: StreamExecutionEnvironment, detached: bool
+    target: Target,
+    submission: models.JobSubmission,
+    env: StreamExecutionEnvironment,
+    detached: bool,
 ) -> int:
     from streamjob_runtime.api import models
 
@@ -603,7 +839,7 @@ def _submit_and_follow(
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        return _rest(url, go)
+        return _rest(target, go)
     finally:
         signal.signal(signal.SIGINT, previous)
 

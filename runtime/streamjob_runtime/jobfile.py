@@ -13,9 +13,10 @@ import importlib.util
 import os
 import sys
 import traceback
+from collections.abc import Sequence
 from types import ModuleType
 
-from streamjob_runtime import config, datastream
+from streamjob_runtime import config, datastream, security
 from streamjob_runtime.graph import jobgraph
 
 
@@ -23,8 +24,41 @@ class JobFileError(ValueError):
     """The job cannot be loaded; the message says what to fix."""
 
 
+class EntrypointNotAllowed(JobFileError):
+    """The entrypoint lies outside the allowed job roots (HTTP 403)."""
+
+
+def is_path(entrypoint: str) -> bool:
+    """A file path (as opposed to a module name)."""
+    return entrypoint.endswith(".py") or os.sep in entrypoint
+
+
+def check_allowed(entrypoint: str, job_roots: Sequence[str] | None) -> None:
+    """Refuse a job file outside ``job_roots`` (None: any file), and a module name that
+    is not a dotted Python identifier.
+
+    Module names resolve on the process's own Python path (the installed packages
+    and the image's job directories), so they name code already on the node.
+    """
+    if not is_path(entrypoint):
+        if not all(part.isidentifier() for part in entrypoint.split(".")):
+            raise JobFileError(
+                f"job {entrypoint!r} is neither a .py path nor a module name (dotted"
+                " identifiers); give one or the other"
+            )
+        return
+    if job_roots is None or security.within(entrypoint, job_roots):
+        return
+    roots = ", ".join(job_roots) or "none"
+    raise EntrypointNotAllowed(
+        f"job file {entrypoint} is outside the allowed job roots ({roots}); put it in one"
+        " of them, give a module name, or start the JobManager and TaskManagers with"
+        " --job-roots naming its directory"
+    )
+
+
 def _import(entrypoint: str) -> ModuleType:
-    if entrypoint.endswith(".py") or os.sep in entrypoint:
+    if is_path(entrypoint):
         path = os.path.abspath(entrypoint)
         if not os.path.isfile(path):
             raise JobFileError(f"job file {entrypoint} does not exist; check the path")

@@ -3,6 +3,11 @@
 Like a Kubernetes Deployment, the cluster's supervisor starts a new
 TaskManager when one dies (unless told not to), so a killed TaskManager is
 replaced and the job recovers onto it.
+
+Secure by default, with no set-up: the cluster makes an ephemeral CA and
+certificate (``<workdir>/tls/``: every internal connection is mutual TLS, REST
+is HTTPS) and a REST token (``<workdir>/rest-token``), which the CLI finds
+there; ``insecure=True`` turns both off.
 """
 
 from __future__ import annotations
@@ -12,13 +17,24 @@ import ctypes
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from streamjob_runtime import security
+
+if TYPE_CHECKING:  # aiohttp is imported by the client only when used
+    from streamjob_runtime.api import client as rest_client
+
+EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
 
 
 class ClusterError(RuntimeError):
@@ -47,10 +63,16 @@ class _JobManager:
     ready_file: Path
     rpc_port: int = 0
     rest_port: int = 0
+    metrics_port: int = 0
+    scheme: str = "https"
 
     @property
     def rest_url(self) -> str:
-        return f"http://127.0.0.1:{self.rest_port}"
+        return f"{self.scheme}://127.0.0.1:{self.rest_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}"
 
 
 @dataclass
@@ -60,6 +82,11 @@ class LocalCluster:
     With ``ha`` (etcd), ``jobmanagers`` JobManagers run as leader and standbys,
     TaskManagers find the leader through etcd, and the supervisor restarts a
     JobManager that exits (one that lost leadership exits by design).
+
+    ``job_roots`` (default: the current directory and the examples) and
+    ``storage_roots`` (default: the work directory, the current directory, the
+    temporary directory and the checkpoint and savepoint locations) are passed to
+    every process; ``insecure`` runs without TLS and REST token.
     """
 
     workdir: Path
@@ -73,9 +100,21 @@ class LocalCluster:
     extra_env: dict[str, str] = field(default_factory=dict)
     jobmanagers: int = 1
     ha: list[str] = field(default_factory=list)  # --ha ... arguments for every process
+    insecure: bool = False
+    job_roots: Sequence[str] | None = None
+    storage_roots: Sequence[str] | None = None
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
+        self.tls_dir = self.workdir / "tls"
+        self.token_file = self.workdir / security.TOKEN_FILE
+        self.token: str | None = None
+        if self.job_roots is None:
+            self.job_roots = [os.getcwd(), *([str(EXAMPLES)] if EXAMPLES.is_dir() else [])]
+        if self.storage_roots is None:
+            self.storage_roots = [str(self.workdir), os.getcwd(), tempfile.gettempdir()]
+            # The cluster's own checkpoint and savepoint locations (s3:// URLs included).
+            self.storage_roots += [str(d) for d in (self.checkpoint_dir, self.savepoint_dir) if d]
         self.log_dir = self.workdir / "logs"
         self.checkpoint_dir = self.checkpoint_dir or self.workdir / "checkpoints"
         if isinstance(self.checkpoint_dir, str) and "://" not in self.checkpoint_dir:
@@ -115,6 +154,42 @@ class LocalCluster:
             )
         return _Process(name, popen, log_path)
 
+    @property
+    def ca_file(self) -> Path | None:
+        """The CA that signed the cluster's certificate (None when insecure)."""
+        return None if self.insecure else self.tls_dir / security.CA_FILE
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """What a REST client verifies the JobManager's certificate with."""
+        if self.ca_file is None:
+            return None
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+    def client(self, timeout_s: float = 30.0) -> rest_client.JobManagerClient:
+        """A REST client of the leading JobManager, with the cluster's token and CA."""
+        from streamjob_runtime.api import client
+
+        return client.JobManagerClient(
+            self.rest_url, timeout_s=timeout_s, token=self.token, ssl=self.ssl_context()
+        )
+
+    def _make_credentials(self) -> None:
+        if self.insecure:
+            return
+        security.write_credentials(self.tls_dir)
+        self.token = security.new_token()
+        security.write_token(self.token_file, self.token)
+
+    def _security_args(self, role: str) -> list[str]:
+        roots = ["--job-roots", ":".join(self.job_roots or [])]
+        roots += ["--storage-roots", ":".join(self.storage_roots or [])]
+        if self.insecure:
+            return ["--insecure", *roots]
+        args = ["--tls-dir", str(self.tls_dir), *roots]
+        if role == "jobmanager":
+            args += ["--rest-token-file", str(self.token_file)]
+        return args
+
     def _spawn_jobmanager(self) -> _JobManager:
         self.jm_spawned += 1
         n = self.jm_spawned
@@ -124,6 +199,8 @@ class LocalCluster:
             "jobmanager",
             "--rpc-port", "0",
             "--rest-port", "0",
+            "--metrics-port", "0",
+            *self._security_args("jobmanager"),
             "--checkpoint-dir", str(self.checkpoint_dir),
             "--savepoint-dir", str(self.savepoint_dir or self.workdir / "savepoints"),
             "--heartbeat-interval", str(self.heartbeat_interval_ms),
@@ -133,7 +210,9 @@ class LocalCluster:
             *self.ha,
         ]  # fmt: skip
         name = "jobmanager" if not self.ha else f"jobmanager-{n}"
-        return _JobManager(self._spawn(name, args), ready)
+        return _JobManager(
+            self._spawn(name, args), ready, scheme="http" if self.insecure else "https"
+        )
 
     def _await_ready(self, jm: _JobManager, deadline: float) -> None:
         while not jm.ready_file.exists():
@@ -147,10 +226,12 @@ class LocalCluster:
             time.sleep(0.02)
         info = json.loads(jm.ready_file.read_text())
         jm.rpc_port, jm.rest_port = info["rpc_port"], info["rest_port"]
+        jm.metrics_port = info["metrics_port"]
 
     def start(self, timeout_s: float = 30.0) -> LocalCluster:
         self.workdir.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + timeout_s
+        self._make_credentials()
         try:
             self.jms = [self._spawn_jobmanager() for _ in range(self.jobmanagers)]
             for jm in self.jms:
@@ -174,8 +255,10 @@ class LocalCluster:
         url = self.leader_rest_url()
         if url is None:
             return 0
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        request = urllib.request.Request(f"{url}/overview", headers=headers)
         try:
-            with urllib.request.urlopen(f"{url}/overview", timeout=5) as resp:
+            with urllib.request.urlopen(request, timeout=5, context=self.ssl_context()) as resp:
                 return int(json.load(resp)["taskmanagers"])
         except OSError:
             return 0
@@ -186,7 +269,17 @@ class LocalCluster:
         where = self.ha if self.ha else ["--jobmanager", f"127.0.0.1:{self.jms[0].rpc_port}"]
         return self._spawn(
             name,
-            ["taskmanager", *where, "--slots", str(self.slots), "--id", f"tm-{self.spawned}"],
+            [
+                "taskmanager",
+                *where,
+                "--slots",
+                str(self.slots),
+                "--id",
+                f"tm-{self.spawned}",
+                "--metrics-port",
+                "0",
+                *self._security_args("taskmanager"),
+            ],
         )
 
     def _supervise(self) -> None:
@@ -208,15 +301,16 @@ class LocalCluster:
     # -- addresses -----------------------------------------------------------------------
 
     def leader_rest_url(self) -> str | None:
-        """The REST address of the leading JobManager (the one whose /readyz says ready)."""
+        """The REST address of the leading JobManager (the one whose /readyz names it the
+        leader; a ready standby says ``standby``)."""
         for jm in list(self.jms):
             if not jm.rest_port or jm.process.popen.poll() is not None:
                 continue
-            try:
-                with urllib.request.urlopen(f"{jm.rest_url}/readyz", timeout=2) as resp:
-                    if resp.status == 200:
+            try:  # the plain metrics port: no token or TLS needed to ask
+                with urllib.request.urlopen(f"{jm.metrics_url}/readyz", timeout=2) as resp:
+                    if resp.status == 200 and json.load(resp).get("role") == "leader":
                         return jm.rest_url
-            except OSError:
+            except (OSError, ValueError):
                 continue
         return None
 

@@ -36,6 +36,7 @@ import pytest
 import yaml
 
 from streamjob_operator import __main__ as operator_main
+from streamjob_operator import handlers
 from streamjob_operator.api import crd, models
 from streamjob_operator.desired import children, ha, metadata, rbac, target
 from tests.kube import KubeEmulator, fixtures
@@ -66,6 +67,7 @@ NON_DEFAULT: Doc = {
     "leaderElection": {"leaseName": "sj-leader", "leaseDuration": 30, "renewDeadline": 20,
                        "retryPeriod": 4},
     "operator": {"logLevel": "DEBUG", "reconcileInterval": "30s", "progressCheckInterval": "2s",
+                 "checkpointStatusInterval": "1m",
                  "savepointOnDeletion": True, "deletionSavepointTimeout": "2m"},
     "savepointVolumes": [
         {"mountPath": "/data",
@@ -73,6 +75,9 @@ NON_DEFAULT: Doc = {
         {"mountPath": "/archive", "subPath": "savepoints", "volume": {"nfs": {
             "server": "nfs.example.com", "path": "/exports"}}},
     ],
+    "networkPolicy": {"enabled": False, "restNamespaces": ["tools", "ci"],
+                      "metricsNamespaces": ["monitoring"]},
+    "podTemplate": {"allowPrivileged": True},
     "metrics": {"port": 9090, "serviceMonitor": {"enabled": True, "interval": "15s",
                                                  "labels": {"release": "prometheus"}}},
     "resources": {"requests": {"cpu": "50m", "memory": "200Mi"},
@@ -496,6 +501,10 @@ def operator_needs(namespace: str) -> list[Request]:
           ("get", "list", "watch", "patch")),
         *(Request("streamjob.dev", "streamjobs/status", v, namespace) for v in ("get", "patch")),
         Request("", "events", "create", namespace),
+        # the job's CA, certificate and REST token Secrets (acting.credentials), by name
+        *(Request("", "secrets", v, namespace) for v in ("get", "create", "update")),
+        # kopf watches the Deployments it manages (a step goes on at their changes)
+        *(Request("apps", "deployments", v, namespace) for v in ("list", "watch")),
     ]  # fmt: skip
     # the children it applies and deletes: every kind the desired builders render
     job = target.StreamJob("wordcount", namespace, "uid-1", highly_available_spec())
@@ -592,15 +601,22 @@ def test_watching_some_namespaces_the_operator_may_act_only_there(
     assert "--lease-name=sj-leader" in operator_container(docs)["args"]
 
 
-def test_no_wildcards_secrets_or_escalation(helm: str, values_args: tuple[str, ...]) -> None:
+def test_no_wildcards_escalation_or_secrets_beyond_get_create_update(
+    helm: str, values_args: tuple[str, ...]
+) -> None:
     docs = render(helm, *values_args)
     rules = [r for d in docs if d["kind"] in ("Role", "ClusterRole") for r in d["rules"]]
     assert rules
+    secret_verbs: set[str] = set()
     for rule in rules:
         for field in ("apiGroups", "resources", "verbs"):
             assert "*" not in rule[field], rule
         assert not {"escalate", "bind", "impersonate", "deletecollection"} & set(rule["verbs"])
-        assert "secrets" not in rule["resources"]
+        if "secrets" in rule["resources"]:
+            assert rule["resources"] == ["secrets"], rule  # a rule of their own
+            secret_verbs |= set(rule["verbs"])
+    # exactly what acting.credentials does: never list, watch or delete another's Secrets
+    assert secret_verbs == {"get", "create", "update"}
 
 
 def test_every_rule_says_why(helm: str, values_args: tuple[str, ...]) -> None:
@@ -644,8 +660,10 @@ def test_the_default_flags_are_exact_and_the_operator_parses_them(helm: str) -> 
         "--metrics-port=8080",
         "--reconcile-interval=60s",
         "--progress-check-interval=5s",
+        "--checkpoint-status-interval=15s",
         "--deletion-savepoint-timeout=5m",
         "--log-level=INFO",
+        "--network-policy",
     ]
     args = operator_main.parser().parse_args(
         _expand(container["args"], {"POD_NAMESPACE": NAMESPACE})
@@ -654,6 +672,9 @@ def test_the_default_flags_are_exact_and_the_operator_parses_them(helm: str) -> 
     assert (args.lease_name, args.lease_namespace) == (RELEASE, NAMESPACE)
     assert args.savepoint_on_deletion is False
     assert args.savepoint_volume == []
+    assert args.network_policy is True
+    assert (args.rest_namespace, args.metrics_namespace) == ([], [])
+    assert args.allow_privileged_pods is False
     env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
     assert env == {"POD_NAMESPACE": "metadata.namespace", "POD_NAME": "metadata.name"}
 
@@ -673,7 +694,12 @@ def test_the_non_default_flags_reach_the_operator(helm: str, non_default_file: P
     assert args.deletion_savepoint_timeout.total_seconds() == 120
     assert args.reconcile_interval.total_seconds() == 30
     assert args.progress_check_interval.total_seconds() == 2
+    assert args.checkpoint_status_interval.total_seconds() == 60
     assert args.savepoint_volume == [Path("/data"), Path("/archive")]
+    assert args.network_policy is False
+    assert args.rest_namespace == ["tools", "ci"]
+    assert args.metrics_namespace == ["monitoring"]
+    assert args.allow_privileged_pods is True
     # each savepoint volume mounted where the flag says
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
@@ -831,6 +857,16 @@ def test_notes_say_what_to_do_next(helm: str) -> None:
     assert f"kubectl -n {NAMESPACE} port-forward svc/{RELEASE}-metrics 8080" in notes
     for example in ("storage.yaml", "streamjob-stateless.yaml"):
         assert (ROOT / "examples" / example).is_file(), f"NOTES.txt names examples/{example}"
+    # the image NOTES names is the one the examples use (and the chart's own default)
+    (image,) = {
+        doc["spec"]["image"]
+        for path in (ROOT / "examples").glob("streamjob-*.yaml")
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc and doc.get("kind") == "StreamJob"
+    }
+    named = re.findall(r"the examples use\s+(\S+?)\s", notes)
+    assert named == [image], named
+    assert f"docker build -t {image} ." in notes
 
 
 def _leaves(values: Doc, prefix: str = "") -> list[str]:
@@ -854,3 +890,25 @@ def test_the_chart_readme_lists_every_value() -> None:
     assert undocumented == []
     unknown = [d for d in documented if not any(v == d or v.startswith(f"{d}.") for v in values)]
     assert unknown == []
+
+
+def test_the_operators_usage_names_the_command_the_chart_runs(helm: str) -> None:
+    deployment = next(d for d in render(helm) if d["kind"] == "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["streamjob-operator"]
+    usage = operator_main.parser().format_usage()
+    assert usage.startswith("usage: streamjob-operator "), usage
+
+
+def test_the_troubleshooting_commands_name_the_real_lease_and_finalizer(helm: str) -> None:
+    """The README's Troubleshooting says how to drop the Lease a `helm uninstall` leaves and
+    the finalizer that holds a StreamJob with no operator: with the names the chart and the
+    operator really use (the README installs the release `streamjob` in `streamjob`)."""
+    readme = (ROOT / "README.md").read_text()
+    assert "helm install streamjob charts/streamjob-operator -n streamjob" in readme
+    container = operator_container(render(helm, release="streamjob"))
+    (lease_flag,) = [a for a in container["args"] if a.startswith("--lease-name=")]
+    lease = lease_flag.partition("=")[2]
+    assert f"kubectl delete lease -n streamjob {lease}`" in readme, lease
+    assert f"finalizer `{handlers.FINALIZER}`" in readme
+    assert """-p '{"metadata":{"finalizers":null}}'""" in readme

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import posixpath
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -253,3 +254,33 @@ def test_the_checks_fail_a_broken_volume_claim() -> None:
     (claim,) = documents(ROOT / "examples" / "storage.yaml")
     claim["spec"]["accessModes"] = "ReadWriteOnce"  # not a list
     assert kubernetes_problems(claim) != []
+
+
+def test_the_readmes_kubectl_selectors_pick_the_pods_of_every_colour() -> None:
+    """The README's verify and log commands pick pods by label, not by Deployment name:
+    after a blue-green switch the Deployments are NAME-blue-* or NAME-green-*."""
+    readme = (ROOT / "README.md").read_text()
+    assert "deploy/" not in readme  # a Deployment name misses the coloured ones
+    selectors = re.findall(r"-l (app\.kubernetes\.io/instance=[\w./=,-]+)", readme)
+    assert selectors, "the README's kubectl commands select pods by label"
+    (doc,) = documents(ROOT / "examples" / "streamjob-savepoint-upgrade.yaml")
+    spec = models.StreamJobSpec.model_validate(doc["spec"])
+    name = doc["metadata"]["name"]
+    job = target.StreamJob(name, "default", "00000000-0000-0000-0000-000000000000", spec)
+    for selector in selectors:
+        wanted = dict(pair.split("=", 1) for pair in selector.split(","))
+        wanted["app.kubernetes.io/instance"] = wanted["app.kubernetes.io/instance"].replace(
+            "NAME", name
+        )
+        for where in (
+            target.DeploymentTarget(),
+            target.DeploymentTarget(color=target.Color.BLUE),
+            target.DeploymentTarget(color=target.Color.GREEN),
+        ):
+            pods = [
+                m["spec"]["template"]["metadata"]["labels"]
+                for m in children.children(job, where)
+                if m["kind"] == "Deployment"
+            ]
+            matching = [p for p in pods if wanted.items() <= p.items()]
+            assert len(matching) == 1, (selector, where, pods)

@@ -48,9 +48,11 @@ def test_killed_leader_is_replaced_by_a_standby_and_the_output_is_exact(
     recovered = events(h, "job_recovered")
     assert recovered
     assert recovered[0]["job_id"] == job
-    # Clients find the new leader through the HA metadata too.
+    # Clients find the new leader through the HA metadata too (its https:// address;
+    # the job's CA and token given as a client outside the cluster gives them).
+    credentials = ["--ca-file", str(h.cluster.ca_file), "--token", str(h.cluster.token)]
     listed = subprocess.run(
-        [sys.executable, "-m", "streamjob_runtime.cli", "list", *ha_args(etcd)],
+        [sys.executable, "-m", "streamjob_runtime.cli", "list", *ha_args(etcd), *credentials],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert listed.returncode == 0, listed.stderr
@@ -182,3 +184,75 @@ def test_bad_ha_settings_are_refused_at_start(
     )  # fmt: skip
     assert result.returncode != 0
     assert message in result.stderr
+
+
+TRIGGER = "5f0c1d2e3a4b5c6d7e8f90a1b2c3d4e5"
+
+
+def test_a_stop_with_savepoint_is_answered_by_the_next_leader_and_restores_exactly(
+    cluster_factory: Callable[..., Harness], tmp_path: Path, etcd: Etcd
+) -> None:
+    h = cluster_factory(taskmanagers=1, slots=2, jobmanagers=2, ha=ha_args(etcd))
+    out = tmp_path / "out"
+    job = h.submit("keyed_sum", args(out), parallelism=2)
+    h.wait_for("5000 source records", lambda: h.source_records(job) >= 5_000)
+    h.wait_for("a checkpoint", lambda: h.checkpoints(job).counts.completed >= 1)
+    savepoints = str(tmp_path / "savepoints")
+    h._call(lambda c: c.stop(job, savepoints, trigger_id=TRIGGER))
+    stopped = h.wait_savepoint(job, TRIGGER)
+    assert stopped.status is models.SavepointStatus.COMPLETED, stopped.failure_cause
+    assert h.wait_terminal(job).state is models.JobStatus.FINISHED
+    leader = h.cluster.leader_pid()
+    h.cluster.kill_jobmanager(h.cluster.leader_index())
+    h.wait_for("a new leader", lambda: h.cluster.leader_pid() != leader)
+    # The job ended under the previous leader; its stop is still answered, by trigger id.
+    assert h.savepoint_info(job, TRIGGER) == stopped
+    restored = h.submit("keyed_sum", args(out), parallelism=2, savepoint=stopped.location)
+    assert h.wait_terminal(restored).state is models.JobStatus.FINISHED
+    assert_exact(out)
+
+
+def test_a_job_its_leader_stopped_with_a_savepoint_is_not_resumed_by_the_next(
+    cluster_factory: Callable[..., Harness], tmp_path: Path, etcd: Etcd
+) -> None:
+    # As a leader that died between recording the stop and the job's end leaves it:
+    # the job still in the HA metadata, its stop recorded as completed.
+    cfg = services.HaConfig(
+        services.HaKind.ETCD, "stopped", 3_000, 2_000, 500, etcd_endpoints=(etcd.endpoint,)
+    )
+    submission = models.JobSubmission(
+        entrypoint=str(Path(__file__).parents[1] / "jobs" / "keyed_sum.py"),
+        args=args(tmp_path / "out"),
+    )
+
+    async def previous_leader() -> None:
+        elector = ha_etcd.EtcdLeaderElector(cfg, ha_etcd.connect(cfg), "previous")
+        store = ha_etcd.EtcdHaStore(cfg, ha_etcd.connect(cfg))
+        elected: asyncio.Queue[int] = asyncio.Queue()
+
+        async def revoked(reason: str) -> None:
+            pass
+
+        running = asyncio.create_task(elector.run(elected.put, revoked))
+        epoch = await asyncio.wait_for(elected.get(), 10)
+        raw = submission.model_dump_json().encode()
+        await store.put_job(epoch, services.JobRecord("j-stopped", raw))
+        stop = services.TriggerRecord(
+            "j-stopped", TRIGGER, "stop", "COMPLETED", location="/sp/stopped", time_ms=1
+        )
+        await store.put_trigger(epoch, stop)
+        await elector.release()
+        running.cancel()
+        await store.close()
+
+    asyncio.run(asyncio.wait_for(previous_leader(), 30))
+    h = cluster_factory(jobmanagers=1, ha=ha_args(etcd, cluster_id="stopped"))
+    h.wait_for("the leader to take over", lambda: bool(events(h, "leader_ready")))
+    [skipped] = events(h, "job_not_resumed")
+    assert skipped["job_id"] == "j-stopped"
+    assert not events(h, "job_recovered")
+    listed = h._call(lambda c: c.list_jobs())
+    assert isinstance(listed, models.JobList)
+    assert listed.jobs == []
+    info = h.savepoint_info("j-stopped", TRIGGER)
+    assert (info.status, info.location) == (models.SavepointStatus.COMPLETED, "/sp/stopped")

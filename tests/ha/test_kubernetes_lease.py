@@ -7,9 +7,12 @@ import datetime
 from collections.abc import Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
 
+from streamjob_runtime import config
 from streamjob_runtime.ha import lease, services
+from streamjob_runtime.jobmanager import dispatcher
 from tests.conftest import Harness
 from tests.ha import failover, stepdown
 from tests.kube.server import KubeEmulator
@@ -159,3 +162,74 @@ def test_jobmanager_failover_on_kubernetes_leases_keeps_the_output_exact(
         taskmanagers=2, jobmanagers=2, ha=ha, extra_env={"KUBECONFIG": str(kubeconfig)}
     )
     failover.kill_leader_mid_job(h, tmp_path / "out", 10_000)
+
+
+def test_a_standby_takes_a_stale_leader_label_off_its_pod_then_is_ready_as_standby(
+    kube: KubeEmulator, tmp_path: Path
+) -> None:
+    # A previous process in this pod led and left the label: a ready standby must not
+    # keep it, or the Service would route to it.
+    kube.create({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "jm-a", "namespace": "default",
+                     "labels": {lease.LEADER_LABEL: "true", lease.CLUSTER_LABEL: "t"}},
+        "spec": {"containers": [{"name": "jm", "image": "streamjob"}]},
+    })  # fmt: skip
+    cfg = services.HaConfig(
+        services.HaKind.KUBERNETES, "t", 2_000, 1_500, 200, namespace="default", pod_name="jm-a"
+    )
+
+    async def scenario() -> tuple[dict[str, str], int, str]:
+        holder, holder_store = pair("holder")  # another JobManager leads
+        elected = asyncio.Event()
+
+        async def on_elected(epoch: int) -> None:
+            elected.set()
+
+        async def on_revoked(reason: str) -> None:
+            pass
+
+        holding = asyncio.create_task(holder.run(on_elected, on_revoked))
+        await asyncio.wait_for(elected.wait(), 10)
+        jm = dispatcher.JobManager(config.ClusterConfig(str(tmp_path / "chk")), ha=cfg)
+        await jm.start()
+        try:
+            async with aiohttp.ClientSession() as http:
+                for _ in range(200):
+                    async with http.get(f"{jm.rest_url}/readyz") as resp:
+                        if resp.status == 200:
+                            ready = await resp.json()
+                            break
+                    await asyncio.sleep(0.05)
+                else:
+                    raise AssertionError("the standby never became ready")
+                async with http.get(f"{jm.rest_url}/overview") as resp:
+                    overview = resp.status
+            pod = kube.get("v1", "pods", "jm-a", "default") or {}
+            return ready, overview, pod["metadata"]["labels"][lease.LEADER_LABEL]
+        finally:
+            await jm.stop()
+            await holder.release()
+            holding.cancel()
+            await holder_store.close()
+
+    ready, overview, label = asyncio.run(scenario())
+    assert ready == {"status": "ready", "role": "standby"}
+    assert overview == 503  # job requests are the leader's
+    assert label == "false"
+
+
+def test_the_configmap_keeps_the_newest_savepoint_request_outcomes(kube: KubeEmulator) -> None:
+    async def scenario() -> list[services.TriggerRecord]:
+        _, store = pair("a")
+        for n in range(services.TRIGGERS_KEPT + 4):
+            record = services.TriggerRecord(
+                "j", f"{n:032x}", "stop", "COMPLETED", location=f"/sp/{n}", time_ms=1000 + n
+            )
+            await store.put_trigger(0, record)
+        found = await store.triggers()
+        await store.close()
+        return found
+
+    found = asyncio.run(scenario())
+    assert [r.location for r in found] == [f"/sp/{n}" for n in range(4, services.TRIGGERS_KEPT + 4)]

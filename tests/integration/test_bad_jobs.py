@@ -60,7 +60,7 @@ def test_rest_submission_of_a_bad_job_is_a_400_with_the_reason(
     job.write_text("def build(env)\n")
 
     async def submit() -> client.RestError:
-        async with client.JobManagerClient(h.cluster.rest_url) as c:
+        async with h.cluster.client() as c:
             try:
                 await c.submit(models.JobSubmission(entrypoint=str(job)))
             except client.RestError as e:
@@ -107,3 +107,27 @@ def build(env):
     cause = details.failure_cause or ""
     assert "state of operator 'remember' cannot be checkpointed" in cause
     assert "lock" in cause.lower()
+
+
+def test_staged_sink_files_removed_outside_the_job_fail_it_at_once_under_the_default_strategy(
+    cluster_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    h = cluster_factory()
+    job_id = h.submit(
+        "keyed_sum",
+        [f"out={out}", "events=-1", "rate=20000", "interval=200", "restart=default"],
+    )
+    h.wait_for("a completed checkpoint", lambda: h.checkpoints(job_id).counts.completed >= 1)
+    staging = out / ".staging" / "sink" / job_id  # the job's own staged files
+    # Someone cleans the sink directory: every staged file (being written or pre-committed)
+    # is gone, so its commit cannot happen, now or after any restart.
+    h.wait_for("a staged file", lambda: any(staging.glob("*.inprogress")))
+    for staged in staging.glob("*.inprogress"):
+        staged.unlink(missing_ok=True)
+    details = h.wait_terminal(job_id, timeout_s=60)
+    assert details.state is models.JobStatus.FAILED
+    assert details.restarts == 0, "a restart cannot bring the staged file back"
+    cause = details.failure_cause or ""
+    assert "UnrecoverableError" in cause
+    assert "the sink directory was modified outside the job" in cause

@@ -108,3 +108,40 @@ def test_version() -> None:
         env={**os.environ},
     ).stdout
     assert out.startswith("streamjob ")
+
+
+def _ready(path: Path, process: subprocess.Popen[str], timeout_s: float = 60) -> dict[str, int]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists():
+            ready: dict[str, int] = json.loads(path.read_text())
+            return ready
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    raise AssertionError("the JobManager did not write its ready file")
+
+
+def test_a_jobmanager_bound_to_every_interface_answers_on_localhost_and_advertises_its_host(
+    tmp_path: Path,
+) -> None:
+    """As in a JobManager pod: it advertises the pod IP (here 127.0.0.2) and listens on
+    0.0.0.0, so ``streamjob list -m localhost:PORT`` inside the pod reaches it."""
+    ready_file = tmp_path / "ready.json"
+    jm = subprocess.Popen(
+        [sys.executable, "-m", "streamjob_runtime.cli", "jobmanager",
+         "--host", "127.0.0.2", "--bind-host", "0.0.0.0", "--rpc-port", "0", "--rest-port", "0",
+         "--checkpoint-dir", str(tmp_path / "cp"), "--ready-file", str(ready_file)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        port = _ready(ready_file, jm)["rest_port"]
+        for address in (f"localhost:{port}", f"127.0.0.2:{port}"):
+            listed = subprocess.run(
+                [sys.executable, "-m", "streamjob_runtime.cli", "list", "-m", address],
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert listed.returncode == 0, (address, listed.stdout + listed.stderr)
+    finally:
+        jm.send_signal(signal.SIGTERM)
+        jm.communicate(timeout=30)
+    assert jm.returncode == 0

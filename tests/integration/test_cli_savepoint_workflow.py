@@ -61,6 +61,17 @@ def test_run_savepoint_cancel_restore_dispose(tmp_path: Path) -> None:
         assert "not a savepoint" in refused
         assert Path(last.group(1)).exists()
         sj("stop", "nonexistentjob", code=2)
+        # Secure with no set-up: the CLI found the cluster's token and CA in its workdir.
+        rest_url = json.loads((tmp_path / "home" / "cluster.json").read_text())["rest_url"]
+        assert rest_url.startswith("https://127.0.0.1:")
+        assert "not this JobManager's" in sj("list", "--token", "wrong", code=2)
+        elsewhere = rest_url.replace("https://127.0.0.1", "localhost")  # not the known URL
+        assert "--ca-file" in sj("list", "-m", elsewhere, code=4)  # an unknown CA
+        env["STREAMJOB_CA_FILE"] = str(tmp_path / "cluster" / "tls" / "ca.crt")
+        assert "needs a bearer token" in sj("list", "-m", elsewhere, code=2)
+        env["STREAMJOB_TOKEN"] = (tmp_path / "cluster" / "rest-token").read_text().strip()
+        assert job_id in sj("list", "-m", elsewhere)
+        del env["STREAMJOB_CA_FILE"], env["STREAMJOB_TOKEN"]
     finally:
         sj("cluster", "stop")
     sj("list", code=4)

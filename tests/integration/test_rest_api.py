@@ -10,6 +10,7 @@ from pathlib import Path
 import aiohttp
 
 from streamjob_runtime.api import client, models, openapi
+from streamjob_runtime.local import LocalCluster
 from tests.conftest import JOBS, Harness
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,10 +25,20 @@ async def until(what: str, predicate: Callable[[], Awaitable[bool]], timeout_s: 
         await asyncio.sleep(0.05)
 
 
-async def raw(url: str, method: str, path: str, body: object = None) -> tuple[int, str]:
-    async with aiohttp.ClientSession() as s:
+async def raw(
+    cluster: LocalCluster,
+    method: str,
+    path: str,
+    body: object = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, str]:
+    """One request with the cluster's token (or ``headers``), verified by its CA."""
+    if headers is None:
+        headers = {"Authorization": f"Bearer {cluster.token}"}
+    connector = aiohttp.TCPConnector(ssl=cluster.ssl_context() or True)
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as s:
         data = body if isinstance(body, str) else (json.dumps(body) if body is not None else None)
-        async with s.request(method, url + path, data=data) as resp:
+        async with s.request(method, cluster.rest_url + path, data=data) as resp:
             return resp.status, (await resp.json())["error"] if resp.status >= 400 else ""
 
 
@@ -46,7 +57,7 @@ def test_the_typed_client_round_trips_every_endpoint(
     out = tmp_path / "out"
 
     async def scenario() -> None:
-        async with client.JobManagerClient(h.cluster.rest_url) as c:
+        async with h.cluster.client() as c:
             assert await c.healthy()
             overview = await c.overview()
             assert overview.taskmanagers == 2
@@ -139,50 +150,51 @@ def test_rest_errors_have_the_right_status_and_say_what_to_fix(
     cluster_factory: Callable[..., Harness], tmp_path: Path
 ) -> None:
     h = cluster_factory()
-    url = h.cluster.rest_url
     job = endless_job(h, tmp_path)
 
     async def checks() -> None:
-        status, message = await raw(url, "GET", "/jobs/nope")
+        status, message = await raw(h.cluster, "GET", "/jobs/nope")
         assert status == 404
         assert "job nope not found" in message
-        status, message = await raw(url, "POST", "/jobs/nope/savepoints", {})
+        status, message = await raw(h.cluster, "POST", "/jobs/nope/savepoints", {})
         assert status == 404
-        status, message = await raw(url, "GET", f"/jobs/{job}/savepoints/nope")
+        status, message = await raw(h.cluster, "GET", f"/jobs/{job}/savepoints/nope")
         assert status == 404
         assert "no savepoint request nope" in message
-        status, message = await raw(url, "POST", "/jobs", {"entrypoint": 5})
+        status, message = await raw(h.cluster, "POST", "/jobs", {"entrypoint": 5})
         assert status == 400
         assert "entrypoint" in message
-        status, message = await raw(url, "POST", "/jobs", "{not json")
+        status, message = await raw(h.cluster, "POST", "/jobs", "{not json")
         assert status == 400
         assert "invalid JobSubmission body" in message
-        status, message = await raw(url, "POST", f"/jobs/{job}/savepoints", {"cancel_job": "x"})
+        status, message = await raw(
+            h.cluster, "POST", f"/jobs/{job}/savepoints", {"cancel_job": "x"}
+        )
         assert status == 400
         assert "cancel_job" in message
-        status, message = await raw(url, "PATCH", f"/jobs/{job}?mode=explode")
+        status, message = await raw(h.cluster, "PATCH", f"/jobs/{job}?mode=explode")
         assert status == 400
         assert "mode=cancel" in message
         # The sink's pre-commit holds the first savepoint open for a second.
-        status, _ = await raw(url, "POST", f"/jobs/{job}/savepoints", {})
+        status, _ = await raw(h.cluster, "POST", f"/jobs/{job}/savepoints", {})
         assert status == 202
-        status, message = await raw(url, "POST", f"/jobs/{job}/savepoints", {})
+        status, message = await raw(h.cluster, "POST", f"/jobs/{job}/savepoints", {})
         assert status == 409
         assert "still in progress" in message
-        status, message = await raw(url, "POST", f"/jobs/{job}/stop", {})
+        status, message = await raw(h.cluster, "POST", f"/jobs/{job}/stop", {})
         assert status == 409
-        status, _ = await raw(url, "PATCH", f"/jobs/{job}?mode=cancel")
+        status, _ = await raw(h.cluster, "PATCH", f"/jobs/{job}?mode=cancel")
         assert status == 202
 
     asyncio.run(checks())
     h.wait_terminal(job)
 
     async def after() -> None:
-        status, message = await raw(url, "POST", f"/jobs/{job}/savepoints", {})
+        status, message = await raw(h.cluster, "POST", f"/jobs/{job}/savepoints", {})
         assert status == 409
         assert "CANCELED" in message
         assert "RUNNING" in message
-        status, message = await raw(url, "PATCH", f"/jobs/{job}?mode=cancel")
+        status, message = await raw(h.cluster, "PATCH", f"/jobs/{job}?mode=cancel")
         assert status == 409
         assert "already ended" in message
 
@@ -203,7 +215,7 @@ def test_a_savepoint_of_an_unknown_format_version_is_refused_clearly(
 
     async def submit() -> tuple[int, str]:
         return await raw(
-            h.cluster.rest_url,
+            h.cluster,
             "POST",
             "/jobs",
             {
@@ -230,20 +242,21 @@ def test_a_repeated_trigger_id_returns_the_savepoint_or_stop_already_started(
     cluster_factory: Callable[..., Harness], tmp_path: Path
 ) -> None:
     h = cluster_factory()
-    url = h.cluster.rest_url
     job = endless_job(h, tmp_path)
     savepoints, stops = tmp_path / "savepoints", tmp_path / "stops"
     first, second = "0" * 31 + "1", "f" * 32
 
     async def scenario() -> None:
-        async with client.JobManagerClient(url) as c:
+        async with h.cluster.client() as c:
             # The sink's pre-commit holds the savepoint open for a second: the repeat
             # comes while it is in progress, and is no "second savepoint" (no 409).
             assert await c.trigger_savepoint(job, str(savepoints), trigger_id=first) == first
             assert await c.trigger_savepoint(job, str(savepoints), trigger_id=first) == first
             info = await c.savepoint_status(job, first)
             assert info.status is models.SavepointStatus.IN_PROGRESS
-            status, message = await raw(url, "POST", f"/jobs/{job}/stop", {"trigger_id": first})
+            status, message = await raw(
+                h.cluster, "POST", f"/jobs/{job}/stop", {"trigger_id": first}
+            )
             assert (status, message) == (
                 409,
                 f"request {first} of job {job} is a savepoint, not a stop: choose a new trigger"
@@ -262,12 +275,14 @@ def test_a_repeated_trigger_id_returns_the_savepoint_or_stop_already_started(
             assert await c.stop(job, str(stops), trigger_id=second) == second
             assert await c.savepoint_status(job, second) == stopped
             assert [p.name for p in stops.iterdir()] == [Path(str(stopped.location)).name]
-            status, message = await raw(url, "POST", f"/jobs/{job}/stop", {"trigger_id": "e" * 32})
+            status, message = await raw(
+                h.cluster, "POST", f"/jobs/{job}/stop", {"trigger_id": "e" * 32}
+            )
             assert status == 409
             assert "FINISHED" in message
 
             status, message = await raw(
-                url, "POST", f"/jobs/{job}/savepoints", {"trigger_id": "NOT-HEX"}
+                h.cluster, "POST", f"/jobs/{job}/savepoints", {"trigger_id": "NOT-HEX"}
             )
             assert status == 400
             assert message == (

@@ -222,3 +222,47 @@ def test_a_job_forked_from_a_savepoint_into_the_same_sink_leaves_the_running_job
         counts = sorted(n for k, n in continued if k == key)
         assert counts == list(range(counts[0], counts[-1] + 1))
         assert counts[-1] == max(n for k, n in want if k == key)
+
+
+def test_a_job_its_jobmanager_lost_restores_from_the_newest_checkpoint_in_its_directory(
+    cluster_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    first = cluster_factory()
+    out = tmp_path / "out"
+    job = first.submit("keyed_sum", args(out, retained=3))
+    first.wait_for("10000 source records", lambda: first.source_records(job) >= 10_000)
+    first.wait_for("two checkpoints", lambda: first.checkpoints(job).counts.completed >= 2)
+    first.cluster.kill_jobmanager(0)  # no HA: the job is gone with its JobManager
+    first.cluster.stop()
+    assert first.cluster.checkpoint_dir is not None
+    job_dir = Path(first.cluster.checkpoint_dir) / job
+    newest = max(int(d.parent.name[4:]) for d in job_dir.glob("chk-*/_metadata"))
+
+    # A fresh JobManager (as a restarted pod) knows nothing of the job, but its directory.
+    second = cluster_factory()
+    submission = models.JobSubmission(
+        entrypoint=str(Path(__file__).parents[1] / "jobs" / "keyed_sum.py"),
+        args=args(out),
+        restore_from_latest_in=str(job_dir),
+    )
+    restored = second._call(lambda c: c.submit(submission))
+    assert isinstance(restored, str)
+    details = second.wait_terminal(restored)
+    assert details.state is models.JobStatus.FINISHED, details.failure_cause
+    assert details.restored_from == newest
+    assert_exact(out)
+
+
+def test_a_lost_job_with_no_checkpoint_and_no_savepoint_is_refused(
+    cluster_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    h = cluster_factory()
+    submission = models.JobSubmission(
+        entrypoint=str(Path(__file__).parents[1] / "jobs" / "keyed_sum.py"),
+        args=args(tmp_path / "out"),
+        restore_from_latest_in=str(tmp_path / "checkpoints" / "lost"),
+    )
+    with pytest.raises(client.RestError) as refused:
+        h._call(lambda c: c.submit(submission))
+    assert refused.value.status == 400
+    assert "nothing to restore the job from" in refused.value.message

@@ -53,8 +53,15 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def rest(base: str, path: str) -> Any:
-    with urllib.request.urlopen(base + path, timeout=10) as resp:
+def rest(cluster: LocalCluster, path: str, body: Any = None) -> Any:
+    """GET (or POST ``body``) the cluster's REST API, with its token and CA."""
+    request = urllib.request.Request(
+        cluster.rest_url + path,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {cluster.token}"},
+        method="GET" if body is None else "POST",
+    )
+    with urllib.request.urlopen(request, timeout=10, context=cluster.ssl_context()) as resp:
         return json.loads(resp.read())
 
 
@@ -102,7 +109,6 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     )
     cluster.start()
     try:
-        base = cluster.rest_url
         submission = {
             "entrypoint": str(JOBS / "keyed_sum.py"),
             "parallelism": 2,
@@ -115,19 +121,16 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             ],
             "config": {"pipeline.name": "keyed-sum"},
         }
-        request = urllib.request.Request(
-            base + "/jobs",
-            data=json.dumps(submission).encode(),
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            job = json.loads(resp.read())["jobid"]
-        wait_for("the job to run", lambda: rest(base, f"/jobs/{job}")["state"] == "RUNNING")
+        job = rest(cluster, "/jobs", submission)["jobid"]
+        wait_for("the job to run", lambda: rest(cluster, f"/jobs/{job}")["state"] == "RUNNING")
         with playwright_sync.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
             try:
-                page = browser.new_page(viewport={"width": 1280, "height": 800})
+                # The local cluster's certificate is signed by its own ephemeral CA, which
+                # the browser does not know (a user sees the same warning once).
+                page = browser.new_page(
+                    viewport={"width": 1280, "height": 800}, ignore_https_errors=True
+                )
                 page.set_default_timeout(TIMEOUT_MS)
                 errors: list[str] = []
                 page.on("pageerror", lambda e: errors.append(str(e)))
@@ -138,7 +141,14 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                         errors.append(m.text) if m.type == "error" and "401" not in m.text else None
                     ),
                 )
-                yield Env(cluster, job, page, artifacts, work)
+                env = Env(cluster, job, page, artifacts, work)
+                # The token, as the prompt stores it (the proxy test below goes through the
+                # prompt itself): kept in the tab's session storage for the JobManager's origin.
+                env.open()
+                page.evaluate(
+                    "token => sessionStorage.setItem('streamjob.token', token)", cluster.token
+                )
+                yield env
                 assert errors == [], f"JavaScript errors in the page: {errors}"
             finally:
                 browser.close()
@@ -158,7 +168,7 @@ def test_the_overview_page_shows_taskmanagers_slots_and_the_running_job(ui: Env)
 
 
 def test_the_job_graph_shows_every_vertex_with_parallelism_and_live_rates(ui: Env) -> None:
-    details = rest(ui.base, f"/jobs/{ui.job}")
+    details = rest(ui.cluster, f"/jobs/{ui.job}")
     ui.open(f"#/jobs/{ui.job}")
     expect = playwright_sync.expect
     vertices = ui.page.locator("[data-testid=job-graph] [data-testid=vertex]")
@@ -179,7 +189,7 @@ def test_the_job_graph_shows_every_vertex_with_parallelism_and_live_rates(ui: En
 
 
 def test_a_completed_checkpoint_appears_in_the_history_within_its_interval(ui: Env) -> None:
-    before = rest(ui.base, f"/jobs/{ui.job}/checkpoints")["history"]
+    before = rest(ui.cluster, f"/jobs/{ui.job}/checkpoints")["history"]
     newest = max((h["id"] for h in before), default=0)
     ui.open(f"#/jobs/{ui.job}/checkpoints")
     started = time.monotonic()
@@ -195,7 +205,7 @@ def test_a_completed_checkpoint_appears_in_the_history_within_its_interval(ui: E
     expect(ui.testid("latest-completed")).to_contain_text("chk-")
     # Per-subtask state: open the row; every subtask acknowledged.
     newer.first.click()
-    subtasks = sum(v["parallelism"] for v in rest(ui.base, f"/jobs/{ui.job}")["vertices"])
+    subtasks = sum(v["parallelism"] for v in rest(ui.cluster, f"/jobs/{ui.job}")["vertices"])
     expect(ui.page.locator("[data-testid=subtask-table] tbody tr")).to_have_count(subtasks)
     ui.shot("checkpoints")
     assert elapsed < budget_ms / 1000
@@ -213,7 +223,7 @@ def test_a_savepoint_triggered_from_the_page_shows_up_completed(ui: Env) -> None
     expect(row).to_have_count(1)
     expect(row).to_contain_text("savepoint-")
     expect(ui.testid("savepoint-history")).to_contain_text("COMPLETED")
-    requests = rest(ui.base, f"/jobs/{ui.job}/savepoints")["requests"]
+    requests = rest(ui.cluster, f"/jobs/{ui.job}/savepoints")["requests"]
     assert [r["status"] for r in requests] == ["COMPLETED"]
     ui.shot("savepoints")
 
@@ -223,14 +233,14 @@ def test_a_dismissed_confirmation_does_nothing(ui: Env) -> None:
     ui.testid("action-cancel").click()
     ui.page.locator("dialog#confirm").get_by_role("button", name="Back").click()
     time.sleep(0.5)  # nothing may happen: give a wrong request the time to arrive
-    assert rest(ui.base, f"/jobs/{ui.job}")["state"] == "RUNNING"
+    assert rest(ui.cluster, f"/jobs/{ui.job}")["state"] == "RUNNING"
 
 
 def test_a_killed_taskmanager_shows_as_an_exception_and_a_restore(ui: Env) -> None:
     ui.open(f"#/jobs/{ui.job}/exceptions")
     expect = playwright_sync.expect
     expect(ui.testid("exceptions-table")).to_contain_text("Nothing yet")
-    restored_before = rest(ui.base, f"/jobs/{ui.job}/checkpoints")["latest_restored"]
+    restored_before = rest(ui.cluster, f"/jobs/{ui.job}/checkpoints")["latest_restored"]
     assert restored_before is None
     ui.cluster.kill_taskmanager(0, signal.SIGKILL)
     rows = ui.page.locator("[data-testid=exception-row]")
@@ -239,10 +249,10 @@ def test_a_killed_taskmanager_shows_as_an_exception_and_a_restore(ui: Env) -> No
     ui.shot("exceptions")
     wait_for(
         "the job to run again",
-        lambda: rest(ui.base, f"/jobs/{ui.job}")["state"] == "RUNNING",
+        lambda: rest(ui.cluster, f"/jobs/{ui.job}")["state"] == "RUNNING",
         timeout_s=90,
     )
-    restored = rest(ui.base, f"/jobs/{ui.job}/checkpoints")["latest_restored"]
+    restored = rest(ui.cluster, f"/jobs/{ui.job}/checkpoints")["latest_restored"]
     assert restored is not None
     ui.open(f"#/jobs/{ui.job}/checkpoints")
     expect(ui.testid("latest-restore-kv")).to_contain_text(str(restored["path"]))
@@ -252,7 +262,9 @@ def test_a_killed_taskmanager_shows_as_an_exception_and_a_restore(ui: Env) -> No
 
 def test_the_taskmanagers_and_configuration_pages_render(ui: Env) -> None:
     expect = playwright_sync.expect
-    wait_for("two TaskManagers", lambda: len(rest(ui.base, "/taskmanagers")["taskmanagers"]) == 2)
+    wait_for(
+        "two TaskManagers", lambda: len(rest(ui.cluster, "/taskmanagers")["taskmanagers"]) == 2
+    )
     ui.open("#/taskmanagers")
     rows = ui.page.locator("[data-testid=taskmanagers-table] tbody tr")
     expect(rows).to_have_count(2)
@@ -269,22 +281,26 @@ def test_the_taskmanagers_and_configuration_pages_render(ui: Env) -> None:
 def test_behind_a_proxy_path_the_ui_asks_for_a_token_on_401_and_sends_it(
     ui: Env, tmp_path: Path
 ) -> None:
-    """A Kubernetes-style Service proxy path in front, which answers 401 without the token."""
+    """A Kubernetes-style Service proxy path in front; the JobManager answers 401 itself."""
     prefix = "/api/v1/namespaces/ns/services/jm:8081/proxy"
-    token = "s3cret-token"
+    token = ui.cluster.token
+    assert token is not None
     seen: list[tuple[str, str | None]] = []
 
     async def forward(request: web.Request) -> web.StreamResponse:
         path = request.path[len(prefix) :] or "/"
         auth = request.headers.get("Authorization")
-        is_static = path == "/" or path.startswith("/web/")
         seen.append((path, auth))
-        if not is_static and auth != f"Bearer {token}":
-            return web.json_response({"error": "a bearer token is required"}, status=401)
+        headers = {"Authorization": auth} if auth else {}
         async with (
             aiohttp.ClientSession() as s,
             s.request(
-                request.method, ui.base + path, params=request.query, data=await request.read()
+                request.method,
+                ui.base + path,
+                params=request.query,
+                data=await request.read(),
+                headers=headers,
+                ssl=ui.cluster.ssl_context() or True,
             ) as resp,
         ):
             return web.Response(
@@ -293,7 +309,7 @@ def test_behind_a_proxy_path_the_ui_asks_for_a_token_on_401_and_sends_it(
 
     proxy, stop = _serve_in_thread(prefix, forward)
     try:
-        ui.page.evaluate("sessionStorage.clear()")
+        # Another origin: its session storage holds no token yet.
         ui.page.goto(f"{proxy}{prefix}/")
         expect = playwright_sync.expect
         prompt = ui.page.locator("dialog#token")
@@ -355,7 +371,7 @@ def test_stop_with_savepoint_and_cancel_from_the_page_end_the_jobs(ui: Env) -> N
     ui.testid("action-stop").click()
     ui.page.locator("dialog#confirm").get_by_role("button", name="Stop job").click()
     expect(ui.testid("job-name")).to_contain_text("FINISHED", timeout=TIMEOUT_MS)
-    requests = rest(ui.base, f"/jobs/{ui.job}/savepoints")["requests"]
+    requests = rest(ui.cluster, f"/jobs/{ui.job}/savepoints")["requests"]
     assert requests[0]["operation"] == "stop"
     assert requests[0]["status"] == "COMPLETED"
     # A second job, cancelled from its page.
@@ -364,15 +380,10 @@ def test_stop_with_savepoint_and_cancel_from_the_page_end_the_jobs(ui: Env) -> N
         "parallelism": 1,
         "args": [f"out={ui.work / 'cancel-out'}", "events=-1", "rate=500"],
     }
-    request = urllib.request.Request(
-        ui.base + "/jobs",
-        data=json.dumps(submission).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
+    other = rest(ui.cluster, "/jobs", submission)["jobid"]
+    wait_for(
+        "the second job to run", lambda: rest(ui.cluster, f"/jobs/{other}")["state"] == "RUNNING"
     )
-    with urllib.request.urlopen(request, timeout=10) as resp:
-        other = json.loads(resp.read())["jobid"]
-    wait_for("the second job to run", lambda: rest(ui.base, f"/jobs/{other}")["state"] == "RUNNING")
     ui.open(f"#/jobs/{other}")
     ui.testid("action-cancel").click()
     ui.page.locator("dialog#confirm").get_by_role("button", name="Cancel job").click()

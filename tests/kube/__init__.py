@@ -11,7 +11,8 @@ Emulated as kube-apiserver does it:
 - Built-in kinds (registry.BUILTINS): namespaces, configmaps, secrets, serviceaccounts, services,
   endpoints, pods, persistentvolumeclaims, events, nodes (core/v1); deployments, statefulsets,
   replicasets, daemonsets (apps/v1); jobs (batch/v1); poddisruptionbudgets (policy/v1); leases
-  (coordination.k8s.io/v1); roles, rolebindings, clusterroles, clusterrolebindings (rbac/v1);
+  (coordination.k8s.io/v1); networkpolicies (networking.k8s.io/v1; stored, not enforced);
+  roles, rolebindings, clusterroles, clusterrolebindings (rbac/v1);
   customresourcedefinitions (apiextensions.k8s.io/v1). Creating a CRD serves its resource at
   once (every served version; one storage shared by all versions, no conversion) with an
   Established status; deleting it deletes its objects first (cleanup finalizer).
@@ -71,6 +72,14 @@ Emulated as kube-apiserver does it:
   targetPort; Secret stringData folded into base64 data; Namespace phase. So a naive
   desired-vs-stored comparison differs as in a real cluster, and re-writing the un-defaulted
   desired state is a no-op.
+- Custom resources through their CRD's structural schema (schema.py) on every create, update,
+  patch and status write: unknown fields pruned (a `Warning: 299` header per field, none with
+  fieldValidation=Ignore, 400 with fieldValidation=Strict as kubectl sends it), nulls of
+  non-nullable fields dropped, `default`s filled in top-down, types, enums, bounds, lengths,
+  patterns and `required` checked, and `x-kubernetes-validations` CEL rules evaluated
+  (common-expression-language) with transition rules (`oldSelf`, `optionalOldSelf`, map-list
+  items correlated by key), messageExpression, fieldPath and reason; errors are 422 Invalid
+  with the real server's messages. A CRD whose rule does not compile is refused.
 - Creating an object that carries a metadata.resourceVersion fails (500, as etcd storage
   answers), as does re-creating an object read from the server without clearing it.
 - Test hooks: direct thread-safe get/list/create/put_object/patch/delete/events_for,
@@ -81,8 +90,9 @@ Emulated as kube-apiserver does it:
   write_kubeconfig(path), internal_errors (the `kube` fixture asserts the emulator had none).
 - The Service proxy subresource (/api/v1/namespaces/<ns>/services/[http:]<name>[:<port>]/proxy/
   <path>, what `kubectl proxy` exposes) forwards to the endpoint a backend names
-  (`serve_services`; the test kubelet, tests.kube.pods, installs one); without one, or
-  without a ready endpoint, 503 "no endpoints available for service".
+  (`serve_services`; the test kubelet, tests.kube.pods, installs one: http:// or, unverified,
+  https://); without one, or without a ready endpoint, 503 "no endpoints available for
+  service". It passes Content-Type and Authorization on (kube-apiserver drops the latter).
 
 Not emulated (know this before relying on it):
 
@@ -90,10 +100,13 @@ Not emulated (know this before relying on it):
   no Endpoints; play the controller with `put_object` (status included).
 - No authentication or authorization: any token (or none) is accepted, no RBAC checks,
   no admission webhooks, no quotas, no SelfSubjectAccessReview.
-- No OpenAPI schema validation, pruning or defaulting for custom resources; no CRD conversion
-  webhooks; no printer columns; no `scale` subresource; no pod log/exec/binding/eviction.
+- Custom resource schemas: no defaults on read, no `format` checks, no CEL cost budgets, no
+  validation ratcheting, no Kubernetes CEL extension libraries (quantity, url, lists, regex
+  `find`...); no CRD conversion webhooks; no printer columns; no `scale` subresource; no pod
+  log/exec/binding/eviction.
 - No server-side apply (application/apply-patch+yaml is 415), no managedFields, no
-  fieldValidation=Strict, no protobuf, no Table output, no aggregated (v2) discovery.
+  fieldValidation=Strict for built-in kinds, no protobuf, no Table output, no aggregated (v2)
+  discovery.
 - Strategic merge patch is approximate (see above); `$retainKeys`, `$deleteFromPrimitiveList`
   and `$setElementOrder` are ignored.
 - Lists are not snapshot-consistent across continue pages (each page reads the current state);

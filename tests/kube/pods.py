@@ -48,6 +48,12 @@ TaskManager (no probe) is ready once its log says it registered with a JobManage
 any other container after ``min_ready`` seconds of running. Pod status: phase Running,
 podIP 127.0.0.1, Ready and ContainersReady conditions, one container status.
 
+Until the runtime takes the security flags of SECURITY-CONTRACT.md (``--tls-dir``,
+``--rest-token-file``, ``--metrics-port``: :data:`RUNTIME_TLS`), the kubelet leaves out
+those of them it does not know (:func:`drop_unsupported`) and probes a ``metrics`` port
+it so left out on the REST port; once it takes them, nothing is left out.
+:meth:`PodRunner.client_options` gives a test the token and CAs a pod mounts.
+
 Services: :meth:`PodRunner.rest_url` and :meth:`PodRunner.resolve` (the
 ``address_resolver`` to give the operator's observing and acting) map a Service to the
 local port of a ready pod it selects now, its ``targetPort`` through the container's
@@ -58,8 +64,20 @@ proxy`` (its ``--jobmanager-url-template``). The selector is evaluated against t
 objects, so the HA leader label the runtime patches onto its own pod
 (``streamjob.dev/jobmanager-leader=true``) decides.
 
-Not emulated: volumes (paths are the host's: give checkpoint and savepoint directories
-as absolute temporary paths), resources, liveness and startup probes, init and sidecar
+Security (the runtime's flags, SECURITY-CONTRACT.md): Secret and ConfigMap volumes are
+written to ``<log_dir>/volumes/<namespace>.<pod>/<volume>/`` at every start, and every
+argument or ``env`` value under such a volume's ``mountPath`` is rewritten to that
+directory (so ``--tls-dir /etc/streamjob/tls`` finds the job's certificates). Without
+``--metrics-port`` the process gets one anyway (the default 9249 made local, so the
+probes reach it). Job files and state are the host's paths: a process may load job
+files from the repository and the temporary directory too (added to ``--job-roots``),
+and without ``--storage-roots`` use storage in the temporary directory. A container that
+names no TLS directory (``--tls-dir`` or ``STREAMJOB_TLS_DIR``) runs with
+``--insecure`` (pod specs from before the operator made certificates); the REST URLs
+the runner hands out are then ``http://``, else ``https://``.
+
+Not emulated: other volumes (paths are the host's: give checkpoint and savepoint
+directories as absolute temporary paths), resources, liveness and startup probes, init and sidecar
 containers (ignored), node scheduling, ReplicaSets and Endpoints objects, RollingUpdate.
 """
 
@@ -77,8 +95,10 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -92,6 +112,7 @@ from typing import Any
 import aiohttp
 
 import streamjob_runtime
+from streamjob_runtime import cli as runtime_cli
 from tests.kube.server import KubeEmulator
 from tests.kube.store import ApiError
 
@@ -106,9 +127,10 @@ NODE_NAME = "test-kubelet"
 POD_IP = "127.0.0.1"
 ROLES = ("jobmanager", "taskmanager")
 PORT_FLAGS: Mapping[str, tuple[str, ...]] = {
-    "jobmanager": ("--rpc-port", "--rest-port"),
-    "taskmanager": ("--data-port",),
+    "jobmanager": ("--rpc-port", "--rest-port", "--metrics-port"),
+    "taskmanager": ("--data-port", "--metrics-port"),
 }
+METRICS_PORT = 9249  # the runtime's default --metrics-port
 REGISTERED_EVENTS = {"taskmanager_registered": True, "jobmanager_unreachable": False}
 RUNTIME_ROOT = Path(streamjob_runtime.__file__).resolve().parent.parent
 
@@ -200,6 +222,43 @@ def free_port() -> int:
         return port
 
 
+SECURITY_FLAGS = ("--tls-dir", "--rest-token-file", "--metrics-port")
+
+
+def runtime_options(role: str) -> frozenset[str]:
+    """The options ``streamjob <role>`` of the runtime under test accepts."""
+    parser = runtime_cli.parser()
+    for action in parser._subparsers._group_actions if parser._subparsers else ():
+        choices = getattr(action, "choices", None) or {}
+        if role in choices:
+            return frozenset(o for a in choices[role]._actions for o in a.option_strings)
+    return frozenset()
+
+
+RUNTIME_TLS = "--tls-dir" in runtime_options("jobmanager")
+"""Whether the runtime takes the job's certificate and token (the security flags)."""
+
+
+def drop_unsupported(argv: Sequence[str], role: str) -> tuple[list[str], set[str]]:
+    """``argv`` without the :data:`SECURITY_FLAGS` (and their values) the runtime does
+    not accept for ``role``; and which were dropped."""
+    known = runtime_options(role)
+    out: list[str] = []
+    dropped: set[str] = set()
+    skip = False
+    for token in argv:
+        if skip:
+            skip = False
+            continue
+        name = token.partition("=")[0]
+        if name in SECURITY_FLAGS and name not in known:
+            dropped.add(name)
+            skip = "=" not in token
+            continue
+        out.append(token)
+    return out, dropped
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -272,10 +331,12 @@ class _Pod:
     ready: bool = False
     ready_changed: str = ""
     probe_failures: int = 0
+    dropped: set[str] = field(default_factory=set)  # security flags the runtime lacks
     watch_log: bool = False  # readiness: registered with a JobManager, as its log says
     registered: bool = False
     log_offset: int = 0
     status_written: Obj | None = None
+    tls: bool = False  # runs with --tls-dir: its REST port is HTTPS
 
     @property
     def key(self) -> tuple[str, str]:
@@ -520,6 +581,25 @@ class PodRunner:
             for p in sorted(self.log_dir.glob("*.log"))
         )
 
+    def client_options(self, url: str) -> dict[str, Any]:
+        """``token`` and ``ssl`` for a ``JobManagerClient`` of ``url`` (a local URL this
+        runner gave), from the Secrets the pod behind it mounts (the REST token, the
+        job's CAs); empty for a pod that mounts none (or before the runtime takes them)."""
+        port = urllib.parse.urlsplit(url).port
+        with self._lock:
+            pod = next((p for p in self._pods.values() if port in p.ports.values()), None)
+        if pod is None:
+            return {}
+        root = self.log_dir / "volumes" / f"{pod.namespace}.{pod.name}"
+        options: dict[str, Any] = {}
+        token = next(root.glob("*/token"), None)
+        if token is not None:
+            options["token"] = token.read_text().strip()
+        ca = next(root.glob("*/ca.crt"), None)
+        if ca is not None and urllib.parse.urlsplit(url).scheme == "https":
+            options["ssl"] = ssl.create_default_context(cafile=str(ca))
+        return options
+
     def endpoints(
         self, service: str, namespace: str = "default", port: int | str = "rest"
     ) -> list[int]:
@@ -565,13 +645,15 @@ class PodRunner:
         port: int | str = "rest",
         timeout: float = 30.0,
     ) -> str:
-        """``http://127.0.0.1:<port>`` of a ready pod the Service selects; waits up to
-        ``timeout`` seconds for one (LookupError then)."""
+        """``http://127.0.0.1:<port>`` of a ready pod the Service selects (``https://`` if
+        that pod runs with TLS); waits up to ``timeout`` seconds for one (LookupError then)."""
         deadline = time.monotonic() + timeout
         while True:
             ports = self.endpoints(service, namespace, port)
             if ports:
-                return f"http://127.0.0.1:{ports[0]}"
+                with self._lock:
+                    tls = any(p.tls and ports[0] in p.ports.values() for p in self._pods.values())
+                return f"{'https' if tls else 'http'}://127.0.0.1:{ports[0]}"
             if time.monotonic() >= deadline:
                 raise LookupError(f"Service {namespace}/{service} selects no ready pod")
             time.sleep(0.05)
@@ -590,11 +672,11 @@ class PodRunner:
         ports = self.endpoints(service, namespace, parts.port or default)
         base = f"http://127.0.0.1:{ports[0]}" if ports else self.dead_url
         return urllib.parse.urlunsplit(
-            ("http", base.removeprefix("http://"), parts.path, parts.query, parts.fragment)
+            (parts.scheme, base.removeprefix("http://"), parts.path, parts.query, parts.fragment)
         )
 
     def service_endpoint(self, namespace: str, service: str, port: str) -> str | None:
-        """``http://127.0.0.1:<port>`` of a ready pod the Service selects now for ``port``
+        """``http[s]://127.0.0.1:<port>`` of a ready pod the Service selects now for ``port``
         (a number, a name, or "" for its first port), or None: the emulator's Service proxy
         backend while the runner runs."""
         wanted: int | str = int(port) if port.isdigit() else port
@@ -605,7 +687,13 @@ class PodRunner:
                 return None
             wanted = ports[0]["port"]
         local = self.endpoints(service, namespace, wanted)
-        return f"http://127.0.0.1:{local[0]}" if local else None
+        if not local:
+            return None
+        with self._lock:  # a pod given the job's certificate serves REST over HTTPS
+            tls = any(
+                "--tls-dir" in p.argv and local[0] == p.ports.get(8081) for p in self._pods.values()
+            )
+        return f"{'https' if tls else 'http'}://127.0.0.1:{local[0]}"
 
     @property
     def address_resolver(self) -> Callable[[str], str]:
@@ -915,6 +1003,7 @@ class PodRunner:
 
     def _command_line(self, pod: _Pod, env: Mapping[str, str]) -> list[str]:
         argv = [expand(a, env) for a in pod.command.argv]
+        argv, pod.dropped = drop_unsupported(argv, pod.command.role)  # see the module doc
         pod.ports = {}
 
         def local(value: str) -> str:
@@ -925,6 +1014,21 @@ class PodRunner:
                 pod.ports[port] = free_port()
             return str(pod.ports[port])
 
+        if not any(a == "--metrics-port" or a.startswith("--metrics-port=") for a in argv):
+            argv += ["--metrics-port", str(METRICS_PORT)]
+        flags = {a.partition("=")[0] for a in argv}
+        pod.tls = "--tls-dir" in flags or bool(env.get("STREAMJOB_TLS_DIR"))
+        if not pod.tls and "--insecure" not in flags:
+            argv.append("--insecure")
+        # The image's job directories are the repository here (and the temporary
+        # directory, where tests write job files): added to the roots the spec names.
+        local_roots = f"{RUNTIME_ROOT.parent}:{tempfile.gettempdir()}"
+        if "--job-roots" in flags:
+            argv = rewrite_flags(argv, ("--job-roots",), lambda v: f"{v}:{local_roots}")
+        else:
+            argv += ["--job-roots", local_roots]
+        if "--storage-roots" not in flags:
+            argv += ["--storage-roots", tempfile.gettempdir()]
         argv = rewrite_flags(argv, PORT_FLAGS[pod.command.role], local)
         if pod.command.role == "taskmanager":
             argv = rewrite_flags(argv, ("--jobmanager",), lambda v: self._service_address(v, pod))
@@ -942,9 +1046,44 @@ class PodRunner:
             return address
         return f"127.0.0.1:{self._proxy(where[0], where[1], int(port))}"
 
+    def _volumes(self, pod: _Pod) -> dict[str, str]:
+        """Write the pod's Secret and ConfigMap volumes; return mountPath -> local dir."""
+        root = self.log_dir / "volumes" / f"{pod.namespace}.{pod.name}"
+        volumes = {v.get("name"): v for v in pod.spec.get("volumes") or []}
+        mounts: dict[str, str] = {}
+        for mount in pod.command.container.get("volumeMounts") or []:
+            volume = volumes.get(mount.get("name")) or {}
+            if "secret" in volume:
+                data = self._source_data(
+                    pod.namespace, {"secretRef": {"name": volume["secret"].get("secretName")}}
+                )
+            elif "configMap" in volume:
+                data = self._source_data(
+                    pod.namespace, {"configMapRef": {"name": volume["configMap"].get("name")}}
+                )
+            else:
+                continue
+            local = root / str(mount["name"])
+            local.mkdir(parents=True, exist_ok=True)
+            for key, value in data.items():
+                (local / key).write_text(value)
+                (local / key).chmod(0o600)
+            mounts[str(mount["mountPath"]).rstrip("/")] = str(local)
+        return mounts
+
+    @staticmethod
+    def _localize(value: str, mounts: Mapping[str, str]) -> str:
+        """``value`` (a path, or ``--flag=path``) with a mounted volume's path made local."""
+        name, eq, rest = value.partition("=") if value.startswith("--") else ("", "", value)
+        for path, local in mounts.items():
+            if rest == path or rest.startswith(f"{path}/"):
+                return f"{name}{eq}{local}{rest[len(path) :]}"
+        return value
+
     def _start(self, pod: _Pod) -> None:
-        env = self._environment(pod)
-        argv = self._command_line(pod, env)
+        mounts = self._volumes(pod)
+        env = {k: self._localize(v, mounts) for k, v in self._environment(pod).items()}
+        argv = [self._localize(a, mounts) for a in self._command_line(pod, env)]
         process_env = dict(os.environ)
         process_env.update(self.extra_env)
         for name in ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"):
@@ -1061,7 +1200,10 @@ class PodRunner:
         probe = pod.command.container.get("readinessProbe") or {}
         http = probe.get("httpGet")
         if http is not None:
-            port = pod.local_port(http.get("port", 80))
+            named = http.get("port", 80)
+            if named == "metrics" and "--metrics-port" in pod.dropped:
+                named = "rest"  # a runtime without a metrics port serves probes on REST
+            port = pod.local_port(named)
             ok = False
             if port is not None:
                 ok = await self._http_ok(f"http://127.0.0.1:{port}{http.get('path', '/')}")

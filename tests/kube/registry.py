@@ -222,6 +222,14 @@ BUILTINS: tuple[ResourceType, ...] = (
         short_names=("pdb",),
     ),
     _builtin("coordination.k8s.io", "v1", "leases", "Lease"),
+    _builtin(
+        "networking.k8s.io",
+        "v1",
+        "networkpolicies",
+        "NetworkPolicy",
+        generation=True,
+        short_names=("netpol",),
+    ),
     _builtin("rbac.authorization.k8s.io", "v1", "roles", "Role", name_validation=NAME_PATH),
     _builtin(
         "rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", name_validation=NAME_PATH

@@ -27,7 +27,9 @@ from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 
+from tests.kube import schema
 from tests.kube.registry import CRDS, NAMESPACES, Obj, Registry, ResourceType
 from tests.kube.selectors import (
     SelectorError,
@@ -114,6 +116,15 @@ def _not_found_route() -> ApiError:
 
 def _method_not_allowed(method: str) -> ApiError:
     return ApiError(405, "MethodNotAllowed", f"the server does not allow this method ({method})")
+
+
+def _answer(body: Obj, warnings: list[str], status: int = 200) -> web.Response:
+    """A JSON answer with one `Warning: 299 - "..."` header per warning, as kube-apiserver
+    sends them (kubectl prints them as `Warning: ...`)."""
+    headers = CIMultiDict[str]()
+    for text in warnings:
+        headers.add("Warning", f"299 - {json.dumps(text)}")
+    return web.json_response(body, status=status, headers=headers)
 
 
 def _present(rt: ResourceType, obj: Obj) -> Obj:
@@ -222,7 +233,11 @@ class ApiServer:
             self._proxy_session = aiohttp.ClientSession(auto_decompress=False)
         tail = "/" + "/".join(parts[7:])
         body = await request.read()
-        headers = {k: v for k, v in request.headers.items() if k.lower() == "content-type"}
+        # Unlike kube-apiserver, which authenticates the caller by Authorization and drops
+        # it, the emulator (which authenticates nobody) passes it on: an operator process
+        # can then reach JobManagers that want their job's bearer token through here.
+        passed = ("content-type", "authorization")
+        headers = {k: v for k, v in request.headers.items() if k.lower() in passed}
         try:
             async with self._proxy_session.request(
                 request.method,
@@ -231,6 +246,7 @@ class ApiServer:
                 data=body or None,
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=60),
+                ssl=False,  # an https:// endpoint is not verified, as kube-apiserver does
             ) as upstream:
                 content = await upstream.read()
                 return web.Response(
@@ -279,6 +295,13 @@ class ApiServer:
         target = self._resolve(parts)
         query = request.query
         dry_run = self._dry_run(query.getall("dryRun", []))
+        validation = query.get("fieldValidation") or "Warn"
+        if validation not in schema.FIELD_VALIDATION:
+            raise bad_request(
+                f"fieldValidation must be one of {', '.join(schema.FIELD_VALIDATION)}, "
+                f"not {validation!r}"
+            )
+        warnings: list[str] = []
         method = request.method
         rt, namespace, name = target.rt, target.namespace, target.name
         if name is None:
@@ -290,8 +313,10 @@ class ApiServer:
                 if namespace is None and rt.namespaced:
                     raise _method_not_allowed(method)
                 body = await self._body(request)
-                created = self.store.create(rt, namespace or "", body, dry_run)
-                return web.json_response(_present(rt, created), status=201)
+                created = self.store.create(
+                    rt, namespace or "", body, dry_run, validation, warnings
+                )
+                return _answer(_present(rt, created), warnings, status=201)
             if method == "DELETE":
                 return web.json_response(await self._delete_collection(request, target, dry_run))
             raise _method_not_allowed(method)
@@ -302,8 +327,10 @@ class ApiServer:
             return web.json_response(_present(rt, self.store.get(rt, ns, name)))
         if method == "PUT":
             body = await self._body(request)
-            obj = self.store.replace(rt, ns, name, body, target.subresource, dry_run)
-            return web.json_response(_present(rt, obj))
+            obj = self.store.replace(
+                rt, ns, name, body, target.subresource, dry_run, validation, warnings
+            )
+            return _answer(_present(rt, obj), warnings)
         if method == "PATCH":
             patch_type = request.content_type
             if patch_type == "application/strategic-merge-patch+json" and rt.custom:
@@ -321,8 +348,10 @@ class ApiServer:
                     f"include: {', '.join(PATCH_TYPES)}",
                 )
             body = await self._body(request)
-            obj = self.store.patch(rt, ns, name, patch_type, body, target.subresource, dry_run)
-            return web.json_response(_present(rt, obj))
+            obj = self.store.patch(
+                rt, ns, name, patch_type, body, target.subresource, dry_run, validation, warnings
+            )
+            return _answer(_present(rt, obj), warnings)
         if method == "DELETE" and target.subresource is None:
             options, opt_dry_run = await self._delete_options(request)
             obj, gone = self.store.delete(rt, ns, name, options, dry_run or opt_dry_run)

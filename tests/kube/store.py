@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from tests.kube import patching
+from tests.kube import patching, schema
 from tests.kube.defaults import apply_defaults
 from tests.kube.registry import (
     CRDS,
@@ -97,8 +97,12 @@ def bad_request(message: str) -> ApiError:
     return ApiError(400, "BadRequest", message)
 
 
-def invalid(rt: ResourceType, name: str, causes: list[tuple[str, str]]) -> ApiError:
+def invalid(
+    rt: ResourceType, name: str, causes: list[tuple[str, str]], reasons: list[str] | None = None
+) -> ApiError:
+    """422 Invalid; `reasons` are the causes' reasons (FieldValueInvalid unless given)."""
     text = "; ".join(f"{f}: {m}" for f, m in causes)
+    reasons = reasons or ["FieldValueInvalid"] * len(causes)
     return ApiError(
         422,
         "Invalid",
@@ -108,7 +112,8 @@ def invalid(rt: ResourceType, name: str, causes: list[tuple[str, str]]) -> ApiEr
             "group": rt.group,
             "kind": rt.kind,
             "causes": [
-                {"reason": "FieldValueInvalid", "message": m, "field": f} for f, m in causes
+                {"reason": r, "message": m, "field": f}
+                for (f, m), r in zip(causes, reasons, strict=True)
             ],
         },
     )
@@ -370,6 +375,12 @@ def _validate_crd(obj: Obj, causes: list[tuple[str, str]]) -> None:
         causes.append(("spec.versions", "Required value"))
     elif sum(1 for v in versions if v.get("storage")) != 1:
         causes.append(("spec.versions", "exactly one version must be the storage version"))
+    else:
+        for i, version in enumerate(versions):
+            structural = (version.get("schema") or {}).get("openAPIV3Schema")
+            if isinstance(structural, dict):
+                path = f"spec.versions[{i}].schema.openAPIV3Schema"
+                causes += [(c.field, c.message) for c in schema.rule_problems(structural, path)]
 
 
 def validate(rt: ResourceType, obj: Obj) -> None:
@@ -551,7 +562,16 @@ class Store:
 
     # ------------------------------------------------------------------ create
 
-    def create(self, rt: ResourceType, namespace: str, body: object, dry_run: bool = False) -> Obj:
+    def create(
+        self,
+        rt: ResourceType,
+        namespace: str,
+        body: object,
+        dry_run: bool = False,
+        field_validation: str = "Warn",
+        warnings: list[str] | None = None,
+    ) -> Obj:
+        """POST; `field_validation` and `warnings` (appended to) as for `_admit`."""
         obj = self._accept_body(rt, namespace, body)
         meta = _meta(obj)
         if not meta.get("name"):
@@ -593,6 +613,9 @@ class Store:
                 )
         apply_defaults(rt, obj)
         validate(rt, obj)
+        if rt.status:
+            obj.pop("status", None)
+        self._admit(rt, obj, None, field_validation, warnings)
         if self._key(rt, namespace, name) in self._bucket(rt.group_resource):
             raise ApiError(
                 409, "AlreadyExists", f'{rt.qualified} "{name}" already exists', _details(rt, name)
@@ -615,8 +638,6 @@ class Store:
             meta["generation"] = 1
         else:
             meta.pop("generation", None)
-        if rt.status:
-            obj.pop("status", None)
         self._defaults_on_create(rt, obj)
         if dry_run:
             return obj
@@ -656,6 +677,48 @@ class Store:
         else:
             meta.pop("namespace", None)
         return obj
+
+    def _schema_of(self, rt: ResourceType) -> Obj | None:
+        """The openAPIV3Schema of a custom resource's version, if its CRD has one."""
+        crd = self._bucket(CRDS).get(("", f"{rt.plural}.{rt.group}"))
+        for version in (crd or {}).get("spec", {}).get("versions") or []:
+            if version.get("name") == rt.version:
+                found = (version.get("schema") or {}).get("openAPIV3Schema")
+                return found if isinstance(found, dict) else None
+        return None
+
+    def _admit(
+        self,
+        rt: ResourceType,
+        obj: Obj,
+        old: Obj | None,
+        field_validation: str,
+        warnings: list[str] | None,
+    ) -> None:
+        """A custom resource through its CRD's structural schema (tests.kube.schema): prune,
+        default, check, CEL rules. Unknown fields: a warning (`Warn`, the server's default),
+        nothing (`Ignore`) or 400 (`Strict`, kubectl's default); field errors: 422 Invalid."""
+        if not rt.custom:
+            return
+        structural = self._schema_of(rt)
+        if structural is None:
+            return
+        outcome = schema.admit(obj, structural, old)
+        if outcome.unknown and field_validation == "Strict":
+            fields = ", ".join(f'unknown field "{u}"' for u in outcome.unknown)
+            raise bad_request(
+                f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: '
+                f"strict decoding error: {fields}"
+            )
+        if outcome.unknown and field_validation == "Warn" and warnings is not None:
+            warnings += [f'unknown field "{u}"' for u in outcome.unknown]
+        if outcome.causes:
+            raise invalid(
+                rt,
+                _meta(obj).get("name", ""),
+                [(c.field, c.message) for c in outcome.causes],
+                [c.reason for c in outcome.causes],
+            )
 
     def _defaults_on_create(self, rt: ResourceType, obj: Obj) -> None:
         gr = rt.group_resource
@@ -725,6 +788,8 @@ class Store:
         body: object,
         subresource: str | None = None,
         dry_run: bool = False,
+        field_validation: str = "Warn",
+        warnings: list[str] | None = None,
     ) -> Obj:
         old = self.get(rt, namespace, name)
         new = self._accept_body(rt, namespace, body)
@@ -749,7 +814,9 @@ class Store:
                     )
                 ],
             )
-        return self._update(rt, old, self._prepare_update(rt, old, new, subresource), dry_run)
+        prepared = self._prepare_update(rt, old, new, subresource)
+        self._admit(rt, prepared, old, field_validation, warnings)
+        return self._update(rt, old, prepared, dry_run)
 
     def patch(
         self,
@@ -760,6 +827,8 @@ class Store:
         patch: object,
         subresource: str | None = None,
         dry_run: bool = False,
+        field_validation: str = "Warn",
+        warnings: list[str] | None = None,
     ) -> Obj:
         old = self.get(rt, namespace, name)
         try:
@@ -786,7 +855,9 @@ class Store:
         if rv is not None and rv != _meta(old)["resourceVersion"]:
             raise conflict(rt, name, STALE)
         new = self._accept_body(rt, namespace, patched)
-        return self._update(rt, old, self._prepare_update(rt, old, new, subresource), dry_run)
+        prepared = self._prepare_update(rt, old, new, subresource)
+        self._admit(rt, prepared, old, field_validation, warnings)
+        return self._update(rt, old, prepared, dry_run)
 
     def _prepare_update(self, rt: ResourceType, old: Obj, new: Obj, subresource: str | None) -> Obj:
         name = _meta(old)["name"]
@@ -943,6 +1014,7 @@ class Store:
         new_meta["resourceVersion"] = _meta(old)["resourceVersion"]
         apply_defaults(rt, new)
         validate(rt, new)
+        self._admit(rt, new, old, "Warn", None)
         if rt.generation and _spec_part(old, rt.status) != _spec_part(new, rt.status):
             new_meta["generation"] = _meta(old).get("generation", 0) + 1
         return self._update(rt, old, new, False)

@@ -4,7 +4,9 @@ as real JobManager and TaskManager processes against the Kubernetes API emulator
 from __future__ import annotations
 
 import asyncio
+import datetime
 import signal
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
@@ -13,17 +15,29 @@ from typing import Any, TypeVar
 
 import pytest
 
+from streamjob_operator.acting import certificates
 from streamjob_operator.api import crd, models
-from streamjob_operator.desired import ha, jobmanager, metadata, submission, target, taskmanager
+from streamjob_operator.desired import (
+    ha,
+    jobmanager,
+    metadata,
+    submission,
+    target,
+    taskmanager,
+)
+from streamjob_operator.desired import security as desired_security
 from streamjob_operator.observing import children
 from streamjob_operator.observing import jobmanager as rest_observing
 from streamjob_operator.planning import observed
+from streamjob_runtime import security
 from streamjob_runtime.api import client
 from streamjob_runtime.api import models as rest
 from tests.integration.test_exactly_once_recovery import args, assert_exact
+from tests.kube import pods as kubelet
 from tests.kube.pods import (
     FINALIZER,
     HASH_LABEL,
+    RUNTIME_ROOT,
     PodRunner,
     expand,
     rewrite_flags,
@@ -33,6 +47,7 @@ from tests.kube.pods import (
 from tests.kube.server import KubeEmulator
 
 T = TypeVar("T")
+REST_SCHEME = "https" if kubelet.RUNTIME_TLS else "http"
 JOBS = Path(__file__).parent.parent / "jobs"
 NAMESPACE = "default"
 HERE = target.DeploymentTarget()
@@ -81,8 +96,38 @@ def create_streamjob(kube: KubeEmulator, name: str, body: dict[str, Any]) -> tar
     )
 
 
+def create_credentials(kube: KubeEmulator, job: target.StreamJob) -> None:
+    """The job's CA, certificate and REST token Secrets, as acting.credentials makes them."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca = certificates.make_ca("test CA", now)
+    names, addresses = desired_security.dns_names(job), desired_security.IP_ADDRESSES
+    pair = certificates.issue(ca, "test", names, addresses, now)
+    kube.create(
+        desired_security.ca_secret(
+            job, {desired_security.CA_CERT: ca.cert, desired_security.CA_KEY: ca.key}
+        )
+    )
+    kube.create(desired_security.tls_secret(job, ca.cert, pair.cert, pair.key))
+    kube.create(desired_security.token_secret(job, "a-test-token"))
+
+
+def credentials_of(kube: KubeEmulator, job: target.StreamJob) -> rest_observing.Credentials:
+    tls = desired_security.secret_data(
+        kube.get("v1", "secrets", desired_security.tls_secret_name(job), NAMESPACE)
+    )
+    token = desired_security.secret_data(
+        kube.get("v1", "secrets", desired_security.token_secret_name(job), NAMESPACE)
+    )
+    return rest_observing.Credentials(
+        token[desired_security.TOKEN_KEY].decode(), tls[desired_security.CA_CERT]
+    )
+
+
 def deploy(kube: KubeEmulator, job: target.StreamJob) -> None:
-    """What acting applies for the pods: the Service and both Deployments."""
+    """What acting applies for the pods: the job's Secrets, the Service and both
+    Deployments."""
+    if kube.get("v1", "secrets", desired_security.tls_secret_name(job), NAMESPACE) is None:
+        create_credentials(kube, job)
     kube.create(jobmanager.service(job, HERE))
     kube.create(jobmanager.deployment(job, HERE))
     kube.create(taskmanager.deployment(job, HERE))
@@ -123,9 +168,13 @@ def wait_ready(kube: KubeEmulator, runner: PodRunner, *names: str) -> None:
         )
 
 
-def rest_call(url: str, call: Callable[[client.JobManagerClient], Awaitable[T]]) -> T:
+def rest_call(
+    runner: PodRunner, url: str, call: Callable[[client.JobManagerClient], Awaitable[T]]
+) -> T:
+    """``call`` on a client of ``url`` with the job's token and CAs."""
+
     async def go() -> T:
-        async with client.JobManagerClient(url) as c:
+        async with client.JobManagerClient(url, **runner.client_options(url)) as c:
             return await call(c)
 
     return asyncio.run(go())
@@ -133,7 +182,7 @@ def rest_call(url: str, call: Callable[[client.JobManagerClient], Awaitable[T]])
 
 def run_job(runner: PodRunner, job: target.StreamJob) -> str:
     url = runner.rest_url(jm_name(job))
-    return rest_call(url, lambda c: c.submit(submission.job_submission(job, HERE)))
+    return rest_call(runner, url, lambda c: c.submit(submission.job_submission(job, HERE)))
 
 
 def wait_terminal(
@@ -144,7 +193,7 @@ def wait_terminal(
     def done() -> bool:
         try:
             seen.append(
-                rest_call(runner.rest_url(jm_name(job), timeout=1), lambda c: c.job(job_id))
+                rest_call(runner, runner.rest_url(jm_name(job), timeout=1), lambda c: c.job(job_id))
             )
         except (LookupError, OSError, client.RestError):
             return False
@@ -282,8 +331,8 @@ def test_a_rendered_cluster_runs_a_job_to_its_exact_output(
     assert env["HOME"] == "/tmp"
     assert "KUBERNETES_SERVICE_HOST" not in env
     rest_port = jm.ports[jobmanager.REST_PORT]
-    assert [jm.argv[3], *jm.argv[4:10]] == [
-        "jobmanager", "--host", "127.0.0.1",
+    assert [jm.argv[3], *jm.argv[4:12]] == [
+        "jobmanager", "--host", "127.0.0.1", "--bind-host", "0.0.0.0",
         "--rpc-port", str(jm.ports[jobmanager.RPC_PORT]), "--rest-port", str(rest_port),
     ]  # fmt: skip
     assert environ(tm.pid)["POD_NAME"] == tm.name
@@ -294,11 +343,11 @@ def test_a_rendered_cluster_runs_a_job_to_its_exact_output(
 
     # The Service, as the operator reaches it.
     url = runner.rest_url(jm_name(job))
-    assert url == f"http://127.0.0.1:{rest_port}"
+    assert url == f"{REST_SCHEME}://127.0.0.1:{rest_port}"
     assert runner.resolve(jobmanager.rest_url(job, HERE)) == url
     assert runner.address_resolver(jobmanager.rest_url(job, HERE) + "/jobs") == f"{url}/jobs"
 
-    overview = rest_call(url, lambda c: c.overview())
+    overview = rest_call(runner, url, lambda c: c.overview())
     assert (overview.taskmanagers, overview.slots_total) == (1, 2)
     job_id = run_job(runner, job)
     details = wait_terminal(kube, runner, job, job_id)
@@ -308,7 +357,12 @@ def test_a_rendered_cluster_runs_a_job_to_its_exact_output(
 
     # The operator's observation of the JobManager, through the resolver.
     seen = asyncio.run(
-        rest_observing.observe(runner.resolve(jobmanager.rest_url(job, HERE)), job_id, None)
+        rest_observing.observe(
+            runner.resolve(jobmanager.rest_url(job, HERE)),
+            job_id,
+            None,
+            credentials=credentials_of(kube, job),
+        )
     )
     assert seen.reachable
     assert seen.job is not None
@@ -328,7 +382,7 @@ def test_scaling_restarts_and_a_new_template_are_carried_out(
     kube.patch("apps/v1", "deployments", tm_name(job), {"spec": {"replicas": 2}}, NAMESPACE)
     wait_ready(kube, runner, tm_name(job))
     assert len(runner.processes(tm_name(job))) == 2
-    assert rest_call(url, lambda c: c.overview()).taskmanagers == 2
+    assert rest_call(runner, url, lambda c: c.overview()).taskmanagers == 2
 
     # A killed process is restarted in the same pod, and counted.
     first, second = runner.processes(tm_name(job))
@@ -360,7 +414,7 @@ def test_scaling_restarts_and_a_new_template_are_carried_out(
     wait(
         kube,
         runner,
-        lambda: rest_call(url, lambda c: c.overview()).taskmanagers == 1,
+        lambda: rest_call(runner, url, lambda c: c.overview()).taskmanagers == 1,
         "the JobManager to lose the TaskManager",
     )
 
@@ -392,7 +446,7 @@ def test_scaling_restarts_and_a_new_template_are_carried_out(
     wait(
         kube,
         runner,
-        lambda: rest_call(url, lambda c: c.overview()).slots_total == 3,
+        lambda: rest_call(runner, url, lambda c: c.overview()).slots_total == 3,
         "the new TaskManager to register",
     )
 
@@ -452,12 +506,17 @@ def test_with_ha_the_service_follows_the_leader_label(
         return names[0] if len(names) == 1 else None
 
     first = wait(kube, runner, leader, "a leader to label its pod")
-    # Only the leader is ready (the standby's /readyz answers 503).
-    status = (deployment(kube, jm_name(job)) or {})["status"]
-    assert (status["replicas"], status["readyReplicas"]) == (2, 1)
+    # The standby is ready too (its /readyz says "standby"): the Service selects the
+    # leader by its label, not by readiness.
+    wait(
+        kube,
+        runner,
+        lambda: (deployment(kube, jm_name(job)) or {})["status"].get("readyReplicas") == 2,
+        "both JobManagers to be ready",
+    )
     [leading] = [p for p in runner.processes(jm_name(job)) if p.name == first]
     assert leading.argv[leading.argv.index("--pod-name") + 1] == first
-    assert runner.rest_url(jm_name(job)) == f"http://127.0.0.1:{leading.ports[8081]}"
+    assert runner.rest_url(jm_name(job)) == f"{REST_SCHEME}://127.0.0.1:{leading.ports[8081]}"
     assert kube.get(
         "coordination.k8s.io/v1", "leases", ha.lease_name(metadata.cluster_id(job, HERE)), NAMESPACE
     )
@@ -467,7 +526,7 @@ def test_with_ha_the_service_follows_the_leader_label(
     wait(
         kube,
         runner,
-        lambda: rest_call(url, lambda c: c.checkpoints(job_id)).counts.completed >= 1,
+        lambda: rest_call(runner, url, lambda c: c.checkpoints(job_id)).counts.completed >= 1,
         "a checkpoint",
     )
     runner.kill(first)
@@ -475,7 +534,7 @@ def test_with_ha_the_service_follows_the_leader_label(
         kube, runner, lambda: (name := leader()) != first and name, "the standby to take over"
     )
     [standby] = [p for p in runner.processes(jm_name(job)) if p.name == second]
-    assert runner.rest_url(jm_name(job)) == f"http://127.0.0.1:{standby.ports[8081]}"
+    assert runner.rest_url(jm_name(job)) == f"{REST_SCHEME}://127.0.0.1:{standby.ports[8081]}"
     details = wait_terminal(kube, runner, job, job_id)
     assert details.state is rest.JobStatus.FINISHED, details.failure_cause
     assert_exact(tmp_path / "out")
@@ -502,12 +561,12 @@ def test_a_replaced_jobmanager_pod_is_found_again_through_the_service(
     assert not pid_exists(old.pid)
     [new] = runner.processes(jm_name(job))
     url = runner.rest_url(jm_name(job))
-    assert url == f"http://127.0.0.1:{new.ports[jobmanager.REST_PORT]}"
+    assert url == f"{REST_SCHEME}://127.0.0.1:{new.ports[jobmanager.REST_PORT]}"
     # The TaskManager, given the Service's address, reaches the new JobManager.
     wait(
         kube,
         runner,
-        lambda: rest_call(url, lambda c: c.overview()).taskmanagers == 1,
+        lambda: rest_call(runner, url, lambda c: c.overview()).taskmanagers == 1,
         "the TaskManager to register with the new JobManager",
     )
     [same] = runner.processes(tm_name(job))
@@ -572,9 +631,83 @@ def test_the_container_environment_is_computed_as_the_kubelet_does(
         assert (env["CM_LEVEL"], env["CM_COLOR"], env["LEVEL"]) == ("INFO", "blue", "INFO")
         flags = list(tm.argv[tm.argv.index("taskmanager") :])
         port = tm.ports[6121]
+        # The security flags the pod spec lacks come last (see tests.kube.pods).
         assert flags == [
             "taskmanager", "--jobmanager", "127.0.0.1:1", "--data-port", str(port),
             "--id", f"tm-{tm.name}", "--slots", "3",
+            "--metrics-port", str(tm.ports[9249]), "--insecure",
+            "--job-roots", f"{RUNTIME_ROOT.parent}:{tempfile.gettempdir()}",
+            "--storage-roots", tempfile.gettempdir(),
         ]  # fmt: skip
     assert not pid_exists(tm.pid)
     assert kube.list("v1", "pods", NAMESPACE) == []  # let go when the runner stops
+
+
+def _secured(manifest: dict[str, Any], name: str) -> dict[str, Any]:
+    """``manifest`` with what SECURITY-CONTRACT.md has the operator add: the job's TLS
+    Secret and (JobManager) token Secret mounted, the flags naming them, probes on the
+    plain metrics port."""
+    pod = manifest["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    jobmanager_pod = container["command"][1] == "jobmanager"
+    container["args"] += [
+        "--tls-dir", "/etc/streamjob/tls",
+        "--job-roots", "/opt/streamjob/jobs:/opt/streamjob/examples",  # the image's
+    ]  # fmt: skip
+    mounts = [{"name": "tls", "mountPath": "/etc/streamjob/tls", "readOnly": True}]
+    volumes: list[dict[str, Any]] = [{"name": "tls", "secret": {"secretName": f"{name}-tls"}}]
+    if jobmanager_pod:
+        container["args"] += ["--rest-token-file", "/etc/streamjob/rest/token"]
+        mounts.append({"name": "rest-token", "mountPath": "/etc/streamjob/rest", "readOnly": True})
+        volumes.append({"name": "rest-token", "secret": {"secretName": f"{name}-rest-token"}})
+        container["ports"].append({"name": "metrics", "containerPort": 9249, "protocol": "TCP"})
+        container["readinessProbe"] = {"httpGet": {"path": "/readyz", "port": "metrics"}}
+    container["volumeMounts"] = [*(container.get("volumeMounts") or []), *mounts]
+    pod["volumes"] = [*(pod.get("volumes") or []), *volumes]
+    return manifest
+
+
+def test_pods_with_the_jobs_tls_and_token_secrets_talk_mutual_tls_and_https(
+    kube: KubeEmulator, runner: PodRunner, tmp_path: Path
+) -> None:
+    """The contract's pod layout runs: the kubelet mounts the Secrets, the TaskManager
+    registers over mutual TLS, REST is HTTPS with the token, probes use the metrics port."""
+    job = create_streamjob(kube, "sum", spec(tmp_path))
+    tls = security.write_credentials(tmp_path / "credentials", ["localhost"], ["127.0.0.1"])
+    token = security.new_token()
+    kube.create({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": {"name": "sum-tls", "namespace": NAMESPACE},
+        "stringData": {f: (tls / f).read_text() for f in ("ca.crt", "tls.crt", "tls.key")},
+    })  # fmt: skip
+    kube.create({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "sum-rest-token", "namespace": NAMESPACE},
+        "stringData": {"token": token},
+    })  # fmt: skip
+    kube.create(jobmanager.service(job, HERE))
+    kube.create(_secured(jobmanager.deployment(job, HERE), "sum"))
+    kube.create(_secured(taskmanager.deployment(job, HERE), "sum"))
+    wait_ready(kube, runner, jm_name(job), tm_name(job))
+    url = runner.rest_url(jm_name(job))
+    assert url.startswith("https://127.0.0.1:")
+    [jm] = runner.processes(jm_name(job))
+    assert "--insecure" not in jm.argv
+
+    async def calls() -> tuple[int, int, rest.JobStatus]:
+        async with client.JobManagerClient(url, token=token, ca_file=tls / "ca.crt") as c:
+            registered = (await c.overview()).taskmanagers
+            # tests/jobs is the image's job directory here (the kubelet adds it).
+            job_id = await c.submit(submission.job_submission(job, HERE))
+            for _ in range(1200):  # up to a minute
+                if (state := (await c.job(job_id)).state) is not rest.JobStatus.CREATED:
+                    break
+                await asyncio.sleep(0.05)
+            await c.cancel(job_id)
+        async with client.JobManagerClient(url, ca_file=tls / "ca.crt") as c:
+            with pytest.raises(client.RestError) as refused:
+                await c.overview()
+        return registered, refused.value.status, state
+
+    assert asyncio.run(calls()) == (1, 401, rest.JobStatus.RUNNING)
+    assert '"tls":true' in runner.logs()

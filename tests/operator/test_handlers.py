@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -183,11 +184,38 @@ def test_a_created_streamjob_gets_owned_children_and_is_deployed_then_stable(
             assert status_of(kube)["job"]["id"] == jid
             fake_jobmanager.checkpoints[jid] = 1
             wait_lifecycle(kube, "STABLE")
+        # an Event follows the status write of its pass
+        kube.wait_for(lambda: "Stable" in reasons(kube), timeout=10, what="the Stable Event")
         assert reasons(kube)[:2] == ["Deploying", "Deployed"]
-        assert "Stable" in reasons(kube)
         stored = kube.get(GROUP_VERSION, models.PLURAL, "wordcount", NAMESPACE)
         assert stored is not None
         assert handlers.FINALIZER in stored["metadata"]["finalizers"]
+
+
+def test_a_conflicting_status_write_is_retried_quietly_and_its_events_are_posted_once(
+    kube: KubeEmulator, fake_jobmanager: FakeJobManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 409 is normal on a busy object: no ERROR log, no kopf Warning Event, and the
+    Deploying Event of the pass that conflicted is not posted twice."""
+    reconciler = reconciler_for(kube, fake_jobmanager)
+    kube.inject_error(
+        409,
+        method="PATCH",
+        path_contains="/streamjobs/wordcount/status",
+        times=2,
+        reason="Conflict",
+        message="the object has been modified; please apply your changes to the latest version",
+    )
+    with operator(kube, reconciler), DeploymentController(kube, fake_jobmanager):
+        create(kube)
+        wait_lifecycle(kube, "DEPLOYED")
+    assert reasons(kube).count("Deploying") == 1, reasons(kube)
+    conflicts = [r for r in kube.requests if r.status == 409]
+    assert len(conflicts) == 2  # both injected conflicts were met, and retried
+    errors_logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors_logged == []
+    kinds = {e["type"] for e in kube.events_for("wordcount", NAMESPACE, kind="StreamJob")}
+    assert kinds == {"Normal"}
 
 
 def test_with_no_jobmanager_reachable_the_operator_waits_and_keeps_reconciling(
@@ -332,14 +360,15 @@ def test_a_replica_that_does_not_lead_does_nothing(
 
 def test_an_invalid_spec_is_reported_and_nothing_is_deployed(kube: KubeEmulator) -> None:
     reconciler = reconciler_for(kube)
-    invalid = {**SPEC, "savepoints": {}}  # upgradeMode savepoint needs savepoints.directory
+    # The CRD admits it (its rules cannot compare durations); the operator's validation not.
+    invalid = {**SPEC, "checkpointing": {"interval": "0s"}}
     with operator(kube, reconciler):
         create(kube, spec=invalid)
         kube.wait_for(lambda: status_of(kube).get("error"), timeout=20, what="an error")
         passes = reconciler.passes
         kube.wait_for(lambda: reconciler.passes >= passes + 2, timeout=20, what="more passes")
     assert "nothing was deployed" in status_of(kube)["error"]
-    assert "savepoints.directory" in status_of(kube)["error"]
+    assert "checkpointing.interval must be longer than zero" in status_of(kube)["error"]
     assert reasons(kube) == ["InvalidSpec"]  # once, not every pass
     assert kube.get("apps/v1", "deployments", "wordcount-jobmanager", NAMESPACE) is None
 
@@ -389,3 +418,37 @@ def test_manual_savepoints_are_kept_to_the_history_limit_and_the_expired_one_dis
         assert Path(second).is_dir()
     assert "SavepointsDisposed" in reasons(kube)
     assert "SavepointNotDisposed" not in reasons(kube)
+
+
+def test_an_expired_savepoint_the_operator_does_not_mount_is_reported_not_called_disposed(
+    kube: KubeEmulator, fake_jobmanager: FakeJobManager, tmp_path: Path
+) -> None:
+    """Its files remain: a SavepointNotDisposed Warning, and no SavepointsDisposed after it."""
+    fake_jobmanager.savepoint_root = tmp_path / "savepoints"
+    reconciler = reconciler_for(kube, fake_jobmanager)  # mounts no savepoint volume
+    spec = {**SPEC, "savepoints": {"directory": "/savepoints", "historyMaxCount": 1}}
+
+    def history() -> list[str]:
+        return [e["location"] for e in status_of(kube).get("savepointHistory", [])]
+
+    with operator(kube, reconciler), DeploymentController(kube, fake_jobmanager):
+        create(kube, spec=spec)
+        wait_lifecycle(kube, "DEPLOYED")
+        for nonce in (1, 2):
+            kube.patch(
+                GROUP_VERSION,
+                models.PLURAL,
+                "wordcount",
+                {"spec": {"job": {"savepointTriggerNonce": nonce}}},
+                namespace=NAMESPACE,
+            )
+
+            def answered(n: int = nonce) -> bool:
+                return bool((status_of(kube).get("lastSavepoint") or {}).get("nonce") == n)
+
+            kube.wait_for(answered, timeout=20, what=f"savepoint {nonce}")
+        kube.wait_for(lambda: len(history()) == 1, timeout=20, what="the first one dropped")
+        passes = reconciler.passes
+        kube.wait_for(lambda: reconciler.passes >= passes + 2, timeout=20, what="more passes")
+    assert reasons(kube).count("SavepointNotDisposed") == 1
+    assert "SavepointsDisposed" not in reasons(kube)

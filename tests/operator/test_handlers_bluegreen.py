@@ -187,6 +187,11 @@ def test_a_blue_green_upgrade_through_kopf_warms_green_then_switches_from_the_st
             tm = kube.get("apps/v1", "deployments", "wordcount-green-taskmanager", NAMESPACE)
             assert tm is not None
             assert tm["spec"]["template"]["spec"]["containers"][0]["image"] == "streamjob:2"
+            kube.wait_for(  # an Event follows the status write of its pass
+                lambda: "Switched" in test_handlers.reasons(kube),
+                timeout=10,
+                what="the Switched Event",
+            )
             reasons = test_handlers.reasons(kube)
             assert "BlueGreenUnsupported" not in reasons
             assert reasons.index("Switched") > reasons.index("Upgrading")

@@ -187,8 +187,12 @@ def test_manual_and_periodic_savepoints_are_on_disk_in_the_history_and_expired_o
         )
         on_disk = {str(p.parent) for p in (tmp_path / "savepoints").glob(f"*/{METADATA}")}
         assert on_disk == {e["location"] for e in history(status)}
+        kube.wait_for(  # an Event follows the status write of its pass
+            lambda: "SavepointsDisposed" in test_handlers.reasons(kube, "sum"),
+            timeout=10,
+            what="the SavepointsDisposed Event",
+        )
         reasons = test_handlers.reasons(kube, "sum")
-        assert "SavepointsDisposed" in reasons
         assert "SavepointNotDisposed" not in reasons
     assert_exact(tmp_path / "out", events=live.EVENTS)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -54,9 +55,14 @@ class FakeJobManager:
     standby). ``requests`` logs "METHOD path" of every call. A savepoint or stop request
     with a ``trigger_id`` the fake knows answers with that request and starts nothing (as
     the runtime); ``ignore_trigger_ids`` makes it choose its own ids instead.
+    ``ssl_context``: serve HTTPS with it; ``token``: answer 401 to a request without
+    ``Authorization: Bearer <token>`` (``authorizations`` logs what each request sent).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, ssl_context: ssl.SSLContext | None = None, token: str | None = None) -> None:
+        self.ssl_context = ssl_context
+        self.token = token
+        self.authorizations: list[str | None] = []
         self.jobs: dict[str, rest.JobOverview] = {}
         self.checkpoints: dict[str, int] = {}
         self.savepoints: dict[str, tuple[str, bool, rest.SavepointInfo]] = {}
@@ -77,7 +83,8 @@ class FakeJobManager:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def resolve(self, service_url: str) -> str:
         return self.url
@@ -99,7 +106,9 @@ class FakeJobManager:
         self._routes(app.router)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        await web.TCPSite(
+            self._runner, "127.0.0.1", self.port, ssl_context=self.ssl_context
+        ).start()
 
     def _routes(self, r: web.UrlDispatcher) -> None:
         r.add_get("/jobs", self._list)
@@ -116,6 +125,11 @@ class FakeJobManager:
         self, request: web.Request, handler: Callable[[web.Request], Any]
     ) -> web.StreamResponse:
         self.requests.append(f"{request.method} {request.path}")
+        self.authorizations.append(request.headers.get("Authorization"))
+        if self.token is not None and request.headers.get("Authorization") != (
+            f"Bearer {self.token}"
+        ):
+            return _error(401, "a bearer token is required")
         if not self.available:
             return _error(503, "not the leader")
         with self._lock:
@@ -427,7 +441,7 @@ def test_a_jobmanager_without_a_ready_pod_is_not_asked_until_one_is_ready(
 
     mark_ready(kube, "wordcount-jobmanager", ready=1)
     seen = run_observe(kube, read_resource(kube), resolve=resolve)
-    assert asked == ["http://wordcount-jobmanager.default.svc:8081"]
+    assert asked == ["https://wordcount-jobmanager.default.svc:8081"]
     assert seen.rest_reachable
     assert seen.job is not None
     assert seen.job.jid == jid
@@ -457,7 +471,7 @@ def test_the_jobmanager_is_asked_at_the_address_its_service_implies(
     seen = run_observe(kube, with_jobmanager(kube, deployed_status(id=jid)), resolve=resolve)
     job = target.StreamJob("wordcount", NAMESPACE, "uid", models.StreamJobSpec.model_validate(SPEC))
     assert asked == [jobmanager.rest_url(job, target.DeploymentTarget())]
-    assert asked == ["http://wordcount-jobmanager.default.svc:8081"]
+    assert asked == ["https://wordcount-jobmanager.default.svc:8081"]
     assert seen.rest_reachable
     assert [j.jid for j in seen.jobs] == [jid]
     assert seen.job is not None
@@ -595,7 +609,25 @@ def test_the_ha_metadata_is_not_read_without_ha(kube: KubeEmulator) -> None:
 
 
 def test_an_unreadable_status_is_refused_rather_than_guessed(kube: KubeEmulator) -> None:
-    create_streamjob(kube, status={"savepointHistory": "not a list"})
+    """A status the API server stored under another schema (an older CRD: today's refuses
+    this status) and that the models cannot read."""
+    older = crd.build()
+    schema = older["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    schema["properties"]["status"] = {
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": True,
+    }
+    kube.apply_crd(older)
+    kube.create(streamjob_body())
+    kube.patch(
+        f"{models.GROUP}/{models.VERSION}",
+        models.PLURAL,
+        "wordcount",
+        {"status": {"savepointHistory": "not a list"}},
+        namespace=NAMESPACE,
+        subresource="status",
+    )
+    install_crd(kube)  # the stored object is not checked again on read
     with pytest.raises(resource.StatusUnreadable, match="cannot be read"):
         read_resource(kube)
 
@@ -624,7 +656,9 @@ def test_kubeapi_paths() -> None:
 def test_a_real_jobmanagers_job_and_checkpoints_are_observed(
     kube: KubeEmulator, cluster_factory: Callable[..., Harness], tmp_path: Path
 ) -> None:
-    cluster = cluster_factory(taskmanagers=1, slots=2)
+    # Without TLS and token: this observes as the operator does before it reads the
+    # job's certificates and token from the Secrets it owns.
+    cluster = cluster_factory(taskmanagers=1, slots=2, insecure=True)
     out = tmp_path / "out"
     jid = cluster.submit(
         str(JOBS / "keyed_sum.py"),
@@ -647,12 +681,13 @@ def test_a_jobmanager_url_template_maps_service_urls_and_refuses_unknown_fields(
     through_proxy = rest_observing.url_template(rest_observing.KUBECTL_PROXY_TEMPLATE)
     job = target.StreamJob("sum", "prod", "u", models.StreamJobSpec.model_validate(SPEC))
     url = jobmanager.rest_url(job, target.DeploymentTarget())
-    assert url == "http://sum-jobmanager.prod.svc:8081"
+    assert url == "https://sum-jobmanager.prod.svc:8081"
     assert through_proxy(url) == (
-        "http://127.0.0.1:8001/api/v1/namespaces/prod/services/sum-jobmanager:8081/proxy"
+        "http://127.0.0.1:8001/api/v1/namespaces/prod/services/https:sum-jobmanager:8081/proxy"
     )
     assert through_proxy(url + "/jobs?x=1") == (
-        "http://127.0.0.1:8001/api/v1/namespaces/prod/services/sum-jobmanager:8081/proxy/jobs?x=1"
+        "http://127.0.0.1:8001/api/v1/namespaces/prod/services/https:sum-jobmanager:8081/proxy"
+        "/jobs?x=1"
     )
     assert through_proxy("http://10.0.0.7:8081") == "http://10.0.0.7:8081"  # not a Service's
     dns = rest_observing.url_template("http://{service}.{namespace}.svc.cluster.local:{port}/")

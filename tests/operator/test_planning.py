@@ -463,6 +463,14 @@ CASES = [
         [], lifecycle=Lifecycle.DEPLOYED,
     ),
     Case(
+        "a job that finished on its own before a pass saw it stable is STABLE (issue 10: a"
+        " bounded job that ends quickly is not failed at the stability timeout)",
+        seen(details(state=rest.JobStatus.FINISHED), checkpoints=stats(completed=1)),
+        status(stable=False, deployed=ago(seconds=2), job_state="RUNNING"),
+        ["event Stable"], lifecycle=Lifecycle.STABLE,
+        check=_has(reconciliation__lastStableSpec=encoded(), job__state="FINISHED"),
+    ),
+    Case(
         "a restart restarts the stability window",
         seen(details(restarts=1), checkpoints=stats(completed=5)),
         status(stable=False, deployed=ago(seconds=40)),
@@ -538,6 +546,9 @@ CASES = [
         ["event Upgrading", "write stop-job", "stop j1 upgrade"],
         spec=raw(rollback={"enabled": True}, image="streamjob:3"),
         lifecycle=Lifecycle.UPGRADING,
+        check=lambda p: _event_said(
+            p, "Upgrading", "upgrade (image); upgrade mode savepoint"
+        ),
     ),
     Case(
         "a first deployment stuck before its job runs FAILS after the timeout",
@@ -572,8 +583,9 @@ CASES = [
         [], lifecycle=Lifecycle.FAILED,
     ),
     Case(
-        "a job the JobManager forgot is reported",
-        seen(jobs=()), status(), ["event JobLost"], error="does not know job j1",
+        "a job the JobManager forgot is reported and recovered from its newest checkpoint",
+        seen(jobs=()), status(), ["event JobLost", "write recover-job", "submit -"],
+        step=Step.RECOVER_JOB, lifecycle=Lifecycle.DEPLOYED, error="",
     ),
     Case(
         "missing Deployments are applied again",
@@ -854,6 +866,7 @@ CASES = [
         GONE, status(SUSPENDED, job_state="FINISHED", restore="/sp/s9"),
         ["event Upgrading", "write apply-children", "apply /sp/s9"],
         lifecycle=Lifecycle.UPGRADING, step=Step.APPLY_CHILDREN, restore="/sp/s9",
+        check=lambda p: _event_said(p, "Upgrading", "resuming (job.state); upgrade mode savepoint"),
     ),
     Case(
         "resuming a stateless job starts from empty state",
@@ -928,6 +941,23 @@ CASES = [
                        deployed=ago(minutes=9, seconds=30)),
         [], spec=raw(savepoints={"directory": "/sp", "interval": "10m"}),
         check=lambda p: _requeue(p, 30),
+        config=configuration.OperatorConfiguration(
+            checkpoint_status_interval=datetime.timedelta(minutes=5)
+        ),
+    ),
+    Case(
+        "a running job is looked at again after its checkpoint interval, for a fresh"
+        " LAST CHECKPOINT, but not more often than checkpoint_status_interval",
+        seen(), status(), [], check=lambda p: _requeue(p, 15),
+    ),
+    Case(
+        "a job that is not running is looked at again after the reconcile interval only",
+        seen(reachable=False), status(), [], check=lambda p: _requeue(p, 60),
+    ),
+    Case(
+        "a running job with a longer checkpoint interval is looked at again after it",
+        seen(), status(raw(checkpointing={"interval": "40s"})), [],
+        spec=raw(checkpointing={"interval": "40s"}), check=lambda p: _requeue(p, 40),
     ),
     Case(
         "expired savepoints are disposed of before they leave the history",
@@ -949,6 +979,31 @@ CASES = [
                last_savepoint=record("/sp/4", ago(hours=1))),
         ["event SavepointsDisposed", "write -", "dispose /sp/2"],
         spec=raw(savepoints={"directory": "/sp", "historyMaxCount": 2}),
+        check=lambda p: _history(p, ["/sp/2", "/sp/3", "/sp/4"]),
+    ),
+    Case(
+        "a savepoint whose files remain leaves the history without a SavepointsDisposed"
+        " event (acting posted SavepointNotDisposed for it)",
+        seen(disposed=frozenset({"/sp/1", "/sp/2"}), kept_files=frozenset({"/sp/1"})),
+        status(raw(savepoints={"directory": "/sp", "historyMaxCount": 2}),
+               history=[record("/sp/1", ago(hours=4)), record("/sp/2", ago(hours=3)),
+                        record("/sp/3", ago(hours=2)), record("/sp/4", ago(hours=1))],
+               last_savepoint=record("/sp/4", ago(hours=1))),
+        ["event SavepointsDisposed"],
+        spec=raw(savepoints={"directory": "/sp", "historyMaxCount": 2}),
+        check=lambda p: _history_and_event(
+            p, ["/sp/3", "/sp/4"], "SavepointsDisposed", "1 expired savepoint(s) disposed of"
+        ),
+    ),
+    Case(
+        "savepoints that all keep their files leave the history with no Normal event",
+        seen(disposed=frozenset({"/sp/1"}), kept_files=frozenset({"/sp/1"})),
+        status(raw(savepoints={"directory": "/sp", "historyMaxCount": 3}),
+               history=[record("/sp/1", ago(hours=4)), record("/sp/2", ago(hours=3)),
+                        record("/sp/3", ago(hours=2)), record("/sp/4", ago(hours=1))],
+               last_savepoint=record("/sp/4", ago(hours=1))),
+        [],
+        spec=raw(savepoints={"directory": "/sp", "historyMaxCount": 3}),
         check=lambda p: _history(p, ["/sp/2", "/sp/3", "/sp/4"]),
     ),
     Case(
@@ -1034,6 +1089,17 @@ def _history(plan: actions.Plan, locations: list[str]) -> None:
     assert [e.location for e in plan.status.savepointHistory] == locations
 
 
+def _event_said(plan: actions.Plan, reason: str, message: str) -> None:
+    events = [(e.reason, e.message) for e in plan.events]
+    assert events == [(reason, message)], events
+
+
+def _history_and_event(plan: actions.Plan, locations: list[str], reason: str, message: str) -> None:
+    _history(plan, locations)
+    events = [(e.reason, e.message) for e in plan.events]
+    assert events.count((reason, message)) == 1, events
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_plan(case: Case) -> None:
     result = planner.plan(case.seen, case.spec, case.status, NOW, case.config)
@@ -1085,12 +1151,12 @@ def test_a_trigger_id_is_the_runtimes_format_stable_and_distinct_per_streamjob_j
 def test_status_links_the_web_ui_of_the_jobmanager_that_runs_the_job() -> None:
     running = planner.plan(seen(), raw(), status(), NOW).status
     assert running.jobManager == models.JobManagerStatus(
-        webUrl="http://wordcount-jobmanager.prod.svc:8081/"
+        webUrl="https://wordcount-jobmanager.prod.svc:8081/"
     )
     green = status()
     green.blueGreen = models.BlueGreenStatus(active="green")
     on_green = planner.plan(seen(color=target.Color.GREEN), raw(), green, NOW).status
     assert on_green.jobManager is not None
-    assert on_green.jobManager.webUrl == "http://wordcount-green-jobmanager.prod.svc:8081/"
+    assert on_green.jobManager.webUrl == "https://wordcount-green-jobmanager.prod.svc:8081/"
     before_submission = planner.plan(EMPTY_JM, raw(), status(job_id=None), NOW).status
     assert before_submission.jobManager is None

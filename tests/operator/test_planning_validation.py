@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from streamjob_operator.api import crd, models
-from streamjob_operator.planning import validation
+from streamjob_operator.planning import actions, configuration, lifecycle, planner, validation
+from tests.operator import test_planning as p
 
 
 def raw_spec(**fields: Any) -> dict[str, Any]:
@@ -139,3 +140,99 @@ def test_max_parallelism_cannot_change_across_a_restore_with_state() -> None:
     assert len(errors) == 1
     assert "job.maxParallelism cannot change from 128 to 256" in errors[0]
     assert validation.transition_errors(old, new, with_state=False) == []
+
+
+# -- privileged pod templates ---------------------------------------------------------------
+
+PRIVILEGED = {
+    "a privileged container": (
+        {"spec": {"containers": [{"name": "taskmanager",
+                                  "securityContext": {"privileged": True}}]}},
+        "taskManager.podTemplate spec.containers[0].securityContext.privileged: true",
+    ),
+    "the host's network": (
+        {"spec": {"hostNetwork": True}},
+        "taskManager.podTemplate spec.hostNetwork: true",
+    ),
+    "the host's processes": ({"spec": {"hostPID": True}}, "spec.hostPID: true"),
+    "the host's IPC": ({"spec": {"hostIPC": True}}, "spec.hostIPC: true"),
+    "a hostPath volume": (
+        {"spec": {"volumes": [{"name": "root", "hostPath": {"path": "/"}}]}},
+        "spec.volumes[0].hostPath",
+    ),
+    "an added capability on a sidecar": (
+        {"spec": {"containers": [{"name": "shipper", "image": "x",
+                                  "securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}}]}},
+        "spec.containers[0].securityContext.capabilities.add: ['SYS_ADMIN']",
+    ),
+    "root by user id": (
+        {"spec": {"securityContext": {"runAsUser": 0}}},
+        "the taskmanager container: runs as root (runAsUser: 0)",
+    ),
+    "root by dropping runAsNonRoot": (
+        {"spec": {"securityContext": {"runAsNonRoot": None},
+                  "containers": [{"name": "taskmanager",
+                                  "securityContext": {"runAsNonRoot": False}}]}},
+        "spec.containers[0]: may run as root (runAsNonRoot is False",
+    ),
+    "a host port": (
+        {"spec": {"containers": [{"name": "taskmanager",
+                                  "ports": [{"containerPort": 6121, "hostPort": 6121}]}]}},
+        "spec.containers[0].ports[0].hostPort: 6121",
+    ),
+    "a privileged init container": (
+        {"spec": {"initContainers": [{"name": "setup", "image": "x",
+                                      "securityContext": {"privileged": True}}]}},
+        "spec.initContainers[0].securityContext.privileged: true",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("template", "found"), PRIVILEGED.values(), ids=list(PRIVILEGED))
+def test_a_privileged_pod_template_is_invalid_unless_the_operator_allows_it(
+    template: dict[str, Any], found: str
+) -> None:
+    raw = raw_spec(taskManager={"podTemplate": template})
+    result = validation.validate(raw)
+    assert not result.valid
+    (error,) = result.errors
+    assert found in error
+    assert "podTemplate.allowPrivileged" in error  # what to do about it
+    assert validation.validate(raw, allow_privileged=True).valid
+
+
+def test_pod_templates_that_keep_the_secure_defaults_are_valid() -> None:
+    template = {
+        "metadata": {"labels": {"team": "data"}},
+        "spec": {
+            "securityContext": {"runAsUser": 20000, "runAsGroup": 20000},
+            "containers": [
+                {"name": "jobmanager", "securityContext": {"readOnlyRootFilesystem": False}},
+                {"name": "shipper", "image": "fluent-bit:3",
+                 "securityContext": {"capabilities": {"drop": ["ALL"]}}},
+            ],
+            "volumes": [{"name": "state", "persistentVolumeClaim": {"claimName": "state"}}],
+        },
+    }  # fmt: skip
+    assert validation.validate(raw_spec(jobManager={"podTemplate": template})).valid
+
+
+def test_a_privileged_new_spec_is_refused_with_an_event_while_the_last_valid_one_runs() -> None:
+    template = {"spec": {"containers": [{"name": "taskmanager",
+                                         "securityContext": {"privileged": True}}]}}  # fmt: skip
+    spec = p.raw(image="streamjob:2", taskManager={"replicas": 2, "podTemplate": template})
+    plan = planner.plan(p.seen(), spec, p.status(), p.NOW)
+    assert p.summary(plan) == ["event InvalidSpec"]  # nothing stopped, nothing applied
+    (event,) = [a for a in plan.actions if isinstance(a, actions.RecordEvent)]
+    assert event.type is actions.EventType.WARNING
+    assert "securityContext.privileged: true" in event.message
+    assert plan.status.error is not None
+    assert "the last valid spec keeps running" in plan.status.error
+    assert plan.status.reconciliation.lastReconciledSpec == p.encoded()
+    condition = lifecycle.condition(plan.status, lifecycle.SPEC_VALID)
+    assert condition is not None
+    assert condition.status == "False"
+    # an operator that allows privileged pods upgrades to it
+    allowed = configuration.OperatorConfiguration(allow_privileged_pods=True)
+    upgrade = planner.plan(p.seen(), spec, p.status(), p.NOW, allowed)
+    assert "event Upgrading" in p.summary(upgrade)

@@ -5,7 +5,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from streamjob_runtime.checkpoint import metadata
+from streamjob_runtime.checkpoint import metadata, savepoint
 from streamjob_runtime.rpc import messages
 
 
@@ -67,3 +67,31 @@ def test_unknown_format_version_names_both_versions(tmp_path: Path) -> None:
     metadata.write(tmp_path, meta)
     with pytest.raises(metadata.CorruptCheckpointError, match=r"format version 99.*version 1"):
         metadata.read(tmp_path)
+
+
+def completed(directory: Path, checkpoint_id: int, kind: str = "checkpoint") -> Path:
+    directory.mkdir(parents=True)
+    meta = msgspec.structs.replace(sample(directory), checkpoint_id=checkpoint_id, kind=kind)
+    metadata.write(directory, meta)
+    return directory
+
+
+def test_the_newest_restore_point_is_the_highest_completed_checkpoint(tmp_path: Path) -> None:
+    job = tmp_path / "job"
+    completed(job / "chk-7", 7)
+    completed(job / "chk-9", 9)
+    (job / "chk-10").mkdir()  # in flight when the JobManager died: no _metadata
+    older = completed(tmp_path / "savepoint-a", 5, "savepoint")
+    assert savepoint.newest(job) == job / "chk-9"
+    assert savepoint.newest(job, older) == job / "chk-9"
+    newer = completed(tmp_path / "savepoint-b", 12, "savepoint")
+    assert savepoint.newest(job, newer) == newer
+    assert savepoint.newest(tmp_path / "no-checkpoints", newer / "_metadata") == newer
+
+
+def test_no_checkpoint_and_no_savepoint_is_refused_never_empty(tmp_path: Path) -> None:
+    (tmp_path / "job" / "chk-1").mkdir(parents=True)
+    with pytest.raises(savepoint.SavepointError, match=r"no completed checkpoint.*nothing"):
+        savepoint.newest(tmp_path / "job")
+    with pytest.raises(savepoint.SavepointError, match="gone does not exist"):
+        savepoint.newest(tmp_path / "job", tmp_path / "gone")

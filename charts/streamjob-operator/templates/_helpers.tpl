@@ -80,11 +80,12 @@ JobManager Role the operator creates (operator/streamjob_operator/desired/rbac.p
 - apiGroups: [streamjob.dev]
   resources: [streamjobs/finalizers]
   verbs: [update]
-# The JobManager and TaskManager Deployments: observed (get), applied (create, update),
+# The JobManager and TaskManager Deployments: observed (get), watched so a step waiting
+# for their deletion or readiness goes on at once (list, watch), applied (create, update),
 # removed on upgrades, suspension and when a blue-green colour goes (delete).
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, create, update, delete]
+  verbs: [get, list, watch, create, update, delete]
 # The JobManager Service, the submission and HA ConfigMaps, the pods' ServiceAccounts:
 # observed or compared before applying (get), applied (create, update), removed when a
 # blue-green colour goes or HA metadata is discarded (delete). The JobManager's Role
@@ -107,6 +108,19 @@ JobManager Role the operator creates (operator/streamjob_operator/desired/rbac.p
 - apiGroups: [coordination.k8s.io]
   resources: [leases]
   verbs: [get, create, update, delete]
+# The StreamJobs' NetworkPolicies (one per JobManager and TaskManager of each colour):
+# compared before applying (get), applied (create, update), removed when a blue-green
+# colour goes or networkPolicy.enabled is off (delete).
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, create, update, delete]
+# Each StreamJob's CA, pod certificate and REST token, Secrets it owns: read by name every
+# pass, for the REST client and to renew them in time (get), made (create) and renewed
+# (update). Never listed or watched, never another Secret; deleted with the StreamJob
+# through their owner reference, not by the operator.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, create, update]
 # Granted to the JobManager's Role (the leader labels its pod: list, patch), so the
 # operator must hold it; it never touches pods itself.
 - apiGroups: [""]

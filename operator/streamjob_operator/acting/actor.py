@@ -4,15 +4,20 @@ What each action does:
 
 - WriteStatus: merge-patch the status subresource, with the resourceVersion last seen
   as precondition (``acting.status``);
-- ApplyChildren: create or replace every manifest of ``desired.children``
-  (``acting.children``);
+- ApplyChildren: first the job's CA, certificate and REST token Secrets (made or
+  renewed, ``acting.credentials``), then create or replace every manifest of
+  ``desired.children`` (``acting.children``), NetworkPolicies as ``Settings.network``
+  says (turned off: deleted, 404 done);
 - DeleteJobManager / DeleteTaskManager: delete the Deployment (foreground; 404 done);
   DeleteHaMetadata: delete the HA ConfigMap, then the leader Lease (404 done);
   DeleteChildren: every child of the cluster (Deployments in the foreground first),
   then its HA metadata (404 done);
 - SubmitJob, TriggerSavepoint, StopWithSavepoint, CancelJob: the REST API of the
   JobManager of the action's cluster (``where``) at its Service's address, through
-  the same address resolution observing uses.
+  the same address resolution observing uses, over HTTPS with the job's REST token and
+  CAs (the credentials the pass was given, else those of the Secrets).
+  A submission the JobManager refuses (400) fails the action and is reported in
+  :attr:`Outcome.refused`, for planning to show and not to repeat at once.
   A cancel of a job that ended (409) or that the JobManager does not know (404) is
   done. A trigger or stop carries the trigger id planning chose and status already
   holds; a JobManager that answers with another request id fails the action. The id
@@ -48,13 +53,13 @@ import pydantic
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from streamjob_operator.acting import children, events, savepoints, status
+from streamjob_operator.acting import children, credentials, events, savepoints, status
 from streamjob_operator.api import models
 from streamjob_operator.desired import children as desired_children
-from streamjob_operator.desired import jobmanager, metadata, target
+from streamjob_operator.desired import jobmanager, metadata, network, target
 from streamjob_operator.observing import jobmanager as rest_observing
 from streamjob_operator.observing import resource
-from streamjob_operator.planning import actions
+from streamjob_operator.planning import actions, observed
 from streamjob_runtime.api import client as rest_client
 
 log = logging.getLogger(__name__)
@@ -81,6 +86,7 @@ class Settings:
     rest_timeout_s: float = 30.0
     savepoint_mounts: tuple[Path, ...] = ()
     instance: str = dataclasses.field(default_factory=socket.gethostname)
+    network: network.Settings = dataclasses.field(default_factory=network.Settings)
 
 
 @dataclasses.dataclass
@@ -92,6 +98,10 @@ class Outcome:
     requeue_after: float | None = None
     finished_deletion: bool = False
     disposed: list[str] = dataclasses.field(default_factory=list)
+    # of ``disposed``: those whose files remain (reported by a SavepointNotDisposed Warning)
+    kept_files: list[str] = dataclasses.field(default_factory=list)
+    refused: observed.Refusal | None = None  # the submission a JobManager refused (400)
+    submitted: bool = False  # a JobManager accepted a submission
     recorded: bool = False  # Plan.status was written (or already stored)
 
     @property
@@ -122,10 +132,37 @@ class Actor:
         self.clock = clock or (lambda: datetime.datetime.now(datetime.UTC))
         self._reported: set[str] = set()  # savepoints reported as not disposable
 
-    async def act(self, streamjob: resource.StreamJobResource, plan: actions.Plan) -> Outcome:
-        run = _Run(self, streamjob)
+    async def credentials(
+        self, streamjob: resource.StreamJobResource
+    ) -> rest_observing.Credentials | None:
+        """The job's REST credentials: made or renewed as due (``acting.credentials``);
+        only read for a StreamJob being deleted (None when they are gone)."""
+        job = streamjob.identity()
+        if streamjob.deletion_timestamp is not None:
+            return await credentials.read(self.api, job)
+        return await credentials.ensure(self.api, job, self.clock())
+
+    async def act(
+        self,
+        streamjob: resource.StreamJobResource,
+        plan: actions.Plan,
+        rest_credentials: rest_observing.Credentials | None = None,
+    ) -> Outcome:
+        """Take ``plan``'s actions in order, then record its status; ``rest_credentials``:
+        what :meth:`credentials` gave this pass (asked for when needed, if not given).
+
+        An Event is posted once the status write that follows it in the plan (the step's
+        write-ahead record), or the final one, is stored: a pass that fails before that
+        (a 409 conflict, say) is planned again and posts its Events then, so they are not
+        posted twice.
+        """
+        run = _Run(self, streamjob, rest_credentials)
         outcome = run.outcome
+        events: list[actions.RecordEvent] = []
         for action in plan.actions:
+            if isinstance(action, actions.RecordEvent):
+                events.append(action)
+                continue
             try:
                 await run.take(action)
             except FAILURES as e:
@@ -134,6 +171,8 @@ class Actor:
                 outcome.conflict = isinstance(e, ApiException) and e.status == 409
                 return outcome
             outcome.taken.append(action)
+            if isinstance(action, actions.WriteStatus):
+                await run.post(events)
         try:
             await run.writer.write(run.overlay(plan.status))
         except FAILURES as e:
@@ -141,20 +180,34 @@ class Actor:
             outcome.conflict = isinstance(e, ApiException) and e.status == 409
             return outcome
         outcome.recorded = True
+        await run.post(events)
         return outcome
 
 
 class _Run:
     """One plan's execution: the status writer and the ids recorded on the way."""
 
-    def __init__(self, actor: Actor, streamjob: resource.StreamJobResource) -> None:
+    def __init__(
+        self,
+        actor: Actor,
+        streamjob: resource.StreamJobResource,
+        rest_credentials: rest_observing.Credentials | None,
+    ) -> None:
         self.actor = actor
+        self.rest_credentials = rest_credentials
         self.api = actor.api
         self.settings = actor.settings
         self.streamjob = streamjob
         self.writer = status.StatusWriter(actor.api, streamjob)
         self.outcome = Outcome()
         self.job_id: str | None = None
+
+    async def post(self, events: list[actions.RecordEvent]) -> None:
+        """Post ``events`` (never fails: see ``event``) and empty the list."""
+        for record in events:
+            await self.event(record)
+            self.outcome.taken.append(record)
+        events.clear()
 
     def overlay(self, planned: models.StreamJobStatus) -> models.StreamJobStatus:
         """``planned`` with the job id this run's submission returned (planning could not
@@ -164,10 +217,15 @@ class _Run:
             result.job.id = self.job_id
         return result
 
-    def rest(self, where: target.DeploymentTarget) -> rest_client.JobManagerClient:
+    async def credentials(self) -> rest_observing.Credentials | None:
+        if self.rest_credentials is None:
+            self.rest_credentials = await self.actor.credentials(self.streamjob)
+        return self.rest_credentials
+
+    async def rest(self, where: target.DeploymentTarget) -> rest_client.JobManagerClient:
         url = jobmanager.rest_url(self.streamjob.identity(), where)
-        return rest_client.JobManagerClient(
-            self.settings.resolve(url), timeout_s=self.settings.rest_timeout_s
+        return rest_observing.client(
+            self.settings.resolve(url), self.settings.rest_timeout_s, await self.credentials()
         )
 
     async def take(self, action: actions.Action) -> None:
@@ -176,8 +234,11 @@ class _Run:
             case actions.WriteStatus(status=s):
                 await self.writer.write(self.overlay(s))
             case actions.ApplyChildren(job=job, where=where):
-                for manifest in desired_children.children(job, where):
+                await self.credentials()  # the Secrets the pods mount, before the pods
+                for manifest in desired_children.children(job, where, self.settings.network):
                     await children.apply(self.api, manifest)
+                if not self.settings.network.enabled:  # turned off: none may linger
+                    await children.delete_network_policies(self.api, names, where)
             case actions.DeleteJobManager(where=where):
                 await children.delete_deployment(
                     self.api, names, where, metadata.Component.JOBMANAGER
@@ -191,22 +252,29 @@ class _Run:
             case actions.DeleteChildren(where=where):
                 await children.delete_children(self.api, names, where)
             case actions.SubmitJob(submission=submission, where=where):
-                async with self.rest(where) as jm:
-                    job_id = await jm.submit(submission)
+                async with await self.rest(where) as jm:
+                    try:
+                        job_id = await jm.submit(submission)
+                    except rest_client.RestError as e:
+                        if e.status == 400:
+                            refusal = observed.Refusal(submission, e.message, self.actor.clock())
+                            self.outcome.refused = refusal
+                        raise
                 self.job_id = job_id
+                self.outcome.submitted = True
                 await self.writer.record(
                     lambda s: setattr(s.job, "id", job_id), lambda s: s.job.id in (None, job_id)
                 )
             case actions.TriggerSavepoint(
                 job_id=job_id, directory=directory, trigger_id=tid, where=where
             ):
-                async with self.rest(where) as jm:
+                async with await self.rest(where) as jm:
                     request_id = await jm.trigger_savepoint(job_id, directory, trigger_id=tid)
                 self.check_trigger(tid, request_id)
             case actions.StopWithSavepoint(
                 job_id=job_id, directory=directory, trigger_id=tid, where=where
             ):
-                async with self.rest(where) as jm:
+                async with await self.rest(where) as jm:
                     request_id = await jm.stop(job_id, directory, trigger_id=tid)
                 self.check_trigger(tid, request_id)
             case actions.CancelJob(job_id=job_id, where=where):
@@ -231,7 +299,7 @@ class _Run:
 
     async def cancel(self, job_id: str, where: target.DeploymentTarget) -> None:
         try:
-            async with self.rest(where) as jm:
+            async with await self.rest(where) as jm:
                 await jm.cancel(job_id)
         except rest_client.RestError as e:
             if e.status not in (404, 409):  # unknown, or ended already: cancelled enough
@@ -252,6 +320,7 @@ class _Run:
             await self.report_once(
                 location, "SavepointNotDisposed", savepoints.explain(location, result)
             )
+            self.outcome.kept_files.append(location)
         self.outcome.disposed.append(location)
 
     async def report_once(self, location: str, reason: str, message: str) -> None:

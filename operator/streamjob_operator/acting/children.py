@@ -30,7 +30,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from streamjob_operator.desired import children as desired_children
-from streamjob_operator.desired import ha, metadata, target
+from streamjob_operator.desired import ha, metadata, network, target
 from streamjob_operator.observing import kubeapi
 
 HASH_ANNOTATION = "streamjob.dev/desired-hash"
@@ -180,3 +180,11 @@ async def delete_children(
         if manifest["kind"] != "Deployment":
             await delete(api, kubeapi.path_of(manifest))
     await delete_ha_metadata(api, job, where)
+
+
+async def delete_network_policies(
+    api: client.ApiClient, job: target.StreamJob, where: target.DeploymentTarget
+) -> None:
+    """``where``'s NetworkPolicies (absent: fine), for an operator that no longer makes them."""
+    for manifest in network.network_policies(job, where, network.Settings()):
+        await delete(api, kubeapi.path_of(manifest))

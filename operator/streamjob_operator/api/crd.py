@@ -53,6 +53,9 @@ def _structural(node: Any, defs: dict[str, Schema]) -> Any:
         if node.get("default", ...) is None:
             del node["default"]
     node.pop("title", None)
+    if isinstance(node.get("description"), str):
+        # a model's docstring is wrapped; kubectl explain re-wraps the text itself
+        node["description"] = " ".join(node["description"].split())
     if node.get("additionalProperties") is False:
         del node["additionalProperties"]
     if node.get("x-kubernetes-preserve-unknown-fields"):
@@ -68,6 +71,20 @@ def _structural(node: Any, defs: dict[str, Schema]) -> Any:
     return result
 
 
+def _default_sections(node: Schema) -> None:
+    """Give every optional sub-object (a section with its own fields, e.g. spec.savepoints)
+    `default: {}`, recursively: the API server then fills in the section's field defaults
+    too, so CEL rules and the operator may read `self.savepoints.directory` on a spec that
+    leaves the section out (the API server defaults a field only when its parent exists)."""
+    required = set(node.get("required") or [])
+    for name, sub in (node.get("properties") or {}).items():
+        if "properties" not in sub:
+            continue
+        if name not in required and "default" not in sub and not sub.get("nullable"):
+            sub["default"] = {}
+        _default_sections(sub)
+
+
 def schema_of(model: type[pydantic.BaseModel]) -> Schema:
     raw = model.model_json_schema(mode="validation")
     defs = raw.pop("$defs", {})
@@ -76,6 +93,7 @@ def schema_of(model: type[pydantic.BaseModel]) -> Schema:
 
 def build() -> dict[str, Any]:
     spec = schema_of(models.StreamJobSpec)
+    _default_sections(spec)
     spec["x-kubernetes-validations"] = models.SPEC_VALIDATIONS
     status = schema_of(models.StreamJobStatus)
     return {

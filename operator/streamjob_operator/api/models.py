@@ -225,6 +225,10 @@ class RollbackSpec(_Spec):
 
 
 class StreamJobSpec(_Spec):
+    """The desired StreamJob: the image and job to run, its JobManager and TaskManager pods,
+    checkpoints and savepoints, and how changes reach the running job (spec.job.upgradeMode,
+    spec.upgradeStrategy). Every section but job may be left out: its fields have defaults."""
+
     image: str = Field(min_length=1, description="The streamjob image (with the job in it).")
     imagePullPolicy: str = Field(
         default="IfNotPresent",
@@ -358,8 +362,10 @@ class PendingSavepoint(_Status):
         " request is sent (also the JobManager's request id).",
     )
     triggerType: str = Field(description="manual, periodic, upgrade, suspend or delete")
-    triggerTime: str
-    nonce: int | None = None
+    triggerTime: str = Field(description="When the operator asked for it.")
+    nonce: int | None = Field(
+        default=None, description="The savepointTriggerNonce a manual savepoint answers."
+    )
     jobId: str | None = Field(default=None, description="The job the savepoint is of.")
 
 
@@ -394,6 +400,15 @@ class Reconciliation(_Status):
         default=None,
         description="The savepoint or checkpoint the current deployment restores from, chosen"
         " and written before the old pods are deleted.",
+    )
+    stepStartedAt: str | None = Field(
+        default=None,
+        description="When the step in progress began (a step that waits is bounded from it).",
+    )
+    cancelRequested: str | None = Field(
+        default=None,
+        description="The job a stop step asked to cancel (last-state, stateless), written"
+        " before the request: from then on its stop is under way.",
     )
 
 
@@ -430,6 +445,10 @@ class JobManagerStatus(_Status):
 
 
 class StreamJobStatus(_Status):
+    """What the operator observed and where it stands (written by the operator only):
+    lifecycle state, the job as last seen, checkpoints and savepoints, conditions, and the
+    write-ahead log of the step under way."""
+
     lifecycleState: LifecycleState = Field(
         default=LifecycleState.CREATED,
         description="Where the StreamJob is in its life, derived from the rest of status.",

@@ -1,4 +1,4 @@
-"""Pure builders of a StreamJob's children: Deployments, Service, ConfigMap, RBAC, submission.
+"""Pure builders of a StreamJob's children: Deployments, Service, ConfigMap, RBAC, NetworkPolicies.
 
 Every function here takes a :class:`target.StreamJob` (its identity and validated spec)
 and a :class:`target.DeploymentTarget` (which colour, which savepoint) and returns plain
@@ -8,6 +8,8 @@ same inputs always give equal output, so acting can compare desired and observed
 
 Modules: ``target`` (the inputs), ``metadata`` (names, labels, owner references),
 ``ha`` (HA flags and object names), ``podtemplate`` (secure defaults and the user's
-podTemplate merge), ``jobmanager``, ``taskmanager``, ``rbac``, ``submission`` (engine
-options, the ConfigMap and the JobSubmission) and ``children`` (all of it in apply order).
+podTemplate merge, the privileged settings refused), ``security`` (the credentials'
+Secrets, mounts and flags), ``jobmanager``, ``taskmanager``, ``rbac``, ``network``
+(NetworkPolicies), ``submission`` (engine options, the ConfigMap and the
+JobSubmission) and ``children`` (all of it in apply order).
 """

@@ -43,6 +43,7 @@ class Component(enum.StrEnum):
     JOBMANAGER = "jobmanager"
     TASKMANAGER = "taskmanager"
     CONFIG = "config"
+    CREDENTIALS = "credentials"  # the job's CA, certificate and REST token Secrets
 
 
 def _digest(raw: str) -> str:

@@ -17,8 +17,11 @@ The merge (:func:`merge`), applied to the user's ``podTemplate`` (a Pod template
 The user wins everywhere, the secure defaults included (a cluster may need, say,
 another ``runAsUser``), with one exception: the labels the Deployment's selector uses
 are put back after the merge, so a template can never stop matching its selector.
-Weakened defaults are not silent: :func:`security_overrides` lists them, for planning to
-report as a warning.
+Weakened defaults are not silent: :func:`security_overrides` lists them. What would hand
+the node to whoever can write a StreamJob (the operator creates the pods, so it must
+not be a confused deputy) is refused unless the operator allows it: planning reports
+what :func:`privileged_settings` finds as a validation error (chart value
+``podTemplate.allowPrivileged``).
 
 Secure defaults: the pod runs as UID/GID 10001 (the image's user; numeric, so the
 kubelet can check ``runAsNonRoot``) with ``fsGroup`` 10001 (volumes such as the
@@ -31,7 +34,7 @@ emptyDir and ``HOME`` points there.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from streamjob_operator.api import models
@@ -129,11 +132,13 @@ def build(
     *,
     service_account: str,
     kubernetes_api: bool,
+    volumes: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """The pod template: ``container`` with the secure defaults, then the user's template.
 
     ``kubernetes_api`` says whether the pod talks to the API server (HA); without it no
-    ServiceAccount token is mounted.
+    ServiceAccount token is mounted. ``volumes`` are the pod's besides ``/tmp`` (the
+    credentials ``container`` mounts).
     """
     ours = {
         **container,
@@ -151,7 +156,7 @@ def build(
             "enableServiceLinks": False,
             "securityContext": POD_SECURITY_CONTEXT,
             "containers": [ours],
-            "volumes": [{"name": TMP_VOLUME, "emptyDir": {}}],
+            "volumes": [{"name": TMP_VOLUME, "emptyDir": {}}, *map(dict, volumes)],
         },
     }
     merged = merge(base, user_template or {})
@@ -197,4 +202,69 @@ def _departures(path: str, defaults: Mapping[str, Any], actual: Any) -> list[str
                 found.append(f"{path}.{key}: {value!r} lacks {missing!r}")
         elif value != default:
             found.append(f"{path}.{key}: {value!r} (default: {default!r})")
+    return found
+
+
+_HOST_NAMESPACES = ("hostNetwork", "hostPID", "hostIPC")
+_CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
+
+
+def _context(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def privileged_settings(user_template: Mapping[str, Any] | None, container: str) -> list[str]:
+    """What ``user_template`` (a ``podTemplate``) asks for that only a trusted pod may have,
+    as ``<path>: <why>`` lines: privileged containers, host namespaces (``hostNetwork``,
+    ``hostPID``, ``hostIPC``), host ports, ``hostPath`` volumes, added capabilities, and
+    running as root (``runAsUser: 0``, or ``runAsNonRoot`` not true, after our defaults:
+    ``container`` names our container, which keeps its defaults unless overridden).
+
+    Empty for a template that keeps to the secure defaults.
+    """
+    template = user_template or {}
+    spec = _context(template.get("spec"))
+    found = [f"spec.{key}: true (a host namespace)" for key in _HOST_NAMESPACES if spec.get(key)]
+    for i, volume in enumerate(spec.get("volumes") or []):
+        if isinstance(volume, dict) and volume.get("hostPath") is not None:
+            found.append(f"spec.volumes[{i}].hostPath: a directory of the node")
+    pod_context = merge(POD_SECURITY_CONTEXT, _context(spec.get("securityContext")))
+    ours_listed = False
+    for field in _CONTAINER_LISTS:
+        for i, c in enumerate(spec.get(field) or []):
+            if not isinstance(c, dict):
+                continue
+            where = f"spec.{field}[{i}]"
+            context = _context(c.get("securityContext"))
+            if field == "containers" and c.get("name") == container:
+                ours_listed = True
+                context = merge(CONTAINER_SECURITY_CONTEXT, context)
+            found += _container_findings(where, context, pod_context)
+            for j, port in enumerate(c.get("ports") or []):
+                if isinstance(port, dict) and port.get("hostPort"):
+                    found.append(f"{where}.ports[{j}].hostPort: {port['hostPort']} (a node port)")
+    if not ours_listed:
+        found += _container_findings(
+            f"the {container} container", CONTAINER_SECURITY_CONTEXT, pod_context
+        )
+    return found
+
+
+def _container_findings(
+    where: str, context: Mapping[str, Any], pod_context: Mapping[str, Any]
+) -> list[str]:
+    found = []
+    if context.get("privileged"):
+        found.append(f"{where}.securityContext.privileged: true")
+    added = _context(context.get("capabilities")).get("add")
+    if added:
+        found.append(f"{where}.securityContext.capabilities.add: {added!r}")
+    user = context.get("runAsUser", pod_context.get("runAsUser"))
+    non_root = context.get("runAsNonRoot", pod_context.get("runAsNonRoot"))
+    if user == 0:
+        found.append(f"{where}: runs as root (runAsUser: 0)")
+    elif non_root is not True:
+        found.append(
+            f"{where}: may run as root (runAsNonRoot is {non_root!r} for it; it must be true)"
+        )
     return found

@@ -6,15 +6,25 @@ metadata and follows every change of leader. It binds and advertises its data po
 the pod IP (other TaskManagers connect there); the port is fixed (6121) so that network
 policies can name it.
 
-No probes: a TaskManager serves no HTTP, and a hung one is found by the JobManager's
-heartbeats, which fail its tasks over to the others.
+No probes: a hung TaskManager is found by the JobManager's heartbeats, which fail its
+tasks over to the others. It serves ``/metrics`` on the plain-HTTP metrics port (9249)
+and mounts the job's certificate (``desired.security``): every connection it makes or
+takes is mutual TLS with the job's CA.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from streamjob_operator.desired import ha, jobmanager, metadata, podtemplate, target, workload
+from streamjob_operator.desired import (
+    ha,
+    jobmanager,
+    metadata,
+    podtemplate,
+    security,
+    target,
+    workload,
+)
 
 CONTAINER = "taskmanager"
 DATA_PORT = 6121
@@ -28,6 +38,7 @@ def arguments(job: target.StreamJob, where: target.DeploymentTarget) -> list[str
         "--slots", str(spec.taskManager.slots),
         "--host", ha.POD_IP,
         "--data-port", str(DATA_PORT),
+        *security.arguments(jobmanager=False),
     ]  # fmt: skip
     if ha.enabled(spec):
         return args + ha.arguments(spec, metadata.cluster_id(job, where), jobmanager=False)
@@ -43,7 +54,11 @@ def container(job: target.StreamJob, where: target.DeploymentTarget) -> dict[str
         "command": ["streamjob", "taskmanager"],
         "args": arguments(job, where),
         "env": podtemplate.environment(),
-        "ports": [{"name": "data", "containerPort": DATA_PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": "data", "containerPort": DATA_PORT, "protocol": "TCP"},
+            security.metrics_port(),
+        ],
+        "volumeMounts": security.volume_mounts(jobmanager=False),
         "resources": podtemplate.resources(spec.taskManager.resources),
     }
 
@@ -57,4 +72,5 @@ def deployment(job: target.StreamJob, where: target.DeploymentTarget) -> dict[st
         container(job, where),
         job.spec.taskManager.podTemplate,
         job.spec.taskManager.replicas,
+        security.volumes(job, jobmanager=False),
     )

@@ -14,6 +14,7 @@ def deployment(
     container: dict[str, Any],
     user_template: dict[str, Any] | None,
     replicas: int,
+    volumes: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """A Recreate Deployment of ``component``'s pods, with the secure pod template merged."""
     template = podtemplate.build(
@@ -24,6 +25,7 @@ def deployment(
         user_template,
         service_account=metadata.name(job, where, component),
         kubernetes_api=ha.enabled(job.spec),
+        volumes=volumes or [],
     )
     return {
         "apiVersion": "apps/v1",

@@ -1,7 +1,9 @@
 """The JobManager as its REST API reports it: jobs, the status' job, its checkpoints, a savepoint.
 
 The operator reaches the JobManager at the address its Service implies
-(``desired.jobmanager.rest_url``: ``http://<name>-jobmanager.<namespace>.svc:8081``),
+(``desired.jobmanager.rest_url``: ``https://<name>-jobmanager.<namespace>.svc:8081``),
+with the job's :class:`Credentials` (the REST token, and the CAs that verify the
+JobManager's certificate, from the Secrets the operator owns: ``acting.credentials``),
 passed through a :data:`Resolve` function: the identity in a cluster; elsewhere (an
 operator run on a laptop, tests running JobManagers as local processes) it maps the
 Service's URL to one that reaches the JobManager, e.g. :func:`url_template` (the
@@ -19,8 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import re
+import ssl
 import string
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -50,7 +54,7 @@ _SERVICE_URL = re.compile(
 )
 TEMPLATE_FIELDS = ("service", "namespace", "port")
 KUBECTL_PROXY_TEMPLATE = (
-    "http://127.0.0.1:8001/api/v1/namespaces/{namespace}/services/{service}:{port}/proxy"
+    "http://127.0.0.1:8001/api/v1/namespaces/{namespace}/services/https:{service}:{port}/proxy"
 )
 
 
@@ -89,6 +93,34 @@ def url_template(template: str) -> Resolve:
         return base.rstrip("/") + (match["rest"] or "")
 
     return resolve
+
+
+@dataclasses.dataclass(frozen=True)
+class Credentials:
+    """What the operator's REST client presents and trusts for one StreamJob's JobManagers:
+    the bearer ``token`` and ``ca``, the PEM CAs its certificate may be signed by."""
+
+    token: str
+    ca: bytes
+
+    @functools.cached_property
+    def ssl_context(self) -> ssl.SSLContext:
+        """Verifies the JobManager's certificate by the job's CAs (and its name)."""
+        return ssl.create_default_context(cadata=self.ca.decode())
+
+
+def client(
+    url: str, timeout_s: float, credentials: Credentials | None
+) -> rest_client.JobManagerClient:
+    """A REST client for ``url`` with ``credentials`` (none: anonymous, plain trust)."""
+    if credentials is None:
+        return rest_client.JobManagerClient(url, timeout_s=timeout_s)
+    return rest_client.JobManagerClient(
+        url,
+        timeout_s=timeout_s,
+        token=credentials.token,
+        ssl=credentials.ssl_context,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,12 +165,13 @@ async def observe(
     timeout_s: float = 5.0,
     *,
     overview: bool = False,
+    credentials: Credentials | None = None,
 ) -> RestObservation:
     """What the JobManager at ``url`` says of its jobs, of ``job_id`` and of the savepoint
     request ``savepoint`` = (job id, request id); and with ``overview`` of its cluster
     (``GET /overview``: TaskManagers and slots)."""
     try:
-        async with rest_client.JobManagerClient(url, timeout_s=timeout_s) as jm:
+        async with client(url, timeout_s, credentials) as jm:
             jobs = (await jm.list_jobs()).jobs
             job = checkpoints = None
             if job_id is not None:

@@ -36,9 +36,15 @@ async def observe(
     *,
     resolve: rest_observing.Resolve = rest_observing.identity,
     disposed: Set[str] = frozenset(),
+    kept_files: Set[str] = frozenset(),
+    refused: observed.Refusal | None = None,
     rest_timeout_s: float = 5.0,
+    credentials: rest_observing.Credentials | None = None,
 ) -> observed.Observed:
-    """``disposed``: the savepoint locations acting disposed of (acting's memory)."""
+    """``disposed``: the savepoint locations acting disposed of (acting's memory);
+    ``kept_files``: those of them whose files remain; ``refused``: the last submission a
+    JobManager refused (acting's memory); ``credentials``: the job's REST token and CAs
+    (``acting.credentials``)."""
     status = streamjob.status
     spec = lifecycle.deployed_spec(status)
     job = streamjob.identity(spec)
@@ -59,11 +65,13 @@ async def observe(
             if savepoint_job is not None:
                 savepoint = (savepoint_job, pending.triggerId)
         url = resolve(jobmanager.rest_url(job, here))
-        rest = await rest_observing.observe(url, job_id, savepoint, rest_timeout_s)
+        rest = await rest_observing.observe(
+            url, job_id, savepoint, rest_timeout_s, credentials=credentials
+        )
     other = None
     there = bluegreen.other_target(status)
     if there is not None:
-        other = await cluster(api, job, there, resolve, rest_timeout_s)
+        other = await cluster(api, job, there, resolve, rest_timeout_s, credentials)
     return observed.Observed(
         meta=streamjob.meta,
         jobmanager=jm_state,
@@ -75,6 +83,8 @@ async def observe(
         savepoint=rest.savepoint,
         ha_checkpoint=ha_checkpoint,
         disposed=frozenset(disposed),
+        kept_files=frozenset(kept_files),
+        refused=refused,
         color=here.color,
         other=other,
     )
@@ -86,6 +96,7 @@ async def cluster(
     where: target.DeploymentTarget,
     resolve: rest_observing.Resolve,
     rest_timeout_s: float,
+    credentials: rest_observing.Credentials | None = None,
 ) -> observed.Cluster:
     """A colour's cluster without regard to ``status.job``: Deployments, and its
     JobManager's jobs and registered slots."""
@@ -95,6 +106,8 @@ async def cluster(
     if not children.has_ready_pod(jm):
         return observed.Cluster(where.color, jm_state, tm_state)
     url = resolve(jobmanager.rest_url(job, where))
-    rest = await rest_observing.observe(url, None, None, rest_timeout_s, overview=True)
+    rest = await rest_observing.observe(
+        url, None, None, rest_timeout_s, overview=True, credentials=credentials
+    )
     slots = None if rest.overview is None else rest.overview.slots_total
     return observed.Cluster(where.color, jm_state, tm_state, rest.reachable, rest.jobs, slots)

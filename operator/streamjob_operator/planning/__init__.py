@@ -13,6 +13,9 @@ sentences), ``changes`` (what a spec change needs: nothing, a savepoint, a resta
 rescale, an upgrade, suspend or resume), ``observed`` (the input), ``actions`` (the
 output), ``steps`` (the write-ahead log's steps), ``lifecycle`` (the lifecycle state,
 derived from status), ``clock`` (timestamps), ``stability`` (the STABLE gate),
-``savepoints`` (records, history retention, periodic triggers), ``configuration``
-(the operator's own settings) and ``planner`` (:func:`planner.plan`).
+``savepoints`` (records, history retention, periodic triggers, and a pass's savepoint
+decisions), ``configuration`` (the operator's own settings), ``context`` (one pass:
+inputs, gathered actions and errors), the decisions of a pass by concern
+(``upgrade``, ``redeploy``, ``restore``, ``rollback``, ``running``, ``recovery``,
+``deletion``, ``bluegreen``) and ``planner`` (:func:`planner.plan`, which orders them).
 """

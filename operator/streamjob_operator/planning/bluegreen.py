@@ -143,7 +143,7 @@ def is_step(step: str | None) -> bool:
 
 
 class Host(Protocol):
-    """What the step machine uses of the planner's pass (``planner._Pass``)."""
+    """What the step machine uses of the planner's pass (``context.Pass``)."""
 
     seen: observed.Observed
     status: models.StreamJobStatus
@@ -158,11 +158,14 @@ class Host(Protocol):
     def event(self, kind: actions.EventType, reason: str, message: str) -> None: ...
     def write(self) -> None: ...
     def soon(self, at: datetime.datetime | None = None) -> None: ...
+    def soon_answer(self) -> None: ...
     def error(self, message: str, reason: str | None = None) -> None: ...
     def set_condition(
         self, kind: str, value: bool | None, reason: str, message: str = ""
     ) -> None: ...
     def streamjob(self, spec: models.StreamJobSpec) -> target.StreamJob: ...
+    def refused(self, job: rest.JobSubmission, advice: str = ...) -> bool: ...
+    def awaiting_deletion(self, what: str) -> None: ...
     def can_roll_back(self) -> bool: ...
     def start_redeploy(self, spec: models.StreamJobSpec, why: str) -> None: ...
     def stop_job(
@@ -241,7 +244,8 @@ class BlueGreen:
         (a stop-with-savepoint that failed, an upgrade blocked for want of state, an
         operator stopped before the request): the next colour runs the spec it was applied
         with, and the submission must match it. Once the stop is under way (a pending or
-        completed savepoint, a cancelled job), the new spec waits for the end of this
+        completed savepoint, a cancel requested as status records it, a cancelled job),
+        the new spec waits for the end of this
         upgrade, and so does a spec back to recreate, a suspend or a resume."""
         r = self.p.r
         if (
@@ -252,7 +256,9 @@ class BlueGreen:
         ):
             return spec
         if r.step == Step.STOP_ACTIVE and (
-            self.p.stopped_with is not None or not self.p.seen.job_running
+            self.p.stopped_with is not None
+            or not self.p.seen.job_running
+            or (r.cancelRequested is not None and r.cancelRequested == self.p.status.job.id)
         ):
             return spec  # the old job is stopping or stopped: taken up once this is over
         kind = changes.classify(spec, valid).kind
@@ -370,10 +376,12 @@ class BlueGreen:
             return
         if known is None:  # what it lists now is not ours to adopt
             self.bg.previousJobs = sorted(j.jid for j in view.jobs)
-        p.write()
         job = submission.job_submission(p.streamjob(spec), where)
+        if p.refused(job):
+            return
+        p.write()
         p.emit(actions.SubmitJob(job, where=where))
-        p.soon()
+        p.soon_answer()
 
     def adopt(self, job: rest.JobOverview) -> None:
         p = self.p
@@ -393,7 +401,7 @@ class BlueGreen:
             self.remove_next()
             return
         p.r.step = Step.AWAIT_STABLE
-        p.set_condition(lifecycle.STABLE, None, "Stabilizing", "the job was just submitted")
+        p.set_condition(lifecycle.STABLE, None, lifecycle.STABILIZING, "the job was just submitted")
         p.event(
             NORMAL, "Deployed", f"job {job.jid} submitted to the {name(self.next().color)} cluster"
         )
@@ -419,7 +427,7 @@ class BlueGreen:
             self.remove_previous()
             return
         if not verdict.timed_out:
-            p.set_condition(lifecycle.STABLE, None, "Stabilizing", verdict.why_not)
+            p.set_condition(lifecycle.STABLE, None, lifecycle.STABILIZING, verdict.why_not)
             if verdict.next_check is not None:
                 p.soon(min(verdict.next_check, p.now + p.config.progress_check_interval))
             return
@@ -472,7 +480,7 @@ class BlueGreen:
         p.emit(actions.DeleteChildren(where))
         view = p.seen.cluster(where.color)
         if view is None or not view.deployments_absent:
-            p.soon()
+            p.awaiting_deletion(f"the {name(where.color)} cluster's Deployments")
             return False
         return True
 

@@ -13,7 +13,7 @@ import dataclasses
 import pydantic
 
 from streamjob_operator.api import models
-from streamjob_operator.planning import changes
+from streamjob_operator.planning import changes, steps
 
 Lifecycle = models.LifecycleState
 State = models.ReconciliationState
@@ -25,6 +25,7 @@ DEGRADED = "Degraded"
 STABLE = "Stable"
 SPEC_VALID = "SpecValid"
 STABILITY_TIMEOUT = "StabilityTimeout"
+STABILIZING = "Stabilizing"  # the Stable condition's reason while the gate is pending
 
 
 def condition(status: models.StreamJobStatus, kind: str) -> models.Condition | None:
@@ -54,6 +55,24 @@ def deployed_spec(status: models.StreamJobStatus) -> models.StreamJobSpec | None
         return None
 
 
+def stabilizing(status: models.StreamJobStatus) -> bool:
+    """The current deployment waits for the stability gate, as its ``Stable`` condition
+    says from its submission on, even when its spec is the last stable one (a resume of
+    an unchanged spec: the new job has proven nothing yet)."""
+    stable = condition(status, STABLE)
+    return stable is not None and stable.status == "Unknown" and stable.reason == STABILIZING
+
+
+def spec_stable(status: models.StreamJobStatus) -> bool:
+    """The reconciled spec passed the stability gate, in the deployment that runs now."""
+    r = status.reconciliation
+    return (
+        r.lastStableSpec is not None
+        and r.lastStableSpec == r.lastReconciledSpec
+        and not stabilizing(status)
+    )
+
+
 def stability_failed(status: models.StreamJobStatus) -> bool:
     stable = condition(status, STABLE)
     return stable is not None and stable.status == "False" and stable.reason == STABILITY_TIMEOUT
@@ -61,8 +80,9 @@ def stability_failed(status: models.StreamJobStatus) -> bool:
 
 def lifecycle_state(status: models.StreamJobStatus) -> Lifecycle:
     """In order: DELETING; CREATED before anything was reconciled; FAILED when a deploy
-    did not become stable in time; ROLLING_BACK and UPGRADING while redeploying; CREATED
-    during the first deployment (reconciliation state DEPLOYED with a step under way);
+    did not become stable in time; ROLLING_BACK and UPGRADING while redeploying; DEPLOYED
+    while a lost job is recovered; CREATED during the first deployment (reconciliation
+    state DEPLOYED with a step under way);
     SUSPENDED; FAILED when the job failed for good; ROLLED_BACK; STABLE when the
     reconciled spec passed the stability gate; else DEPLOYED.
     """
@@ -77,6 +97,8 @@ def lifecycle_state(status: models.StreamJobStatus) -> Lifecycle:
         return Lifecycle.ROLLING_BACK
     if r.state is State.UPGRADING:
         return Lifecycle.UPGRADING
+    if r.step == steps.Step.RECOVER_JOB:
+        return Lifecycle.DEPLOYED  # a lost job is being recovered
     if r.step is not None:
         return Lifecycle.CREATED
     spec = deployed_spec(status)
@@ -86,7 +108,7 @@ def lifecycle_state(status: models.StreamJobStatus) -> Lifecycle:
         return Lifecycle.FAILED
     if r.state is State.ROLLED_BACK:
         return Lifecycle.ROLLED_BACK
-    if r.lastStableSpec is not None and r.lastStableSpec == r.lastReconciledSpec:
+    if spec_stable(status):
         return Lifecycle.STABLE
     return Lifecycle.DEPLOYED
 

@@ -41,6 +41,16 @@ class HaCheckpoint:
 
 
 @dataclasses.dataclass(frozen=True)
+class Refusal:
+    """A submission the JobManager refused (HTTP 400: the job cannot be built from it),
+    as acting reported it at ``at``. Submitting the same again fails the same way."""
+
+    submission: rest.JobSubmission
+    message: str
+    at: datetime.datetime
+
+
+@dataclasses.dataclass(frozen=True)
 class Cluster:
     """One colour's cluster as a blue-green step needs it (``Observed.cluster``).
 
@@ -81,6 +91,12 @@ class Observed:
     - ``disposed``: savepoint locations acting has disposed of (or found gone), so the
       history can drop them; a location disposed of but forgotten (operator restart) is
       disposed of again, which is a no-op.
+    - ``kept_files``: of ``disposed``, the locations whose files remain (the operator does
+      not mount them, or they are not savepoints): they leave the history too, but were
+      reported by a Warning and are not counted as disposed of.
+    - ``refused``: the last submission a JobManager refused, until one is accepted
+      (acting's memory, like ``disposed``; an operator restart forgets it, and the next
+      submission learns it again).
     - ``color``: the cluster the fields above describe, the one of ``status.job``
       (``planning.bluegreen.job_target``): None for the uncoloured cluster of
       ``recreate``. ``other``: during a blue-green upgrade or fallback, the other
@@ -97,6 +113,8 @@ class Observed:
     savepoint: rest.SavepointInfo | None = None
     ha_checkpoint: HaCheckpoint | None = None
     disposed: frozenset[str] = frozenset()
+    kept_files: frozenset[str] = frozenset()
+    refused: Refusal | None = None
     color: target.Color | None = None
     other: Cluster | None = None
 

@@ -1,4 +1,6 @@
-"""Savepoint bookkeeping: records, history retention, periodic triggers.
+"""Savepoint bookkeeping: records, history retention, periodic triggers; and the
+savepoint decisions of a pass (settle the pending one, begin, request and trigger one,
+apply retention).
 
 Retention (``savepoints.historyMaxCount`` / ``historyMaxAge``): the newest entries are
 kept up to the count, and younger than the age; the rest expire. An expired entry
@@ -15,7 +17,12 @@ import datetime
 import uuid
 
 from streamjob_operator.api import models
-from streamjob_operator.planning import actions, clock
+from streamjob_operator.planning import actions, clock, context, lifecycle
+from streamjob_runtime.api import models as rest
+
+Kind = actions.SavepointKind
+WARNING = actions.EventType.WARNING
+NORMAL = actions.EventType.NORMAL
 
 
 def record(
@@ -107,3 +114,152 @@ def trigger_id(
 STOP_KINDS = frozenset(
     {actions.SavepointKind.UPGRADE, actions.SavepointKind.SUSPEND, actions.SavepointKind.DELETE}
 )
+
+
+# -- the savepoint decisions of a pass ----------------------------------------
+
+
+def savepoint_timeout(p: context.Pass) -> datetime.timedelta:
+    spec = lifecycle.deployed_spec(p.status)
+    timeout = clock.duration(spec.checkpointing.timeout) if spec else datetime.timedelta(0)
+    return timeout + p.config.reconcile_interval
+
+
+def settle(p: context.Pass) -> None:
+    """Resolve ``status.pendingSavepoint`` from what the JobManager says of it."""
+    pending = p.status.pendingSavepoint
+    if pending is None:
+        return
+    info = p.seen.savepoint
+    if info is not None and info.request_id != pending.triggerId:
+        info = None
+    kind = Kind(pending.triggerType)
+    if info is not None and info.status is rest.SavepointStatus.COMPLETED:
+        location = info.location or ""
+        record(p.status, kind.value, location, p.now, pending.nonce)
+        p.status.pendingSavepoint = None
+        p.event(NORMAL, "SavepointCompleted", f"{kind.value} savepoint {location}")
+        if kind in STOP_KINDS:
+            p.stopped_with = location
+        return
+    if info is not None and info.status is rest.SavepointStatus.FAILED:
+        lost(p, f"failed: {info.failure_cause or 'no cause given'}")
+        return
+    triggered = clock.parse_time(pending.triggerTime)
+    timed_out = p.now - triggered > savepoint_timeout(p)
+    if pending.triggerId is None:
+        # written by an operator that recorded the JobManager's id after the request
+        lost(
+            p,
+            "was not confirmed by the JobManager (the trigger failed, or the operator"
+            " stopped before it could record the request)",
+        )
+    elif info is None and p.seen.rest_reachable:
+        # The request never arrived (the operator stopped between recording its id
+        # and sending it, or sending failed), or the JobManager forgot it (it
+        # restarted). Sending it again under the same id is safe either way.
+        running = p.seen.job_running and pending.jobId == p.status.job.id
+        if running and not timed_out:
+            p.write()
+            request(p, pending)
+            p.soon_answer()
+        else:
+            lost(
+                p,
+                f"request {pending.triggerId} is unknown to the JobManager (it restarted)"
+                + ("" if running else f" and job {pending.jobId} is not running"),
+            )
+    elif timed_out:
+        lost(
+            p,
+            f"did not complete within {savepoint_timeout(p)} of its trigger at"
+            f" {pending.triggerTime}",
+        )
+    else:
+        p.soon_answer()
+
+
+def lost(p: context.Pass, why: str) -> None:
+    pending = p.status.pendingSavepoint
+    assert pending is not None
+    p.status.pendingSavepoint = None
+    p.savepoint_failed = True
+    p.event(WARNING, "SavepointFailed", f"the {pending.triggerType} savepoint {why}")
+    p.soon()
+
+
+def begin(p: context.Pass, kind: Kind, nonce: int | None = None) -> models.PendingSavepoint:
+    """Record a savepoint of the job about to be requested, with the trigger id the
+    request will carry (write it before the request: the write-ahead log entry)."""
+    job_id = p.status.job.id
+    assert job_id is not None
+    pending = models.PendingSavepoint(
+        triggerId=trigger_id(p.seen.meta.uid, job_id, kind, p.now),
+        triggerType=kind.value,
+        triggerTime=clock.format_time(p.now),
+        nonce=nonce,
+        jobId=job_id,
+    )
+    p.status.pendingSavepoint = pending
+    p.soon_answer()
+    return pending
+
+
+def request(p: context.Pass, pending: models.PendingSavepoint) -> None:
+    """Ask the JobManager for ``pending`` under its trigger id: stop-with-savepoint for
+    the kinds that stop the job, a savepoint for the others. Sent again after a crash
+    or a failed send, the same id finds the request already started."""
+    kind = Kind(pending.triggerType)
+    spec = lifecycle.deployed_spec(p.status)
+    directory = spec.savepoints.directory if spec is not None else None
+    assert pending.jobId is not None
+    assert pending.triggerId is not None
+    if kind in STOP_KINDS:
+        p.emit(
+            actions.StopWithSavepoint(
+                pending.jobId, kind, directory, pending.triggerId, where=p.here
+            )
+        )
+    else:
+        p.emit(
+            actions.TriggerSavepoint(
+                pending.jobId, kind, directory, pending.triggerId, pending.nonce, p.here
+            )
+        )
+
+
+def trigger(p: context.Pass, spec: models.StreamJobSpec, kind: Kind, nonce: int | None) -> None:
+    pending = begin(p, kind, nonce)
+    if kind is Kind.PERIODIC:
+        p.status.lastPeriodicSavepointTime = clock.format_time(p.now)
+    p.write()
+    request(p, pending)
+
+
+def retain(p: context.Pass) -> None:
+    spec = lifecycle.deployed_spec(p.status)
+    if spec is None:
+        return
+    kept = retention(spec, p.status, p.now, p.seen.disposed)
+    left = {e.location for e in p.status.savepointHistory} - {e.location for e in kept.history}
+    p.status.savepointHistory = kept.history
+    freed = len(left - p.seen.kept_files)  # the others had a SavepointNotDisposed
+    if freed:
+        p.event(NORMAL, "SavepointsDisposed", f"{freed} expired savepoint(s) disposed of")
+    if kept.dispose:
+        p.write()
+        for location in kept.dispose:
+            p.emit(actions.DisposeSavepoint(location))
+        p.soon()
+
+
+def periodic(p: context.Pass, spec: models.StreamJobSpec) -> None:
+    due = next_periodic(spec, p.status)
+    if due is None or p.status.pendingSavepoint is not None:
+        return
+    if due > p.now:
+        p.soon(due)
+    elif p.seen.job_running and not p.savepoint_failed:
+        trigger(p, spec, Kind.PERIODIC, None)
+    else:
+        p.soon()

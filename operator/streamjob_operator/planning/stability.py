@@ -6,6 +6,12 @@ checkpoints since it was submitted, and has not restarted for ``stability.window
 later, with the injected clock). A deployment not stable ``stability.timeout`` after
 it began is failed, or rolled back when ``rollback.enabled``.
 
+A job that FINISHED (a bounded job that reached the end of its input, as the Flink
+operator's "a job that finished on its own is marked stable") has nothing left to
+prove: the deployment is stable, however few checkpoints or how short a window the
+operator saw. Otherwise a bounded job that ends before a pass sees its checkpoints
+(a short job, a busy operator) would be declared failed at the timeout.
+
 Checkpoints are counted by the JobManager for the job it runs (``counts.completed``,
 savepoints included); a JobManager failover restarts that count, which only delays
 the gate.
@@ -18,6 +24,7 @@ import datetime
 
 from streamjob_operator.api import models
 from streamjob_operator.planning import clock, observed
+from streamjob_runtime.api import models as rest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +44,8 @@ def judge(
     deployed_at = status.reconciliation.deployedAt
     if deployed_at is None:
         return Verdict(False, False, "it was not deployed yet", None)
+    if seen.rest_reachable and seen.job is not None and seen.job.state is rest.JobStatus.FINISHED:
+        return Verdict(True, False, "", None)
     start = clock.parse_time(deployed_at)
     deadline = start + clock.duration(spec.stability.timeout)
     quiet_since = start

@@ -21,6 +21,9 @@ class Step(enum.StrEnum):
     DELETE_DEPLOYMENTS = "delete-deployments"  # the old JobManager and TaskManagers go
     APPLY_CHILDREN = "apply-children"  # the new children; wait for the JobManager
     SUBMIT_JOB = "submit-job"  # submit, restoring from the chosen path
+    # the JobManager lost the job (it restarted without HA): submit it again from its
+    # newest completed checkpoint (``planning.recovery``)
+    RECOVER_JOB = "recover-job"
     # blueGreen: the next colour comes up next to the active one
     DEPLOY_NEXT = "deploy-next"  # the next colour's children, warm, no job; wait for slots
     STOP_ACTIVE = "stop-active"  # stop the active colour's job; choose the restore path

@@ -4,7 +4,10 @@
 CRD's OpenAPI schema does, for resources written while an older CRD was installed),
 the CRD's cross-field CEL rules (``models.SPEC_VALIDATIONS``, mirrored here rule for
 rule so that planning refuses what the API server would), and what the API server
-cannot check: absolute paths, duration relations, options shadowed by typed fields.
+cannot check: absolute paths, duration relations, options shadowed by typed fields,
+and pod templates asking for what only a trusted pod may have (privileged containers,
+host namespaces and ports, hostPath volumes, added capabilities, root), refused unless
+the operator allows privileged pods.
 :func:`transition_errors` checks a change from the running spec to a new one.
 
 An invalid spec is never acted on: planning records the errors and keeps the last
@@ -20,7 +23,7 @@ from typing import Any
 import pydantic
 
 from streamjob_operator.api import durations, models
-from streamjob_operator.desired import submission
+from streamjob_operator.desired import jobmanager, podtemplate, submission, taskmanager
 
 Rule = Callable[[models.StreamJobSpec], bool]
 
@@ -60,12 +63,13 @@ class Validation:
         return self.spec is not None
 
 
-def validate(raw: Mapping[str, Any]) -> Validation:
+def validate(raw: Mapping[str, Any], *, allow_privileged: bool = False) -> Validation:
+    """``allow_privileged``: the operator lets pod templates have privileged settings."""
     try:
         spec = models.StreamJobSpec.model_validate(dict(raw))
     except pydantic.ValidationError as e:
         return Validation(None, tuple(_schema_error(error) for error in e.errors()))
-    errors = tuple(spec_errors(spec))
+    errors = tuple(spec_errors(spec, allow_privileged=allow_privileged))
     return Validation(None, errors) if errors else Validation(spec)
 
 
@@ -78,7 +82,7 @@ def _schema_error(error: Mapping[str, Any]) -> str:
     return f"{where}: {error['msg']} (got {error.get('input')!r}); correct it and apply again"
 
 
-def spec_errors(spec: models.StreamJobSpec) -> list[str]:
+def spec_errors(spec: models.StreamJobSpec, *, allow_privileged: bool = False) -> list[str]:
     """Every rule ``spec`` breaks, in the order of the spec's fields."""
     errors = [
         f"{rule['message']}: correct the spec and apply again"
@@ -88,7 +92,26 @@ def spec_errors(spec: models.StreamJobSpec) -> list[str]:
     errors += _path_errors(spec)
     errors += _duration_errors(spec)
     errors += _shadowed_option_errors(spec)
+    if not allow_privileged:
+        errors += pod_template_errors(spec)
     return errors
+
+
+def pod_template_errors(spec: models.StreamJobSpec) -> list[str]:
+    """The privileged settings of the pod templates (``podtemplate.privileged_settings``)."""
+    templates = (
+        ("jobManager", spec.jobManager.podTemplate, jobmanager.CONTAINER),
+        ("taskManager", spec.taskManager.podTemplate, taskmanager.CONTAINER),
+    )
+    return [
+        f"{component}.podTemplate {finding}: privileged containers, host namespaces and"
+        " ports, hostPath volumes, added capabilities and running as root are refused"
+        " (the operator would hand the node to whoever writes the StreamJob); remove it,"
+        " or have the operator's administrator allow privileged pods (chart value"
+        " podTemplate.allowPrivileged)"
+        for component, template, container in templates
+        for finding in podtemplate.privileged_settings(template, container)
+    ]
 
 
 def _path_errors(spec: models.StreamJobSpec) -> list[str]:

@@ -1,8 +1,16 @@
-"""Typed REST client for the JobManager (used by the CLI, tests and the operator)."""
+"""Typed REST client for the JobManager (used by the CLI, tests and the operator).
+
+A JobManager serves REST over HTTPS with its job's certificate and wants a bearer
+token: give the client ``token`` and either ``ssl`` (an :class:`ssl.SSLContext`
+that trusts the job's CA) or ``ca_file`` (that CA, PEM).  With neither, an
+``https://`` URL is verified against the system's trusted CAs.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import ssl as ssl_module
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -22,9 +30,23 @@ class RestError(RuntimeError):
 
 
 class JobManagerClient:
-    def __init__(self, base_url: str, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        timeout_s: float = 30.0,
+        token: str | None = None,
+        ssl: ssl_module.SSLContext | None = None,
+        ca_file: str | Path | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s))
+        if ssl is None and ca_file is not None:
+            ssl = ssl_module.create_default_context(cafile=str(ca_file))
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+            headers=headers,
+            connector=aiohttp.TCPConnector(ssl=ssl if ssl is not None else True),
+        )
 
     async def __aenter__(self) -> JobManagerClient:
         return self

@@ -47,6 +47,15 @@ class JobSubmission(_Model):
     allow_non_restored_state: bool = Field(
         default=False, description="Drop savepoint state of operators the job no longer has."
     )
+    restore_from_latest_in: str | None = Field(
+        default=None,
+        description=(
+            "A job's checkpoint directory (<checkpoint dir>/<job id>): restore from the newest"
+            " completed checkpoint in it, or from savepoint_path when that is newer (a higher"
+            " checkpoint id) or the directory has none; refused (400) when neither exists."
+            " For a job its JobManager lost (it restarted without high availability)."
+        ),
+    )
 
 
 TRIGGER_ID_PATTERN = r"^[0-9a-f]{32}$"

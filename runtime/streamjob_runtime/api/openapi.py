@@ -71,7 +71,7 @@ ROUTES: list[Route] = [
 PLAIN: list[tuple[str, str]] = [
     ("/metrics", "Prometheus metrics (text exposition format)"),
     ("/healthz", "Liveness"),
-    ("/readyz", "Readiness"),
+    ("/readyz", "Readiness: the leader, or a standby ready to take over (the body names the role)"),
     ("/", "Web UI (HTML)"),
 ]
 
@@ -93,6 +93,11 @@ def document() -> dict[str, Any]:
     error = {
         "description": "Error: what went wrong and what to do",
         "content": {"application/json": {"schema": ref(models.ErrorResponse)}},
+    }
+    unauthorized = {**error, "description": "No bearer token: send Authorization: Bearer <token>"}
+    forbidden = {
+        **error,
+        "description": "A wrong token, or a job file or directory outside the allowed roots",
     }
     paths: dict[str, dict[str, Any]] = {}
     for method, path, summary, request, status, response in ROUTES:
@@ -118,14 +123,29 @@ def document() -> dict[str, Any]:
             op["responses"]["404"] = error
         if method in ("post", "patch") and params:
             op["responses"]["409"] = error
+        op["responses"]["401"] = unauthorized
+        op["responses"]["403"] = forbidden
         paths.setdefault(path, {})[method] = op
     for path, summary in PLAIN:
-        paths[path] = {"get": {"summary": summary, "responses": {"200": {"description": "OK"}}}}
+        responses = {"200": {"description": "OK"}, "401": unauthorized, "403": forbidden}
+        paths[path] = {"get": {"summary": summary, "responses": responses}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "streamjob JobManager REST API", "version": __version__},
         "paths": paths,
-        "components": {"schemas": schemas.get("$defs", {})},
+        # Every endpoint, over HTTPS; /metrics, /healthz and /readyz are also served
+        # without a token on the plain metrics port.
+        "security": [{"bearer": []}],
+        "components": {
+            "schemas": schemas.get("$defs", {}),
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "the JobManager's REST token (--rest-token-file)",
+                }
+            },
+        },
     }
 
 

@@ -8,6 +8,7 @@ checkpoint is detected before a restore uses it.
 from __future__ import annotations
 
 import zlib
+from pathlib import PurePosixPath
 
 import msgspec
 
@@ -54,7 +55,34 @@ def encode(meta: CheckpointMetadata) -> bytes:
 
 
 def write(directory: storage.Location, meta: CheckpointMetadata) -> None:
+    """Write ``_metadata`` last, atomically and durably: the checkpoint is complete after it.
+
+    Besides the file, the directory entries that lead to it are fsynced: the
+    checkpoint's directory in its parent (``chk-N`` in the job directory, or a
+    savepoint in its target) and that parent in its own (created with the first
+    checkpoint), so a power loss cannot take away a checkpoint already reported
+    complete.  On object storage (no directories) only the upload happens.
+    """
     storage.write_atomically(directory / storage.METADATA, encode(meta))
+    storage.fsync_directory(directory.parent)
+    storage.fsync_directory(directory.parent.parent)
+
+
+def _relative(name: str, path: storage.Location) -> str:
+    """``name`` if it is a plain relative path inside the checkpoint directory.
+
+    State files are restored by unpickling them, so a ``_metadata`` naming a file
+    elsewhere (``../``, an absolute path) must not lead a restore out of the
+    directory the user or the JobManager chose.  The same holds on object storage,
+    where ``..`` would be a literal key but still names an object outside.
+    """
+    parts = PurePosixPath(name).parts
+    if not name or "\\" in name or name.startswith("/") or ".." in parts or "\0" in name:
+        raise CorruptCheckpointError(
+            f"{path} names the state file {name!r}, which is not a relative path inside its"
+            " directory; state files must lie in the checkpoint's own directory"
+        )
+    return name
 
 
 def read(directory: storage.Location) -> CheckpointMetadata:
@@ -88,7 +116,7 @@ def read(directory: storage.Location) -> CheckpointMetadata:
         raise CorruptCheckpointError(f"{path} is not valid checkpoint metadata: {e}") from None
     for op in meta.operators.values():
         for h in op.handles:
-            f = directory / h.file
+            f = directory / _relative(h.file, path)
             try:
                 size = storage.size(f)
             except FileNotFoundError:

@@ -39,6 +39,42 @@ def resolve(
         raise SavepointError(f"{path} cannot be restored: {e}") from None
 
 
+def newest(
+    job_dir: str | storage.Location, savepoint: str | storage.Location | None = None
+) -> storage.Location:
+    """The newest restore point of a job: the highest completed checkpoint in its
+    checkpoint directory ``job_dir`` (``<checkpoint dir>/<job id>``; one whose
+    ``_metadata`` is missing or corrupt does not count), or ``savepoint`` when it has a
+    higher checkpoint id (checkpoint ids continue across savepoints and restores) or
+    there is no checkpoint. Raises SavepointError when there is neither: never empty."""
+    try:
+        job_dir = storage.location(job_dir)
+    except storage.StorageError as e:
+        raise SavepointError(str(e)) from None
+    found: list[tuple[int, storage.Location]] = []
+    for checkpoint_id in reversed(storage.checkpoint_ids(job_dir)):
+        directory = storage.checkpoint_dir(job_dir, checkpoint_id)
+        try:
+            found.append((metadata.read(directory).checkpoint_id, directory))
+            break
+        except metadata.CorruptCheckpointError:
+            continue  # an incomplete checkpoint: the one before it
+    problem = ""
+    if savepoint is not None:
+        try:
+            directory, meta = resolve(savepoint)
+            found.append((meta.checkpoint_id, directory))
+        except SavepointError as e:
+            problem = f", and {e}"
+    if not found:
+        raise SavepointError(
+            f"{job_dir} holds no completed checkpoint{problem or ' and no savepoint was given'}:"
+            " there is nothing to restore the job from"
+        )
+    # By id (a Path and an s3:// location do not compare).
+    return max(found, key=lambda f: f[0])[1]
+
+
 def check_operators(
     meta: metadata.CheckpointMetadata,
     uids: Iterable[str],

@@ -106,14 +106,6 @@ class Committable:
     final: str
 
 
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class FileSinkWriter(sink.SinkWriter):
     """Staged files live in ``.staging/<uid>/<job id>/<attempt>-<subtask>-<txn>.inprogress``.
 
@@ -130,9 +122,14 @@ class FileSinkWriter(sink.SinkWriter):
     ) -> None:
         self.directory = directory
         self.staging = directory / ".staging" / ctx.uid / ctx.job_id
-        self.staging.mkdir(parents=True, exist_ok=True)
-        # The job's directory entry must survive a crash with the files staged in it.
-        _fsync_directory(self.staging.parent)
+        if not self.staging.is_dir():
+            self.staging.mkdir(parents=True, exist_ok=True)
+            # Staged files must survive a power loss once pre-committed: so must their
+            # directories' entries, up to the sink directory's own.
+            storage.fsync_directory(directory.parent)
+            storage.fsync_directory(directory)
+            storage.fsync_directory(directory / ".staging")
+            storage.fsync_directory(self.staging.parent)
         self.encode = encode
         self.ctx = ctx
         self._file: IO[bytes] | None = None
@@ -158,6 +155,9 @@ class FileSinkWriter(sink.SinkWriter):
         os.fsync(self._file.fileno())
         self._file.close()
         self._file = None
+        # The new file's name in .staging/<uid>: without it the fsynced data is unreachable
+        # after a power loss, and the acknowledged pre-commit is lost.
+        storage.fsync_directory(self.staging)
         ctx = self.ctx
         final = (
             f"part-{ctx.uid}-{ctx.job_id[:8]}-{ctx.subtask_index}-a{ctx.attempt}"
@@ -173,12 +173,13 @@ class FileSinkWriter(sink.SinkWriter):
                 os.replace(staged, final)
             except FileNotFoundError:
                 if not final.exists():
-                    raise RuntimeError(
+                    # A restart restores the same committable and fails the same way.
+                    raise base.UnrecoverableError(
                         f"file sink: staged file {staged} is gone and {final} was never"
                         " committed; the sink directory was modified outside the job"
                     ) from None
         if committables:
-            _fsync_directory(self.directory)
+            storage.fsync_directory(self.directory)
 
     def discard_staged(self, keep: list[Any], restored_job_id: str | None) -> None:
         """Delete this job's staged files of earlier attempts that are not in ``keep``.

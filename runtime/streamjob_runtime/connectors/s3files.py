@@ -77,7 +77,8 @@ class S3FileSinkWriter(sink.SinkWriter):
             except OSError as e:
                 # Completed before (a restore repeating a commit): the object is there.
                 if not objectstore.exists(final):
-                    raise RuntimeError(
+                    # A restart restores the same committable and fails the same way.
+                    raise base.UnrecoverableError(
                         f"file sink: the upload of {final} can no longer be completed ({e})"
                         " and the object was never committed; were the bucket's incomplete"
                         " uploads deleted by a lifecycle rule shorter than the job's downtime?"

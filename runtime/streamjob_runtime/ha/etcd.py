@@ -14,7 +14,8 @@ import contextlib
 import logging
 import math
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import aetcd
 import msgspec
@@ -25,16 +26,82 @@ from streamjob_runtime.ha import services
 log = logging.getLogger(__name__)
 
 _ETCD_ERRORS = (aetcd.ClientError, OSError, TimeoutError)
+_T = TypeVar("_T")
 
 
 class _Lost(Exception):
     pass
 
 
-def connect(cfg: services.HaConfig) -> aetcd.Client:
-    """A client for the first endpoint (etcd proxies requests within its cluster)."""
-    host, _, port = cfg.etcd_endpoints[0].rpartition(":")
-    return aetcd.Client(host=host, port=int(port), timeout=max(1, cfg.retry_period_ms // 1000))
+class EtcdCluster:
+    """Every endpoint of one etcd cluster, reached through one gRPC client at a time.
+
+    A call goes to the current endpoint; on a connection error or a timeout it
+    moves on to the next endpoint (round robin) and tries again, each endpoint
+    once per call, within the call's time limit (split evenly between the
+    endpoints left). Losing one member of a three-member cluster therefore costs
+    one failed try, not the leadership. Leases and the leader key live in the
+    cluster, not in a member, so they survive the move.
+    """
+
+    def __init__(self, endpoints: tuple[str, ...], rpc_timeout_s: int) -> None:
+        if not endpoints:
+            raise ValueError("etcd HA needs at least one endpoint")
+        self.endpoints = endpoints
+        self.rpc_timeout_s = rpc_timeout_s
+        self.index = 0
+        self.client = self._client_for(0)
+
+    def _client_for(self, index: int) -> aetcd.Client:
+        host, _, port = self.endpoints[index].rpartition(":")
+        return aetcd.Client(host=host, port=int(port), timeout=self.rpc_timeout_s)
+
+    @property
+    def transactions(self) -> Any:
+        return self.client.transactions
+
+    async def call(self, fn: Callable[[aetcd.Client], Awaitable[_T]], limit_s: float) -> _T:
+        """``fn(client)`` on the current endpoint, then on the next ones while they fail."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit_s
+        tries = len(self.endpoints)
+        for attempt in range(tries):
+            client = self.client
+            share = (deadline - loop.time()) / (tries - attempt)
+            try:
+                async with asyncio.timeout(max(share, 0.001)):
+                    return await fn(client)
+            except _ETCD_ERRORS as e:
+                if attempt == tries - 1:
+                    raise
+                await self._next_endpoint(client, e)
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    async def _next_endpoint(self, failed: aetcd.Client, error: BaseException) -> None:
+        if failed is not self.client:
+            return  # a concurrent call already moved on
+        previous = self.endpoints[self.index]
+        self.index = (self.index + 1) % len(self.endpoints)
+        self.client = self._client_for(self.index)
+        logs.event(
+            log,
+            "etcd_endpoint_changed",
+            logging.WARNING,
+            previous=previous,
+            endpoint=self.endpoints[self.index],
+            error=repr(error),
+        )
+        with contextlib.suppress(*_ETCD_ERRORS):
+            await failed.close()
+
+    async def close(self) -> None:
+        with contextlib.suppress(*_ETCD_ERRORS):
+            await self.client.close()
+
+
+def connect(cfg: services.HaConfig) -> EtcdCluster:
+    """A client of every endpoint in ``cfg`` (see :class:`EtcdCluster`)."""
+    return EtcdCluster(cfg.etcd_endpoints, max(1, cfg.retry_period_ms // 1000))
 
 
 def _prefix(cfg: services.HaConfig) -> str:
@@ -42,17 +109,32 @@ def _prefix(cfg: services.HaConfig) -> str:
 
 
 class EtcdLeaderElector:
-    def __init__(self, cfg: services.HaConfig, client: aetcd.Client, identity: str) -> None:
+    def __init__(self, cfg: services.HaConfig, client: EtcdCluster, identity: str) -> None:
         self.cfg = cfg
         self.client = client
         self.identity = identity
         self.key = (_prefix(cfg) + "leader").encode()
-        self._lease: Any = None
+        self._lease: int | None = None  # the lease id (leases belong to the cluster)
         self._timeout = cfg.retry_period_ms / 1000
 
-    async def _call(self, coro: Any, limit_s: float | None = None) -> Any:
-        async with asyncio.timeout(limit_s or self._timeout):
-            return await coro
+    async def _call(
+        self, fn: Callable[[aetcd.Client], Awaitable[Any]], limit_s: float | None = None
+    ) -> Any:
+        return await self.client.call(fn, limit_s or self._timeout)
+
+    async def _refresh(self, lease_id: int, limit_s: float | None = None) -> Any:
+        return await self._call(lambda c: c.refresh_lease(lease_id), limit_s)
+
+    async def _create_key(self, lease_id: int) -> None:
+        """Create the leader key bound to ``lease_id`` unless it exists."""
+        tx = self.client.transactions
+        await self._call(
+            lambda c: c.transaction(
+                compare=[tx.create(self.key) == 0],
+                success=[tx.put(self.key, self.identity.encode(), lease_id)],
+                failure=[],
+            )
+        )
 
     async def _campaign(self) -> int:
         retry = self.cfg.retry_period_ms / 1000
@@ -61,23 +143,23 @@ class EtcdLeaderElector:
             try:
                 if self._lease is not None:
                     # Keep the campaign's lease alive while a rival leads.
-                    reply = await self._call(self.client.refresh_lease(self._lease.id))
+                    reply = await self._refresh(self._lease)
                     if reply is None or reply.TTL <= 0:
                         self._lease = None
                 if self._lease is None:
-                    self._lease = await self._call(self.client.lease(ttl))
-                tx = self.client.transactions
-                won, _ = await self._call(
-                    self.client.transaction(
-                        compare=[tx.create(self.key) == 0],
-                        success=[tx.put(self.key, self.identity.encode(), self._lease)],
-                        failure=[],
-                    )
-                )
-                if won:
-                    current = await self._call(self.client.get(self.key))
-                    if current is not None and current.value == self.identity.encode():
-                        return int(current.create_revision)
+                    granted = await self._call(lambda c: c.lease(ttl))
+                    self._lease = int(granted.id)
+                lease_id = self._lease
+                await self._create_key(lease_id)
+                # Whether this try or an earlier one whose answer was lost (a member
+                # that failed mid-call) created the key: it is ours if bound to our lease.
+                current = await self._call(lambda c: c.get(self.key))
+                if (
+                    current is not None
+                    and current.value == self.identity.encode()
+                    and current.lease == lease_id
+                ):
+                    return int(current.create_revision)
             except _ETCD_ERRORS as e:
                 logs.event(log, "leader_election_retry", logging.WARNING, error=repr(e))
                 self._lease = None
@@ -94,10 +176,12 @@ class EtcdLeaderElector:
             await asyncio.sleep(retry)
             try:
                 left = max(0.05, deadline - (time.monotonic() - last_renewed))
-                reply = await self._call(self.client.refresh_lease(self._lease.id), left)
+                assert self._lease is not None
+                reply = await self._refresh(self._lease, left)
                 if reply is None or reply.TTL <= 0:
                     raise _Lost("the lease expired")
-                current = await self._call(self.client.get(self.key), left)
+                left = max(0.05, deadline - (time.monotonic() - last_renewed))
+                current = await self._call(lambda c: c.get(self.key), left)
                 if current is None or current.create_revision != epoch:
                     raise _Lost("another JobManager holds the leader key")
                 last_renewed = time.monotonic()
@@ -114,26 +198,34 @@ class EtcdLeaderElector:
 
     async def release(self) -> None:
         if self._lease is not None:
+            lease_id = self._lease
             with contextlib.suppress(*_ETCD_ERRORS):
-                await self._call(self._lease.revoke())
+                await self._call(lambda c: c.revoke_lease(lease_id))
             self._lease = None
 
 
 class EtcdHaStore:
-    def __init__(self, cfg: services.HaConfig, client: aetcd.Client) -> None:
+    def __init__(self, cfg: services.HaConfig, client: EtcdCluster) -> None:
         self.cfg = cfg
         self.client = client
         self.prefix = _prefix(cfg)
         self.leader_key = (self.prefix + "leader").encode()
+        self._limit_s = cfg.renew_deadline_ms / 1000
+
+    async def _read(self, fn: Callable[[aetcd.Client], Awaitable[_T]]) -> _T:
+        return await self.client.call(fn, self._limit_s)
 
     async def _fenced(self, epoch: int, key: str, value: bytes | None) -> None:
         tx = self.client.transactions
         op = tx.put(key.encode(), value) if value is not None else tx.delete(key.encode())
         try:
-            async with asyncio.timeout(self.cfg.renew_deadline_ms / 1000):
-                ok, _ = await self.client.transaction(
+            # Safe to repeat on another endpoint: the same put or delete, fenced the same way.
+            ok, _ = await self.client.call(
+                lambda c: c.transaction(
                     compare=[tx.create(self.leader_key) == epoch], success=[op], failure=[]
-                )
+                ),
+                self._limit_s,
+            )
         except _ETCD_ERRORS as e:
             raise services.FencedError(f"HA metadata write to etcd failed: {e!r}") from None
         if not ok:
@@ -142,15 +234,18 @@ class EtcdHaStore:
             )
 
     async def _get(self, key: str) -> bytes | None:
-        kv = await self.client.get(key.encode())
+        kv = await self._read(lambda c: c.get(key.encode()))
         return None if kv is None else bytes(kv.value)
+
+    async def withdraw(self) -> None:
+        """Nothing routes to an etcd JobManager by a mark of its own: nothing to undo."""
 
     async def publish_leader(self, epoch: int, leader: services.LeaderInfo) -> None:
         await self._fenced(epoch, self.prefix + "leader-info", services.encode(leader))
 
     async def leader(self) -> services.LeaderInfo | None:
         raw = await self._get(self.prefix + "leader-info")
-        holder = await self.client.get(self.leader_key)
+        holder = await self._read(lambda c: c.get(self.leader_key))
         if raw is None or holder is None:
             return None
         info = msgspec.json.decode(raw, type=services.LeaderInfo)
@@ -164,7 +259,7 @@ class EtcdHaStore:
         await self._fenced(epoch, f"{self.prefix}checkpoints/{job_id}", None)
 
     async def jobs(self) -> list[services.JobRecord]:
-        result = await self.client.get_prefix(f"{self.prefix}jobs/".encode())
+        result = await self._read(lambda c: c.get_prefix(f"{self.prefix}jobs/".encode()))
         return [msgspec.json.decode(kv.value, type=services.JobRecord) for kv in result]
 
     async def put_checkpoints(
@@ -177,6 +272,19 @@ class EtcdHaStore:
         if raw is None:
             return services.CheckpointRecord()
         return msgspec.json.decode(raw, type=services.CheckpointRecord)
+
+    async def put_trigger(self, epoch: int, record: services.TriggerRecord) -> None:
+        key = f"{self.prefix}triggers/{record.request_id}"
+        await self._fenced(epoch, key, services.encode(record))
+        kept = {r.request_id for r in services.newest_triggers(await self.triggers())}
+        for old in await self.triggers():
+            if old.request_id not in kept:
+                await self._fenced(epoch, f"{self.prefix}triggers/{old.request_id}", None)
+
+    async def triggers(self) -> list[services.TriggerRecord]:
+        result = await self._read(lambda c: c.get_prefix(f"{self.prefix}triggers/".encode()))
+        found = [msgspec.json.decode(kv.value, type=services.TriggerRecord) for kv in result]
+        return sorted(found, key=lambda r: (r.time_ms, r.request_id))
 
     async def close(self) -> None:
         await self.client.close()

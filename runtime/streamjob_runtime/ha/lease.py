@@ -314,6 +314,20 @@ class ConfigMapHaStore:
         await self._fenced(epoch, put)
         await self._label_leader_pod()
 
+    async def withdraw(self) -> None:
+        """Set this pod's leader label to false (a pod that is gone has none)."""
+        if not self.cfg.pod_name:
+            return
+        core = await self._core()
+        labels = {LEADER_LABEL: "false", CLUSTER_LABEL: self.cfg.cluster_id}
+        try:
+            await core.patch_namespaced_pod(
+                self.cfg.pod_name, self.cfg.namespace, {"metadata": {"labels": labels}}
+            )
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
     async def _label_leader_pod(self) -> None:
         """Move the leader label to our pod, so a Service selects only the leader."""
         if not self.cfg.pod_name:
@@ -386,6 +400,31 @@ class ConfigMapHaStore:
         if raw is None:
             return services.CheckpointRecord()
         return msgspec.json.decode(raw, type=services.CheckpointRecord)
+
+    async def put_trigger(self, epoch: int, record: services.TriggerRecord) -> None:
+        def put(data: dict[str, str]) -> None:
+            data[f"trigger.{record.request_id}"] = services.encode(record).decode()
+            recorded = [
+                msgspec.json.decode(v, type=services.TriggerRecord)
+                for k, v in data.items()
+                if k.startswith("trigger.")
+            ]
+            kept = {r.request_id for r in services.newest_triggers(recorded)}
+            for r in recorded:
+                if r.request_id not in kept:
+                    data.pop(f"trigger.{r.request_id}", None)
+
+        await self._fenced(epoch, put)
+
+    async def triggers(self) -> list[services.TriggerRecord]:
+        cm = await self._read()
+        data = (cm.data or {}) if cm else {}
+        found = [
+            msgspec.json.decode(v, type=services.TriggerRecord)
+            for k, v in data.items()
+            if k.startswith("trigger.")
+        ]
+        return sorted(found, key=lambda r: (r.time_ms, r.request_id))
 
     async def close(self) -> None:
         await self.api.close()

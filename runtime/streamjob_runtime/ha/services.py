@@ -83,6 +83,29 @@ class JobRecord(msgspec.Struct, frozen=True):
     submission: bytes  # the REST JobSubmission, JSON
 
 
+class TriggerRecord(msgspec.Struct, frozen=True):
+    """The outcome of a savepoint request (Flink's trigger), kept in the HA metadata
+    beyond its job's end, so that a new leader answers it and does not resume a job
+    that was stopped with a savepoint before the leader changed. The newest
+    :data:`TRIGGERS_KEPT` are kept."""
+
+    job_id: str
+    request_id: str
+    operation: str  # "savepoint", "stop" or "cancel"
+    status: str  # "COMPLETED" or "FAILED"
+    location: str | None = None
+    failure_cause: str | None = None
+    time_ms: int = 0
+
+
+TRIGGERS_KEPT = 16
+
+
+def newest_triggers(records: list[TriggerRecord]) -> list[TriggerRecord]:
+    """The :data:`TRIGGERS_KEPT` newest of ``records``, oldest first."""
+    return sorted(records, key=lambda r: (r.time_ms, r.request_id))[-TRIGGERS_KEPT:]
+
+
 class CheckpointPointer(msgspec.Struct, frozen=True):
     checkpoint_id: int
     path: str
@@ -118,6 +141,13 @@ class LeaderElector(Protocol):
 
 
 class HaStore(Protocol):
+    async def withdraw(self) -> None:
+        """Make sure nothing routes to this JobManager as the leader, before it
+        campaigns: a standby that passes its readiness check must not be selected as
+        the leader (Kubernetes: set the pod's leader label to false, which a previous
+        process in the same pod may have left; etcd: nothing to undo). Raises when it
+        could not (the caller retries)."""
+
     async def publish_leader(self, epoch: int, leader: LeaderInfo) -> None: ...
 
     async def leader(self) -> LeaderInfo | None: ...
@@ -131,6 +161,13 @@ class HaStore(Protocol):
     async def put_checkpoints(self, epoch: int, job_id: str, record: CheckpointRecord) -> None: ...
 
     async def checkpoints(self, job_id: str) -> CheckpointRecord: ...
+
+    async def put_trigger(self, epoch: int, record: TriggerRecord) -> None:
+        """Record a savepoint request's outcome (fenced), dropping all but the newest
+        :data:`TRIGGERS_KEPT`."""
+
+    async def triggers(self) -> list[TriggerRecord]:
+        """The recorded savepoint request outcomes, oldest first."""
 
     async def close(self) -> None: ...
 

@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import time
 import uuid
 from collections.abc import Coroutine
@@ -17,7 +18,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from streamjob_runtime import config, jobfile, logs
+from streamjob_runtime import config, jobfile, logs, security
 from streamjob_runtime.api import models
 from streamjob_runtime.checkpoint import savepoint
 from streamjob_runtime.ha import factory as ha_factory
@@ -39,6 +40,10 @@ class JobManager:
     recovers every job in the HA metadata from its latest completed checkpoint.
     It stops coordinating the moment it loses leadership, and :attr:`lost`
     is set so the process exits (a restarted process is a fresh standby).
+
+    ``host`` is the address it advertises (in the HA metadata and its REST URL);
+    ``bind_host`` the one its RPC and REST servers listen on (default: ``host``), e.g.
+    0.0.0.0 in a pod so that clients inside the pod reach it on localhost too.
     """
 
     def __init__(
@@ -47,10 +52,14 @@ class JobManager:
         host: str = "127.0.0.1",
         ha: services.HaConfig | None = None,
         identity: str | None = None,
+        settings: security.Settings | None = None,
+        bind_host: str | None = None,
     ) -> None:
         cluster.validate()
+        self.security = settings or security.Settings()
         self.cluster = cluster
         self.host = host
+        self.bind_host = bind_host or host
         self.ha = ha if ha is not None and ha.kind is not services.HaKind.NONE else None
         if self.ha is not None:
             self.ha.validate()
@@ -59,13 +68,16 @@ class JobManager:
         self.jobs: dict[str, jobmaster.JobMaster] = {}
         self.rpc_port = 0
         self.rest_port = 0
+        self.metrics_port = 0
         self.epoch: int | None = None if self.ha is not None else 0
         self.elector: services.LeaderElector | None = None
         self.store: services.HaStore | None = None
         self.lost = asyncio.Event()
         self.serving = self.ha is None
+        self.withdrawn = False  # a standby that nothing routes to as the leader
         self._servers: list[asyncio.AbstractServer] = []
         self._runner: web.AppRunner | None = None
+        self._metrics_runner: web.AppRunner | None = None
         self._background: set[asyncio.Task[None]] = set()
 
     @property
@@ -75,28 +87,40 @@ class JobManager:
 
     @property
     def rest_url(self) -> str:
-        return f"http://{self.host}:{self.rest_port}"
+        scheme = "https" if self.security.tls is not None else "http"
+        return f"{scheme}://{self.host}:{self.rest_port}"
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    async def start(self, rpc_port: int = 0, rest_port: int = 0) -> None:
+    async def start(self, rpc_port: int = 0, rest_port: int = 0, metrics_port: int = 0) -> None:
         await asyncio.to_thread(storage.makedirs, storage.location(self.cluster.checkpoint_dir))
-        server = await asyncio.start_server(self._serve_taskmanager, self.host, rpc_port)
+        tls = self.security.tls
+        server = await asyncio.start_server(
+            self._serve_taskmanager,
+            self.bind_host,
+            rpc_port,
+            ssl=tls.server_context() if tls else None,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S if tls else None,
+        )
         self._servers.append(server)
         self.rpc_port = server.sockets[0].getsockname()[1]
         self._runner = web.AppRunner(rest.create_app(self), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, rest_port)
-        await site.start()
-        assert site._server is not None
-        sockets = getattr(site._server, "sockets", None) or []
-        self.rest_port = sockets[0].getsockname()[1] if sockets else rest_port
+        self.rest_port = await _serve_http(
+            self._runner, self.bind_host, rest_port, tls.rest_context() if tls else None
+        )
+        self._metrics_runner = web.AppRunner(rest.create_metrics_app(self), access_log=None)
+        self.metrics_port = await _serve_http(
+            self._metrics_runner, self.bind_host, metrics_port, None
+        )
         self._spawn(self._check_heartbeats())
         logs.event(
             log,
             "jobmanager_started",
             rpc_port=self.rpc_port,
             rest_port=self.rest_port,
+            metrics_port=self.metrics_port,
+            tls=tls is not None,
+            rest_token=self.security.rest_token is not None,
             checkpoint_dir=self.cluster.checkpoint_dir,
             pid=os.getpid(),
             identity=self.identity,
@@ -104,7 +128,28 @@ class JobManager:
         )
         if self.ha is not None:
             self.elector, self.store = ha_factory.create(self.ha, self.identity)
-            self._spawn(self.elector.run(self._on_elected, self._on_revoked))
+            self._spawn(self._campaign(self.ha, self.elector, self.store))
+
+    @property
+    def standby_ready(self) -> bool:
+        """A standby ready to take over: HA services reached, and nothing (a leader
+        label a previous process left on this pod) routes to it as the leader."""
+        return self.epoch is None and self.withdrawn and not self.lost.is_set()
+
+    async def _campaign(
+        self, ha: services.HaConfig, elector: services.LeaderElector, store: services.HaStore
+    ) -> None:
+        """Withdraw (``HaStore.withdraw``, retried), then campaign: withdrawing after
+        being elected would take the label off the new leader."""
+        while True:
+            try:
+                await store.withdraw()
+                break
+            except Exception as e:  # retried: the API server may be starting
+                logs.event(log, "withdraw_failed", logging.WARNING, error=repr(e))
+                await asyncio.sleep(ha.retry_period_ms / 1000)
+        self.withdrawn = True
+        await elector.run(self._on_elected, self._on_revoked)
 
     # -- leadership ----------------------------------------------------------------------
 
@@ -129,6 +174,26 @@ class JobManager:
 
     async def _recover(self, epoch: int, record: services.JobRecord) -> None:
         assert self.store is not None
+        stopped = [
+            t
+            for t in await self.store.triggers()
+            if t.job_id == record.job_id
+            and t.operation in ("stop", "cancel")
+            and t.status == models.SavepointStatus.COMPLETED.value
+        ]
+        if stopped:
+            # The previous leader recorded its stop-with-savepoint before finishing the
+            # tasks: resuming would run past the savepoint a client now restores from.
+            logs.event(
+                log,
+                "job_not_resumed",
+                job_id=record.job_id,
+                request_id=stopped[-1].request_id,
+                savepoint=stopped[-1].location,
+                reason=f"it was stopped with a savepoint ({stopped[-1].operation})",
+            )
+            await self.store.remove_job(epoch, record.job_id)
+            return
         submission = models.JobSubmission.model_validate_json(record.submission)
         checkpoints = await self.store.checkpoints(record.job_id)
         try:
@@ -194,8 +259,9 @@ class JobManager:
         for server in self._servers:
             server.close()
         await self.rm.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        for runner in (self._runner, self._metrics_runner):
+            if runner is not None:
+                await runner.cleanup()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         t = asyncio.create_task(coro)
@@ -213,6 +279,10 @@ class JobManager:
                 " directory (start it with --savepoint-dir)"
             )
         try:
+            self.security.check_storage(base, "savepoint target directory")
+        except security.StorageNotAllowed as e:
+            raise errors.ForbiddenError(str(e)) from None
+        try:
             return savepoint.new_directory(base, job_id)
         except storage.StorageError as e:
             raise SubmissionError(str(e)) from None
@@ -221,6 +291,8 @@ class JobManager:
         """Validate, record in the HA metadata (fenced), and start a new job."""
         if self.epoch is None:
             raise errors.NotLeaderError(self.identity)
+        if submission.restore_from_latest_in is not None:
+            submission = await self._newest_restore_point(submission)
         job_id = uuid.uuid4().hex
         master = await self._start_job(job_id, submission, None)
         if self.store is not None:
@@ -235,6 +307,22 @@ class JobManager:
         master.start()
         return job_id
 
+    async def _newest_restore_point(self, submission: models.JobSubmission) -> models.JobSubmission:
+        """``restore_from_latest_in`` resolved: the submission restores from the newest
+        completed checkpoint in that directory, or its savepoint when newer."""
+        directory = submission.restore_from_latest_in
+        assert directory is not None
+        try:
+            path = await asyncio.to_thread(savepoint.newest, directory, submission.savepoint_path)
+        except savepoint.SavepointError as e:
+            raise SubmissionError(str(e)) from None
+        except OSError as e:  # the storage cannot be read (an object store down, say)
+            raise SubmissionError(f"cannot read {directory}: {e}") from None
+        logs.event(log, "restore_resolved", directory=directory, restore_point=str(path))
+        return submission.model_copy(
+            update={"savepoint_path": str(path), "restore_from_latest_in": None}
+        )
+
     async def _start_job(
         self,
         job_id: str,
@@ -243,6 +331,14 @@ class JobManager:
     ) -> jobmaster.JobMaster:
         """Build the job's JobMaster (started here only when recovered)."""
         base = config.JobConfig(parallelism=submission.parallelism or 1)
+        try:
+            jobfile.check_allowed(submission.entrypoint, self.security.job_roots)
+            if submission.savepoint_path is not None:
+                self.security.check_storage(submission.savepoint_path, "restore path")
+        except (jobfile.EntrypointNotAllowed, security.StorageNotAllowed) as e:
+            raise errors.ForbiddenError(str(e)) from None
+        except jobfile.JobFileError as e:
+            raise SubmissionError(str(e)) from None
         try:
             base = config.apply_options(base, submission.config)
             if submission.parallelism is not None:
@@ -290,6 +386,7 @@ class JobManager:
             initial_savepoint=initial,
             ha=ha_pointers,
             on_terminal=self._job_ended,
+            on_savepoint=self._record_trigger if self.store is not None else None,
         )
         self.jobs[job_id] = master
         logs.event(
@@ -305,6 +402,44 @@ class JobManager:
         if recovered is not None:
             master.start()
         return master
+
+    async def _record_trigger(self, job_id: str, request: jobmaster.SavepointRequest) -> None:
+        """Fenced write of a finished savepoint request's outcome; losing the fence
+        revokes leadership (and raises FencedError)."""
+        assert self.store is not None
+        epoch = self.epoch
+        if epoch is None:
+            raise services.FencedError("this JobManager is not the leader")
+        record = services.TriggerRecord(
+            job_id=job_id,
+            request_id=request.request_id,
+            operation=request.operation,
+            status=request.status.value,
+            location=request.location,
+            failure_cause=request.failure_cause,
+            time_ms=logs.now_ms(),
+        )
+        try:
+            await self.store.put_trigger(epoch, record)
+        except services.FencedError as e:
+            logs.event(log, "ha_write_fenced", logging.ERROR, job_id=job_id, error=str(e))
+            self._spawn(self._on_revoked(f"an HA metadata write was fenced: {e}"))
+            raise
+
+    async def recorded_trigger(self, job_id: str, request_id: str) -> models.SavepointInfo | None:
+        """A savepoint request of ``job_id`` as the HA metadata recorded it (a request
+        a previous leader finished); None without HA or when it is not there."""
+        if self.store is None:
+            return None
+        for record in await self.store.triggers():
+            if record.job_id == job_id and record.request_id == request_id:
+                return models.SavepointInfo(
+                    request_id=record.request_id,
+                    status=models.SavepointStatus(record.status),
+                    location=record.location,
+                    failure_cause=record.failure_cause,
+                )
+        return None
 
     async def _job_ended(self, job_id: str) -> None:
         """A globally terminal job leaves the HA metadata (its checkpoints stay on disk)."""
@@ -363,7 +498,11 @@ class JobManager:
             writer.close()  # a standby: the TaskManager looks up the leader again
             return
         try:
-            first = messages.to_jobmanager.decode(await framing.read_frame(reader))
+            # The peer is authenticated (mutual TLS) by now; its first frame is still
+            # held to the small hello limit (all it needs), as is a peer without TLS.
+            first = messages.to_jobmanager.decode(
+                await framing.read_frame(reader, framing.MAX_HELLO)
+            )
             if not isinstance(first, messages.RegisterTaskManager):
                 return
             tm = resources.TaskManagerInfo(
@@ -438,6 +577,21 @@ class JobManager:
                     )
 
 
+HANDSHAKE_TIMEOUT_S = 10.0
+
+
+async def _serve_http(
+    runner: web.AppRunner, host: str, port: int, ssl_context: ssl.SSLContext | None
+) -> int:
+    """Start ``runner`` on ``host:port`` (HTTPS with ``ssl_context``); return the bound port."""
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+    await site.start()
+    assert site._server is not None
+    sockets = getattr(site._server, "sockets", None) or []
+    return int(sockets[0].getsockname()[1]) if sockets else port
+
+
 def _write_ready_file(ready_file: str, ready: dict[str, int]) -> None:
     tmp = f"{ready_file}.tmp"
     with open(tmp, "w") as f:
@@ -453,12 +607,20 @@ async def serve(
     ready_file: str | None,
     ha: services.HaConfig | None = None,
     identity: str | None = None,
+    settings: security.Settings | None = None,
+    metrics_port: int = 0,
+    bind_host: str | None = None,
 ) -> int:
     """Run a JobManager until SIGTERM/SIGINT (exit 0) or lost leadership (exit 3)."""
-    jm = JobManager(cluster, host, ha, identity)
-    await jm.start(rpc_port, rest_port)
+    jm = JobManager(cluster, host, ha, identity, settings, bind_host)
+    await jm.start(rpc_port, rest_port, metrics_port)
     if ready_file:
-        ready = {"rpc_port": jm.rpc_port, "rest_port": jm.rest_port, "pid": os.getpid()}
+        ready = {
+            "rpc_port": jm.rpc_port,
+            "rest_port": jm.rest_port,
+            "metrics_port": jm.metrics_port,
+            "pid": os.getpid(),
+        }
         await asyncio.to_thread(_write_ready_file, ready_file, ready)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

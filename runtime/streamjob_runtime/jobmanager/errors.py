@@ -7,6 +7,10 @@ class SubmissionError(ValueError):
     """A request is invalid (HTTP 400); the message says what to fix."""
 
 
+class ForbiddenError(SubmissionError):
+    """A job file or a directory outside the allowed roots (HTTP 403)."""
+
+
 class ConflictError(RuntimeError):
     """The request conflicts with the job's state (HTTP 409); the message says why."""
 

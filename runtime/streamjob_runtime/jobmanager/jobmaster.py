@@ -65,8 +65,17 @@ class HaCheckpoints:
         self.persist = persist
         self.retained = 1
 
-    def paths(self) -> list[storage.Location]:
-        return [storage.location(p.path) for p in self.record.retained]
+    def checkpoints(self) -> list[storage.Location]:
+        """The recorded checkpoints (not savepoints), oldest first."""
+        return [storage.location(p.path) for p in self.record.retained if p.kind != "savepoint"]
+
+    def savepoints(self) -> list[tuple[int, storage.Location]]:
+        """The recorded savepoints of the job, with their checkpoint ids."""
+        return [
+            (p.checkpoint_id, storage.location(p.path))
+            for p in self.record.retained
+            if p.kind == "savepoint"
+        ]
 
     async def record_attempt(self, attempt: int) -> None:
         record = msgspec.structs.replace(self.record, attempt=attempt)
@@ -146,6 +155,7 @@ class JobMaster:
         initial_savepoint: storage.Location | None = None,
         ha: HaCheckpoints | None = None,
         on_terminal: Callable[[str], Coroutine[Any, Any, None]] | None = None,
+        on_savepoint: Callable[[str, SavepointRequest], Awaitable[None]] | None = None,
     ) -> None:
         self.job_id = job_id
         self.submission = submission
@@ -168,6 +178,9 @@ class JobMaster:
         )
         self.ha = ha
         self.on_terminal = on_terminal
+        # Records a finished savepoint request (HA) before the job acts on it: a stop's
+        # tasks finish only once a new leader would know the job was stopped.
+        self.on_savepoint = on_savepoint
         self.suspended = False
         if ha is not None:
             ha.retained = job_config.checkpointing.retained
@@ -176,8 +189,10 @@ class JobMaster:
             self.job_dir,
             job_config.checkpointing.retained,
             initial_savepoint,
-            pointers=ha.paths() if ha is not None else None,
+            recovered=ha.checkpoints() if ha is not None else None,
+            recovered_savepoints=ha.savepoints() if ha is not None else None,
         )
+        self.skipped_restore_points = 0  # retained checkpoints a restore could not use
         self.savepoints: dict[str, SavepointRequest] = {}
         self._savepoint_tasks: set[asyncio.Task[None]] = set()
         self.coordinator = coordinator.CheckpointCoordinator(
@@ -260,6 +275,7 @@ class JobMaster:
             self._transition(models.JobStatus.FAILED, cause=self.failure_cause)
 
     async def _run_attempts(self) -> None:
+        await asyncio.to_thread(self.store.recover)
         while True:
             outcome = await self._run_attempt()
             if outcome.kind == "finished":
@@ -314,11 +330,17 @@ class JobMaster:
         if self._cancel_requested.is_set():
             return Outcome("canceled")
         try:
-            restore = await asyncio.to_thread(self.store.latest_valid)
+            selection = await asyncio.to_thread(self.store.select_restore)
         except OSError as e:
             # The checkpoint storage cannot be read (an object store down, say): fail this
             # attempt for the restart strategy; never start empty, never kill the loop.
             return Outcome("failed", f"reading the checkpoints failed: {e}")
+        if selection.skipped:
+            self._report_skipped(selection)
+        if selection.restore is None and selection.required:
+            # Starting empty would re-emit everything the sinks already committed.
+            return Outcome("failed", selection.missing_message(self.job_id), unrecoverable=True)
+        restore = selection.restore
         try:
             slots = await self.rm.allocate(
                 self.job_id, self.graph.slots_needed, self.cluster.slot_request_timeout_ms / 1000
@@ -335,6 +357,30 @@ class JobMaster:
         await self.rm.release(self.job_id)
         self.placements = {}
         return outcome
+
+    def _report_skipped(self, selection: store.RestoreSelection) -> None:
+        """Retained checkpoints the restore passes over: a log line, a history entry, a metric."""
+        self.skipped_restore_points += len(selection.skipped)
+        skipped = "; ".join(f"{s.directory}: {s.reason}" for s in selection.skipped)
+        if selection.restore is not None:
+            outcome = f"restoring from {selection.restore[0]} instead"
+        elif selection.required:
+            outcome = "no other checkpoint or savepoint is left: the job fails"
+        else:
+            outcome = "starting without state"
+        cause = f"attempt {self.attempt} cannot restore {skipped}; {outcome}"
+        logs.event(
+            log,
+            "restore_checkpoints_skipped",
+            logging.WARNING,
+            job_id=self.job_id,
+            attempt=self.attempt,
+            skipped=[str(s.directory) for s in selection.skipped],
+            restoring_from=None if selection.restore is None else str(selection.restore[0]),
+        )
+        self.exceptions.append(
+            models.ExceptionEntry(timestamp=logs.now_ms(), attempt=self.attempt, cause=cause)
+        )
 
     def _deploy(
         self,
@@ -523,8 +569,9 @@ class JobMaster:
         whatever its state and the job's now, and starts nothing: a client that lost the
         answer (it crashed, the connection dropped) sends the request again safely. A
         repeat that asks for another operation (a stop under a plain savepoint's id) is
-        refused. Ids are remembered as long as this JobMaster runs, not across a
-        JobManager failover.
+        refused. Ids are remembered as long as this JobMaster runs; with HA a finished
+        request's outcome is recorded in the HA metadata (``on_savepoint``) before the job
+        acts on it, for the next leader.
 
         Raises :class:`ConflictError` unless the job is RUNNING with no savepoint
         in progress.
@@ -577,18 +624,33 @@ class JobMaster:
             reason = "the attempt ended" if pending is None else pending.failure
             request.status = models.SavepointStatus.FAILED
             request.failure_cause = f"savepoint failed: {reason}"
+            if not await self._recorded(request):
+                return
             if (stop or cancel) and attempt == self.attempt:
                 # The sources stopped at the barrier: only a restart resumes the job.
                 await self.fail(f"stop-with-savepoint failed ({reason}); restarting the job")
             return
         request.status = models.SavepointStatus.COMPLETED
         request.location = str(completed.directory)
+        if not await self._recorded(request):
+            return
         if cancel:
             await self.cancel()
         elif stop and attempt == self.attempt:
             message = messages.FinishTasks(self.job_id, attempt, completed.checkpoint_id)
             for tm_id in self.attempt_taskmanagers():
                 await self.rm.send(tm_id, message)
+
+    async def _recorded(self, request: SavepointRequest) -> bool:
+        """Record the request's outcome; False when the leader lost its fence (then
+        nothing more is done: the new leader decides from the HA metadata)."""
+        if self.on_savepoint is None:
+            return True
+        try:
+            await self.on_savepoint(self.job_id, request)
+        except services.FencedError:
+            return False
+        return True
 
     # -- REST views ----------------------------------------------------------------------
 

@@ -35,6 +35,11 @@ class JobManagerCollector(Collector):
         failed = CounterMetricFamily(
             "streamjob_checkpoints_failed", "Failed checkpoints", labels=["job_id"]
         )
+        skipped = CounterMetricFamily(
+            "streamjob_restore_checkpoints_skipped",
+            "Retained checkpoints or savepoints a restore could not use (missing or corrupt)",
+            labels=["job_id"],
+        )
         duration = GaugeMetricFamily(
             "streamjob_last_checkpoint_duration_seconds",
             "Duration of the latest completed checkpoint",
@@ -66,6 +71,7 @@ class JobManagerCollector(Collector):
             restarts.add_metric([job_id], job.restarts)
             completed.add_metric([job_id], job.coordinator.counts["completed"])
             failed.add_metric([job_id], job.coordinator.counts["failed"])
+            skipped.add_metric([job_id], job.skipped_restore_points)
             latest = job.store.latest()
             if latest is not None:
                 duration.add_metric([job_id], latest.duration_ms / 1000)
@@ -80,6 +86,7 @@ class JobManagerCollector(Collector):
             restarts,
             completed,
             failed,
+            skipped,
             duration,
             size,
             alignment,

@@ -1,6 +1,13 @@
 """The REST API (aiohttp), modelled on Flink's.  Models: :mod:`streamjob_runtime.api.models`.
 
-Errors are JSON ``{"error": "..."}``: 400 for an invalid request, 404 for an
+Every endpoint needs ``Authorization: Bearer <token>`` when the JobManager has a
+REST token (401 without one, 403 with a wrong one); the REST port is HTTPS when
+it has TLS.  ``/metrics``, ``/healthz`` and ``/readyz`` are also served, plain and
+unauthenticated, on the separate metrics port (:func:`create_metrics_app`) for
+Prometheus and probes.
+
+Errors are JSON ``{"error": "..."}``: 400 for an invalid request, 403 for a job
+file or a directory outside the allowed roots, 404 for an
 unknown job or savepoint request, 409 for a request the job's state does not
 allow (a second savepoint, a savepoint of a job that is not running, a trigger id
 repeated for another operation).
@@ -19,6 +26,7 @@ from typing import TYPE_CHECKING, TypeVar
 import pydantic
 from aiohttp import web
 
+from streamjob_runtime import security
 from streamjob_runtime.api import models, openapi
 from streamjob_runtime.jobmanager import errors, metrics
 
@@ -46,10 +54,37 @@ class _NotFound(Exception):
     pass
 
 
-_ANY_JOBMANAGER = {"/healthz", "/openapi.json", "/metrics", "/"}
+_ANY_JOBMANAGER = {"/healthz", "/readyz", "/openapi.json", "/metrics", "/"}
 
 WEB_DIR = Path(__file__).parent / "web"
 """The web UI's static files (package data): served without a token, they hold no data."""
+
+
+def _is_web_ui_file(path: str) -> bool:
+    """The UI's static files hold no data: a browser loads them before it has a token."""
+    return path == "/" or (path.startswith("/web/") and ".." not in path)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    expected = request.app[JM_KEY].security.rest_token
+    if expected is None or _is_web_ui_file(request.path):
+        return await handler(request)
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        response = error(
+            401,
+            "this JobManager needs a bearer token: send 'Authorization: Bearer <token>'"
+            " (the CLI: --token or STREAMJOB_TOKEN; in Kubernetes the token is in the"
+            " Secret <streamjob>-rest-token)",
+        )
+        response.headers["WWW-Authenticate"] = 'Bearer realm="streamjob"'
+        return response
+    if not security.token_matches(given.strip(), expected):
+        return error(
+            403, "the bearer token is not this JobManager's; check --token or STREAMJOB_TOKEN"
+        )
+    return await handler(request)
 
 
 @web.middleware
@@ -67,6 +102,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error(503, str(e))
     except _NotFound as e:
         return error(404, str(e))
+    except errors.ForbiddenError as e:
+        return error(403, str(e))
     except errors.SubmissionError as e:
         return error(400, str(e))
     except errors.ConflictError as e:
@@ -101,7 +138,17 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ready"})
+    """Ready: the leader, serving; or a standby ready to take over (HA). Not ready: a
+    standby still withdrawing, a leader still recovering its jobs, one that lost its
+    leadership. The body names the role; with HA a Service routes to the leader by
+    the label the leader puts on its pod, not by readiness, so a Deployment of a
+    leader and standbys becomes fully available."""
+    jm = request.app[JM_KEY]
+    if jm.is_leader:
+        return web.json_response({"status": "ready", "role": "leader"})
+    if jm.standby_ready:
+        return web.json_response({"status": "ready", "role": "standby"})
+    return error(503, f"JobManager {jm.identity} is neither leading nor a ready standby")
 
 
 async def overview(request: web.Request) -> web.Response:
@@ -151,13 +198,20 @@ async def trigger_savepoint(request: web.Request) -> web.Response:
 
 
 async def savepoint_status(request: web.Request) -> web.Response:
-    job = _job(request)
-    trigger = job.savepoints.get(request.match_info["request_id"])
-    if trigger is None:
-        raise _NotFound(
-            f"job {job.job_id} has no savepoint request {request.match_info['request_id']}"
-        )
-    return _json(trigger.info())
+    """A request this leader runs, else one a previous leader finished and recorded in
+    the HA metadata (the job may have ended since)."""
+    jm = request.app[JM_KEY]
+    job_id, request_id = request.match_info["job_id"], request.match_info["request_id"]
+    job = jm.jobs.get(job_id)
+    trigger = None if job is None else job.savepoints.get(request_id)
+    if trigger is not None:
+        return _json(trigger.info())
+    recorded = await jm.recorded_trigger(job_id, request_id)
+    if recorded is not None:
+        return _json(recorded)
+    if job is None:
+        raise _NotFound(f"job {job_id} not found; GET /jobs lists the known jobs")
+    raise _NotFound(f"job {job_id} has no savepoint request {request_id}")
 
 
 async def stop_job(request: web.Request) -> web.Response:
@@ -211,8 +265,18 @@ async def openapi_document(request: web.Request) -> web.Response:
     return web.json_response(openapi.document())
 
 
-def create_app(jm: JobManager) -> web.Application:
+def create_metrics_app(jm: JobManager) -> web.Application:
+    """The plain, unauthenticated metrics port: ``/metrics``, ``/healthz``, ``/readyz``."""
     app = web.Application(middlewares=[errors_middleware])
+    app[JM_KEY] = jm
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", prometheus)
+    return app
+
+
+def create_app(jm: JobManager) -> web.Application:
+    app = web.Application(middlewares=[auth_middleware, errors_middleware])
     app[JM_KEY] = jm
     r = app.router
     r.add_get("/healthz", healthz)

@@ -28,9 +28,12 @@ class Output(Protocol):
 
 
 class UnrecoverableError(RuntimeError):
-    """A failure that a restart cannot fix (bad user code or unpicklable state).
+    """A failure that a restart cannot fix, as Flink's ``SuppressRestartsException``.
 
-    The JobManager fails the job at once instead of restarting it.
+    For example bad user code, unpicklable state, or a sink's staged data that
+    was removed outside the job (every restart would restore the same commit and
+    fail the same way).  The JobManager fails the job at once with the message,
+    whatever the restart strategy, instead of restarting it.
     """
 
 

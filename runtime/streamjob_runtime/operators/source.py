@@ -45,6 +45,13 @@ class SourceReader(abc.ABC):
     @abc.abstractmethod
     def snapshot(self) -> list[Any]: ...
 
+    def snapshot_state(self, checkpoint_id: int) -> list[Any]:
+        """:meth:`snapshot` for checkpoint ``checkpoint_id`` (readers that track checkpoints)."""
+        return self.snapshot()
+
+    def notify_checkpoint_complete(self, checkpoint_id: int) -> None:  # noqa: B027
+        """Checkpoint ``checkpoint_id`` completed (e.g. commit offsets for monitoring)."""
+
     def backoff_s(self) -> float:
         """After an empty poll: how long to wait before polling again."""
         return 0.01
@@ -193,9 +200,13 @@ class SourceOperator(base.StreamOperator):
         split_watermark = self.watermarks.split_watermark
         return base.OperatorSnapshot(
             operator=[
-                SourceSplitState(s, split_watermark(split_index(s))) for s in self.reader.snapshot()
+                SourceSplitState(s, split_watermark(split_index(s)))
+                for s in self.reader.snapshot_state(checkpoint_id)
             ]
         )
+
+    def notify_checkpoint_complete(self, checkpoint_id: int) -> None:
+        self.reader.notify_checkpoint_complete(checkpoint_id)
 
     def close(self) -> None:
         self.reader.close()

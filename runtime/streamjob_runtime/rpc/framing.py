@@ -3,6 +3,14 @@
 A frame is a 4-byte big-endian length followed by the payload.  Control
 messages are msgpack-encoded :mod:`messages`; data frames carry pickled record
 batches.
+
+Limits: the first frame of a connection (a registration or a data hello) may
+be at most :data:`MAX_HELLO` bytes, later frames :data:`MAX_FRAME`.  A frame
+over the limit is refused from its 4-byte header, before its payload is read.
+Connections are mutual TLS (:mod:`streamjob_runtime.security`), so even the
+first frame comes from an authenticated peer; the small first limit bounds
+what an unauthenticated peer can make a process buffer when TLS is turned off
+(``--insecure``).
 """
 
 from __future__ import annotations
@@ -11,18 +19,20 @@ import asyncio
 import struct
 
 _HEADER = struct.Struct(">I")
-MAX_FRAME = 1 << 30
+MAX_HELLO = 64 * 1024
+MAX_FRAME = 256 * 1024 * 1024
 
 
 class FrameError(ConnectionError):
     pass
 
 
-async def read_frame(reader: asyncio.StreamReader) -> bytes:
+async def read_frame(reader: asyncio.StreamReader, max_size: int = MAX_FRAME) -> bytes:
+    """The next frame's payload; :class:`FrameError` if it announces more than ``max_size``."""
     header = await reader.readexactly(_HEADER.size)
     (size,) = _HEADER.unpack(header)
-    if size > MAX_FRAME:
-        raise FrameError(f"frame of {size} bytes exceeds the {MAX_FRAME} byte limit")
+    if size > max_size:
+        raise FrameError(f"frame of {size} bytes exceeds the {max_size} byte limit")
     return await reader.readexactly(size)
 
 

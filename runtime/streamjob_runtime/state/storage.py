@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import overload
 
@@ -135,7 +136,24 @@ def write_unsynced(path: Location, data: bytes) -> int:
     return len(data)
 
 
-def fsync_files(paths: list[Location]) -> None:
+def fsync_directory(directory: Location) -> None:
+    """Make the entries of ``directory`` (files created, renamed or removed in it) durable.
+
+    A file's own fsync does not persist its name: after a power loss a new file
+    (or a rename) whose directory was not fsynced can be gone, data and all.
+    Object storage has no directories (an object is durable once its PUT
+    returned): there this does nothing.
+    """
+    if isinstance(directory, objectstore.ObjectPath):
+        return
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_files(paths: Sequence[Location]) -> None:
     """Flush written files and their directories to disk (blocking: run it off the loop)."""
     directories = set()
     for path in paths:
@@ -148,11 +166,7 @@ def fsync_files(paths: list[Location]) -> None:
             os.close(fd)
         directories.add(path.parent)
     for directory in directories:
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_directory(directory)
 
 
 def write_atomically(path: Location, data: bytes) -> None:
@@ -168,11 +182,7 @@ def write_atomically(path: Location, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     write_file(tmp, data)
     os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_directory(path.parent)
 
 
 def checkpoint_ids(job_dir: str | Location) -> list[int]:

@@ -3,7 +3,11 @@
 It keeps one control connection to the JobManager (registration, heartbeats,
 deployments, checkpoint triggers and acknowledgements) and serves one TCP
 data port on which upstream subtasks of other TaskManagers open one
-connection per input channel.
+connection per input channel.  Both are mutual TLS with the job's CA (unless
+``--insecure``): the data port unpickles record batches, so it reads nothing
+from a peer that has not shown a certificate of the job's CA.  A small plain
+HTTP port (``--metrics-port``) answers ``/healthz``, ``/readyz`` (registered with
+a JobManager) and ``/metrics`` for probes and Prometheus.
 """
 
 from __future__ import annotations
@@ -20,10 +24,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVarTuple
 
-from streamjob_runtime import jobfile, logs
+import msgspec
+
+from streamjob_runtime import jobfile, logs, security
 from streamjob_runtime.graph import jobgraph
 from streamjob_runtime.ha import factory as ha_factory
 from streamjob_runtime.ha import services
+from streamjob_runtime.operators import base
 from streamjob_runtime.rpc import framing, messages
 from streamjob_runtime.taskmanager import network, task
 
@@ -96,8 +103,16 @@ class TaskExecutor:
         data_port: int = 0,
         tm_id: str | None = None,
         leader_changed: LeaderWatch | None = None,
+        settings: security.Settings | None = None,
+        metrics_port: int | None = None,
     ) -> None:
         self.resolve = resolve
+        self.security = settings or security.Settings()
+        tls = self.security.tls
+        self._server_ssl = tls.server_context() if tls else None
+        self._client_ssl = tls.client_context() if tls else None
+        self.metrics_port = metrics_port
+        self.registered = False
         self.leader_changed = leader_changed
         self.jobmanager: tuple[str, int] = ("", 0)
         self.slots = slots
@@ -113,16 +128,92 @@ class TaskExecutor:
     # -- lifecycle -----------------------------------------------------------------------
 
     async def run(self) -> None:
-        server = await asyncio.start_server(self._serve_data, self.host, self.data_port)
+        server = await asyncio.start_server(
+            self._serve_data,
+            self.host,
+            self.data_port,
+            ssl=self._server_ssl,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S if self._server_ssl else None,
+        )
         self.data_port = server.sockets[0].getsockname()[1]
+        metrics: asyncio.Server | None = None
+        if self.metrics_port is not None:
+            metrics = await asyncio.start_server(self._serve_metrics, self.host, self.metrics_port)
+            self.metrics_port = metrics.sockets[0].getsockname()[1]
         logs.event(
             log,
             "taskmanager_started",
             tm_id=self.tm_id,
             data_port=self.data_port,
+            metrics_port=self.metrics_port,
+            tls=self._server_ssl is not None,
             slots=self.slots,
             pid=os.getpid(),
         )
+        try:
+            await self._serve(server)
+        finally:
+            if metrics is not None:
+                metrics.close()
+
+    def _metrics_answer(self, path: str) -> tuple[int, str, str]:
+        """(status, content type, body) for a GET of ``path`` on the metrics port."""
+        if path == "/healthz":
+            return 200, "application/json", '{"status": "ok"}'
+        if path == "/readyz":
+            if self.registered:
+                return 200, "application/json", '{"status": "ready"}'
+            return 503, "application/json", '{"status": "not registered with a JobManager"}'
+        if path == "/metrics":
+            tasks = sum(len(d.tasks) for d in self.deployments.values())
+            lines = [
+                "# HELP streamjob_taskmanager_registered 1 while registered with a JobManager.",
+                "# TYPE streamjob_taskmanager_registered gauge",
+                f"streamjob_taskmanager_registered {int(self.registered)}",
+                "# HELP streamjob_taskmanager_slots Slots this TaskManager offers.",
+                "# TYPE streamjob_taskmanager_slots gauge",
+                f"streamjob_taskmanager_slots {self.slots}",
+                "# HELP streamjob_taskmanager_tasks Subtasks deployed on this TaskManager.",
+                "# TYPE streamjob_taskmanager_tasks gauge",
+                f"streamjob_taskmanager_tasks {tasks}",
+            ]
+            return 200, "text/plain; version=0.0.4", "\n".join(lines) + "\n"
+        return (
+            404,
+            "application/json",
+            '{"error": "the metrics port serves /metrics, /healthz, /readyz"}',
+        )
+
+    async def _serve_metrics(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """A minimal HTTP/1.1 GET responder (one request, then close): probes and
+        Prometheus need no more, and the TaskManager starts without importing a web
+        framework."""
+        try:
+            async with asyncio.timeout(10):
+                head = await reader.readuntil(b"\r\n\r\n")  # bounded by the reader's limit
+            method, path, *_ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
+            if method != "GET":
+                status, kind, body = 405, "application/json", '{"error": "GET only"}'
+            else:
+                status, kind, body = self._metrics_answer(path.split("?", 1)[0])
+            payload = body.encode()
+            reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed"}.get(
+                status, "Service Unavailable"
+            )
+            writer.write(
+                f"HTTP/1.1 {status} {reason}\r\nContent-Type: {kind}\r\n"
+                f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
+                + payload
+            )
+            await writer.drain()
+        except (TimeoutError, ValueError, ConnectionError, asyncio.IncompleteReadError):
+            pass  # a malformed or slow request: just close
+        finally:
+            writer.close()
+
+    async def _serve(self, server: asyncio.Server) -> None:
         delay = 0.1
         async with server:
             while True:
@@ -143,7 +234,11 @@ class TaskExecutor:
 
     async def _session(self) -> None:
         self.jobmanager = await self.resolve()
-        reader, writer = await asyncio.open_connection(*self.jobmanager)
+        reader, writer = await asyncio.open_connection(
+            *self.jobmanager,
+            ssl=self._client_ssl,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S if self._client_ssl else None,
+        )
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -169,6 +264,7 @@ class TaskExecutor:
                     ) from None
                 message = messages.to_taskmanager.decode(frame)
                 if isinstance(message, messages.Registered):
+                    self.registered = True
                     self._heartbeat_interval_s = message.heartbeat_interval_ms / 1000
                     silence_s = message.heartbeat_timeout_ms / 1000
                     logs.event(
@@ -183,6 +279,7 @@ class TaskExecutor:
                     await self._dispatch(message)
         finally:
             self._writer = None
+            self.registered = False
             for task in background:
                 task.cancel()
             writer.close()
@@ -271,6 +368,7 @@ class TaskExecutor:
                     t.subtask,
                     "FAILED",
                     f"{t.name}: {type(e).__name__}: {e}",
+                    unrecoverable=isinstance(e, base.UnrecoverableError),
                 )
             )
 
@@ -295,6 +393,11 @@ class TaskExecutor:
                     break
 
     async def _deploy_tasks(self, d: Deployment, message: messages.DeployTasks) -> None:
+        # The JobManager checked these; checked again so a TaskManager stays within its
+        # own roots whatever it is sent.
+        jobfile.check_allowed(message.entrypoint, self.security.job_roots)
+        if message.restore is not None:
+            self.security.check_storage(message.restore.directory, "restore directory")
         _, graph = await asyncio.to_thread(
             jobfile.load, message.entrypoint, message.args, message.config
         )
@@ -371,9 +474,14 @@ class TaskExecutor:
         delay = 0.01
         for _ in range(200):
             try:
-                _, writer = await asyncio.open_connection(target.host, target.data_port)
+                _, writer = await asyncio.open_connection(
+                    target.host,
+                    target.data_port,
+                    ssl=self._client_ssl,
+                    ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S if self._client_ssl else None,
+                )
                 break
-            except OSError:
+            except (OSError, TimeoutError):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.5)
         else:
@@ -389,7 +497,11 @@ class TaskExecutor:
     async def _serve_data(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         _tune_data_socket(writer)
         try:
-            hello = messages.hello_decoder.decode(await framing.read_frame(reader))
+            # Authenticated by mutual TLS before this handler runs; the hello is bounded
+            # small all the same, and a malformed one ends the connection.
+            hello = messages.hello_decoder.decode(
+                await framing.read_frame(reader, framing.MAX_HELLO)
+            )
             gate = await self._wait_for_gate(hello)
             if gate is None:
                 return
@@ -401,8 +513,8 @@ class TaskExecutor:
             loads = pickle.loads
             while True:
                 await channel.put(loads(await framing.read_frame(reader)))
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass  # the upstream is gone; the JobManager restarts the job
+        except (asyncio.IncompleteReadError, ConnectionError, msgspec.DecodeError):
+            pass  # the upstream is gone (or spoke nonsense); the JobManager restarts the job
         except asyncio.CancelledError:
             pass  # the deployment was cancelled; this top-level handler just ends
         finally:
@@ -457,6 +569,8 @@ class TaskExecutor:
         logs.event(log, "tasks_finished", job_id=message.job_id, attempt=message.attempt)
 
 
+HANDSHAKE_TIMEOUT_S = 10.0
+
 # Small kernel buffers on data connections: with the bounded input channels they
 # bound what one channel holds in flight (Flink bounds it with network credits).
 DATA_SOCKET_BUFFER = 64 * 1024
@@ -477,6 +591,8 @@ def main(
     host: str,
     data_port: int,
     tm_id: str | None,
+    settings: security.Settings | None = None,
+    metrics_port: int | None = None,
 ) -> None:
     """Run a TaskManager that finds its JobManager at ``jobmanager`` or through ``ha``."""
     # The task loop keeps the GIL busy; a worker thread finishing a checkpoint upload
@@ -492,7 +608,7 @@ def main(
         resolve = fixed_address((jm_host or "127.0.0.1", int(jm_port)))
     else:
         raise SystemExit("streamjob taskmanager: give --jobmanager HOST:PORT or --ha settings")
-    executor = TaskExecutor(resolve, slots, host, data_port, tm_id, watch)
+    executor = TaskExecutor(resolve, slots, host, data_port, tm_id, watch, settings, metrics_port)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(executor.run())
 

@@ -155,6 +155,9 @@ class Task:
         self._uploads: set[asyncio.Task[None]] = set()
         # alignment
         self._aligning: int | None = None
+        # Highest checkpoint id this task aborted, aligned or saw complete: a barrier at or
+        # below it is late (Flink's lastCancelledOrCompletedCheckpointId) and is ignored.
+        self._last_done = 0
         self._barriers: set[int] = set()
         self._align_started = 0.0
         self._ended_channels: set[int] = set()
@@ -227,10 +230,18 @@ class Task:
         self._wakeup.set()
 
     def notify_checkpoint_complete(self, checkpoint_id: int) -> None:
+        self._last_done = max(self._last_done, checkpoint_id)
         for op in self.operators:
             op.notify_checkpoint_complete(checkpoint_id)
 
     def abort_checkpoint(self, checkpoint_id: int) -> None:
+        """Give up checkpoint ``checkpoint_id``: end its alignment, ignore its later barriers.
+
+        The abort may arrive before any of its barriers (they are still in flight
+        upstream); those barriers must not start an alignment that no later barrier
+        of the same checkpoint would complete.
+        """
+        self._last_done = max(self._last_done, checkpoint_id)
         if self._aligning == checkpoint_id:
             self._end_alignment()
 
@@ -383,8 +394,14 @@ class Task:
     ) -> None:
         gate = self.gate
         assert gate is not None
-        if self._aligning is not None and checkpoint_id < self._aligning:
-            return  # a barrier of a checkpoint we already gave up on
+        aligning = self._aligning
+        if (aligning is not None and checkpoint_id < aligning) or (
+            checkpoint_id != aligning and checkpoint_id <= self._last_done
+        ):
+            logs.event(
+                log, "barrier_ignored", logging.DEBUG, task=self.name, checkpoint_id=checkpoint_id
+            )
+            return  # a late barrier of a checkpoint already aborted, superseded or taken
         if self._aligning is None or checkpoint_id > self._aligning:
             if self._aligning is not None:
                 logs.event(
@@ -394,6 +411,7 @@ class Task:
                     checkpoint_id=self._aligning,
                     by=checkpoint_id,
                 )
+                self._last_done = max(self._last_done, self._aligning)
                 self._end_alignment()
             self._aligning = checkpoint_id
             self._align_started = time.monotonic()
@@ -411,6 +429,7 @@ class Task:
             gate.blocked.add(channel)
         if len(self._barriers) == len(gate.channels):
             alignment_s = time.monotonic() - self._align_started
+            self._last_done = max(self._last_done, checkpoint_id)
             self._end_alignment()
             self._checkpoint(checkpoint_id, timestamp, alignment_s, target)
 

@@ -1,0 +1,76 @@
+"""The chaos suite's quick configuration (``bench/chaos.py`` runs the full one).
+
+One run of each scenario, with fixed seeds; the rescale chain goes down to one reader
+holding every generator split (skewed by the restores) and up again. Each run's committed
+output must match the model exactly: nothing lost, duplicated or wrong, no late event
+accepted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from tests.chaos import suite
+from tests.etcd import Etcd
+from tests.jobs import chaos_window
+
+QUICK = suite.Config(
+    events=12_000, rate=3_000.0, parallelisms=(2,), chain=(2, 2, 2), max_tm_kills=2
+)
+
+
+def no_etcd() -> Etcd:
+    raise AssertionError("this scenario needs no etcd")
+
+
+RESCALE = dataclasses.replace(QUICK, splits=4, chain=(3, 1, 2))
+
+
+@pytest.mark.parametrize(
+    ("scenario", "seed", "config"), [("taskmanagers", 1, QUICK), ("rescale", 2, RESCALE)]
+)
+def test_scenario_output_is_exact(
+    tmp_path: Path, scenario: str, seed: int, config: suite.Config
+) -> None:
+    run = suite.run_one(scenario, tmp_path, seed, config, no_etcd)
+    print(run.line())
+    assert run.result.exact, run.line()
+    assert run.tm_kills + run.rescales >= 1
+    assert run.result.rows_checked > 12_000
+
+
+def test_jobmanager_failover_and_a_stopped_leader_output_is_exact(
+    tmp_path: Path, etcd: Etcd
+) -> None:
+    # 1,500 events/s: the job's input lasts through both failovers, most of the time
+    config = dataclasses.replace(QUICK, rate=1_500.0)
+    run = suite.run_one("jobmanagers", tmp_path, 3, config, lambda: etcd)
+    print(run.line())
+    assert run.result.exact, run.line()
+    assert run.jm_kills + run.jm_stops >= 1  # the second only while the job still runs
+
+
+def test_the_model_counts_lost_duplicated_and_wrong_rows(tmp_path: Path) -> None:
+    """The check is not vacuous: a lost, a duplicated and a wrong row are each counted."""
+    out = tmp_path / "out"
+    events = 3_000
+    windows = sorted(chaos_window.expected_windows(events).items())
+    lines, finals = chaos_window.expected_counts(events)
+    rows = [f"{k} {w} {n} 0" for (k, w), n in windows]
+    rows[0] = rows[0].rsplit(" ", 2)[0] + " 999 0"  # wrong
+    rows.append(rows[1])  # duplicated
+    del rows[2]  # lost
+    rows.append(f"{windows[3][0][0]} {windows[3][0][1]} 0 4")  # late-only: 4 accepted
+    count_rows = [f"{k} {n}" for (k, n) in lines] + [f"{k} {t} {x}" for (k, t, x) in finals]
+    del count_rows[0]  # lost
+    for name, content in (("windows", rows), ("counts", count_rows)):
+        (out / name).mkdir(parents=True)
+        (out / name / "part-0").write_text("\n".join(content) + "\n")
+    got = suite.check(out, events)
+    assert (got.lost, got.duplicated, got.wrong, got.late_accepted) == (2, 1, 1, 4)
+    assert (got.on_time_missing, got.on_time_extra) == (0, 999 - windows[0][1])
+    assert got.rows_checked == len(windows) + events + len(finals)
+    assert not got.exact

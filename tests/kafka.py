@@ -1,0 +1,187 @@
+"""Kafka brokers for tests: librdkafka's mock cluster (in process) and Tansu (a process).
+
+The mock cluster lives as long as the client that created it
+(``test.mock.num.brokers``); its brokers are in that client's metadata.  It
+auto-creates topics with 4 partitions on first produce and does not implement
+CreateTopics or transactions' isolation.  Tansu is a Kafka-protocol broker
+(``scripts/tools.sh`` fetches it into ``.tools/bin``): topics, groups,
+transactions with transactional offsets and producer fencing work;
+``read_committed`` does not hide aborted records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import confluent_kafka as ck
+import pytest
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+ROOT = Path(__file__).resolve().parent.parent
+TANSU = ROOT / ".tools" / "bin" / "tansu"
+
+
+@dataclass
+class MockCluster:
+    owner: ck.Producer
+    bootstrap_servers: str
+
+    def produce(self, topic: str, values: list[tuple[int, bytes, int]]) -> None:
+        """``(partition, value, timestamp ms)`` each, key ``b"k<partition>"``."""
+        producer = ck.Producer({"bootstrap.servers": self.bootstrap_servers})
+        for partition, value, ts in values:
+            producer.produce(
+                topic, value, key=b"k%d" % partition, partition=partition, timestamp=ts
+            )
+        assert producer.flush(30) == 0
+
+
+@pytest.fixture
+def mock_cluster() -> Iterator[MockCluster]:
+    owner = ck.Producer({"test.mock.num.brokers": 3, "log_level": 3})
+    brokers = owner.list_topics(timeout=30).brokers.values()
+    yield MockCluster(owner, ",".join(f"{b.host}:{b.port}" for b in brokers))
+    owner.flush(5)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tansu_binary() -> Path | None:
+    found = TANSU if TANSU.is_file() else None
+    if found is None and shutil.which("tansu"):
+        found = Path(str(shutil.which("tansu")))
+    return found
+
+
+@dataclass
+class Tansu:
+    process: subprocess.Popen[bytes]
+    bootstrap_servers: str
+    listen_port: int
+
+    def create_topic(self, name: str, partitions: int) -> None:
+        client = AdminClient({"bootstrap.servers": self.bootstrap_servers})
+        for future in client.create_topics([NewTopic(name, partitions, 1)]).values():
+            future.result(timeout=30)
+
+
+def start_tansu(tmp_path: Path, advertised_port: int | None = None) -> Generator[Tansu]:
+    """A fresh Tansu on a free port (advertising ``advertised_port``, e.g. a proxy's)."""
+    binary = tansu_binary()
+    if binary is None:
+        if os.environ.get("STREAMJOB_REQUIRE_TOOLS"):
+            pytest.fail("tansu is missing from .tools/bin: run scripts/tools.sh")
+        pytest.skip("tansu is missing (run scripts/tools.sh to fetch it into .tools/bin)")
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    advertised = f"tcp://127.0.0.1:{advertised_port or port}"
+    log = (tmp_path / "tansu.log").open("wb")
+    process = subprocess.Popen(
+        [
+            *(str(binary), "broker", "--listener-url", url),
+            *("--advertised-listener-url", advertised, "--storage-engine", "memory://tansu/"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"tansu did not start: see {tmp_path / 'tansu.log'}") from None
+            time.sleep(0.05)
+    try:
+        yield Tansu(process, f"127.0.0.1:{advertised_port or port}", port)
+    finally:
+        process.kill()
+        process.wait()
+        log.close()
+
+
+@pytest.fixture
+def tansu(tmp_path: Path) -> Iterator[Tansu]:
+    yield from start_tansu(tmp_path)
+
+
+class Outage:
+    """A TCP proxy in front of a broker that can cut every connection and refuse new ones.
+
+    Tansu advertises the proxy's address, so all client traffic (metadata
+    included) goes through it: ``down()`` is a broker outage as clients see it.
+    """
+
+    def __init__(self) -> None:
+        self.target_port = 0  # set once the broker behind it listens
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = int(self.listener.getsockname()[1])
+        self.up = True
+        self.sockets: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.up:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, target):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def down(self) -> None:
+        self.up = False
+        with self.lock:
+            sockets, self.sockets = self.sockets, []
+        for s in sockets:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def restore(self) -> None:
+        self.up = True
+
+    def close(self) -> None:
+        self.down()
+        self.listener.close()
