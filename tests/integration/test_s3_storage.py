@@ -29,6 +29,7 @@ from streamjob_runtime.api import models
 from streamjob_runtime.checkpoint import metadata, savepoint
 from streamjob_runtime.connectors import files, s3files
 from streamjob_runtime.operators import base
+from streamjob_runtime.rpc import messages
 from streamjob_runtime.state import objectstore, storage
 from tests.conftest import Harness
 from tests.etcd import Etcd
@@ -159,6 +160,20 @@ def test_metadata_is_written_once_only_with_a_conditional_put(s3: S3) -> None:
     assert metadata.read(target) == meta
     assert storage.checkpoint_ids(s3.url("cp/job")) == [1]
     assert storage.names(target) == ["_metadata"]
+
+
+@pytest.mark.parametrize("name", ["../evil.state", "a/../../evil.state", "/evil.state"])
+def test_an_s3_savepoint_naming_a_state_object_outside_its_prefix_is_refused(
+    s3: S3, name: str
+) -> None:
+    s3.client.put_object(Bucket=BUCKET, Key="sp/evil.state", Body=b"data")
+    s3.client.put_object(Bucket=BUCKET, Key="sp/savepoint-1/evil.state", Body=b"data")
+    handle = messages.StateHandle("sum", 0, name, 4, 0, 127, True, False)
+    ops = {"sum": metadata.OperatorState(1, 128, [handle])}
+    meta = metadata.CheckpointMetadata(metadata.FORMAT_VERSION, "j", 1, 0, "savepoint", ops)
+    metadata.write(storage.location(s3.url("sp/savepoint-1")), meta)
+    with pytest.raises(savepoint.SavepointError, match="not a relative path inside its directory"):
+        savepoint.resolve(s3.url("sp/savepoint-1"))
 
 
 def test_a_bad_url_is_a_clear_error() -> None:
