@@ -7,6 +7,7 @@ permission does), to inject storage failures over the wire.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import http.server
 import json
@@ -35,6 +36,7 @@ from tests.conftest import Harness
 from tests.etcd import Etcd
 from tests.ha.test_etcd_failover import events, ha_args
 from tests.integration.test_exactly_once_recovery import EVENTS, KEYS, args, assert_exact, committed
+from tests.integration.test_rest_api import raw
 from tests.jobs import keyed_sum
 
 BUCKET = "streamjob"
@@ -221,6 +223,17 @@ def test_stop_with_savepoint_to_s3_restores_at_another_parallelism_and_disposes(
     job_args = [f"out={out}", f"events={EVENTS}", f"keys={KEYS}", "rate=4000"]
     job = h.submit("keyed_sum", job_args, parallelism=1)
     h.wait_for("12000 source records", lambda: h.source_records(job) >= 12_000)
+
+    async def outside_the_roots() -> None:
+        # The storage roots are the cluster's s3:// checkpoint and savepoint prefixes.
+        for target in (s3.url("elsewhere"), s3.url("savepoints-evil"), "s3://other/savepoints"):
+            status, message = await raw(
+                h.cluster, "POST", f"/jobs/{job}/savepoints", {"target_directory": target}
+            )
+            assert status == 403, target
+            assert "outside the allowed storage roots" in message
+
+    asyncio.run(outside_the_roots())
     info = h.wait_savepoint(job, h.stop(job))
     assert info.status is models.SavepointStatus.COMPLETED, info.failure_cause
     location = info.location
