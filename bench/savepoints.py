@@ -40,12 +40,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import logging
+import os
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +56,7 @@ import common
 
 from streamjob_runtime.api import client, models
 from streamjob_runtime.local import LocalCluster
+from streamjob_runtime.state import objectstore, storage
 
 JOB = str(common.BENCH_DIR / "jobs" / "state_size_job.py")
 POLL_S = 0.01
@@ -101,7 +105,12 @@ class SizeResult:
         return common.median([getattr(c, attribute) for c in self.cycles])
 
 
-def disk_size(directory: Path) -> int:
+def disk_size(location: str | Path) -> int:
+    """Bytes stored under a savepoint directory (a local path or an s3:// prefix)."""
+    directory = storage.location(str(location))
+    if storage.is_remote(directory):
+        return sum(storage.size(directory / name) for name in storage.names(directory))
+    assert isinstance(directory, Path)
     return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
 
 
@@ -165,7 +174,7 @@ async def stop_and_restore(
     info, done = await savepoint(jm, job_id, stop=True)
     assert info.location is not None
     cycle.stop_savepoint_s = done - stop_mono
-    cycle.savepoint_bytes = disk_size(Path(info.location))
+    cycle.savepoint_bytes = disk_size(info.location)
     finished = finished_job(jm, job_id)
     cycle.finished_s = await wait_until("the stopped job to finish", 60, finished) - stop_mono
     submit_mono = time.monotonic()
@@ -223,8 +232,8 @@ async def measure(
         info, done = await savepoint(jm, job_id, stop=False)
         result.savepoint_s.append(done - triggered)
         assert info.location is not None
-        result.disk_bytes = disk_size(Path(info.location))
-        shutil.rmtree(info.location)
+        result.disk_bytes = disk_size(info.location)
+        storage.delete_tree(storage.location(info.location))
         await asyncio.sleep(0.2)
     stats = await jm.checkpoints(job_id)
     result.savepoint_reported_ms = [
@@ -256,7 +265,7 @@ async def measure(
     final, _ = await savepoint(jm, job_id, stop=True)
     await wait_until("the last job to finish", 30, finished_job(jm, job_id))
     assert final.location is not None
-    final_bytes = disk_size(Path(final.location))
+    final_bytes = disk_size(final.location)
     shutil.rmtree(final.location, ignore_errors=True)
     if final_bytes < 0.99 * result.disk_bytes:
         raise BenchError(
@@ -321,15 +330,53 @@ def print_tables(results: list[SizeResult], a: argparse.Namespace) -> None:
         )
 
 
+S3_BUCKET = "bench"
+
+
+@contextlib.contextmanager
+def moto_s3() -> Iterator[None]:
+    """An in-process S3 API (moto's server) that this process and the cluster's use."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    os.environ.update(
+        AWS_ENDPOINT_URL=f"http://{host}:{port}",
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    objectstore.reset()
+    boto3.client("s3").create_bucket(Bucket=S3_BUCKET)
+    try:
+        yield
+    finally:
+        server.stop()
+
+
 async def run(a: argparse.Namespace, workdir: Path) -> list[SizeResult]:
     results = []
-    with LocalCluster(
-        workdir / "cluster",
-        taskmanagers=2,
-        slots=1,
-        heartbeat_interval_ms=100,
-        heartbeat_timeout_ms=5000,
-    ) as cluster:
+    with contextlib.ExitStack() as stack:
+        s3 = {}
+        if a.s3:
+            s3 = {
+                "checkpoint_dir": f"s3://{S3_BUCKET}/checkpoints",
+                "savepoint_dir": f"s3://{S3_BUCKET}/savepoints",
+            }
+            stack.enter_context(moto_s3())
+        cluster = stack.enter_context(
+            LocalCluster(
+                workdir / "cluster",
+                taskmanagers=2,
+                slots=1,
+                heartbeat_interval_ms=100,
+                heartbeat_timeout_ms=5000,
+                **s3,  # type: ignore[arg-type]
+            )
+        )
         async with cluster.client() as jm:
             for mb in a.sizes:
                 began = time.monotonic()
@@ -354,6 +401,9 @@ def main() -> None:
     p.add_argument("--savepoints", type=int, default=5, help="plain savepoints per size")
     p.add_argument("--restores", type=int, default=5, help="stop -> restore cycles per size")
     p.add_argument("--workdir", default=None, help="kept when given")
+    p.add_argument(
+        "--s3", action="store_true", help="checkpoints and savepoints on S3 (moto's server)"
+    )
     a = p.parse_args()
     a.sizes = [int(s) for s in a.sizes.split(",")]
     if a.quick:

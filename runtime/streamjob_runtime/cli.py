@@ -227,7 +227,8 @@ def _process_security_arguments(p: argparse.ArgumentParser, role: str) -> None:
         "--storage-roots",
         default=None,
         metavar="DIR[:DIR...]",
-        help="savepoint targets and restore paths only inside these"
+        help="savepoint targets and restore paths only inside these (local directories or"
+        " s3://bucket/prefix)"
         + (
             " (default: the checkpoint and savepoint directories)"
             if role == "jobmanager"
@@ -429,6 +430,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _jobmanager(args: argparse.Namespace) -> None:
     from streamjob_runtime.jobmanager import dispatcher
+    from streamjob_runtime.state import storage
 
     logs.setup("jobmanager")
     cluster_config = config.ClusterConfig(
@@ -440,9 +442,16 @@ def _jobmanager(args: argparse.Namespace) -> None:
     )
     try:
         cluster_config.validate()
+        locations = {"--checkpoint-dir": args.checkpoint_dir, "--savepoint-dir": args.savepoint_dir}
+        for flag, value in locations.items():
+            try:
+                if value:
+                    storage.location(value)  # a bad scheme or URL is a usage error, now
+            except storage.StorageError as e:
+                raise config.ConfigError(f"{flag}: {e}") from None
     except config.ConfigError as e:
         raise SystemExit(f"streamjob jobmanager: {e}") from None
-    storage = [args.checkpoint_dir, *([args.savepoint_dir] if args.savepoint_dir else [])]
+    roots = [args.checkpoint_dir, *([args.savepoint_dir] if args.savepoint_dir else [])]
     code = asyncio.run(
         dispatcher.serve(
             cluster_config,
@@ -452,7 +461,7 @@ def _jobmanager(args: argparse.Namespace) -> None:
             args.ready_file,
             _ha_config(args),
             args.identity,
-            _settings(args, storage),
+            _settings(args, roots),
             args.metrics_port,
             args.bind_host,
         )
@@ -710,6 +719,11 @@ def _run_cluster(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _absolute(path: str) -> str:
+    """A local path made absolute (the JobManager has another cwd); URLs stay as given."""
+    return path if "://" in path else os.path.abspath(path)
+
+
 def run(args: argparse.Namespace) -> int:
     from streamjob_runtime.api import models
 
@@ -724,7 +738,7 @@ def run(args: argparse.Namespace) -> int:
         args=args.args,
         parallelism=args.parallelism,
         config=options,
-        savepoint_path=os.path.abspath(args.from_savepoint) if args.from_savepoint else None,
+        savepoint_path=_absolute(args.from_savepoint) if args.from_savepoint else None,
         allow_non_restored_state=args.allow_non_restored_state,
     )
     if args.jobmanager or args.ha != "none" or local_cluster_info() is not None:

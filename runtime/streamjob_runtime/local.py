@@ -84,15 +84,16 @@ class LocalCluster:
     JobManager that exits (one that lost leadership exits by design).
 
     ``job_roots`` (default: the current directory and the examples) and
-    ``storage_roots`` (default: the work directory, the current directory and the
-    temporary directory) are passed to every process; ``insecure`` runs without TLS
-    and REST token.
+    ``storage_roots`` (default: the work directory, the current directory, the
+    temporary directory and the checkpoint and savepoint locations) are passed to
+    every process; ``insecure`` runs without TLS and REST token.
     """
 
     workdir: Path
     taskmanagers: int = 1
     slots: int = 1
-    checkpoint_dir: Path | None = None
+    checkpoint_dir: Path | str | None = None  # a path, or an s3:// URL
+    savepoint_dir: Path | str | None = None  # default savepoint target; a path or s3:// URL
     heartbeat_interval_ms: int = 10_000
     heartbeat_timeout_ms: int = 50_000
     respawn: bool = True
@@ -112,8 +113,12 @@ class LocalCluster:
             self.job_roots = [os.getcwd(), *([str(EXAMPLES)] if EXAMPLES.is_dir() else [])]
         if self.storage_roots is None:
             self.storage_roots = [str(self.workdir), os.getcwd(), tempfile.gettempdir()]
+            # The cluster's own checkpoint and savepoint locations (s3:// URLs included).
+            self.storage_roots += [str(d) for d in (self.checkpoint_dir, self.savepoint_dir) if d]
         self.log_dir = self.workdir / "logs"
-        self.checkpoint_dir = Path(self.checkpoint_dir or self.workdir / "checkpoints")
+        self.checkpoint_dir = self.checkpoint_dir or self.workdir / "checkpoints"
+        if isinstance(self.checkpoint_dir, str) and "://" not in self.checkpoint_dir:
+            self.checkpoint_dir = Path(self.checkpoint_dir)
         self.jms: list[_JobManager] = []
         self.tms: list[_Process | None] = []
         self.spawned = 0
@@ -197,7 +202,7 @@ class LocalCluster:
             "--metrics-port", "0",
             *self._security_args("jobmanager"),
             "--checkpoint-dir", str(self.checkpoint_dir),
-            "--savepoint-dir", str(self.workdir / "savepoints"),
+            "--savepoint-dir", str(self.savepoint_dir or self.workdir / "savepoints"),
             "--heartbeat-interval", str(self.heartbeat_interval_ms),
             "--heartbeat-timeout", str(self.heartbeat_timeout_ms),
             "--ready-file", str(ready),

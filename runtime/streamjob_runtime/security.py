@@ -22,6 +22,7 @@ import datetime
 import hmac
 import ipaddress
 import os
+import re
 import secrets
 import ssl
 from collections.abc import Iterable, Sequence
@@ -226,18 +227,60 @@ class TlsFiles:
 
 
 def split_roots(value: str | None) -> tuple[str, ...]:
-    """``DIR[:DIR...]`` (empty parts dropped)."""
-    return tuple(p for p in (value or "").split(":") if p)
+    """``ROOT[:ROOT...]`` (empty parts dropped); a root may be a URL (``s3://bucket/prefix``),
+    whose ``://`` does not split it."""
+    return tuple(p for p in re.split(r":(?!//)", value or "") if p)
+
+
+def _url(path: str | Path) -> tuple[str, str] | None:
+    """(``scheme://bucket``, key segments joined by ``/``) for an object-store URL, None for a
+    local path (``file://`` included); a key with ``.`` or ``..`` segments gives ("", "").
+
+    Object stores do not resolve ``..``, but some S3-compatible servers and proxies do:
+    such a URL is never within a root.
+    """
+    text = os.fspath(path)
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme == "file":
+        return None
+    bucket, _, key = rest.partition("/")
+    parts = [p for p in key.split("/") if p]
+    if not bucket or any(p in (".", "..") for p in parts):
+        return "", ""
+    return f"{scheme}://{bucket}", "/".join(parts)
 
 
 def _real(path: str | Path) -> str:
-    return os.path.realpath(os.path.abspath(os.fspath(path)))
+    text = os.fspath(path)
+    if text.startswith("file://"):
+        text = text[len("file://") :]
+    return os.path.realpath(os.path.abspath(text))
 
 
 def within(path: str | Path, roots: Iterable[str | Path]) -> bool:
-    """Whether ``path`` (symbolic links resolved) is one of ``roots`` or lies inside one."""
+    """Whether ``path`` (symbolic links resolved) is one of ``roots`` or lies inside one.
+
+    An object-store URL (``s3://bucket/key``) lies inside a root of the same scheme and
+    bucket whose key is a whole-segment prefix of its key; a local root never admits a
+    URL, and a URL root never admits a local path.
+    """
+    url = _url(path)
+    if url is not None:
+        where, key = url
+        if not where:
+            return False
+        for root in roots:
+            root_url = _url(root)
+            if root_url is None or not root_url[0] or root_url[0] != where:
+                continue
+            prefix = root_url[1]
+            if not prefix or key == prefix or key.startswith(prefix + "/"):
+                return True
+        return False
     real = _real(path)
     for root in roots:
+        if _url(root) is not None:
+            continue
         base = _real(root)
         if real == base or real.startswith(base.rstrip(os.sep) + os.sep):
             return True

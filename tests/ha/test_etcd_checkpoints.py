@@ -32,7 +32,7 @@ def test_a_new_leader_keeps_the_retained_checkpoints_the_ha_record_lists(
     h = cluster_factory(taskmanagers=2, jobmanagers=2, ha=ha_args(etcd))
     job = h.submit("keyed_sum", keyed_sum_args(tmp_path / "out", 300, 3), parallelism=2)
     assert h.cluster.checkpoint_dir is not None
-    job_dir = h.cluster.checkpoint_dir / job
+    job_dir = Path(h.cluster.checkpoint_dir) / job
     h.wait_for("three retained checkpoints", lambda: len(complete_checkpoints(job_dir)) >= 3)
     leader = h.cluster.leader_pid()
     h.cluster.kill_jobmanager(h.cluster.leader_index())

@@ -235,7 +235,7 @@ def test_a_job_its_jobmanager_lost_restores_from_the_newest_checkpoint_in_its_di
     first.cluster.kill_jobmanager(0)  # no HA: the job is gone with its JobManager
     first.cluster.stop()
     assert first.cluster.checkpoint_dir is not None
-    job_dir = first.cluster.checkpoint_dir / job
+    job_dir = Path(first.cluster.checkpoint_dir) / job
     newest = max(int(d.parent.name[4:]) for d in job_dir.glob("chk-*/_metadata"))
 
     # A fresh JobManager (as a restarted pod) knows nothing of the job, but its directory.

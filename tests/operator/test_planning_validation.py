@@ -64,6 +64,28 @@ def test_each_cel_rule_is_enforced_with_the_crd_message(
 
 
 @pytest.mark.parametrize(
+    "fields",
+    [
+        {"checkpointing": {"storage": "s3://bucket/checkpoints"}},
+        {"savepoints": {"directory": "s3://bucket/savepoints"}},
+        {"job": {"entrypoint": "x", "initialSavepointPath": "s3://bucket/sp/savepoint-1"}},
+    ],
+)
+def test_s3_urls_are_accepted_as_checkpoint_and_savepoint_locations(
+    fields: dict[str, Any],
+) -> None:
+    result = validation.validate(raw_spec(**fields))
+    assert result.valid, result.errors
+
+
+@pytest.mark.parametrize("url", ["s3:///no-bucket", "gs://bucket/x", "S3://bucket/x"])
+def test_other_urls_are_refused_in_a_sentence(url: str) -> None:
+    result = validation.validate(raw_spec(checkpointing={"storage": url}))
+    assert not result.valid
+    assert "or an s3://bucket/prefix URL" in result.errors[0]
+
+
+@pytest.mark.parametrize(
     ("fields", "fragment"),
     [
         (

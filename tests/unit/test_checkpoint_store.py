@@ -81,6 +81,7 @@ def test_a_store_recovered_from_ha_keeps_the_recorded_checkpoints_through_retent
 def test_a_recovered_checkpoint_that_is_gone_is_reported_not_passed_over(tmp_path: Path) -> None:
     recorded = [complete(tmp_path, 7).directory]
     complete(tmp_path, 8)  # complete-looking but never recorded (a deposed leader's): ignored
+    assert isinstance(recorded[0], Path)
     shutil.rmtree(recorded[0])
     s = store.CompletedCheckpointStore(tmp_path, retained=1, recovered=recorded)
     s.recover()

@@ -101,6 +101,7 @@ def test_shared_files_a_retained_checkpoint_needs_are_never_deleted(
         assert len(completed.completed) <= retained
         for kept in completed.completed:
             saved = taken[kept.checkpoint_id]
+            assert isinstance(kept.directory, Path)
             assert shared.references(kept.directory) == set(saved.shared.values())
             assert all((job_dir / shared.SHARED / f).is_file() for f in saved.shared.values())
             got = rocksdb.read_incremental(saved, job_dir, 0, MAXP - 1).get("t", {})

@@ -89,6 +89,47 @@ def test_storage_paths_stay_inside_the_storage_roots(tmp_path: Path) -> None:
     security.Settings().check_storage("/anywhere", "target")
 
 
+def test_s3_locations_stay_inside_s3_storage_roots(tmp_path: Path) -> None:
+    roots = security.split_roots(f"{tmp_path}:s3://bucket/prefix:s3://whole")
+    assert roots == (str(tmp_path), "s3://bucket/prefix", "s3://whole")
+    settings = security.Settings(storage_roots=roots)
+    for admitted in (
+        "s3://bucket/prefix",
+        "s3://bucket/prefix/",
+        "s3://bucket/prefix/savepoints/sp-1",
+        "s3://bucket//prefix/sp",
+        "s3://whole/anything",
+        tmp_path / "sp",
+        f"file://{tmp_path}/sp",
+    ):
+        settings.check_storage(admitted, "target")
+    for refused in (
+        "s3://bucket/prefix-evil/sp",  # a sibling sharing the prefix's name
+        "s3://bucket/other",
+        "s3://bucket",
+        "s3://other-bucket/prefix/sp",
+        "s3://bucket/prefix/../other",  # some S3-compatible stores resolve ..
+        "s3://bucket/prefix/./sp",
+        "gs://bucket/prefix/sp",  # same bucket and key, another store
+    ):
+        with pytest.raises(security.StorageNotAllowed, match="--storage-roots"):
+            settings.check_storage(refused, "target")
+
+
+def test_a_local_root_never_admits_a_url_nor_a_url_root_a_local_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A relative "s3://..." would resolve under the current directory: never a local path.
+    monkeypatch.chdir(tmp_path)
+    local = security.Settings(storage_roots=(str(tmp_path), "/"))
+    with pytest.raises(security.StorageNotAllowed):
+        local.check_storage("s3://bucket/sp", "target")
+    remote = security.Settings(storage_roots=("s3://bucket",))
+    for path in (tmp_path / "s3:" / "bucket" / "sp", "s3:/bucket/sp", "/bucket/sp", "bucket/sp"):
+        with pytest.raises(security.StorageNotAllowed):
+            remote.check_storage(path, "target")
+
+
 def test_the_credentials_authenticate_both_ends_and_nothing_else(tmp_path: Path) -> None:
     files = security.TlsFiles.load(security.write_credentials(tmp_path / "job"))
     other = security.TlsFiles.load(security.write_credentials(tmp_path / "other"))

@@ -76,6 +76,12 @@ def explain(location: str, result: Disposal) -> str:
             f"the expired savepoint {location} was not disposed of: it is not a savepoint"
             f" directory (no {METADATA}); it was dropped from the history, delete it by hand"
         )
+    if urlparse(location).scheme == "s3":
+        return (
+            f"the expired savepoint {location} was not disposed of: the operator does not"
+            " dispose of savepoints on S3 yet; it was dropped from the history, delete it"
+            f" with `streamjob savepoint --dispose {location}`"
+        )
     return (
         f"the expired savepoint {location} was not disposed of: the operator does not mount"
         " it (give the operator the savepoint volume with --savepoint-volume); it was dropped"

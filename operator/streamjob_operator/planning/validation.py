@@ -122,11 +122,17 @@ def _path_errors(spec: models.StreamJobSpec) -> list[str]:
     }
     return [
         f"{field} must be an absolute path on a volume every JobManager and TaskManager"
-        f" mounts (got {path!r}); write it from the root, e.g. /state/savepoints on a"
-        " ReadWriteMany volume that podTemplate mounts"
+        f" mounts, or an s3://bucket/prefix URL (got {path!r}); write it from the root,"
+        " e.g. /state/savepoints on a ReadWriteMany volume that podTemplate mounts, or"
+        " s3://my-bucket/savepoints"
         for field, path in paths.items()
-        if path is not None and not path.startswith("/")
+        if path is not None and not path.startswith("/") and not _is_s3_url(path)
     ]
+
+
+def _is_s3_url(path: str) -> bool:
+    """``s3://bucket/...`` with a bucket: the runtime's object storage (any other scheme is not)."""
+    return path.startswith("s3://") and bool(path[len("s3://") :].partition("/")[0])
 
 
 def _duration_errors(spec: models.StreamJobSpec) -> list[str]:

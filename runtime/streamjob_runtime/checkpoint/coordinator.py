@@ -71,7 +71,7 @@ class PendingCheckpoint:
     alignment_ms: float = 0.0
     final: bool = False
     kind: str = "checkpoint"  # or "savepoint"
-    directory: Path = Path()
+    directory: storage.Location = Path()
     stop: bool = False  # sources emit nothing after this barrier
     drain: bool = False
     failure: str | None = None
@@ -99,7 +99,7 @@ class CheckpointCoordinator:
         self,
         *,
         job_id: str,
-        job_dir: Path,
+        job_dir: storage.Location,
         cfg: config.CheckpointConfig,
         max_parallelism: int,
         operator_parallelism: dict[str, int],
@@ -165,7 +165,7 @@ class CheckpointCoordinator:
     async def trigger(
         self,
         final: bool = False,
-        savepoint_dir: Path | None = None,
+        savepoint_dir: storage.Location | None = None,
         stop: bool = False,
         drain: bool = False,
     ) -> PendingCheckpoint | None:
@@ -348,7 +348,7 @@ class CheckpointCoordinator:
         if pending is None:
             return
         pending.failure = reason
-        storage.discard(pending.directory)
+        storage.discard_later(pending.directory)
         self.history.append(
             CheckpointStats(
                 checkpoint_id,

@@ -8,7 +8,7 @@ checkpoint is detected before a restore uses it.
 from __future__ import annotations
 
 import zlib
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 import msgspec
 
@@ -54,26 +54,27 @@ def encode(meta: CheckpointMetadata) -> bytes:
     return msgspec.json.encode(_Envelope(zlib.crc32(body), msgspec.Raw(body))) + b"\n"
 
 
-def write(directory: Path, meta: CheckpointMetadata) -> None:
+def write(directory: storage.Location, meta: CheckpointMetadata) -> None:
     """Write ``_metadata`` last, atomically and durably: the checkpoint is complete after it.
 
     Besides the file, the directory entries that lead to it are fsynced: the
     checkpoint's directory in its parent (``chk-N`` in the job directory, or a
     savepoint in its target) and that parent in its own (created with the first
     checkpoint), so a power loss cannot take away a checkpoint already reported
-    complete.
+    complete.  On object storage (no directories) only the upload happens.
     """
     storage.write_atomically(directory / storage.METADATA, encode(meta))
     storage.fsync_directory(directory.parent)
     storage.fsync_directory(directory.parent.parent)
 
 
-def _relative(name: str, path: Path) -> str:
+def _relative(name: str, path: storage.Location) -> str:
     """``name`` if it is a plain relative path inside the checkpoint directory.
 
     State files are restored by unpickling them, so a ``_metadata`` naming a file
     elsewhere (``../``, an absolute path) must not lead a restore out of the
-    directory the user or the JobManager chose.
+    directory the user or the JobManager chose.  The same holds on object storage,
+    where ``..`` would be a literal key but still names an object outside.
     """
     parts = PurePosixPath(name).parts
     if not name or "\\" in name or name.startswith("/") or ".." in parts or "\0" in name:
@@ -84,11 +85,11 @@ def _relative(name: str, path: Path) -> str:
     return name
 
 
-def read(directory: Path) -> CheckpointMetadata:
+def read(directory: storage.Location) -> CheckpointMetadata:
     """Read and verify ``directory/_metadata``; raise :class:`CorruptCheckpointError`."""
     path = directory / storage.METADATA
     try:
-        raw = path.read_bytes()
+        raw = storage.read_bytes(path)
     except FileNotFoundError:
         raise CorruptCheckpointError(
             f"{path} is missing (the checkpoint never completed)"
@@ -117,7 +118,7 @@ def read(directory: Path) -> CheckpointMetadata:
         for h in op.handles:
             f = directory / _relative(h.file, path)
             try:
-                size = f.stat().st_size
+                size = storage.size(f)
             except FileNotFoundError:
                 raise CorruptCheckpointError(f"state file {f} named in {path} is missing") from None
             if size != h.size:

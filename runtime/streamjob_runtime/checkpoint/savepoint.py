@@ -7,9 +7,7 @@ them by relative path, so a copied or moved savepoint still restores.
 from __future__ import annotations
 
 import secrets
-import shutil
 from collections.abc import Iterable
-from pathlib import Path
 
 from streamjob_runtime.checkpoint import metadata
 from streamjob_runtime.state import storage
@@ -19,16 +17,21 @@ class SavepointError(ValueError):
     """The savepoint cannot be used as asked; the message says what to do."""
 
 
-def new_directory(target: str | Path, job_id: str) -> Path:
+def new_directory(target: str | storage.Location, job_id: str) -> storage.Location:
     """A fresh ``savepoint-<job>-<random>`` directory under ``target`` (Flink's naming)."""
-    return Path(target) / f"savepoint-{job_id[:6]}-{secrets.token_hex(6)}"
+    return storage.location(target) / f"savepoint-{job_id[:6]}-{secrets.token_hex(6)}"
 
 
-def resolve(path: str | Path) -> tuple[Path, metadata.CheckpointMetadata]:
+def resolve(
+    path: str | storage.Location,
+) -> tuple[storage.Location, metadata.CheckpointMetadata]:
     """Read a savepoint or retained checkpoint given as its directory or its ``_metadata``."""
-    p = Path(path)
+    try:
+        p = storage.location(path)
+    except storage.StorageError as e:
+        raise SavepointError(str(e)) from None
     directory = p.parent if p.name == storage.METADATA else p
-    if not directory.is_dir():
+    if not storage.is_dir(directory):
         raise SavepointError(f"{path} does not exist: give a savepoint directory or its _metadata")
     try:
         return directory, metadata.read(directory)
@@ -36,13 +39,19 @@ def resolve(path: str | Path) -> tuple[Path, metadata.CheckpointMetadata]:
         raise SavepointError(f"{path} cannot be restored: {e}") from None
 
 
-def newest(job_dir: str | Path, savepoint: str | Path | None = None) -> Path:
+def newest(
+    job_dir: str | storage.Location, savepoint: str | storage.Location | None = None
+) -> storage.Location:
     """The newest restore point of a job: the highest completed checkpoint in its
     checkpoint directory ``job_dir`` (``<checkpoint dir>/<job id>``; one whose
     ``_metadata`` is missing or corrupt does not count), or ``savepoint`` when it has a
     higher checkpoint id (checkpoint ids continue across savepoints and restores) or
     there is no checkpoint. Raises SavepointError when there is neither: never empty."""
-    found: list[tuple[int, Path]] = []
+    try:
+        job_dir = storage.location(job_dir)
+    except storage.StorageError as e:
+        raise SavepointError(str(e)) from None
+    found: list[tuple[int, storage.Location]] = []
     for checkpoint_id in reversed(storage.checkpoint_ids(job_dir)):
         directory = storage.checkpoint_dir(job_dir, checkpoint_id)
         try:
@@ -62,7 +71,8 @@ def newest(job_dir: str | Path, savepoint: str | Path | None = None) -> Path:
             f"{job_dir} holds no completed checkpoint{problem or ' and no savepoint was given'}:"
             " there is nothing to restore the job from"
         )
-    return max(found)[1]
+    # By id (a Path and an s3:// location do not compare).
+    return max(found, key=lambda f: f[0])[1]
 
 
 def check_operators(
@@ -96,7 +106,7 @@ def check_operators(
     return unmatched
 
 
-def dispose(path: str | Path) -> Path:
+def dispose(path: str | storage.Location) -> storage.Location:
     """Delete a savepoint, refusing any directory that is not one."""
     try:
         directory, meta = resolve(path)
@@ -110,11 +120,11 @@ def dispose(path: str | Path) -> Path:
             " that retains them"
         )
     expected = {storage.METADATA} | {h.file for op in meta.operators.values() for h in op.handles}
-    unknown = sorted(e.name for e in directory.iterdir() if e.name not in expected)
+    unknown = sorted(n for n in storage.names(directory) if n not in expected)
     if unknown:
         raise SavepointError(
             f"{directory} holds files that are not part of the savepoint"
             f" ({', '.join(unknown[:5])}); move them away and dispose again"
         )
-    shutil.rmtree(directory)
+    storage.delete_tree(directory)
     return directory

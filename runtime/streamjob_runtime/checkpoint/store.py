@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ log = logging.getLogger(__name__)
 class CompletedCheckpoint:
     checkpoint_id: int
     timestamp: int
-    directory: Path
+    directory: storage.Location
     duration_ms: float
     bytes: int
     alignment_ms: float
@@ -28,7 +29,7 @@ class CompletedCheckpoint:
 class SkippedCheckpoint:
     """A retained checkpoint or savepoint a restore could not use, and why."""
 
-    directory: Path
+    directory: storage.Location
     reason: str
     checkpoint_id: int  # as recorded when it completed (0 for the savepoint a job started from)
 
@@ -42,7 +43,7 @@ class RestoreSelection:
     job fails (:meth:`missing_message` says why).
     """
 
-    restore: tuple[Path, metadata.CheckpointMetadata] | None
+    restore: tuple[storage.Location, metadata.CheckpointMetadata] | None
     skipped: tuple[SkippedCheckpoint, ...]
     required: bool
 
@@ -74,11 +75,11 @@ class CompletedCheckpointStore:
 
     def __init__(
         self,
-        job_dir: Path,
+        job_dir: storage.Location,
         retained: int,
-        initial: Path | None = None,
-        recovered: list[Path] | None = None,
-        recovered_savepoints: list[tuple[int, Path]] | None = None,
+        initial: storage.Location | None = None,
+        recovered: list[storage.Location] | None = None,
+        recovered_savepoints: list[tuple[int, storage.Location]] | None = None,
     ) -> None:
         self.job_dir = job_dir
         self.retained = retained
@@ -89,7 +90,9 @@ class CompletedCheckpointStore:
         # than anything this job did), by id: restore candidates too (a savepoint
         # commits sink output, so a restore must not go back before it), but never
         # discarded by retention.
-        self.restore_points: list[tuple[int, Path]] = [] if initial is None else [(0, initial)]
+        self.restore_points: list[tuple[int, storage.Location]] = (
+            [] if initial is None else [(0, initial)]
+        )
         self.restore_points.extend(recovered_savepoints or [])
 
     def recover(self) -> None:
@@ -125,24 +128,40 @@ class CompletedCheckpointStore:
         while len(self.completed) > self.retained:
             self.completed.pop(0)
         oldest = self.completed[0].checkpoint_id
+        # Shared files (incremental checkpoints) that only discarded checkpoints reference:
+        # decided against the retained checkpoints of now, whichever thread discards.
+        retained = [c.directory for c in self.completed]
+        if storage.is_remote(self.job_dir):
+            # Listing and deleting objects is network I/O: off the JobManager's loop.
+            threading.Thread(
+                target=self._discard_before,
+                args=(oldest, retained),
+                name="retention",
+                daemon=True,
+            ).start()
+        else:
+            self._discard_before(oldest, retained)
+
+    def _discard_before(self, oldest: int, retained: list[storage.Location]) -> None:
         discarded = [
             storage.checkpoint_dir(self.job_dir, checkpoint_id)
             for checkpoint_id in storage.checkpoint_ids(self.job_dir)
             if checkpoint_id < oldest
         ]
-        # Shared files (incremental checkpoints) that only discarded checkpoints reference.
+        # Shared files exist on local (or mounted) checkpoint storage only.
         unused = shared.unreferenced(
-            [shared.references(d) for d in discarded],
-            [shared.references(c.directory) for c in self.completed],
+            [shared.references(d) for d in discarded if isinstance(d, Path)],
+            [shared.references(d) for d in retained if isinstance(d, Path)],
         )
         for directory in discarded:
             storage.discard(directory)
-        shared.delete(self.job_dir, unused)
+        if unused and isinstance(self.job_dir, Path):
+            shared.delete(self.job_dir, unused)
 
     def latest(self) -> CompletedCheckpoint | None:
         return self.completed[-1] if self.completed else None
 
-    def _candidates(self) -> tuple[list[tuple[int, Path]], list[SkippedCheckpoint]]:
+    def _candidates(self) -> tuple[list[tuple[int, storage.Location]], list[SkippedCheckpoint]]:
         """Readable restore points (id, directory), and the known-complete ones that are not.
 
         A scanned ``chk-N`` that this store never saw complete (one in flight at a
@@ -157,13 +176,13 @@ class CompletedCheckpointStore:
                 for checkpoint_id in storage.checkpoint_ids(self.job_dir)
             ]
             directories = [*scanned, *(d for d in directories if d not in scanned)]
-        found: list[tuple[int, Path]] = []
+        found: list[tuple[int, storage.Location]] = []
         skipped: list[SkippedCheckpoint] = []
         for directory in directories:
             try:
                 found.append((metadata.read(directory).checkpoint_id, directory))
             except metadata.CorruptCheckpointError as e:
-                reason = str(e) if directory.is_dir() else f"{directory} is missing"
+                reason = str(e) if storage.is_dir(directory) else f"{directory} is missing"
                 checkpoint_id = known.get(directory, _checkpoint_id(directory))
                 if directory in known:
                     skipped.append(SkippedCheckpoint(directory, reason, checkpoint_id))
@@ -176,7 +195,8 @@ class CompletedCheckpointStore:
                     reason=reason,
                     action="trying the previous checkpoint",
                 )
-        return sorted(found), skipped
+        # By id, then by name: a Path and an s3:// location do not compare.
+        return sorted(found, key=lambda f: (f[0], str(f[1]))), skipped
 
     def select_restore(self) -> RestoreSelection:
         """The newest checkpoint or savepoint whose metadata and files are intact.
@@ -213,7 +233,7 @@ class CompletedCheckpointStore:
         return max(ids, default=0)
 
 
-def _checkpoint_id(directory: Path) -> int:
+def _checkpoint_id(directory: storage.Location) -> int:
     """The id in a ``chk-<id>`` directory name (0 for a savepoint's directory)."""
     name = directory.name
     return int(name[4:]) if name.startswith("chk-") and name[4:].isdigit() else 0

@@ -19,8 +19,9 @@ from typing import IO, Any
 import msgspec
 
 from streamjob_runtime import logs
+from streamjob_runtime.connectors import s3files
 from streamjob_runtime.operators import base, sink, source
-from streamjob_runtime.state import storage
+from streamjob_runtime.state import objectstore, storage
 
 log = logging.getLogger(__name__)
 
@@ -231,19 +232,33 @@ class FileSink(sink.Sink):
     """Exactly-once file sink: one JSON line per record (or ``encoder(record)``)."""
 
     def __init__(self, directory: str, encoder: Callable[[Any], str] | None = None) -> None:
-        self.directory = Path(directory)
+        # A path, file://..., or s3://bucket/prefix (multipart two-phase commit).
+        self.location = storage.location(directory)
         self.encoder = encoder
 
+    @property
+    def directory(self) -> Path:
+        if not isinstance(self.location, Path):
+            raise TypeError(f"{self.location} is not a local directory")
+        return self.location
+
     def create_writer(self, ctx: base.OperatorContext) -> sink.SinkWriter:
-        self.directory.mkdir(parents=True, exist_ok=True)
         enc = self.encoder
         encode: Callable[[Any], bytes] = _json_line if enc is None else (lambda v: enc(v).encode())
+        if isinstance(self.location, objectstore.ObjectPath):
+            return s3files.S3FileSinkWriter(self.location, encode, ctx)
+        self.directory.mkdir(parents=True, exist_ok=True)
         return FileSinkWriter(self.directory, encode, ctx)
 
 
 def read_committed_lines(directory: str) -> list[str]:
     """Every committed line of a file sink directory (what a downstream reader sees)."""
     lines: list[str] = []
+    location = storage.location(directory)
+    if isinstance(location, objectstore.ObjectPath):
+        for name in sorted(n for n in storage.names(location) if n.startswith("part-")):
+            lines.extend(storage.read_bytes(location / name).decode().splitlines())
+        return lines
     root = Path(directory)
     if not root.is_dir():
         return lines

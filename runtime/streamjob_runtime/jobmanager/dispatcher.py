@@ -13,7 +13,6 @@ import ssl
 import time
 import uuid
 from collections.abc import Coroutine
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -27,6 +26,7 @@ from streamjob_runtime.ha import services
 from streamjob_runtime.jobmanager import errors, jobmaster, resources, rest
 from streamjob_runtime.jobmanager.errors import SubmissionError
 from streamjob_runtime.rpc import framing, messages
+from streamjob_runtime.state import storage
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +93,7 @@ class JobManager:
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self, rpc_port: int = 0, rest_port: int = 0, metrics_port: int = 0) -> None:
-        await asyncio.to_thread(
-            Path(self.cluster.checkpoint_dir).mkdir, parents=True, exist_ok=True
-        )
+        await asyncio.to_thread(storage.makedirs, storage.location(self.cluster.checkpoint_dir))
         tls = self.security.tls
         server = await asyncio.start_server(
             self._serve_taskmanager,
@@ -272,7 +270,7 @@ class JobManager:
 
     # -- jobs ----------------------------------------------------------------------------
 
-    def savepoint_directory(self, job_id: str, target: str | None) -> Path:
+    def savepoint_directory(self, job_id: str, target: str | None) -> storage.Location:
         """Where a new savepoint of ``job_id`` goes; raises SubmissionError without a target."""
         base = target or self.cluster.savepoint_dir
         if not base:
@@ -284,7 +282,10 @@ class JobManager:
             self.security.check_storage(base, "savepoint target directory")
         except security.StorageNotAllowed as e:
             raise errors.ForbiddenError(str(e)) from None
-        return savepoint.new_directory(base, job_id)
+        try:
+            return savepoint.new_directory(base, job_id)
+        except storage.StorageError as e:
+            raise SubmissionError(str(e)) from None
 
     async def submit(self, submission: models.JobSubmission) -> str:
         """Validate, record in the HA metadata (fenced), and start a new job."""
@@ -315,6 +316,8 @@ class JobManager:
             path = await asyncio.to_thread(savepoint.newest, directory, submission.savepoint_path)
         except savepoint.SavepointError as e:
             raise SubmissionError(str(e)) from None
+        except OSError as e:  # the storage cannot be read (an object store down, say)
+            raise SubmissionError(f"cannot read {directory}: {e}") from None
         logs.event(log, "restore_resolved", directory=directory, restore_point=str(path))
         return submission.model_copy(
             update={"savepoint_path": str(path), "restore_from_latest_in": None}
@@ -345,7 +348,7 @@ class JobManager:
             )
         except (config.ConfigError, jobfile.JobFileError) as e:
             raise SubmissionError(str(e)) from None
-        initial: Path | None = None
+        initial: storage.Location | None = None
         if submission.savepoint_path is not None:
             try:
                 initial, meta = await asyncio.to_thread(

@@ -15,7 +15,6 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -28,6 +27,7 @@ from streamjob_runtime.ha import services
 from streamjob_runtime.jobmanager import resources, restart
 from streamjob_runtime.jobmanager.errors import ConflictError
 from streamjob_runtime.rpc import messages
+from streamjob_runtime.state import storage
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +65,16 @@ class HaCheckpoints:
         self.persist = persist
         self.retained = 1
 
-    def checkpoints(self) -> list[Path]:
+    def checkpoints(self) -> list[storage.Location]:
         """The recorded checkpoints (not savepoints), oldest first."""
-        return [Path(p.path) for p in self.record.retained if p.kind != "savepoint"]
+        return [storage.location(p.path) for p in self.record.retained if p.kind != "savepoint"]
 
-    def savepoints(self) -> list[tuple[int, Path]]:
+    def savepoints(self) -> list[tuple[int, storage.Location]]:
         """The recorded savepoints of the job, with their checkpoint ids."""
         return [
-            (p.checkpoint_id, Path(p.path)) for p in self.record.retained if p.kind == "savepoint"
+            (p.checkpoint_id, storage.location(p.path))
+            for p in self.record.retained
+            if p.kind == "savepoint"
         ]
 
     async def record_attempt(self, attempt: int) -> None:
@@ -150,7 +152,7 @@ class JobMaster:
         graph: jobgraph.JobGraph,
         cluster: config.ClusterConfig,
         rm: resources.ResourceManager,
-        initial_savepoint: Path | None = None,
+        initial_savepoint: storage.Location | None = None,
         ha: HaCheckpoints | None = None,
         on_terminal: Callable[[str], Coroutine[Any, Any, None]] | None = None,
         on_savepoint: Callable[[str, SavepointRequest], Awaitable[None]] | None = None,
@@ -170,7 +172,7 @@ class JobMaster:
         self.latest_restore: models.RestoreInfo | None = None
         self.exceptions: list[models.ExceptionEntry] = []
         self.failure_cause: str | None = None
-        self.job_dir = Path(cluster.checkpoint_dir) / job_id
+        self.job_dir = storage.location(cluster.checkpoint_dir) / job_id
         self.strategy = restart.create(
             job_config.restart_strategy, job_config.checkpointing.enabled
         )
@@ -327,7 +329,12 @@ class JobMaster:
         self._outcome = outcome_future
         if self._cancel_requested.is_set():
             return Outcome("canceled")
-        selection = await asyncio.to_thread(self.store.select_restore)
+        try:
+            selection = await asyncio.to_thread(self.store.select_restore)
+        except OSError as e:
+            # The checkpoint storage cannot be read (an object store down, say): fail this
+            # attempt for the restart strategy; never start empty, never kill the loop.
+            return Outcome("failed", f"reading the checkpoints failed: {e}")
         if selection.skipped:
             self._report_skipped(selection)
         if selection.restore is None and selection.required:
@@ -378,7 +385,7 @@ class JobMaster:
     def _deploy(
         self,
         slots: list[resources.Slot],
-        restore: tuple[Path, metadata.CheckpointMetadata] | None,
+        restore: tuple[storage.Location, metadata.CheckpointMetadata] | None,
     ) -> None:
         self.placements = {}
         placements: list[messages.SubtaskPlacement] = []
@@ -548,7 +555,7 @@ class JobMaster:
 
     def trigger_savepoint(
         self,
-        directory: Path,
+        directory: storage.Location,
         *,
         stop: bool = False,
         drain: bool = False,
@@ -601,7 +608,12 @@ class JobMaster:
         return request
 
     async def _savepoint(
-        self, request: SavepointRequest, directory: Path, stop: bool, drain: bool, cancel: bool
+        self,
+        request: SavepointRequest,
+        directory: storage.Location,
+        stop: bool,
+        drain: bool,
+        cancel: bool,
     ) -> None:
         attempt = self.attempt
         pending = await self.coordinator.trigger(

@@ -59,29 +59,51 @@ def _state_bytes(uid: str, snapshot: base.OperatorSnapshot) -> bytes:
         ) from None
 
 
-def load_restored_state(
+def restored_files(
     restore: messages.RestoreSpec, uid: str, ctx: base.OperatorContext
+) -> list[tuple[messages.StateHandle, bool]]:
+    """The state files subtask ``ctx`` of operator ``uid`` reads, each with whether it
+    wants their keyed part: the former subtasks whose key groups overlap ours, and all
+    that hold operator state."""
+    entry = restore.operators.get(uid)
+    if entry is None:
+        return []
+    mine = ctx.key_group_range
+    wanted = []
+    for h in sorted(entry[1], key=lambda h: h.subtask):
+        theirs = keygroups.KeyGroupRange(h.key_group_start, h.key_group_end)
+        wants_keyed = h.has_keyed and mine.intersects(theirs)
+        if wants_keyed or h.has_operator:
+            wanted.append((h, wants_keyed))
+    return wanted
+
+
+def load_restored_state(
+    restore: messages.RestoreSpec,
+    uid: str,
+    ctx: base.OperatorContext,
+    prefetched: dict[str, bytes] | None = None,
 ) -> base.RestoredState | None:
     """Read the state of operator ``uid`` that belongs to subtask ``ctx``.
 
     Keyed state is read from the former subtasks whose key groups overlap ours
-    and filtered to our key groups; operator lists are read from all.
+    and filtered to our key groups; operator lists are read from all.  Files in
+    ``prefetched`` (by name) are not read again.
     """
     entry = restore.operators.get(uid)
     if entry is None:
         return None
-    former_parallelism, handles = entry
+    former_parallelism = entry[0]
     mine = ctx.key_group_range
     keyed: dict[str, dict[Any, Any]] = {}
     operator: list[list[Any]] = [[] for _ in range(former_parallelism)]
     incremental: list[tuple[Any, Path]] = []
-    for h in sorted(handles, key=lambda h: h.subtask):
+    for h, wants_keyed in restored_files(restore, uid, ctx):
         theirs = keygroups.KeyGroupRange(h.key_group_start, h.key_group_end)
-        wants_keyed = h.has_keyed and mine.intersects(theirs)
-        if not wants_keyed and not h.has_operator:
-            continue
-        with open(Path(restore.directory) / h.file, "rb") as f:
-            keyed_part, operator_part = pickle.load(f)
+        data = (prefetched or {}).get(h.file)
+        if data is None:
+            data = storage.read_bytes(storage.location(restore.directory) / h.file)
+        keyed_part, operator_part = pickle.loads(data)
         operator[h.subtask] = operator_part
         if not wants_keyed:
             continue
@@ -175,11 +197,33 @@ class Task:
             state_backend=self.config.state_backend,
         )
 
-    def _initialize(self) -> None:
+    async def _prefetch(self) -> dict[str, bytes]:
+        """Download this task's state files from object storage, in parallel, off the loop.
+
+        A local restore reads its files in :meth:`_initialize` (the page cache, fast);
+        a download must not hold the TaskManager's loop (heartbeats, other tasks).
+        """
+        restore = self.restore
+        if restore is None or not storage.is_remote(storage.location(restore.directory)):
+            return {}
+        directory = storage.location(restore.directory)
+        names = sorted(
+            {
+                h.file
+                for op, uid in zip(self.operators, self.uids, strict=True)
+                for h, _ in restored_files(restore, uid, op.ctx)
+            }
+        )
+        blobs = await asyncio.gather(
+            *(asyncio.to_thread(storage.read_bytes, directory / name) for name in names)
+        )
+        return dict(zip(names, blobs, strict=True))
+
+    def _initialize(self, prefetched: dict[str, bytes] | None = None) -> None:
         for op, uid in zip(self.operators, self.uids, strict=True):
             restored = None
             if self.restore is not None:
-                restored = load_restored_state(self.restore, uid, op.ctx)
+                restored = load_restored_state(self.restore, uid, op.ctx, prefetched)
             op.initialize_state(restored)
             op.open()
 
@@ -220,7 +264,7 @@ class Task:
 
     async def run(self) -> None:
         try:
-            self._initialize()
+            self._initialize(await self._prefetch())
             await self._report_state("RUNNING")
             if self.is_source:
                 await self._run_source()
@@ -415,7 +459,10 @@ class Task:
         blobs: list[tuple[str, bytes, bool, bool]] = []
         incremental: list[tuple[str, base.OperatorSnapshot]] = []
         for op, uid in zip(self.operators, self.uids, strict=True):
-            snap = None if target is not None else op.snapshot_state_incremental(checkpoint_id)
+            # Incremental snapshots share files under a local job directory: on object
+            # storage (and for savepoints) every snapshot is full.
+            full = target is not None or storage.is_remote(storage.location(self.checkpoint_dir))
+            snap = None if full else op.snapshot_state_incremental(checkpoint_id)
             if snap is not None:
                 incremental.append((uid, snap))
                 continue
@@ -450,7 +497,7 @@ class Task:
     ) -> None:
         started = time.monotonic()
         directory = (
-            Path(target)
+            storage.location(target)
             if target is not None
             else storage.checkpoint_dir(self.checkpoint_dir, checkpoint_id)
         )
@@ -464,7 +511,7 @@ class Task:
         # the GIL (CPython's switch interval), stretching checkpoints to seconds.
         try:
             handles = []
-            paths = []
+            paths: list[storage.Location] = []
             shared_bytes = 0  # SST files this checkpoint uploaded (not those it reuses)
             for uid, snap in incremental or []:
                 # Incremental keyed state: new SST files go to <job dir>/shared/ (from a
@@ -480,9 +527,21 @@ class Task:
                 sidecar = directory / f"{uid}-{self.subtask}{shared.SUFFIX}"
                 storage.write_unsynced(sidecar, refs.encode())
                 paths.append(sidecar)
-            for uid, data, has_keyed, has_operator in blobs:
+            remote = storage.is_remote(directory)
+            sizes: list[int] = []
+            if remote:
+                # Object storage: parallel uploads off the loop (network, not the GIL).
+                sizes = await asyncio.gather(
+                    *(
+                        asyncio.to_thread(
+                            storage.write_unsynced, directory / f"{uid}-{self.subtask}.state", data
+                        )
+                        for uid, data, _, _ in blobs
+                    )
+                )
+            for i, (uid, data, has_keyed, has_operator) in enumerate(blobs):
                 name = f"{uid}-{self.subtask}.state"
-                size = storage.write_unsynced(directory / name, data)
+                size = sizes[i] if remote else storage.write_unsynced(directory / name, data)
                 paths.append(directory / name)
                 handles.append(
                     messages.StateHandle(
