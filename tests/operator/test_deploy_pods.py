@@ -50,6 +50,11 @@ def test_a_refused_submission_shows_at_once_and_a_fixed_entrypoint_is_deployed_e
         assert "fix the spec and apply it" in status["error"]
         assert condition(status, "Degraded")["status"] == "True"
         assert status["reconciliation"]["step"] == "submit-job"
+        kube.wait_for(  # an Event follows the status write of its pass
+            lambda: warnings(kube, "SubmitFailed") != [],
+            timeout=10,
+            what="the SubmitFailed Event",
+        )
         [event] = warnings(kube, "SubmitFailed")
         assert "no_such_job.py" in event
 

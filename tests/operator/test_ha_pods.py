@@ -11,7 +11,7 @@ from typing import Any
 
 from streamjob_operator.desired import metadata
 from tests.integration.test_exactly_once_recovery import assert_exact
-from tests.kube import KubeEmulator, fixtures
+from tests.kube import KubeEmulator, fixtures, pods
 from tests.kube.pods import PodRunner
 from tests.operator import live, test_handlers, test_observing
 from tests.operator.test_observing import NAMESPACE
@@ -35,9 +35,10 @@ def ready_replicas(kube: KubeEmulator) -> int:
 
 
 def role(pod_runner: PodRunner, pod: str) -> str:
-    """What the pod's /readyz says it is."""
+    """What the pod's /readyz says it is (served on the plain metrics port, as the
+    readiness probe reads it; the REST port speaks HTTPS with a token)."""
     [process] = [p for p in pod_runner.processes(JOBMANAGER, NAMESPACE) if p.name == pod]
-    port = process.ports[8081]
+    port = process.ports[pods.METRICS_PORT]
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as resp:
         found: str = json.load(resp)["role"]
         return found

@@ -37,11 +37,17 @@ def test_a_job_lost_with_its_jobmanager_is_recovered_from_its_newest_checkpoint_
         )
         assert status["lifecycleState"] in {"DEPLOYED", "STABLE"}
         assert status.get("error") is None
-        messages = {
-            e["reason"]: e["message"]
-            for e in kube.list("v1", "events", NAMESPACE)
-            if e.get("reason") in {"JobLost", "JobRecovered"}
-        }
+        messages: dict[str, str] = {}
+
+        def recorded() -> bool:  # an Event follows the status write of its pass
+            messages.update(
+                (e["reason"], e["message"])
+                for e in kube.list("v1", "events", NAMESPACE)
+                if e.get("reason") in {"JobLost", "JobRecovered"}
+            )
+            return messages.keys() == {"JobLost", "JobRecovered"}
+
+        kube.wait_for(recorded, timeout=10, what="the JobLost and JobRecovered Events")
         checkpoints = str(tmp_path / "checkpoints" / first)
         assert checkpoints in messages["JobLost"]
         assert f"job {first} recovered as job {live.job_id(status)}" in messages["JobRecovered"]
