@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import collections
 import json
+import pickle
 import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from streamjob_runtime.api import client, models
+from streamjob_runtime.checkpoint import savepoint
 from streamjob_runtime.connectors import files
 from tests.conftest import Harness
 from tests.integration.test_exactly_once_recovery import EVENTS, KEYS, args, assert_exact
@@ -81,6 +84,29 @@ def test_window_state_rescales_from_2_to_3_through_a_savepoint(
         assert rows > windows
     else:
         assert rows == windows  # windows in flight were restored, not fired
+
+
+def test_a_drained_savepoint_saves_no_window_watermark_ahead_of_a_source_split(
+    cluster_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    # The two source subtasks get the drain at different times; the one drained last
+    # reads on meanwhile. The window's saved watermark must not follow it past the
+    # split of the other one, or the restored job drops that split's on-time records.
+    h = cluster_factory(taskmanagers=2)
+    job_args = [str(tmp_path / "out"), "60000", "30000"]
+    job = h.submit(str(EXAMPLES / "clickstream.py"), job_args, parallelism=2)
+    h.wait_for("15000 clicks", lambda: h.source_records(job) >= 15_000)
+    directory, meta = savepoint.resolve(stop_with_savepoint(h, job, drain=True))
+    saved: dict[str, list[Any]] = {}
+    for uid, state in meta.operators.items():
+        for handle in state.handles:
+            with open(directory / handle.file, "rb") as f:
+                saved.setdefault(uid, []).extend(pickle.load(f)[1])
+    splits = [s.watermark for s in saved["clicks"]]
+    windows = saved["clicks-per-user-window"]
+    assert len(splits) == 2
+    assert windows
+    assert max(windows) <= min(splits), (windows, splits)
 
 
 def test_a_copied_savepoint_restores(

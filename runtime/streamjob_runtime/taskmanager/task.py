@@ -168,7 +168,8 @@ class Task:
         self._barriers: set[int] = set()
         self._align_started = 0.0
         self._ended_channels: set[int] = set()
-        self._watermarks: list[int] = []
+        self._watermarks: list[int] = []  # per channel: its last watermark below the end
+        self._at_max: set[int] = set()  # channels that sent the end-of-input watermark
         self._watermark = base.MIN_WATERMARK
         self._build_chain()
 
@@ -380,6 +381,7 @@ class Task:
                     self._on_barrier(channel, element[1], element[2], element[3])
                 elif kind == "e":
                     self._ended_channels.add(channel)
+                    self._advance_watermark()  # an ended channel no longer holds event time
                     if len(self._ended_channels) == len(gate.channels):
                         await self._end_of_input()
             if timers:
@@ -389,13 +391,39 @@ class Task:
             await self.output.flush()
 
     def _on_watermark(self, channel: int, watermark: int) -> None:
+        """Watermark ``watermark`` arrived on ``channel``: advance the task's event time.
+
+        The task's watermark is the minimum over its channels, except that the
+        end-of-input watermark (``MAX_WATERMARK``) counts only once its channel
+        has ended (``"e"``) or every channel has sent it.  A channel that sent
+        it without ending was drained (``stop --drain``): its upstream stopped
+        mid-stream and a restored job resumes it from the savepoint.  Letting
+        the other channels drive event time meanwhile would fire windows, and
+        save a watermark, ahead of that channel's position; after the restore
+        its on-time records would be dropped as late.
+        """
         wms = self._watermarks
         if watermark > wms[channel]:
-            wms[channel] = watermark
-            low = min(wms)
-            if low > self._watermark:
-                self._watermark = low
-                self.head.process_watermark(low)
+            if watermark >= base.MAX_WATERMARK:
+                self._at_max.add(channel)
+            else:
+                wms[channel] = watermark
+            self._advance_watermark()
+
+    def _advance_watermark(self) -> None:
+        wms = self._watermarks
+        if not wms:
+            return
+        at_max, ended = self._at_max, self._ended_channels
+        if len(at_max) == len(wms):
+            low = base.MAX_WATERMARK
+        else:
+            low = min(
+                base.MAX_WATERMARK if c in ended and c in at_max else w for c, w in enumerate(wms)
+            )
+        if low > self._watermark:
+            self._watermark = low
+            self.head.process_watermark(low)
 
     def _on_barrier(
         self, channel: int, checkpoint_id: int, timestamp: int, target: str | None
