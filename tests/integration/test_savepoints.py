@@ -16,6 +16,7 @@ import pytest
 from streamjob_runtime.api import client, models
 from streamjob_runtime.checkpoint import savepoint
 from streamjob_runtime.connectors import files
+from streamjob_runtime.state import storage
 from tests.conftest import Harness
 from tests.integration.test_exactly_once_recovery import EVENTS, KEYS, args, assert_exact
 from tests.jobs import keyed_sum
@@ -100,8 +101,8 @@ def test_a_drained_savepoint_saves_no_window_watermark_ahead_of_a_source_split(
     saved: dict[str, list[Any]] = {}
     for uid, state in meta.operators.items():
         for handle in state.handles:
-            with open(directory / handle.file, "rb") as f:
-                saved.setdefault(uid, []).extend(pickle.load(f)[1])
+            data = storage.read_bytes(directory / handle.file)
+            saved.setdefault(uid, []).extend(pickle.loads(data)[1])
     splits = [s.watermark for s in saved["clicks"]]
     windows = saved["clicks-per-user-window"]
     assert len(splits) == 2
