@@ -199,6 +199,36 @@ def test_the_examples_hold_the_three_upgrade_modes_and_the_volume() -> None:
     assert claims_defined() == {"streamjob-data"}
 
 
+def test_an_example_keeps_everything_on_s3_without_a_volume() -> None:
+    """streamjob-s3.yaml: checkpoints, savepoints and output on S3, no volume in any pod,
+    and the credentials from the Secret it ships, in every JobManager and TaskManager."""
+    docs = documents(ROOT / "examples" / "streamjob-s3.yaml")
+    (secret,) = [d for d in docs if d["kind"] == "Secret"]
+    (doc,) = [d for d in docs if d["kind"] == "StreamJob"]
+    spec = models.StreamJobSpec.model_validate(doc["spec"])
+    assert spec.checkpointing.storage.startswith("s3://")
+    assert (spec.savepoints.directory or "").startswith("s3://")
+    assert all(
+        a.startswith("s3://") for a in (a.partition("=")[2] for a in spec.job.args) if "/" in a
+    )
+    job = target.StreamJob(
+        "keyed-count-s3", "default", "00000000-0000-0000-0000-000000000000", spec
+    )
+    deployments = [
+        c for c in children.children(job, target.DeploymentTarget()) if c["kind"] == "Deployment"
+    ]
+    assert len(deployments) == 2
+    for deployment in deployments:
+        pod = deployment["spec"]["template"]["spec"]
+        assert all("persistentVolumeClaim" not in v for v in pod["volumes"]), pod["volumes"]
+        (container,) = [c for c in pod["containers"] if c["name"] in CONTAINERS["Deployment"]]
+        env = {e["name"]: e for e in container["env"]}
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
+            ref = env[name]["valueFrom"]["secretKeyRef"]
+            assert ref["name"] == secret["metadata"]["name"]
+            assert ref["key"] in secret["stringData"]
+
+
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
 def test_every_example_object_is_valid(path: Path) -> None:
     claims = claims_defined()
