@@ -141,8 +141,9 @@ class CheckpointingSpec(_Spec):
     )
     storage: str = Field(
         default="/checkpoints",
-        description="Checkpoint directory, on a volume every JobManager and TaskManager"
-        " mounts (e.g. a ReadWriteMany PVC at this path via podTemplate).",
+        description="Checkpoint directory: a path on a mounted volume (every JobManager and"
+        " TaskManager mounts it, e.g. a ReadWriteMany PVC via podTemplate) or an s3:// URL"
+        " (credentials from the pods' environment, e.g. a Secret via podTemplate, or IRSA).",
     )
     retained: int = Field(default=3, ge=1, le=100, description="Completed checkpoints kept.")
     timeout: Duration = Field(default="10m", description="A checkpoint slower than this fails.")
@@ -155,7 +156,9 @@ class CheckpointingSpec(_Spec):
 
 class SavepointsSpec(_Spec):
     directory: str | None = Field(
-        default=None, description="Where savepoints go (a shared volume path)."
+        default=None,
+        description="Where savepoints go: a path on a mounted volume (shared by every"
+        " JobManager and TaskManager) or an s3:// URL.",
     )
     interval: Duration | None = Field(default=None, description="Periodic savepoints.")
     historyMaxCount: int = Field(default=5, ge=1, le=1000, description="Savepoints kept.")
