@@ -61,7 +61,7 @@ from aiohttp import web
 from kubernetes_asyncio import client, config
 
 from streamjob_operator import handlers
-from streamjob_operator.acting import actor
+from streamjob_operator.acting import actor, savepoints
 from streamjob_operator.api import durations
 from streamjob_operator.desired import network
 from streamjob_operator.leadership import lease
@@ -76,6 +76,16 @@ def _duration(text: str) -> datetime.timedelta:
         return datetime.timedelta(milliseconds=durations.to_ms(text))
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _s3_root(text: str) -> str:
+    parsed = savepoints.object_key(text)
+    if parsed is None or not text.startswith("s3://"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an s3://bucket[/prefix] URL (without empty, . or .. segments)"
+        )
+    bucket, prefix = parsed
+    return f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
 
 
 def _url_template(text: str) -> rest_observing.Resolve:
@@ -123,6 +133,14 @@ def parser() -> argparse.ArgumentParser:
         default=[],
         help="a directory this pod mounts at the path the jobs see, under which expired"
         " savepoints are deleted (repeatable; others are reported, not deleted)",
+    )
+    p.add_argument(
+        "--savepoint-bucket",
+        action="append",
+        type=_s3_root,
+        default=[],
+        help="an s3://bucket[/prefix] under which expired savepoints are deleted, with"
+        " credentials from this pod's environment (AWS_*, IRSA; repeatable)",
     )
     p.add_argument(
         "--savepoint-on-deletion",
@@ -264,6 +282,7 @@ async def serve(args: argparse.Namespace) -> int:
         acting=actor.Settings(
             resolve=args.jobmanager_url_template,
             savepoint_mounts=tuple(args.savepoint_volume),
+            savepoint_buckets=tuple(args.savepoint_bucket),
             instance=identity,
             network=network.Settings(
                 enabled=args.network_policy,

@@ -75,6 +75,11 @@ NON_DEFAULT: Doc = {
         {"mountPath": "/archive", "subPath": "savepoints", "volume": {"nfs": {
             "server": "nfs.example.com", "path": "/exports"}}},
     ],
+    "savepointBuckets": {
+        "roots": ["s3://streamjob/savepoints", "s3://archive"],
+        "env": [{"name": "AWS_ACCESS_KEY_ID",
+                 "valueFrom": {"secretKeyRef": {"name": "s3-credentials", "key": "id"}}}],
+    },
     "networkPolicy": {"enabled": False, "restNamespaces": ["tools", "ci"],
                       "metricsNamespaces": ["monitoring"]},
     "podTemplate": {"allowPrivileged": True},
@@ -672,6 +677,7 @@ def test_the_default_flags_are_exact_and_the_operator_parses_them(helm: str) -> 
     assert (args.lease_name, args.lease_namespace) == (RELEASE, NAMESPACE)
     assert args.savepoint_on_deletion is False
     assert args.savepoint_volume == []
+    assert args.savepoint_bucket == []
     assert args.network_policy is True
     assert (args.rest_namespace, args.metrics_namespace) == ([], [])
     assert args.allow_privileged_pods is False
@@ -696,6 +702,10 @@ def test_the_non_default_flags_reach_the_operator(helm: str, non_default_file: P
     assert args.progress_check_interval.total_seconds() == 2
     assert args.checkpoint_status_interval.total_seconds() == 60
     assert args.savepoint_volume == [Path("/data"), Path("/archive")]
+    assert args.savepoint_bucket == ["s3://streamjob/savepoints", "s3://archive"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "s3-credentials"
+    assert {"POD_NAMESPACE", "POD_NAME"} <= env.keys()
     assert args.network_policy is False
     assert args.rest_namespace == ["tools", "ci"]
     assert args.metrics_namespace == ["monitoring"]

@@ -512,10 +512,11 @@ def test_dispose_never_deletes_the_mount_itself_or_escapes_it(tmp_path: Path) ->
 
 def test_an_s3_savepoint_the_operator_cannot_dispose_of_is_explained_with_the_cli_command() -> None:
     location = "s3://bucket/savepoints/savepoint-1a2b3c-0123456789ab"
-    result = savepoints.dispose(location, (Path("/state"),))
+    result = savepoints.dispose(location, (Path("/state"),), ("s3://bucket/other",))
     assert result is savepoints.Disposal.NOT_MOUNTED
     message = savepoints.explain(location, result)
-    assert "does not dispose of savepoints on S3 yet" in message
+    assert "not under an S3 root the operator may delete under" in message
+    assert "--savepoint-bucket" in message
     assert f"streamjob savepoint --dispose {location}" in message
     assert "--savepoint-volume" not in message
 

@@ -85,6 +85,7 @@ class Settings:
     resolve: rest_observing.Resolve = rest_observing.identity
     rest_timeout_s: float = 30.0
     savepoint_mounts: tuple[Path, ...] = ()
+    savepoint_buckets: tuple[str, ...] = ()  # s3:// roots the operator disposes under
     instance: str = dataclasses.field(default_factory=socket.gethostname)
     network: network.Settings = dataclasses.field(default_factory=network.Settings)
 
@@ -306,9 +307,9 @@ class _Run:
                 raise
 
     async def dispose(self, location: str) -> None:
-        mounts = self.settings.savepoint_mounts
+        mounts, roots = self.settings.savepoint_mounts, self.settings.savepoint_buckets
         try:
-            result = await asyncio.to_thread(savepoints.dispose, location, mounts)
+            result = await asyncio.to_thread(savepoints.dispose, location, mounts, roots)
         except OSError as e:
             await self.report_once(
                 location,
