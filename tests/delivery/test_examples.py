@@ -293,14 +293,18 @@ def test_the_readmes_kubectl_selectors_pick_the_pods_of_every_colour() -> None:
     assert "deploy/" not in readme  # a Deployment name misses the coloured ones
     selectors = re.findall(r"-l (app\.kubernetes\.io/instance=[\w./=,-]+)", readme)
     assert selectors, "the README's kubectl commands select pods by label"
-    (doc,) = documents(ROOT / "examples" / "streamjob-savepoint-upgrade.yaml")
-    spec = models.StreamJobSpec.model_validate(doc["spec"])
-    name = doc["metadata"]["name"]
-    job = target.StreamJob(name, "default", "00000000-0000-0000-0000-000000000000", spec)
+    examples = {
+        d["metadata"]["name"]: models.StreamJobSpec.model_validate(d["spec"])
+        for d in all_documents()
+        if d["kind"] == "StreamJob"
+    }
     for selector in selectors:
         wanted = dict(pair.split("=", 1) for pair in selector.split(","))
-        wanted["app.kubernetes.io/instance"] = wanted["app.kubernetes.io/instance"].replace(
-            "NAME", name
+        name = wanted["app.kubernetes.io/instance"].replace("NAME", "keyed-count")
+        wanted["app.kubernetes.io/instance"] = name
+        assert name in examples, selector  # a StreamJob the examples define
+        job = target.StreamJob(
+            name, "default", "00000000-0000-0000-0000-000000000000", examples[name]
         )
         for where in (
             target.DeploymentTarget(),
