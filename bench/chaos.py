@@ -72,7 +72,8 @@ def main() -> int:
     rounds = f"{a.runs} round(s) of {', '.join(scenarios)}" if a.run is None else f"run {a.run}"
     print(
         f"chaos: seed {seed}, {rounds};"
-        f" {a.events} events at {a.rate:.0f}/s, splits {a.splits or 'first parallelism'}",
+        f" {a.events} events at {a.rate:.0f}/s, splits {a.splits or 'first parallelism'}"
+        f" (kafka: at {a.kafka_rate:.0f}/s, 4 partitions)",
         flush=True,
     )
     root = Path(tempfile.mkdtemp(prefix="streamjob-chaos-", dir=a.workdir))
