@@ -1,18 +1,21 @@
 """The chaos suite: a windowed (event time, late events) + keyed-state job under random
 TaskManager SIGKILLs, JobManager leader SIGKILLs and SIGSTOPs (etcd HA, a standby
-JobManager) and rescaling savepoint chains, each run checked against an exact model of
-its output (``tests/chaos/suite.py`` holds the scenarios and the model;
-``tests/jobs/chaos_window.py`` the job).
+JobManager) and rescaling savepoint chains, and a Kafka -> keyed count -> Kafka job
+(exactly-once sink, a Tansu broker) under TaskManager SIGKILLs and a rescale, each run
+checked against an exact model of its output (``tests/chaos/suite.py`` holds the
+scenarios and the models; ``tests/jobs/chaos_window.py`` and
+``tests/jobs/kafka_count.py`` the jobs). Without Tansu (``scripts/tools.sh`` fetches
+it) the kafka scenario is skipped, and the report says so.
 
 Each round runs every scenario once with its own seed, derived from ``--seed`` (printed;
 a random one by default): random parallelisms in 1-3, 1-3 TaskManager kills, the leader
 killed and stopped for longer than its 3 s lease in a random order, a chain of three
-parallelisms. Generator splits: ``--splits`` (default 4, so rescaled readers hold
+parallelisms (two for kafka). Generator splits: ``--splits`` (default 4, so rescaled readers hold
 several splits at different offsets; ``--splits 0``: the first parallelism).
 
     uv run python bench/chaos.py [--runs 3] [--seed S] [--events 30000] [--rate 3000]
-        [--splits 4] [--scenarios taskmanagers,jobmanagers,rescale] [--run SCENARIO:SEED]
-        [--workdir DIR]
+        [--splits 4] [--kafka-rate 1000] [--run SCENARIO:SEED] [--workdir DIR]
+        [--scenarios taskmanagers,jobmanagers,rescale,kafka]
 
 About a minute per round on a 2-core machine. Exit status 1 when any run was not exact.
 """
@@ -31,6 +34,7 @@ import common
 
 sys.path.insert(0, str(common.REPO))
 
+from tests import kafka
 from tests.chaos import suite
 from tests.etcd import Etcd, start_etcd
 
@@ -42,6 +46,7 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=30_000)
     parser.add_argument("--rate", type=float, default=3_000.0)
     parser.add_argument("--splits", type=int, default=4, help="0: the first parallelism")
+    parser.add_argument("--kafka-rate", type=float, default=1_000.0, help="kafka input/s")
     parser.add_argument("--scenarios", default=",".join(suite.SCENARIOS))
     parser.add_argument(
         "--run",
@@ -53,11 +58,22 @@ def main() -> int:
     a = parser.parse_args()
     seed = a.seed if a.seed is not None else random.randrange(2**31)
     scenarios = [s for s in a.scenarios.split(",") if s]
-    config = suite.Config(events=a.events, rate=a.rate, splits=a.splits or None)
+    config = suite.Config(
+        events=a.events, rate=a.rate, splits=a.splits or None, kafka_rate=a.kafka_rate
+    )
+    if kafka.tansu_binary() is None:
+        missing = "tansu is missing from .tools/bin (run scripts/tools.sh)"
+        if a.run is not None and a.run.startswith("kafka:"):
+            print(f"chaos: cannot run {a.run}: {missing}")
+            return 1
+        if "kafka" in scenarios:
+            print(f"chaos: skipping the kafka scenario: {missing}")
+            scenarios.remove("kafka")
     rounds = f"{a.runs} round(s) of {', '.join(scenarios)}" if a.run is None else f"run {a.run}"
     print(
         f"chaos: seed {seed}, {rounds};"
-        f" {a.events} events at {a.rate:.0f}/s, splits {a.splits or 'first parallelism'}",
+        f" {a.events} events at {a.rate:.0f}/s, splits {a.splits or 'first parallelism'}"
+        f" (kafka: at {a.kafka_rate:.0f}/s, 4 partitions)",
         flush=True,
     )
     root = Path(tempfile.mkdtemp(prefix="streamjob-chaos-", dir=a.workdir))

@@ -67,6 +67,11 @@ class Harness:
         assert isinstance(result, models.JobExceptions)
         return result
 
+    def taskmanagers(self) -> models.TaskManagerList:
+        result = self._call(lambda c: c.taskmanagers())
+        assert isinstance(result, models.TaskManagerList)
+        return result
+
     def cancel(self, job_id: str) -> None:
         self._call(lambda c: c.cancel(job_id))
 

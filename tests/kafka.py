@@ -12,12 +12,14 @@ transactions with transactional offsets and producer fencing work;
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,3 +187,86 @@ class Outage:
     def close(self) -> None:
         self.down()
         self.listener.close()
+
+
+def create_topics(t: Tansu) -> None:
+    """The topics of ``tests/jobs/kafka_count.py``: ``in`` (4 partitions) and ``out`` (3)."""
+    t.create_topic("in", 4)
+    t.create_topic("out", 3)
+
+
+def produce_input(
+    t: Tansu, events: int, keys: int, per_second: float | None = None
+) -> threading.Thread:
+    """Write the input of ``kafka_count``: record ``i`` is ``[i % keys, i]`` on partition
+    ``i % 4`` (``per_second``: at that pace, so the job keeps waiting for more and
+    checkpoints complete all along; None: all at once, returning when written); the
+    thread that does it, started. Its exact output: ``keyed_sum.expected(events, keys)``."""
+
+    def produce() -> None:
+        producer = ck.Producer({"bootstrap.servers": t.bootstrap_servers, "linger.ms": 5})
+        started = time.monotonic()
+        for i in range(events):
+            producer.produce("in", json.dumps([i % keys, i]).encode(), partition=i % 4)
+            if per_second is not None and i % 200 == 0:
+                producer.poll(0)
+                ahead = started + i / per_second - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)  # pacing the input, not waiting for a condition
+        assert producer.flush(30) == 0
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    if per_second is None:
+        thread.join()
+    return thread
+
+
+def committed_output(t: Tansu) -> tuple[Counter[tuple[int, int]], int]:
+    """The committed output of topic ``out`` (written with the sink's ``txn`` header), and
+    how many transactions more than one attempt wrote.
+
+    Tansu's ``read_committed`` does not hide aborted records, so this reader drops them
+    the way a broker would: a transaction is committed at most once (its commit
+    marker), and the copy a restore committed has a higher attempt than any aborted
+    copy before it, so the highest attempt's copy of each transaction is the committed
+    one. A transaction written by several attempts is thus either an aborted copy and
+    its commit, or a duplicate this reader hides: callers bound their number by the
+    commits their failures can have cut short."""
+    consumer = ck.Consumer(
+        {
+            "bootstrap.servers": t.bootstrap_servers,
+            "group.id": "checker",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+        }
+    )
+    parts = consumer.list_topics("out", timeout=30).topics["out"].partitions
+    tps = [ck.TopicPartition("out", p, ck.OFFSET_BEGINNING) for p in parts]
+    ends = {
+        p: consumer.get_watermark_offsets(ck.TopicPartition("out", p), timeout=30)[1] for p in parts
+    }
+    consumer.assign(tps)
+    copies: dict[tuple[str, int], dict[int, list[tuple[int, int]]]] = {}
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for m in consumer.consume(1000, 0.2):
+            if m.error() is not None:
+                continue
+            headers = m.headers()
+            assert isinstance(headers, list)
+            [stamp] = [value for name, value in headers if name == "txn"]
+            assert isinstance(stamp, bytes)
+            tid, cid, attempt = stamp.decode().rsplit(":", 2)
+            record = json.loads(m.value() or b"null")
+            copies.setdefault((tid, int(cid)), {}).setdefault(int(attempt), []).append(
+                (record[0], record[1])
+            )
+        positions = consumer.position([ck.TopicPartition("out", p) for p in parts])
+        if all(tp.offset >= ends[tp.partition] for tp in positions):
+            break
+    consumer.close()
+    out: Counter[tuple[int, int]] = Counter()
+    for by_attempt in copies.values():
+        out.update(by_attempt[max(by_attempt)])
+    return out, sum(1 for by_attempt in copies.values() if len(by_attempt) > 1)

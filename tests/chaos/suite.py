@@ -18,6 +18,11 @@ Scenarios (:data:`SCENARIOS`):
   order.
 - ``rescale``: a chain of stop-with-savepoint at ``p`` and restore at ``p'``
   (``chain`` parallelisms), the last job running to the end of its input.
+- ``kafka``: Kafka -> key_by -> rolling count -> Kafka with the exactly-once sink
+  (``tests/jobs/kafka_count.py``) on a fresh Tansu broker, its input produced at
+  ``kafka_rate``: a stop-with-savepoint at ``p`` and restore at ``p'`` (two parallelisms of
+  the chain), and 1-3 SIGKILLs of a TaskManager that runs the job, each in either job.
+  Checked by :func:`check_kafka` (needs Tansu in ``.tools/bin``: ``scripts/tools.sh``).
 
 The model (:func:`check`): window rows ``key window_start on_time late`` must hold each
 (key, window)'s on-time count exactly once; ``key n`` lines must be ``1..n_k`` once
@@ -30,6 +35,7 @@ failure-free run drops.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import random
@@ -45,13 +51,15 @@ import aiohttp
 from streamjob_runtime.api import client, models
 from streamjob_runtime.connectors import files
 from streamjob_runtime.local import LocalCluster
+from tests import kafka
 from tests.conftest import Harness
 from tests.etcd import Etcd
-from tests.jobs import chaos_window
+from tests.jobs import chaos_window, keyed_sum
 
 JOB = str(Path(chaos_window.__file__))
 LEASE_MS = (3_000, 2_000, 500)
-SCENARIOS = ("taskmanagers", "jobmanagers", "rescale")
+SCENARIOS = ("taskmanagers", "jobmanagers", "rescale", "kafka")
+KAFKA_KEYS = 13
 
 
 @dataclasses.dataclass
@@ -137,6 +145,26 @@ def _compare_rows(
             result.note(f"row {row}: not in the model")
 
 
+def check_kafka(got: Counter[tuple[int, int]], copied: int, events: int, restarts: int) -> Check:
+    """Compare the committed output of the Kafka scenario (``kafka.committed_output``: the
+    records and the number of transactions several attempts wrote) with its model: the
+    lines ``[k, 1] .. [k, n_k]`` once each.
+
+    The reader keeps the highest attempt's copy of a transaction, so a transaction
+    committed twice would not show as duplicated rows; the copies do. A failure cuts
+    short at most one commit (a TaskManager runs one sink subtask, which commits one
+    transaction at a time, and commits are not interrupted by cancellation), so copies
+    beyond the job restarts count as duplicated."""
+    result = Check()
+    want = keyed_sum.expected(events, KAFKA_KEYS)
+    result.rows_checked = sum(want.values())
+    _compare_rows(result, Counter(want), Counter(got))
+    if copied > restarts:
+        result.duplicated += copied - restarts
+        result.note(f"{copied} transactions written by several attempts; {restarts} restarts")
+    return result
+
+
 @dataclasses.dataclass
 class Run:
     """What one scenario run did, and its check."""
@@ -198,6 +226,7 @@ class Config:
     chain: tuple[int, ...] | None = None
     max_tm_kills: int = 3
     state_backend: str | None = None  # state.backend.type; None: the job's default
+    kafka_rate: float = 1_000.0  # the kafka scenario's input, records/s (it has no splits)
 
 
 def job_args(out: Path, config: Config) -> list[str]:
@@ -399,6 +428,67 @@ def run_rescale(workdir: Path, seed: int, config: Config) -> Run:
     return run
 
 
+def _kill_a_busy_taskmanager(h: Harness, rng: random.Random) -> None:
+    """SIGKILL a random TaskManager that runs a task (one slot each, some may be idle)."""
+    busy = {tm.pid for tm in h.taskmanagers().taskmanagers if tm.slots_free < tm.slots_total}
+    indexes = [i for i, tm in enumerate(h.cluster.tms) if tm is not None and tm.popen.pid in busy]
+    assert indexes, "no TaskManager runs a task"
+    h.cluster.kill_taskmanager(rng.choice(indexes))
+
+
+def run_kafka(workdir: Path, seed: int, config: Config) -> Run:
+    """Kafka -> keyed count -> Kafka: stop with a savepoint at p, restore at p', and
+    TaskManager kills in either job (see the module docstring)."""
+    rng = random.Random(seed)
+    chain = list(config.chain or [rng.choice(config.parallelisms) for _ in range(2)])[:2]
+    events = config.events - config.events % 4  # 4 partitions, each read to events / 4
+    run = Run("kafka", seed, events, chain)
+    kills = [rng.randrange(len(chain)) for _ in range(rng.randint(1, config.max_tm_kills))]
+    started = time.monotonic()
+    broker = contextlib.contextmanager(kafka.start_tansu)(workdir)
+    with broker as tansu, _cluster(workdir / "cluster", max(chain)) as cluster:
+        h = Harness(cluster)
+        kafka.create_topics(tansu)
+        args = [f"bootstrap={tansu.bootstrap_servers}", f"stop={events // 4}"]
+        savepoint: str | None = None
+        for i, p in enumerate(chain):
+            job = h.submit("kafka_count", args, parallelism=p, savepoint=savepoint)
+            attempt = 1
+            if i == 0:  # the input arrives while the jobs run (and fail, and rescale)
+                _running_again(h, job, 0)
+                kafka.produce_input(tansu, events, KAFKA_KEYS, config.kafka_rate)
+            for _ in range(kills.count(i)):
+                if rng.random() < 0.7:  # else: right after the restart, before a checkpoint
+                    _a_checkpoint_later(h, job)
+                time.sleep(rng.uniform(0.0, 1.0))
+                if h.job(job).state.terminal:
+                    break
+                _kill_a_busy_taskmanager(h, rng)
+                run.tm_kills += 1
+                attempt = _running_again(h, job, attempt)
+            if i == len(chain) - 1:
+                break
+            _a_checkpoint_later(h, job)
+            time.sleep(rng.uniform(0.2, 1.0))
+            if h.job(job).state.terminal:
+                break  # the input ended first: no rescale this run
+            info = h.wait_savepoint(job, h.stop(job))
+            assert info.status is models.SavepointStatus.COMPLETED, info.failure_cause
+            assert info.location is not None
+            savepoint = info.location
+            run.rescales += 1
+            stopped = h.wait_terminal(job, timeout_s=120)
+            assert stopped.state is models.JobStatus.FINISHED, stopped.failure_cause
+            run.restarts += stopped.restarts
+        details = h.wait_terminal(job, timeout_s=300)
+        assert details.state is models.JobStatus.FINISHED, details.failure_cause
+        run.restarts += details.restarts
+        got, copied = kafka.committed_output(tansu)
+        run.result = check_kafka(got, copied, events, run.restarts)
+    run.seconds = time.monotonic() - started
+    return run
+
+
 def run_one(
     scenario: str, workdir: Path, seed: int, config: Config, etcd: Callable[[], Etcd]
 ) -> Run:
@@ -409,13 +499,17 @@ def run_one(
         return run_jobmanagers(workdir, seed, config, etcd())
     if scenario == "rescale":
         return run_rescale(workdir, seed, config)
+    if scenario == "kafka":
+        return run_kafka(workdir, seed, config)
     raise ValueError(f"unknown scenario {scenario!r}: choose from {', '.join(SCENARIOS)}")
 
 
 def seeds(seed: int, runs: int) -> Iterator[tuple[int, str, int]]:
     """(run index, scenario, seed of that scenario run) for ``runs`` rounds of every
-    scenario, all derived from ``seed``."""
+    scenario, all derived from ``seed``. The ``kafka`` scenario's seeds come from a
+    stream of their own, so the others' are those they had before it existed."""
     rng = random.Random(seed)
+    kafka_rng = random.Random(f"kafka-{seed}")
     for i in range(runs):
         for scenario in SCENARIOS:
-            yield i, scenario, rng.randrange(2**31)
+            yield i, scenario, (kafka_rng if scenario == "kafka" else rng).randrange(2**31)

@@ -9,13 +9,16 @@ accepted.
 from __future__ import annotations
 
 import dataclasses
+import os
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from tests import kafka
 from tests.chaos import suite
 from tests.etcd import Etcd
-from tests.jobs import chaos_window
+from tests.jobs import chaos_window, keyed_sum
 
 QUICK = suite.Config(
     events=12_000, rate=3_000.0, parallelisms=(2,), chain=(2, 2, 2), max_tm_kills=2
@@ -51,6 +54,37 @@ def test_jobmanager_failover_and_a_stopped_leader_output_is_exact(
     print(run.line())
     assert run.result.exact, run.line()
     assert run.jm_kills + run.jm_stops >= 1  # the second only while the job still runs
+
+
+# 12,000 records at 800/s: the input lasts through a kill at 3, the rescale to 2 and a
+# kill there (seed 7 puts a kill in each job).
+KAFKA = dataclasses.replace(QUICK, kafka_rate=800.0, chain=(3, 2))
+
+
+def test_kafka_to_kafka_output_is_exact_after_kills_and_a_rescale(tmp_path: Path) -> None:
+    if kafka.tansu_binary() is None and not os.environ.get("STREAMJOB_REQUIRE_TOOLS"):
+        pytest.skip("tansu is missing (run scripts/tools.sh to fetch it into .tools/bin)")
+    run = suite.run_one("kafka", tmp_path, 7, KAFKA, no_etcd)
+    print(run.line())
+    assert run.result.exact, run.line()
+    # The second kill is skipped if a loaded machine is so slow that the input ends first.
+    assert run.rescales == 1, run.line()
+    assert run.tm_kills >= 1, run.line()  # the first comes before the rescale
+    assert run.result.rows_checked == 12_000
+
+
+def test_the_kafka_model_counts_lost_duplicated_wrong_rows_and_extra_copies() -> None:
+    """Lost, duplicated and unknown records each count, and so do transactions written by
+    more attempts than the restarts can explain (a transaction committed twice)."""
+    got = Counter(keyed_sum.expected(400, suite.KAFKA_KEYS))
+    del got[(0, 1)]  # lost
+    got[(1, 1)] += 1  # duplicated
+    got[(2, 999)] += 1  # wrong
+    result = suite.check_kafka(got, copied=3, events=400, restarts=1)
+    assert (result.lost, result.duplicated, result.wrong) == (1, 1 + 2, 1)
+    assert result.rows_checked == 400
+    exact = suite.check_kafka(Counter(keyed_sum.expected(400, 13)), 1, 400, 1)
+    assert exact.exact
 
 
 def test_the_model_counts_lost_duplicated_and_wrong_rows(tmp_path: Path) -> None:

@@ -13,20 +13,15 @@ short), enough to catch a restore that commits the restored transactions again.
 
 from __future__ import annotations
 
-import json
 import random
-import threading
-import time
-from collections import Counter
 from collections.abc import Callable
 
-import confluent_kafka as ck
 import pytest
 
 from streamjob_runtime.api import models
 from tests.conftest import Harness
 from tests.jobs import keyed_sum
-from tests.kafka import Tansu, tansu
+from tests.kafka import Tansu, committed_output, create_topics, produce_input, tansu
 
 __all__ = ["tansu"]
 
@@ -34,75 +29,6 @@ pytestmark = pytest.mark.timeout(180)
 
 EVENTS = 12_000
 KEYS = 13
-
-
-def create_topics(t: Tansu) -> None:
-    t.create_topic("in", 4)
-    t.create_topic("out", 3)
-
-
-def produce_input(t: Tansu, per_second: float | None = None) -> threading.Thread:
-    """Write the input (``per_second``: at that pace, so the job keeps waiting for more
-    and checkpoints complete all along); the thread that does it, started."""
-
-    def produce() -> None:
-        producer = ck.Producer({"bootstrap.servers": t.bootstrap_servers, "linger.ms": 5})
-        started = time.monotonic()
-        for i in range(EVENTS):
-            producer.produce("in", json.dumps([i % KEYS, i]).encode(), partition=i % 4)
-            if per_second is not None and i % 200 == 0:
-                producer.poll(0)
-                ahead = started + i / per_second - time.monotonic()
-                if ahead > 0:
-                    time.sleep(ahead)  # pacing the input, not waiting for a condition
-        assert producer.flush(30) == 0
-
-    thread = threading.Thread(target=produce, daemon=True)
-    thread.start()
-    if per_second is None:
-        thread.join()
-    return thread
-
-
-def committed_output(t: Tansu) -> tuple[Counter[tuple[int, int]], int]:
-    """The output of the highest attempt of each transaction, and how many had several."""
-    consumer = ck.Consumer(
-        {
-            "bootstrap.servers": t.bootstrap_servers,
-            "group.id": "checker",
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
-        }
-    )
-    parts = consumer.list_topics("out", timeout=30).topics["out"].partitions
-    tps = [ck.TopicPartition("out", p, ck.OFFSET_BEGINNING) for p in parts]
-    ends = {
-        p: consumer.get_watermark_offsets(ck.TopicPartition("out", p), timeout=30)[1] for p in parts
-    }
-    consumer.assign(tps)
-    copies: dict[tuple[str, int], dict[int, list[tuple[int, int]]]] = {}
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        for m in consumer.consume(1000, 0.2):
-            if m.error() is not None:
-                continue
-            headers = m.headers()
-            assert isinstance(headers, list)
-            [stamp] = [value for name, value in headers if name == "txn"]
-            assert isinstance(stamp, bytes)
-            tid, cid, attempt = stamp.decode().rsplit(":", 2)
-            record = json.loads(m.value() or b"null")
-            copies.setdefault((tid, int(cid)), {}).setdefault(int(attempt), []).append(
-                (record[0], record[1])
-            )
-        positions = consumer.position([ck.TopicPartition("out", p) for p in parts])
-        if all(tp.offset >= ends[tp.partition] for tp in positions):
-            break
-    consumer.close()
-    out: Counter[tuple[int, int]] = Counter()
-    for by_attempt in copies.values():
-        out.update(by_attempt[max(by_attempt)])
-    return out, sum(1 for by_attempt in copies.values() if len(by_attempt) > 1)
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -118,7 +44,7 @@ def test_kafka_to_kafka_count_is_exact_after_a_taskmanager_kill(
         parallelism=2,
     )
     h.wait_for("the job running", lambda: h.job(job).state is models.JobStatus.RUNNING)
-    feeder = produce_input(tansu, per_second=2_500)
+    feeder = produce_input(tansu, EVENTS, KEYS, per_second=2_500)
     # After a checkpoint, so that the restore has transactions to finish.
     h.wait_for("a completed checkpoint", lambda: h.checkpoints(job).counts.completed >= 1)
     threshold = int(EVENTS * rng.uniform(0.3, 0.7))
@@ -141,7 +67,7 @@ def test_kafka_to_kafka_count_is_exact_without_failures(
     cluster_factory: Callable[..., Harness], tansu: Tansu
 ) -> None:
     create_topics(tansu)
-    produce_input(tansu)
+    produce_input(tansu, EVENTS, KEYS)
     h = cluster_factory(taskmanagers=2)
     job = h.submit(
         "kafka_count",
@@ -161,7 +87,7 @@ def test_kafka_to_kafka_count_rescales_from_2_to_3_through_a_savepoint_exactly(
     args = [f"bootstrap={tansu.bootstrap_servers}", f"stop={EVENTS // 4}"]
     job = h.submit("kafka_count", args, parallelism=2)
     h.wait_for("the job running", lambda: h.job(job).state is models.JobStatus.RUNNING)
-    feeder = produce_input(tansu, per_second=2_500)
+    feeder = produce_input(tansu, EVENTS, KEYS, per_second=2_500)
     h.wait_for("a completed checkpoint", lambda: h.checkpoints(job).counts.completed >= 1)
     assert feeder.is_alive(), "the input was complete before the stop"
     info = h.wait_savepoint(job, h.stop(job))
