@@ -243,14 +243,22 @@ def committed_output(t: Tansu) -> tuple[Counter[tuple[int, int]], int]:
     )
     parts = consumer.list_topics("out", timeout=30).topics["out"].partitions
     tps = [ck.TopicPartition("out", p, ck.OFFSET_BEGINNING) for p in parts]
-    ends = {
-        p: consumer.get_watermark_offsets(ck.TopicPartition("out", p), timeout=30)[1] for p in parts
-    }
+
+    def watermark(partition: int) -> int:
+        high: int = consumer.get_watermark_offsets(
+            ck.TopicPartition("out", partition), timeout=30, cached=False
+        )[1]
+        return high
+
+    ends = {p: watermark(p) for p in parts}
     consumer.assign(tps)
     copies: dict[tuple[str, int], dict[int, list[tuple[int, int]]]] = {}
     deadline = time.monotonic() + 60
+    idle = 0  # consecutive empty polls
     while time.monotonic() < deadline:
-        for m in consumer.consume(1000, 0.2):
+        batch = consumer.consume(1000, 0.2)
+        idle = 0 if batch else idle + 1
+        for m in batch:
             if m.error() is not None:
                 continue
             headers = m.headers()
@@ -264,7 +272,12 @@ def committed_output(t: Tansu) -> tuple[Counter[tuple[int, int]], int]:
             )
         positions = consumer.position([ck.TopicPartition("out", p) for p in parts])
         if all(tp.offset >= ends[tp.partition] for tp in positions):
-            break
+            # Tansu's high watermark can lag its log end: done only once it stays put
+            # and polls come back empty, or the last records would be read as missing.
+            now = {p: watermark(p) for p in parts}
+            if now == ends and idle >= 5:
+                break
+            ends = now
     consumer.close()
     out: Counter[tuple[int, int]] = Counter()
     for by_attempt in copies.values():
