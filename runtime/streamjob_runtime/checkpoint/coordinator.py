@@ -76,6 +76,9 @@ class PendingCheckpoint:
     drain: bool = False
     failure: str | None = None
     acks: list[SubtaskAck] = field(default_factory=list)
+    # Its _metadata is being written and the HA metadata may already point at it: only
+    # the completion itself may abort it now (see _abort).
+    committing: bool = False
     done: asyncio.Future[store.CompletedCheckpoint | None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -259,6 +262,7 @@ class CheckpointCoordinator:
 
     async def _complete(self, pending: PendingCheckpoint) -> None:
         directory = pending.directory
+        pending.committing = True
         operators: dict[str, list[messages.StateHandle]] = {}
         for h in pending.handles:
             operators.setdefault(h.uid, []).append(h)
@@ -276,7 +280,9 @@ class CheckpointCoordinator:
         try:
             await asyncio.to_thread(metadata.write, directory, meta)
         except OSError as e:
-            await self._abort(pending.checkpoint_id, f"writing {directory}/_metadata failed: {e}")
+            await self._abort(
+                pending.checkpoint_id, f"writing {directory}/_metadata failed: {e}", force=True
+            )
             return
         duration_ms = (time.monotonic() - pending.started) * 1000
         completed = store.CompletedCheckpoint(
@@ -294,11 +300,13 @@ class CheckpointCoordinator:
             try:
                 await self.persistence.completed(completed)
             except services.FencedError as e:
-                await self._abort(pending.checkpoint_id, f"not the leader any more: {e}", False)
+                await self._abort(
+                    pending.checkpoint_id, f"not the leader any more: {e}", False, force=True
+                )
                 return
-        if pending.checkpoint_id not in self.pending:
-            return  # aborted while the metadata was written
-        del self.pending[pending.checkpoint_id]
+        # Never aborted meanwhile (a committing checkpoint is the completion's to abort):
+        # the HA metadata points at it now, so its files must stay.
+        self.pending.pop(pending.checkpoint_id, None)
         if pending.kind == "savepoint":
             self.store.add_savepoint(completed)
         else:
@@ -343,10 +351,26 @@ class CheckpointCoordinator:
             await self.gateway.notify_complete(pending.checkpoint_id)
         pending.done.set_result(completed)
 
-    async def _abort(self, checkpoint_id: int, reason: str, counts: bool = True) -> None:
-        pending = self.pending.pop(checkpoint_id, None)
+    async def _abort(
+        self, checkpoint_id: int, reason: str, counts: bool = True, force: bool = False
+    ) -> None:
+        """Abort a pending checkpoint and discard its files. One whose completion is
+        writing its metadata is left to that completion (``force`` is the completion's
+        own abort): once the HA metadata names it, deleting its files would leave a new
+        leader pointing at nothing."""
+        pending = self.pending.get(checkpoint_id)
         if pending is None:
             return
+        if pending.committing and not force:
+            logs.event(
+                log,
+                "checkpoint_abort_deferred",
+                job_id=self.job_id,
+                checkpoint_id=checkpoint_id,
+                reason=reason,
+            )
+            return
+        del self.pending[checkpoint_id]
         pending.failure = reason
         storage.discard_later(pending.directory)
         self.history.append(
