@@ -17,6 +17,7 @@ import shutil
 import signal
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -141,14 +142,15 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                         errors.append(m.text) if m.type == "error" and "401" not in m.text else None
                     ),
                 )
-                env = Env(cluster, job, page, artifacts, work)
-                # The token, as the prompt stores it (the proxy test below goes through the
-                # prompt itself): kept in the tab's session storage for the JobManager's origin.
-                env.open()
-                page.evaluate(
-                    "token => sessionStorage.setItem('streamjob.token', token)", cluster.token
+                # The token, as the prompt stores it, in the tab's session storage for the
+                # JobManager's origin before any of the page's scripts runs (the proxy test
+                # below, on another origin, goes through the prompt itself).
+                origin = "{0.scheme}://{0.netloc}".format(urllib.parse.urlsplit(cluster.rest_url))
+                page.add_init_script(
+                    f"if (location.origin === {json.dumps(origin)})"
+                    f" sessionStorage.setItem('streamjob.token', {json.dumps(cluster.token)});"
                 )
-                yield env
+                yield Env(cluster, job, page, artifacts, work)
                 assert errors == [], f"JavaScript errors in the page: {errors}"
             finally:
                 browser.close()
