@@ -33,6 +33,13 @@ class CheckpointConfig(msgspec.Struct, frozen=True):
     max_concurrent: int = 1
     tolerable_failures: int = 0
     retained: int = 1
+    # execution.checkpointing.unaligned: barriers overtake in-flight data, which is
+    # stored with the checkpoint (savepoints stay aligned).
+    unaligned: bool = False
+    # execution.checkpointing.aligned-checkpoint-timeout (ms, with unaligned): each
+    # checkpoint starts aligned and a task switches to unaligned once this long has
+    # passed since the trigger; 0 starts unaligned (Flink's default).
+    aligned_timeout_ms: int = 0
 
     @property
     def enabled(self) -> bool:
@@ -53,6 +60,25 @@ class CheckpointConfig(msgspec.Struct, frozen=True):
             raise ConfigError("tolerable checkpoint failures must be >= 0")
         if self.retained < 1:
             raise ConfigError("retained checkpoints must be >= 1")
+        if self.aligned_timeout_ms < 0:
+            raise ConfigError(
+                "execution.checkpointing.aligned-checkpoint-timeout must be >= 0 ms"
+                " (0: unaligned from the start)"
+            )
+        if self.unaligned and self.mode is not CheckpointingMode.EXACTLY_ONCE:
+            raise ConfigError(
+                "execution.checkpointing.unaligned: true needs execution.checkpointing.mode:"
+                " exactly-once (at-least-once checkpoints never align, so there is nothing"
+                " to unalign); drop one of the two"
+            )
+
+    def alignment_timeout_ms(self, savepoint: bool) -> int | None:
+        """How long a checkpoint's tasks align before switching to unaligned: None
+        (always aligned: unaligned checkpoints off, and every savepoint, as in Flink)
+        or milliseconds (0: unaligned from the start)."""
+        if not self.unaligned or savepoint:
+            return None
+        return self.aligned_timeout_ms
 
 
 class RestartStrategyKind(enum.StrEnum):
@@ -179,6 +205,12 @@ _OPTIONS: dict[str, tuple[str | None, str, type]] = {
         int,
     ),
     "state.checkpoints.num-retained": ("checkpointing", "retained", int),
+    "execution.checkpointing.unaligned": ("checkpointing", "unaligned", bool),
+    "execution.checkpointing.aligned-checkpoint-timeout": (
+        "checkpointing",
+        "aligned_timeout_ms",
+        int,
+    ),
     "state.backend.type": ("state_backend", "type", StateBackendType),
     "state.backend.rocksdb.localdir": ("state_backend", "local_dir", str),
     "execution.checkpointing.incremental": ("state_backend", "incremental", bool),

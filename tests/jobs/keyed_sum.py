@@ -15,8 +15,10 @@ sink_delay (seconds the sink sleeps per batch, a slow sink), slow_subtask (only
 that sink subtask is slow), source_parallelism, timeout and tolerable
 (checkpoint timeout in ms and tolerable failed checkpoints), sum_uid (the
 reduce's uid), backend (state.backend.type), localdir
-(state.backend.rocksdb.localdir) and incremental
-(execution.checkpointing.incremental).
+(state.backend.rocksdb.localdir), incremental
+(execution.checkpointing.incremental), unaligned and aligned_timeout
+(execution.checkpointing.unaligned and .aligned-checkpoint-timeout), capacity
+(execution.channel-capacity) and batch (execution.batch-size).
 """
 
 from __future__ import annotations
@@ -121,6 +123,10 @@ def build(env: StreamExecutionEnvironment) -> None:
         "state.backend.type": a.get("backend"),
         "state.backend.rocksdb.localdir": a.get("localdir"),
         "execution.checkpointing.incremental": a.get("incremental"),
+        "execution.checkpointing.unaligned": a.get("unaligned"),
+        "execution.checkpointing.aligned-checkpoint-timeout": a.get("aligned_timeout"),
+        "execution.channel-capacity": a.get("capacity"),
+        "execution.batch-size": a.get("batch"),
     }
     env.config = config.apply_options(env.config, {k: v for k, v in options.items() if v})
     if "restart" in a:

@@ -205,6 +205,10 @@ class SubtaskCheckpointStats(_Model):
     sync_ms: float
     async_ms: float
     alignment_ms: float
+    unaligned: bool = Field(False, description="This subtask took the checkpoint unaligned.")
+    persisted_data_bytes: int = Field(
+        0, description="In-flight data this subtask stored (channel state; part of bytes)."
+    )
 
 
 class CheckpointEntry(_Model):
@@ -215,6 +219,10 @@ class CheckpointEntry(_Model):
     duration_ms: float
     bytes: int
     alignment_ms: float
+    unaligned: bool = Field(False, description="Some subtask took the checkpoint unaligned.")
+    persisted_data_bytes: int = Field(
+        0, description="In-flight data stored with the checkpoint (channel state)."
+    )
     failure: str | None = None
     subtasks: list[SubtaskCheckpointStats] = Field(
         default_factory=list, description="The subtasks that acknowledged, in order of arrival."
@@ -247,6 +255,8 @@ class CheckpointConfigInfo(_Model):
     max_concurrent: int
     tolerable_failures: int
     retained: int
+    unaligned: bool = False
+    aligned_checkpoint_timeout_ms: int = 0
 
 
 class RestoreInfo(_Model):

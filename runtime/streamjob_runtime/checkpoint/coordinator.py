@@ -58,6 +58,8 @@ class SubtaskAck:
     sync_ms: float
     async_ms: float
     alignment_ms: float
+    unaligned: bool = False
+    channel_state_bytes: int = 0
 
 
 @dataclass
@@ -74,6 +76,8 @@ class PendingCheckpoint:
     directory: storage.Location = Path()
     stop: bool = False  # sources emit nothing after this barrier
     drain: bool = False
+    # None: aligned; else the checkpoint may go unaligned after that many ms (0: at once)
+    aligned_timeout_ms: int | None = None
     failure: str | None = None
     acks: list[SubtaskAck] = field(default_factory=list)
     # Its _metadata is being written and the HA metadata may already point at it: only
@@ -95,6 +99,14 @@ class CheckpointStats:
     failure: str | None = None
     kind: str = "checkpoint"
     acks: tuple[SubtaskAck, ...] = ()
+
+    @property
+    def unaligned(self) -> bool:
+        return any(a.unaligned for a in self.acks)
+
+    @property
+    def channel_state_bytes(self) -> int:
+        return sum(a.channel_state_bytes for a in self.acks)
 
 
 class CheckpointCoordinator:
@@ -204,6 +216,9 @@ class CheckpointCoordinator:
             directory=savepoint_dir or storage.checkpoint_dir(self.job_dir, checkpoint_id),
             stop=stop,
             drain=drain,
+            # The final checkpoint (all input ended, nothing in flight) and savepoints
+            # are aligned.
+            aligned_timeout_ms=self.cfg.alignment_timeout_ms(final or savepoint_dir is not None),
         )
         self.pending[checkpoint_id] = pending
         timeout = asyncio.create_task(self._expire(checkpoint_id))
@@ -245,6 +260,8 @@ class CheckpointCoordinator:
                 ack.sync_ms,
                 ack.async_ms,
                 ack.alignment_ms,
+                ack.unaligned,
+                ack.channel_state_bytes,
             )
         )
         pending.handles.extend(ack.handles)
@@ -334,6 +351,8 @@ class CheckpointCoordinator:
             duration_ms=round(duration_ms, 1),
             bytes=pending.bytes,
             alignment_ms=round(pending.alignment_ms, 1),
+            unaligned=any(a.unaligned for a in pending.acks),
+            channel_state_bytes=sum(a.channel_state_bytes for a in pending.acks),
             final=pending.final,
             directory=str(directory),
         )

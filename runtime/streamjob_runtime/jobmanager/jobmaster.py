@@ -125,8 +125,16 @@ class _Gateway:
             str(pending.directory) if pending.kind == "savepoint" else None,
             pending.stop,
             pending.drain,
+            pending.aligned_timeout_ms,
         )
-        for tm_id in m.source_taskmanagers():
+        # A checkpoint that may go unaligned reaches every task at once: the control
+        # message overtakes the data in flight (which the tasks store as channel state).
+        targets = (
+            m.source_taskmanagers()
+            if pending.aligned_timeout_ms is None
+            else m.attempt_taskmanagers()
+        )
+        for tm_id in targets:
             await m.rm.send(tm_id, msg)
 
     async def notify_complete(self, checkpoint_id: int) -> None:
@@ -731,6 +739,8 @@ class JobMaster:
                     duration_ms=h.duration_ms,
                     bytes=h.bytes,
                     alignment_ms=h.alignment_ms,
+                    unaligned=h.unaligned,
+                    persisted_data_bytes=h.channel_state_bytes,
                     failure=h.failure,
                     subtasks=[
                         models.SubtaskCheckpointStats(
@@ -741,6 +751,8 @@ class JobMaster:
                             sync_ms=round(a.sync_ms, 1),
                             async_ms=round(a.async_ms, 1),
                             alignment_ms=round(a.alignment_ms, 1),
+                            unaligned=a.unaligned,
+                            persisted_data_bytes=a.channel_state_bytes,
                         )
                         for a in h.acks
                     ],
@@ -756,6 +768,8 @@ class JobMaster:
                 max_concurrent=cfg.max_concurrent,
                 tolerable_failures=cfg.tolerable_failures,
                 retained=cfg.retained,
+                unaligned=cfg.unaligned,
+                aligned_checkpoint_timeout_ms=cfg.aligned_timeout_ms,
             ),
             latest_restored=self.latest_restore,
         )

@@ -68,6 +68,9 @@ class StateHandle(msgspec.Struct, frozen=True):
     key_group_end: int
     has_keyed: bool
     has_operator: bool
+    # The subtask's channel state (in-flight data of an unaligned checkpoint), under
+    # its chain's head operator; neither keyed nor operator state.
+    has_channel_state: bool = False
 
 
 class AcknowledgeCheckpoint(Message, frozen=True):
@@ -81,6 +84,8 @@ class AcknowledgeCheckpoint(Message, frozen=True):
     sync_ms: float
     async_ms: float
     alignment_ms: float
+    unaligned: bool = False  # the subtask took the checkpoint unaligned
+    channel_state_bytes: int = 0  # in-flight data persisted (part of ``bytes``)
 
 
 class DeclineCheckpoint(Message, frozen=True):
@@ -143,7 +148,10 @@ class TriggerCheckpoint(Message, frozen=True):
     """Sent to source tasks.  ``target``: the savepoint directory for state files
     (None: the job's checkpoint directory).  ``stop``: sources emit nothing after
     this barrier (stop- or cancel-with-savepoint); ``drain``: first advance event
-    time to the end, firing every window."""
+    time to the end, firing every window.  ``aligned_timeout_ms``: None for an
+    aligned checkpoint; otherwise the checkpoint may go unaligned (after that many
+    ms of alignment; 0: at once) and every task, not just the sources, receives
+    this message: it is the barrier that overtakes the in-flight data."""
 
     job_id: str
     attempt: int
@@ -152,6 +160,7 @@ class TriggerCheckpoint(Message, frozen=True):
     target: str | None = None
     stop: bool = False
     drain: bool = False
+    aligned_timeout_ms: int | None = None
 
 
 class NotifyCheckpointComplete(Message, frozen=True):

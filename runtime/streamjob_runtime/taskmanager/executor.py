@@ -31,7 +31,7 @@ from streamjob_runtime.ha import factory as ha_factory
 from streamjob_runtime.ha import services
 from streamjob_runtime.operators import base
 from streamjob_runtime.rpc import framing, messages
-from streamjob_runtime.taskmanager import network, task, wire
+from streamjob_runtime.taskmanager import channelstate, network, task, wire
 
 log = logging.getLogger(__name__)
 
@@ -334,7 +334,7 @@ class TaskExecutor:
             d = self._current(message.job_id, message.attempt)
             if d is not None:
                 for t in d.tasks.values():
-                    if t.is_source:
+                    if t.is_source or message.aligned_timeout_ms is not None:
                         t.trigger_checkpoint(message)
         elif isinstance(message, messages.NotifyCheckpointComplete):
             d = self._current(message.job_id, message.attempt)
@@ -434,6 +434,7 @@ class TaskExecutor:
                 checkpoint_dir=message.checkpoint_dir,
                 restore=message.restore,
                 report=self.send,
+                inputs=channelstate.input_edges(graph, vertex),
             )
         for t in d.tasks.values():
             d.runners.append(asyncio.create_task(t.run()))

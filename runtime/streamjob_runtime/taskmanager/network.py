@@ -4,14 +4,19 @@ Stream elements are tuples:
 
 * ``("b", values, timestamps)`` a batch of records (timestamps may be None)
 * ``("w", watermark)``
-* ``("c", checkpoint_id, timestamp, target)`` a checkpoint barrier (``target``: the
-  savepoint directory for state files, None for a checkpoint)
+* ``("c", checkpoint_id, timestamp, target, aligned_timeout_ms)`` a checkpoint barrier
+  (``target``: the savepoint directory for state files, None for a checkpoint;
+  ``aligned_timeout_ms``: None for an aligned checkpoint, see
+  :class:`streamjob_runtime.rpc.messages.TriggerCheckpoint`)
 * ``("e",)`` end of input of that channel (the channel stays open for barriers)
 
 Back-pressure: each input channel holds at most ``capacity`` elements.  A
 local writer awaits free space; a remote channel's reader stops reading its
 socket when the channel is full, so TCP flow control stalls the sender, whose
-``drain`` then blocks.  No queue on the path is unbounded.
+``drain`` then blocks.  No queue on the path is unbounded, except that a channel
+recording in-flight data for an unaligned checkpoint (:meth:`InputChannel.start_capture`)
+takes everything up to that checkpoint's barrier: what its upstream sent before
+the barrier, a bounded amount.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+from collections.abc import Callable
 from itertools import compress
 from operator import not_
 from typing import Any, Protocol
@@ -26,7 +32,7 @@ from typing import Any, Protocol
 from streamjob_runtime.graph import jobgraph, keygroups
 from streamjob_runtime.operators import base
 from streamjob_runtime.rpc import framing
-from streamjob_runtime.taskmanager import wire
+from streamjob_runtime.taskmanager import channelstate, wire
 
 Element = tuple[Any, ...]
 
@@ -44,15 +50,61 @@ class InputChannel:
         self.queue: collections.deque[Element] = collections.deque()
         self._not_full = asyncio.Event()
         self._not_full.set()
+        # Unaligned checkpoint ``capture_id`` is recording this channel's in-flight data.
+        self.capture: list[bytes] | None = None
+        self.capture_id = 0
 
     async def put(self, element: Element) -> None:
-        while len(self.queue) >= self.capacity:
-            self._not_full.clear()
-            started = time.monotonic()
-            await self._not_full.wait()
-            self.gate.backpressured_s += time.monotonic() - started
+        if self.capture is None:
+            while len(self.queue) >= self.capacity and self.capture is None:
+                self._not_full.clear()
+                started = time.monotonic()
+                await self._not_full.wait()
+                self.gate.backpressured_s += time.monotonic() - started
+        if self.capture is not None:  # also when a capture began while we waited for room
+            self._record(element)
         self.queue.append(element)
         self.gate.available.set()
+
+    def start_capture(self, checkpoint_id: int) -> tuple[list[bytes], bool] | None:
+        """Record the channel's in-flight data for unaligned checkpoint ``checkpoint_id``:
+        the data elements queued now and every one put until that checkpoint's barrier.
+
+        Returns (the recorded elements, whether the barrier was ``checkpoint_id``'s and
+        not a later one's) at once when the barrier is already queued; otherwise None,
+        and the gate's ``on_captured`` gets them when the barrier is put.  Meanwhile
+        the channel takes elements beyond its capacity, so the barrier is not stuck
+        behind the back-pressured data it follows.
+        """
+        captured: list[bytes] = []
+        for element in self.queue:
+            kind = element[0]
+            if kind == "c" and element[1] >= checkpoint_id:
+                return captured, element[1] == checkpoint_id
+            if kind == "b" or kind == "w":
+                captured.append(channelstate.encode_element(element))
+        self.capture = captured
+        self.capture_id = checkpoint_id
+        self._not_full.set()  # a put waiting for room goes ahead (and is recorded)
+        return None
+
+    def stop_capture(self) -> None:
+        """Forget a capture (its checkpoint was aborted); the capacity holds again."""
+        self.capture = None
+
+    def _record(self, element: Element) -> None:
+        captured = self.capture
+        assert captured is not None
+        kind = element[0]
+        if kind == "c":
+            if element[1] >= self.capture_id:
+                self.capture = None
+                if self.gate.on_captured is not None:
+                    self.gate.on_captured(
+                        self.index, self.capture_id, captured, element[1] == self.capture_id
+                    )
+        elif kind != "e":
+            captured.append(channelstate.encode_element(element))
 
     def pop(self) -> Element:
         element = self.queue.popleft()
@@ -70,11 +122,24 @@ class InputGate:
         self.blocked: set[int] = set()
         self.backpressured_s = 0.0
         self._next = 0
+        self._interrupted = False
+        # (channel, checkpoint id, recorded elements, whether it was that checkpoint's
+        # barrier): a channel's capture ended (see InputChannel.start_capture).
+        self.on_captured: Callable[[int, int, list[bytes], bool], None] | None = None
+
+    def interrupt(self) -> None:
+        """Make the current or next :meth:`next` return None at once (control work)."""
+        self._interrupted = True
+        self.available.set()
 
     async def next(self, timeout: float | None = None) -> tuple[int, Element] | None:  # noqa: ASYNC109
-        """The next element of an unblocked channel; None after ``timeout`` seconds idle."""
+        """The next element of an unblocked channel; None after ``timeout`` seconds idle
+        or after :meth:`interrupt`."""
         channels, n = self.channels, len(self.channels)
         while True:
+            if self._interrupted:
+                self._interrupted = False
+                return None
             for k in range(n):
                 i = (self._next + k) % n
                 ch = channels[i]

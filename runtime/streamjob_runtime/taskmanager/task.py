@@ -7,6 +7,18 @@ tasks align barriers across input channels (exactly-once: a channel that
 delivered the barrier is blocked until all have; at-least-once: nothing is
 blocked), snapshot, and forward the barrier.  A snapshot is serialised
 synchronously and written to checkpoint storage asynchronously.
+
+Unaligned checkpoints (``execution.checkpointing.unaligned``): the barrier that
+overtakes all in-flight data is the trigger message, which the JobManager sends
+to every task.  A task snapshots when it gets it (or at the checkpoint's first
+barrier, whichever comes first), forwards the barrier, and keeps processing; each
+input channel records what arrives until that channel's barrier does (the
+channel state, :mod:`channelstate`), taking data beyond its capacity meanwhile so
+the barrier is never stuck behind back-pressured records.  The records an
+upstream had queued in its outputs when it forwarded its barrier are thus stored
+by the downstream task, as its channel state.  With an aligned-checkpoint timeout
+the task aligns first and switches to unaligned once the timeout has passed since
+the trigger: the channels whose barrier came have no channel state.
 """
 
 from __future__ import annotations
@@ -19,6 +31,7 @@ import pickle
 import time
 import traceback
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +40,7 @@ from streamjob_runtime.graph import jobgraph, keygroups
 from streamjob_runtime.operators import base, source
 from streamjob_runtime.rpc import messages
 from streamjob_runtime.state import rocksdb, shared, storage
-from streamjob_runtime.taskmanager import network
+from streamjob_runtime.taskmanager import channelstate, network
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +49,21 @@ Report = Callable[[messages.Message], Awaitable[None]]
 
 class TaskCanceled(Exception):
     pass
+
+
+@dataclass
+class ChannelCapture:
+    """An unaligned checkpoint of this task whose channel state is still being recorded."""
+
+    checkpoint_id: int
+    waiting: set[int]  # channels whose barrier has not arrived
+    channels: dict[int, list[bytes]] = field(default_factory=dict)
+    failure: str | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def finish(self, failure: str | None = None) -> None:
+        self.failure = self.failure or failure
+        self.done.set()
 
 
 def _state_bytes(uid: str, snapshot: base.OperatorSnapshot) -> bytes:
@@ -141,6 +169,7 @@ class Task:
         checkpoint_dir: str,
         restore: messages.RestoreSpec | None,
         report: Report,
+        inputs: list[channelstate.InputEdge] | None = None,
     ) -> None:
         self.job_id = job_id
         self.attempt = attempt
@@ -152,6 +181,7 @@ class Task:
         self.checkpoint_dir = checkpoint_dir
         self.restore = restore
         self.report = report
+        self.inputs = inputs or []  # the gate's channels by input edge
         self.exactly_once = job_config.checkpointing.mode is config.CheckpointingMode.EXACTLY_ONCE
         self.records_in = 0
         self.busy_s = 0.0  # time in the operators, for the busy-time metric
@@ -171,6 +201,13 @@ class Task:
         self._watermarks: list[int] = []  # per channel: its last watermark below the end
         self._at_max: set[int] = set()  # channels that sent the end-of-input watermark
         self._watermark = base.MIN_WATERMARK
+        # unaligned checkpoints
+        self._capture: ChannelCapture | None = None
+        self._alignment_timeouts: list[int] = []  # checkpoints whose aligned phase is over
+        self._timeout_timers: dict[int, asyncio.TimerHandle] = {}
+        self._trigger_timestamps: dict[int, int] = {}
+        if gate is not None:
+            gate.on_captured = self._channel_captured
         self._build_chain()
 
     # -- setup ---------------------------------------------------------------------------
@@ -214,6 +251,7 @@ class Task:
                 for op, uid in zip(self.operators, self.uids, strict=True)
                 for h, _ in restored_files(restore, uid, op.ctx)
             }
+            | {h.file for h in self._channel_state_handles()}
         )
         blobs = await asyncio.gather(
             *(asyncio.to_thread(storage.read_bytes, directory / name) for name in names)
@@ -227,6 +265,56 @@ class Task:
                 restored = load_restored_state(self.restore, uid, op.ctx, prefetched)
             op.initialize_state(restored)
             op.open()
+        self._replay_channel_state(prefetched)
+
+    def _channel_state_handles(self) -> list[messages.StateHandle]:
+        if self.restore is None or self.gate is None:
+            return []
+        return channelstate.handles_to_read(
+            self.restore, self.uids[0], self.subtask, self.vertex.parallelism
+        )
+
+    def _replay_channel_state(self, prefetched: dict[str, bytes] | None) -> None:
+        """Put the restored in-flight data in front of the input channels' queues.
+
+        Network data may already be queued (upstream tasks start at once); the
+        restored data precedes it, as it preceded the upstream's barrier.
+        """
+        handles = self._channel_state_handles()
+        if not handles:
+            return
+        restore, gate = self.restore, self.gate
+        assert restore is not None
+        assert gate is not None
+        stored = []
+        for h in handles:
+            data = (prefetched or {}).get(h.file)
+            if data is None:
+                data = storage.read_bytes(storage.location(restore.directory) / h.file)
+            stored.append((h.subtask, channelstate.decode(data)))
+        try:
+            per_channel = channelstate.redistribute(
+                stored,
+                self.inputs,
+                self.subtask,
+                self.vertex.parallelism,
+                restore.operators[self.uids[0]][0],
+                self.config.max_parallelism,
+            )
+        except channelstate.ChannelStateError as e:
+            raise base.UnrecoverableError(str(e)) from None
+        replayed = 0
+        for channel, elements in per_channel.items():
+            gate.channels[channel].queue.extendleft(reversed(elements))
+            replayed += sum(len(e[1]) for e in elements if e[0] == "b")
+        gate.available.set()
+        logs.event(
+            log,
+            "channel_state_restored",
+            task=self.name,
+            checkpoint_id=restore.checkpoint_id,
+            records=replayed,
+        )
 
     @property
     def name(self) -> str:
@@ -235,8 +323,12 @@ class Task:
     # -- control from the TaskManager ----------------------------------------------------
 
     def trigger_checkpoint(self, trigger: messages.TriggerCheckpoint) -> None:
+        """Sources: take a checkpoint (emit its barrier).  Other tasks get this only for
+        a checkpoint that may go unaligned: it is the barrier that overtook the data."""
         self._triggers.append(trigger)
         self._wakeup.set()
+        if self.gate is not None:
+            self.gate.interrupt()
 
     def notify_checkpoint_complete(self, checkpoint_id: int) -> None:
         self._last_done = max(self._last_done, checkpoint_id)
@@ -253,8 +345,16 @@ class Task:
         self._last_done = max(self._last_done, checkpoint_id)
         if self._aligning == checkpoint_id:
             self._end_alignment()
+        capture = self._capture
+        if capture is not None and capture.checkpoint_id <= checkpoint_id:
+            self._drop_capture(f"checkpoint {checkpoint_id} was aborted")
+        timer = self._timeout_timers.pop(checkpoint_id, None)
+        if timer is not None:
+            timer.cancel()
 
     def close(self) -> None:
+        for timer in self._timeout_timers.values():
+            timer.cancel()
         for op in self.operators:
             with contextlib.suppress(Exception):
                 op.close()
@@ -309,7 +409,13 @@ class Task:
                     # Drain: event time jumps to the end, so every window fires before
                     # the savepoint barrier and its results are in the savepoint's commit.
                     head.output.emit_watermark(base.MAX_WATERMARK)
-                self._checkpoint(trigger.checkpoint_id, trigger.timestamp, 0.0, trigger.target)
+                self._checkpoint(
+                    trigger.checkpoint_id,
+                    trigger.timestamp,
+                    0.0,
+                    trigger.target,
+                    trigger.aligned_timeout_ms,
+                )
                 if trigger.stop:
                     self._stopped = True
             backoff: float | None = 0.0
@@ -366,6 +472,8 @@ class Task:
             for op in self.operators
         )
         while True:
+            if self._triggers or self._alignment_timeouts:
+                self._on_control()
             item = await gate.next(0.1 if timers else None)
             if item is not None:
                 channel, element = item
@@ -378,7 +486,13 @@ class Task:
                 elif kind == "w":
                     self._on_watermark(channel, element[1])
                 elif kind == "c":
-                    self._on_barrier(channel, element[1], element[2], element[3])
+                    self._on_barrier(
+                        channel,
+                        element[1],
+                        element[2],
+                        element[3],
+                        element[4] if len(element) > 4 else None,
+                    )
                 elif kind == "e":
                     self._ended_channels.add(channel)
                     self._advance_watermark()  # an ended channel no longer holds event time
@@ -426,7 +540,12 @@ class Task:
             self.head.process_watermark(low)
 
     def _on_barrier(
-        self, channel: int, checkpoint_id: int, timestamp: int, target: str | None
+        self,
+        channel: int,
+        checkpoint_id: int,
+        timestamp: int,
+        target: str | None,
+        aligned_timeout_ms: int | None = None,
     ) -> None:
         gate = self.gate
         assert gate is not None
@@ -467,7 +586,129 @@ class Task:
             alignment_s = time.monotonic() - self._align_started
             self._last_done = max(self._last_done, checkpoint_id)
             self._end_alignment()
-            self._checkpoint(checkpoint_id, timestamp, alignment_s, target)
+            self._checkpoint(checkpoint_id, timestamp, alignment_s, target, aligned_timeout_ms)
+        elif aligned_timeout_ms == 0:
+            # Its trigger message is late (or lost): this barrier overtakes the rest.
+            self._start_unaligned(checkpoint_id, timestamp)
+        elif aligned_timeout_ms is not None:
+            self._schedule_alignment_timeout(checkpoint_id, timestamp, aligned_timeout_ms)
+
+    # -- unaligned checkpoints -------------------------------------------------------------
+
+    def _on_control(self) -> None:
+        """Triggers of checkpoints that may go unaligned, and ended aligned phases."""
+        while self._triggers:
+            t = self._triggers.pop(0)
+            if t.aligned_timeout_ms is None or t.checkpoint_id <= self._last_done:
+                continue
+            if self._aligning is not None and self._aligning > t.checkpoint_id:
+                continue
+            if t.aligned_timeout_ms == 0:
+                self._start_unaligned(t.checkpoint_id, t.timestamp)
+            else:
+                self._schedule_alignment_timeout(t.checkpoint_id, t.timestamp, t.aligned_timeout_ms)
+        while self._alignment_timeouts:
+            checkpoint_id = self._alignment_timeouts.pop(0)
+            if checkpoint_id <= self._last_done:
+                continue  # aligned (or aborted) in time
+            if self._aligning is not None and self._aligning != checkpoint_id:
+                continue
+            logs.event(log, "alignment_timed_out", task=self.name, checkpoint_id=checkpoint_id)
+            self._start_unaligned(checkpoint_id, self._trigger_timestamps[checkpoint_id])
+
+    def _schedule_alignment_timeout(
+        self, checkpoint_id: int, timestamp: int, aligned_timeout_ms: int
+    ) -> None:
+        if checkpoint_id in self._timeout_timers:
+            return
+        # Measured from the trigger, as Flink's aligned-checkpoint-timeout.
+        delay = max(0.0, (timestamp + aligned_timeout_ms - logs.now_ms()) / 1000)
+        self._trigger_timestamps[checkpoint_id] = timestamp
+
+        def fire() -> None:
+            self._timeout_timers.pop(checkpoint_id, None)
+            self._alignment_timeouts.append(checkpoint_id)
+            if self.gate is not None:
+                self.gate.interrupt()
+
+        self._timeout_timers[checkpoint_id] = asyncio.get_running_loop().call_later(delay, fire)
+
+    def _start_unaligned(self, checkpoint_id: int, timestamp: int) -> None:
+        """Snapshot now, forward the barrier, record each channel's in-flight data.
+
+        Valid at any point before the task processed a record that followed the
+        checkpoint's barrier on its channel: in an alignment the channels whose
+        barrier came are blocked (their channel state is empty); every other
+        channel records from its queue's head to its barrier.
+        """
+        gate = self.gate
+        assert gate is not None
+        if self._capture is not None:
+            self._drop_capture(f"superseded by checkpoint {checkpoint_id}")
+        alignment_s = 0.0
+        arrived: set[int] = set()
+        if self._aligning is not None:
+            if self._aligning == checkpoint_id:
+                arrived = set(self._barriers)
+                alignment_s = time.monotonic() - self._align_started
+            else:  # an older alignment: superseded
+                self._last_done = max(self._last_done, self._aligning)
+            self._end_alignment()
+        self._last_done = max(self._last_done, checkpoint_id)
+        self._trigger_timestamps.pop(checkpoint_id, None)
+        timer = self._timeout_timers.pop(checkpoint_id, None)
+        if timer is not None:
+            timer.cancel()
+        capture = ChannelCapture(checkpoint_id, set())
+        for ch in gate.channels:
+            if ch.index in arrived:
+                continue
+            got = ch.start_capture(checkpoint_id)
+            if got is None:
+                capture.waiting.add(ch.index)
+                continue
+            capture.channels[ch.index] = got[0]
+            if not got[1]:
+                capture.failure = f"channel {ch.index} skipped checkpoint {checkpoint_id}"
+        if not capture.waiting:
+            capture.finish()
+        else:
+            self._capture = capture
+        logs.event(
+            log,
+            "unaligned_checkpoint_started",
+            logging.DEBUG,
+            task=self.name,
+            checkpoint_id=checkpoint_id,
+            waiting=len(capture.waiting),
+        )
+        self._checkpoint(checkpoint_id, timestamp, alignment_s, None, 0, capture)
+
+    def _channel_captured(
+        self, channel: int, checkpoint_id: int, data: list[bytes], complete: bool
+    ) -> None:
+        capture = self._capture
+        if capture is None or capture.checkpoint_id != checkpoint_id:
+            return
+        capture.channels[channel] = data
+        capture.waiting.discard(channel)
+        if not complete:
+            capture.failure = f"channel {channel} skipped checkpoint {checkpoint_id}"
+        if not capture.waiting:
+            self._capture = None
+            capture.finish()
+
+    def _drop_capture(self, reason: str) -> None:
+        capture = self._capture
+        assert capture is not None
+        self._capture = None
+        if self.gate is not None:
+            for ch in self.gate.channels:
+                if ch.capture is not None and ch.capture_id == capture.checkpoint_id:
+                    ch.stop_capture()
+        # The upload waiting for it declines (a decline of an aborted checkpoint is moot).
+        capture.finish(reason)
+        capture.channels.clear()
 
     def _end_alignment(self) -> None:
         self._aligning = None
@@ -477,9 +718,16 @@ class Task:
             self.gate.available.set()
 
     def _checkpoint(
-        self, checkpoint_id: int, timestamp: int, alignment_s: float, target: str | None
+        self,
+        checkpoint_id: int,
+        timestamp: int,
+        alignment_s: float,
+        target: str | None,
+        aligned_timeout_ms: int | None = None,
+        capture: ChannelCapture | None = None,
     ) -> None:
-        """Synchronous part: snapshot the chain, forward the barrier, start the upload."""
+        """Synchronous part: snapshot the chain, forward the barrier, start the upload
+        (which also waits for ``capture``, the channel state of an unaligned checkpoint)."""
         logs.event(
             log, "snapshot_started", logging.DEBUG, task=self.name, checkpoint_id=checkpoint_id
         )
@@ -497,7 +745,7 @@ class Task:
             snap = op.snapshot_state(checkpoint_id)
             if not snap.is_empty():
                 blobs.append((uid, _state_bytes(uid, snap), bool(snap.keyed), bool(snap.operator)))
-        self.output.broadcast(("c", checkpoint_id, timestamp, target))
+        self.output.broadcast(("c", checkpoint_id, timestamp, target, aligned_timeout_ms))
         sync_s = time.monotonic() - started
         logs.event(
             log,
@@ -509,7 +757,7 @@ class Task:
             bytes=sum(len(b[1]) for b in blobs),
         )
         upload = asyncio.get_running_loop().create_task(
-            self._upload(checkpoint_id, target, blobs, sync_s, alignment_s, incremental)
+            self._upload(checkpoint_id, target, blobs, sync_s, alignment_s, incremental, capture)
         )
         self._uploads.add(upload)
         upload.add_done_callback(self._uploads.discard)
@@ -522,7 +770,32 @@ class Task:
         sync_s: float,
         alignment_s: float,
         incremental: list[tuple[str, base.OperatorSnapshot]] | None = None,
+        capture: ChannelCapture | None = None,
     ) -> None:
+        channel_bytes = 0
+        channel_data: bytes | None = None
+        if capture is not None:
+            await capture.done.wait()
+            if capture.failure is not None:
+                await self.report(
+                    messages.DeclineCheckpoint(
+                        self.job_id,
+                        self.attempt,
+                        checkpoint_id,
+                        self.vertex.id,
+                        self.subtask,
+                        f"unaligned checkpoint: {capture.failure}",
+                    )
+                )
+                return
+            stored: list[channelstate.StoredChannel] = []
+            for channel, elements in sorted(capture.channels.items()):
+                if elements:
+                    edge, upstream_subtask = channelstate.channel_source(self.inputs, channel)
+                    stored.append((edge.upstream, upstream_subtask, edge.parallelism, elements))
+            if stored:
+                channel_data = channelstate.encode(stored)
+                channel_bytes = len(channel_data)
         started = time.monotonic()
         directory = (
             storage.location(target)
@@ -576,6 +849,30 @@ class Task:
                         uid, self.subtask, name, size, kg.start, kg.end, has_keyed, has_operator
                     )
                 )
+            if channel_data is not None:
+                # Under the chain's head (the operator the channels feed), neither keyed
+                # nor operator state: only the restore of this vertex reads it.
+                name = f"{self.uids[0]}-{self.subtask}{channelstate.SUFFIX}"
+                write = storage.write_unsynced
+                size = (
+                    await asyncio.to_thread(write, directory / name, channel_data)
+                    if remote
+                    else write(directory / name, channel_data)
+                )
+                paths.append(directory / name)
+                handles.append(
+                    messages.StateHandle(
+                        self.uids[0],
+                        self.subtask,
+                        name,
+                        size,
+                        kg.start,
+                        kg.end,
+                        False,
+                        False,
+                        has_channel_state=True,
+                    )
+                )
             logs.event(
                 log, "state_written", logging.DEBUG, task=self.name, checkpoint_id=checkpoint_id
             )
@@ -607,5 +904,7 @@ class Task:
                 sync_ms=sync_s * 1000,
                 async_ms=(time.monotonic() - started) * 1000,
                 alignment_ms=alignment_s * 1000,
+                unaligned=capture is not None,
+                channel_state_bytes=channel_bytes,
             )
         )
