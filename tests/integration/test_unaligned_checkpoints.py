@@ -17,6 +17,7 @@ from streamjob_runtime.checkpoint import metadata
 from streamjob_runtime.state import storage
 from tests.conftest import Harness
 from tests.integration.test_exactly_once_recovery import assert_exact
+from tests.integration.test_savepoints import stop_with_savepoint
 
 EVENTS = 20_000
 KEYS = 97
@@ -126,3 +127,62 @@ def test_restore_with_in_flight_data_at_another_parallelism_is_exact(
     assert details.state is models.JobStatus.FINISHED, details.failure_cause
     assert details.restored_from == checkpoint_id
     assert_exact(out, EVENTS)
+
+
+def aligned_checkpoints(h: Harness, job: str) -> list[models.CheckpointEntry]:
+    return [
+        c
+        for c in h.checkpoints(job).history
+        if c.status == "COMPLETED" and c.kind == "checkpoint" and not c.unaligned
+    ]
+
+
+def test_switching_between_aligned_and_unaligned_through_savepoints_is_exact(
+    cluster_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    h = cluster_factory(taskmanagers=3)
+    out = tmp_path / "out"
+    # Unaligned at parallelism 2; the savepoint taken by stop is aligned (no in-flight data).
+    first = h.submit("keyed_sum", args(out), parallelism=2)
+    h.wait_for(
+        "an unaligned checkpoint with in-flight data", lambda: bool(unaligned_with_data(h, first))
+    )
+    one = stop_with_savepoint(h, first)
+    assert channel_state_of(one) == 0
+    # Aligned at parallelism 3 from it, stopped again once it checkpointed aligned.
+    second = h.submit("keyed_sum", args(out, unaligned="false"), parallelism=3, savepoint=one)
+    h.wait_for("an aligned checkpoint", lambda: bool(aligned_checkpoints(h, second)))
+    assert not [c for c in h.checkpoints(second).history if c.unaligned]
+    two = stop_with_savepoint(h, second)
+    # Unaligned again, at parallelism 2, to the end.
+    third = h.submit("keyed_sum", args(out), parallelism=2, savepoint=two)
+    details = h.wait_terminal(third)
+    assert details.state is models.JobStatus.FINISHED, details.failure_cause
+    assert details.restored_from is not None
+    assert_exact(out, EVENTS)
+
+
+def test_aligned_checkpoint_timeout_switches_back_pressured_checkpoints_to_unaligned(
+    cluster_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    h = cluster_factory(taskmanagers=2)
+    out = tmp_path / "out"
+    job = h.submit("keyed_sum", args(out, aligned_timeout=40, retained=3), parallelism=2)
+    h.wait_for("a checkpoint that went unaligned", lambda: bool(unaligned_with_data(h, job)))
+    h.wait_for("a checkpoint with in-flight data", lambda: latest_has_channel_state(h, job))
+    h.cluster.kill_taskmanager(0)
+    details = h.wait_terminal(job)
+    assert details.state is models.JobStatus.FINISHED, details.failure_cause
+    assert details.restarts >= 1
+    assert_exact(out, EVENTS)
+
+
+def test_a_long_aligned_checkpoint_timeout_keeps_checkpoints_aligned(
+    cluster_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    h = cluster_factory(taskmanagers=2)
+    out = tmp_path / "out"
+    job = h.submit("keyed_sum", args(out, aligned_timeout=60_000), parallelism=2)
+    h.wait_for("two aligned checkpoints", lambda: len(aligned_checkpoints(h, job)) >= 2)
+    assert not [c for c in h.checkpoints(job).history if c.unaligned]
+    h.cancel(job)
