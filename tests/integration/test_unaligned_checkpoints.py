@@ -15,9 +15,13 @@ from pathlib import Path
 from streamjob_runtime.api import models
 from streamjob_runtime.checkpoint import metadata
 from streamjob_runtime.state import storage
+from streamjob_runtime.taskmanager import channelstate
 from tests.conftest import Harness
+from tests.integration import test_s3_storage
 from tests.integration.test_exactly_once_recovery import assert_exact
 from tests.integration.test_savepoints import stop_with_savepoint
+
+s3 = test_s3_storage.s3  # the fixture: moto's S3 server behind a proxy
 
 EVENTS = 20_000
 KEYS = 97
@@ -186,3 +190,18 @@ def test_a_long_aligned_checkpoint_timeout_keeps_checkpoints_aligned(
     h.wait_for("two aligned checkpoints", lambda: len(aligned_checkpoints(h, job)) >= 2)
     assert not [c for c in h.checkpoints(job).history if c.unaligned]
     h.cancel(job)
+
+
+def test_in_flight_data_on_s3_is_restored_exactly_after_a_kill(
+    s3: test_s3_storage.S3, cluster_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    h = cluster_factory(taskmanagers=2, checkpoint_dir=s3.url("checkpoints"))
+    out = tmp_path / "out"
+    job = h.submit("keyed_sum", args(out, retained=3, interval=400), parallelism=2)
+    h.wait_for("a checkpoint with in-flight data", lambda: latest_has_channel_state(h, job))
+    assert any(k.endswith(channelstate.SUFFIX) for k in s3.keys(f"checkpoints/{job}/"))
+    h.cluster.kill_taskmanager(1)
+    details = h.wait_terminal(job)
+    assert details.state is models.JobStatus.FINISHED, details.failure_cause
+    assert details.restarts >= 1
+    assert_exact(out, EVENTS)
