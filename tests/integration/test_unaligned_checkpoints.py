@@ -73,6 +73,13 @@ def test_back_pressured_job_takes_unaligned_checkpoints_with_in_flight_data(
     assert stored
     assert all(s.unaligned for s in stored)
     assert entry.persisted_data_bytes == sum(s.persisted_data_bytes for s in entry.subtasks)
+    body = h._call(lambda c: c.metrics())
+    assert isinstance(body, str)
+    assert f'streamjob_last_checkpoint_persisted_data_bytes{{job_id="{job}"}}' in body
+    assert f'streamjob_last_checkpoint_unaligned{{job_id="{job}"}}' in body
+    config = h.checkpoints(job).config
+    assert config is not None
+    assert config.unaligned
     details = h.wait_terminal(job)
     assert details.state is models.JobStatus.FINISHED, details.failure_cause
     assert details.restarts == 0

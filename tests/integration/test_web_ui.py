@@ -204,6 +204,10 @@ def test_a_completed_checkpoint_appears_in_the_history_within_its_interval(ui: E
     expect(newer.first).to_be_visible(timeout=budget_ms)
     elapsed = time.monotonic() - started
     expect(ui.testid("checkpoint-config")).to_contain_text("exactly-once")
+    expect(ui.testid("checkpoint-config")).to_contain_text("Unaligned")
+    # The job's checkpoints are aligned: the table says so, with no in-flight data.
+    expect(newer.first.locator("[data-testid=checkpoint-unaligned]")).to_have_text("aligned")
+    expect(newer.first.locator("[data-testid=checkpoint-persisted]")).to_have_text("0 B")
     expect(ui.testid("latest-completed")).to_contain_text("chk-")
     # Per-subtask state: open the row; every subtask acknowledged.
     newer.first.click()

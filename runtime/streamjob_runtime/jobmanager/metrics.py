@@ -55,6 +55,17 @@ class JobManagerCollector(Collector):
             "Barrier alignment time of the latest completed checkpoint",
             labels=["job_id"],
         )
+        persisted = GaugeMetricFamily(
+            "streamjob_last_checkpoint_persisted_data_bytes",
+            "In-flight data (channel state) stored by the latest completed checkpoint;"
+            " 0 when it was aligned",
+            labels=["job_id"],
+        )
+        unaligned = GaugeMetricFamily(
+            "streamjob_last_checkpoint_unaligned",
+            "1 when the latest completed checkpoint was unaligned (in some subtask)",
+            labels=["job_id"],
+        )
         records_in = CounterMetricFamily(
             "streamjob_records_in", "Records into a vertex", labels=["job_id", "vertex"]
         )
@@ -77,6 +88,12 @@ class JobManagerCollector(Collector):
                 duration.add_metric([job_id], latest.duration_ms / 1000)
                 size.add_metric([job_id], latest.bytes)
                 alignment.add_metric([job_id], latest.alignment_ms / 1000)
+            stats = next(
+                (h for h in reversed(job.coordinator.history) if h.status == "COMPLETED"), None
+            )
+            if stats is not None:
+                persisted.add_metric([job_id], stats.channel_state_bytes)
+                unaligned.add_metric([job_id], 1 if stats.unaligned else 0)
             for v in job.details().vertices:
                 records_in.add_metric([job_id, v.id], v.records_in)
                 records_out.add_metric([job_id, v.id], v.records_out)
@@ -90,6 +107,8 @@ class JobManagerCollector(Collector):
             duration,
             size,
             alignment,
+            persisted,
+            unaligned,
             records_in,
             records_out,
             backpressure,

@@ -484,19 +484,22 @@ function checkpointsTab(stats) {
     el("td", { class: "num" }, fmtDuration(h.duration_ms)),
     el("td", { class: "num" }, fmtBytes(h.bytes)),
     el("td", { class: "num" }, fmtDuration(h.alignment_ms)),
+    el("td", { "data-testid": "checkpoint-unaligned" }, h.unaligned ? "unaligned" : "aligned"),
+    el("td", { class: "num", "data-testid": "checkpoint-persisted" }, fmtBytes(h.persisted_data_bytes || 0)),
     el("td", { class: "num" }, h.subtasks.length),
     el("td", { class: "failure" }, h.failure || "")));
     if (open) {
-      rows.push(el("tr", { class: "detail" }, el("td", { colspan: 9 },
+      rows.push(el("tr", { class: "detail" }, el("td", { colspan: 11 },
         h.subtasks.length
           ? el("table", { "data-testid": "subtask-table" },
-            el("thead", {}, el("tr", {}, ["Vertex", "Subtask", "Acknowledged after", "State size", "Sync", "Async", "Alignment"]
+            el("thead", {}, el("tr", {}, ["Vertex", "Subtask", "Acknowledged after", "State size", "Sync", "Async", "Alignment", "In-flight data"]
               .map((x, i) => el("th", { class: i > 1 ? "num" : null }, x)))),
             el("tbody", {}, h.subtasks.slice().sort((a, b) => a.vertex.localeCompare(b.vertex) || a.subtask - b.subtask).map((s) => el("tr", {},
               el("td", {}, s.vertex), el("td", {}, s.subtask),
               el("td", { class: "num" }, fmtDuration(s.ack_ms)), el("td", { class: "num" }, fmtBytes(s.bytes)),
               el("td", { class: "num" }, fmtDuration(s.sync_ms)), el("td", { class: "num" }, fmtDuration(s.async_ms)),
-              el("td", { class: "num" }, fmtDuration(s.alignment_ms))))))
+              el("td", { class: "num" }, fmtDuration(s.alignment_ms)),
+              el("td", { class: "num" }, s.unaligned ? fmtBytes(s.persisted_data_bytes || 0) : "aligned")))))
           : el("div", { class: "muted" }, "No subtask acknowledged this checkpoint."))));
     }
   }
@@ -518,14 +521,15 @@ function checkpointsTab(stats) {
     el("h2", {}, "Durations"),
     durationChart(stats.history),
     el("h2", {}, "History"),
-    table([["Id", "num"], "Kind", "Status", "Triggered", ["Duration", "num"], ["Size", "num"], ["Alignment", "num"], ["Acks", "num"], "Failure"],
+    table([["Id", "num"], "Kind", "Status", "Triggered", ["Duration", "num"], ["Size", "num"], ["Alignment", "num"], "Barriers", ["In-flight data", "num"], ["Acks", "num"], "Failure"],
       rows, "checkpoint-history"),
     el("h2", {}, "Configuration"),
     el("div", { class: "panel" }, cfg ? kv([
       ["Checkpointing", cfg.enabled ? "enabled" : "disabled"], ["Mode", cfg.mode],
       ["Interval", fmtDuration(cfg.interval_ms)], ["Timeout", fmtDuration(cfg.timeout_ms)],
       ["Minimum pause", fmtDuration(cfg.min_pause_ms)], ["Max concurrent", cfg.max_concurrent],
-      ["Tolerable failures", cfg.tolerable_failures], ["Retained", cfg.retained]], "checkpoint-config")
+      ["Tolerable failures", cfg.tolerable_failures], ["Retained", cfg.retained],
+      ["Unaligned", cfg.unaligned ? (cfg.aligned_checkpoint_timeout_ms ? `after ${fmtDuration(cfg.aligned_checkpoint_timeout_ms)} aligned` : "yes") : "no"]], "checkpoint-config")
       : el("div", { class: "empty" }, "Not reported.")));
 }
 
