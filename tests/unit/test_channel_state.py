@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+import time
 from pathlib import Path
 
 import pytest
@@ -20,11 +21,18 @@ from tests.unit.test_barrier_alignment import running, until
 CAPACITY = 2
 
 
-def two_channel_task(tmp_path: Path, reports: list[messages.Message]) -> task.Task:
+def slow_str(value: object) -> str:
+    time.sleep(0.002)
+    return str(value)
+
+
+def two_channel_task(
+    tmp_path: Path, reports: list[messages.Message], capacity: int = CAPACITY, slow: bool = False
+) -> task.Task:
     """The map -> sink subtask of a job whose one source feeds it over two channels."""
     env = StreamExecutionEnvironment().set_parallelism(2)
     env.from_source(GeneratorSource(lambda i: i, 10)).set_parallelism(2).rebalance().map(
-        str
+        slow_str if slow else str
     ).sink_to(FileSink(str(tmp_path / "out")))
     graph = env.job_graph()
     vertex = graph.vertices[1]
@@ -38,7 +46,7 @@ def two_channel_task(tmp_path: Path, reports: list[messages.Message]) -> task.Ta
         vertex=vertex,
         subtask=0,
         job_config=config.JobConfig(parallelism=2),
-        gate=network.InputGate(2, CAPACITY),
+        gate=network.InputGate(2, capacity),
         writers=[],
         checkpoint_dir=str(tmp_path / "checkpoints"),
         restore=None,
@@ -163,6 +171,30 @@ def test_alignment_timeout_switches_to_unaligned_and_arrived_channels_store_noth
     assert ack.unaligned
     assert ack.alignment_ms >= 100
     assert stored(tmp_path, ack) == {1: [("b", ["in-flight"], None)]}
+
+
+def test_a_busy_task_takes_the_trigger_while_its_queue_is_full(tmp_path: Path) -> None:
+    # 30 batches of 5 slow records (2 ms each) are queued: the task must not hold the loop
+    # until they are done, or the trigger (a control message) would find an empty queue.
+    reports: list[messages.Message] = []
+    t = two_channel_task(tmp_path, reports, capacity=64, slow=True)
+    gate = t.gate
+    assert gate is not None
+
+    async def scenario() -> None:
+        for i in range(30):
+            await gate.channels[0].put(("b", [f"r{i}-{j}" for j in range(5)], None))
+        await until(lambda: t.records_in > 0, "processing to start")
+        t.trigger_checkpoint(trigger(1, 0))
+        await until(lambda: gate.channels[0].capture is not None, "the capture to start")
+        await gate.channels[0].put(("c", 1, 0, None, 0))
+        await gate.channels[1].put(("c", 1, 0, None, 0))
+        await until(lambda: bool(acks(reports)), "the acknowledgement")
+
+    asyncio.run(running(t, scenario))
+    (ack,) = acks(reports)
+    in_flight = stored(tmp_path, ack)[0]
+    assert len(in_flight) >= 20, f"only {len(in_flight)} of 30 batches were still queued"
 
 
 def test_an_aborted_unaligned_checkpoint_stops_recording_and_declines(tmp_path: Path) -> None:

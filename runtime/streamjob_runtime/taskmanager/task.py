@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 
 Report = Callable[[messages.Message], Awaitable[None]]
 
+# Operator time after which an input task lets the TaskManager's other work run.
+YIELD_AFTER_BUSY_S = 0.005
+
 
 class TaskCanceled(Exception):
     pass
@@ -471,9 +474,17 @@ class Task:
             type(op).on_processing_time is not base.StreamOperator.on_processing_time
             for op in self.operators
         )
+        busy_at_yield = 0.0
         while True:
             if self._triggers or self._alignment_timeouts:
                 self._on_control()
+            if self.busy_s - busy_at_yield > YIELD_AFTER_BUSY_S:
+                # With input queued and room in its outputs no await here suspends: the
+                # task would hold the TaskManager's loop, and its network readers, other
+                # tasks and control messages (checkpoint triggers, heartbeats) would wait
+                # until its queues ran dry.
+                busy_at_yield = self.busy_s
+                await asyncio.sleep(0)
             item = await gate.next(0.1 if timers else None)
             if item is not None:
                 channel, element = item
