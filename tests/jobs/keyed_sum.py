@@ -11,7 +11,8 @@ interval, restart (none|fixed:<attempts>:<ms>|rate:<max>:<interval ms>:<ms>),
 fail_at (event index whose map raises, on every attempt), fail_from (every
 event from that index on raises: a job that never gets past it), commit_delay
 (seconds the sink's pre-commit blocks, to hold checkpoints open), retained,
-sink_delay (seconds the sink sleeps per batch, a slow sink), slow_subtask (only
+sink_delay (seconds the sink sleeps per batch, a slow sink), sink_rate (records/s
+a sink subtask writes at most, another slow sink), slow_subtask (only
 that sink subtask is slow), source_parallelism, timeout and tolerable
 (checkpoint timeout in ms and tolerable failed checkpoints), sum_uid (the
 reduce's uid), backend (state.backend.type), localdir
@@ -49,14 +50,21 @@ def expected(events: int, keys: int) -> Counter[tuple[int, int]]:
 
 
 class SlowWriter(sink.SinkWriter):
-    def __init__(self, inner: sink.SinkWriter, commit_delay: float, batch_delay: float) -> None:
+    def __init__(
+        self,
+        inner: sink.SinkWriter,
+        commit_delay: float,
+        batch_delay: float,
+        record_delay: float = 0.0,
+    ) -> None:
         self.inner = inner
         self.commit_delay = commit_delay
         self.batch_delay = batch_delay
+        self.record_delay = record_delay
 
     def write(self, values: list[Any]) -> None:
-        if self.batch_delay:
-            time.sleep(self.batch_delay)
+        if self.batch_delay or self.record_delay:
+            time.sleep(self.batch_delay + self.record_delay * len(values))
         self.inner.write(values)
 
     def prepare_commit(self, checkpoint_id: int) -> list[Any]:
@@ -78,17 +86,26 @@ class SlowSink(sink.Sink):
     """The file sink, with a blocking pre-commit and/or a per-batch delay."""
 
     def __init__(
-        self, inner: FileSink, commit_delay: float, batch_delay: float, slow_subtask: int | None
+        self,
+        inner: FileSink,
+        commit_delay: float,
+        batch_delay: float,
+        slow_subtask: int | None,
+        record_delay: float = 0.0,
     ) -> None:
         self.inner = inner
         self.commit_delay = commit_delay
         self.batch_delay = batch_delay
         self.slow_subtask = slow_subtask
+        self.record_delay = record_delay
 
     def create_writer(self, ctx: base.OperatorContext) -> sink.SinkWriter:
         slow = self.slow_subtask is None or ctx.subtask_index == self.slow_subtask
         return SlowWriter(
-            self.inner.create_writer(ctx), self.commit_delay, self.batch_delay if slow else 0.0
+            self.inner.create_writer(ctx),
+            self.commit_delay,
+            self.batch_delay if slow else 0.0,
+            self.record_delay if slow else 0.0,
         )
 
 
@@ -146,6 +163,7 @@ def build(env: StreamExecutionEnvironment) -> None:
         float(a.get("commit_delay", "0")),
         float(a.get("sink_delay", "0")),
         int(a["slow_subtask"]) if "slow_subtask" in a else None,
+        1 / float(a["sink_rate"]) if "sink_rate" in a else 0.0,
     )
     source_parallelism = int(a.get("source_parallelism", "0")) or None
     (

@@ -79,3 +79,35 @@ def test_heartbeat_timeout_must_exceed_the_interval() -> None:
         config.ClusterConfig(
             "/tmp/x", heartbeat_interval_ms=5_000, heartbeat_timeout_ms=5_000
         ).validate()
+
+
+def test_unaligned_checkpoint_options_and_what_they_mean_per_checkpoint() -> None:
+    c = config.apply_options(
+        config.JobConfig(),
+        {
+            "execution.checkpointing.unaligned": "true",
+            "execution.checkpointing.aligned-checkpoint-timeout": "250",
+        },
+    )
+    c.validate()
+    assert c.checkpointing.unaligned
+    assert c.checkpointing.alignment_timeout_ms(savepoint=False) == 250
+    assert c.checkpointing.alignment_timeout_ms(savepoint=True) is None  # always aligned
+    assert config.CheckpointConfig().alignment_timeout_ms(savepoint=False) is None
+
+
+@pytest.mark.parametrize(
+    ("checkpointing", "message"),
+    [
+        (
+            config.CheckpointConfig(unaligned=True, mode=config.CheckpointingMode.AT_LEAST_ONCE),
+            "needs execution.checkpointing.mode: exactly-once",
+        ),
+        (config.CheckpointConfig(aligned_timeout_ms=-1), "aligned-checkpoint-timeout must be"),
+    ],
+)
+def test_bad_unaligned_settings_are_refused_with_a_reason(
+    checkpointing: config.CheckpointConfig, message: str
+) -> None:
+    with pytest.raises(config.ConfigError, match=message):
+        config.JobConfig(checkpointing=checkpointing).validate()
