@@ -351,6 +351,7 @@ class Task:
         capture = self._capture
         if capture is not None and capture.checkpoint_id <= checkpoint_id:
             self._drop_capture(f"checkpoint {checkpoint_id} was aborted")
+        self._trigger_timestamps.pop(checkpoint_id, None)
         timer = self._timeout_timers.pop(checkpoint_id, None)
         if timer is not None:
             timer.cancel()
@@ -620,12 +621,13 @@ class Task:
                 self._schedule_alignment_timeout(t.checkpoint_id, t.timestamp, t.aligned_timeout_ms)
         while self._alignment_timeouts:
             checkpoint_id = self._alignment_timeouts.pop(0)
-            if checkpoint_id <= self._last_done:
+            timestamp = self._trigger_timestamps.pop(checkpoint_id, None)
+            if checkpoint_id <= self._last_done or timestamp is None:
                 continue  # aligned (or aborted) in time
             if self._aligning is not None and self._aligning != checkpoint_id:
                 continue
             logs.event(log, "alignment_timed_out", task=self.name, checkpoint_id=checkpoint_id)
-            self._start_unaligned(checkpoint_id, self._trigger_timestamps[checkpoint_id])
+            self._start_unaligned(checkpoint_id, timestamp)
 
     def _schedule_alignment_timeout(
         self, checkpoint_id: int, timestamp: int, aligned_timeout_ms: int
