@@ -1,12 +1,13 @@
-"""Run every benchmark: throughput, TLS cost, recovery, savepoints, failover, operator reconcile,
-chaos, Kafka.
+"""Run every benchmark: throughput, TLS cost, recovery, unaligned checkpoints, savepoints,
+failover, operator reconcile, chaos, Kafka.
 
     uv run python bench/run_all.py [--quick] [--repeat N] [--wait-idle CORES]
 
 ``--quick`` runs 2,000,000 events instead of 10,000,000, 2 kills per
 recovery configuration instead of 3, and the operator benchmark with 100
-StreamJobs only instead of 100 and 1,000, and one chaos round instead of 3.  On a
-shared machine, ``--repeat 3`` reports medians and ``--wait-idle 0.3``
+StreamJobs only instead of 100 and 1,000, one chaos round instead of 3, and one
+round of the unaligned checkpoint benchmark at one channel capacity instead of two at two.
+On a shared machine, ``--repeat 3`` reports medians and ``--wait-idle 0.3``
 starts each throughput run only once other processes use at most 0.3 cores.
 """
 
@@ -46,6 +47,8 @@ def main() -> None:
     ok = run("keyed_count.py", ["--events", events, "--repeat", str(a.repeat), *idle])
     ok = run("tls.py", ["--events", events, "--repeat", str(max(a.repeat, 3))]) and ok
     ok = run("recovery.py", ["--kills", kills]) and ok
+    quick_unaligned = ["--runs", "1", "--capacities", "64", "--seconds", "10"]
+    ok = run("unaligned.py", quick_unaligned if a.quick else []) and ok
     ok = run("savepoints.py", ["--quick"] if a.quick else []) and ok
     ok = run("state_backends.py", ["--checkpoints", "3"] if a.quick else []) and ok
     ok = run("failover.py", ["--quick"] if a.quick else []) and ok
