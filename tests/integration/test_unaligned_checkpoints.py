@@ -86,11 +86,15 @@ def test_back_pressured_job_takes_unaligned_checkpoints_with_in_flight_data(
     assert_exact(out, EVENTS)
 
 
-def channel_state_of(directory: str) -> int:
-    """Bytes of channel state the checkpoint or savepoint at ``directory`` holds."""
+def channel_state_of(directory: str, uid: str | None = None) -> int:
+    """Bytes of channel state the checkpoint or savepoint at ``directory`` holds (for the
+    task headed by operator ``uid``)."""
     meta = metadata.read(storage.location(directory))
     return sum(
-        hd.size for op in meta.operators.values() for hd in op.handles if hd.has_channel_state
+        hd.size
+        for name, op in meta.operators.items()
+        for hd in op.handles
+        if hd.has_channel_state and uid in (None, name)
     )
 
 
@@ -116,10 +120,19 @@ def test_killed_taskmanager_under_back_pressure_resumes_exactly_from_in_flight_d
 def test_restore_with_in_flight_data_at_another_parallelism_is_exact(
     cluster_factory: Callable[..., Harness], tmp_path: Path
 ) -> None:
+    # A rebalance edge feeds the map, a keyed edge the sum (and the slow sink behind it):
+    # both tasks store in-flight data, redistributed by rule and by key group.
     first = cluster_factory(taskmanagers=2)
     out = tmp_path / "out"
-    job = first.submit("keyed_sum", args(out, retained=3), parallelism=2)
-    first.wait_for("a checkpoint with in-flight data", lambda: latest_has_channel_state(first, job))
+    job = first.submit("keyed_sum", args(out, retained=3, rebalance="true"), parallelism=2)
+
+    def both_stored() -> bool:
+        latest = first.checkpoints(job).latest_completed
+        return latest is not None and all(
+            channel_state_of(latest.path, uid) > 0 for uid in ("check", "sum")
+        )
+
+    first.wait_for("a checkpoint with in-flight data into both tasks", both_stored)
     first.cluster.kill_jobmanager(0)  # no HA: the job is gone, its checkpoints stay
     first.cluster.stop()
     assert first.cluster.checkpoint_dir is not None
@@ -127,13 +140,15 @@ def test_restore_with_in_flight_data_at_another_parallelism_is_exact(
     with_data = sorted(
         (int(m.parent.name[4:]), m.parent)
         for m in job_dir.glob("chk-*/_metadata")
-        if channel_state_of(str(m.parent)) > 0
+        if all(channel_state_of(str(m.parent), uid) > 0 for uid in ("check", "sum"))
     )
-    assert with_data, "no retained checkpoint holds in-flight data"
+    assert with_data, "no retained checkpoint holds in-flight data into both tasks"
     checkpoint_id, directory = with_data[-1]
 
     second = cluster_factory(taskmanagers=3)
-    restored = second.submit("keyed_sum", args(out), parallelism=3, savepoint=str(directory))
+    restored = second.submit(
+        "keyed_sum", args(out, rebalance="true"), parallelism=3, savepoint=str(directory)
+    )
     details = second.wait_terminal(restored)
     assert details.state is models.JobStatus.FINISHED, details.failure_cause
     assert details.restored_from == checkpoint_id

@@ -19,7 +19,8 @@ reduce's uid), backend (state.backend.type), localdir
 (state.backend.rocksdb.localdir), incremental
 (execution.checkpointing.incremental), unaligned and aligned_timeout
 (execution.checkpointing.unaligned and .aligned-checkpoint-timeout), capacity
-(execution.channel-capacity) and batch (execution.batch-size).
+(execution.channel-capacity), batch (execution.batch-size) and rebalance (true: a
+rebalance edge between the source and the map).
 """
 
 from __future__ import annotations
@@ -166,7 +167,7 @@ def build(env: StreamExecutionEnvironment) -> None:
         1 / float(a["sink_rate"]) if "sink_rate" in a else 0.0,
     )
     source_parallelism = int(a.get("source_parallelism", "0")) or None
-    (
+    numbers = (
         env.from_source(
             GeneratorSource(
                 lambda i: (i % keys, i), count=events if events >= 0 else None, rate=rate
@@ -175,7 +176,11 @@ def build(env: StreamExecutionEnvironment) -> None:
         )
         .uid("numbers")
         .set_parallelism(source_parallelism or env.parallelism)
-        .map(check)
+    )
+    if a.get("rebalance") == "true":
+        numbers = numbers.rebalance()  # the map becomes a task of its own, fed round-robin
+    (
+        numbers.map(check)
         .uid("check")
         .set_parallelism(source_parallelism or env.parallelism)
         .key_by(lambda e: e[0])
