@@ -71,6 +71,12 @@ class CheckpointConfig(msgspec.Struct, frozen=True):
                 " exactly-once (at-least-once checkpoints never align, so there is nothing"
                 " to unalign); drop one of the two"
             )
+        if self.unaligned and self.max_concurrent > 1:
+            raise ConfigError(
+                "execution.checkpointing.unaligned: true needs"
+                " execution.checkpointing.max-concurrent-checkpoints: 1 (as in Flink, unaligned"
+                " checkpoints do not run concurrently); set it to 1"
+            )
 
     def alignment_timeout_ms(self, savepoint: bool) -> int | None:
         """How long a checkpoint's tasks align before switching to unaligned: None

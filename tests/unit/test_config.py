@@ -104,6 +104,10 @@ def test_unaligned_checkpoint_options_and_what_they_mean_per_checkpoint() -> Non
             "needs execution.checkpointing.mode: exactly-once",
         ),
         (config.CheckpointConfig(aligned_timeout_ms=-1), "aligned-checkpoint-timeout must be"),
+        (
+            config.CheckpointConfig(unaligned=True, max_concurrent=2),
+            "needs execution.checkpointing.max-concurrent-checkpoints: 1",
+        ),
     ],
 )
 def test_bad_unaligned_settings_are_refused_with_a_reason(
