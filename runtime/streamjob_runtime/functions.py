@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from streamjob_runtime.state import ttl as ttl_module
 from streamjob_runtime.state import views
 
 IN = TypeVar("IN")
@@ -81,19 +82,28 @@ class KeyedContext:
         self._backend = backend
         self.timer_service = timers
         self.timestamp: int | None = None
+        # The processing-time clock of state TTL (replaceable in tests).
+        self.clock: ttl_module.Clock = ttl_module.processing_time
 
     @property
     def current_key(self) -> Any:
         return self._backend.current_key
 
-    def value_state(self, name: str, default: Any = None) -> views.ValueState[Any]:
-        return views.ValueState(self._backend, name, default)
+    def value_state(
+        self, name: str, default: Any = None, ttl: ttl_module.StateTtlConfig | None = None
+    ) -> views.ValueState[Any]:
+        """The value state ``name``; ``ttl`` gives its entries a time-to-live."""
+        return views.ValueState(self._backend, name, default, ttl, self.clock)
 
-    def list_state(self, name: str) -> views.ListState[Any]:
-        return views.ListState(self._backend, name)
+    def list_state(
+        self, name: str, ttl: ttl_module.StateTtlConfig | None = None
+    ) -> views.ListState[Any]:
+        return views.ListState(self._backend, name, ttl, self.clock)
 
-    def map_state(self, name: str) -> views.MapState[Any, Any]:
-        return views.MapState(self._backend, name)
+    def map_state(
+        self, name: str, ttl: ttl_module.StateTtlConfig | None = None
+    ) -> views.MapState[Any, Any]:
+        return views.MapState(self._backend, name, ttl, self.clock)
 
 
 class KeyedProcessFunction(abc.ABC):

@@ -154,3 +154,38 @@ class _Drop:
 
     def emit_watermark(self, watermark: int) -> None:
         pass
+
+
+def test_a_restore_at_the_same_parallelism_links_the_files_and_reads_no_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpoint's SST files become the new DB (hard links), and stay uploaded."""
+    state = rocksdb.RocksDBKeyedStateBackend(
+        tmp_path / "local", "a", lambda k: keygroups.key_group(k, MAXP), key_groups=(0, MAXP - 1)
+    )
+    job_dir = tmp_path / "job"
+    for k in range(5_000):
+        state.table("counts")[k] = k
+        state.map_table("maps").put(k % 10, k, str(k))
+    first = checkpoint(state, job_dir, 1)
+    assert first.key_groups == (0, MAXP - 1)
+    expected = state.snapshot()
+    state.close()
+
+    def no_scan(*args: Any) -> Any:
+        raise AssertionError("restored entry by entry")
+
+    monkeypatch.setattr(rocksdb, "_scan_checkpoint", no_scan)
+    again = rocksdb.RocksDBKeyedStateBackend(
+        tmp_path / "local", "b", lambda k: keygroups.key_group(k, MAXP), key_groups=(0, MAXP - 1)
+    )
+    again.restore_incremental(first, job_dir, 0, MAXP - 1)
+    assert again.snapshot() == expected
+    for name, relative in first.shared.items():
+        assert (again.path / name).stat().st_ino == (job_dir / "shared" / relative).stat().st_ino
+    again.table("counts")[1] = -1
+    second = checkpoint(again, job_dir, 2)
+    assert set(first.shared.values()) <= set(second.shared.values())
+    assert second.uploaded_bytes < first.uploaded_bytes / 5, "restored files uploaded again"
+    again.close()
+    assert all((job_dir / "shared" / p).exists() for p in first.shared.values())

@@ -84,6 +84,8 @@ def create_backend(ctx: base.OperatorContext) -> views.KeyedStateBackend:
             settings.local_dir or tempfile.gettempdir(),
             f"{ctx.job_id}-{ctx.uid}-{ctx.subtask_index}-a{ctx.attempt}",
             functools.partial(keygroups.key_group, max_parallelism=ctx.max_parallelism),
+            settings,
+            (ctx.key_group_range.start, ctx.key_group_range.end),
         )
     return heap.KeyedStateBackend()
 
