@@ -223,6 +223,11 @@ class RocksMapTable:
         data = self._family.get(self._prefix(key) + serialize(map_key))
         return None if data is None else deserialize(data)
 
+    def lookup(self, key: Any, map_key: Any, default: Any, /) -> Any:
+        """The stored value, ``default`` if there is none (a stored ``None`` is a value)."""
+        data = self._family.get(self._prefix(key) + serialize(map_key))
+        return default if data is None else deserialize(data)
+
     def contains(self, key: Any, map_key: Any, /) -> bool:
         return self._family.get(self._prefix(key) + serialize(map_key)) is not None
 
@@ -250,6 +255,12 @@ class RocksMapTable:
 
     def is_empty(self, key: Any, /) -> bool:
         return next(self._raw_entries(self._prefix(key)), None) is None
+
+    def all_keys(self) -> Iterator[tuple[Any, Any]]:
+        """Every (record key, map key), reading no value."""
+        for k in self._family.keys():  # noqa: SIM118 - an Rdict, not a dict
+            record, map_key = _split_map_key(cast(bytes, k))
+            yield deserialize(record), deserialize(map_key)
 
     def items(self) -> Iterator[tuple[Any, views.MapValue]]:
         """(record key, its whole map) pairs in key-group order, from a point-in-time view."""
