@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -203,3 +204,40 @@ def test_rocksdb_state_five_times_the_memory_bound_runs_exactly_with_bounded_rss
     assert state_bytes >= 5 * MEMORY_BOUND, f"state is {state_bytes / 2**20:.1f} MiB"
     lines = sorted(files.read_committed_lines(str(out)))
     assert lines == sorted(f"{k} 1" for k in range(keys))
+
+
+def _restores(h: Harness) -> list[str]:
+    """The ``source`` of every keyed-state restore of a RocksDB DB the TaskManagers logged."""
+    return [
+        event["source"]
+        for line in h.cluster.logs().splitlines()
+        if '"state_restored"' in line
+        for event in [json.loads(line)]
+    ]
+
+
+def test_local_recovery_restores_a_failed_task_from_the_taskmanagers_copy(
+    cluster_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    """A task failure (the TaskManagers survive) restores the reduce's DBs from local copies."""
+    h = cluster_factory(taskmanagers=2)
+    out, localdir = tmp_path / "out", tmp_path / "rocks"
+    job = h.submit(
+        "keyed_sum",
+        args(
+            out,
+            backend="rocksdb",
+            localdir=localdir,
+            local_recovery="true",
+            fail_once=f"{EVENTS // 2}:{tmp_path / 'failed-once'}",
+        ),
+        parallelism=2,
+    )
+    details = h.wait_terminal(job)
+    assert details.state is models.JobStatus.FINISHED, details.failure_cause
+    assert details.restarts == 1
+    assert_exact(out)
+    restores = _restores(h)
+    assert restores == ["local", "local"], restores  # both reduce subtasks, no download
+    # The job finished: its local copies are gone.
+    assert not [p for p in (localdir / "streamjob-localstate").rglob("chk-*")]

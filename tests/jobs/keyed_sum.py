@@ -15,12 +15,15 @@ sink_delay (seconds the sink sleeps per batch, a slow sink), slow_subtask (only
 that sink subtask is slow), source_parallelism, timeout and tolerable
 (checkpoint timeout in ms and tolerable failed checkpoints), sum_uid (the
 reduce's uid), backend (state.backend.type), localdir
-(state.backend.rocksdb.localdir) and incremental
-(execution.checkpointing.incremental).
+(state.backend.rocksdb.localdir), incremental
+(execution.checkpointing.incremental), local_recovery (state.backend.local-recovery)
+and fail_once (``<event index>:<marker file>``: that event's map raises once, in the
+attempt that creates the marker: a task failure the TaskManagers survive).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from typing import Any
@@ -121,6 +124,7 @@ def build(env: StreamExecutionEnvironment) -> None:
         "state.backend.type": a.get("backend"),
         "state.backend.rocksdb.localdir": a.get("localdir"),
         "execution.checkpointing.incremental": a.get("incremental"),
+        "state.backend.local-recovery": a.get("local_recovery"),
     }
     env.config = config.apply_options(env.config, {k: v for k, v in options.items() if v})
     if "restart" in a:
@@ -128,7 +132,13 @@ def build(env: StreamExecutionEnvironment) -> None:
     else:
         env.set_restart_strategy(config.fixed_delay(2_147_483_647, int(a.get("delay", "100"))))
 
+    fail_once, _, marker = a.get("fail_once", "-1:").partition(":")
+
     def check(event: tuple[int, int]) -> tuple[int, int]:
+        if event[1] == int(fail_once) and not os.path.exists(marker):
+            with open(marker, "x"):
+                pass
+            raise RuntimeError(f"boom once at event {fail_once}")
         if event[1] == fail_at:
             raise RuntimeError(f"boom at event {fail_at}")
         if 0 <= fail_from <= event[1]:

@@ -30,6 +30,13 @@ A map state is a column family ``map:<name>`` with one RocksDB entry per map
 entry (:class:`RocksMapTable`); states with a TTL store their timestamps in
 the values (:mod:`streamjob_runtime.state.ttl`).
 
+Local recovery (``state.backend.local-recovery``): the RocksDB checkpoint
+directory of each uploaded checkpoint is kept (hard links) under the
+TaskManager's ``streamjob-localstate/tm-<pid>/<job>/<uid>-<subtask>/``, only
+the newest completed one; a task restarted on the same TaskManager opens its DB
+from that copy instead of checkpoint storage, and falls back to checkpoint
+storage when the copy is missing, incomplete or does not open.
+
 Not done: timers kept in RocksDB (the timer queue is rebuilt on the heap),
 TTL cleanup in compaction (rocksdict has no compaction filter; the cleanup is
 incremental, on access), and restoring a full (canonical) snapshot without
@@ -38,6 +45,7 @@ reading it into memory (it is one pickle).
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import shutil
@@ -51,8 +59,10 @@ from typing import Any, cast
 
 import rocksdict
 
-from streamjob_runtime import config
+from streamjob_runtime import config, logs
 from streamjob_runtime.state import shared, ttl, views
+
+log = logging.getLogger(__name__)
 
 _INT = struct.Struct(">q")
 _FLOAT = struct.Struct(">d")
@@ -307,7 +317,10 @@ class RocksDBKeyedStateBackend:
         key_group_of: Callable[[Any], int],
         settings: config.StateBackendConfig | None = None,
         key_groups: tuple[int, int] | None = None,
+        local_copies: Path | None = None,
     ):
+        # Local recovery: where this subtask keeps its last completed checkpoint (chk-<id>).
+        self.local_copies = local_copies
         self.key_groups = key_groups  # this subtask's range, recorded in its checkpoints
         self._existing: set[str] = set()  # column families of a DB opened from a checkpoint
         self.settings = settings or config.StateBackendConfig(config.StateBackendType.ROCKSDB)
@@ -456,7 +469,12 @@ class RocksDBKeyedStateBackend:
                 db.write(batch, self._write_options)
 
     def restore_incremental(
-        self, state: IncrementalKeyedState, job_dir: Path, start: int, end: int
+        self,
+        state: IncrementalKeyedState,
+        job_dir: Path,
+        start: int,
+        end: int,
+        local_copy: Path | None = None,
     ) -> None:
         """Add key groups ``start..end`` of an incremental checkpoint.
 
@@ -467,11 +485,19 @@ class RocksDBKeyedStateBackend:
         at most ``_RESTORE_BATCH_BYTES``: keys and values keep their bytes (the
         encoding and the key groups are the same: a restore never changes the
         max parallelism).
+
+        ``local_copy``: this TaskManager's copy of the same checkpoint (local
+        recovery); used instead of ``job_dir``'s files when it is complete and
+        opens, else the restore falls back to them.
         """
         if self._db is None and not self._tables and not self._maps:
             key_groups = getattr(state, "key_groups", None)
             if key_groups is not None and tuple(key_groups) == (start, end):
+                if local_copy is not None and self._open_local(state, local_copy):
+                    logs.event(log, "state_restored", db=self.path.name, source="local")
+                    return
                 self.open_from(state, job_dir)
+                logs.event(log, "state_restored", db=self.path.name, source="remote")
                 return
         db = self._open()
         for cf_name, entries in _scan_checkpoint(state, job_dir, start, end):
@@ -505,6 +531,46 @@ class RocksDBKeyedStateBackend:
             _link_or_copy(job_dir / shared.SHARED / relative, self.path / name)
         self._open_existing(state.column_families())
         self.confirmed_files = dict(state.shared)
+
+    def _open_local(self, state: IncrementalKeyedState, local_copy: Path) -> bool:
+        """Open the DB from a local copy of ``state``'s checkpoint; False (and nothing
+        changed) if the copy is missing, incomplete or does not open."""
+        try:
+            present = {p.name: p for p in local_copy.iterdir()}
+        except OSError:
+            return False
+        missing = (set(state.shared) | set(state.inline)) - set(present)
+        if missing:
+            logs.event(
+                log,
+                "local_state_unusable",
+                logging.WARNING,
+                copy=str(local_copy),
+                reason=f"missing {sorted(missing)[:3]}",
+            )
+            return False
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            for name in set(state.shared) | set(state.inline):
+                _link_or_copy(present[name], self.path / name)
+            self._open_existing(state.column_families())
+        except Exception as e:  # a corrupt copy: RocksDB refuses it on open
+            logs.event(
+                log,
+                "local_state_unusable",
+                logging.WARNING,
+                copy=str(local_copy),
+                reason=f"{type(e).__name__}: {e}",
+            )
+            self._tables.clear()
+            self._maps.clear()
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+            shutil.rmtree(self.path, ignore_errors=True)
+            return False
+        self.confirmed_files = dict(state.shared)
+        return True
 
     def _open_existing(self, column_families: list[str]) -> None:
         options = _options(self.settings, self._cache)
@@ -569,7 +635,10 @@ class RocksDBKeyedStateBackend:
         Runs in a worker thread; the task acknowledges (and so the checkpoint can
         complete) only after it returned.
         """
-        state = upload(local, job_dir)
+        keep = None
+        if self.local_copies is not None:
+            keep = self.local_copies / f"chk-{local.checkpoint_id}"
+        state = upload(local, job_dir, keep)
         self.pending_files[local.checkpoint_id] = dict(state.shared)
         return state
 
@@ -584,6 +653,12 @@ class RocksDBKeyedStateBackend:
             self.confirmed_files = files
         for older in [c for c in self.pending_files if c < checkpoint_id]:
             del self.pending_files[older]
+        if self.local_copies is not None and files is not None:
+            # Local recovery keeps only the newest completed checkpoint's copy.
+            for copy in self.local_copies.glob("chk-*"):
+                number = copy.name.removeprefix("chk-")
+                if number.isdigit() and int(number) < checkpoint_id:
+                    shutil.rmtree(copy, ignore_errors=True)
 
     def close(self) -> None:
         """Close the DB and delete its directory."""
@@ -635,12 +710,16 @@ class IncrementalKeyedState:
         return [f"state:{n}" for n in self.states] + [f"map:{n}" for n in getattr(self, "maps", [])]
 
 
-def upload(local: LocalCheckpoint, job_dir: Path) -> IncrementalKeyedState:
+def upload(
+    local: LocalCheckpoint, job_dir: Path, keep: Path | None = None
+) -> IncrementalKeyedState:
     """Asynchronous part: copy new SST files to ``<job_dir>/shared/``, inline the rest.
 
     Blocking (run it in a thread).  Written files are fsynced.  The local
-    checkpoint directory is deleted afterwards, whatever happens.
+    checkpoint directory is then moved to ``keep`` (local recovery) or deleted;
+    deleted whatever happens if the upload fails.
     """
+    uploaded_ok = False
     try:
         files: dict[str, str] = {}
         inline: dict[str, bytes] = {}
@@ -672,11 +751,18 @@ def upload(local: LocalCheckpoint, job_dir: Path) -> IncrementalKeyedState:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        return IncrementalKeyedState(
+        result = IncrementalKeyedState(
             local.states, files, inline, uploaded, local.maps, local.key_groups
         )
+        uploaded_ok = True
+        return result
     finally:
-        shutil.rmtree(local.directory, ignore_errors=True)
+        if keep is not None and uploaded_ok:
+            keep.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(keep, ignore_errors=True)
+            os.replace(local.directory, keep)
+        else:
+            shutil.rmtree(local.directory, ignore_errors=True)
 
 
 def read_incremental(
