@@ -93,12 +93,16 @@ class KeyedContext:
         self, name: str, default: Any = None, ttl: ttl_module.StateTtlConfig | None = None
     ) -> views.ValueState[Any]:
         """The value state ``name``; ``ttl`` gives its entries a time-to-live."""
-        return views.ValueState(self._backend, name, default, ttl, self.clock)
+        if ttl is None:
+            return views.ValueState(self._backend, name, default)
+        return views.TtlValueState(self._backend, name, default, ttl, self.clock)
 
     def list_state(
         self, name: str, ttl: ttl_module.StateTtlConfig | None = None
     ) -> views.ListState[Any]:
-        return views.ListState(self._backend, name, ttl, self.clock)
+        if ttl is None:
+            return views.ListState(self._backend, name)
+        return views.TtlListState(self._backend, name, ttl, self.clock)
 
     def map_state(
         self, name: str, ttl: ttl_module.StateTtlConfig | None = None

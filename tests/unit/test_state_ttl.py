@@ -54,7 +54,7 @@ def test_a_value_expires_ttl_after_its_last_write_and_reads_do_not_renew_it(
     backend: views.KeyedStateBackend,
 ) -> None:
     clock = Clock()
-    state: views.ValueState[int] = views.ValueState(backend, "v", None, config_of(), clock)
+    state: views.ValueState[int] = views.TtlValueState(backend, "v", None, config_of(), clock)
     backend.current_key = "a"
     state.update(1)
     clock.now += 99
@@ -71,7 +71,7 @@ def test_on_read_and_write_renews_the_ttl_on_every_read(
 ) -> None:
     clock = Clock()
     ttl_config = config_of(ttl.UpdateType.ON_READ_AND_WRITE)
-    state: views.ValueState[int] = views.ValueState(backend, "v", 0, ttl_config, clock)
+    state: views.ValueState[int] = views.TtlValueState(backend, "v", 0, ttl_config, clock)
     backend.current_key = "a"
     state.update(7)
     for _ in range(5):
@@ -89,7 +89,7 @@ def test_return_expired_if_not_cleaned_up_shows_an_expired_value_once(
     ttl_config = config_of(
         visibility=ttl.StateVisibility.RETURN_EXPIRED_IF_NOT_CLEANED_UP, cleanup_incremental_size=0
     )
-    state: views.ValueState[str] = views.ValueState(backend, "v", None, ttl_config, clock)
+    state: views.ValueState[str] = views.TtlValueState(backend, "v", None, ttl_config, clock)
     backend.current_key = "a"
     state.update("old")
     clock.now += 500
@@ -101,7 +101,7 @@ def test_list_elements_and_map_entries_expire_one_by_one(
     backend: views.KeyedStateBackend,
 ) -> None:
     clock = Clock()
-    items: views.ListState[int] = views.ListState(backend, "l", config_of(), clock)
+    items: views.ListState[int] = views.TtlListState(backend, "l", config_of(), clock)
     kinds: views.MapState[str, int] = views.MapState(backend, "m", config_of(), clock)
     backend.current_key = 5
     items.add(1)
@@ -127,9 +127,9 @@ def test_a_full_snapshot_leaves_expired_entries_out_unless_told_not_to(
     backend: views.KeyedStateBackend,
 ) -> None:
     clock = Clock()
-    cleaned: views.ValueState[int] = views.ValueState(backend, "c", None, config_of(), clock)
+    cleaned: views.ValueState[int] = views.TtlValueState(backend, "c", None, config_of(), clock)
     kept_config = config_of(cleanup_full_snapshot=False)
-    kept: views.ValueState[int] = views.ValueState(backend, "k", None, kept_config, clock)
+    kept: views.ValueState[int] = views.TtlValueState(backend, "k", None, kept_config, clock)
     kinds: views.MapState[str, int] = views.MapState(backend, "m", config_of(), clock)
     backend.current_key = "old"
     cleaned.update(1)
@@ -154,8 +154,8 @@ def test_incremental_cleanup_deletes_expired_entries_nobody_reads_again(
     backend: views.KeyedStateBackend,
 ) -> None:
     clock = Clock()
-    state: views.ValueState[int] = views.ValueState(backend, "v", None, config_of(), clock)
-    never: views.ValueState[int] = views.ValueState(
+    state: views.ValueState[int] = views.TtlValueState(backend, "v", None, config_of(), clock)
+    never: views.ValueState[int] = views.TtlValueState(
         backend, "n", None, config_of(cleanup_incremental_size=0), clock
     )
     for k in range(1000):
@@ -178,7 +178,7 @@ def test_ttl_timestamps_survive_a_snapshot_into_either_backend(
 ) -> None:
     clock = Clock()
     before = keyed.create_backend(ctx(kind, tmp_path / "a"))
-    state: views.ValueState[int] = views.ValueState(before, "v", None, config_of(), clock)
+    state: views.ValueState[int] = views.TtlValueState(before, "v", None, config_of(), clock)
     kinds: views.MapState[str, int] = views.MapState(before, "m", config_of(), clock)
     before.current_key = "a"
     state.update(1)
@@ -187,7 +187,7 @@ def test_ttl_timestamps_survive_a_snapshot_into_either_backend(
     before.close()
     restored = keyed.create_backend(ctx(after, tmp_path / "b"))
     restored.restore(snap)
-    state = views.ValueState(restored, "v", None, config_of(), clock)
+    state = views.TtlValueState(restored, "v", None, config_of(), clock)
     kinds = views.MapState(restored, "m", config_of(), clock)
     restored.current_key = "a"
     clock.now += 99

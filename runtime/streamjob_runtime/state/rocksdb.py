@@ -73,6 +73,7 @@ _MAX_INT = 2**63 - 1
 _NO_DEFAULT: Any = object()
 _RESTORE_BATCH_BYTES = 4 * 1024 * 1024
 _CLEANUP_STEP = 256
+_ENCODED_CACHE = 1 << 16  # keys; about 5 MiB for short keys
 _TAG_PICKLE = 0
 _TAG_INT = 1
 _TAG_FLOAT = 2
@@ -345,6 +346,7 @@ class RocksDBKeyedStateBackend:
         self._write_options.disable_wal = True  # type: ignore[method-assign,assignment]
         self._last_key: Any = object()
         self._last_encoded = b""
+        self._encoded: dict[Any, bytes] = {}
         # Incremental checkpoints: SST name -> shared path, of the last confirmed checkpoint,
         # and of each checkpoint uploaded but not yet confirmed.
         self.confirmed_files: dict[str, str] = {}
@@ -358,10 +360,22 @@ class RocksDBKeyedStateBackend:
         return self._db
 
     def encode_key(self, key: Any) -> bytes:
-        """Key group, big-endian, then the serialised key (the last key is cached)."""
+        """Key group, big-endian, then the serialised key.
+
+        Cached: the last key by identity (a function reads and writes one key), and
+        exact ``int`` / ``str`` keys in a bounded dict (a key group is a hash).
+        """
         if key is self._last_key:
             return self._last_encoded
-        encoded = _GROUP.pack(self._key_group_of(key)) + serialize(key)
+        t = type(key)
+        if t is int or t is str:
+            encoded = self._encoded.get(key)
+            if encoded is None:
+                encoded = _GROUP.pack(self._key_group_of(key)) + serialize(key)
+                if len(self._encoded) < _ENCODED_CACHE:  # full: the first keys stay
+                    self._encoded[key] = encoded
+        else:
+            encoded = _GROUP.pack(self._key_group_of(key)) + serialize(key)
         self._last_key, self._last_encoded = key, encoded
         return encoded
 

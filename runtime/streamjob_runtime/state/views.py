@@ -123,31 +123,78 @@ class KeyedStateBackend(Protocol):
 
 
 class _View:
+    def __init__(self, backend: KeyedStateBackend, name: str) -> None:
+        self._backend = backend
+        self._table = backend.table(name)
+
+    def clear(self) -> None:
+        self._table.pop(self._backend.current_key, None)
+
+
+class ValueState(_View, Generic[V]):
+    def __init__(self, backend: KeyedStateBackend, name: str, default: V | None = None) -> None:
+        super().__init__(backend, name)
+        self._default = default
+
+    def value(self) -> V | None:
+        return self._table.get(self._backend.current_key, self._default)  # type: ignore[no-any-return]
+
+    def update(self, value: V) -> None:
+        self._table[self._backend.current_key] = value
+
+
+class ListState(_View, Generic[V]):
+    def get(self) -> list[V]:
+        return list(self._table.get(self._backend.current_key, ()))
+
+    def add(self, value: V) -> None:
+        key = self._backend.current_key
+        values = self._table.get(key)
+        if values is None:
+            self._table[key] = [value]
+        else:
+            values.append(value)
+            self._table[key] = values
+
+    def update(self, values: list[V]) -> None:
+        self._table[self._backend.current_key] = list(values)
+
+
+_ABSENT: Any = object()
+
+
+class _Ttl:
+    """The TTL rules shared by the ``Ttl*`` states (Flink's ``AbstractTtlDecorator``).
+
+    Separate classes, so that a state without a TTL pays nothing for it.
+    """
+
     def __init__(
         self,
         backend: KeyedStateBackend,
         name: str,
-        ttl_config: ttl.StateTtlConfig | None = None,
-        clock: ttl.Clock = ttl.processing_time,
+        ttl_config: ttl.StateTtlConfig,
+        clock: ttl.Clock,
     ) -> None:
-        self._backend = backend
-        self._name = name
         self._ttl = ttl_config
         self._clock = clock
-        if ttl_config is not None:
-            backend.set_ttl(name, ttl_config, clock)
-        self._cleanup_size = ttl_config.cleanup_incremental_size if ttl_config else 0
+        self._name = name
+        self._ttl_backend = backend
+        backend.set_ttl(name, ttl_config, clock)
+        self._cleanup_size = ttl_config.cleanup_incremental_size
 
     def _accessed(self) -> None:
         """After each access (never between a read and its write-back): incremental cleanup."""
         if self._cleanup_size:
-            self._backend.cleanup(self._name, self._cleanup_size)
+            self._ttl_backend.cleanup(self._name, self._cleanup_size)
 
     def _read(self, stored: Any, clear: Callable[[], None], rewrite: Callable[[Any], None]) -> Any:
-        """The user value of a stored entry (``_ABSENT`` if none), by Flink's TTL rules."""
+        """The user value of a stored entry (``_ABSENT`` if none), by Flink's TTL rules:
+        an expired entry is cleared, and returned this once if the visibility allows;
+        a live one is renewed on read with ``ON_READ_AND_WRITE``."""
+        if stored is None:
+            return _ABSENT
         config = self._ttl
-        if config is None or stored is None:
-            return _ABSENT if stored is None else stored
         now = self._clock()
         if stored.timestamp + config.ttl_ms <= now:
             clear()
@@ -156,43 +203,25 @@ class _View:
             rewrite(ttl.TtlValue(stored.value, now))
         return stored.value
 
-    def _wrap(self, value: Any) -> Any:
-        return value if self._ttl is None else ttl.TtlValue(value, self._clock())
+    def _wrap(self, value: Any) -> ttl.TtlValue:
+        return ttl.TtlValue(value, self._clock())
 
 
-_ABSENT: Any = object()
+class TtlValueState(ValueState[V], _Ttl):
+    """A :class:`ValueState` whose value expires (see :mod:`streamjob_runtime.state.ttl`)."""
 
-
-class _ValueView(_View):
     def __init__(
         self,
         backend: KeyedStateBackend,
         name: str,
-        ttl_config: ttl.StateTtlConfig | None = None,
+        default: V | None,
+        ttl_config: ttl.StateTtlConfig,
         clock: ttl.Clock = ttl.processing_time,
     ) -> None:
-        super().__init__(backend, name, ttl_config, clock)
-        self._table = backend.table(name)
-
-    def clear(self) -> None:
-        self._table.pop(self._backend.current_key, None)
-
-
-class ValueState(_ValueView, Generic[V]):
-    def __init__(
-        self,
-        backend: KeyedStateBackend,
-        name: str,
-        default: V | None = None,
-        ttl_config: ttl.StateTtlConfig | None = None,
-        clock: ttl.Clock = ttl.processing_time,
-    ) -> None:
-        super().__init__(backend, name, ttl_config, clock)
-        self._default = default
+        ValueState.__init__(self, backend, name, default)
+        _Ttl.__init__(self, backend, name, ttl_config, clock)
 
     def value(self) -> V | None:
-        if self._ttl is None:
-            return self._table.get(self._backend.current_key, self._default)  # type: ignore[no-any-return]
         key, table = self._backend.current_key, self._table
         value = self._read(
             table.get(key), lambda: table.pop(key, None), lambda v: table.__setitem__(key, v)
@@ -205,14 +234,24 @@ class ValueState(_ValueView, Generic[V]):
         self._accessed()
 
 
-class ListState(_ValueView, Generic[V]):
-    """A list per key; with a TTL each element expires on its own."""
+class TtlListState(ListState[V], _Ttl):
+    """A :class:`ListState` whose elements expire one by one."""
+
+    def __init__(
+        self,
+        backend: KeyedStateBackend,
+        name: str,
+        ttl_config: ttl.StateTtlConfig,
+        clock: ttl.Clock = ttl.processing_time,
+    ) -> None:
+        ListState.__init__(self, backend, name)
+        _Ttl.__init__(self, backend, name, ttl_config, clock)
 
     def get(self) -> list[V]:
         key = self._backend.current_key
         stored = self._table.get(key)
-        if self._ttl is None or not stored:
-            return list(stored or ())
+        if not stored:
+            return []
         now, config = self._clock(), self._ttl
         out, kept = [], []
         for element in stored:
@@ -230,13 +269,7 @@ class ListState(_ValueView, Generic[V]):
         return out
 
     def add(self, value: V) -> None:
-        key = self._backend.current_key
-        values = self._table.get(key)
-        if values is None:
-            self._table[key] = [self._wrap(value)]
-        else:
-            values.append(self._wrap(value))
-            self._table[key] = values
+        super().add(self._wrap(value))  # type: ignore[arg-type]
         self._accessed()
 
     def update(self, values: list[V]) -> None:
@@ -247,7 +280,7 @@ class ListState(_ValueView, Generic[V]):
         self._accessed()
 
 
-class MapState(_View, Generic[K, V]):
+class MapState(Generic[K, V]):
     """A map per key, one stored entry per map key (a large map is never read or written
     whole on ``rocksdb``); with a TTL each entry expires on its own."""
 
@@ -258,19 +291,20 @@ class MapState(_View, Generic[K, V]):
         ttl_config: ttl.StateTtlConfig | None = None,
         clock: ttl.Clock = ttl.processing_time,
     ) -> None:
-        super().__init__(backend, name, ttl_config, clock)
+        self._backend = backend
         self._map = backend.map_table(name)
+        self._ttl_rules = None if ttl_config is None else _Ttl(backend, name, ttl_config, clock)
 
     def _entry(self, key: Any, map_key: K) -> Any:
-        table = self._map
-        if self._ttl is None:
+        table, rules = self._map, self._ttl_rules
+        if rules is None:
             return table.get(key, map_key) if table.contains(key, map_key) else _ABSENT
-        value = self._read(
+        value = rules._read(
             table.get(key, map_key),
             lambda: table.remove(key, map_key),
             lambda v: table.put(key, map_key, v),
         )
-        self._accessed()
+        rules._accessed()
         return value
 
     def get(self, key: K) -> V | None:
@@ -278,8 +312,12 @@ class MapState(_View, Generic[K, V]):
         return None if value is _ABSENT else value
 
     def put(self, key: K, value: V) -> None:
-        self._map.put(self._backend.current_key, key, self._wrap(value))
-        self._accessed()
+        rules = self._ttl_rules
+        if rules is None:
+            self._map.put(self._backend.current_key, key, value)
+            return
+        self._map.put(self._backend.current_key, key, rules._wrap(value))
+        rules._accessed()
 
     def contains(self, key: K) -> bool:
         return self._entry(self._backend.current_key, key) is not _ABSENT
@@ -291,11 +329,12 @@ class MapState(_View, Generic[K, V]):
         self._map.clear(self._backend.current_key)
 
     def items(self) -> Iterator[tuple[K, V]]:
-        current, table, config = self._backend.current_key, self._map, self._ttl
+        current, table, rules = self._backend.current_key, self._map, self._ttl_rules
         entries = table.entries(current)
-        if config is None:
+        if rules is None:
             return iter(entries)
-        now = self._clock()
+        config = rules._ttl
+        now = rules._clock()
         out = []
         for map_key, stored in entries:
             if stored.timestamp + config.ttl_ms <= now:
@@ -306,14 +345,14 @@ class MapState(_View, Generic[K, V]):
             if config.update_on_read:
                 table.put(current, map_key, ttl.TtlValue(stored.value, now))
             out.append((map_key, stored.value))
-        self._accessed()
+        rules._accessed()
         return iter(out)
 
     def keys(self) -> list[K]:
         return [k for k, _ in self.items()]
 
     def is_empty(self) -> bool:
-        if self._ttl is None:
+        if self._ttl_rules is None:
             return self._map.is_empty(self._backend.current_key)
         return not any(True for _ in self.items())
 
