@@ -82,8 +82,11 @@ class KeyedContext:
         self._backend = backend
         self.timer_service = timers
         self.timestamp: int | None = None
-        # The processing-time clock of state TTL (replaceable in tests).
+        # The processing-time clock of state TTL (replaceable in tests, at any time).
         self.clock: ttl_module.Clock = ttl_module.processing_time
+
+    def _now(self) -> int:
+        return self.clock()
 
     @property
     def current_key(self) -> Any:
@@ -95,19 +98,19 @@ class KeyedContext:
         """The value state ``name``; ``ttl`` gives its entries a time-to-live."""
         if ttl is None:
             return views.ValueState(self._backend, name, default)
-        return views.TtlValueState(self._backend, name, default, ttl, self.clock)
+        return views.TtlValueState(self._backend, name, default, ttl, self._now)
 
     def list_state(
         self, name: str, ttl: ttl_module.StateTtlConfig | None = None
     ) -> views.ListState[Any]:
         if ttl is None:
             return views.ListState(self._backend, name)
-        return views.TtlListState(self._backend, name, ttl, self.clock)
+        return views.TtlListState(self._backend, name, ttl, self._now)
 
     def map_state(
         self, name: str, ttl: ttl_module.StateTtlConfig | None = None
     ) -> views.MapState[Any, Any]:
-        return views.MapState(self._backend, name, ttl, self.clock)
+        return views.MapState(self._backend, name, ttl, self._now)
 
 
 class KeyedProcessFunction(abc.ABC):

@@ -8,7 +8,7 @@ from typing import Any, cast
 
 import pytest
 
-from streamjob_runtime import config
+from streamjob_runtime import config, functions
 from streamjob_runtime.operators import base, keyed
 from streamjob_runtime.state import rocksdb, ttl, views
 
@@ -258,3 +258,63 @@ def test_an_incremental_checkpoint_of_map_state_restores_into_either_backend(
     restored.current_key = 4
     assert dict(kinds.items()) == {0: 0, 1: 4, 2: 8, 3: 12}
     restored.close()
+
+
+class Dedup(functions.KeyedProcessFunction):
+    """Emits a key's value unless the key was seen within the last 100 ms (a TTL'd flag)."""
+
+    def open(self, ctx: functions.KeyedContext) -> None:
+        self.seen = ctx.value_state("seen", ttl=ttl.StateTtlConfig(100))
+
+    def process_element(self, value: Any, ctx: functions.KeyedContext) -> list[Any]:
+        if self.seen.value():
+            return []
+        self.seen.update(True)
+        return [value]
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.records: list[Any] = []
+
+    def emit(self, values: base.Batch, timestamps: base.Timestamps) -> None:
+        self.records.extend(values)
+
+    def emit_watermark(self, watermark: int) -> None:
+        pass
+
+
+def dedup_op(
+    kind: str, tmp_path: Path, clock: Clock, restored: base.RestoredState | None = None
+) -> tuple[keyed.ProcessOperator, Recorder]:
+    op = keyed.ProcessOperator(lambda v: v[0], Dedup())
+    out = Recorder()
+    op.setup(ctx(kind, tmp_path), out)
+    op.initialize_state(restored)
+    op.open()
+    op.context.clock = clock
+    return op, out
+
+
+@pytest.mark.parametrize("after", ["hashmap", "rocksdb"])
+def test_a_process_function_state_with_ttl_expires_through_a_savepoint(
+    kind: str, after: str, tmp_path: Path
+) -> None:
+    clock = Clock()
+    op, out = dedup_op(kind, tmp_path / "a", clock)
+    op.process_batch([("a", 1), ("a", 2), ("b", 3)], None)
+    clock.now += 50
+    op.process_batch([("a", 4), ("c", 5)], None)
+    assert out.records == [("a", 1), ("b", 3), ("c", 5)]
+    clock.now += 60  # a and b expired (110 ms), c not (60 ms)
+    snap = op.snapshot_state(1)
+    assert set(snap.keyed["seen"]) == {"c"}  # the full snapshot left the expired out
+    op.close()
+    again, out = dedup_op(
+        after, tmp_path / "b", clock, base.RestoredState(1, "job", snap.keyed, [snap.operator], 1)
+    )
+    again.process_batch([("a", 6), ("c", 7)], None)
+    clock.now += 40  # c expires at 150
+    again.process_batch([("c", 8)], None)
+    assert out.records == [("a", 6), ("c", 8)]
+    again.close()
