@@ -241,3 +241,26 @@ def test_local_recovery_restores_a_failed_task_from_the_taskmanagers_copy(
     assert restores == ["local", "local"], restores  # both reduce subtasks, no download
     # The job finished: its local copies are gone.
     assert not [p for p in (localdir / "streamjob-localstate").rglob("chk-*")]
+
+
+def test_local_recovery_falls_back_to_checkpoint_storage_when_the_taskmanager_died(
+    cluster_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    """A SIGKILLed TaskManager's copies die with it: its subtask restores from storage."""
+    h = cluster_factory(taskmanagers=2)
+    out, localdir = tmp_path / "out", tmp_path / "rocks"
+    job = h.submit(
+        "keyed_sum",
+        args(out, backend="rocksdb", localdir=localdir, local_recovery="true"),
+        parallelism=2,
+    )
+    h.wait_for("a checkpoint", lambda: h.checkpoints(job).latest_completed is not None)
+    assert list((localdir / "streamjob-localstate").rglob("chk-*")), "no local copy kept"
+    h.cluster.kill_taskmanager(1)
+    details = h.wait_terminal(job)
+    assert details.state is models.JobStatus.FINISHED, details.failure_cause
+    assert details.restarts >= 1
+    assert_exact(out)
+    restores = _restores(h)
+    assert "remote" in restores, restores
+    assert len(restores) >= 2, restores
