@@ -9,6 +9,7 @@ be plain data.  Names follow Flink's options where the concept is Flink's
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 
 import msgspec
@@ -16,6 +17,32 @@ import msgspec
 
 class ConfigError(ValueError):
     """A setting is invalid; the message says which one and what to use instead."""
+
+
+KIB = 1024
+MIB = 1024 * KIB
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": KIB,
+    "k": KIB,
+    "mb": MIB,
+    "m": MIB,
+    "gb": 1024 * MIB,
+    "g": 1024 * MIB,
+}
+
+
+class MemorySize(int):
+    """Flink's memory size syntax: ``64mb``, ``8 MB``, ``4kb``, ``1gb`` or plain bytes."""
+
+    def __new__(cls, raw: str | int) -> MemorySize:
+        if isinstance(raw, int):
+            return super().__new__(cls, raw)
+        match = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", raw)
+        if match is None or match.group(2).lower() not in _UNITS:
+            raise ValueError(raw)
+        return super().__new__(cls, int(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
 class CheckpointingMode(enum.StrEnum):
@@ -141,11 +168,29 @@ class StateBackendConfig(msgspec.Struct, frozen=True):
     ``rocksdb`` keeps it in an embedded RocksDB per operator subtask under
     ``local_dir`` (``state.backend.rocksdb.localdir``; the system temporary
     directory when unset), bounded by disk.
+
+    RocksDB's memory per operator subtask is bounded by ``block_cache_size``
+    (``state.backend.rocksdb.block.cache-size``: data, index and filter blocks)
+    plus ``write_buffer_size * write_buffer_count``
+    (``state.backend.rocksdb.writebuffer.size`` / ``.count``: the memtables of
+    all its states together, RocksDB's ``db_write_buffer_size``, so the bound
+    does not grow with the number of states).  Defaults as Flink's: 8 MiB cache,
+    2 x 64 MiB memtables.
+
+    ``local_recovery`` (``state.backend.local-recovery``): a TaskManager keeps a
+    local copy of each rocksdb subtask's last completed checkpoint, and a task
+    restarted on it restores from that copy instead of checkpoint storage.
     """
 
     type: StateBackendType = StateBackendType.HASHMAP
     local_dir: str | None = None
     incremental: bool | None = None  # execution.checkpointing.incremental; None: on for rocksdb
+    block_cache_size: int = 8 * MIB
+    write_buffer_size: int = 64 * MIB
+    write_buffer_count: int = 2
+    block_size: int = 4 * KIB
+    background_threads: int = 2
+    local_recovery: bool = False
 
     @property
     def incremental_checkpoints(self) -> bool:
@@ -154,6 +199,16 @@ class StateBackendConfig(msgspec.Struct, frozen=True):
         return self.incremental
 
     def validate(self) -> None:
+        if self.block_cache_size < 0:
+            raise ConfigError("state.backend.rocksdb.block.cache-size must be >= 0 bytes")
+        if self.write_buffer_size < 64 * KIB:
+            raise ConfigError("state.backend.rocksdb.writebuffer.size must be at least 64kb")
+        if self.write_buffer_count < 1:
+            raise ConfigError("state.backend.rocksdb.writebuffer.count must be >= 1")
+        if self.block_size < 1 * KIB:
+            raise ConfigError("state.backend.rocksdb.block.blocksize must be at least 1kb")
+        if self.background_threads < 1:
+            raise ConfigError("state.backend.rocksdb.thread.num must be >= 1")
         if self.incremental and self.type is not StateBackendType.ROCKSDB:
             raise ConfigError(
                 "execution.checkpointing.incremental: true needs state.backend.type: rocksdb;"
@@ -219,6 +274,12 @@ _OPTIONS: dict[str, tuple[str | None, str, type]] = {
     ),
     "state.backend.type": ("state_backend", "type", StateBackendType),
     "state.backend.rocksdb.localdir": ("state_backend", "local_dir", str),
+    "state.backend.rocksdb.block.cache-size": ("state_backend", "block_cache_size", MemorySize),
+    "state.backend.rocksdb.block.blocksize": ("state_backend", "block_size", MemorySize),
+    "state.backend.rocksdb.writebuffer.size": ("state_backend", "write_buffer_size", MemorySize),
+    "state.backend.rocksdb.writebuffer.count": ("state_backend", "write_buffer_count", int),
+    "state.backend.rocksdb.thread.num": ("state_backend", "background_threads", int),
+    "state.backend.local-recovery": ("state_backend", "local_recovery", bool),
     "execution.checkpointing.incremental": ("state_backend", "incremental", bool),
     "restart-strategy.type": ("restart_strategy", "kind", RestartStrategyKind),
     "restart-strategy.fixed-delay.attempts": ("restart_strategy", "attempts", int),
@@ -278,12 +339,16 @@ def apply_options(config: JobConfig, options: Mapping[str, str]) -> JobConfig:
             ) from None
         try:
             value = _parse_bool(raw) if kind is bool else kind(raw)
+            if kind is MemorySize:
+                value = int(value)  # plain data: it travels in msgspec messages
         except ValueError:
             hint = (
                 f"one of {[m.value for m in kind]}"
                 if issubclass(kind, enum.Enum)
                 else "true or false"
                 if kind is bool
+                else "a memory size such as 64mb, 512kb or 1gb"
+                if kind is MemorySize
                 else kind.__name__
             )
             raise ConfigError(f"option {key}={raw!r} is invalid: expected {hint}") from None

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from streamjob_runtime.state import ttl as ttl_module
 from streamjob_runtime.state import views
 
 IN = TypeVar("IN")
@@ -81,19 +82,35 @@ class KeyedContext:
         self._backend = backend
         self.timer_service = timers
         self.timestamp: int | None = None
+        # The processing-time clock of state TTL (replaceable in tests, at any time).
+        self.clock: ttl_module.Clock = ttl_module.processing_time
+
+    def _now(self) -> int:
+        return self.clock()
 
     @property
     def current_key(self) -> Any:
         return self._backend.current_key
 
-    def value_state(self, name: str, default: Any = None) -> views.ValueState[Any]:
-        return views.ValueState(self._backend, name, default)
+    def value_state(
+        self, name: str, default: Any = None, ttl: ttl_module.StateTtlConfig | None = None
+    ) -> views.ValueState[Any]:
+        """The value state ``name``; ``ttl`` gives its entries a time-to-live."""
+        if ttl is None:
+            return views.ValueState(self._backend, name, default)
+        return views.TtlValueState(self._backend, name, default, ttl, self._now)
 
-    def list_state(self, name: str) -> views.ListState[Any]:
-        return views.ListState(self._backend, name)
+    def list_state(
+        self, name: str, ttl: ttl_module.StateTtlConfig | None = None
+    ) -> views.ListState[Any]:
+        if ttl is None:
+            return views.ListState(self._backend, name)
+        return views.TtlListState(self._backend, name, ttl, self._now)
 
-    def map_state(self, name: str) -> views.MapState[Any, Any]:
-        return views.MapState(self._backend, name)
+    def map_state(
+        self, name: str, ttl: ttl_module.StateTtlConfig | None = None
+    ) -> views.MapState[Any, Any]:
+        return views.MapState(self._backend, name, ttl, self._now)
 
 
 class KeyedProcessFunction(abc.ABC):

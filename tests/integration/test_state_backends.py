@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from streamjob_runtime.api import models
+from streamjob_runtime.connectors import files
 from tests.chaos import suite
 from tests.chaos.test_chaos import QUICK, RESCALE, no_etcd
 from tests.conftest import Harness
@@ -132,3 +134,133 @@ def test_the_chaos_job_on_rocksdb_is_exact_through_kills_and_rescales(
     print(run.line())
     assert run.result.exact, run.line()
     assert run.tm_kills + run.rescales >= 1
+
+
+def _rss_kib(pid: int, field: str) -> int:
+    """``VmRSS`` / ``VmHWM`` (peak) of process ``pid`` in KiB, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def _checkpoint_state_bytes(checkpoint: Path) -> int:
+    """Bytes of the SST files the incremental checkpoint at ``checkpoint`` references."""
+    job_dir = checkpoint.parent
+    refs = {
+        line
+        for sidecar in checkpoint.glob("*.shared")
+        for line in sidecar.read_text().splitlines()
+        if line
+    }
+    return sum((job_dir / "shared" / ref).stat().st_size for ref in refs)
+
+
+MEMORY_BOUND = 32 * 1024 * 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+def test_rocksdb_state_five_times_the_memory_bound_runs_exactly_with_bounded_rss(
+    cluster_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    """A TaskManager holds 5x more keyed state than its memory grows by, and checkpoints it.
+
+    The TaskManager's peak RSS (``VmHWM``, reset when the job starts) may grow by
+    at most ``MEMORY_BOUND`` while the state of the last checkpoint, on disk,
+    is at least 5 times that; every key then reads its bytes back intact.
+    """
+    # A loaded machine stalls RocksDB's compactions, and with them the TaskManager's loop.
+    h = cluster_factory(taskmanagers=1, heartbeat_timeout_ms=60_000)
+    (pid,) = h.cluster.taskmanager_pids()
+    out, localdir = tmp_path / "out", tmp_path / "rocks"
+    keys, size = 42_000, 4096  # 164 MiB of incompressible values
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := VmRSS from here on
+    baseline = _rss_kib(pid, "VmRSS") * 1024
+    job = h.submit(
+        "large_state",
+        [
+            f"out={out}",
+            f"keys={keys}",
+            "rounds=2",
+            f"size={size}",
+            "interval=300",
+            "D.state.backend.type=rocksdb",
+            f"D.state.backend.rocksdb.localdir={localdir}",
+            "D.state.backend.rocksdb.block.cache-size=4mb",
+            "D.state.backend.rocksdb.writebuffer.size=4mb",
+            "D.state.backend.rocksdb.writebuffer.count=2",
+        ],
+    )
+    details = h.wait_terminal(job, timeout_s=180)
+    assert details.state is models.JobStatus.FINISHED, details.failure_cause
+    assert details.restarts == 0
+    assert h.checkpoints(job).counts.completed >= 2
+    growth = _rss_kib(pid, "VmHWM") * 1024 - baseline
+    latest = h.checkpoints(job).latest_completed
+    assert latest is not None
+    state_bytes = _checkpoint_state_bytes(Path(latest.path))
+    print(f"peak RSS growth {growth / 2**20:.1f} MiB, state {state_bytes / 2**20:.1f} MiB")
+    assert growth <= MEMORY_BOUND, f"RSS grew by {growth / 2**20:.1f} MiB"
+    assert state_bytes >= 5 * MEMORY_BOUND, f"state is {state_bytes / 2**20:.1f} MiB"
+    lines = sorted(files.read_committed_lines(str(out)))
+    assert lines == sorted(f"{k} 1" for k in range(keys))
+
+
+def _restores(h: Harness) -> list[str]:
+    """The ``source`` of every keyed-state restore of a RocksDB DB the TaskManagers logged."""
+    return [
+        event["source"]
+        for line in h.cluster.logs().splitlines()
+        if '"state_restored"' in line
+        for event in [json.loads(line)]
+    ]
+
+
+def test_local_recovery_restores_a_failed_task_from_the_taskmanagers_copy(
+    cluster_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    """A task failure (the TaskManagers survive) restores the reduce's DBs from local copies."""
+    h = cluster_factory(taskmanagers=2)
+    out, localdir = tmp_path / "out", tmp_path / "rocks"
+    job = h.submit(
+        "keyed_sum",
+        args(
+            out,
+            backend="rocksdb",
+            localdir=localdir,
+            local_recovery="true",
+            fail_once=f"{EVENTS // 2}:{tmp_path / 'failed-once'}",
+        ),
+        parallelism=2,
+    )
+    details = h.wait_terminal(job)
+    assert details.state is models.JobStatus.FINISHED, details.failure_cause
+    assert details.restarts == 1
+    assert_exact(out)
+    restores = _restores(h)
+    assert restores == ["local", "local"], restores  # both reduce subtasks, no download
+    # The job finished: its local copies are gone.
+    assert not [p for p in (localdir / "streamjob-localstate").rglob("chk-*")]
+
+
+def test_local_recovery_falls_back_to_checkpoint_storage_when_the_taskmanager_died(
+    cluster_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    """A SIGKILLed TaskManager's copies die with it: its subtask restores from storage."""
+    h = cluster_factory(taskmanagers=2)
+    out, localdir = tmp_path / "out", tmp_path / "rocks"
+    job = h.submit(
+        "keyed_sum",
+        args(out, backend="rocksdb", localdir=localdir, local_recovery="true"),
+        parallelism=2,
+    )
+    h.wait_for("a checkpoint", lambda: h.checkpoints(job).latest_completed is not None)
+    assert list((localdir / "streamjob-localstate").rglob("chk-*")), "no local copy kept"
+    h.cluster.kill_taskmanager(1)
+    details = h.wait_terminal(job)
+    assert details.state is models.JobStatus.FINISHED, details.failure_cause
+    assert details.restarts >= 1
+    assert_exact(out)
+    restores = _restores(h)
+    assert "remote" in restores, restores
+    assert len(restores) >= 2, restores

@@ -19,12 +19,16 @@ reduce's uid), backend (state.backend.type), localdir
 (state.backend.rocksdb.localdir), incremental
 (execution.checkpointing.incremental), unaligned and aligned_timeout
 (execution.checkpointing.unaligned and .aligned-checkpoint-timeout), capacity
-(execution.channel-capacity), batch (execution.batch-size) and rebalance (true: a
-rebalance edge between the source and the map).
+(execution.channel-capacity), batch (execution.batch-size), rebalance (true: a
+rebalance edge between the source and the map), local_recovery
+(state.backend.local-recovery) and fail_once (``<event index>:<marker file>``: that
+event's map raises once, in the attempt that creates the marker: a task failure the
+TaskManagers survive).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from typing import Any
@@ -145,6 +149,7 @@ def build(env: StreamExecutionEnvironment) -> None:
         "execution.checkpointing.aligned-checkpoint-timeout": a.get("aligned_timeout"),
         "execution.channel-capacity": a.get("capacity"),
         "execution.batch-size": a.get("batch"),
+        "state.backend.local-recovery": a.get("local_recovery"),
     }
     env.config = config.apply_options(env.config, {k: v for k, v in options.items() if v})
     if "restart" in a:
@@ -152,7 +157,13 @@ def build(env: StreamExecutionEnvironment) -> None:
     else:
         env.set_restart_strategy(config.fixed_delay(2_147_483_647, int(a.get("delay", "100"))))
 
+    fail_once, _, marker = a.get("fail_once", "-1:").partition(":")
+
     def check(event: tuple[int, int]) -> tuple[int, int]:
+        if event[1] == int(fail_once) and not os.path.exists(marker):
+            with open(marker, "x"):
+                pass
+            raise RuntimeError(f"boom once at event {fail_once}")
         if event[1] == fail_at:
             raise RuntimeError(f"boom at event {fail_at}")
         if 0 <= fail_from <= event[1]:

@@ -115,3 +115,29 @@ def test_bad_unaligned_settings_are_refused_with_a_reason(
 ) -> None:
     with pytest.raises(config.ConfigError, match=message):
         config.JobConfig(checkpointing=checkpointing).validate()
+def test_rocksdb_memory_options_take_flink_memory_sizes_and_refuse_nonsense() -> None:
+    c = config.apply_options(
+        config.JobConfig(),
+        {
+            "state.backend.rocksdb.block.cache-size": "16mb",
+            "state.backend.rocksdb.writebuffer.size": "4 MB",
+            "state.backend.rocksdb.writebuffer.count": "3",
+            "state.backend.rocksdb.block.blocksize": "8kb",
+            "state.backend.rocksdb.thread.num": "1",
+            "state.backend.local-recovery": "true",
+        },
+    )
+    s = c.state_backend
+    assert (s.block_cache_size, s.write_buffer_size, s.write_buffer_count) == (16 << 20, 4 << 20, 3)
+    assert (s.block_size, s.background_threads, s.local_recovery) == (8 << 10, 1, True)
+    assert type(s.block_cache_size) is int  # plain data: it travels in messages
+    c.validate()
+    defaults = config.StateBackendConfig()
+    assert (defaults.block_cache_size, defaults.write_buffer_size) == (8 << 20, 64 << 20)
+    with pytest.raises(config.ConfigError, match=r"cache-size='lots'.*memory size such as 64mb"):
+        config.apply_options(config.JobConfig(), {"state.backend.rocksdb.block.cache-size": "lots"})
+    small = config.apply_options(
+        config.JobConfig(), {"state.backend.rocksdb.writebuffer.size": "1kb"}
+    )
+    with pytest.raises(config.ConfigError, match=r"writebuffer.size must be at least 64kb"):
+        small.validate()

@@ -154,3 +154,107 @@ class _Drop:
 
     def emit_watermark(self, watermark: int) -> None:
         pass
+
+
+def test_a_restore_at_the_same_parallelism_links_the_files_and_reads_no_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpoint's SST files become the new DB (hard links), and stay uploaded."""
+    state = rocksdb.RocksDBKeyedStateBackend(
+        tmp_path / "local", "a", lambda k: keygroups.key_group(k, MAXP), key_groups=(0, MAXP - 1)
+    )
+    job_dir = tmp_path / "job"
+    for k in range(5_000):
+        state.table("counts")[k] = k
+        state.map_table("maps").put(k % 10, k, str(k))
+    first = checkpoint(state, job_dir, 1)
+    assert first.key_groups == (0, MAXP - 1)
+    expected = state.snapshot()
+    state.close()
+
+    def no_scan(*args: Any) -> Any:
+        raise AssertionError("restored entry by entry")
+
+    monkeypatch.setattr(rocksdb, "_scan_checkpoint", no_scan)
+    again = rocksdb.RocksDBKeyedStateBackend(
+        tmp_path / "local", "b", lambda k: keygroups.key_group(k, MAXP), key_groups=(0, MAXP - 1)
+    )
+    again.restore_incremental(first, job_dir, 0, MAXP - 1)
+    assert again.snapshot() == expected
+    for name, relative in first.shared.items():
+        assert (again.path / name).stat().st_ino == (job_dir / "shared" / relative).stat().st_ino
+    again.table("counts")[1] = -1
+    second = checkpoint(again, job_dir, 2)
+    assert set(first.shared.values()) <= set(second.shared.values())
+    assert second.uploaded_bytes < first.uploaded_bytes / 5, "restored files uploaded again"
+    again.close()
+    assert all((job_dir / "shared" / p).exists() for p in first.shared.values())
+
+
+def local_backend(tmp_path: Path, name: str) -> rocksdb.RocksDBKeyedStateBackend:
+    return rocksdb.RocksDBKeyedStateBackend(
+        tmp_path / "local",
+        name,
+        lambda k: keygroups.key_group(k, MAXP),
+        key_groups=(0, MAXP - 1),
+        local_copies=tmp_path / "local" / "copies",
+    )
+
+
+def test_local_recovery_keeps_only_the_newest_completed_checkpoint_copy(tmp_path: Path) -> None:
+    state, job_dir = local_backend(tmp_path, "a"), tmp_path / "job"
+    copies = tmp_path / "local" / "copies"
+    state.table("t")[1] = 1
+    checkpoint(state, job_dir, 1)
+    state.notify_checkpoint_complete(1)
+    state.table("t")[2] = 2
+    checkpoint(state, job_dir, 2)
+    assert sorted(p.name for p in copies.iterdir()) == ["chk-1", "chk-2"]
+    state.notify_checkpoint_complete(2)
+    assert sorted(p.name for p in copies.iterdir()) == ["chk-2"]
+    state.close()
+    assert (copies / "chk-2").is_dir(), "a closed (failed) subtask keeps its copy"
+
+
+def test_a_restore_uses_the_local_copy_without_reading_checkpoint_storage(
+    tmp_path: Path,
+) -> None:
+    state, job_dir = local_backend(tmp_path, "a"), tmp_path / "job"
+    for k in range(2_000):
+        state.table("t")[k] = k
+    first = checkpoint(state, job_dir, 1)
+    state.notify_checkpoint_complete(1)
+    expected = state.snapshot()
+    state.close()
+    # Checkpoint storage unreachable: only the local copy can restore this.
+    for relative in first.shared.values():
+        (job_dir / "shared" / relative).unlink()
+    again = local_backend(tmp_path, "b")
+    again.restore_incremental(first, job_dir, 0, MAXP - 1, tmp_path / "local" / "copies" / "chk-1")
+    assert again.snapshot() == expected
+    again.close()
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_a_missing_or_corrupt_local_copy_falls_back_to_checkpoint_storage(
+    tmp_path: Path, damage: str
+) -> None:
+    state, job_dir = local_backend(tmp_path, "a"), tmp_path / "job"
+    for k in range(2_000):
+        state.table("t")[k] = k
+    first = checkpoint(state, job_dir, 1)
+    state.notify_checkpoint_complete(1)
+    expected = state.snapshot()
+    state.close()
+    copy = tmp_path / "local" / "copies" / "chk-1"
+    sst = sorted(copy.glob("*.sst"))[0]
+    if damage == "missing":
+        sst.unlink()
+    else:
+        data = sst.read_bytes()
+        sst.unlink()  # a hard link: never damage the working DB's (or storage's) file
+        sst.write_bytes(data[: len(data) // 2])
+    again = local_backend(tmp_path, "b")
+    again.restore_incremental(first, job_dir, 0, MAXP - 1, copy)
+    assert again.snapshot() == expected
+    again.close()

@@ -53,17 +53,23 @@ class Count(functions.AggregateFunction[Any, int, int]):
         return accumulator
 
 
-def window_op(assigner: windows.WindowAssigner) -> tuple[window.WindowOperator, Recorder]:
+def window_op(
+    assigner: windows.WindowAssigner,
+    backend: config.StateBackendConfig | None = None,
+    restored: base.RestoredState | None = None,
+) -> tuple[window.WindowOperator, Recorder]:
     op = window.WindowOperator(lambda v: v[0], assigner, Count(), lambda k, w, n: (k, w.start, n))
     out = Recorder()
-    op.setup(ctx(), out)
-    op.initialize_state(None)
+    op.setup(ctx(backend=backend) if backend else ctx(), out)
+    op.initialize_state(restored)
     op.open()
     return op, out
 
 
-def test_tumbling_windows_fire_on_the_watermark_and_drop_late_records() -> None:
-    op, out = window_op(windows.TumblingEventTimeWindows.of(10))
+def test_tumbling_windows_fire_on_the_watermark_and_drop_late_records(
+    backend: config.StateBackendConfig,
+) -> None:
+    op, out = window_op(windows.TumblingEventTimeWindows.of(10), backend)
     op.process_batch([("a", 1), ("a", 2), ("b", 3), ("a", 12)], [1, 2, 3, 12])
     op.process_watermark(8)
     assert out.records == []
@@ -75,21 +81,36 @@ def test_tumbling_windows_fire_on_the_watermark_and_drop_late_records() -> None:
     assert out.records[-1] == (("a", 10, 1), 19)
 
 
-def test_sliding_windows_assign_each_record_to_every_covering_window() -> None:
-    op, out = window_op(windows.SlidingEventTimeWindows.of(10, 5))
+def test_sliding_windows_assign_each_record_to_every_covering_window(
+    backend: config.StateBackendConfig,
+) -> None:
+    op, out = window_op(windows.SlidingEventTimeWindows.of(10, 5), backend)
     op.process_batch([("a", 0)], [7])
     op.process_watermark(base.MAX_WATERMARK)
     assert sorted(r[0] for r in out.records) == [("a", 0, 1), ("a", 5, 1)]
 
 
-def test_window_state_survives_a_snapshot_and_restore() -> None:
-    op, _ = window_op(windows.TumblingEventTimeWindows.of(10))
-    op.process_batch([("a", 1), ("b", 2)], [1, 2])
+@pytest.mark.parametrize("after", ["hashmap", "rocksdb"])
+def test_window_state_survives_a_snapshot_and_restore_into_either_backend(
+    backend: config.StateBackendConfig, after: str, tmp_path: Path
+) -> None:
+    op, _ = window_op(windows.TumblingEventTimeWindows.of(10), backend)
+    op.process_batch([("a", 1), ("b", 2), ("a", 3), ("a", 15)], [1, 2, 3, 15])
+    if backend.type is config.StateBackendType.ROCKSDB:
+        assert op.windows == {}  # the accumulators are in RocksDB, one entry per window
+        assert op.rocks is not None
+        assert sorted(op.rocks.all_keys()) == [("a", 10), ("a", 20), ("b", 10)]
     snap = op.snapshot_state(1)
-    op2, out2 = window_op(windows.TumblingEventTimeWindows.of(10))
-    op2.initialize_state(base.RestoredState(1, "job", snap.keyed, [[]], 1))
+    assert snap.keyed == {"windows": {"a": {10: 2, 20: 1}, "b": {10: 1}}}
+    op.close()
+    restored = base.RestoredState(1, "job", snap.keyed, [snap.operator], 1)
+    settings = config.StateBackendConfig(config.StateBackendType(after), str(tmp_path / "b"))
+    op2, out2 = window_op(windows.TumblingEventTimeWindows.of(10), settings, restored)
+    op2.process_batch([("b", 5)], [5])
     op2.process_watermark(base.MAX_WATERMARK)
-    assert sorted(r[0] for r in out2.records) == [("a", 0, 1), ("b", 0, 1)]
+    assert sorted(r[0] for r in out2.records) == [("a", 0, 2), ("a", 10, 1), ("b", 0, 2)]
+    assert op2.backend.snapshot() == {}
+    op2.close()
 
 
 class Timers(functions.KeyedProcessFunction):

@@ -219,7 +219,7 @@ def test_reduce_restored_at_another_parallelism_keeps_every_count(tmp_path: Path
 
 
 def test_window_state_survives_a_checkpoint_on_the_rocksdb_backend(tmp_path: Path) -> None:
-    """Windows keep their state on the heap: a rocksdb job must still checkpoint it."""
+    """Windows keep their accumulators in RocksDB: an incremental checkpoint restores them."""
     from streamjob_runtime import windows
     from streamjob_runtime.operators import window
 
@@ -245,11 +245,14 @@ def test_window_state_survives_a_checkpoint_on_the_rocksdb_backend(tmp_path: Pat
     op.initialize_state(None)
     op.open()
     op.process_batch([("a", 1), ("b", 2)], [1, 2])
-    snap = op.snapshot_state_incremental(1) or op.snapshot_state(1)
-    assert snap.incremental is None
+    snap = op.snapshot_state_incremental(1)
+    assert snap is not None
+    assert snap.incremental is not None
+    job_dir = tmp_path / "job"
+    state = snap.incremental(job_dir)
     op.close()
     again, out = window_op()
-    again.initialize_state(base.RestoredState(1, "job", snap.keyed, [snap.operator], 1))
+    again.initialize_state(base.RestoredState(1, "job", {}, [snap.operator], 1, [(state, job_dir)]))
     again.open()
     again.process_watermark(base.MAX_WATERMARK)
     assert sorted(out.records) == [1, 1]

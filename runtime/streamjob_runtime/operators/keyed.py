@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import functools
+import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from streamjob_runtime import config, functions
@@ -44,8 +47,16 @@ class KeyedOperator(base.StreamOperator):
         groups = self.ctx.key_group_range
         for state, job_dir in restored.keyed_incremental:
             if isinstance(self.backend, rocksdb.RocksDBKeyedStateBackend):
-                # Raw entries, batch by batch: never the whole state in memory.
-                self.backend.restore_incremental(state, job_dir, groups.start, groups.end)
+                # Its files (a local copy, with local recovery), or raw entries batch by
+                # batch: never the whole state in memory.
+                local = local_state_dir(self.ctx, restored.job_id)
+                self.backend.restore_incremental(
+                    state,
+                    job_dir,
+                    groups.start,
+                    groups.end,
+                    None if local is None else local / f"chk-{restored.checkpoint_id}",
+                )
             else:
                 self.backend.restore(
                     rocksdb.read_incremental(state, job_dir, groups.start, groups.end)
@@ -76,6 +87,22 @@ class KeyedOperator(base.StreamOperator):
             backend.notify_checkpoint_complete(checkpoint_id)
 
 
+def local_state_dir(ctx: base.OperatorContext, job_id: str) -> Path | None:
+    """Where this TaskManager keeps subtask ``ctx``'s local state copies of job ``job_id``
+    (``None`` without local recovery); per process, as the copies die with it."""
+    settings = ctx.state_backend
+    if not settings.local_recovery:
+        return None
+    root = Path(settings.local_dir or tempfile.gettempdir()) / "streamjob-localstate"
+    return root / f"tm-{os.getpid()}" / job_id / f"{ctx.uid}-{ctx.subtask_index}"
+
+
+def discard_local_state(settings: config.StateBackendConfig, job_id: str) -> None:
+    """Delete this TaskManager's local state copies of job ``job_id`` (it has ended)."""
+    root = Path(settings.local_dir or tempfile.gettempdir()) / "streamjob-localstate"
+    shutil.rmtree(root / f"tm-{os.getpid()}" / job_id, ignore_errors=True)
+
+
 def create_backend(ctx: base.OperatorContext) -> views.KeyedStateBackend:
     """The keyed state backend the job's ``state.backend.type`` names, for subtask ``ctx``."""
     settings = ctx.state_backend
@@ -84,6 +111,9 @@ def create_backend(ctx: base.OperatorContext) -> views.KeyedStateBackend:
             settings.local_dir or tempfile.gettempdir(),
             f"{ctx.job_id}-{ctx.uid}-{ctx.subtask_index}-a{ctx.attempt}",
             functools.partial(keygroups.key_group, max_parallelism=ctx.max_parallelism),
+            settings,
+            (ctx.key_group_range.start, ctx.key_group_range.end),
+            local_state_dir(ctx, ctx.job_id),
         )
     return heap.KeyedStateBackend()
 

@@ -5,7 +5,8 @@ A backend holds named *tables*, each mapping a record key to that key's value
 family on the ``rocksdb`` backend.  Operators with a hot path (reduce,
 aggregate) use tables directly; user functions use :class:`ValueState`,
 :class:`ListState` and :class:`MapState`, which address a table through the
-backend's current key, as Flink's do.
+backend's current key, as Flink's do.  Each view may have a time-to-live
+(:mod:`streamjob_runtime.state.ttl`), with the same semantics on every backend.
 
 A value read from a table may be a copy (RocksDB deserialises it), so every
 change here is written back with ``table[key] = value``; mutating a value read
@@ -16,8 +17,10 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, Protocol, TypeVar, overload
+
+from streamjob_runtime.state import ttl
 
 V = TypeVar("V")
 K = TypeVar("K")
@@ -49,12 +52,58 @@ class StateTable(Protocol):
         ...
 
 
+class MapValue(dict[Any, Any]):
+    """The canonical (snapshot) form of one key's map state: a ``dict`` marked as a map.
+
+    The mark lets a backend restore a map state from a snapshot as one entry per
+    map key (``rocksdb``), whichever backend wrote the snapshot.
+    """
+
+
+class MapTable(Protocol):
+    """One named map state: (record key, map key) -> stored value, one entry per map key."""
+
+    def get(self, key: Any, map_key: Any, /) -> Any:
+        """The stored value, ``None`` if there is none."""
+        ...
+
+    def contains(self, key: Any, map_key: Any, /) -> bool: ...
+
+    def put(self, key: Any, map_key: Any, value: Any, /) -> None: ...
+
+    def remove(self, key: Any, map_key: Any, /) -> None:
+        """Delete the entry (no error if there is none)."""
+        ...
+
+    def entries(self, key: Any, /) -> list[tuple[Any, Any]]:
+        """All (map key, stored value) pairs of ``key``, read now."""
+        ...
+
+    def clear(self, key: Any, /) -> None: ...
+
+    def is_empty(self, key: Any, /) -> bool: ...
+
+
 class KeyedStateBackend(Protocol):
     """Flink's ``KeyedStateBackend``: named tables and the key that views address."""
 
     current_key: Any
 
     def table(self, name: str) -> StateTable: ...
+
+    def map_table(self, name: str) -> MapTable:
+        """The map state ``name``; a name is either a table or a map table, never both."""
+        ...
+
+    def set_ttl(self, name: str, config: ttl.StateTtlConfig, clock: ttl.Clock) -> None:
+        """State ``name`` has a TTL: full snapshots leave its expired entries out (if so
+        configured), and :meth:`cleanup` may delete them."""
+        ...
+
+    def cleanup(self, name: str, budget: int) -> None:
+        """Incremental TTL cleanup: check about ``budget`` more entries of ``name`` and
+        delete the expired ones (round-robin over the state)."""
+        ...
 
     def restore(self, tables: dict[str, dict[Any, Any]]) -> None:
         """Add restored entries (this subtask's key groups only) to the tables."""
@@ -63,7 +112,8 @@ class KeyedStateBackend(Protocol):
     def snapshot(self) -> dict[str, dict[Any, Any]]:
         """A full snapshot in the canonical, backend-independent form: name -> {key: value}.
 
-        The caller serialises it before the next record is processed.
+        A map state's values are :class:`MapValue` dicts.  The caller serialises
+        it before the next record is processed.
         """
         ...
 
@@ -110,42 +160,201 @@ class ListState(_View, Generic[V]):
         self._table[self._backend.current_key] = list(values)
 
 
-class MapState(_View, Generic[K, V]):
-    """A map per key, stored as one value (a whole ``dict``) per record key."""
+_ABSENT: Any = object()
+
+
+class _Ttl:
+    """The TTL rules shared by the ``Ttl*`` states (Flink's ``AbstractTtlDecorator``).
+
+    Separate classes, so that a state without a TTL pays nothing for it.
+    """
+
+    def __init__(
+        self,
+        backend: KeyedStateBackend,
+        name: str,
+        ttl_config: ttl.StateTtlConfig,
+        clock: ttl.Clock,
+    ) -> None:
+        self._ttl = ttl_config
+        self._clock = clock
+        self._name = name
+        self._ttl_backend = backend
+        backend.set_ttl(name, ttl_config, clock)
+        self._cleanup_size = ttl_config.cleanup_incremental_size
+
+    def _accessed(self) -> None:
+        """After each access (never between a read and its write-back): incremental cleanup."""
+        if self._cleanup_size:
+            self._ttl_backend.cleanup(self._name, self._cleanup_size)
+
+    def _read(self, stored: Any, clear: Callable[[], None], rewrite: Callable[[Any], None]) -> Any:
+        """The user value of a stored entry (``_ABSENT`` if none), by Flink's TTL rules:
+        an expired entry is cleared, and returned this once if the visibility allows;
+        a live one is renewed on read with ``ON_READ_AND_WRITE``."""
+        if stored is None:
+            return _ABSENT
+        config = self._ttl
+        now = self._clock()
+        if stored.timestamp + config.ttl_ms <= now:
+            clear()
+            return stored.value if config.return_expired else _ABSENT
+        if config.update_on_read:
+            rewrite(ttl.TtlValue(stored.value, now))
+        return stored.value
+
+    def _wrap(self, value: Any) -> ttl.TtlValue:
+        return ttl.TtlValue(value, self._clock())
+
+
+class TtlValueState(ValueState[V], _Ttl):
+    """A :class:`ValueState` whose value expires (see :mod:`streamjob_runtime.state.ttl`)."""
+
+    def __init__(
+        self,
+        backend: KeyedStateBackend,
+        name: str,
+        default: V | None,
+        ttl_config: ttl.StateTtlConfig,
+        clock: ttl.Clock = ttl.processing_time,
+    ) -> None:
+        ValueState.__init__(self, backend, name, default)
+        _Ttl.__init__(self, backend, name, ttl_config, clock)
+
+    def value(self) -> V | None:
+        key, table = self._backend.current_key, self._table
+        value = self._read(
+            table.get(key), lambda: table.pop(key, None), lambda v: table.__setitem__(key, v)
+        )
+        self._accessed()
+        return self._default if value is _ABSENT else value
+
+    def update(self, value: V) -> None:
+        self._table[self._backend.current_key] = self._wrap(value)
+        self._accessed()
+
+
+class TtlListState(ListState[V], _Ttl):
+    """A :class:`ListState` whose elements expire one by one."""
+
+    def __init__(
+        self,
+        backend: KeyedStateBackend,
+        name: str,
+        ttl_config: ttl.StateTtlConfig,
+        clock: ttl.Clock = ttl.processing_time,
+    ) -> None:
+        ListState.__init__(self, backend, name)
+        _Ttl.__init__(self, backend, name, ttl_config, clock)
+
+    def get(self) -> list[V]:
+        key = self._backend.current_key
+        stored = self._table.get(key)
+        if not stored:
+            return []
+        now, config = self._clock(), self._ttl
+        out, kept = [], []
+        for element in stored:
+            if element.timestamp + config.ttl_ms <= now:
+                if config.return_expired:
+                    out.append(element.value)
+                continue
+            out.append(element.value)
+            kept.append(ttl.TtlValue(element.value, now) if config.update_on_read else element)
+        if not kept:
+            del self._table[key]
+        elif len(kept) != len(stored) or config.update_on_read:
+            self._table[key] = kept
+        self._accessed()
+        return out
+
+    def add(self, value: V) -> None:
+        super().add(self._wrap(value))  # type: ignore[arg-type]
+        self._accessed()
+
+    def update(self, values: list[V]) -> None:
+        if not values:
+            self.clear()
+        else:
+            self._table[self._backend.current_key] = [self._wrap(v) for v in values]
+        self._accessed()
+
+
+class MapState(Generic[K, V]):
+    """A map per key, one stored entry per map key (a large map is never read or written
+    whole on ``rocksdb``); with a TTL each entry expires on its own."""
+
+    def __init__(
+        self,
+        backend: KeyedStateBackend,
+        name: str,
+        ttl_config: ttl.StateTtlConfig | None = None,
+        clock: ttl.Clock = ttl.processing_time,
+    ) -> None:
+        self._backend = backend
+        self._map = backend.map_table(name)
+        self._ttl_rules = None if ttl_config is None else _Ttl(backend, name, ttl_config, clock)
+
+    def _entry(self, key: Any, map_key: K) -> Any:
+        table, rules = self._map, self._ttl_rules
+        if rules is None:
+            return table.get(key, map_key) if table.contains(key, map_key) else _ABSENT
+        value = rules._read(
+            table.get(key, map_key),
+            lambda: table.remove(key, map_key),
+            lambda v: table.put(key, map_key, v),
+        )
+        rules._accessed()
+        return value
 
     def get(self, key: K) -> V | None:
-        return self._table.get(self._backend.current_key, {}).get(key)  # type: ignore[no-any-return]
+        value = self._entry(self._backend.current_key, key)
+        return None if value is _ABSENT else value
 
     def put(self, key: K, value: V) -> None:
-        current = self._backend.current_key
-        entries = self._table.get(current)
-        if entries is None:
-            entries = {}
-        entries[key] = value
-        self._table[current] = entries
+        rules = self._ttl_rules
+        if rules is None:
+            self._map.put(self._backend.current_key, key, value)
+            return
+        self._map.put(self._backend.current_key, key, rules._wrap(value))
+        rules._accessed()
 
     def contains(self, key: K) -> bool:
-        return key in self._table.get(self._backend.current_key, {})
+        return self._entry(self._backend.current_key, key) is not _ABSENT
 
     def remove(self, key: K) -> None:
-        current = self._backend.current_key
-        entries = self._table.get(current)
-        if entries is None or key not in entries:
-            return
-        del entries[key]
-        if entries:
-            self._table[current] = entries
-        else:
-            del self._table[current]
+        self._map.remove(self._backend.current_key, key)
+
+    def clear(self) -> None:
+        self._map.clear(self._backend.current_key)
 
     def items(self) -> Iterator[tuple[K, V]]:
-        return iter(list(self._table.get(self._backend.current_key, {}).items()))
+        current, table, rules = self._backend.current_key, self._map, self._ttl_rules
+        entries = table.entries(current)
+        if rules is None:
+            return iter(entries)
+        config = rules._ttl
+        now = rules._clock()
+        out = []
+        for map_key, stored in entries:
+            if stored.timestamp + config.ttl_ms <= now:
+                table.remove(current, map_key)
+                if config.return_expired:
+                    out.append((map_key, stored.value))
+                continue
+            if config.update_on_read:
+                table.put(current, map_key, ttl.TtlValue(stored.value, now))
+            out.append((map_key, stored.value))
+        rules._accessed()
+        return iter(out)
 
     def keys(self) -> list[K]:
-        return list(self._table.get(self._backend.current_key, {}))
+        return [k for k, _ in self.items()]
 
     def is_empty(self) -> bool:
-        return not self._table.get(self._backend.current_key)
+        if self._ttl_rules is None:
+            return self._map.is_empty(self._backend.current_key)
+        return not any(True for _ in self.items())
 
 
 class TimerQueue:

@@ -29,7 +29,7 @@ from streamjob_runtime import jobfile, logs, security
 from streamjob_runtime.graph import jobgraph
 from streamjob_runtime.ha import factory as ha_factory
 from streamjob_runtime.ha import services
-from streamjob_runtime.operators import base
+from streamjob_runtime.operators import base, keyed
 from streamjob_runtime.rpc import framing, messages
 from streamjob_runtime.taskmanager import channelstate, network, task, wire
 
@@ -562,6 +562,10 @@ class TaskExecutor:
             await self._guarded(t, t.notify_checkpoint_complete, message.final_checkpoint_id)
         tasks = list(d.tasks.values())
         await self._cancel(message.job_id)
+        if tasks and tasks[0].config.state_backend.local_recovery:
+            # The job is over: its local state copies serve no recovery any more.
+            settings = tasks[0].config.state_backend
+            await asyncio.to_thread(keyed.discard_local_state, settings, message.job_id)
         for t in tasks:
             await self.send(
                 messages.TaskStateChanged(t.job_id, t.attempt, t.vertex.id, t.subtask, "FINISHED")
