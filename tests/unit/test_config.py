@@ -115,6 +115,8 @@ def test_bad_unaligned_settings_are_refused_with_a_reason(
 ) -> None:
     with pytest.raises(config.ConfigError, match=message):
         config.JobConfig(checkpointing=checkpointing).validate()
+
+
 def test_rocksdb_memory_options_take_flink_memory_sizes_and_refuse_nonsense() -> None:
     c = config.apply_options(
         config.JobConfig(),
