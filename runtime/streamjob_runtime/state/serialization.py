@@ -44,3 +44,22 @@ def dumps(obj: Any) -> bytes:
         # handles both.  Any other reason to fail fails again, with pickle's own error.
         return pickle.dumps(obj, protocol=5)
     return buffer.getvalue()
+
+
+class PickledTable(dict[Any, Any]):
+    """A copy of a state table that carries its own pickle: pickling it writes ``data``.
+
+    Stands in for an unchanged table in a full snapshot (see
+    :meth:`streamjob_runtime.state.views.TimerQueue.snapshot_table`): pickling
+    the snapshot copies ``data`` instead of pickling every entry again, and the
+    state file still unpickles to ``{name: {key: value}}`` (a plain dict).  In
+    memory it holds the entries too, so a snapshot reads the same either way;
+    ``data`` must be the pickle of exactly these entries.
+    """
+
+    def __init__(self, entries: dict[Any, Any], data: bytes) -> None:
+        super().__init__(entries)
+        self.data = data
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        return (pickle.loads, (self.data,))
