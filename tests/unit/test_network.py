@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+from streamjob_runtime.graph import jobgraph, keygroups
 from streamjob_runtime.rpc import framing
 from streamjob_runtime.taskmanager import network, wire
 
@@ -92,3 +94,141 @@ def test_a_remote_writer_sends_a_flush_of_elements_over_a_socket_in_order() -> N
         return received
 
     assert asyncio.run(scenario()) == elements + elements
+
+
+class _Collect:
+    """A channel writer that keeps what it is sent."""
+
+    def __init__(self) -> None:
+        self.elements: list[tuple[Any, ...]] = []
+
+    async def send(self, element: tuple[Any, ...]) -> None:
+        self.elements.append(element)
+
+    async def send_all(self, elements: list[tuple[Any, ...]]) -> None:
+        self.elements.extend(elements)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_hash_partitioned_batch_goes_to_each_keys_subtask_in_order() -> None:
+    # Every split path (2, 3-4 and more targets), with and without timestamps.
+    max_parallelism = 128
+    values = [(k % 50, i) for i, k in enumerate(range(0, 3000, 7))]
+    timestamps = [1000 + i for i in range(len(values))]
+    for n in range(1, 8):
+        for ts in (None, timestamps):
+            channels = [_Collect() for _ in range(n)]
+            writer = network.RecordWriter(
+                list(channels),
+                jobgraph.Partitioning(jobgraph.PartitionKind.HASH, lambda v: v[0]),
+                0,
+                max_parallelism,
+            )
+            writer.emit(values, ts)
+            asyncio.run(writer.flush())
+            for target, channel in enumerate(channels):
+                expected = [
+                    i
+                    for i, v in enumerate(values)
+                    if keygroups.operator_index(
+                        keygroups.key_group(v[0], max_parallelism), max_parallelism, n
+                    )
+                    == target
+                ]
+                got_values = [v for e in channel.elements for v in e[1]]
+                assert got_values == [values[i] for i in expected], (n, target)
+                if ts is None:
+                    assert all(e[2] is None for e in channel.elements)
+                else:
+                    got_ts = [t for e in channel.elements for t in e[2]]
+                    assert got_ts == [timestamps[i] for i in expected]
+
+
+class _Peer:
+    """The receiving end of a remote channel: decodes frame by frame into ``received``."""
+
+    def __init__(self) -> None:
+        self.received: asyncio.Queue[network.Element] = asyncio.Queue()
+        self.ended = asyncio.Event()
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                self.received.put_nowait(wire.decode(await framing.read_frame(reader)))
+        except asyncio.IncompleteReadError:
+            pass
+        finally:
+            writer.close()
+            self.ended.set()
+
+    async def frames(self, n: int) -> list[network.Element]:
+        return [await asyncio.wait_for(self.received.get(), 10) for _ in range(n)]
+
+
+async def _remote_pair(peer: _Peer) -> tuple[network.RemoteChannelWriter, asyncio.Server]:
+    server = await asyncio.start_server(peer.serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    _, w = await asyncio.open_connection("127.0.0.1", port)
+    return network.RemoteChannelWriter(w), server
+
+
+async def _close(channel: network.RemoteChannelWriter, server: asyncio.Server, peer: _Peer) -> None:
+    channel.close()
+    await channel.writer.wait_closed()
+    await asyncio.wait_for(peer.ended.wait(), 10)
+    server.close()
+    await server.wait_closed()
+
+
+def test_a_remote_writer_merges_small_batches_into_one_frame_before_a_control_element() -> None:
+    async def scenario() -> list[network.Element]:
+        peer = _Peer()
+        channel, server = await _remote_pair(peer)
+        await channel.send_all([("b", [1, 2], None)])
+        await channel.send_all([("b", [3], None), ("b", [4], [40])])
+        await channel.send_all([("b", [5], [50]), ("c", 7, 1000, None), ("b", [6], None)])
+        await channel.send(("e",))
+        frames = await peer.frames(5)
+        await _close(channel, server, peer)
+        return frames
+
+    assert asyncio.run(scenario()) == [
+        ("b", [1, 2, 3], None),  # merged: neither has timestamps
+        ("b", [4, 5], [40, 50]),  # merged with their timestamps
+        ("c", 7, 1000, None),
+        ("b", [6], None),
+        ("e",),
+    ]
+
+
+def test_a_remote_writer_sends_a_held_batch_after_the_linger_time() -> None:
+    async def scenario() -> tuple[network.Element, float]:
+        peer = _Peer()
+        channel, server = await _remote_pair(peer)
+        started = asyncio.get_running_loop().time()
+        await channel.send_all([("b", [1], None)])  # held: fewer than MERGE_RECORDS records
+        [frame] = await peer.frames(1)
+        waited = asyncio.get_running_loop().time() - started
+        await _close(channel, server, peer)
+        return frame, waited
+
+    frame, waited = asyncio.run(scenario())
+    assert frame == ("b", [1], None)
+    assert waited >= network.LINGER_S * 0.9
+
+
+def test_a_remote_writer_writes_at_once_when_enough_records_are_held() -> None:
+    async def scenario() -> list[network.Element]:
+        peer = _Peer()
+        channel, server = await _remote_pair(peer)
+        half = network.MERGE_RECORDS // 2
+        await channel.send_all([("b", list(range(half)), None)])
+        await channel.send_all([("b", list(range(half, 2 * half)), None)])
+        assert channel._linger is None  # written by the second call, not by the timer
+        frames = await peer.frames(1)
+        await _close(channel, server, peer)
+        return frames
+
+    assert asyncio.run(scenario()) == [("b", list(range(network.MERGE_RECORDS)), None)]

@@ -425,3 +425,45 @@ def test_a_file_source_holds_its_watermark_until_every_file_is_read(tmp_path: Pa
         pass
     assert out.watermarks == [8]
     assert all(int(v) > 8 for v, _ in out.records[:10])
+
+
+def test_an_unchanged_timer_table_is_pickled_once_and_restores_exactly() -> None:
+    import pickle
+
+    from streamjob_runtime.state import serialization
+
+    def restore(snap: base.OperatorSnapshot) -> tuple[dict[str, dict[Any, Any]], list[Any]]:
+        keyed_part, operator_part = pickle.loads(serialization.dumps((snap.keyed, snap.operator)))
+        assert all(type(t) is dict for t in keyed_part.values())
+        return keyed_part, operator_part
+
+    op = keyed.ProcessOperator(lambda v: v[0], Timers())
+    out = Recorder()
+    op.setup(ctx(), out)
+    op.initialize_state(None)
+    op.open()
+    op.process_batch([("a", 1), ("b", 2)], [1, 2])
+    first = op.snapshot_state(1)
+    op.process_batch([("a", 3)], [3])  # state changes, the timer (a, 100) already exists
+    second = op.snapshot_state(2)
+    assert second.keyed["__event_timers__"] is first.keyed["__event_timers__"]
+    keyed_part, _ = restore(second)
+    assert keyed_part["__event_timers__"] == {"a": 100, "b": 100}
+    assert keyed_part["seen"] == {"a": 2, "b": 1}
+
+    op.backend.current_key = "c"  # a new timer: the table is pickled again
+    op.timers.register_event_time_timer(150)
+    third = op.snapshot_state(3)
+    assert third.keyed["__event_timers__"] is not second.keyed["__event_timers__"]
+    keyed_part, operator_part = restore(third)
+    assert keyed_part["__event_timers__"] == {"a": 100, "b": 100, "c": 150}
+
+    again = keyed.ProcessOperator(lambda v: v[0], Timers())
+    fired = Recorder()
+    again.setup(ctx(), fired)
+    again.initialize_state(base.RestoredState(3, "job", keyed_part, [operator_part], 1))
+    again.open()
+    again.process_watermark(200)
+    assert sorted(r[0][0] for r in fired.records) == ["a", "b", "c"]
+    op.close()
+    again.close()

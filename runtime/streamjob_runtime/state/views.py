@@ -20,7 +20,7 @@ import itertools
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, Protocol, TypeVar, overload
 
-from streamjob_runtime.state import ttl
+from streamjob_runtime.state import serialization, ttl
 
 V = TypeVar("V")
 K = TypeVar("K")
@@ -369,7 +369,13 @@ class TimerQueue:
     """
 
     def __init__(self, backend: KeyedStateBackend, name: str) -> None:
+        self.name = name
         self._by_key = backend.table(name)
+        # Changes to the table so far, and the table pickled when there had been
+        # _pickled_at of them (see snapshot_table).
+        self._changes = 0
+        self._pickled: serialization.PickledTable | None = None
+        self._pickled_at = -1
         self._heap: list[tuple[int, int, Any]] = []
         self._seq = itertools.count()
         for key, times in self._by_key.items():
@@ -394,6 +400,7 @@ class TimerQueue:
         else:
             times.add(time)
             self._by_key[key] = times
+        self._changes += 1
         heapq.heappush(self._heap, (time, next(self._seq), key))
 
     def delete(self, key: Any, time: int) -> None:
@@ -401,6 +408,7 @@ class TimerQueue:
         times = self._by_key.get(key)
         if times is None:
             return
+        self._changes += 1  # maybe no such timer: an over-count only costs a fresh pickle
         if isinstance(times, int):
             if times == time:
                 del self._by_key[key]
@@ -412,6 +420,21 @@ class TimerQueue:
             del self._by_key[key]
         else:
             self._by_key[key] = times
+
+    def snapshot_table(self) -> dict[Any, Any]:
+        """The table for a full snapshot of the ``hashmap`` backend, with its pickle: the
+        same object while no timer changed since the last call, so it is pickled once.
+
+        Timers often outlive many checkpoints (one per key at the end of a window
+        or of time); pickling an unchanged table again cost as much as the rest of
+        the keyed count's state.  The result is pickled before the next record.
+        """
+        if self._pickled is None or self._pickled_at != self._changes:
+            # A copy: the live table changes with the next timer, this snapshot must not.
+            entries = dict(self._by_key.items())
+            self._pickled = serialization.PickledTable(entries, serialization.dumps(entries))
+            self._pickled_at = self._changes
+        return self._pickled
 
     def next_time(self) -> int | None:
         return self._heap[0][0] if self._heap else None

@@ -25,8 +25,7 @@ import asyncio
 import collections
 import time
 from collections.abc import Callable
-from itertools import compress
-from operator import not_
+from itertools import chain, compress
 from typing import Any, Protocol
 
 from streamjob_runtime.graph import jobgraph, keygroups
@@ -40,6 +39,10 @@ Element = tuple[Any, ...]
 # for a few flushes' frames, small enough that a stalled receiver bounds the records in
 # flight (tests/integration/test_backpressure.py).
 WRITE_BUFFER = 256 * 1024
+# A remote channel merges record batches into one frame up to this many records, or
+# until a control element or LINGER_S seconds (see RemoteChannelWriter).
+MERGE_RECORDS = 2048
+LINGER_S = 0.005
 
 
 class InputChannel:
@@ -193,26 +196,95 @@ class RemoteChannelWriter:
     transport's: ``drain`` blocks while more than :data:`WRITE_BUFFER` bytes
     wait to be sent, which happens when the receiver stops reading because its
     input channel is full.
+
+    Record batches are held back and merged into one frame until
+    :data:`MERGE_RECORDS` records are held, a control element (watermark,
+    barrier, end of input) is sent, or :data:`LINGER_S` has passed (Flink's
+    output buffer and buffer timeout).  A hash partition splits each upstream
+    batch over the downstream subtasks, so without this a frame carried
+    ``batch size / parallelism`` records; each frame costs a send, a TLS
+    record, a wakeup and a decode on both sides whatever its size.  Elements
+    keep their order: a control element is written after every batch held
+    before it, so a barrier never overtakes a record sent before it (a caller
+    that would send a barrier by another path must :meth:`write_held` first).
     """
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
         writer.transport.set_write_buffer_limits(high=WRITE_BUFFER)
+        self._held: list[Element] = []  # record batches not yet written
+        self._held_records = 0
+        self._linger: asyncio.TimerHandle | None = None
 
     async def send(self, element: Element) -> None:
-        # One write (header and payload together): one send syscall and segment per frame.
-        self.writer.write(framing.frame(wire.encode(element)))
-        await self.writer.drain()
+        await self.send_all([element])
 
     async def send_all(self, elements: list[Element]) -> None:
-        # All frames of one flush in one write and one drain: one TLS record and
-        # send syscall where there were one per element.
+        held = self._held
+        control = False
+        for element in elements:
+            if element[0] == "b":
+                held.append(element)
+                self._held_records += len(element[1])
+            else:
+                # Control elements are rare: hold them in order too, then write at once.
+                held.append(element)
+                control = True
+        if control or self._held_records >= MERGE_RECORDS:
+            self.write_held()
+            await self.writer.drain()
+        elif held and self._linger is None:
+            self._linger = asyncio.get_running_loop().call_later(LINGER_S, self.write_held)
+
+    def write_held(self) -> None:
+        """Write every held element now (merging runs of batches), without waiting for drain."""
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+        held = self._held
+        if not held or self.writer.transport.is_closing():
+            return
+        self._held = []
+        self._held_records = 0
         frame, encode = framing.frame, wire.encode
-        self.writer.write(b"".join([frame(encode(e)) for e in elements]))
-        await self.writer.drain()
+        # All frames in one write: one TLS record and send syscall where there were many.
+        self.writer.write(b"".join([frame(encode(e)) for e in _merge_batches(held)]))
 
     def close(self) -> None:
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         self.writer.close()
+
+
+def _merge_batches(elements: list[Element]) -> list[Element]:
+    """``elements`` with each run of consecutive batches joined into one batch.
+
+    Batches join when all of the run have timestamps or none has; the lists
+    are copied, never extended in place (an output may share them).
+    """
+    out: list[Element] = []
+    run: list[Element] = []
+
+    def end_run() -> None:
+        if len(run) == 1:
+            out.append(run[0])
+        elif run:
+            timestamps = None if run[0][2] is None else list(chain.from_iterable(e[2] for e in run))
+            out.append(("b", list(chain.from_iterable(e[1] for e in run)), timestamps))
+        run.clear()
+
+    for element in elements:
+        if element[0] == "b" and (not run or (element[2] is None) == (run[0][2] is None)):
+            run.append(element)
+            continue
+        end_run()
+        if element[0] == "b":
+            run.append(element)
+        else:
+            out.append(element)
+    end_run()
+    return out
 
 
 class RecordWriter:
@@ -283,12 +355,18 @@ class RecordWriter:
             c.close()
 
 
+# _ONLY[t] is a bytes.translate table that maps byte t to 1 and every other byte to 0.
+_ONLY = [bytes(b == t for b in range(256)) for t in range(4)]
+
+
 def _split(items: list[Any], targets: list[int], n: int) -> list[list[Any]]:
     """``items`` bucketed by target index (0 <= target < n), keeping their order."""
-    if n == 2:
-        return [list(compress(items, map(not_, targets))), list(compress(items, targets))]
     if n <= 4:
-        return [list(compress(items, map(t.__eq__, targets))) for t in range(n)]
+        # One pass in C per target: the targets as bytes, translated to 0/1 flags.
+        flags = bytes(targets)
+        if n == 2:
+            return [list(compress(items, flags.translate(_ONLY[0]))), list(compress(items, flags))]
+        return [list(compress(items, flags.translate(_ONLY[t]))) for t in range(n)]
     buckets: list[list[Any]] = [[] for _ in range(n)]
     appends = [b.append for b in buckets]
     for item, t in zip(items, targets, strict=True):

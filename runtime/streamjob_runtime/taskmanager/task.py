@@ -39,7 +39,7 @@ from streamjob_runtime import config, logs
 from streamjob_runtime.graph import jobgraph, keygroups
 from streamjob_runtime.operators import base, source
 from streamjob_runtime.rpc import messages
-from streamjob_runtime.state import rocksdb, shared, storage
+from streamjob_runtime.state import rocksdb, serialization, shared, storage
 from streamjob_runtime.taskmanager import channelstate, network
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,8 @@ class ChannelCapture:
 
 def _state_bytes(uid: str, snapshot: base.OperatorSnapshot) -> bytes:
     try:
-        return pickle.dumps((snapshot.keyed, snapshot.operator), protocol=5)
+        # Memo-less: half the CPU of the synchronous snapshot (see state.serialization).
+        return serialization.dumps((snapshot.keyed, snapshot.operator))
     except Exception as e:
         where = ""
         for name, table in snapshot.keyed.items():
