@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 
 import pytest
 
-from streamjob_operator.acting import certificates
 from streamjob_operator.api import crd, models
 from streamjob_operator.desired import (
     ha,
@@ -30,6 +29,7 @@ from streamjob_operator.observing import children
 from streamjob_operator.observing import jobmanager as rest_observing
 from streamjob_operator.planning import observed
 from streamjob_runtime import security
+from streamjob_runtime.api import certificates as runtime_certificates
 from streamjob_runtime.api import client
 from streamjob_runtime.api import models as rest
 from tests.integration.test_exactly_once_recovery import args, assert_exact
@@ -99,9 +99,9 @@ def create_streamjob(kube: KubeEmulator, name: str, body: dict[str, Any]) -> tar
 def create_credentials(kube: KubeEmulator, job: target.StreamJob) -> None:
     """The job's CA, certificate and REST token Secrets, as acting.credentials makes them."""
     now = datetime.datetime.now(datetime.UTC)
-    ca = certificates.make_ca("test CA", now)
+    ca = runtime_certificates.make_ca("test CA", now)
     names, addresses = desired_security.dns_names(job), desired_security.IP_ADDRESSES
-    pair = certificates.issue(ca, "test", names, addresses, now)
+    pair = runtime_certificates.issue(ca, "test", names, addresses, now)
     kube.create(
         desired_security.ca_secret(
             job, {desired_security.CA_CERT: ca.cert, desired_security.CA_KEY: ca.key}
