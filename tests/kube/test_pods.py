@@ -33,7 +33,6 @@ from streamjob_runtime.api import certificates as runtime_certificates
 from streamjob_runtime.api import client
 from streamjob_runtime.api import models as rest
 from tests.integration.test_exactly_once_recovery import args, assert_exact
-from tests.kube import pods as kubelet
 from tests.kube.pods import (
     FINALIZER,
     HASH_LABEL,
@@ -47,7 +46,6 @@ from tests.kube.pods import (
 from tests.kube.server import KubeEmulator
 
 T = TypeVar("T")
-REST_SCHEME = "https" if kubelet.RUNTIME_TLS else "http"
 JOBS = Path(__file__).parent.parent / "jobs"
 NAMESPACE = "default"
 HERE = target.DeploymentTarget()
@@ -343,7 +341,7 @@ def test_a_rendered_cluster_runs_a_job_to_its_exact_output(
 
     # The Service, as the operator reaches it.
     url = runner.rest_url(jm_name(job))
-    assert url == f"{REST_SCHEME}://127.0.0.1:{rest_port}"
+    assert url == f"https://127.0.0.1:{rest_port}"
     assert runner.resolve(jobmanager.rest_url(job, HERE)) == url
     assert runner.address_resolver(jobmanager.rest_url(job, HERE) + "/jobs") == f"{url}/jobs"
 
@@ -516,7 +514,7 @@ def test_with_ha_the_service_follows_the_leader_label(
     )
     [leading] = [p for p in runner.processes(jm_name(job)) if p.name == first]
     assert leading.argv[leading.argv.index("--pod-name") + 1] == first
-    assert runner.rest_url(jm_name(job)) == f"{REST_SCHEME}://127.0.0.1:{leading.ports[8081]}"
+    assert runner.rest_url(jm_name(job)) == f"https://127.0.0.1:{leading.ports[8081]}"
     assert kube.get(
         "coordination.k8s.io/v1", "leases", ha.lease_name(metadata.cluster_id(job, HERE)), NAMESPACE
     )
@@ -534,7 +532,7 @@ def test_with_ha_the_service_follows_the_leader_label(
         kube, runner, lambda: (name := leader()) != first and name, "the standby to take over"
     )
     [standby] = [p for p in runner.processes(jm_name(job)) if p.name == second]
-    assert runner.rest_url(jm_name(job)) == f"{REST_SCHEME}://127.0.0.1:{standby.ports[8081]}"
+    assert runner.rest_url(jm_name(job)) == f"https://127.0.0.1:{standby.ports[8081]}"
     details = wait_terminal(kube, runner, job, job_id)
     assert details.state is rest.JobStatus.FINISHED, details.failure_cause
     assert_exact(tmp_path / "out")
@@ -561,7 +559,7 @@ def test_a_replaced_jobmanager_pod_is_found_again_through_the_service(
     assert not pid_exists(old.pid)
     [new] = runner.processes(jm_name(job))
     url = runner.rest_url(jm_name(job))
-    assert url == f"{REST_SCHEME}://127.0.0.1:{new.ports[jobmanager.REST_PORT]}"
+    assert url == f"https://127.0.0.1:{new.ports[jobmanager.REST_PORT]}"
     # The TaskManager, given the Service's address, reaches the new JobManager.
     wait(
         kube,
