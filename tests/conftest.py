@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -122,6 +123,16 @@ class Harness:
 
     def source_records(self, job_id: str) -> int:
         return self.job(job_id).vertices[0].records_in
+
+    def events(self, name: str) -> list[dict[str, object]]:
+        """The JobManagers' log events called ``name``, in the order of their log files
+        (each with ``log``, the file's name)."""
+        found = []
+        for path in sorted(self.cluster.log_dir.glob("jobmanager*.log")):
+            for line in path.read_text().splitlines():
+                if f'"event":"{name}"' in line:
+                    found.append({**json.loads(line), "log": path.name})
+        return found
 
 
 @pytest.fixture
