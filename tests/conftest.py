@@ -137,6 +137,12 @@ class Harness:
 
 @pytest.fixture
 def cluster_factory(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
+    """Start local clusters; each is stopped when the test ends.
+
+    A test should name this fixture after those its processes use (``etcd``,
+    ``kubeconfig``): fixtures end in the reverse order, and a leader JobManager stopped
+    after its HA store is gone takes seconds to stop (its lease release cannot reach the
+    store; after 5 s it is killed)."""
     clusters: list[LocalCluster] = []
 
     def start(taskmanagers: int = 1, slots: int = 1, **kwargs: object) -> Harness:

@@ -341,7 +341,7 @@ def test_an_unreachable_store_fails_as_an_oserror_that_names_the_object(
 
 
 def test_a_killed_leader_jobmanager_is_replaced_and_restores_from_s3_through_the_ha_records(
-    s3: S3, cluster_factory: Callable[..., Harness], tmp_path: Path, etcd: Etcd
+    s3: S3, etcd: Etcd, cluster_factory: Callable[..., Harness], tmp_path: Path
 ) -> None:
     h = cluster_factory(
         taskmanagers=2, jobmanagers=2, ha=ha_args(etcd), checkpoint_dir=s3.url("checkpoints")
