@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -123,9 +124,25 @@ class Harness:
     def source_records(self, job_id: str) -> int:
         return self.job(job_id).vertices[0].records_in
 
+    def events(self, name: str) -> list[dict[str, object]]:
+        """The JobManagers' log events called ``name``, in the order of their log files
+        (each with ``log``, the file's name)."""
+        found = []
+        for path in sorted(self.cluster.log_dir.glob("jobmanager*.log")):
+            for line in path.read_text().splitlines():
+                if f'"event":"{name}"' in line:
+                    found.append({**json.loads(line), "log": path.name})
+        return found
+
 
 @pytest.fixture
 def cluster_factory(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
+    """Start local clusters; each is stopped when the test ends.
+
+    A test should name this fixture after those its processes use (``etcd``,
+    ``kubeconfig``): fixtures end in the reverse order, and a leader JobManager stopped
+    after its HA store is gone takes seconds to stop (its lease release cannot reach the
+    store; after 5 s it is killed)."""
     clusters: list[LocalCluster] = []
 
     def start(taskmanagers: int = 1, slots: int = 1, **kwargs: object) -> Harness:

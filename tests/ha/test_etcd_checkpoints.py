@@ -27,7 +27,7 @@ def keyed_sum_args(out: Path, interval: int, retained: int) -> list[str]:
 
 
 def test_a_new_leader_keeps_the_retained_checkpoints_the_ha_record_lists(
-    cluster_factory: Callable[..., Harness], tmp_path: Path, etcd: Etcd
+    etcd: Etcd, cluster_factory: Callable[..., Harness], tmp_path: Path
 ) -> None:
     h = cluster_factory(taskmanagers=2, jobmanagers=2, ha=ha_args(etcd))
     job = h.submit("keyed_sum", keyed_sum_args(tmp_path / "out", 300, 3), parallelism=2)
@@ -51,7 +51,7 @@ def test_a_new_leader_keeps_the_retained_checkpoints_the_ha_record_lists(
 
 
 def test_a_new_leader_fails_the_job_when_the_recorded_checkpoint_is_gone(
-    cluster_factory: Callable[..., Harness], tmp_path: Path, etcd: Etcd
+    etcd: Etcd, cluster_factory: Callable[..., Harness], tmp_path: Path
 ) -> None:
     h = cluster_factory(taskmanagers=2, jobmanagers=2, ha=ha_args(etcd))
     # A long interval: no other checkpoint completes between the deletion and the kill.

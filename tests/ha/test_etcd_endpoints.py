@@ -94,7 +94,7 @@ def test_a_leader_keeps_leading_when_the_etcd_member_it_talks_to_is_killed(
 
 
 def test_jobmanagers_fail_over_with_a_dead_first_etcd_endpoint(
-    cluster_factory: Callable[..., Harness], tmp_path: Path, etcd: Etcd
+    etcd: Etcd, cluster_factory: Callable[..., Harness], tmp_path: Path
 ) -> None:
     endpoints = f"127.0.0.1:{free_port()},{etcd.endpoint}"
     ha = ["--ha", "etcd", "--ha-etcd-endpoints", endpoints, "--ha-cluster-id", "dead-first",

@@ -41,7 +41,7 @@ def events(h: Harness, name: str) -> list[dict[str, object]]:
 
 @pytest.mark.parametrize("jobmanagers", [2, 3])
 def test_killed_leader_is_replaced_by_a_standby_and_the_output_is_exact(
-    cluster_factory: Callable[..., Harness], tmp_path: Path, etcd: Etcd, jobmanagers: int
+    etcd: Etcd, cluster_factory: Callable[..., Harness], tmp_path: Path, jobmanagers: int
 ) -> None:
     h = cluster_factory(taskmanagers=2, jobmanagers=jobmanagers, ha=ha_args(etcd))
     job = failover.kill_leader_mid_job(h, tmp_path / "out", 12_000)
@@ -60,7 +60,7 @@ def test_killed_leader_is_replaced_by_a_standby_and_the_output_is_exact(
 
 
 def test_leader_killed_during_a_checkpoint_recovers_from_the_last_completed_one(
-    cluster_factory: Callable[..., Harness], tmp_path: Path, etcd: Etcd
+    etcd: Etcd, cluster_factory: Callable[..., Harness], tmp_path: Path
 ) -> None:
     h = cluster_factory(taskmanagers=2, jobmanagers=3, ha=ha_args(etcd))
     out = tmp_path / "out"
@@ -74,7 +74,7 @@ def test_leader_killed_during_a_checkpoint_recovers_from_the_last_completed_one(
 
 
 def test_a_paused_leader_cannot_complete_a_checkpoint_after_it_is_deposed(
-    cluster_factory: Callable[..., Harness], tmp_path: Path, etcd: Etcd
+    etcd: Etcd, cluster_factory: Callable[..., Harness], tmp_path: Path
 ) -> None:
     h = cluster_factory(taskmanagers=2, jobmanagers=2, ha=ha_args(etcd))
     out = tmp_path / "out"
@@ -190,7 +190,7 @@ TRIGGER = "5f0c1d2e3a4b5c6d7e8f90a1b2c3d4e5"
 
 
 def test_a_stop_with_savepoint_is_answered_by_the_next_leader_and_restores_exactly(
-    cluster_factory: Callable[..., Harness], tmp_path: Path, etcd: Etcd
+    etcd: Etcd, cluster_factory: Callable[..., Harness], tmp_path: Path
 ) -> None:
     h = cluster_factory(taskmanagers=1, slots=2, jobmanagers=2, ha=ha_args(etcd))
     out = tmp_path / "out"
@@ -213,7 +213,7 @@ def test_a_stop_with_savepoint_is_answered_by_the_next_leader_and_restores_exact
 
 
 def test_a_job_its_leader_stopped_with_a_savepoint_is_not_resumed_by_the_next(
-    cluster_factory: Callable[..., Harness], tmp_path: Path, etcd: Etcd
+    etcd: Etcd, cluster_factory: Callable[..., Harness], tmp_path: Path
 ) -> None:
     # As a leader that died between recording the stop and the job's end leaves it:
     # the job still in the HA metadata, its stop recorded as completed.

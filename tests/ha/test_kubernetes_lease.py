@@ -153,7 +153,7 @@ def test_the_leader_labels_its_pod_and_unlabels_the_previous_leader(kube: KubeEm
 
 
 def test_jobmanager_failover_on_kubernetes_leases_keeps_the_output_exact(
-    cluster_factory: Callable[..., Harness], tmp_path: Path, kubeconfig: Path
+    kubeconfig: Path, cluster_factory: Callable[..., Harness], tmp_path: Path
 ) -> None:
     ha = ["--ha", "kubernetes", "--ha-namespace", "default", "--ha-cluster-id", "k8s",
           "--ha-lease-duration", "3000", "--ha-renew-deadline", "2000",

@@ -36,6 +36,7 @@ from tests.conftest import Harness
 from tests.etcd import Etcd
 from tests.ha.test_etcd_failover import events, ha_args
 from tests.integration.test_exactly_once_recovery import EVENTS, KEYS, args, assert_exact, committed
+from tests.integration.test_failure_detection import restore_past_a_damaged_checkpoint
 from tests.integration.test_rest_api import raw
 from tests.jobs import keyed_sum
 
@@ -297,29 +298,15 @@ def test_a_missing_state_object_on_restore_falls_back_to_the_previous_checkpoint
 ) -> None:
     h = cluster_factory(checkpoint_dir=s3.url("checkpoints"))
     out = tmp_path / "out"
-    job = h.submit(
-        "keyed_sum",
-        [f"out={out}", "events=60000", "rate=10000", "retained=3", "restart=fixed:5:2000"],
-    )
-    h.wait_for("3 completed checkpoints", lambda: h.checkpoints(job).counts.completed >= 3)
-    h.cluster.kill_taskmanager(0)
-    # The restart waits 2 s: remove a state object of the newest checkpoint meanwhile.
-    h.wait_for("the restart delay", lambda: h.job(job).state is models.JobStatus.RESTARTING)
-    ids = storage.checkpoint_ids(s3.url(f"checkpoints/{job}"))
-    newest = f"checkpoints/{job}/chk-{ids[-1]}/"
-    state_keys = [k for k in s3.keys(newest) if k.endswith(".state")]
-    assert state_keys
-    s3.client.delete_object(Bucket=BUCKET, Key=state_keys[0])
-    h.wait_for("the restore", lambda: h.job(job).restored_from is not None)
-    assert h.job(job).restored_from == ids[-2]
-    skipped = [
-        json.loads(line)
-        for line in (h.cluster.log_dir / "jobmanager.log").read_text().splitlines()
-        if '"checkpoint_skipped"' in line
-    ]
-    assert skipped
-    assert skipped[0]["checkpoint_id"] == ids[-1]
-    assert "missing" in str(skipped[0]["reason"])
+
+    def remove_a_state_object(job: str, checkpoint_id: int) -> None:
+        newest = f"checkpoints/{job}/chk-{checkpoint_id}/"
+        state_keys = [k for k in s3.keys(newest) if k.endswith(".state")]
+        assert state_keys
+        s3.client.delete_object(Bucket=BUCKET, Key=state_keys[0])
+
+    job, reason = restore_past_a_damaged_checkpoint(h, out, remove_a_state_object)
+    assert "missing" in reason
     details = h.wait_terminal(job)
     assert details.state is models.JobStatus.FINISHED, details.failure_cause
     # Going back past a committed checkpoint repeats its output (as with local storage),
@@ -354,7 +341,7 @@ def test_an_unreachable_store_fails_as_an_oserror_that_names_the_object(
 
 
 def test_a_killed_leader_jobmanager_is_replaced_and_restores_from_s3_through_the_ha_records(
-    s3: S3, cluster_factory: Callable[..., Harness], tmp_path: Path, etcd: Etcd
+    s3: S3, etcd: Etcd, cluster_factory: Callable[..., Harness], tmp_path: Path
 ) -> None:
     h = cluster_factory(
         taskmanagers=2, jobmanagers=2, ha=ha_args(etcd), checkpoint_dir=s3.url("checkpoints")

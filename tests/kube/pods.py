@@ -48,10 +48,6 @@ TaskManager (no probe) is ready once its log says it registered with a JobManage
 any other container after ``min_ready`` seconds of running. Pod status: phase Running,
 podIP 127.0.0.1, Ready and ContainersReady conditions, one container status.
 
-Until the runtime takes the security flags of SECURITY-CONTRACT.md (``--tls-dir``,
-``--rest-token-file``, ``--metrics-port``: :data:`RUNTIME_TLS`), the kubelet leaves out
-those of them it does not know (:func:`drop_unsupported`) and probes a ``metrics`` port
-it so left out on the REST port; once it takes them, nothing is left out.
 :meth:`PodRunner.client_options` gives a test the token and CAs a pod mounts.
 
 Services: :meth:`PodRunner.rest_url` and :meth:`PodRunner.resolve` (the
@@ -112,7 +108,6 @@ from typing import Any
 import aiohttp
 
 import streamjob_runtime
-from streamjob_runtime import cli as runtime_cli
 from tests.kube.server import KubeEmulator
 from tests.kube.store import ApiError
 
@@ -222,43 +217,6 @@ def free_port() -> int:
         return port
 
 
-SECURITY_FLAGS = ("--tls-dir", "--rest-token-file", "--metrics-port")
-
-
-def runtime_options(role: str) -> frozenset[str]:
-    """The options ``streamjob <role>`` of the runtime under test accepts."""
-    parser = runtime_cli.parser()
-    for action in parser._subparsers._group_actions if parser._subparsers else ():
-        choices = getattr(action, "choices", None) or {}
-        if role in choices:
-            return frozenset(o for a in choices[role]._actions for o in a.option_strings)
-    return frozenset()
-
-
-RUNTIME_TLS = "--tls-dir" in runtime_options("jobmanager")
-"""Whether the runtime takes the job's certificate and token (the security flags)."""
-
-
-def drop_unsupported(argv: Sequence[str], role: str) -> tuple[list[str], set[str]]:
-    """``argv`` without the :data:`SECURITY_FLAGS` (and their values) the runtime does
-    not accept for ``role``; and which were dropped."""
-    known = runtime_options(role)
-    out: list[str] = []
-    dropped: set[str] = set()
-    skip = False
-    for token in argv:
-        if skip:
-            skip = False
-            continue
-        name = token.partition("=")[0]
-        if name in SECURITY_FLAGS and name not in known:
-            dropped.add(name)
-            skip = "=" not in token
-            continue
-        out.append(token)
-    return out, dropped
-
-
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -331,7 +289,6 @@ class _Pod:
     ready: bool = False
     ready_changed: str = ""
     probe_failures: int = 0
-    dropped: set[str] = field(default_factory=set)  # security flags the runtime lacks
     watch_log: bool = False  # readiness: registered with a JobManager, as its log says
     registered: bool = False
     log_offset: int = 0
@@ -1003,7 +960,6 @@ class PodRunner:
 
     def _command_line(self, pod: _Pod, env: Mapping[str, str]) -> list[str]:
         argv = [expand(a, env) for a in pod.command.argv]
-        argv, pod.dropped = drop_unsupported(argv, pod.command.role)  # see the module doc
         pod.ports = {}
 
         def local(value: str) -> str:
@@ -1201,8 +1157,6 @@ class PodRunner:
         http = probe.get("httpGet")
         if http is not None:
             named = http.get("port", 80)
-            if named == "metrics" and "--metrics-port" in pod.dropped:
-                named = "rest"  # a runtime without a metrics port serves probes on REST
             port = pod.local_port(named)
             ok = False
             if port is not None:

@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 
 import pytest
 
-from streamjob_operator.acting import certificates
 from streamjob_operator.api import crd, models
 from streamjob_operator.desired import (
     ha,
@@ -30,10 +29,10 @@ from streamjob_operator.observing import children
 from streamjob_operator.observing import jobmanager as rest_observing
 from streamjob_operator.planning import observed
 from streamjob_runtime import security
+from streamjob_runtime.api import certificates as runtime_certificates
 from streamjob_runtime.api import client
 from streamjob_runtime.api import models as rest
 from tests.integration.test_exactly_once_recovery import args, assert_exact
-from tests.kube import pods as kubelet
 from tests.kube.pods import (
     FINALIZER,
     HASH_LABEL,
@@ -47,7 +46,6 @@ from tests.kube.pods import (
 from tests.kube.server import KubeEmulator
 
 T = TypeVar("T")
-REST_SCHEME = "https" if kubelet.RUNTIME_TLS else "http"
 JOBS = Path(__file__).parent.parent / "jobs"
 NAMESPACE = "default"
 HERE = target.DeploymentTarget()
@@ -99,9 +97,9 @@ def create_streamjob(kube: KubeEmulator, name: str, body: dict[str, Any]) -> tar
 def create_credentials(kube: KubeEmulator, job: target.StreamJob) -> None:
     """The job's CA, certificate and REST token Secrets, as acting.credentials makes them."""
     now = datetime.datetime.now(datetime.UTC)
-    ca = certificates.make_ca("test CA", now)
+    ca = runtime_certificates.make_ca("test CA", now)
     names, addresses = desired_security.dns_names(job), desired_security.IP_ADDRESSES
-    pair = certificates.issue(ca, "test", names, addresses, now)
+    pair = runtime_certificates.issue(ca, "test", names, addresses, now)
     kube.create(
         desired_security.ca_secret(
             job, {desired_security.CA_CERT: ca.cert, desired_security.CA_KEY: ca.key}
@@ -343,7 +341,7 @@ def test_a_rendered_cluster_runs_a_job_to_its_exact_output(
 
     # The Service, as the operator reaches it.
     url = runner.rest_url(jm_name(job))
-    assert url == f"{REST_SCHEME}://127.0.0.1:{rest_port}"
+    assert url == f"https://127.0.0.1:{rest_port}"
     assert runner.resolve(jobmanager.rest_url(job, HERE)) == url
     assert runner.address_resolver(jobmanager.rest_url(job, HERE) + "/jobs") == f"{url}/jobs"
 
@@ -516,7 +514,7 @@ def test_with_ha_the_service_follows_the_leader_label(
     )
     [leading] = [p for p in runner.processes(jm_name(job)) if p.name == first]
     assert leading.argv[leading.argv.index("--pod-name") + 1] == first
-    assert runner.rest_url(jm_name(job)) == f"{REST_SCHEME}://127.0.0.1:{leading.ports[8081]}"
+    assert runner.rest_url(jm_name(job)) == f"https://127.0.0.1:{leading.ports[8081]}"
     assert kube.get(
         "coordination.k8s.io/v1", "leases", ha.lease_name(metadata.cluster_id(job, HERE)), NAMESPACE
     )
@@ -534,7 +532,7 @@ def test_with_ha_the_service_follows_the_leader_label(
         kube, runner, lambda: (name := leader()) != first and name, "the standby to take over"
     )
     [standby] = [p for p in runner.processes(jm_name(job)) if p.name == second]
-    assert runner.rest_url(jm_name(job)) == f"{REST_SCHEME}://127.0.0.1:{standby.ports[8081]}"
+    assert runner.rest_url(jm_name(job)) == f"https://127.0.0.1:{standby.ports[8081]}"
     details = wait_terminal(kube, runner, job, job_id)
     assert details.state is rest.JobStatus.FINISHED, details.failure_cause
     assert_exact(tmp_path / "out")
@@ -561,7 +559,7 @@ def test_a_replaced_jobmanager_pod_is_found_again_through_the_service(
     assert not pid_exists(old.pid)
     [new] = runner.processes(jm_name(job))
     url = runner.rest_url(jm_name(job))
-    assert url == f"{REST_SCHEME}://127.0.0.1:{new.ports[jobmanager.REST_PORT]}"
+    assert url == f"https://127.0.0.1:{new.ports[jobmanager.REST_PORT]}"
     # The TaskManager, given the Service's address, reaches the new JobManager.
     wait(
         kube,

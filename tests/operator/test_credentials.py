@@ -21,10 +21,11 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from streamjob_operator.acting import certificates, children, credentials
+from streamjob_operator.acting import children, credentials
 from streamjob_operator.observing import jobmanager as rest_observing
 from streamjob_operator.observing import resource
 from streamjob_operator.planning import actions
+from streamjob_runtime.api import certificates as runtime_certificates
 from streamjob_runtime.api import models as rest
 from tests.kube import KubeEmulator, fixtures
 from tests.operator import test_observing
@@ -214,8 +215,8 @@ def test_the_pods_certificate_authenticates_both_ends_and_a_stranger_is_refused(
     handshake(server(mutual=False), creds.ssl_context, "127.0.0.1")
 
     now = datetime.datetime.now(datetime.UTC)
-    other_ca = certificates.make_ca("someone else", now)
-    other = certificates.issue(other_ca, "x", ["wordcount-jobmanager.default.svc"], [], now)
+    other_ca = runtime_certificates.make_ca("someone else", now)
+    other = runtime_certificates.issue(other_ca, "x", ["wordcount-jobmanager.default.svc"], [], now)
     stranger = ssl.create_default_context(cafile=ca)
     stranger.load_cert_chain(
         _write(tmp_path, "o.crt", other.cert), _write(tmp_path, "o.key", other.key)

@@ -24,7 +24,6 @@ from streamjob_operator.desired import (
 )
 from streamjob_runtime import cli, config
 from streamjob_runtime.ha import lease, services
-from tests.kube import pods
 
 DNS_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 HERE = target.DeploymentTarget()
@@ -182,10 +181,8 @@ def test_taskmanager_flags_are_exact_with_and_without_ha() -> None:
 @pytest.mark.parametrize("fields", [{}, HA_ON, {"savepoints": {"directory": "/sp"}, **HA_ON}])
 def test_the_runtime_parses_the_rendered_command_lines(fields: dict[str, Any]) -> None:
     job = make_job(**fields)
-    # Until the runtime takes its certificate and token, the security flags are left out
-    # here as the test kubelet leaves them out (tests.kube.pods.RUNTIME_TLS).
-    jm_argv, _ = pods.drop_unsupported(expand(jobmanager.arguments(job, HERE)), "jobmanager")
-    tm_argv, _ = pods.drop_unsupported(expand(taskmanager.arguments(job, HERE)), "taskmanager")
+    jm_argv = expand(jobmanager.arguments(job, HERE))
+    tm_argv = expand(taskmanager.arguments(job, HERE))
     jm = cli.parser().parse_args(["jobmanager", *jm_argv])
     assert (jm.host, jm.rpc_port, jm.rest_port) == ("10.0.0.7", 6123, 8081)
     assert jm.bind_host == "0.0.0.0"  # localhost in the pod reaches it too

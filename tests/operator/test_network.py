@@ -14,7 +14,7 @@ from streamjob_operator.api import models
 from streamjob_operator.desired import children, metadata, network, target
 from tests.kube import KubeEmulator, fixtures
 from tests.kube import test_pods as pods_test
-from tests.kube.pods import RUNTIME_TLS, PodRunner
+from tests.kube.pods import PodRunner
 
 kube = fixtures.kube
 
@@ -157,8 +157,6 @@ def test_the_ports_the_running_pods_open_are_the_ones_their_network_policy_guard
     pods_test.deploy(kube, job)
     jm, tm = pods_test.jm_name(job), pods_test.tm_name(job)
     pods_test.wait_ready(kube, runner, jm, tm)
-    # a runtime without a metrics port yet serves its probes on REST (tests.kube.pods)
-    unserved = set() if RUNTIME_TLS else {9249}
     for name in (jm, tm):
         (pod,) = runner.processes(name, pods_test.NAMESPACE)
         assert pod.pid is not None
@@ -174,4 +172,4 @@ def test_the_ports_the_running_pods_open_are_the_ones_their_network_policy_guard
         labels = stored["metadata"]["labels"]
         (policy,) = [p for p in policies if selects(p["spec"]["podSelector"], labels)]
         guarded = {p["port"] for r in policy["spec"]["ingress"] for p in r["ports"]}
-        assert opened == guarded - unserved
+        assert opened == guarded

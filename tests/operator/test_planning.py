@@ -361,6 +361,28 @@ class Case:
     )
 
 
+def check_case(case: Case) -> None:
+    """Plan ``case`` and check what it expects (the ``test_plan`` of each table)."""
+    result = planner.plan(case.seen, case.spec, case.status, NOW, case.config)
+    assert summary(result) == case.expected
+    check_write_ahead(result)
+    new = result.status
+    if case.lifecycle is not None:
+        assert new.lifecycleState is case.lifecycle
+    assert new.lifecycleState is lifecycle.lifecycle_state(new)
+    if case.step != "same":
+        assert new.reconciliation.step == case.step
+    if case.restore is not False:
+        assert new.reconciliation.restorePath == case.restore
+    if case.error == "":
+        assert new.error is None
+    elif case.error is not None:
+        assert new.error is not None
+        assert case.error in new.error
+    if case.check is not None:
+        case.check(result)
+
+
 EMPTY = models.StreamJobStatus()
 SAVEPOINT_T1 = pending("upgrade")
 SUSPENDED = raw(job__state="suspended")
@@ -1102,24 +1124,7 @@ def _history_and_event(plan: actions.Plan, locations: list[str], reason: str, me
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_plan(case: Case) -> None:
-    result = planner.plan(case.seen, case.spec, case.status, NOW, case.config)
-    assert summary(result) == case.expected
-    check_write_ahead(result)
-    new = result.status
-    if case.lifecycle is not None:
-        assert new.lifecycleState is case.lifecycle
-    assert new.lifecycleState is lifecycle.lifecycle_state(new)
-    if case.step != "same":
-        assert new.reconciliation.step == case.step
-    if case.restore is not False:
-        assert new.reconciliation.restorePath == case.restore
-    if case.error == "":
-        assert new.error is None
-    elif case.error is not None:
-        assert new.error is not None
-        assert case.error in new.error
-    if case.check is not None:
-        case.check(result)
+    check_case(case)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

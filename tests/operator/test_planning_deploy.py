@@ -34,7 +34,7 @@ from tests.operator.test_planning import (
     Step,
     _has,
     ago,
-    check_write_ahead,
+    check_case,
     details,
     parsed,
     raw,
@@ -199,23 +199,7 @@ def _degraded(plan: actions.Plan, value: bool) -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_plan(case: Case) -> None:
-    result = planner.plan(case.seen, case.spec, case.status, NOW, case.config)
-    assert summary(result) == case.expected
-    check_write_ahead(result)
-    new = result.status
-    if case.lifecycle is not None:
-        assert new.lifecycleState is case.lifecycle
-    if case.step != "same":
-        assert new.reconciliation.step == case.step
-    if case.restore is not False:
-        assert new.reconciliation.restorePath == case.restore
-    if case.error == "":
-        assert new.error is None
-    elif case.error is not None:
-        assert new.error is not None
-        assert case.error in new.error
-    if case.check is not None:
-        case.check(result)
+    check_case(case)
 
 
 def test_a_refusal_is_reported_by_one_event_across_passes() -> None:

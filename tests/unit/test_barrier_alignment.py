@@ -21,15 +21,28 @@ def two_input_task(tmp_path: Path, reports: list[messages.Message]) -> task.Task
     env.from_source(GeneratorSource(lambda i: i, 10)).set_parallelism(1).map(str).sink_to(
         FileSink(str(tmp_path / "out"))
     )
-    vertex = env.job_graph().vertices[1]
 
     async def report(message: messages.Message) -> None:
         reports.append(message)
 
+    return downstream_task(env, tmp_path, report)
+
+
+async def _ignore(message: messages.Message) -> None:
+    pass
+
+
+def downstream_task(
+    env: StreamExecutionEnvironment,
+    tmp_path: Path,
+    report: Callable[[messages.Message], Awaitable[None]] = _ignore,
+) -> task.Task:
+    """Subtask 0 of ``env``'s second vertex (parallelism 2): two input channels the test
+    feeds through its gate, no output writers, checkpoints under ``tmp_path``."""
     return task.Task(
         job_id="job",
         attempt=1,
-        vertex=vertex,
+        vertex=env.job_graph().vertices[1],
         subtask=0,
         job_config=config.JobConfig(parallelism=2),
         gate=network.InputGate(2, 8),

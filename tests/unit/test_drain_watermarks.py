@@ -13,16 +13,14 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from streamjob_runtime import config
 from streamjob_runtime.connectors.files import FileSink
 from streamjob_runtime.connectors.generator import GeneratorSource
 from streamjob_runtime.datastream import StreamExecutionEnvironment
 from streamjob_runtime.functions import AggregateFunction
 from streamjob_runtime.operators import base, window
-from streamjob_runtime.rpc import messages
-from streamjob_runtime.taskmanager import network, task
+from streamjob_runtime.taskmanager import task
 from streamjob_runtime.windows import TumblingEventTimeWindows, WatermarkStrategy
-from tests.unit.test_barrier_alignment import running, until
+from tests.unit.test_barrier_alignment import downstream_task, running, until
 
 MAX = base.MAX_WATERMARK
 
@@ -53,23 +51,7 @@ def window_task(tmp_path: Path) -> task.Task:
         .sink_to(FileSink(str(tmp_path / "out")))
         .set_parallelism(1)
     )
-    vertex = env.job_graph().vertices[1]
-
-    async def report(message: messages.Message) -> None:
-        pass
-
-    return task.Task(
-        job_id="job",
-        attempt=1,
-        vertex=vertex,
-        subtask=0,
-        job_config=config.JobConfig(parallelism=2),
-        gate=network.InputGate(2, 8),
-        writers=[],
-        checkpoint_dir=str(tmp_path / "checkpoints"),
-        restore=None,
-        report=report,
-    )
+    return downstream_task(env, tmp_path)
 
 
 def head(t: task.Task) -> window.WindowOperator:

@@ -23,6 +23,7 @@ from streamjob_operator.acting import certificates, children
 from streamjob_operator.desired import jobmanager, security, target
 from streamjob_operator.observing import jobmanager as rest_observing
 from streamjob_operator.observing import kubeapi
+from streamjob_runtime.api import certificates as runtime_certificates
 
 TOKEN_BYTES = 32
 
@@ -53,9 +54,9 @@ def _adopted(stored: dict[str, Any] | None) -> bool:
     return any(r.get("controller") for r in refs)
 
 
-def _pair(data: dict[str, bytes], cert: str, key: str) -> certificates.KeyPair | None:
+def _pair(data: dict[str, bytes], cert: str, key: str) -> runtime_certificates.KeyPair | None:
     if cert in data and key in data:
-        return certificates.KeyPair(data[cert], data[key])
+        return runtime_certificates.KeyPair(data[cert], data[key])
     return None
 
 
@@ -104,7 +105,7 @@ async def ensure(
     fresh = certificates.needs_certificate(pair, kept.current, names, addresses, now)
     if fresh or pair is None:
         common_name = jobmanager.service_name(job, target.DeploymentTarget())
-        pair = certificates.issue(kept.current, common_name, names, addresses, now)
+        pair = runtime_certificates.issue(kept.current, common_name, names, addresses, now)
     if fresh or data.get(security.CA_CERT) != bundle or not _adopted(stored_tls):
         await children.apply(api, security.tls_secret(job, bundle, pair.cert, pair.key))
 

@@ -45,8 +45,20 @@ class SavepointRequest:
     trigger_timestamp: int = 0
 
     def info(self) -> models.SavepointInfo:
+        """Its outcome, as a poll of the request id answers."""
         return models.SavepointInfo(
             request_id=self.request_id,
+            status=self.status,
+            location=self.location,
+            failure_cause=self.failure_cause,
+        )
+
+    def request_info(self) -> models.SavepointRequestInfo:
+        """The request and its outcome, as the list of requests shows it."""
+        return models.SavepointRequestInfo(
+            request_id=self.request_id,
+            operation=self.operation,
+            trigger_timestamp=self.trigger_timestamp,
             status=self.status,
             location=self.location,
             failure_cause=self.failure_cause,
@@ -712,7 +724,6 @@ class JobMaster:
 
     def checkpoint_statistics(self) -> models.CheckpointingStatistics:
         c = self.coordinator
-        cfg = self.config.checkpointing
         latest = self.store.latest()
         return models.CheckpointingStatistics(
             counts=models.CheckpointCounts(
@@ -720,76 +731,17 @@ class JobMaster:
                 failed=c.counts["failed"],
                 in_progress=c.in_progress(),
             ),
-            latest_completed=None
-            if latest is None
-            else models.CompletedCheckpointInfo(
-                id=latest.checkpoint_id,
-                path=str(latest.directory),
-                trigger_timestamp=latest.timestamp,
-                duration_ms=latest.duration_ms,
-                bytes=latest.bytes,
-                alignment_ms=latest.alignment_ms,
-            ),
-            history=[
-                models.CheckpointEntry(
-                    id=h.checkpoint_id,
-                    kind=h.kind,
-                    status=h.status,
-                    trigger_timestamp=h.trigger_timestamp,
-                    duration_ms=h.duration_ms,
-                    bytes=h.bytes,
-                    alignment_ms=h.alignment_ms,
-                    unaligned=h.unaligned,
-                    persisted_data_bytes=h.channel_state_bytes,
-                    failure=h.failure,
-                    subtasks=[
-                        models.SubtaskCheckpointStats(
-                            vertex=a.vertex_id,
-                            subtask=a.subtask,
-                            ack_ms=round(a.ack_ms, 1),
-                            bytes=a.bytes,
-                            sync_ms=round(a.sync_ms, 1),
-                            async_ms=round(a.async_ms, 1),
-                            alignment_ms=round(a.alignment_ms, 1),
-                            unaligned=a.unaligned,
-                            persisted_data_bytes=a.channel_state_bytes,
-                        )
-                        for a in h.acks
-                    ],
-                )
-                for h in reversed(c.history)
-            ],
-            config=models.CheckpointConfigInfo(
-                enabled=cfg.enabled,
-                interval_ms=cfg.interval_ms,
-                mode=cfg.mode.value,
-                timeout_ms=cfg.timeout_ms,
-                min_pause_ms=cfg.min_pause_ms,
-                max_concurrent=cfg.max_concurrent,
-                tolerable_failures=cfg.tolerable_failures,
-                retained=cfg.retained,
-                unaligned=cfg.unaligned,
-                aligned_checkpoint_timeout_ms=cfg.aligned_timeout_ms,
-            ),
+            latest_completed=None if latest is None else _completed_info(latest),
+            history=[_checkpoint_entry(h) for h in reversed(c.history)],
+            config=_checkpoint_config(self.config.checkpointing),
             latest_restored=self.latest_restore,
         )
 
     def savepoint_requests(self) -> models.SavepointRequestList:
-        return models.SavepointRequestList(
-            requests=[
-                models.SavepointRequestInfo(
-                    request_id=r.request_id,
-                    operation=r.operation,
-                    trigger_timestamp=r.trigger_timestamp,
-                    status=r.status,
-                    location=r.location,
-                    failure_cause=r.failure_cause,
-                )
-                for r in sorted(
-                    self.savepoints.values(), key=lambda r: r.trigger_timestamp, reverse=True
-                )
-            ]
+        newest_first = sorted(
+            self.savepoints.values(), key=lambda r: r.trigger_timestamp, reverse=True
         )
+        return models.SavepointRequestList(requests=[r.request_info() for r in newest_first])
 
     def job_config(self) -> models.JobConfigInfo:
         sub = self.submission
@@ -811,3 +763,62 @@ class JobMaster:
             root_exception=self.exceptions[-1].cause if self.exceptions else None,
             history=list(reversed(self.exceptions)),
         )
+
+
+# -- REST models of the checkpoint coordinator's records -------------------------------------
+
+
+def _completed_info(checkpoint: store.CompletedCheckpoint) -> models.CompletedCheckpointInfo:
+    return models.CompletedCheckpointInfo(
+        id=checkpoint.checkpoint_id,
+        path=str(checkpoint.directory),
+        trigger_timestamp=checkpoint.timestamp,
+        duration_ms=checkpoint.duration_ms,
+        bytes=checkpoint.bytes,
+        alignment_ms=checkpoint.alignment_ms,
+    )
+
+
+def _checkpoint_entry(stats: coordinator.CheckpointStats) -> models.CheckpointEntry:
+    return models.CheckpointEntry(
+        id=stats.checkpoint_id,
+        kind=stats.kind,
+        status=stats.status,
+        trigger_timestamp=stats.trigger_timestamp,
+        duration_ms=stats.duration_ms,
+        bytes=stats.bytes,
+        alignment_ms=stats.alignment_ms,
+        unaligned=stats.unaligned,
+        persisted_data_bytes=stats.channel_state_bytes,
+        failure=stats.failure,
+        subtasks=[_subtask_stats(a) for a in stats.acks],
+    )
+
+
+def _subtask_stats(ack: coordinator.SubtaskAck) -> models.SubtaskCheckpointStats:
+    return models.SubtaskCheckpointStats(
+        vertex=ack.vertex_id,
+        subtask=ack.subtask,
+        ack_ms=round(ack.ack_ms, 1),
+        bytes=ack.bytes,
+        sync_ms=round(ack.sync_ms, 1),
+        async_ms=round(ack.async_ms, 1),
+        alignment_ms=round(ack.alignment_ms, 1),
+        unaligned=ack.unaligned,
+        persisted_data_bytes=ack.channel_state_bytes,
+    )
+
+
+def _checkpoint_config(cfg: config.CheckpointConfig) -> models.CheckpointConfigInfo:
+    return models.CheckpointConfigInfo(
+        enabled=cfg.enabled,
+        interval_ms=cfg.interval_ms,
+        mode=cfg.mode.value,
+        timeout_ms=cfg.timeout_ms,
+        min_pause_ms=cfg.min_pause_ms,
+        max_concurrent=cfg.max_concurrent,
+        tolerable_failures=cfg.tolerable_failures,
+        retained=cfg.retained,
+        unaligned=cfg.unaligned,
+        aligned_checkpoint_timeout_ms=cfg.aligned_timeout_ms,
+    )
