@@ -14,13 +14,15 @@ event from that index on raises: a job that never gets past it), commit_delay
 sink_delay (seconds the sink sleeps per batch, a slow sink), slow_subtask (only
 that sink subtask is slow), source_parallelism, timeout and tolerable
 (checkpoint timeout in ms and tolerable failed checkpoints), sum_uid (the
-reduce's uid), backend (state.backend.type), localdir
+reduce's uid), ballast (bytes of incompressible state per key, kept by the
+reduce: large state files), backend (state.backend.type), localdir
 (state.backend.rocksdb.localdir) and incremental
 (execution.checkpointing.incremental).
 """
 
 from __future__ import annotations
 
+import random
 import time
 from collections import Counter
 from typing import Any
@@ -103,6 +105,17 @@ def restart_strategy(spec: str) -> config.RestartStrategyConfig:
     raise ValueError(f"unknown restart spec {spec}")
 
 
+_BALLAST: dict[int, bytes] = {}
+
+
+def ballast(key: int, size: int) -> bytes:
+    """The same incompressible bytes for ``key`` in every process (one copy per key)."""
+    pad = _BALLAST.get(key)
+    if pad is None:
+        pad = _BALLAST[key] = random.Random(key).randbytes(size)
+    return pad
+
+
 def build(env: StreamExecutionEnvironment) -> None:
     a = parse(env.args)
     events = int(a.get("events", "60000"))
@@ -128,12 +141,14 @@ def build(env: StreamExecutionEnvironment) -> None:
     else:
         env.set_restart_strategy(config.fixed_delay(2_147_483_647, int(a.get("delay", "100"))))
 
-    def check(event: tuple[int, int]) -> tuple[int, int]:
+    pad = int(a.get("ballast", "0"))
+
+    def check(event: tuple[int, int]) -> tuple[Any, ...]:
         if event[1] == fail_at:
             raise RuntimeError(f"boom at event {fail_at}")
         if 0 <= fail_from <= event[1]:
             raise RuntimeError(f"boom at event {event[1]} (fail_from={fail_from})")
-        return (event[0], 1)
+        return (event[0], 1, ballast(event[0], pad)) if pad else (event[0], 1)
 
     out = SlowSink(
         FileSink(a["out"], encoder=lambda r: f"{r[0]} {r[1]}"),
@@ -155,7 +170,7 @@ def build(env: StreamExecutionEnvironment) -> None:
         .uid("check")
         .set_parallelism(source_parallelism or env.parallelism)
         .key_by(lambda e: e[0])
-        .reduce(lambda x, y: (x[0], x[1] + y[1]))
+        .reduce(lambda x, y: (x[0], x[1] + y[1], *x[2:]))
         .uid(a.get("sum_uid", "sum"))
         .sink_to(out)
         .uid("sink")

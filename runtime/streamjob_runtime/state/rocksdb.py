@@ -46,7 +46,7 @@ from typing import Any, cast
 
 import rocksdict
 
-from streamjob_runtime.state import shared
+from streamjob_runtime.state import shared, storage
 
 _INT = struct.Struct(">q")
 _FLOAT = struct.Struct(">d")
@@ -272,7 +272,7 @@ class RocksDBKeyedStateBackend:
             dict(self.confirmed_files),
         )
 
-    def upload(self, local: LocalCheckpoint, job_dir: Path) -> IncrementalKeyedState:
+    def upload(self, local: LocalCheckpoint, job_dir: storage.Location) -> IncrementalKeyedState:
         """:func:`upload`, remembering the files for reuse once the checkpoint completes.
 
         Runs in a worker thread; the task acknowledges (and so the checkpoint can
@@ -332,43 +332,32 @@ class IncrementalKeyedState:
     uploaded_bytes: int = 0
 
 
-def upload(local: LocalCheckpoint, job_dir: Path) -> IncrementalKeyedState:
+def upload(local: LocalCheckpoint, job_dir: storage.Location) -> IncrementalKeyedState:
     """Asynchronous part: copy new SST files to ``<job_dir>/shared/``, inline the rest.
 
-    Blocking (run it in a thread).  Written files are fsynced.  The local
-    checkpoint directory is deleted afterwards, whatever happens.
+    ``job_dir`` is a local directory or an ``s3://`` prefix (:func:`shared.put`).
+    Blocking (run it in a thread).  Written files are durable on return.  The
+    local checkpoint directory is deleted afterwards, whatever happens.
     """
     try:
         files: dict[str, str] = {}
         inline: dict[str, bytes] = {}
         uploaded = 0
-        written: list[Path] = []
+        new: list[tuple[str, Path]] = []
         for entry in sorted(os.listdir(local.directory)):
             source = local.directory / entry
             if not entry.endswith(".sst"):
                 inline[entry] = source.read_bytes()
                 continue
             reused = local.confirmed_files.get(entry)
-            if reused is not None and (job_dir / shared.SHARED / reused).exists():
+            if reused is not None and shared.exists(job_dir, reused):
                 files[entry] = reused
                 continue
             name = f"{local.db_name}/{entry}"
-            target = job_dir / shared.SHARED / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.tmp")
-            shutil.copyfile(source, tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-            written.append(target.parent)
+            new.append((name, source))
             uploaded += source.stat().st_size
             files[entry] = name
-        for directory in set(written):
-            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        shared.put(job_dir, new)
         return IncrementalKeyedState(local.states, files, inline, uploaded)
     finally:
         shutil.rmtree(local.directory, ignore_errors=True)
