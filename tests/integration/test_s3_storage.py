@@ -42,8 +42,10 @@ from tests.ha.test_etcd_failover import events, ha_args
 from tests.integration.test_exactly_once_recovery import EVENTS, KEYS, args, assert_exact, committed
 from tests.integration.test_rest_api import raw
 from tests.jobs import keyed_sum
+from tests.kube import fixtures
 
 BUCKET = "streamjob"
+kube, kubeconfig = fixtures.kube, fixtures.kubeconfig
 
 REFUSAL = (
     b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
@@ -711,3 +713,37 @@ def test_incremental_rocksdb_checkpoints_on_s3_upload_each_file_once_and_restore
     assert details.state is models.JobStatus.FINISHED, details.failure_cause
     assert details.restarts >= 1
     assert_exact(out, events)
+
+
+def test_jobmanager_failover_on_kubernetes_leases_restores_from_s3_with_no_shared_volume(
+    s3: S3, cluster_factory: Callable[..., Harness], tmp_path: Path, kubeconfig: Path
+) -> None:
+    ha = ["--ha", "kubernetes", "--ha-namespace", "default", "--ha-cluster-id", "s3",
+          "--ha-lease-duration", "3000", "--ha-renew-deadline", "2000",
+          "--ha-retry-period", "500"]  # fmt: skip
+    h = cluster_factory(
+        taskmanagers=2,
+        jobmanagers=2,
+        ha=ha,
+        extra_env={"KUBECONFIG": str(kubeconfig)},
+        checkpoint_dir=s3.url("checkpoints"),
+        savepoint_dir=s3.url("savepoints"),
+    )
+    out = s3.url("output")  # the exactly-once sink on S3 too: no file is shared
+    job_args = [f"out={out}", f"events={EVENTS}", f"keys={KEYS}", "rate=4000"]
+    job = h.submit("keyed_sum", job_args, parallelism=2)
+    h.wait_for("a checkpoint", lambda: h.checkpoints(job).counts.completed >= 1)
+    leader = h.cluster.leader_pid()
+    h.cluster.kill_jobmanager(h.cluster.leader_index())  # SIGKILL
+    h.wait_for("a new leader", lambda: h.cluster.leader_pid() != leader)
+    details = h.wait_terminal(job, timeout_s=120)
+    assert details.state is models.JobStatus.FINISHED, details.failure_cause
+    got, want = committed_on_s3(out), keyed_sum.expected(EVENTS, KEYS)
+    assert not want - got, f"{sum((want - got).values())} lines missing"
+    assert not got - want, f"{sum((got - want).values())} lines extra (duplicates)"
+    # The new leader found the checkpoint through the HA ConfigMap, which names it on S3.
+    restored = [e for e in events(h, "restoring_from_checkpoint") if e.get("job_id") == job]
+    assert restored, "the new leader restored nothing"
+    assert str(restored[-1]["path"]).startswith(s3.url(f"checkpoints/{job}/chk-"))
+    local = [p for p in tmp_path.rglob("*") if p.name.startswith("chk-") or p.suffix == ".jsonl"]
+    assert local == [], "state or output on the local disk"
