@@ -344,13 +344,17 @@ def upload(local: LocalCheckpoint, job_dir: storage.Location) -> IncrementalKeye
         inline: dict[str, bytes] = {}
         uploaded = 0
         new: list[tuple[str, Path]] = []
-        for entry in sorted(os.listdir(local.directory)):
+        entries = sorted(os.listdir(local.directory))
+        stored = shared.existing(
+            job_dir, [local.confirmed_files[e] for e in entries if e in local.confirmed_files]
+        )
+        for entry in entries:
             source = local.directory / entry
             if not entry.endswith(".sst"):
                 inline[entry] = source.read_bytes()
                 continue
             reused = local.confirmed_files.get(entry)
-            if reused is not None and shared.exists(job_dir, reused):
+            if reused is not None and reused in stored:
                 files[entry] = reused
                 continue
             name = f"{local.db_name}/{entry}"

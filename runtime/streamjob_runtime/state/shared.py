@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import posixpath
 import shutil
 from collections.abc import Iterable, Sequence
 from concurrent import futures
@@ -68,13 +69,21 @@ def _inside(name: str) -> bool:
     return bool(parts) and not Path(name).is_absolute() and ".." not in parts
 
 
-def exists(job_dir: storage.Location, name: str) -> bool:
-    """Whether shared file ``name`` (relative to ``shared/``) is stored."""
-    try:
-        storage.size(job_dir / SHARED / name)
-    except FileNotFoundError:
-        return False
-    return True
+def existing(job_dir: storage.Location, names: Iterable[str]) -> set[str]:
+    """Which of the shared files ``names`` (relative to ``shared/``) are stored.
+
+    On object storage one listing per directory of ``names`` (a DB's), not a
+    request per file.
+    """
+    wanted = set(names)
+    if isinstance(job_dir, objectstore.ObjectPath):
+        found: set[str] = set()
+        for directory in {posixpath.dirname(n) for n in wanted}:
+            root = job_dir / SHARED
+            listed = objectstore.names(root / directory if directory else root)
+            found.update(posixpath.join(directory, n) for n in listed)
+        return wanted & found
+    return {n for n in wanted if (job_dir / SHARED / n).is_file()}
 
 
 def put(job_dir: storage.Location, files: Sequence[tuple[str, Path]]) -> None:

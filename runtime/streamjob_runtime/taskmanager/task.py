@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import copy
 import logging
+import os
 import pickle
 import shutil
 import tempfile
@@ -239,11 +240,10 @@ class Task:
             for name in keyed.shared.values()
         }
         if needed:
-            self._shared_dir = Path(
-                tempfile.mkdtemp(
-                    prefix="streamjob-shared-", dir=self.config.state_backend.local_dir
-                )
-            )
+            local_dir = self.config.state_backend.local_dir
+            if local_dir is not None:
+                os.makedirs(local_dir, exist_ok=True)  # a fresh machine has none yet
+            self._shared_dir = Path(tempfile.mkdtemp(prefix="streamjob-shared-", dir=local_dir))
             await asyncio.to_thread(shared.fetch, directory.parent, needed, self._shared_dir)
         return prefetched
 
