@@ -747,3 +747,28 @@ def test_jobmanager_failover_on_kubernetes_leases_restores_from_s3_with_no_share
     assert str(restored[-1]["path"]).startswith(s3.url(f"checkpoints/{job}/chk-"))
     local = [p for p in tmp_path.rglob("*") if p.name.startswith("chk-") or p.suffix == ".jsonl"]
     assert local == [], "state or output on the local disk"
+
+
+@pytest.mark.parametrize(
+    ("provider", "key_id"), [("profile", "AKIDPROFILE"), ("environment", "AKIDENV")]
+)
+def test_the_credentials_provider_option_picks_the_one_source_it_names(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, provider: str, key_id: str
+) -> None:
+    credentials = tmp_path / "credentials"
+    credentials.write_text("[dev]\naws_access_key_id = AKIDPROFILE\naws_secret_access_key = s\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    monkeypatch.setenv("AWS_PROFILE", "dev")  # ignored by the environment provider
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDENV")  # ignored by the profile provider
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    options = config.S3Config(
+        endpoint="http://127.0.0.1:9",
+        credentials_provider=config.S3CredentialsProvider(provider),
+        profile="dev" if provider == "profile" else None,
+    )
+    try:
+        session = objectstore.filesystem(options).session  # the session s3fs signs with
+        found = asyncio.run(session.get_credentials())
+        assert found.access_key == key_id
+    finally:
+        objectstore.reset()
