@@ -170,7 +170,9 @@ def build(env: StreamExecutionEnvironment) -> None:
         .uid("check")
         .set_parallelism(source_parallelism or env.parallelism)
         .key_by(lambda e: e[0])
-        .reduce(lambda x, y: (x[0], x[1] + y[1], *x[2:]))
+        .reduce(
+            (lambda x, y: (x[0], x[1] + y[1], x[2])) if pad else (lambda x, y: (x[0], x[1] + y[1]))
+        )
         .uid(a.get("sum_uid", "sum"))
         .sink_to(out)
         .uid("sink")
