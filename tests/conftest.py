@@ -40,6 +40,7 @@ class Harness:
         parallelism: int = 1,
         savepoint: str | None = None,
         allow_non_restored_state: bool = False,
+        options: dict[str, str] | None = None,
     ) -> str:
         path = job if "/" in job else str(JOBS / f"{job}.py")
         submission = models.JobSubmission(
@@ -48,6 +49,7 @@ class Harness:
             parallelism=parallelism,
             savepoint_path=savepoint,
             allow_non_restored_state=allow_non_restored_state,
+            config=options or {},
         )
         result = self._call(lambda c: c.submit(submission))
         assert isinstance(result, str)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import re
+import urllib.parse
 from collections.abc import Mapping
 
 import msgspec
@@ -216,6 +217,70 @@ class StateBackendConfig(msgspec.Struct, frozen=True):
             )
 
 
+class S3CredentialsProvider(enum.StrEnum):
+    """Where the processes of a job take their S3 credentials from (never the job config).
+
+    ``default``: botocore's chain (environment, profile files, web identity, instance
+    metadata); ``environment``: ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``
+    (``AWS_SESSION_TOKEN``) only; ``profile``: the profile ``s3.profile`` of the AWS
+    config/credentials files; ``web-identity``: ``AWS_ROLE_ARN`` +
+    ``AWS_WEB_IDENTITY_TOKEN_FILE`` only (IRSA, workload identity); ``anonymous``:
+    unsigned requests (public buckets).
+    """
+
+    DEFAULT = "default"
+    ENVIRONMENT = "environment"
+    PROFILE = "profile"
+    WEB_IDENTITY = "web-identity"
+    ANONYMOUS = "anonymous"
+
+
+_REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+class S3Config(msgspec.Struct, frozen=True):
+    """Flink's ``s3.*`` options: how every process of a job reaches ``s3://`` storage.
+
+    ``None`` leaves a setting to the process's environment (``AWS_ENDPOINT_URL``,
+    ``AWS_REGION``...), so a job without ``s3.*`` options behaves as before.
+    Secrets are not options: they would travel in the job's HA record and its
+    deployment messages (see ``s3.credentials.provider``).
+    """
+
+    endpoint: str | None = None  # s3.endpoint: http(s)://host[:port] of an S3-compatible store
+    region: str | None = None  # s3.region
+    path_style_access: bool | None = None  # s3.path.style.access
+    credentials_provider: S3CredentialsProvider = S3CredentialsProvider.DEFAULT
+    profile: str | None = None  # s3.profile, for s3.credentials.provider: profile
+
+    def validate(self) -> None:
+        if self.endpoint is not None:
+            url = urllib.parse.urlsplit(self.endpoint)
+            try:
+                url.port  # noqa: B018 - raises on a port that is not a number
+            except ValueError:
+                url = url._replace(netloc="")
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise ConfigError(
+                    f"s3.endpoint={self.endpoint!r} is not an endpoint URL: write"
+                    " http(s)://host[:port], for example http://minio.storage:9000"
+                )
+        if self.region is not None and not _REGION.match(self.region):
+            raise ConfigError(
+                f"s3.region={self.region!r} is not a region name: write one such as us-east-1"
+            )
+        if self.credentials_provider is S3CredentialsProvider.PROFILE and not self.profile:
+            raise ConfigError(
+                "s3.credentials.provider: profile needs s3.profile (the name of a profile in"
+                " the AWS config/credentials files of every JobManager and TaskManager)"
+            )
+        if self.profile and self.credentials_provider is not S3CredentialsProvider.PROFILE:
+            raise ConfigError(
+                f"s3.profile={self.profile!r} is used only with s3.credentials.provider:"
+                f" profile (it is {self.credentials_provider.value}): set both or neither"
+            )
+
+
 class JobConfig(msgspec.Struct, frozen=True):
     """Everything that shapes one job's execution."""
 
@@ -225,6 +290,7 @@ class JobConfig(msgspec.Struct, frozen=True):
     checkpointing: CheckpointConfig = CheckpointConfig()
     restart_strategy: RestartStrategyConfig = RestartStrategyConfig()
     state_backend: StateBackendConfig = StateBackendConfig()
+    s3: S3Config = S3Config()
     batch_size: int = 1024  # records per network batch
     channel_capacity: int = 8  # batches buffered per input channel
 
@@ -245,6 +311,7 @@ class JobConfig(msgspec.Struct, frozen=True):
         self.checkpointing.validate()
         self.restart_strategy.validate()
         self.state_backend.validate()
+        self.s3.validate()
 
 
 # Flink-style option keys accepted by ``-D key=value`` on the CLI and by the
@@ -281,6 +348,11 @@ _OPTIONS: dict[str, tuple[str | None, str, type]] = {
     "state.backend.rocksdb.thread.num": ("state_backend", "background_threads", int),
     "state.backend.local-recovery": ("state_backend", "local_recovery", bool),
     "execution.checkpointing.incremental": ("state_backend", "incremental", bool),
+    "s3.endpoint": ("s3", "endpoint", str),
+    "s3.region": ("s3", "region", str),
+    "s3.path.style.access": ("s3", "path_style_access", bool),
+    "s3.credentials.provider": ("s3", "credentials_provider", S3CredentialsProvider),
+    "s3.profile": ("s3", "profile", str),
     "restart-strategy.type": ("restart_strategy", "kind", RestartStrategyKind),
     "restart-strategy.fixed-delay.attempts": ("restart_strategy", "attempts", int),
     "restart-strategy.fixed-delay.delay": ("restart_strategy", "delay_ms", int),
@@ -314,6 +386,19 @@ _OPTIONS: dict[str, tuple[str | None, str, type]] = {
 }
 
 
+# Flink's static-key options, refused: a secret in the job config would be stored in the
+# HA metadata, shown by ``GET /jobs/{id}/config`` and sent to every TaskManager.
+_REFUSED = {
+    key: (
+        f"option {key} is not accepted: a secret in the job config would be stored in the"
+        " HA metadata and sent to every process. Give the credentials to the JobManager and"
+        " TaskManager pods instead (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY from a Secret, an"
+        " AWS profile with s3.credentials.provider: profile, or web identity/IRSA)"
+    )
+    for key in ("s3.access-key", "s3.secret-key", "s3.access.key", "s3.secret.key")
+}
+
+
 def _parse_bool(raw: str) -> bool:
     if raw.lower() in ("true", "false"):
         return raw.lower() == "true"
@@ -331,6 +416,8 @@ def apply_options(config: JobConfig, options: Mapping[str, str]) -> JobConfig:
     :class:`ConfigError` naming the key and the accepted form.
     """
     for key, raw in options.items():
+        if key in _REFUSED:
+            raise ConfigError(_REFUSED[key])
         try:
             section, field, kind = _OPTIONS[key]
         except KeyError:

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from streamjob_runtime.connectors import files
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,6 +110,28 @@ def test_version() -> None:
         env={**os.environ},
     ).stdout
     assert out.startswith("streamjob ")
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("s3.endpoint=minio:9000", "s3.endpoint='minio:9000' is not an endpoint URL: write http"),
+        ("s3.path.style.access=yes", "s3.path.style.access='yes' is invalid: expected true or"),
+        ("s3.secret-key=abc", "option s3.secret-key is not accepted"),
+    ],
+)
+def test_run_refuses_a_bad_s3_option_with_what_to_write(
+    tmp_path: Path, option: str, message: str
+) -> None:
+    job = Path(__file__).parent.parent / "jobs" / "keyed_sum.py"
+    result = subprocess.run(
+        [sys.executable, "-m", "streamjob_runtime.cli", "run", "--workdir", str(tmp_path),
+         "-D", option, str(job), f"out={tmp_path / 'out'}"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def _ready(path: Path, process: subprocess.Popen[str], timeout_s: float = 60) -> dict[str, int]:

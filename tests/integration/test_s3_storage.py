@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import http.client
 import http.server
+import itertools
 import json
+import os
 import socket
 import subprocess
 import sys
 import threading
+import urllib.parse
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -26,8 +29,9 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
+from streamjob_runtime import config
 from streamjob_runtime.api import models
-from streamjob_runtime.checkpoint import metadata, savepoint
+from streamjob_runtime.checkpoint import metadata, savepoint, store
 from streamjob_runtime.connectors import files, s3files
 from streamjob_runtime.operators import base
 from streamjob_runtime.rpc import messages
@@ -39,8 +43,10 @@ from tests.integration.test_exactly_once_recovery import EVENTS, KEYS, args, ass
 from tests.integration.test_failure_detection import restore_past_a_damaged_checkpoint
 from tests.integration.test_rest_api import raw
 from tests.jobs import keyed_sum
+from tests.kube import fixtures
 
 BUCKET = "streamjob"
+kube, kubeconfig = fixtures.kube, fixtures.kubeconfig
 
 REFUSAL = (
     b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
@@ -60,6 +66,13 @@ class RefusingProxy(http.server.ThreadingHTTPServer):
         self.refuse_suffix = ""  # refuse only the keys ending so ("": every write)
         self.refuse_methods: tuple[str, ...] = ("PUT", "POST")
         self.refused = 0
+        # Part uploads of keys under hold_prefix wait for ``release`` (then fail) while
+        # ``hold`` is set: a writer stuck midway through a multipart upload.
+        self.hold = threading.Event()
+        self.hold_prefix = ""
+        self.held = threading.Event()  # a part upload is being held
+        self.release = threading.Event()
+        self.puts: Counter[str] = Counter()  # whole-object PUTs, by key
         super().__init__(("127.0.0.1", 0), _ProxyHandler)
 
 
@@ -72,6 +85,21 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
 
     def _forward(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        server = self.server
+        path, _, query = self.path.partition("?")
+        if self.command == "PUT" and "partNumber=" not in query:
+            server.puts[urllib.parse.unquote(path.removeprefix(f"/{BUCKET}/"))] += 1
+        if (
+            server.hold.is_set()
+            and "partNumber=" in query
+            and path.startswith(f"/{BUCKET}/{server.hold_prefix}")
+        ):
+            server.held.set()
+            server.release.wait(120)
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         refused = self.server.refuse.is_set() and self.command in self.server.refuse_methods
         if refused and self.path.split("?")[0].endswith(self.server.refuse_suffix):
             self.server.refused += 1
@@ -497,3 +525,237 @@ def test_s3_sink_aborts_the_uploads_of_earlier_attempts_that_no_checkpoint_kept(
     assert sorted(u["UploadId"] for u in left) == sorted([kept.upload_id, ongoing.upload_id])
     with pytest.raises(RuntimeError, match="can no longer be completed"):
         sink_writer(attempt=2).commit([lost])
+
+
+def test_the_jobs_s3_options_reach_the_jobmanager_the_taskmanagers_and_the_file_sink(
+    s3: S3, cluster_factory: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only the job's s3.* options name the store: no process finds it in its environment.
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    options = {
+        "s3.endpoint": endpoint,
+        "s3.region": "us-east-1",
+        "s3.path.style.access": "true",
+        "s3.credentials.provider": "environment",
+    }
+    h = cluster_factory(taskmanagers=2, checkpoint_dir=s3.url("checkpoints"))
+    out = s3.url("output")
+    job_args = [f"out={out}", f"events={EVENTS}", f"keys={KEYS}", "rate=4000"]
+    job = h.submit("keyed_sum", job_args, parallelism=2, options=options)
+    h.wait_for("2 completed checkpoints", lambda: h.checkpoints(job).counts.completed >= 2)
+    h.cluster.kill_taskmanager(1)
+    details = h.wait_terminal(job)
+    assert details.state is models.JobStatus.FINISHED, details.failure_cause
+    assert details.restarts >= 1
+    assert details.restored_from is not None
+    lines = files.read_committed_lines(out, config.S3Config(endpoint=endpoint))
+    got = Counter((int(k), int(n)) for k, n in (line.split() for line in lines))
+    want = keyed_sum.expected(EVENTS, KEYS)
+    assert not want - got, f"{sum((want - got).values())} lines missing"
+    assert not got - want, f"{sum((got - want).values())} lines extra (duplicates)"
+    assert any(k.endswith("/_metadata") for k in s3.keys(f"checkpoints/{job}/"))
+
+
+def test_a_bad_s3_option_is_refused_at_submission(
+    s3: S3, cluster_factory: Callable[..., Harness]
+) -> None:
+    h = cluster_factory(checkpoint_dir=s3.url("checkpoints"))
+    # The REST client's error (a RuntimeError) carries the JobManager's message.
+    with pytest.raises(RuntimeError, match=r"s3.endpoint='minio:9000' is not an endpoint URL"):
+        h.submit("keyed_sum", ["out=/tmp/unused"], options={"s3.endpoint": "minio:9000"})
+    assert s3.keys("checkpoints/") == []
+
+
+@pytest.mark.parametrize(
+    ("provider", "missing"),
+    [
+        ("environment", "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are not set"),
+        ("web-identity", "AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE are not set"),
+    ],
+)
+def test_a_credentials_provider_without_its_source_fails_naming_what_to_set(
+    monkeypatch: pytest.MonkeyPatch, provider: str, missing: str
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ROLE_ARN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("AWS_WEB_IDENTITY_TOKEN_FILE", raising=False)
+    options = config.S3Config(
+        endpoint="http://127.0.0.1:9", credentials_provider=config.S3CredentialsProvider(provider)
+    )
+    target = storage.location(f"s3://{BUCKET}/cp/x.state", options)
+    try:
+        with pytest.raises(OSError, match=f"s3.credentials.provider is {provider} but {missing}"):
+            storage.write_file(target, b"state")
+    finally:
+        objectstore.reset()
+
+
+def uploads_in_progress(s3: S3, prefix: str) -> list[str]:
+    found = s3.client.list_multipart_uploads(Bucket=BUCKET, Prefix=prefix).get("Uploads", [])
+    return [str(u["Key"]) for u in found]
+
+
+def test_a_taskmanager_killed_midway_through_a_multipart_state_upload_leaves_no_upload(
+    s3: S3, cluster_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    h = cluster_factory(taskmanagers=1, checkpoint_dir=s3.url("checkpoints"))
+    out = tmp_path / "out"
+    # 97 keys x 200 kB of state: a 19 MB state file, a multipart upload of 3 parts.
+    job = h.submit("keyed_sum", args(out, rate=4000, interval=500, ballast=200_000))
+    h.wait_for("a completed checkpoint", lambda: h.checkpoints(job).counts.completed >= 1)
+    s3.proxy.hold_prefix = f"checkpoints/{job}/chk-"
+    s3.proxy.hold.set()
+    try:
+        h.wait_for("a state upload midway", s3.proxy.held.is_set)
+        stuck = uploads_in_progress(s3, f"checkpoints/{job}/")
+        assert stuck
+        assert all(k.endswith(".state") for k in stuck), stuck
+        h.cluster.kill_taskmanager(0)  # SIGKILL, its upload half done
+        h.wait_for("the restore", lambda: h.job(job).restored_from is not None)
+    finally:
+        s3.proxy.hold.clear()
+        s3.proxy.release.set()
+    details = h.wait_terminal(job)
+    assert details.state is models.JobStatus.FINISHED, details.failure_cause
+    assert_exact(out)
+    h.wait_for(
+        "the abandoned upload to be aborted",
+        lambda: uploads_in_progress(s3, f"checkpoints/{job}/") == [],
+    )
+
+
+def test_a_completed_checkpoint_aborts_the_uploads_left_under_older_checkpoints(s3: S3) -> None:
+    job_dir = storage.location(s3.url("cp/job"))
+    for key in ("cp/job/chk-1/a-0.state", "cp/job/chk-3/a-0.state", "cp/job/shared/db/1.sst"):
+        s3.client.create_multipart_upload(Bucket=BUCKET, Key=key)
+    checkpoints = store.CompletedCheckpointStore(job_dir, retained=1)
+    checkpoints.add(store.CompletedCheckpoint(2, 0, job_dir / "chk-2", 0.0, 0, 0.0))
+
+    def left() -> list[str]:
+        return sorted(uploads_in_progress(s3, "cp/job/"))
+
+    # chk-1 was subsumed by 2; 3 may be in flight; shared files belong to no one checkpoint.
+    pause = threading.Event()  # never set: a timed wait between polls of the condition
+    for _ in range(300):
+        if left() == ["cp/job/chk-3/a-0.state", "cp/job/shared/db/1.sst"]:
+            break
+        pause.wait(0.1)
+    assert left() == ["cp/job/chk-3/a-0.state", "cp/job/shared/db/1.sst"]
+    checkpoints.abort_abandoned_uploads()  # a restore: nothing is in flight
+    assert left() == []
+
+
+def shared_references(s3: S3, job: str) -> dict[int, set[str]]:
+    """The shared files each checkpoint on S3 references (its sidecars), by checkpoint id."""
+    refs: dict[int, set[str]] = {}
+    for key in s3.keys(f"checkpoints/{job}/chk-"):
+        if key.endswith(".shared"):
+            checkpoint_id = int(key.split("/")[2].removeprefix("chk-"))
+            try:
+                body = s3.client.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode()
+            except s3.client.exceptions.NoSuchKey:
+                continue  # discarded by retention since the listing
+            refs.setdefault(checkpoint_id, set()).update(body.split())
+    return refs
+
+
+def test_incremental_rocksdb_checkpoints_on_s3_upload_each_file_once_and_restore_exactly(
+    s3: S3, cluster_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    h = cluster_factory(taskmanagers=1, checkpoint_dir=s3.url("checkpoints"))
+    out, events = tmp_path / "out", 80_000
+    localdir = tmp_path / "rocks"
+    job_args = args(out, events=events, rate=6000, backend="rocksdb", localdir=localdir, retained=3)
+    job = h.submit("keyed_sum", job_args)
+    prefix = f"checkpoints/{job}/shared/"
+
+    def stored() -> set[str]:
+        return {k.removeprefix(prefix) for k in s3.keys(prefix)}
+
+    def uploaded() -> dict[str, int]:
+        return {k.removeprefix(prefix): n for k, n in s3.proxy.puts.items() if k.startswith(prefix)}
+
+    def deleted_and_kept() -> bool:
+        # Files only discarded checkpoints referenced are deleted (RocksDB compacted them
+        # away); every file a retained checkpoint references stays.
+        referenced = set().union(*shared_references(s3, job).values())
+        assert referenced <= stored(), "a referenced shared file was deleted"
+        return bool(set(uploaded()) - stored())
+
+    h.wait_for("unreferenced shared files to be deleted", deleted_and_kept)
+    refs = shared_references(s3, job)
+    ids = sorted(refs)
+    assert len(ids) >= 2, refs
+    # A checkpoint references the files of the one before it again instead of uploading
+    # them: each shared object was PUT once, so a newer checkpoint PUT only its new files.
+    # (Between two checkpoints RocksDB may have compacted every file into new ones.)
+    assert any(refs[a] & refs[b] for a, b in itertools.pairwise(ids)), "no file was reused"
+    assert set(uploaded().values()) == {1}, "a shared file was uploaded twice"
+    h.cluster.kill_taskmanager(0)  # SIGKILL
+    h.wait_for("the restore", lambda: h.job(job).restored_from is not None)
+    # An incremental checkpoint: its state was rebuilt from shared files downloaded from S3.
+    assert h.job(job).restored_from in shared_references(s3, job)
+    details = h.wait_terminal(job)
+    assert details.state is models.JobStatus.FINISHED, details.failure_cause
+    assert details.restarts >= 1
+    assert_exact(out, events)
+
+
+def test_jobmanager_failover_on_kubernetes_leases_restores_from_s3_with_no_shared_volume(
+    s3: S3, cluster_factory: Callable[..., Harness], tmp_path: Path, kubeconfig: Path
+) -> None:
+    ha = ["--ha", "kubernetes", "--ha-namespace", "default", "--ha-cluster-id", "s3",
+          "--ha-lease-duration", "3000", "--ha-renew-deadline", "2000",
+          "--ha-retry-period", "500"]  # fmt: skip
+    h = cluster_factory(
+        taskmanagers=2,
+        jobmanagers=2,
+        ha=ha,
+        extra_env={"KUBECONFIG": str(kubeconfig)},
+        checkpoint_dir=s3.url("checkpoints"),
+        savepoint_dir=s3.url("savepoints"),
+    )
+    out = s3.url("output")  # the exactly-once sink on S3 too: no file is shared
+    job_args = [f"out={out}", f"events={EVENTS}", f"keys={KEYS}", "rate=4000"]
+    job = h.submit("keyed_sum", job_args, parallelism=2)
+    h.wait_for("a checkpoint", lambda: h.checkpoints(job).counts.completed >= 1)
+    leader = h.cluster.leader_pid()
+    h.cluster.kill_jobmanager(h.cluster.leader_index())  # SIGKILL
+    h.wait_for("a new leader", lambda: h.cluster.leader_pid() != leader)
+    details = h.wait_terminal(job, timeout_s=120)
+    assert details.state is models.JobStatus.FINISHED, details.failure_cause
+    got, want = committed_on_s3(out), keyed_sum.expected(EVENTS, KEYS)
+    assert not want - got, f"{sum((want - got).values())} lines missing"
+    assert not got - want, f"{sum((got - want).values())} lines extra (duplicates)"
+    # The new leader found the checkpoint through the HA ConfigMap, which names it on S3.
+    restored = [e for e in events(h, "restoring_from_checkpoint") if e.get("job_id") == job]
+    assert restored, "the new leader restored nothing"
+    assert str(restored[-1]["path"]).startswith(s3.url(f"checkpoints/{job}/chk-"))
+    local = [p for p in tmp_path.rglob("*") if p.name.startswith("chk-") or p.suffix == ".jsonl"]
+    assert local == [], "state or output on the local disk"
+
+
+@pytest.mark.parametrize(
+    ("provider", "key_id"), [("profile", "AKIDPROFILE"), ("environment", "AKIDENV")]
+)
+def test_the_credentials_provider_option_picks_the_one_source_it_names(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, provider: str, key_id: str
+) -> None:
+    credentials = tmp_path / "credentials"
+    credentials.write_text("[dev]\naws_access_key_id = AKIDPROFILE\naws_secret_access_key = s\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    monkeypatch.setenv("AWS_PROFILE", "dev")  # ignored by the environment provider
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDENV")  # ignored by the profile provider
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    options = config.S3Config(
+        endpoint="http://127.0.0.1:9",
+        credentials_provider=config.S3CredentialsProvider(provider),
+        profile="dev" if provider == "profile" else None,
+    )
+    try:
+        session = objectstore.filesystem(options).session  # the session s3fs signs with
+        found = asyncio.run(session.get_credentials())
+        assert found.access_key == key_id
+    finally:
+        objectstore.reset()

@@ -15,7 +15,8 @@ sink_delay (seconds the sink sleeps per batch, a slow sink), sink_rate (records/
 a sink subtask writes at most, another slow sink), slow_subtask (only
 that sink subtask is slow), source_parallelism, timeout and tolerable
 (checkpoint timeout in ms and tolerable failed checkpoints), sum_uid (the
-reduce's uid), backend (state.backend.type), localdir
+reduce's uid), ballast (bytes of incompressible state per key, kept by the
+reduce: large state files), backend (state.backend.type), localdir
 (state.backend.rocksdb.localdir), incremental
 (execution.checkpointing.incremental), unaligned and aligned_timeout
 (execution.checkpointing.unaligned and .aligned-checkpoint-timeout), capacity
@@ -29,6 +30,7 @@ TaskManagers survive).
 from __future__ import annotations
 
 import os
+import random
 import time
 from collections import Counter
 from typing import Any
@@ -127,6 +129,17 @@ def restart_strategy(spec: str) -> config.RestartStrategyConfig:
     raise ValueError(f"unknown restart spec {spec}")
 
 
+_BALLAST: dict[int, bytes] = {}
+
+
+def ballast(key: int, size: int) -> bytes:
+    """The same incompressible bytes for ``key`` in every process (one copy per key)."""
+    pad = _BALLAST.get(key)
+    if pad is None:
+        pad = _BALLAST[key] = random.Random(key).randbytes(size)
+    return pad
+
+
 def build(env: StreamExecutionEnvironment) -> None:
     a = parse(env.args)
     events = int(a.get("events", "60000"))
@@ -158,8 +171,9 @@ def build(env: StreamExecutionEnvironment) -> None:
         env.set_restart_strategy(config.fixed_delay(2_147_483_647, int(a.get("delay", "100"))))
 
     fail_once, _, marker = a.get("fail_once", "-1:").partition(":")
+    pad = int(a.get("ballast", "0"))
 
-    def check(event: tuple[int, int]) -> tuple[int, int]:
+    def check(event: tuple[int, int]) -> tuple[Any, ...]:
         if event[1] == int(fail_once) and not os.path.exists(marker):
             with open(marker, "x"):
                 pass
@@ -168,7 +182,7 @@ def build(env: StreamExecutionEnvironment) -> None:
             raise RuntimeError(f"boom at event {fail_at}")
         if 0 <= fail_from <= event[1]:
             raise RuntimeError(f"boom at event {event[1]} (fail_from={fail_from})")
-        return (event[0], 1)
+        return (event[0], 1, ballast(event[0], pad)) if pad else (event[0], 1)
 
     out = SlowSink(
         FileSink(a["out"], encoder=lambda r: f"{r[0]} {r[1]}"),
@@ -195,7 +209,9 @@ def build(env: StreamExecutionEnvironment) -> None:
         .uid("check")
         .set_parallelism(source_parallelism or env.parallelism)
         .key_by(lambda e: e[0])
-        .reduce(lambda x, y: (x[0], x[1] + y[1]))
+        .reduce(
+            (lambda x, y: (x[0], x[1] + y[1], x[2])) if pad else (lambda x, y: (x[0], x[1] + y[1]))
+        )
         .uid(a.get("sum_uid", "sum"))
         .sink_to(out)
         .uid("sink")

@@ -67,7 +67,8 @@ directory (so ``--tls-dir /etc/streamjob/tls`` finds the job's certificates). Wi
 ``--metrics-port`` the process gets one anyway (the default 9249 made local, so the
 probes reach it). Job files and state are the host's paths: a process may load job
 files from the repository and the temporary directory too (added to ``--job-roots``),
-and without ``--storage-roots`` use storage in the temporary directory. A container that
+and a JobManager without ``--storage-roots`` uses storage in the temporary directory
+(and its checkpoint and savepoint directories, as without the flag). A container that
 names no TLS directory (``--tls-dir`` or ``STREAMJOB_TLS_DIR``) runs with
 ``--insecure`` (pod specs from before the operator made certificates); the REST URLs
 the runner hands out are then ``http://``, else ``https://``.
@@ -983,8 +984,16 @@ class PodRunner:
             argv = rewrite_flags(argv, ("--job-roots",), lambda v: f"{v}:{local_roots}")
         else:
             argv += ["--job-roots", local_roots]
-        if "--storage-roots" not in flags:
-            argv += ["--storage-roots", tempfile.gettempdir()]
+        if "--storage-roots" not in flags and pod.command.role == "jobmanager":
+            # The runtime's default roots (its checkpoint and savepoint directories, an
+            # s3:// prefix among them) and the temporary directory, where tests keep state.
+            # (A TaskManager has no default roots: it restores what its JobManager sends.)
+            named = [
+                argv[i + 1]
+                for i, a in enumerate(argv[:-1])
+                if a in ("--checkpoint-dir", "--savepoint-dir")
+            ]
+            argv += ["--storage-roots", ":".join([tempfile.gettempdir(), *named])]
         argv = rewrite_flags(argv, PORT_FLAGS[pod.command.role], local)
         if pod.command.role == "taskmanager":
             argv = rewrite_flags(argv, ("--jobmanager",), lambda v: self._service_address(v, pod))

@@ -629,13 +629,13 @@ def test_the_container_environment_is_computed_as_the_kubelet_does(
         assert (env["CM_LEVEL"], env["CM_COLOR"], env["LEVEL"]) == ("INFO", "blue", "INFO")
         flags = list(tm.argv[tm.argv.index("taskmanager") :])
         port = tm.ports[6121]
-        # The security flags the pod spec lacks come last (see tests.kube.pods).
+        # The security flags the pod spec lacks come last (see tests.kube.pods); a
+        # TaskManager gets no storage roots (it restores what its JobManager sends).
         assert flags == [
             "taskmanager", "--jobmanager", "127.0.0.1:1", "--data-port", str(port),
             "--id", f"tm-{tm.name}", "--slots", "3",
             "--metrics-port", str(tm.ports[9249]), "--insecure",
             "--job-roots", f"{RUNTIME_ROOT.parent}:{tempfile.gettempdir()}",
-            "--storage-roots", tempfile.gettempdir(),
         ]  # fmt: skip
     assert not pid_exists(tm.pid)
     assert kube.list("v1", "pods", NAMESPACE) == []  # let go when the runner stops

@@ -143,3 +143,57 @@ def test_rocksdb_memory_options_take_flink_memory_sizes_and_refuse_nonsense() ->
     )
     with pytest.raises(config.ConfigError, match=r"writebuffer.size must be at least 64kb"):
         small.validate()
+
+
+def test_s3_options_set_the_jobs_object_storage_settings() -> None:
+    c = config.apply_options(
+        config.JobConfig(),
+        {
+            "s3.endpoint": "http://minio.storage:9000",
+            "s3.region": "eu-west-1",
+            "s3.path.style.access": "true",
+            "s3.credentials.provider": "profile",
+            "s3.profile": "streamjob",
+        },
+    )
+    c.validate()
+    assert c.s3 == config.S3Config(
+        endpoint="http://minio.storage:9000",
+        region="eu-west-1",
+        path_style_access=True,
+        credentials_provider=config.S3CredentialsProvider.PROFILE,
+        profile="streamjob",
+    )
+    assert config.JobConfig().s3 == config.S3Config()  # nothing set: the environment decides
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"s3.endpoint": "minio:9000"}, r"s3.endpoint='minio:9000' is not an endpoint URL"),
+        ({"s3.endpoint": "http://:9000"}, "write http\\(s\\)://host\\[:port\\]"),
+        ({"s3.endpoint": "http://minio:ninety"}, "is not an endpoint URL"),
+        ({"s3.region": "US East 1"}, "s3.region='US East 1' is not a region name"),
+        ({"s3.credentials.provider": "profile"}, "profile needs s3.profile"),
+        ({"s3.profile": "dev"}, "used only with s3.credentials.provider: profile"),
+    ],
+)
+def test_bad_s3_options_are_refused_with_what_to_write(
+    options: dict[str, str], message: str
+) -> None:
+    with pytest.raises(config.ConfigError, match=message):
+        config.apply_options(config.JobConfig(), options).validate()
+
+
+def test_s3_option_values_are_checked_when_parsed() -> None:
+    with pytest.raises(config.ConfigError, match=r"s3.path.style.access='yes'.*true or false"):
+        config.apply_options(config.JobConfig(), {"s3.path.style.access": "yes"})
+    with pytest.raises(config.ConfigError, match=r"s3.credentials.provider='iam'.*'web-identity'"):
+        config.apply_options(config.JobConfig(), {"s3.credentials.provider": "iam"})
+
+
+@pytest.mark.parametrize("key", ["s3.access-key", "s3.secret-key"])
+def test_static_s3_keys_are_refused_as_job_options(key: str) -> None:
+    # A secret in the job config would land in the HA metadata and every deployment message.
+    with pytest.raises(config.ConfigError, match=f"option {key} is not accepted.*from a Secret"):
+        config.apply_options(config.JobConfig(), {key: "AKIA..."})

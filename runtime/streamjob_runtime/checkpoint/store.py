@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 from streamjob_runtime import logs
 from streamjob_runtime.checkpoint import metadata
@@ -134,13 +133,43 @@ class CompletedCheckpointStore:
         if storage.is_remote(self.job_dir):
             # Listing and deleting objects is network I/O: off the JobManager's loop.
             threading.Thread(
-                target=self._discard_before,
-                args=(oldest, retained),
+                target=self._discard_remote,
+                args=(oldest, retained, checkpoint.checkpoint_id),
                 name="retention",
                 daemon=True,
             ).start()
         else:
             self._discard_before(oldest, retained)
+
+    def _discard_remote(
+        self, oldest: int, retained: list[storage.Location], completed: int
+    ) -> None:
+        """:meth:`_discard_before` on object storage, and abort the multipart uploads left
+        under ``chk-<id>/`` for every id below ``completed``: such a checkpoint is complete
+        or was aborted (a completion subsumes the older pending ones), so an upload still
+        in progress there belongs to no one (its TaskManager died, or the task was still
+        writing when its checkpoint was aborted).  Runs in its own thread: errors are logged."""
+        try:
+            self._discard_before(oldest, retained)
+            aborted = storage.abort_uploads(self.job_dir, lambda key: _below(key, completed))
+        except OSError as e:
+            logs.event(log, "retention_failed", logging.WARNING, error=str(e))
+            return
+        if aborted:
+            logs.event(log, "abandoned_uploads_aborted", uploads=aborted, subsumed_by=completed)
+
+    def abort_abandoned_uploads(self) -> None:
+        """Abort every multipart upload in progress under the job's directory (blocking).
+
+        For a restore, when no checkpoint is in flight: an upload there was left by a
+        TaskManager that died, or by a task of the ended attempt.  Not guaranteed: a
+        TaskManager cut off from the JobManager that keeps uploading after this runs
+        leaves its upload until the next completed checkpoint (``chk-<id>/``) or the
+        next restore (``shared/``).
+        """
+        aborted = storage.abort_uploads(self.job_dir)
+        if aborted:
+            logs.event(log, "abandoned_uploads_aborted", uploads=aborted, on="restore")
 
     def _discard_before(self, oldest: int, retained: list[storage.Location]) -> None:
         discarded = [
@@ -148,14 +177,14 @@ class CompletedCheckpointStore:
             for checkpoint_id in storage.checkpoint_ids(self.job_dir)
             if checkpoint_id < oldest
         ]
-        # Shared files exist on local (or mounted) checkpoint storage only.
+        # Read every sidecar before deleting anything: a failure leaves all in place.
         unused = shared.unreferenced(
-            [shared.references(d) for d in discarded if isinstance(d, Path)],
-            [shared.references(d) for d in retained if isinstance(d, Path)],
+            [shared.references(d) for d in discarded],
+            [shared.references(d) for d in retained],
         )
         for directory in discarded:
             storage.discard(directory)
-        if unused and isinstance(self.job_dir, Path):
+        if unused:
             shared.delete(self.job_dir, unused)
 
     def latest(self) -> CompletedCheckpoint | None:
@@ -237,3 +266,10 @@ def _checkpoint_id(directory: storage.Location) -> int:
     """The id in a ``chk-<id>`` directory name (0 for a savepoint's directory)."""
     name = directory.name
     return int(name[4:]) if name.startswith("chk-") and name[4:].isdigit() else 0
+
+
+def _below(key: str, checkpoint_id: int) -> bool:
+    """Whether ``key`` (relative to the job directory) is under ``chk-<id>/`` with a lower id."""
+    first, _, _ = key.partition("/")
+    number = first.removeprefix("chk-")
+    return first.startswith("chk-") and number.isdigit() and int(number) < checkpoint_id

@@ -18,7 +18,7 @@ from typing import IO, Any
 
 import msgspec
 
-from streamjob_runtime import logs
+from streamjob_runtime import config, logs
 from streamjob_runtime.connectors import s3files
 from streamjob_runtime.operators import base, sink, source
 from streamjob_runtime.state import objectstore, storage
@@ -246,15 +246,16 @@ class FileSink(sink.Sink):
         enc = self.encoder
         encode: Callable[[Any], bytes] = _json_line if enc is None else (lambda v: enc(v).encode())
         if isinstance(self.location, objectstore.ObjectPath):
-            return s3files.S3FileSinkWriter(self.location, encode, ctx)
+            # Reached with the job's s3.* options (the sink is built before they are known).
+            return s3files.S3FileSinkWriter(self.location.with_options(ctx.s3), encode, ctx)
         self.directory.mkdir(parents=True, exist_ok=True)
         return FileSinkWriter(self.directory, encode, ctx)
 
 
-def read_committed_lines(directory: str) -> list[str]:
+def read_committed_lines(directory: str, s3: config.S3Config | None = None) -> list[str]:
     """Every committed line of a file sink directory (what a downstream reader sees)."""
     lines: list[str] = []
-    location = storage.location(directory)
+    location = storage.location(directory, s3)
     if isinstance(location, objectstore.ObjectPath):
         for name in sorted(n for n in storage.names(location) if n.startswith("part-")):
             lines.extend(storage.read_bytes(location / name).decode().splitlines())

@@ -71,7 +71,7 @@ class S3FileSinkWriter(sink.SinkWriter):
 
     def commit(self, committables: list[Any]) -> None:
         for c in committables:
-            final = objectstore.ObjectPath.parse(c.location)
+            final = objectstore.ObjectPath.parse(c.location, self.directory.options)
             try:
                 objectstore.complete_upload(final, c.upload_id, list(c.parts))
             except OSError as e:

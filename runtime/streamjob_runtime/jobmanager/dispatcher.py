@@ -282,8 +282,11 @@ class JobManager:
             self.security.check_storage(base, "savepoint target directory")
         except security.StorageNotAllowed as e:
             raise errors.ForbiddenError(str(e)) from None
+        master = self.jobs.get(job_id)
         try:
-            return savepoint.new_directory(base, job_id)
+            return savepoint.new_directory(
+                storage.location(base, master.config.s3 if master is not None else None), job_id
+            )
         except storage.StorageError as e:
             raise SubmissionError(str(e)) from None
 
@@ -313,8 +316,17 @@ class JobManager:
         directory = submission.restore_from_latest_in
         assert directory is not None
         try:
-            path = await asyncio.to_thread(savepoint.newest, directory, submission.savepoint_path)
-        except savepoint.SavepointError as e:
+            # The job file has not run yet: its s3.* options are the submitted ones.
+            s3 = config.apply_options(config.JobConfig(), submission.config).s3
+            s3.validate()
+            path = await asyncio.to_thread(
+                savepoint.newest,
+                storage.location(directory, s3),
+                None
+                if submission.savepoint_path is None
+                else storage.location(submission.savepoint_path, s3),
+            )
+        except (savepoint.SavepointError, config.ConfigError, storage.StorageError) as e:
             raise SubmissionError(str(e)) from None
         except OSError as e:  # the storage cannot be read (an object store down, say)
             raise SubmissionError(f"cannot read {directory}: {e}") from None
@@ -352,7 +364,7 @@ class JobManager:
         if submission.savepoint_path is not None:
             try:
                 initial, meta = await asyncio.to_thread(
-                    savepoint.resolve, submission.savepoint_path
+                    savepoint.resolve, storage.location(submission.savepoint_path, env.config.s3)
                 )
                 dropped = savepoint.check_operators(
                     meta,
@@ -360,7 +372,7 @@ class JobManager:
                     env.config.max_parallelism,
                     submission.allow_non_restored_state,
                 )
-            except savepoint.SavepointError as e:
+            except (savepoint.SavepointError, storage.StorageError) as e:
                 raise SubmissionError(str(e)) from None
             if recovered is None:
                 logs.event(

@@ -76,15 +76,18 @@ class HaCheckpoints:
         self.record = record
         self.persist = persist
         self.retained = 1
+        self.s3: config.S3Config | None = None  # the job's s3.* options
 
     def checkpoints(self) -> list[storage.Location]:
         """The recorded checkpoints (not savepoints), oldest first."""
-        return [storage.location(p.path) for p in self.record.retained if p.kind != "savepoint"]
+        return [
+            storage.location(p.path, self.s3) for p in self.record.retained if p.kind != "savepoint"
+        ]
 
     def savepoints(self) -> list[tuple[int, storage.Location]]:
         """The recorded savepoints of the job, with their checkpoint ids."""
         return [
-            (p.checkpoint_id, storage.location(p.path))
+            (p.checkpoint_id, storage.location(p.path, self.s3))
             for p in self.record.retained
             if p.kind == "savepoint"
         ]
@@ -192,7 +195,7 @@ class JobMaster:
         self.latest_restore: models.RestoreInfo | None = None
         self.exceptions: list[models.ExceptionEntry] = []
         self.failure_cause: str | None = None
-        self.job_dir = storage.location(cluster.checkpoint_dir) / job_id
+        self.job_dir = storage.location(cluster.checkpoint_dir, job_config.s3) / job_id
         self.strategy = restart.create(
             job_config.restart_strategy, job_config.checkpointing.enabled
         )
@@ -204,11 +207,16 @@ class JobMaster:
         self.suspended = False
         if ha is not None:
             ha.retained = job_config.checkpointing.retained
+            ha.s3 = job_config.s3
             self.attempt = ha.record.attempt  # continue numbering after a change of leader
         self.store = store.CompletedCheckpointStore(
             self.job_dir,
             job_config.checkpointing.retained,
-            initial_savepoint,
+            (
+                None
+                if initial_savepoint is None
+                else storage.location(initial_savepoint, job_config.s3)
+            ),
             recovered=ha.checkpoints() if ha is not None else None,
             recovered_savepoints=ha.savepoints() if ha is not None else None,
         )
@@ -355,6 +363,11 @@ class JobMaster:
             # The checkpoint storage cannot be read (an object store down, say): fail this
             # attempt for the restart strategy; never start empty, never kill the loop.
             return Outcome("failed", f"reading the checkpoints failed: {e}")
+        if storage.is_remote(self.job_dir):
+            try:
+                await asyncio.to_thread(self.store.abort_abandoned_uploads)
+            except OSError as e:  # a leak at worst, never a reason to fail the attempt
+                logs.event(log, "abort_uploads_failed", logging.WARNING, error=str(e))
         if selection.skipped:
             self._report_skipped(selection)
         if selection.restore is None and selection.required:

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from streamjob_runtime import config
 from streamjob_runtime.graph import keygroups
+from streamjob_runtime.state import storage
 
 MIN_WATERMARK = -(2**63)
 MAX_WATERMARK = 2**63 - 1
@@ -49,6 +50,7 @@ class OperatorContext:
     attempt: int
     job_id: str
     state_backend: config.StateBackendConfig = field(default_factory=config.StateBackendConfig)
+    s3: config.S3Config = field(default_factory=config.S3Config)  # the job's s3.* options
 
     @property
     def key_group_range(self) -> keygroups.KeyGroupRange:
@@ -71,7 +73,7 @@ class OperatorSnapshot:
     # Instead of ``keyed``: the asynchronous part of an incremental checkpoint of the keyed
     # state. Called off the event loop with the job's checkpoint directory, it uploads what
     # storage lacks and returns the picklable keyed part of the state file.
-    incremental: Callable[[Path], Any] | None = None
+    incremental: Callable[[storage.Location], Any] | None = None
 
     def is_empty(self) -> bool:
         return not self.keyed and not self.operator and self.incremental is None
@@ -92,7 +94,8 @@ class RestoredState:
     operator: list[list[Any]]
     former_parallelism: int
     # Keyed state of incremental checkpoints, not yet read: (the picklable keyed part a
-    # snapshot's ``incremental`` returned, the job directory holding its shared files).
+    # snapshot's ``incremental`` returned, the local job directory holding its shared files:
+    # a restore from object storage downloads them first).
     # The operator reads this subtask's key groups from them (see operators.keyed).
     keyed_incremental: list[tuple[Any, Path]] = field(default_factory=list)
 

@@ -60,7 +60,7 @@ from typing import Any, cast
 import rocksdict
 
 from streamjob_runtime import config, logs
-from streamjob_runtime.state import shared, ttl, views
+from streamjob_runtime.state import shared, storage, ttl, views
 
 log = logging.getLogger(__name__)
 
@@ -643,7 +643,7 @@ class RocksDBKeyedStateBackend:
             self.key_groups,
         )
 
-    def upload(self, local: LocalCheckpoint, job_dir: Path) -> IncrementalKeyedState:
+    def upload(self, local: LocalCheckpoint, job_dir: storage.Location) -> IncrementalKeyedState:
         """:func:`upload`, remembering the files for reuse once the checkpoint completes.
 
         Runs in a worker thread; the task acknowledges (and so the checkpoint can
@@ -725,46 +725,39 @@ class IncrementalKeyedState:
 
 
 def upload(
-    local: LocalCheckpoint, job_dir: Path, keep: Path | None = None
+    local: LocalCheckpoint, job_dir: storage.Location, keep: Path | None = None
 ) -> IncrementalKeyedState:
     """Asynchronous part: copy new SST files to ``<job_dir>/shared/``, inline the rest.
 
-    Blocking (run it in a thread).  Written files are fsynced.  The local
-    checkpoint directory is then moved to ``keep`` (local recovery) or deleted;
-    deleted whatever happens if the upload fails.
+    ``job_dir`` is a local directory or an ``s3://`` prefix (:func:`shared.put`).
+    Blocking (run it in a thread).  Written files are durable on return.  The
+    local checkpoint directory is then moved to ``keep`` (local recovery) or
+    deleted; deleted whatever happens if the upload fails.
     """
     uploaded_ok = False
     try:
         files: dict[str, str] = {}
         inline: dict[str, bytes] = {}
         uploaded = 0
-        written: list[Path] = []
-        for entry in sorted(os.listdir(local.directory)):
+        new: list[tuple[str, Path]] = []
+        entries = sorted(os.listdir(local.directory))
+        stored = shared.existing(
+            job_dir, [local.confirmed_files[e] for e in entries if e in local.confirmed_files]
+        )
+        for entry in entries:
             source = local.directory / entry
             if not entry.endswith(".sst"):
                 inline[entry] = source.read_bytes()
                 continue
             reused = local.confirmed_files.get(entry)
-            if reused is not None and (job_dir / shared.SHARED / reused).exists():
+            if reused is not None and reused in stored:
                 files[entry] = reused
                 continue
             name = f"{local.db_name}/{entry}"
-            target = job_dir / shared.SHARED / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.tmp")
-            shutil.copyfile(source, tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-            written.append(target.parent)
+            new.append((name, source))
             uploaded += source.stat().st_size
             files[entry] = name
-        for directory in set(written):
-            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        shared.put(job_dir, new)
         result = IncrementalKeyedState(
             local.states, files, inline, uploaded, local.maps, local.key_groups
         )

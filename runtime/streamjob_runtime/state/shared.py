@@ -9,6 +9,11 @@ references it is discarded: reference counting, recomputed from the sidecars
 of the retained checkpoints each time, so it needs no state of its own and
 survives a JobManager failover.
 
+The job directory is a local path or an ``s3://`` prefix (:mod:`storage`): on
+object storage a shared file is one object (a multipart upload of parallel
+parts when large, :func:`put`), new files of one checkpoint go up in parallel,
+and a restore downloads the files it needs (:func:`fetch`) before reading them.
+
 Why discarding the files of an older checkpoint never breaks one in flight: a
 task reuses only files of a checkpoint that completed (was confirmed), and an
 SST file lives in a DB over one interval of time, so a file referenced by an
@@ -16,28 +21,39 @@ older checkpoint and by one in flight is also referenced by every completed
 checkpoint between them, the retained ones included.
 
 Not done: files uploaded by a checkpoint that never wrote its sidecar (the
-task died mid-upload) are never referenced and never deleted.
+task died mid-upload) are never referenced and never deleted (on object
+storage an upload cut off midway is aborted, see ``checkpoint/store.py``; a
+file uploaded whole stays).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable
+import posixpath
+import shutil
+from collections.abc import Iterable, Sequence
+from concurrent import futures
 from pathlib import Path
+
+from streamjob_runtime.state import objectstore, storage
 
 SHARED = "shared"
 SUFFIX = ".shared"
+UPLOAD_THREADS = 4  # parallel uploads and downloads of shared files on object storage
 
 
-def references(checkpoint_dir: Path) -> set[str]:
+def references(checkpoint_dir: storage.Location) -> set[str]:
     """The shared files that checkpoint directory ``checkpoint_dir`` references."""
     refs: set[str] = set()
-    if not checkpoint_dir.is_dir():
+    try:
+        names = storage.names(checkpoint_dir)
+    except FileNotFoundError:
         return refs
-    for entry in checkpoint_dir.iterdir():
-        if entry.name.endswith(SUFFIX):
-            refs.update(line for line in entry.read_text().splitlines() if line)
+    for name in names:
+        if name.endswith(SUFFIX):
+            text = storage.read_bytes(checkpoint_dir / name).decode()
+            refs.update(line for line in text.splitlines() if line)
     return refs
 
 
@@ -47,8 +63,82 @@ def unreferenced(discarded: Iterable[set[str]], retained: Iterable[set[str]]) ->
     return gone - set().union(*retained)
 
 
-def delete(job_dir: Path, files: Iterable[str]) -> None:
+def _inside(name: str) -> bool:
+    """Whether ``name`` stays inside ``shared/`` (whatever a sidecar says)."""
+    parts = Path(name).parts
+    return bool(parts) and not Path(name).is_absolute() and ".." not in parts
+
+
+def existing(job_dir: storage.Location, names: Iterable[str]) -> set[str]:
+    """Which of the shared files ``names`` (relative to ``shared/``) are stored.
+
+    On object storage one listing per directory of ``names`` (a DB's), not a
+    request per file.
+    """
+    wanted = set(names)
+    if isinstance(job_dir, objectstore.ObjectPath):
+        found: set[str] = set()
+        for directory in {posixpath.dirname(n) for n in wanted}:
+            root = job_dir / SHARED
+            listed = objectstore.names(root / directory if directory else root)
+            found.update(posixpath.join(directory, n) for n in listed)
+        return wanted & found
+    return {n for n in wanted if (job_dir / SHARED / n).is_file()}
+
+
+def put(job_dir: storage.Location, files: Sequence[tuple[str, Path]]) -> None:
+    """Store local files as shared files: ``(name relative to shared/, source)`` pairs.
+
+    Durable on return (local: copied, fsynced, renamed into place, directories
+    fsynced; object storage: uploaded, in parallel).  Blocking: run it in a thread.
+    """
+    if not files:
+        return
+    if isinstance(job_dir, objectstore.ObjectPath):
+        root = job_dir / SHARED
+        with futures.ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="shared-up") as pool:
+            for done in [pool.submit(objectstore.upload_file, root / n, s) for n, s in files]:
+                done.result()
+        return
+    directories = set()
+    for name, source in files:
+        target = job_dir / SHARED / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        shutil.copyfile(source, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+        directories.add(target.parent)
+    for directory in directories:
+        storage.fsync_directory(directory)
+
+
+def fetch(job_dir: storage.Location, names: Iterable[str], target: Path) -> None:
+    """Download shared files to ``target/shared/<name>`` (for a restore from object
+    storage, which then reads ``target`` as the job directory).  Blocking, parallel."""
+    if not isinstance(job_dir, objectstore.ObjectPath):
+        raise TypeError(f"{job_dir} is a local directory: read its shared files in place")
+    root = job_dir / SHARED
+    wanted = sorted(set(names))
+    for name in wanted:
+        if not _inside(name):
+            raise ValueError(f"shared file {name!r} is outside {root}: the checkpoint is corrupt")
+        (target / SHARED / name).parent.mkdir(parents=True, exist_ok=True)
+    with futures.ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="shared-down") as pool:
+        for done in [
+            pool.submit(objectstore.download_file, root / name, target / SHARED / name)
+            for name in wanted
+        ]:
+            done.result()
+
+
+def delete(job_dir: storage.Location, files: Iterable[str]) -> None:
     """Delete shared files (missing ones are fine: a retry after a crash)."""
+    if isinstance(job_dir, objectstore.ObjectPath):
+        objects = job_dir / SHARED
+        objectstore.delete_objects([objects / name for name in files if _inside(name)])
+        return
     root = job_dir / SHARED
     parents: set[Path] = set()
     for name in files:

@@ -20,10 +20,11 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import overload
 
+from streamjob_runtime import config
 from streamjob_runtime.state import objectstore
 
 METADATA = "_metadata"
@@ -35,18 +36,24 @@ class StorageError(ValueError):
     """A storage location cannot be used; the message says what to fix."""
 
 
-def location(value: str | Location) -> Location:
-    """Parse a user-given path or URL: a local path, ``file://...`` or ``s3://bucket/...``."""
+def location(value: str | Location, s3: config.S3Config | None = None) -> Location:
+    """Parse a user-given path or URL: a local path, ``file://...`` or ``s3://bucket/...``.
+
+    ``s3`` is the job's ``s3.*`` options: an ``s3://`` location is reached with them
+    (also one given already parsed, unless ``s3`` is None).
+    """
+    if isinstance(value, objectstore.ObjectPath):
+        return value if s3 is None else value.with_options(s3)
     if not isinstance(value, str):
         return value
     if value.startswith("file://"):
         return Path(value[len("file://") :])
     if "://" in value:
         try:
-            parsed = objectstore.ObjectPath.parse(value)
+            parsed = objectstore.ObjectPath.parse(value, s3)
         except ValueError as e:
             raise StorageError(str(e)) from None
-        objectstore.prepare()  # this process will talk to S3: load the client now
+        objectstore.prepare(s3)  # this process will talk to S3: load the client now
         return parsed
     return Path(value)
 
@@ -104,7 +111,8 @@ def names(directory: Location) -> list[str]:
 
 
 def delete_tree(path: Location) -> None:
-    """Delete a directory and all under it (an object prefix); errors propagate."""
+    """Delete a directory and all under it (an object prefix, and the multipart uploads in
+    progress under it); errors propagate."""
     if isinstance(path, objectstore.ObjectPath):
         objectstore.delete_prefix(path)
         return
@@ -198,6 +206,23 @@ def checkpoint_ids(job_dir: str | Location) -> list[int]:
         if entry.name.startswith("chk-") and entry.name[4:].isdigit():
             ids.append(int(entry.name[4:]))
     return sorted(ids)
+
+
+def abort_uploads(directory: Location, abandoned: Callable[[str], bool] | None = None) -> list[str]:
+    """Abort the multipart uploads in progress under ``directory`` on object storage (those
+    whose key relative to ``directory`` makes ``abandoned`` true, when given); returns the
+    aborted keys relative to ``directory``.  Local storage has no uploads: nothing to do."""
+    if not isinstance(directory, objectstore.ObjectPath):
+        return []
+    prefix = f"{directory.key}/" if directory.key else ""
+
+    def relative(path: objectstore.ObjectPath) -> str:
+        return path.key.removeprefix(prefix)
+
+    aborted = objectstore.abort_uploads(
+        directory, None if abandoned is None else lambda p: abandoned(relative(p))
+    )
+    return [relative(p) for p in aborted]
 
 
 def discard_later(path: Location) -> None:

@@ -27,7 +27,10 @@ import asyncio
 import contextlib
 import copy
 import logging
+import os
 import pickle
+import shutil
+import tempfile
 import time
 import traceback
 from collections.abc import Awaitable, Callable
@@ -115,12 +118,15 @@ def load_restored_state(
     uid: str,
     ctx: base.OperatorContext,
     prefetched: dict[str, bytes] | None = None,
+    shared_dir: Path | None = None,
 ) -> base.RestoredState | None:
     """Read the state of operator ``uid`` that belongs to subtask ``ctx``.
 
     Keyed state is read from the former subtasks whose key groups overlap ours
     and filtered to our key groups; operator lists are read from all.  Files in
-    ``prefetched`` (by name) are not read again.
+    ``prefetched`` (by name) are not read again.  ``shared_dir`` is a local job
+    directory holding the shared files of incremental state, downloaded from
+    object storage (None: they are read where the checkpoint is).
     """
     entry = restore.operators.get(uid)
     if entry is None:
@@ -134,7 +140,7 @@ def load_restored_state(
         theirs = keygroups.KeyGroupRange(h.key_group_start, h.key_group_end)
         data = (prefetched or {}).get(h.file)
         if data is None:
-            data = storage.read_bytes(storage.location(restore.directory) / h.file)
+            data = storage.read_bytes(storage.location(restore.directory, ctx.s3) / h.file)
         keyed_part, operator_part = pickle.loads(data)
         operator[h.subtask] = operator_part
         if not wants_keyed:
@@ -142,7 +148,8 @@ def load_restored_state(
         if isinstance(keyed_part, rocksdb.IncrementalKeyedState):
             # Read by the operator, which scans just its key groups; shared files live in
             # the checkpoint's job directory (also another job's).
-            incremental.append((keyed_part, Path(restore.directory).parent))
+            job_dir = shared_dir or Path(restore.directory).parent
+            incremental.append((keyed_part, job_dir))
             continue
         exact = theirs == mine
         maxp = ctx.max_parallelism
@@ -194,6 +201,7 @@ class Task:
         self._stopped = False  # after a stop-with-savepoint barrier: emit nothing more
         self._wakeup = asyncio.Event()
         self._uploads: set[asyncio.Task[None]] = set()
+        self._shared_dir: Path | None = None  # shared files downloaded for a restore
         # alignment
         self._aligning: int | None = None
         # Highest checkpoint id this task aborted, aligned or saw complete: a barrier at or
@@ -237,6 +245,7 @@ class Task:
             attempt=self.attempt,
             job_id=self.job_id,
             state_backend=self.config.state_backend,
+            s3=self.config.s3,
         )
 
     async def _prefetch(self) -> dict[str, bytes]:
@@ -244,11 +253,13 @@ class Task:
 
         A local restore reads its files in :meth:`_initialize` (the page cache, fast);
         a download must not hold the TaskManager's loop (heartbeats, other tasks).
+        The shared files of incremental state go to a local directory,
+        :attr:`_shared_dir`, deleted once the operators restored from it.
         """
         restore = self.restore
         if restore is None or not storage.is_remote(storage.location(restore.directory)):
             return {}
-        directory = storage.location(restore.directory)
+        directory = storage.location(restore.directory, self.config.s3)
         names = sorted(
             {
                 h.file
@@ -260,15 +271,38 @@ class Task:
         blobs = await asyncio.gather(
             *(asyncio.to_thread(storage.read_bytes, directory / name) for name in names)
         )
-        return dict(zip(names, blobs, strict=True))
+        prefetched = dict(zip(names, blobs, strict=True))
+        # The class name opens a pickled incremental state: full states are not unpickled.
+        needed = {
+            name
+            for blob in blobs
+            if b"IncrementalKeyedState" in blob[:512]
+            for keyed, _ in [pickle.loads(blob)]
+            if isinstance(keyed, rocksdb.IncrementalKeyedState)
+            for name in keyed.shared.values()
+        }
+        if needed:
+            local_dir = self.config.state_backend.local_dir
+            if local_dir is not None:
+                os.makedirs(local_dir, exist_ok=True)  # a fresh machine has none yet
+            self._shared_dir = Path(tempfile.mkdtemp(prefix="streamjob-shared-", dir=local_dir))
+            await asyncio.to_thread(shared.fetch, directory.parent, needed, self._shared_dir)
+        return prefetched
 
     def _initialize(self, prefetched: dict[str, bytes] | None = None) -> None:
-        for op, uid in zip(self.operators, self.uids, strict=True):
-            restored = None
-            if self.restore is not None:
-                restored = load_restored_state(self.restore, uid, op.ctx, prefetched)
-            op.initialize_state(restored)
-            op.open()
+        try:
+            for op, uid in zip(self.operators, self.uids, strict=True):
+                restored = None
+                if self.restore is not None:
+                    restored = load_restored_state(
+                        self.restore, uid, op.ctx, prefetched, self._shared_dir
+                    )
+                op.initialize_state(restored)
+                op.open()
+        finally:
+            if self._shared_dir is not None:
+                shutil.rmtree(self._shared_dir, ignore_errors=True)
+                self._shared_dir = None
         self._replay_channel_state(prefetched)
 
     def _channel_state_handles(self) -> list[messages.StateHandle]:
@@ -294,7 +328,9 @@ class Task:
         for h in handles:
             data = (prefetched or {}).get(h.file)
             if data is None:
-                data = storage.read_bytes(storage.location(restore.directory) / h.file)
+                data = storage.read_bytes(
+                    storage.location(restore.directory, self.config.s3) / h.file
+                )
             stored.append((h.subtask, channelstate.decode(data)))
         try:
             per_channel = channelstate.redistribute(
@@ -749,10 +785,8 @@ class Task:
         blobs: list[tuple[str, bytes, bool, bool]] = []
         incremental: list[tuple[str, base.OperatorSnapshot]] = []
         for op, uid in zip(self.operators, self.uids, strict=True):
-            # Incremental snapshots share files under a local job directory: on object
-            # storage (and for savepoints) every snapshot is full.
-            full = target is not None or storage.is_remote(storage.location(self.checkpoint_dir))
-            snap = None if full else op.snapshot_state_incremental(checkpoint_id)
+            # Savepoints are self-contained: their snapshots are full.
+            snap = None if target is not None else op.snapshot_state_incremental(checkpoint_id)
             if snap is not None:
                 incremental.append((uid, snap))
                 continue
@@ -812,9 +846,11 @@ class Task:
                 channel_bytes = len(channel_data)
         started = time.monotonic()
         directory = (
-            storage.location(target)
+            storage.location(target, self.config.s3)
             if target is not None
-            else storage.checkpoint_dir(self.checkpoint_dir, checkpoint_id)
+            else storage.checkpoint_dir(
+                storage.location(self.checkpoint_dir, self.config.s3), checkpoint_id
+            )
         )
         kg = base.OperatorContext(
             "", self.subtask, self.vertex.parallelism, self.config.max_parallelism, 0, ""
@@ -833,7 +869,7 @@ class Task:
                 # worker thread: file copies); the state file holds the references, and a
                 # .shared file lists them for the JobManager's reference counting.
                 assert snap.incremental is not None
-                job_dir = Path(self.checkpoint_dir)
+                job_dir = storage.location(self.checkpoint_dir, self.config.s3)
                 keyed_part = await asyncio.to_thread(snap.incremental, job_dir)
                 shared_bytes += keyed_part.uploaded_bytes
                 data = pickle.dumps((keyed_part, snap.operator), protocol=5)
