@@ -66,6 +66,7 @@ from streamjob_operator.api import durations
 from streamjob_operator.desired import network
 from streamjob_operator.leadership import lease
 from streamjob_operator.observing import jobmanager as rest_observing
+from streamjob_operator.observing import kubeapi
 from streamjob_operator.planning import configuration
 
 log = logging.getLogger("streamjob_operator")
@@ -220,7 +221,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 async def kubernetes_client() -> client.ApiClient:
-    """A client configured from the service account in a cluster, else the kubeconfig."""
+    """A client configured from the service account in a cluster, else the kubeconfig,
+    without aiohttp's per-request environment lookups (``kubeapi.client_for``)."""
     configuration_ = client.Configuration()
     if os.environ.get("KUBERNETES_SERVICE_HOST"):
         config.load_incluster_config(  # type: ignore[no-untyped-call]
@@ -230,7 +232,7 @@ async def kubernetes_client() -> client.ApiClient:
         await config.load_kube_config(
             config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration_
         )
-    return client.ApiClient(configuration_)
+    return kubeapi.client_for(configuration_)
 
 
 def health_app(metrics: handlers.Metrics, elector: lease.LeaseElector) -> web.Application:

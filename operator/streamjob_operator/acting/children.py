@@ -10,6 +10,14 @@ the manifest no longer has. The comparison tolerates what the API server adds
 cannot change. Replacing is what Deployments need (their pod template is ours
 whole); for the other kinds it also removes anyone else's edits, by design.
 
+:func:`apply_all` applies a whole set of children (``desired.children``, TaskManager
+Deployment last) and stamps that last Deployment with the hash of the set
+(``streamjob.dev/children-hash``). :func:`applied` tells from the two Deployments alone
+that the same set was applied before (the stamp is written only once every other child
+was), so a pass that would apply it again need not read the other children. A child
+other than the Deployments deleted by hand is then re-created at the next change of the
+set, not at the next pass.
+
 An object controlled by something else (an owner reference with ``controller: true``
 and another uid) is never replaced: that is a name clash, reported as an error. An
 object without a controller is adopted.
@@ -34,6 +42,7 @@ from streamjob_operator.desired import ha, metadata, network, target
 from streamjob_operator.observing import kubeapi
 
 HASH_ANNOTATION = "streamjob.dev/desired-hash"
+CHILDREN_HASH_ANNOTATION = "streamjob.dev/children-hash"
 
 Obj = kubeapi.Obj
 
@@ -119,6 +128,40 @@ async def apply(api: client.ApiClient, manifest: Obj) -> str:
                 body["spec"].setdefault(key, value)
     await kubeapi.request(api, "PUT", kubeapi.path_of(manifest), body=body)
     return "replaced"
+
+
+def stamped(manifests: list[Obj]) -> list[Obj]:
+    """``manifests`` with the last (the TaskManager Deployment) annotated with the hash
+    of them all."""
+    if not manifests:
+        return manifests
+    last = copy.deepcopy(manifests[-1])
+    annotations = last["metadata"].setdefault("annotations", {})
+    annotations[CHILDREN_HASH_ANNOTATION] = desired_hash({"children": manifests})
+    return [*manifests[:-1], last]
+
+
+async def applied(api: client.ApiClient, manifests: list[Obj]) -> bool:
+    """Whether ``manifests`` (``desired.children``) were applied as they are: every
+    Deployment among them exists and is not being deleted, and the last carries their
+    hash."""
+    deployments = [m for m in manifests if m["kind"] == "Deployment"]
+    if not deployments or manifests[-1] is not deployments[-1]:
+        return False
+    expected = stamped(manifests)[-1]["metadata"]["annotations"][CHILDREN_HASH_ANNOTATION]
+    for manifest in deployments:
+        stored = await kubeapi.get(api, kubeapi.path_of(manifest))
+        meta = (stored or {}).get("metadata") or {}
+        if stored is None or meta.get("deletionTimestamp"):
+            return False
+    annotations = meta.get("annotations") or {}
+    return bool(annotations.get(CHILDREN_HASH_ANNOTATION) == expected)
+
+
+async def apply_all(api: client.ApiClient, manifests: list[Obj]) -> None:
+    """Apply ``manifests`` in order, the last stamped with the hash of them all."""
+    for manifest in stamped(manifests):
+        await apply(api, manifest)
 
 
 async def delete(
