@@ -4,8 +4,10 @@ Every replica campaigns for the Lease (``--lease-name`` in ``--lease-namespace``
 the one holding it runs kopf with the handlers (``handlers``), the others wait their
 turn. A leader that loses the Lease stops kopf and campaigns again. Each replica
 serves ``/metrics`` (Prometheus) and ``/healthz`` on ``--metrics-port``, leader or
-not. SIGTERM and SIGINT stop the process; a leader hands the Lease back on the way
-out, so a standby takes over at once.
+not. SIGTERM and SIGINT stop the process: no pass starts any more (those under way
+are cut off), a leader hands the Lease back at once (holder cleared, so a standby
+takes over at its next retry, not after the lease duration), then kopf gets a few
+seconds to stop.
 
 Kubernetes credentials are the pod's service account in a cluster, else the kubeconfig
 (``$KUBECONFIG`` or ``~/.kube/config``). JobManagers are reached at their Service's
@@ -319,9 +321,20 @@ async def serve(args: argparse.Namespace) -> int:
 
     async def lead(stop: asyncio.Event) -> None:
         log.info("%s leads: starting the handlers", identity)
+        ready = asyncio.Event()
+
+        async def take_signals_back() -> None:
+            # kopf installs its own SIGTERM handler before it is ready, which would stop
+            # kopf first (with every timer of a thousand StreamJobs) and only then hand
+            # the Lease back; ours stops the passes and hands it back first
+            await ready.wait()
+            install_signals()
+
+        signals = asyncio.create_task(take_signals_back())
         try:
-            await handlers.operate(registry, namespaces=namespaces, stop=stop)
+            await handlers.operate(registry, namespaces=namespaces, stop=stop, ready=ready)
         finally:
+            signals.cancel()
             install_signals()
             log.info("%s: the handlers stopped", identity)
 
@@ -346,9 +359,18 @@ async def serve(args: argparse.Namespace) -> int:
         if election.done():
             election.result()  # kopf stopped on its own (a signal reached it): exit
         else:
-            election.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await election
+            # Stop reconciling (no pass starts; those under way lose their client), then
+            # hand the Lease back so a standby leads at its next retry, then let kopf
+            # wind down within the elector's grace.
+            log.info("%s is stopping: no new passes; handing the Lease back", identity)
+            await reconciler.close()
+            await elector.resign()
+            try:
+                await asyncio.wait_for(asyncio.shield(election), elector.stop_grace + 5.0)
+            except TimeoutError:
+                election.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await election
     except Exception:
         log.exception("the operator failed")
         code = 1
