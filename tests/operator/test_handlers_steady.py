@@ -21,7 +21,7 @@ from streamjob_operator.observing import kubeapi
 from streamjob_operator.planning import actions
 from tests.kube import KubeEmulator, fixtures
 from tests.kube.server import RequestRecord
-from tests.operator import test_handlers, test_observing
+from tests.operator import test_acting, test_handlers, test_observing
 from tests.operator.test_handlers import (
     DeploymentController,
     create,
@@ -179,3 +179,33 @@ def test_the_operators_client_looks_the_proxy_up_once_not_per_request(
             return await kubeapi.get(api, "/api/v1/namespaces/default/configmaps/absent")
 
     assert asyncio.run(read()) is None  # it works: a 404 read as absent
+
+
+def test_a_first_deployment_creates_its_children_without_reading_each_first(
+    kube: KubeEmulator,
+) -> None:
+    """None of the children's Deployments exists: each child is POSTed at once (one
+    request, not a read and a write); applying the same set again reads the two
+    Deployments and writes nothing."""
+    test_observing.create_streamjob(kube)
+    streamjob = test_observing.read_resource(kube)
+    job = test_acting.job_of(streamjob)
+    mark = len(kube.requests)
+    outcome = test_acting.act(kube, streamjob, actions.ApplyChildren(job, test_acting.HERE))
+    assert outcome.ok, outcome.error
+    first = by_resource(kube.requests[mark:])
+    children = {k: n for k, n in first.items() if "secrets" not in k}
+    assert children == {
+        "GET deployments": 2,  # are they there? (no)
+        "POST serviceaccounts": 2,
+        "POST roles": 2,
+        "POST rolebindings": 2,
+        "POST networkpolicies": 2,
+        "POST configmaps": 1,
+        "POST services": 1,
+        "POST deployments": 2,
+    }, first
+    mark = len(kube.requests)
+    again = test_acting.act(kube, streamjob, actions.ApplyChildren(job, test_acting.HERE))
+    assert again.ok, again.error
+    assert by_resource(kube.requests[mark:]) == {"GET deployments": 2}

@@ -254,11 +254,13 @@ class _Run:
                 await self.writer.write(self.overlay(s))
             case actions.ApplyChildren(job=job, where=where):
                 manifests = desired_children.children(job, where, self.settings.network)
-                if await children.applied(self.api, manifests):
+                state = await children.applied(self.api, manifests)
+                if state is children.Applied.SAME:
                     return  # as applied before, with the same hash: nothing to write
                 # the Secrets the pods mount, before the pods
                 self.rest_credentials = await self.actor.credentials(self.streamjob, fresh=True)
-                await children.apply_all(self.api, manifests)
+                fresh = state is children.Applied.ABSENT
+                await children.apply_all(self.api, manifests, fresh=fresh)
                 if not self.settings.network.enabled:  # turned off: none may linger
                     await children.delete_network_policies(self.api, names, where)
             case actions.DeleteJobManager(where=where):
