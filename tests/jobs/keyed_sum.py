@@ -16,7 +16,8 @@ that sink subtask is slow), source_parallelism, timeout and tolerable
 (checkpoint timeout in ms and tolerable failed checkpoints), sum_uid (the
 reduce's uid), backend (state.backend.type), localdir
 (state.backend.rocksdb.localdir) and incremental
-(execution.checkpointing.incremental).
+(execution.checkpointing.incremental), stamp (any value: each line ends with
+the wall-clock time the sink wrote it, for measuring processing gaps).
 """
 
 from __future__ import annotations
@@ -135,8 +136,11 @@ def build(env: StreamExecutionEnvironment) -> None:
             raise RuntimeError(f"boom at event {event[1]} (fail_from={fail_from})")
         return (event[0], 1)
 
+    def stamped(r: tuple[int, int]) -> str:
+        return f"{r[0]} {r[1]} {time.time():.4f}"  # when the sink wrote it: gaps show
+
     out = SlowSink(
-        FileSink(a["out"], encoder=lambda r: f"{r[0]} {r[1]}"),
+        FileSink(a["out"], encoder=stamped if a.get("stamp") else lambda r: f"{r[0]} {r[1]}"),
         float(a.get("commit_delay", "0")),
         float(a.get("sink_delay", "0")),
         int(a["slow_subtask"]) if "slow_subtask" in a else None,
