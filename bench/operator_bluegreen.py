@@ -3,8 +3,8 @@ TaskManager processes.
 
 The Kubernetes API emulator (``tests/kube``) and its test kubelet (``tests.kube.pods``:
 each pod a local process) stand in for a cluster; the operator's handlers run in kopf
-against it with the operator's default settings (timer every 2 s, progress check 5 s,
-a JobManager's answer looked for every ``answer_check_interval``). A StreamJob with
+against it with the operator's default settings (passes when due, progress check 5 s,
+a JobManager's answer looked for every ``answer_check_interval``, 250 ms). A StreamJob with
 ``upgradeStrategy: blueGreen`` runs ``tests/jobs/keyed_sum.py`` (parallelism 2,
 checkpoints every second, ``stamp``: each output line carries the wall-clock time its
 sink wrote it) at ``--rate`` events/s. Once STABLE on blue, its ``job.args`` change:

@@ -1,8 +1,8 @@
 """Operator at scale: N StreamJobs reconciled to their steady state, memory, steady-state cost,
 a clean SIGTERM and a resume.
 
-One operator process (``python -m streamjob_operator``, default settings: timer 2 s,
-progress check 5 s, checkpoint status every 15 s) against the Kubernetes API emulator
+One operator process (``python -m streamjob_operator``, default settings: passes when
+due, progress check 5 s, checkpoint status every 15 s) against the Kubernetes API emulator
 (``tests/kube``) in a process of its own. This script plays what a cluster would add:
 
 * a Deployment controller: every Deployment the operator writes is marked ready (all
@@ -454,7 +454,7 @@ async def main_async(a: argparse.Namespace, workdir: Path) -> None:
             for ev in started:
                 await asyncio.wait_for(ev.wait(), 10)
             operator = Operator(emulator.kubeconfig, workdir, "first", jms.url)
-            await operator.wait_leading(session, 60)
+            await operator.wait_leading(session, 180)
 
             async def create(name: str) -> float:
                 body = {
@@ -554,7 +554,7 @@ async def main_async(a: argparse.Namespace, workdir: Path) -> None:
             emulator.counts()
             t = time.monotonic()
             operator = Operator(emulator.kubeconfig, workdir, "second", jms.url)
-            await operator.wait_leading(session, 60)
+            await operator.wait_leading(session, 180)
             leading_s = time.monotonic() - t
             while True:
                 m = await operator.metrics(session)
