@@ -94,6 +94,7 @@ def test_a_streamjob_waiting_for_its_jobmanager_is_not_reapplied_at_every_pass(
     all twelve children; nothing is written."""
     reconciler = reconciler_for(kube)
     with operator(kube, reconciler):
+        created = len(kube.requests)
         create(kube)
         kube.wait_for(
             lambda: status_of(kube).get("reconciliation", {}).get("step") == "apply-children",
@@ -112,6 +113,10 @@ def test_a_streamjob_waiting_for_its_jobmanager_is_not_reapplied_at_every_pass(
         first = reconciler.passes
         kube.wait_for(lambda: reconciler.passes >= first + 1, timeout=30, what="a pass")
         mark, passes = len(kube.requests), reconciler.passes
+        # the first pass made sure of the credentials' three Secrets once (a read each,
+        # absent: created without another read), not again before it applied the children
+        made = by_resource(kube.requests[created:mark])
+        assert (made["GET secrets"], made["POST secrets"]) == (3, 3), made
         kube.wait_for(lambda: reconciler.passes >= passes + 3, timeout=30, what="3 passes")
         waiting = by_resource(kube.requests[mark:])
         # a Deployment deleted by hand is applied again (its hash check fails)

@@ -82,6 +82,11 @@ FAILURES: tuple[type[BaseException], ...] = (
 """What an action may fail with (anything else is a bug, and propagates)."""
 
 
+JUST_ENSURED = datetime.timedelta(seconds=2)
+"""Credentials ensured this recently need not be ensured again before children are
+applied: the pass that applies them ensured them when it began."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     resolve: rest_observing.Resolve = rest_observing.identity
@@ -136,7 +141,7 @@ class Actor:
         self.settings = settings or Settings()
         self.clock = clock or (lambda: datetime.datetime.now(datetime.UTC))
         self._reported: set[str] = set()  # savepoints reported as not disposable
-        # StreamJob uid -> its credentials as last ensured, and until when they are used
+        # StreamJob uid -> its credentials as last ensured, and when
         self._ensured: dict[str, tuple[rest_observing.Credentials, datetime.datetime]] = {}
 
     async def credentials(
@@ -148,17 +153,19 @@ class Actor:
         Once ensured they are used for ``Settings.credentials_refresh`` without reading
         the Secrets again (three GETs a pass saved; renewals are due days ahead), unless
         ``fresh``: before children are applied, the Secrets their pods mount are made
-        sure of."""
+        sure of (unless that was done in the last :data:`JUST_ENSURED`: by the same
+        pass)."""
         job = streamjob.identity()
         if streamjob.deletion_timestamp is not None:
             self._ensured.pop(streamjob.uid, None)
             return await credentials.read(self.api, job)
         now = self.clock()
         known = self._ensured.get(streamjob.uid)
-        if known is not None and not fresh and now < known[1]:
+        max_age = JUST_ENSURED if fresh else self.settings.credentials_refresh
+        if known is not None and now - known[1] < max_age:
             return known[0]
         ensured = await credentials.ensure(self.api, job, now)
-        self._ensured[streamjob.uid] = (ensured, now + self.settings.credentials_refresh)
+        self._ensured[streamjob.uid] = (ensured, now)
         return ensured
 
     async def act(
