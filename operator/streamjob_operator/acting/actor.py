@@ -163,10 +163,11 @@ class Actor:
         known = self._ensured.get(streamjob.uid)
         max_age = JUST_ENSURED if fresh else self.settings.credentials_refresh
         if known is not None and now - known[1] < max_age:
-            return known[0]
+            # a copy: its SSL context (14 kB) is made for the pass, not kept per StreamJob
+            return dataclasses.replace(known[0])
         ensured = await credentials.ensure(self.api, job, now)
         self._ensured[streamjob.uid] = (ensured, now)
-        return ensured
+        return dataclasses.replace(ensured)
 
     async def act(
         self,
