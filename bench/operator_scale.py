@@ -157,7 +157,14 @@ class Emulator:
 
 
 class Operator:
-    def __init__(self, kubeconfig: Path, workdir: Path, identity: str, jm_url: str) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        workdir: Path,
+        identity: str,
+        jm_url: str,
+        extra: tuple[str, ...] = (),
+    ) -> None:
         with contextlib.closing(__import__("socket").socket()) as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -171,6 +178,7 @@ class Operator:
             "--metrics-host", "127.0.0.1", "--metrics-port", str(self.port),
             "--jobmanager-url-template", jm_url + "/{service}",
             "--no-network-policy",
+            *extra,
         ]  # fmt: skip
         with open(self.log_path, "wb") as log:
             self.popen = subprocess.Popen(
@@ -453,7 +461,7 @@ async def main_async(a: argparse.Namespace, workdir: Path) -> None:
             ]
             for ev in started:
                 await asyncio.wait_for(ev.wait(), 10)
-            operator = Operator(emulator.kubeconfig, workdir, "first", jms.url)
+            operator = Operator(emulator.kubeconfig, workdir, "first", jms.url, a.operator_args)
             await operator.wait_leading(session, 180)
 
             async def create(name: str) -> float:
@@ -553,7 +561,7 @@ async def main_async(a: argparse.Namespace, workdir: Path) -> None:
             # the resume
             emulator.counts()
             t = time.monotonic()
-            operator = Operator(emulator.kubeconfig, workdir, "second", jms.url)
+            operator = Operator(emulator.kubeconfig, workdir, "second", jms.url, a.operator_args)
             await operator.wait_leading(session, 180)
             leading_s = time.monotonic() - t
             while True:
@@ -595,6 +603,12 @@ def main() -> None:
     p.add_argument("--settle", type=float, default=20.0, help="steady-state window, s")
     p.add_argument("--timeout", type=float, default=600.0, help="to converge, s")
     p.add_argument("--workdir", default=None, help="keep the logs under this directory")
+    p.add_argument(
+        "--operator-args",
+        type=lambda v: tuple(v.split()),
+        default=(),
+        help="more arguments for the operator, e.g. '--max-concurrent-passes 32'",
+    )
     p.add_argument("--serve-emulator", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.serve_emulator is not None:

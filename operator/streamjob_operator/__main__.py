@@ -177,6 +177,13 @@ def parser() -> argparse.ArgumentParser:
         help="look again this soon while something is under way (default 5s)",
     )
     p.add_argument(
+        "--max-concurrent-passes",
+        type=int,
+        default=handlers.Options.max_concurrent_passes,
+        help="reconcile passes under way at once, over all StreamJobs (default"
+        f" {handlers.Options.max_concurrent_passes})",
+    )
+    p.add_argument(
         "--jobmanager-url-template",
         type=_url_template,
         default=rest_observing.identity,
@@ -275,6 +282,7 @@ async def serve(args: argparse.Namespace) -> int:
     timings = lease.Timings(args.lease_duration, args.renew_deadline, args.retry_period)
     metrics = handlers.Metrics()
     options = handlers.Options(
+        max_concurrent_passes=args.max_concurrent_passes,
         planning=configuration.OperatorConfiguration(
             savepoint_on_deletion=args.savepoint_on_deletion,
             deletion_savepoint_timeout=args.deletion_savepoint_timeout,
