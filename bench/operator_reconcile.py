@@ -14,15 +14,17 @@ A fresh pair per N (not one growing run) so each N starts from the same empty AP
 server and a new operator: its RSS before and after, and its CPU, belong to that N only.
 
 The benchmark's client watches the StreamJobs and every kind of child (Deployments,
-Services, ConfigMaps, ServiceAccounts, Roles, RoleBindings) in the namespace, creates
+Services, ConfigMaps, ServiceAccounts, Roles, RoleBindings, NetworkPolicies) in the
+namespace, creates
 one warm-up StreamJob and waits for its children (kopf is watching and the operator's
 API client exists: the first pass's one-off start-up is not charged to the first of
 the N), samples the operator's idle RSS, then creates the N StreamJobs as fast as it
 can (``--concurrency`` POSTs in flight) and measures, per StreamJob, from its creation
 (the earlier of the POST's answer and the watch's ADDED event) to the moment its
-children are complete: the ten objects ``desired.children`` renders (2 ServiceAccounts,
-2 Roles, 2 RoleBindings, the submission ConfigMap, the JobManager Service, the
-JobManager and TaskManager Deployments) have all been seen ADDED on the watches. It
+children are complete: the twelve objects ``desired.children`` renders (2 ServiceAccounts,
+2 Roles, 2 RoleBindings, 2 NetworkPolicies, the submission ConfigMap, the JobManager
+Service, the JobManager and TaskManager Deployments) have all been seen ADDED on the
+watches. (bench/operator_scale.py follows StreamJobs to STABLE instead.) It
 also records when each StreamJob's status first carries a lifecycle state.
 
 Reported: children-created latency p50/p95/max, the time from the first POST to the
@@ -94,6 +96,7 @@ CHILD_COLLECTIONS = {
     "ServiceAccount": f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts",
     "Role": f"/apis/rbac.authorization.k8s.io/v1/namespaces/{NAMESPACE}/roles",
     "RoleBinding": f"/apis/rbac.authorization.k8s.io/v1/namespaces/{NAMESPACE}/rolebindings",
+    "NetworkPolicy": f"/apis/networking.k8s.io/v1/namespaces/{NAMESPACE}/networkpolicies",
 }
 WARMUP = "warmup"
 # the operator's default --progress-check-interval: how often a StreamJob whose pods are

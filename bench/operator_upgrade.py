@@ -2,9 +2,10 @@
 
 The Kubernetes API emulator (``tests/kube``) and its test kubelet (``tests.kube.pods``:
 each pod a local process, started in about a second or two) stand in for a cluster; the
-operator's handlers run in kopf against it with the operator's default settings (a
-timer every 2 s, a pass every ``progress_check_interval``, 5 s, while something is under
-way), reaching the JobManagers through the kubelet's Service resolution.
+operator's handlers run in kopf against it with the operator's default settings (a pass
+runs when due: at a change of its Deployments, or when the last one asked, e.g. every
+``answer_check_interval`` while a JobManager acts on a request; a 10 s timer as a safety
+net), reaching the JobManagers through the kubelet's Service resolution.
 
 A StreamJob running ``tests/jobs/keyed_sum.py`` (parallelism 2, checkpoints every
 second) is deployed and waited STABLE; then ``--upgrades`` times its ``job.args``

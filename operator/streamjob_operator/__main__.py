@@ -4,8 +4,10 @@ Every replica campaigns for the Lease (``--lease-name`` in ``--lease-namespace``
 the one holding it runs kopf with the handlers (``handlers``), the others wait their
 turn. A leader that loses the Lease stops kopf and campaigns again. Each replica
 serves ``/metrics`` (Prometheus) and ``/healthz`` on ``--metrics-port``, leader or
-not. SIGTERM and SIGINT stop the process; a leader hands the Lease back on the way
-out, so a standby takes over at once.
+not. SIGTERM and SIGINT stop the process: no pass starts any more (those under way
+are cut off), a leader hands the Lease back at once (holder cleared, so a standby
+takes over at its next retry, not after the lease duration), then kopf gets a few
+seconds to stop.
 
 Kubernetes credentials are the pod's service account in a cluster, else the kubeconfig
 (``$KUBECONFIG`` or ``~/.kube/config``). JobManagers are reached at their Service's
@@ -66,6 +68,7 @@ from streamjob_operator.api import durations
 from streamjob_operator.desired import network
 from streamjob_operator.leadership import lease
 from streamjob_operator.observing import jobmanager as rest_observing
+from streamjob_operator.observing import kubeapi
 from streamjob_operator.planning import configuration
 
 log = logging.getLogger("streamjob_operator")
@@ -174,6 +177,13 @@ def parser() -> argparse.ArgumentParser:
         help="look again this soon while something is under way (default 5s)",
     )
     p.add_argument(
+        "--max-concurrent-passes",
+        type=int,
+        default=handlers.Options.max_concurrent_passes,
+        help="reconcile passes under way at once, over all StreamJobs (default"
+        f" {handlers.Options.max_concurrent_passes})",
+    )
+    p.add_argument(
         "--jobmanager-url-template",
         type=_url_template,
         default=rest_observing.identity,
@@ -220,7 +230,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 async def kubernetes_client() -> client.ApiClient:
-    """A client configured from the service account in a cluster, else the kubeconfig."""
+    """A client configured from the service account in a cluster, else the kubeconfig,
+    without aiohttp's per-request environment lookups (``kubeapi.client_for``)."""
     configuration_ = client.Configuration()
     if os.environ.get("KUBERNETES_SERVICE_HOST"):
         config.load_incluster_config(  # type: ignore[no-untyped-call]
@@ -230,7 +241,7 @@ async def kubernetes_client() -> client.ApiClient:
         await config.load_kube_config(
             config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration_
         )
-    return client.ApiClient(configuration_)
+    return kubeapi.client_for(configuration_)
 
 
 def health_app(metrics: handlers.Metrics, elector: lease.LeaseElector) -> web.Application:
@@ -271,6 +282,7 @@ async def serve(args: argparse.Namespace) -> int:
     timings = lease.Timings(args.lease_duration, args.renew_deadline, args.retry_period)
     metrics = handlers.Metrics()
     options = handlers.Options(
+        max_concurrent_passes=args.max_concurrent_passes,
         planning=configuration.OperatorConfiguration(
             savepoint_on_deletion=args.savepoint_on_deletion,
             deletion_savepoint_timeout=args.deletion_savepoint_timeout,
@@ -317,9 +329,20 @@ async def serve(args: argparse.Namespace) -> int:
 
     async def lead(stop: asyncio.Event) -> None:
         log.info("%s leads: starting the handlers", identity)
+        ready = asyncio.Event()
+
+        async def take_signals_back() -> None:
+            # kopf installs its own SIGTERM handler before it is ready, which would stop
+            # kopf first (with every timer of a thousand StreamJobs) and only then hand
+            # the Lease back; ours stops the passes and hands it back first
+            await ready.wait()
+            install_signals()
+
+        signals = asyncio.create_task(take_signals_back())
         try:
-            await handlers.operate(registry, namespaces=namespaces, stop=stop)
+            await handlers.operate(registry, namespaces=namespaces, stop=stop, ready=ready)
         finally:
+            signals.cancel()
             install_signals()
             log.info("%s: the handlers stopped", identity)
 
@@ -344,9 +367,18 @@ async def serve(args: argparse.Namespace) -> int:
         if election.done():
             election.result()  # kopf stopped on its own (a signal reached it): exit
         else:
-            election.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await election
+            # Stop reconciling (no pass starts; those under way lose their client), then
+            # hand the Lease back so a standby leads at its next retry, then let kopf
+            # wind down within the elector's grace.
+            log.info("%s is stopping: no new passes; handing the Lease back", identity)
+            await reconciler.close()
+            await elector.resign()
+            try:
+                await asyncio.wait_for(asyncio.shield(election), elector.stop_grace + 5.0)
+            except TimeoutError:
+                election.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await election
     except Exception:
         log.exception("the operator failed")
         code = 1

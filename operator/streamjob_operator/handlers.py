@@ -8,11 +8,13 @@ use to call the JobManager), observes its world (``observing``), plans
 - ``on.create``, ``on.update`` (the spec or metadata changed) and ``on.resume`` (the
   operator started, or became the leader, and finds the StreamJob) run a pass at once;
 - a change of one of its Deployments (kopf watches those the operator manages) makes
-  its next pass due at once, so a step waiting for a deletion or for readiness goes on
-  at the next timer tick;
-- a timer every ``Options.timer_interval`` seconds runs a pass when the last one asked
-  to be looked at again by now (``RequeueAfter``), or when the last one failed and its
-  retry delay is over: retries are scheduled, never slept;
+  its next pass due at once and runs it at once (a prompt pass, in a task of its own),
+  so a step waiting for a deletion or for readiness goes on as soon as it can;
+- when the last pass asked to be looked at again (``RequeueAfter``), or failed and its
+  retry delay is over, the next pass runs then (a prompt pass): retries are scheduled,
+  never slept;
+- a timer every ``Options.timer_interval`` seconds runs a pass that is due and not
+  under way: the safety net of the two above;
 - ``on.delete`` runs passes until planning releases the StreamJob (``FinishDeletion``:
   the job was stopped, with a final savepoint bounded in time when configured); until
   then it raises ``kopf.TemporaryError`` and kopf keeps its finalizer and calls again.
@@ -35,6 +37,7 @@ result, StreamJobs by lifecycle state, and whether this replica leads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import logging
@@ -66,19 +69,27 @@ Clock = Callable[[], datetime.datetime]
 class Options:
     """How passes are run.
 
-    - ``timer_interval``: how often the timer looks whether a pass is due (seconds);
+    - ``timer_interval``: how often the timer looks whether a pass is due (seconds): a
+      safety net, since passes run when due; each look is a kopf handler call, which
+      with a thousand StreamJobs every 2 s cost a fifth of a core;
     - ``retry_delay`` / ``conflict_delay``: when to try again after a failed pass, or
       after one whose write conflicted with someone else's;
     - ``rest_timeout_s``: per JobManager request while observing (acting's is in
       ``acting``);
+    - ``max_concurrent_passes``: passes under way at once, over all StreamJobs (the
+      Flink and controller-runtime operators' max concurrent reconciles); the others
+      wait their turn before their first request, so that a thousand StreamJobs
+      resumed at once do not queue a thousand requests for the client's connections,
+      where their timeouts would run out (the client has 100 connections);
     - ``planning``: the operator's settings that planning reads;
     - ``acting``: the JobManager address resolution, savepoint volumes, identity.
     """
 
-    timer_interval: float = 2.0
+    timer_interval: float = 10.0
     retry_delay: float = 5.0
     conflict_delay: float = 1.0
     rest_timeout_s: float = 5.0
+    max_concurrent_passes: int = 16
     planning: configuration.OperatorConfiguration = dataclasses.field(
         default_factory=configuration.OperatorConfiguration
     )
@@ -91,7 +102,8 @@ class Metrics:
         r = self.registry
         self.reconciles = prometheus_client.Counter(
             "streamjob_operator_reconciles",
-            "Reconcile passes, by what started them (create, update, resume, timer, delete).",
+            "Reconcile passes, by what started them (create, update, resume, delete; due:"
+            " when scheduled or woken by a Deployment; timer: the safety net).",
             ["trigger"],
             registry=r,
         )
@@ -151,6 +163,10 @@ class PassFailed(Exception):
         self.delay = delay
 
 
+class Interrupted(PassFailed):
+    """The operator stopped (or stopped leading) under the pass: its successor runs it."""
+
+
 class Conflicted(PassFailed):
     """A write of the pass met a newer resourceVersion (409): someone else (often kopf's
     own bookkeeping) wrote first. Normal on a busy object: retried, not an error."""
@@ -196,6 +212,10 @@ class Reconciler:
         self._disposed: dict[str, set[str]] = {}
         self._kept_files: dict[str, set[str]] = {}
         self._refused: dict[str, observed.Refusal] = {}
+        # prompt passes (see wake): the running one per StreamJob, and the timers armed
+        self._slots = asyncio.Semaphore(self.options.max_concurrent_passes)
+        self._prompt: dict[str, asyncio.Task[None]] = {}
+        self._armed: dict[str, asyncio.TimerHandle] = {}
 
     def start(self) -> None:
         """kopf (re)starts: passes may run again (after :meth:`close`)."""
@@ -216,6 +236,9 @@ class Reconciler:
 
     async def close(self) -> None:
         """Close the Kubernetes client; passes fail with Stopping until :meth:`start`."""
+        for handle in self._armed.values():
+            handle.cancel()
+        self._armed.clear()
         async with self._api_lock:
             self._stopping = True
             if self._api is not None:
@@ -223,7 +246,11 @@ class Reconciler:
                 await api.close()
 
     def due(self, namespace: str, name: str) -> bool:
-        return self._due.get(f"{namespace}/{name}", 0.0) <= time.monotonic()
+        """Whether the StreamJob's next pass is due. One no pass has seen is not: its
+        create or resume pass comes first (a timer pass besides would double the work
+        of a thousand StreamJobs created or resumed at once)."""
+        due = self._due.get(f"{namespace}/{name}")
+        return due is not None and due <= time.monotonic()
 
     def next_pass_in(self, namespace: str, name: str) -> float:
         """Seconds until the StreamJob's next pass is due (0: due now or unknown)."""
@@ -231,26 +258,77 @@ class Reconciler:
 
     def wake(self, namespace: str, name: str) -> None:
         """Something a StreamJob may wait for happened (one of its Deployments changed:
-        deleted, ready, gone): its next pass is due now, and the timer runs it. A
-        StreamJob no pass has seen yet is left to its create or resume pass."""
+        deleted, ready, gone): its next pass is due now, and runs at once (a prompt
+        pass, :meth:`_run_promptly`), not at the next timer tick. A StreamJob no pass has
+        seen yet is left to its create or resume pass."""
         key = f"{namespace}/{name}"
         if key in self._due:
             self._due[key] = min(self._due[key], time.monotonic())
+            self._run_promptly(key)
+
+    def _run_promptly(self, key: str) -> None:
+        """Run the StreamJob's pass now if it is due, in a task of its own (never in
+        kopf's handler, which would hold kopf's worker for that object). One such task
+        per StreamJob at a time; one that finds the StreamJob due again after its pass
+        (woken meanwhile) runs another. Failures are left to the timer, which retries
+        when the failed pass scheduled it."""
+        self._armed.pop(key, None)
+        if key in self._prompt or self._stopping or not self.leading():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not on the loop (tests calling wake): the timer runs it
+            return
+        self._prompt[key] = loop.create_task(self._prompt_passes(key), name=f"pass-{key}")
+
+    async def _prompt_passes(self, key: str) -> None:
+        namespace, _, name = key.partition("/")
+        try:
+            while self.due(namespace, name) and not self._stopping and self.leading():
+                try:
+                    if await self.reconcile(namespace, name, "due") is None:
+                        return  # gone
+                except PassFailed:
+                    return  # scheduled for a retry; the timer runs it
+        except Exception:  # a prompt pass is an optimisation: never let it die loudly
+            log.exception("StreamJob %s: a prompt pass failed", key)
+        finally:
+            self._prompt.pop(key, None)
 
     def forget(self, namespace: str, name: str) -> None:
         key = f"{namespace}/{name}"
         for memory in (self._due, self._disposed, self._kept_files, self._refused, self._locks):
             memory.pop(key, None)
+        armed = self._armed.pop(key, None)
+        if armed is not None:
+            armed.cancel()
         self.metrics.lifecycle(key, None)
 
     def _schedule(self, key: str, delay: float) -> None:
+        """The next pass is due in ``delay`` seconds; it runs then (a prompt pass), not
+        at the timer's next tick after that: a step that asked to be looked at again in
+        1 s (a JobManager answering a request) is not held to the timer's 2 s."""
         self._due[key] = time.monotonic() + delay
+        armed = self._armed.pop(key, None)
+        if armed is not None:
+            armed.cancel()
+        with contextlib.suppress(RuntimeError):  # not on a loop: the timer runs it
+            loop = asyncio.get_running_loop()
+            self._armed[key] = loop.call_later(delay, self._run_promptly, key)
+
+    def defer(self, namespace: str, name: str) -> None:
+        """A pass that could not run now is due after the retry delay."""
+        self._schedule(f"{namespace}/{name}", self.options.retry_delay)
+
+    def busy(self, namespace: str, name: str) -> bool:
+        """A prompt pass of the StreamJob is under way (the timer leaves it alone)."""
+        return f"{namespace}/{name}" in self._prompt
 
     async def reconcile(self, namespace: str, name: str, trigger: str) -> actor.Outcome | None:
         """One pass; None when the StreamJob is gone. Raises PassFailed (with a retry delay)."""
         key = f"{namespace}/{name}"
         lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
+        async with lock, self._slots:
             self.passes += 1
             self.metrics.reconciles.labels(trigger).inc()
             for attempt in range(1, CONFLICT_ATTEMPTS + 1):
@@ -296,13 +374,17 @@ class Reconciler:
                 raise Stopping("the operator is stopping")
             outcome = await acting.act(streamjob, plan, rest_credentials)
         except Stopping as e:
-            raise PassFailed(str(e), self.options.retry_delay) from None
+            raise Interrupted(str(e), self.options.retry_delay) from None
         except Exception as e:  # the loop must not die: count, log, retry later
+            if self._stopping:  # close() pulled the client from under the pass
+                raise Interrupted(f"the operator is stopping ({stage}: {e})", 0) from None
             self.metrics.errors.labels(stage).inc()
             self._schedule(key, self.options.retry_delay)
             log.exception("StreamJob %s: the reconcile pass failed to %s", key, stage)
             raise PassFailed(f"{stage}: {type(e).__name__}: {e}", self.options.retry_delay) from e
         self._account(key, streamjob, plan, outcome)
+        if not outcome.ok and self._stopping:
+            raise Interrupted(f"the operator is stopping ({outcome.error})", 0)
         if outcome.ok:
             reconcile = self.options.planning.reconcile_interval.total_seconds()
             self._schedule(key, outcome.requeue_after or reconcile)
@@ -367,13 +449,24 @@ def configure(settings: kopf.OperatorSettings) -> None:
 async def _run_pass(
     reconciler: Reconciler, namespace: str, name: str, trigger: str
 ) -> actor.Outcome | None:
-    if not reconciler.leading():
-        raise kopf.TemporaryError(
-            "this operator replica does not hold the Lease; the leader reconciles",
-            delay=reconciler.options.retry_delay,
-        )
+    """Run a pass for kopf. A replica that does not lead, or is stopping, runs none and
+    tells kopf nothing went wrong (no ERROR log, no Warning Event on each of a thousand
+    StreamJobs): the leader, or this replica's next term, runs a resume pass for each.
+    Only the deletion handler hears of it, so that it never takes that for done."""
+    if not reconciler.leading() or reconciler.stopping:
+        why = "the operator is stopping" if reconciler.stopping else "not the leader"
+        if trigger == "delete":
+            raise kopf.TemporaryError(why, delay=reconciler.options.retry_delay)
+        log.debug("StreamJob %s/%s: no %s pass: %s", namespace, name, trigger, why)
+        reconciler.defer(namespace, name)  # the timer runs it if this replica leads again
+        return None
     try:
         return await reconciler.reconcile(namespace, name, trigger)
+    except Interrupted as e:
+        if trigger == "delete":
+            raise kopf.TemporaryError(str(e), delay=e.delay) from None
+        log.info("StreamJob %s/%s: pass interrupted: %s", namespace, name, e)
+        return None
     except Conflicted as e:
         if trigger == "delete":  # the deletion handler must not take this for done
             raise kopf.TemporaryError(str(e), delay=e.delay) from None
@@ -416,10 +509,11 @@ def build_registry(reconciler: Reconciler, *, login: bool = False) -> kopf.Opera
         labels={metadata.MANAGED_BY_LABEL: metadata.MANAGER},
         registry=registry,
     )
-    def child_changed(*, body: kopf.Body, namespace: str | None, **_: Any) -> None:
+    async def child_changed(*, body: kopf.Body, namespace: str | None, **_: Any) -> None:
         """A JobManager or TaskManager Deployment changed: a step waiting for it (its
-        deletion, its readiness) goes on at the next timer tick, not a progress check
-        later."""
+        deletion, its readiness) goes on at once, not a progress check later. (Async,
+        so that it runs on the loop the passes run on: kopf runs sync handlers on
+        threads.)"""
         for owner in body.metadata.get("ownerReferences") or []:
             if owner.get("kind") == models.KIND and owner.get("name"):
                 reconciler.wake(namespace or "", owner["name"])
@@ -430,7 +524,8 @@ def build_registry(reconciler: Reconciler, *, login: bool = False) -> kopf.Opera
 
     @kopf.timer(*resource_, interval=reconciler.options.timer_interval, registry=registry)
     async def reconcile_when_due(*, name: str, namespace: str | None, **_: Any) -> None:
-        if reconciler.due(namespace or "", name) and not reconciler.stopping:
+        ns = namespace or ""
+        if reconciler.due(ns, name) and not reconciler.stopping and not reconciler.busy(ns, name):
             await _run_pass(reconciler, namespace or "", name, "timer")
 
     @kopf.on.delete(*resource_, registry=registry)

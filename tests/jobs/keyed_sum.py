@@ -24,7 +24,8 @@ reduce: large state files), backend (state.backend.type), localdir
 rebalance edge between the source and the map), local_recovery
 (state.backend.local-recovery) and fail_once (``<event index>:<marker file>``: that
 event's map raises once, in the attempt that creates the marker: a task failure the
-TaskManagers survive).
+TaskManagers survive), stamp (any value: each line ends with the wall-clock time the
+sink wrote it, for measuring processing gaps).
 """
 
 from __future__ import annotations
@@ -184,8 +185,11 @@ def build(env: StreamExecutionEnvironment) -> None:
             raise RuntimeError(f"boom at event {event[1]} (fail_from={fail_from})")
         return (event[0], 1, ballast(event[0], pad)) if pad else (event[0], 1)
 
+    def stamped(r: tuple[int, int]) -> str:
+        return f"{r[0]} {r[1]} {time.time():.4f}"  # when the sink wrote it: gaps show
+
     out = SlowSink(
-        FileSink(a["out"], encoder=lambda r: f"{r[0]} {r[1]}"),
+        FileSink(a["out"], encoder=stamped if a.get("stamp") else lambda r: f"{r[0]} {r[1]}"),
         float(a.get("commit_delay", "0")),
         float(a.get("sink_delay", "0")),
         int(a["slow_subtask"]) if "slow_subtask" in a else None,

@@ -74,6 +74,13 @@ def test_a_blue_green_savepoint_upgrade_runs_both_colours_then_moves_the_job_exa
         )
         assert green_started < blue_deleted
         live.wait_finished(kube, "sum")
+        # Switched follows the status write of the pass that saw blue's Deployments gone,
+        # which may come after a fast job finished
+        kube.wait_for(
+            lambda: "Switched" in test_handlers.reasons(kube, "sum"),
+            timeout=30,
+            what="the Switched Event",
+        )
         reasons = test_handlers.reasons(kube, "sum")
         assert reasons.index("Upgrading") < reasons.index("Switched")
     assert_exact(tmp_path / "out", events=live.EVENTS)

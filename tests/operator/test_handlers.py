@@ -333,7 +333,7 @@ def test_a_failing_streamjob_is_retried_and_does_not_hold_up_another(
         wait_lifecycle(kube, "DEPLOYED", "broken")
     assert errors(reconciler, "act") >= 1
     exposition = reconciler.metrics.exposition().decode()
-    assert 'streamjob_operator_reconciles_total{trigger="timer"}' in exposition
+    assert 'streamjob_operator_reconciles_total{trigger="due"}' in exposition  # retried when due
     assert 'streamjob_operator_streamjobs{lifecycle="DEPLOYED"} 2.0' in exposition
 
 

@@ -132,6 +132,25 @@ def test_a_released_lease_is_taken_over_at_once(kube: KubeEmulator) -> None:
     run(kube, body)
 
 
+def test_a_resigned_leader_releases_before_its_lead_ends_and_does_not_campaign_again(
+    kube: KubeEmulator,
+) -> None:
+    async def body(api: client.ApiClient) -> None:
+        a = Candidate(api, "a")
+        a.start()
+        await until(lambda: a.elector.leading)
+        await a.elector.resign()
+        # released at once, while lead has not been told to stop yet
+        assert holder(kube) == ("", 0)
+        assert not a.elector.leading
+        assert a.task is not None
+        await asyncio.wait_for(a.task, 5)  # run returns once lead ended
+        assert a.stopped_at is not None
+        assert holder(kube) == ("", 0)  # and it did not take the Lease again
+
+    run(kube, body)
+
+
 def test_a_leader_that_cannot_renew_stops_leading_within_the_renew_deadline(
     kube: KubeEmulator,
 ) -> None:
@@ -333,3 +352,55 @@ def test_an_operator_that_loses_the_lease_stops_reconciling_and_resumes_when_it_
         assert only.logs().count("only leads: starting the handlers") == 2
     finally:
         only.stop()
+
+
+def test_a_sigtermed_leader_hands_the_lease_back_and_a_standby_leads_well_within_its_duration(
+    kube: KubeEmulator, kubeconfig: Path, tmp_path: Path
+) -> None:
+    """With a 30 s lease and 20 StreamJobs (a kopf timer each), SIGTERM of the leader: it
+    stops its passes and releases the Lease before kopf winds down, so the standby leads
+    at its next retry (0.2 s), not after 30 s; the leader exits 0 within a pod's 30 s
+    grace period."""
+    kube.apply_crd(crd.build())
+    slow = ("--lease-duration", "30", "--renew-deadline", "20")
+    first = OperatorProcess(kubeconfig, "first", tmp_path, slow)
+    second: OperatorProcess | None = None
+    try:
+        kube.wait_for(lambda: lease_holder(kube) == "first", timeout=30, what="first to lead")
+        names = [f"job-{i:02d}" for i in range(20)]
+        for name in names:
+            kube.create(test_observing.streamjob_body(name))
+        kube.wait_for(
+            lambda: all(children_of(kube, n) for n in names), timeout=60, what="the children"
+        )
+        second = OperatorProcess(kubeconfig, "second", tmp_path, slow)
+        kube.wait_for(
+            lambda: second is not None and second.health() != {}, timeout=60, what="a standby"
+        )
+        assert second.health()["leader"] is False
+
+        terminated = time.monotonic()
+        first.popen.send_signal(signal.SIGTERM)
+        kube.wait_for(lambda: lease_holder(kube) == "second", timeout=40, what="a takeover")
+        takeover = time.monotonic() - terminated
+        assert first.popen.wait(30) == 0, first.logs()
+        log = first.log_path.read_text(errors="replace")
+        # in this order: passes stopped, Lease released, then kopf stopped
+        stopping = log.index("first is stopping: no new passes")
+        released = log.index("first released the Lease")
+        handlers_stopped = log.index("first: the handlers stopped")
+        assert stopping < released < handlers_stopped, log[-3000:]
+        assert "did not exit in time" not in log
+        assert "Traceback" not in log, log[-3000:]
+        # well within the 30 s lease duration (the standby retries every 0.2 s; slack
+        # for a loaded machine)
+        assert takeover < 10, takeover
+        stored = kube.get("coordination.k8s.io/v1", "leases", "streamjob-operator", NAMESPACE)
+        assert stored is not None
+        assert stored["spec"]["leaseTransitions"] == 1
+        kube.create(test_observing.streamjob_body("after"))
+        kube.wait_for(lambda: children_of(kube, "after"), timeout=30, what="second reconciles")
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()

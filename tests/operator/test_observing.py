@@ -65,6 +65,7 @@ class FakeJobManager:
         self.authorizations: list[str | None] = []
         self.jobs: dict[str, rest.JobOverview] = {}
         self.checkpoints: dict[str, int] = {}
+        self._triggered: dict[tuple[str, int], int] = {}
         self.savepoints: dict[str, tuple[str, bool, rest.SavepointInfo]] = {}
         self.submissions: list[rest.JobSubmission] = []
         self.requests: list[str] = []
@@ -196,10 +197,13 @@ class FakeJobManager:
         n = self.checkpoints[job.jid]
         latest = None
         if n:
+            # a checkpoint's trigger time is when it was first reported, as it stays in
+            # a JobManager's answers
+            triggered = self._triggered.setdefault((job.jid, n), int(time.time() * 1000))
             latest = rest.CompletedCheckpointInfo(
                 id=n,
                 path=f"/checkpoints/{job.jid}/chk-{n}",
-                trigger_timestamp=int(time.time() * 1000),
+                trigger_timestamp=triggered,
                 duration_ms=1.0,
                 bytes=1,
                 alignment_ms=0.0,

@@ -4,10 +4,12 @@ What each action does:
 
 - WriteStatus: merge-patch the status subresource, with the resourceVersion last seen
   as precondition (``acting.status``);
-- ApplyChildren: first the job's CA, certificate and REST token Secrets (made or
-  renewed, ``acting.credentials``), then create or replace every manifest of
-  ``desired.children`` (``acting.children``), NetworkPolicies as ``Settings.network``
-  says (turned off: deleted, 404 done);
+- ApplyChildren: nothing when the children were applied before with the same hash
+  (``acting.children.applied``: two reads, no write, so a pass that waits for its
+  JobManager re-applies nothing); else first the job's CA, certificate and REST token
+  Secrets (made or renewed, ``acting.credentials``), then create or replace every
+  manifest of ``desired.children`` (``acting.children``), NetworkPolicies as
+  ``Settings.network`` says (turned off: deleted, 404 done);
 - DeleteJobManager / DeleteTaskManager: delete the Deployment (foreground; 404 done);
   DeleteHaMetadata: delete the HA ConfigMap, then the leader Lease (404 done);
   DeleteChildren: every child of the cluster (Deployments in the foreground first),
@@ -24,7 +26,7 @@ What each action does:
   of a submitted job is written into ``status.job.id`` at once, before anything else;
   later status writes of the same plan carry it too;
 - DisposeSavepoint: ``acting.savepoints`` (the operator deletes only what it mounts);
-- RecordEvent: a core/v1 Event;
+- RecordEvent: a core/v1 Event, idempotent (``acting.events``);
 - FinishDeletion, RequeueAfter: reported in the :class:`Outcome` for the caller (the
   kopf glue releases the finalizer, or schedules the next pass).
 
@@ -80,6 +82,11 @@ FAILURES: tuple[type[BaseException], ...] = (
 """What an action may fail with (anything else is a bug, and propagates)."""
 
 
+JUST_ENSURED = datetime.timedelta(seconds=2)
+"""Credentials ensured this recently need not be ensured again before children are
+applied: the pass that applies them ensured them when it began."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     resolve: rest_observing.Resolve = rest_observing.identity
@@ -88,6 +95,8 @@ class Settings:
     savepoint_buckets: tuple[str, ...] = ()  # s3:// roots the operator disposes under
     instance: str = dataclasses.field(default_factory=socket.gethostname)
     network: network.Settings = dataclasses.field(default_factory=network.Settings)
+    # how long a job's credentials, once ensured, are used without reading its Secrets
+    credentials_refresh: datetime.timedelta = datetime.timedelta(seconds=60)
 
 
 @dataclasses.dataclass
@@ -132,16 +141,33 @@ class Actor:
         self.settings = settings or Settings()
         self.clock = clock or (lambda: datetime.datetime.now(datetime.UTC))
         self._reported: set[str] = set()  # savepoints reported as not disposable
+        # StreamJob uid -> its credentials as last ensured, and when
+        self._ensured: dict[str, tuple[rest_observing.Credentials, datetime.datetime]] = {}
 
     async def credentials(
-        self, streamjob: resource.StreamJobResource
+        self, streamjob: resource.StreamJobResource, *, fresh: bool = False
     ) -> rest_observing.Credentials | None:
         """The job's REST credentials: made or renewed as due (``acting.credentials``);
-        only read for a StreamJob being deleted (None when they are gone)."""
+        only read for a StreamJob being deleted (None when they are gone).
+
+        Once ensured they are used for ``Settings.credentials_refresh`` without reading
+        the Secrets again (three GETs a pass saved; renewals are due days ahead), unless
+        ``fresh``: before children are applied, the Secrets their pods mount are made
+        sure of (unless that was done in the last :data:`JUST_ENSURED`: by the same
+        pass)."""
         job = streamjob.identity()
         if streamjob.deletion_timestamp is not None:
+            self._ensured.pop(streamjob.uid, None)
             return await credentials.read(self.api, job)
-        return await credentials.ensure(self.api, job, self.clock())
+        now = self.clock()
+        known = self._ensured.get(streamjob.uid)
+        max_age = JUST_ENSURED if fresh else self.settings.credentials_refresh
+        if known is not None and now - known[1] < max_age:
+            # a copy: its SSL context (14 kB) is made for the pass, not kept per StreamJob
+            return dataclasses.replace(known[0])
+        ensured = await credentials.ensure(self.api, job, now)
+        self._ensured[streamjob.uid] = (ensured, now)
+        return dataclasses.replace(ensured)
 
     async def act(
         self,
@@ -235,9 +261,14 @@ class _Run:
             case actions.WriteStatus(status=s):
                 await self.writer.write(self.overlay(s))
             case actions.ApplyChildren(job=job, where=where):
-                await self.credentials()  # the Secrets the pods mount, before the pods
-                for manifest in desired_children.children(job, where, self.settings.network):
-                    await children.apply(self.api, manifest)
+                manifests = desired_children.children(job, where, self.settings.network)
+                state = await children.applied(self.api, manifests)
+                if state is children.Applied.SAME:
+                    return  # as applied before, with the same hash: nothing to write
+                # the Secrets the pods mount, before the pods
+                self.rest_credentials = await self.actor.credentials(self.streamjob, fresh=True)
+                fresh = state is children.Applied.ABSENT
+                await children.apply_all(self.api, manifests, fresh=fresh)
                 if not self.settings.network.enabled:  # turned off: none may linger
                     await children.delete_network_policies(self.api, names, where)
             case actions.DeleteJobManager(where=where):
@@ -331,15 +362,26 @@ class _Run:
         await self.event(actions.RecordEvent(actions.EventType.WARNING, reason, message))
 
     async def event(self, record: actions.RecordEvent) -> None:
+        """Post ``record`` named after the status write it follows (``events.name``), so
+        that sending it again cannot store it twice; a POST that got no answer is sent
+        once more."""
+        after = self.writer.resource_version or ""
         try:
-            await events.post(
-                self.api,
-                self.streamjob,
-                record,
-                self.actor.clock(),
-                COMPONENT,
-                self.settings.instance,
-            )
+            for attempt in (1, 2):
+                try:
+                    await events.post(
+                        self.api,
+                        self.streamjob,
+                        record,
+                        self.actor.clock(),
+                        COMPONENT,
+                        self.settings.instance,
+                        after,
+                    )
+                    return
+                except (aiohttp.ClientError, OSError, TimeoutError):
+                    if attempt == 2:
+                        raise
         except FAILURES as e:
             log.warning(
                 "StreamJob %s/%s: Event %s not recorded: %s",

@@ -10,6 +10,14 @@ the manifest no longer has. The comparison tolerates what the API server adds
 cannot change. Replacing is what Deployments need (their pod template is ours
 whole); for the other kinds it also removes anyone else's edits, by design.
 
+:func:`apply_all` applies a whole set of children (``desired.children``, TaskManager
+Deployment last) and stamps that last Deployment with the hash of the set
+(``streamjob.dev/children-hash``). :func:`applied` tells from the two Deployments alone
+that the same set was applied before (the stamp is written only once every other child
+was), so a pass that would apply it again need not read the other children. A child
+other than the Deployments deleted by hand is then re-created at the next change of the
+set, not at the next pass.
+
 An object controlled by something else (an owner reference with ``controller: true``
 and another uid) is never replaced: that is a name clash, reported as an error. An
 object without a controller is adopted.
@@ -22,6 +30,7 @@ pods still run. A delete of something already gone (404) is done.
 from __future__ import annotations
 
 import copy
+import enum
 import hashlib
 import json
 from typing import Any
@@ -34,6 +43,7 @@ from streamjob_operator.desired import ha, metadata, network, target
 from streamjob_operator.observing import kubeapi
 
 HASH_ANNOTATION = "streamjob.dev/desired-hash"
+CHILDREN_HASH_ANNOTATION = "streamjob.dev/children-hash"
 
 Obj = kubeapi.Obj
 
@@ -87,9 +97,19 @@ def _describe(obj: Obj) -> str:
     return f"{obj['kind']} {meta['namespace']}/{meta['name']}"
 
 
-async def apply(api: client.ApiClient, manifest: Obj) -> str:
-    """Create or replace ``manifest``; returns "created", "replaced" or "unchanged"."""
+async def apply(api: client.ApiClient, manifest: Obj, *, create_first: bool = False) -> str:
+    """Create or replace ``manifest``; returns "created", "replaced" or "unchanged".
+
+    ``create_first``: POST before reading (one request instead of two when it is new, as
+    every child of a first deployment is); it exists (409): read and go on as usual."""
     desired = with_hash(manifest)
+    if create_first:
+        try:
+            await kubeapi.request(api, "POST", kubeapi.collection_of(manifest), body=desired)
+            return "created"
+        except ApiException as e:
+            if e.status != 409:
+                raise
     stored = await kubeapi.get(api, kubeapi.path_of(manifest))
     if stored is None:
         await kubeapi.request(api, "POST", kubeapi.collection_of(manifest), body=desired)
@@ -119,6 +139,51 @@ async def apply(api: client.ApiClient, manifest: Obj) -> str:
                 body["spec"].setdefault(key, value)
     await kubeapi.request(api, "PUT", kubeapi.path_of(manifest), body=body)
     return "replaced"
+
+
+def stamped(manifests: list[Obj]) -> list[Obj]:
+    """``manifests`` with the last (the TaskManager Deployment) annotated with the hash
+    of them all."""
+    if not manifests:
+        return manifests
+    last = copy.deepcopy(manifests[-1])
+    annotations = last["metadata"].setdefault("annotations", {})
+    annotations[CHILDREN_HASH_ANNOTATION] = desired_hash({"children": manifests})
+    return [*manifests[:-1], last]
+
+
+class Applied(enum.Enum):
+    """What the Deployments of a set of children say of it (:func:`applied`)."""
+
+    SAME = "same"  # applied as it is: nothing to do
+    ABSENT = "absent"  # no Deployment of it exists: a first deployment, most likely
+    OTHER = "other"  # applied otherwise, or partly, or being deleted
+
+
+async def applied(api: client.ApiClient, manifests: list[Obj]) -> Applied:
+    """Whether ``manifests`` (``desired.children``) were applied as they are: every
+    Deployment among them exists and is not being deleted, and the last carries their
+    hash."""
+    deployments = [m for m in manifests if m["kind"] == "Deployment"]
+    if not deployments or manifests[-1] is not deployments[-1]:
+        return Applied.OTHER
+    expected = stamped(manifests)[-1]["metadata"]["annotations"][CHILDREN_HASH_ANNOTATION]
+    stored = [await kubeapi.get(api, kubeapi.path_of(m)) for m in deployments]
+    if all(s is None for s in stored):
+        return Applied.ABSENT
+    metas = [(s or {}).get("metadata") or {} for s in stored]
+    if any(s is None for s in stored) or any(m.get("deletionTimestamp") for m in metas):
+        return Applied.OTHER
+    annotations = metas[-1].get("annotations") or {}
+    same = annotations.get(CHILDREN_HASH_ANNOTATION) == expected
+    return Applied.SAME if same else Applied.OTHER
+
+
+async def apply_all(api: client.ApiClient, manifests: list[Obj], *, fresh: bool = False) -> None:
+    """Apply ``manifests`` in order, the last stamped with the hash of them all;
+    ``fresh`` (none of their Deployments exists): each is created before it is read."""
+    for manifest in stamped(manifests):
+        await apply(api, manifest, create_first=fresh)
 
 
 async def delete(

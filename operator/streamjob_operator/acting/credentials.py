@@ -94,7 +94,9 @@ async def ensure(
     found = authorities(security.secret_data(stored_ca))
     kept = certificates.plan_rotation(found, f"streamjob CA {_common_name(job)}", now)
     if kept != found or not _adopted(stored_ca):
-        await children.apply(api, security.ca_secret(job, _ca_data(kept)))
+        await children.apply(
+            api, security.ca_secret(job, _ca_data(kept)), create_first=stored_ca is None
+        )
 
     stored_tls = await _read(api, job, security.tls_secret_name(job))
     data = security.secret_data(stored_tls)
@@ -107,7 +109,11 @@ async def ensure(
         common_name = jobmanager.service_name(job, target.DeploymentTarget())
         pair = runtime_certificates.issue(kept.current, common_name, names, addresses, now)
     if fresh or data.get(security.CA_CERT) != bundle or not _adopted(stored_tls):
-        await children.apply(api, security.tls_secret(job, bundle, pair.cert, pair.key))
+        await children.apply(
+            api,
+            security.tls_secret(job, bundle, pair.cert, pair.key),
+            create_first=stored_tls is None,
+        )
 
     stored_token = await _read(api, job, security.token_secret_name(job))
     raw = security.secret_data(stored_token).get(security.TOKEN_KEY, b"").decode(errors="replace")
@@ -115,7 +121,9 @@ async def ensure(
     if not token:
         token = secrets.token_urlsafe(TOKEN_BYTES)
     if token != raw or not _adopted(stored_token):
-        await children.apply(api, security.token_secret(job, token))
+        await children.apply(
+            api, security.token_secret(job, token), create_first=stored_token is None
+        )
     return rest_observing.Credentials(token=token, ca=bundle)
 
 

@@ -491,6 +491,3 @@ class StreamJobStatus(_Status):
     error: str | None = Field(
         default=None, description="Why the operator cannot go on, and what to fix."
     )
-    checkpointAge: str | None = Field(
-        default=None, description="Age of the last checkpoint, for kubectl get."
-    )

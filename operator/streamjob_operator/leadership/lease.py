@@ -98,6 +98,8 @@ class LeaseElector:
         self.transitions: int | None = None  # leaseTransitions when we took it: our epoch
         self._observed: tuple[Any, ...] | None = None
         self._observed_at = 0.0
+        self._resigned = False
+        self._holding: asyncio.Task[None] | None = None
 
     @property
     def path(self) -> str:
@@ -207,6 +209,24 @@ class LeaseElector:
                 await kubeapi.request(self.api, "PUT", self.path, body=body)
                 log.info("%s released the Lease %s/%s", self.identity, self.namespace, self.name)
 
+    def resigned(self) -> bool:
+        return self._resigned
+
+    async def resign(self) -> None:
+        """Stop leading now and hand the Lease back, for good: :meth:`run` sets its
+        ``stop``, gives ``lead`` its grace, and returns without campaigning again.
+
+        For a clean shutdown by a caller that has already stopped what ``lead`` does
+        (the operator's passes), so that a standby takes over at its next retry while
+        ``lead`` still winds down, instead of after it."""
+        self._resigned = True
+        if self._holding is not None:
+            self._holding.cancel()
+        was_leading = self.leading
+        self._set_leading(False)
+        if was_leading:
+            await self.release()
+
     async def _attempt(self, budget: float) -> bool | None:
         """One try within ``budget`` seconds; None when the API server did not answer."""
         try:
@@ -244,14 +264,18 @@ class LeaseElector:
         ``lead`` returns or raises on its own while leading: then that ends ``run``).
 
         On the way out (cancelled, or ``lead`` ended) the Lease is released, unless
-        ``release_on_exit`` is off (a crash, as tests simulate it).
+        ``release_on_exit`` is off (a crash, as tests simulate it). After
+        :meth:`resign` it returns once ``lead`` ended (or its grace is over).
         """
         try:
-            while True:
+            while not self.resigned():
                 await self.acquire()
+                if self.resigned():  # resigned while campaigning
+                    break
                 stop = asyncio.Event()
                 leader = asyncio.create_task(lead(stop), name=f"leading-{self.identity}")
                 holder = asyncio.create_task(self.hold(), name=f"holding-{self.identity}")
+                self._holding = holder
                 try:
                     done, _ = await asyncio.wait(
                         {leader, holder}, return_when=asyncio.FIRST_COMPLETED

@@ -10,10 +10,17 @@ model and back; this module sends and returns JSON instead, addressed by
 only reads (:func:`get`). Errors are kubernetes_asyncio's ``ApiException`` (with
 ``status``) and, for a server that cannot be reached, ``aiohttp.ClientError`` or
 ``TimeoutError``.
+
+:func:`client_for` makes the operator's client. kubernetes_asyncio's session has aiohttp's
+``trust_env`` on, which looks up ``~/.netrc`` and the proxy variables on an executor
+thread for every request: with 1,000 StreamJobs that was a quarter of the operator's CPU
+and queued its Lease renewals behind passes. The client looks the proxy up once instead.
 """
 
 from __future__ import annotations
 
+import urllib.parse
+import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
@@ -109,3 +116,28 @@ async def get(api: client.ApiClient, resource_path: str) -> Obj | None:
         if e.status == 404:
             return None
         raise
+
+
+def env_proxy(url: str) -> str | None:
+    """The proxy the environment (``HTTPS_PROXY``, ``HTTP_PROXY``, ``NO_PROXY``) names for
+    ``url``, as aiohttp's ``trust_env`` would find it per request; None for none."""
+    parts = urllib.parse.urlsplit(url)
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get(parts.scheme)
+    bypass: Any = getattr(urllib.request, "proxy_bypass_environment")  # noqa: B009 (no stub)
+    if not proxy or bypass(parts.hostname or "", proxies):
+        return None
+    return proxy
+
+
+def client_for(configuration: client.Configuration) -> client.ApiClient:
+    """An ApiClient for ``configuration`` whose requests make no per-request environment
+    lookups: the proxy is taken from the environment once, here (unless ``configuration``
+    names one), and ``trust_env`` is turned off. A ``~/.netrc`` is not read; the
+    credentials are the kubeconfig's or the service account's."""
+    if not configuration.proxy:
+        configuration.proxy = env_proxy(configuration.host or "")
+    api = client.ApiClient(configuration)
+    # kubernetes_asyncio hard-codes trust_env=True and aiohttp reads the flag per request
+    api.rest_client.pool_manager._trust_env = False
+    return api

@@ -32,15 +32,3 @@ def from_epoch_ms(ms: int) -> datetime.datetime:
 def duration(text: str) -> datetime.timedelta:
     """A spec duration (``500ms``, ``10s``, ``5m``, ``1h``)."""
     return datetime.timedelta(milliseconds=durations.to_ms(text))
-
-
-def age(text: str, now: datetime.datetime) -> str:
-    """How long before ``now`` the status timestamp ``text`` was, as ``1h2m3s`` (for kubectl)."""
-    seconds = max(0, int((now - parse_time(text)).total_seconds()))
-    hours, rest = divmod(seconds, 3600)
-    minutes, seconds = divmod(rest, 60)
-    parts = [f"{hours}h"] if hours else []
-    if hours or minutes:
-        parts.append(f"{minutes}m")
-    parts.append(f"{seconds}s")
-    return "".join(parts)

@@ -17,7 +17,9 @@ class OperatorConfiguration:
       ``kubernetes.operator.savepoint.on-deletion``.)
     - ``progress_check_interval``: how soon to look again while something is under way.
     - ``answer_check_interval``: how soon to look again while waiting for a JobManager
-      to act on a request (a savepoint, a cancel, a submission), which takes seconds.
+      to act on a request (a savepoint, a cancel, a submission), which takes a second or
+      less: during a blue-green switch or an upgrade the job's downtime includes up to
+      this much of waiting to learn the stop savepoint completed.
     - ``reconcile_interval``: how soon to look again when nothing is.
     - ``allow_privileged_pods``: pod templates may ask for privileged containers, host
       namespaces and ports, hostPath volumes, added capabilities and root; off, such a
@@ -33,7 +35,7 @@ class OperatorConfiguration:
     savepoint_on_deletion: bool = False
     deletion_savepoint_timeout: datetime.timedelta = datetime.timedelta(minutes=5)
     progress_check_interval: datetime.timedelta = datetime.timedelta(seconds=5)
-    answer_check_interval: datetime.timedelta = datetime.timedelta(seconds=1)
+    answer_check_interval: datetime.timedelta = datetime.timedelta(milliseconds=250)
     reconcile_interval: datetime.timedelta = datetime.timedelta(seconds=60)
     allow_privileged_pods: bool = False
     checkpoint_status_interval: datetime.timedelta = datetime.timedelta(seconds=15)

@@ -109,8 +109,6 @@ class Pass(abc.ABC):
             r.stepStartedAt = clock.format_time(self.now)  # entered this pass
         self.status.error = "; ".join(self.errors) or None
         self.r.observedGeneration = self.seen.meta.generation
-        last = self.status.lastCheckpoint
-        self.status.checkpointAge = None if last is None else clock.age(last.time, self.now)
         self.status.jobManager = self.jobmanager_status()
         self.status.lifecycleState = lifecycle.lifecycle_state(self.status)
         for derived in lifecycle.derived_conditions(self.status):

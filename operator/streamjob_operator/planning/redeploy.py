@@ -249,4 +249,4 @@ def adopt(p: context.Pass, job: rest.JobOverview) -> None:
     else:
         p.set_condition(lifecycle.STABLE, None, lifecycle.STABILIZING, "the job was just submitted")
         p.event(NORMAL, "Deployed", f"job {job.jid} submitted")
-    p.soon()
+    p.soon_answer()  # it runs within a second or two: status shows it then

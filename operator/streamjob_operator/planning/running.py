@@ -95,6 +95,10 @@ def gate(p: context.Pass, spec: models.StreamJobSpec) -> bool:
         p.set_condition(lifecycle.STABLE, None, lifecycle.STABILIZING, verdict.why_not)
         if verdict.next_check is not None:
             p.soon(min(verdict.next_check, p.now + p.config.progress_check_interval))
+        if not p.seen.job_running:
+            p.soon_answer()  # a job just submitted runs within a second or two
+        elif checkpoints_short(p, spec):
+            p.soon(p.now + clock.duration(spec.checkpointing.interval))
         return False
     why = f"not stable {spec.stability.timeout} after its deployment: {verdict.why_not}"
     if rollback.rollback_due(p):
@@ -111,6 +115,13 @@ def gate(p: context.Pass, spec: models.StreamJobSpec) -> bool:
     p.set_condition(lifecycle.STABLE, False, lifecycle.STABILITY_TIMEOUT, why)
     p.error(f"{why} ({next_step}): fix the spec and apply it", "StabilityTimeout")
     return False
+
+
+def checkpoints_short(p: context.Pass, spec: models.StreamJobSpec) -> bool:
+    """The gate still waits for checkpoints: the next one completes about a checkpoint
+    interval from now, which may be sooner than a progress check."""
+    completed = 0 if p.seen.checkpoints is None else p.seen.checkpoints.counts.completed
+    return completed < spec.stability.checkpoints
 
 
 def ready_condition(p: context.Pass) -> None:
