@@ -6,6 +6,7 @@ import asyncio
 import pickle
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -26,9 +27,15 @@ def slow_str(value: object) -> str:
     return str(value)
 
 
+class TwoChannelTask(NamedTuple):
+    task: task.Task
+    gate: network.InputGate
+    reports: list[messages.Message]  # what the task sent its JobManager
+
+
 def two_channel_task(
-    tmp_path: Path, reports: list[messages.Message], capacity: int = CAPACITY, slow: bool = False
-) -> task.Task:
+    tmp_path: Path, capacity: int = CAPACITY, slow: bool = False
+) -> TwoChannelTask:
     """The map -> sink subtask of a job whose one source feeds it over two channels."""
     env = StreamExecutionEnvironment().set_parallelism(2)
     env.from_source(GeneratorSource(lambda i: i, 10)).set_parallelism(2).rebalance().map(
@@ -37,22 +44,26 @@ def two_channel_task(
     graph = env.job_graph()
     vertex = graph.vertices[1]
 
+    reports: list[messages.Message] = []
+    gate = network.InputGate(2, capacity)
+
     async def report(message: messages.Message) -> None:
         reports.append(message)
 
-    return task.Task(
+    t = task.Task(
         job_id="job",
         attempt=1,
         vertex=vertex,
         subtask=0,
         job_config=config.JobConfig(parallelism=2),
-        gate=network.InputGate(2, capacity),
+        gate=gate,
         writers=[],
         checkpoint_dir=str(tmp_path / "checkpoints"),
         restore=None,
         report=report,
         inputs=channelstate.input_edges(graph, vertex),
     )
+    return TwoChannelTask(t, gate, reports)
 
 
 def trigger(checkpoint_id: int, aligned_timeout_ms: int | None) -> messages.TriggerCheckpoint:
@@ -78,10 +89,7 @@ def stored(tmp_path: Path, ack: messages.AcknowledgeCheckpoint) -> dict[int, lis
 def test_an_unaligned_checkpoint_stores_what_each_channel_held_before_its_barrier(
     tmp_path: Path,
 ) -> None:
-    reports: list[messages.Message] = []
-    t = two_channel_task(tmp_path, reports)
-    gate = t.gate
-    assert gate is not None
+    t, gate, reports = two_channel_task(tmp_path)
     gate.blocked.add(0)  # hold channel 0's data in its queue, as a busy task would
     gate.blocked.add(1)
 
@@ -114,10 +122,7 @@ def test_an_unaligned_checkpoint_stores_what_each_channel_held_before_its_barrie
 def test_records_after_a_channels_barrier_are_not_channel_state_and_capacity_returns(
     tmp_path: Path,
 ) -> None:
-    reports: list[messages.Message] = []
-    t = two_channel_task(tmp_path, reports)
-    gate = t.gate
-    assert gate is not None
+    t, gate, reports = two_channel_task(tmp_path)
 
     async def scenario() -> None:
         gate.blocked.update({0, 1})
@@ -146,10 +151,7 @@ def test_records_after_a_channels_barrier_are_not_channel_state_and_capacity_ret
 def test_alignment_timeout_switches_to_unaligned_and_arrived_channels_store_nothing(
     tmp_path: Path,
 ) -> None:
-    reports: list[messages.Message] = []
-    t = two_channel_task(tmp_path, reports)
-    gate = t.gate
-    assert gate is not None
+    t, gate, reports = two_channel_task(tmp_path)
 
     async def scenario() -> None:
         # Aligned first: channel 0's barrier blocks it, its later data waits behind it.
@@ -176,10 +178,7 @@ def test_alignment_timeout_switches_to_unaligned_and_arrived_channels_store_noth
 def test_a_busy_task_takes_the_trigger_while_its_queue_is_full(tmp_path: Path) -> None:
     # 30 batches of 5 slow records (2 ms each) are queued: the task must not hold the loop
     # until they are done, or the trigger (a control message) would find an empty queue.
-    reports: list[messages.Message] = []
-    t = two_channel_task(tmp_path, reports, capacity=64, slow=True)
-    gate = t.gate
-    assert gate is not None
+    t, gate, reports = two_channel_task(tmp_path, capacity=64, slow=True)
 
     async def scenario() -> None:
         for i in range(30):
@@ -198,10 +197,7 @@ def test_a_busy_task_takes_the_trigger_while_its_queue_is_full(tmp_path: Path) -
 
 
 def test_an_aborted_unaligned_checkpoint_stops_recording_and_declines(tmp_path: Path) -> None:
-    reports: list[messages.Message] = []
-    t = two_channel_task(tmp_path, reports)
-    gate = t.gate
-    assert gate is not None
+    t, gate, reports = two_channel_task(tmp_path)
 
     async def scenario() -> None:
         t.trigger_checkpoint(trigger(1, 0))
@@ -217,10 +213,7 @@ def test_an_aborted_unaligned_checkpoint_stops_recording_and_declines(tmp_path: 
 
 
 def test_aligned_checkpoints_of_a_task_record_no_channel_state(tmp_path: Path) -> None:
-    reports: list[messages.Message] = []
-    t = two_channel_task(tmp_path, reports)
-    gate = t.gate
-    assert gate is not None
+    t, gate, reports = two_channel_task(tmp_path)
 
     async def scenario() -> None:
         await gate.channels[0].put(("b", ["a"], None))
