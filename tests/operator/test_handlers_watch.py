@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 
+from streamjob_operator import handlers
 from streamjob_operator.planning import configuration
 from tests.kube import KubeEmulator, fixtures
 from tests.operator import test_handlers, test_observing
@@ -19,6 +20,23 @@ SLOW = configuration.OperatorConfiguration(
     progress_check_interval=datetime.timedelta(seconds=60),
     reconcile_interval=datetime.timedelta(seconds=120),
 )
+
+DEPLOYMENTS = ("wordcount-jobmanager", "wordcount-taskmanager")
+
+
+def wait_for_deployments_not_ready(kube: KubeEmulator, reconciler: handlers.Reconciler) -> None:
+    """Both Deployments exist (not ready: no controller here) and the next pass is a
+    progress check (60 s) away, so only their watch can make it run soon."""
+    kube.wait_for(
+        lambda: all(kube.get("apps/v1", "deployments", name, NAMESPACE) for name in DEPLOYMENTS),
+        timeout=20,
+        what="both Deployments",
+    )
+    kube.wait_for(
+        lambda: reconciler.next_pass_in(NAMESPACE, "wordcount") > 30,
+        timeout=20,
+        what="the next pass a progress check (60 s) away",
+    )
 
 
 def test_a_deployment_that_becomes_ready_wakes_the_step_waiting_for_it(
@@ -35,21 +53,9 @@ def test_a_deployment_that_becomes_ready_wakes_the_step_waiting_for_it(
             timeout=20,
             what="the first pass",
         )
-        kube.wait_for(
-            lambda: all(
-                kube.get("apps/v1", "deployments", name, NAMESPACE)
-                for name in ("wordcount-jobmanager", "wordcount-taskmanager")
-            ),
-            timeout=20,
-            what="both Deployments",
-        )
-        kube.wait_for(
-            lambda: reconciler.next_pass_in(NAMESPACE, "wordcount") > 30,
-            timeout=20,
-            what="the next pass a progress check (60 s) away",
-        )
+        wait_for_deployments_not_ready(kube, reconciler)
         assert fake_jobmanager.submissions == []
-        for name in ("wordcount-jobmanager", "wordcount-taskmanager"):
+        for name in DEPLOYMENTS:
             test_observing.mark_ready(kube, name)
         # The watch makes the pass due at once: submitted well before the 60 s.
         test_handlers.wait_lifecycle(kube, "DEPLOYED")
@@ -66,20 +72,8 @@ def test_passes_run_when_due_and_when_woken_without_waiting_for_the_timer(
     reconciler.options = dataclasses.replace(reconciler.options, timer_interval=60.0)
     with test_handlers.operator(kube, reconciler):
         test_handlers.create(kube)
-        kube.wait_for(
-            lambda: all(
-                kube.get("apps/v1", "deployments", name, NAMESPACE)
-                for name in ("wordcount-jobmanager", "wordcount-taskmanager")
-            ),
-            timeout=20,
-            what="both Deployments",
-        )
-        kube.wait_for(
-            lambda: reconciler.next_pass_in(NAMESPACE, "wordcount") > 30,
-            timeout=20,
-            what="the next pass a progress check (60 s) away",
-        )
-        for name in ("wordcount-jobmanager", "wordcount-taskmanager"):
+        wait_for_deployments_not_ready(kube, reconciler)
+        for name in DEPLOYMENTS:
             test_observing.mark_ready(kube, name)
         kube.wait_for(
             lambda: len(fake_jobmanager.submissions) == 1, timeout=15, what="the submission"
