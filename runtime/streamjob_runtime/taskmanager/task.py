@@ -810,6 +810,14 @@ class Task:
         self._uploads.add(upload)
         upload.add_done_callback(self._uploads.discard)
 
+    async def _decline(self, checkpoint_id: int, reason: str) -> None:
+        """Tell the JobManager this subtask cannot complete ``checkpoint_id``, and why."""
+        await self.report(
+            messages.DeclineCheckpoint(
+                self.job_id, self.attempt, checkpoint_id, self.vertex.id, self.subtask, reason
+            )
+        )
+
     async def _upload(
         self,
         checkpoint_id: int,
@@ -825,16 +833,7 @@ class Task:
         if capture is not None:
             await capture.done.wait()
             if capture.failure is not None:
-                await self.report(
-                    messages.DeclineCheckpoint(
-                        self.job_id,
-                        self.attempt,
-                        checkpoint_id,
-                        self.vertex.id,
-                        self.subtask,
-                        f"unaligned checkpoint: {capture.failure}",
-                    )
-                )
+                await self._decline(checkpoint_id, f"unaligned checkpoint: {capture.failure}")
                 return
             stored: list[channelstate.StoredChannel] = []
             for channel, elements in sorted(capture.channels.items()):
@@ -931,16 +930,7 @@ class Task:
                 log, "state_synced", logging.DEBUG, task=self.name, checkpoint_id=checkpoint_id
             )
         except Exception as e:
-            await self.report(
-                messages.DeclineCheckpoint(
-                    self.job_id,
-                    self.attempt,
-                    checkpoint_id,
-                    self.vertex.id,
-                    self.subtask,
-                    f"writing state to {directory} failed: {e}",
-                )
-            )
+            await self._decline(checkpoint_id, f"writing state to {directory} failed: {e}")
             return
         await self.report(
             messages.AcknowledgeCheckpoint(
