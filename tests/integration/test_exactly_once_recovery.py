@@ -31,11 +31,15 @@ def assert_exact(out: Path, events: int = EVENTS) -> None:
     assert not extra, f"{sum(extra.values())} lines extra (duplicates), e.g. {list(extra)[:3]}"
 
 
-def assert_finished_exactly(h: Harness, job: str, out: Path, restarts: int = 1) -> None:
+def assert_finished_exactly(
+    h: Harness, job: str, out: Path, restarts: int = 1, events: int = EVENTS
+) -> None:
+    """``job`` (keyed_sum of ``events``) FINISHED after at least ``restarts`` restarts, its
+    committed output exact."""
     details = h.wait_terminal(job)
     assert details.state is models.JobStatus.FINISHED, details.failure_cause
     assert details.restarts >= restarts
-    assert_exact(out)
+    assert_exact(out, events)
 
 
 def args(out: Path, **extra: object) -> list[str]:

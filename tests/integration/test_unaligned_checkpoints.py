@@ -18,7 +18,7 @@ from streamjob_runtime.state import storage
 from streamjob_runtime.taskmanager import channelstate
 from tests.conftest import Harness
 from tests.integration import test_s3_storage
-from tests.integration.test_exactly_once_recovery import assert_exact
+from tests.integration.test_exactly_once_recovery import assert_exact, assert_finished_exactly
 from tests.integration.test_savepoints import stop_with_savepoint
 
 s3 = test_s3_storage.s3  # the fixture: moto's S3 server behind a proxy
@@ -109,10 +109,7 @@ def test_killed_taskmanager_under_back_pressure_resumes_exactly_from_in_flight_d
     h.wait_for("the restore", lambda: h.checkpoints(job).latest_restored is not None)
     restored = h.checkpoints(job).latest_restored
     assert restored is not None
-    details = h.wait_terminal(job)
-    assert details.state is models.JobStatus.FINISHED, details.failure_cause
-    assert details.restarts >= 1
-    assert_exact(out, EVENTS)
+    assert_finished_exactly(h, job, out, events=EVENTS)
     # The restore replayed stored in-flight records (each task logs how many).
     assert '"channel_state_restored"' in h.cluster.logs()
 
@@ -197,10 +194,7 @@ def test_aligned_checkpoint_timeout_switches_back_pressured_checkpoints_to_unali
     h.wait_for("a checkpoint that went unaligned", lambda: bool(unaligned_with_data(h, job)))
     h.wait_for("a checkpoint with in-flight data", lambda: latest_has_channel_state(h, job))
     h.cluster.kill_taskmanager(0)
-    details = h.wait_terminal(job)
-    assert details.state is models.JobStatus.FINISHED, details.failure_cause
-    assert details.restarts >= 1
-    assert_exact(out, EVENTS)
+    assert_finished_exactly(h, job, out, events=EVENTS)
 
 
 def test_a_long_aligned_checkpoint_timeout_keeps_checkpoints_aligned(
@@ -224,7 +218,4 @@ def test_in_flight_data_on_s3_is_restored_exactly_after_a_kill(
     h.wait_for("a checkpoint with in-flight data", lambda: latest_has_channel_state(h, job))
     assert any(k.endswith(channelstate.SUFFIX) for k in s3.keys(f"checkpoints/{job}/"))
     h.cluster.kill_taskmanager(1)
-    details = h.wait_terminal(job)
-    assert details.state is models.JobStatus.FINISHED, details.failure_cause
-    assert details.restarts >= 1
-    assert_exact(out, events)
+    assert_finished_exactly(h, job, out, events=events)
