@@ -216,9 +216,11 @@ def test_local_recovery_keeps_only_the_newest_completed_checkpoint_copy(tmp_path
     assert (copies / "chk-2").is_dir(), "a closed (failed) subtask keeps its copy"
 
 
-def test_a_restore_uses_the_local_copy_without_reading_checkpoint_storage(
+def completed_with_local_copy(
     tmp_path: Path,
-) -> None:
+) -> tuple[Path, rocksdb.IncrementalKeyedState, dict[str, dict[Any, Any]]]:
+    """2,000 keys in checkpoint 1 of a backend with local recovery, completed, then the
+    backend closed: (the job's directory, checkpoint 1's state, what it holds)."""
     state, job_dir = local_backend(tmp_path, "a"), tmp_path / "job"
     for k in range(2_000):
         state.table("t")[k] = k
@@ -226,6 +228,13 @@ def test_a_restore_uses_the_local_copy_without_reading_checkpoint_storage(
     state.notify_checkpoint_complete(1)
     expected = state.snapshot()
     state.close()
+    return job_dir, first, expected
+
+
+def test_a_restore_uses_the_local_copy_without_reading_checkpoint_storage(
+    tmp_path: Path,
+) -> None:
+    job_dir, first, expected = completed_with_local_copy(tmp_path)
     # Checkpoint storage unreachable: only the local copy can restore this.
     for relative in first.shared.values():
         (job_dir / "shared" / relative).unlink()
@@ -239,13 +248,7 @@ def test_a_restore_uses_the_local_copy_without_reading_checkpoint_storage(
 def test_a_missing_or_corrupt_local_copy_falls_back_to_checkpoint_storage(
     tmp_path: Path, damage: str
 ) -> None:
-    state, job_dir = local_backend(tmp_path, "a"), tmp_path / "job"
-    for k in range(2_000):
-        state.table("t")[k] = k
-    first = checkpoint(state, job_dir, 1)
-    state.notify_checkpoint_complete(1)
-    expected = state.snapshot()
-    state.close()
+    job_dir, first, expected = completed_with_local_copy(tmp_path)
     copy = tmp_path / "local" / "copies" / "chk-1"
     sst = sorted(copy.glob("*.sst"))[0]
     if damage == "missing":
