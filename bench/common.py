@@ -1,12 +1,17 @@
-"""Helpers shared by the benchmarks: CPU time from /proc, cluster start, checkpoint stats."""
+"""Helpers shared by the benchmarks: CPU time and memory from /proc, cluster start, checkpoint
+stats, exact-output checks, the operator benchmarks' emulator process."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
 import statistics
+import subprocess
 import sys
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,8 +20,21 @@ REPO = BENCH_DIR.parent
 sys.path.insert(0, str(REPO / "runtime"))
 
 from streamjob_runtime.api import client, models  # noqa: E402
+from streamjob_runtime.connectors import files  # noqa: E402
 
 _TICK = os.sysconf("SC_CLK_TCK")
+
+
+class BenchError(RuntimeError):
+    """A benchmark could not measure what it set out to (a process did not start, a wait
+    timed out): the run reports it and fails."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -52,6 +70,17 @@ class CpuMeter:
     @property
     def used_s(self) -> float:
         return sum(self.last[pid] - self.start[pid] for pid in self.last)
+
+
+def memory_kb(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) of ``pid`` in kB, from /proc; (0, 0) once it is gone."""
+    values = {"VmRSS:": 0, "VmHWM:": 0}
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
+        for line in f:
+            parts = line.split()
+            if parts and parts[0] in values:
+                values[parts[0]] = int(parts[1])
+    return values["VmRSS:"], values["VmHWM:"]
 
 
 def machine_busy_s() -> float:
@@ -131,6 +160,56 @@ class CheckpointLog:
             for _, e in sorted(self.entries.items())
             if e.status == "FAILED" and not (e.failure or "").startswith("subsumed")
         ]
+
+
+def check_counts_exact(out: Path) -> tuple[bool, str]:
+    """Every key's committed counts in ``out`` (``key count`` lines, as the keyed_sum test job
+    writes) are exactly 1..n: no loss, no duplicate. Returns (exact, a one-line summary)."""
+    counts: dict[int, list[int]] = defaultdict(list)
+    lines = files.read_committed_lines(str(out))
+    for line in lines:
+        k, c = line.split()
+        counts[int(k)].append(int(c))
+    bad = sum(1 for seen in counts.values() if sorted(seen) != list(range(1, len(seen) + 1)))
+    return bad == 0, f"{len(lines):,} committed rows over {len(counts):,} keys, {bad} keys wrong"
+
+
+def start_emulator(script: str, workdir: Path) -> tuple[subprocess.Popen[str], str]:
+    """Start ``script --serve-emulator WORKDIR`` (an operator benchmark serving the Kubernetes
+    API emulator in a process of its own) and wait for its ``ready <url>`` line.
+
+    Returns the process, its stdin and stdout pipes open (text), and the emulator's URL; its
+    stderr goes to WORKDIR/emulator.log.
+    """
+    popen = subprocess.Popen(
+        [sys.executable, script, "--serve-emulator", str(workdir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=open(workdir / "emulator.log", "wb"),  # noqa: SIM115 (the child owns it)
+        text=True,
+    )
+    assert popen.stdout is not None
+    line = popen.stdout.readline().split()
+    if line[:1] != ["ready"]:
+        popen.kill()
+        raise BenchError(f"the emulator did not start; see {workdir / 'emulator.log'}")
+    return popen, line[1]
+
+
+def prometheus_samples(text: str) -> dict[str, float]:
+    """The samples of a Prometheus text exposition, by ``name{labels}``."""
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            samples[key] = float(value)
+    return samples
+
+
+def pct(values: list[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (nearest rank, rounded); ``values`` must not be empty."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 def median(values: list[float]) -> float:

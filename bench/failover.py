@@ -48,7 +48,6 @@ import shutil
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -57,7 +56,6 @@ import aiohttp
 import common
 
 from streamjob_runtime.api import client, models
-from streamjob_runtime.connectors import files
 from streamjob_runtime.local import LocalCluster
 
 JOB = str(common.REPO / "tests" / "jobs" / "keyed_sum.py")
@@ -216,17 +214,6 @@ async def measure_failover(
     return Failover(elected, ready, running, output, checkpoint_before, restored_from, winner)
 
 
-def check_output(out: Path) -> tuple[bool, str]:
-    """Every key's committed counts are exactly 1..n: no loss, no duplicate."""
-    counts: dict[int, list[int]] = defaultdict(list)
-    lines = files.read_committed_lines(str(out))
-    for line in lines:
-        k, c = line.split()
-        counts[int(k)].append(int(c))
-    bad = sum(1 for seen in counts.values() if sorted(seen) != list(range(1, len(seen) + 1)))
-    return bad == 0, f"{len(lines):,} committed rows over {len(counts):,} keys, {bad} keys wrong"
-
-
 async def run_config(
     a: argparse.Namespace, endpoint: str, lease: str, workdir: Path
 ) -> ConfigResult:
@@ -284,7 +271,7 @@ async def run_config(
                     raise TimeoutError(f"job {job_id} did not end within 30 s")
     finally:
         await asyncio.to_thread(cluster.stop)
-    result.exact, result.detail = check_output(out)
+    result.exact, result.detail = common.check_counts_exact(out)
     return result
 
 

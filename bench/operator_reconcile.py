@@ -104,8 +104,8 @@ WARMUP = "warmup"
 PROGRESS_CHECK_S = 5.0
 
 
-class BenchError(RuntimeError):
-    pass
+BenchError = common.BenchError
+pct = common.pct
 
 
 # -- the emulator in its own process ---------------------------------------------------------
@@ -134,19 +134,7 @@ def serve_emulator(directory: Path) -> None:
 class EmulatorProcess:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.popen = subprocess.Popen(
-            [sys.executable, __file__, "--serve-emulator", str(workdir)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=open(workdir / "emulator.log", "wb"),  # noqa: SIM115 (the child owns it)
-            text=True,
-        )
-        assert self.popen.stdout is not None
-        line = self.popen.stdout.readline().split()
-        if line[:1] != ["ready"]:
-            self.popen.kill()
-            raise BenchError(f"the emulator did not start; see {workdir / 'emulator.log'}")
-        self.url = line[1]
+        self.popen, self.url = common.start_emulator(__file__, workdir)
         self.kubeconfig = workdir / "kubeconfig"
 
     @property
@@ -171,18 +159,11 @@ class EmulatorProcess:
 # -- the operator process -------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 class OperatorProcess:
     """``python -m streamjob_operator`` against the emulator, logging to a file."""
 
     def __init__(self, kubeconfig: Path, workdir: Path) -> None:
-        self.port = free_port()
+        self.port = common.free_port()
         self.log_path = workdir / "operator.log"
         env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
         env.pop("KUBERNETES_SERVICE_HOST", None)
@@ -209,13 +190,7 @@ class OperatorProcess:
             return None
 
     async def metrics(self, session: aiohttp.ClientSession) -> dict[str, float]:
-        text = await self.get(session, "/metrics") or ""
-        samples = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                key, _, value = line.rpartition(" ")
-                samples[key] = float(value)
-        return samples
+        return common.prometheus_samples(await self.get(session, "/metrics") or "")
 
     async def wait_leading(self, session: aiohttp.ClientSession, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -241,20 +216,6 @@ class OperatorProcess:
 
     def tail(self) -> str:
         return self.log_path.read_text(errors="replace")[-3000:]
-
-
-def memory_kb(pid: int) -> tuple[int, int]:
-    """(VmRSS, VmHWM) of ``pid`` in kB, from /proc; (0, 0) once it is gone."""
-    values = {"VmRSS:": 0, "VmHWM:": 0}
-    with (
-        contextlib.suppress(FileNotFoundError, ProcessLookupError),
-        open(f"/proc/{pid}/status") as f,
-    ):
-        for line in f:
-            parts = line.split()
-            if parts and parts[0] in values:
-                values[parts[0]] = int(parts[1])
-    return values["VmRSS:"], values["VmHWM:"]
 
 
 # -- watching the API -----------------------------------------------------------------------
@@ -379,7 +340,7 @@ class Sampler:
 
     async def run(self) -> None:
         while True:
-            self.rss_kb.append((time.monotonic(), memory_kb(self.operator)[0]))
+            self.rss_kb.append((time.monotonic(), common.memory_kb(self.operator)[0]))
             await asyncio.sleep(0.2)
 
 
@@ -406,11 +367,6 @@ class Result:
     operator_exit: int | None = None  # its exit code after SIGTERM (-9: killed after 30 s)
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-
 def delta(after: dict[str, float], before: dict[str, float], prefix: str) -> dict[str, float]:
     return {
         k: v - before.get(k, 0.0)
@@ -424,7 +380,7 @@ async def steady_rss(pid: int, window_s: float) -> int:
     samples = []
     end = time.monotonic() + window_s
     while time.monotonic() < end:
-        samples.append(memory_kb(pid)[0])
+        samples.append(common.memory_kb(pid)[0])
         await asyncio.sleep(0.1)
     return int(statistics.median(samples))
 
@@ -483,7 +439,7 @@ async def run_n(a: argparse.Namespace, n: int, workdir: Path) -> Result:
             cpu2 = sampler.cpu()
             steady_s = time.monotonic() - steady_from
             metrics2 = await operator.metrics(session)
-            rss_peak = memory_kb(operator.pid)[1]
+            rss_peak = common.memory_kb(operator.pid)[1]
             if operator.popen.poll() is not None:
                 raise BenchError(f"the operator exited: {operator.tail()}")
     finally:

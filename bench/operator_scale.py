@@ -72,8 +72,8 @@ LEASE = "streamjob-operator"
 CHECKPOINT_EVERY_MS = 1000
 
 
-class BenchError(RuntimeError):
-    pass
+BenchError = common.BenchError
+pct = common.pct
 
 
 # -- the emulator in its own process, counting requests ---------------------------------------
@@ -118,19 +118,7 @@ def serve_emulator(directory: Path) -> None:
 
 class Emulator:
     def __init__(self, workdir: Path) -> None:
-        self.popen = subprocess.Popen(
-            [sys.executable, __file__, "--serve-emulator", str(workdir)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=open(workdir / "emulator.log", "wb"),  # noqa: SIM115 (the child owns it)
-            text=True,
-        )
-        assert self.popen.stdout is not None
-        line = self.popen.stdout.readline().split()
-        if line[:1] != ["ready"]:
-            self.popen.kill()
-            raise BenchError(f"the emulator did not start; see {workdir / 'emulator.log'}")
-        self.url = line[1]
+        self.popen, self.url = common.start_emulator(__file__, workdir)
         self.kubeconfig = workdir / "kubeconfig"
 
     def counts(self) -> dict[str, int]:
@@ -165,9 +153,7 @@ class Operator:
         jm_url: str,
         extra: tuple[str, ...] = (),
     ) -> None:
-        with contextlib.closing(__import__("socket").socket()) as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = common.free_port()
         self.identity = identity
         self.log_path = workdir / f"operator-{identity}.log"
         env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
@@ -191,12 +177,7 @@ class Operator:
                 text = await resp.text()
         except (aiohttp.ClientError, TimeoutError):
             return {}
-        samples = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                key, _, value = line.rpartition(" ")
-                samples[key] = float(value)
-        return samples
+        return common.prometheus_samples(text)
 
     async def wait_leading(self, session: aiohttp.ClientSession, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -219,16 +200,6 @@ class Operator:
 
     def tail(self) -> str:
         return self.log_path.read_text(errors="replace")[-3000:]
-
-
-def memory_kb(pid: int) -> tuple[int, int]:
-    values = {"VmRSS:": 0, "VmHWM:": 0}
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
-        for line in f:
-            parts = line.split()
-            if parts and parts[0] in values:
-                values[parts[0]] = int(parts[1])
-    return values["VmRSS:"], values["VmHWM:"]
 
 
 # -- the JobManagers: one server answering for every StreamJob's ------------------------------
@@ -411,11 +382,6 @@ class Stable:
                 await asyncio.wait_for(self.changed.wait(), 1.0)
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-
 def mb(kb: float) -> str:
     return f"{kb / 1024:.0f} MB"
 
@@ -479,7 +445,7 @@ async def main_async(a: argparse.Namespace, workdir: Path) -> None:
             await create("warmup")
             await stable.until(["warmup"], 120, tasks)
             await asyncio.sleep(2)
-            rss_before = memory_kb(operator.popen.pid)[0]
+            rss_before = common.memory_kb(operator.popen.pid)[0]
             names = [f"sj-{i:04d}" for i in range(a.count)]
             gate = asyncio.Semaphore(a.concurrency)
             created: dict[str, float] = {}
@@ -521,13 +487,13 @@ async def main_async(a: argparse.Namespace, workdir: Path) -> None:
             samples = []
             end = time.monotonic() + a.settle
             while time.monotonic() < end:
-                samples.append(memory_kb(operator.popen.pid)[0])
+                samples.append(common.memory_kb(operator.popen.pid)[0])
                 await asyncio.sleep(0.2)
             steady = emulator.counts()
             cpu2 = common.cpu_seconds(operator.popen.pid) or 0.0
             m1 = await operator.metrics(session)
             rss_steady = int(statistics.median(samples))
-            peak = memory_kb(operator.popen.pid)[1]
+            peak = common.memory_kb(operator.popen.pid)[1]
             passes = m1.get("streamjob_operator_reconcile_duration_seconds_count", 0) - m0.get(
                 "streamjob_operator_reconcile_duration_seconds_count", 0
             )

@@ -32,14 +32,12 @@ import shutil
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import common
 
 from streamjob_runtime.api import client, models
-from streamjob_runtime.connectors import files
 from streamjob_runtime.local import LocalCluster
 
 JOB = str(common.BENCH_DIR / "jobs" / "keyed_count_job.py")
@@ -72,20 +70,6 @@ def first_writes(out: Path, after_attempt: int) -> list[float]:
                 with contextlib.suppress(ValueError):  # empty while being written
                     times.append(float(m.read_text()))
     return times
-
-
-def check_output(out: Path) -> tuple[bool, str]:
-    """Every key's committed counts are exactly 1..n: no loss, no duplicate."""
-    counts: dict[int, list[int]] = defaultdict(list)
-    lines = files.read_committed_lines(str(out))
-    for line in lines:
-        k, c = line.split()
-        counts[int(k)].append(int(c))
-    bad = 0
-    for seen in counts.values():
-        if sorted(seen) != list(range(1, len(seen) + 1)):
-            bad += 1
-    return bad == 0, f"{len(lines):,} committed rows over {len(counts):,} keys, {bad} keys wrong"
 
 
 async def busy_taskmanager(cluster: LocalCluster, turn: int) -> int:
@@ -204,7 +188,7 @@ async def run_config(a: argparse.Namespace, delay: str, spare: int, workdir: Pat
             await wait_steady(jm, job_id, out, attempt, 120)
             await jm.cancel(job_id)
             await wait_terminal(jm, job_id)
-    result.exact, result.detail = check_output(out)
+    result.exact, result.detail = common.check_counts_exact(out)
     return result
 
 

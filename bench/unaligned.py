@@ -45,14 +45,12 @@ import shutil
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import common
 
 from streamjob_runtime.api import client, models
-from streamjob_runtime.connectors import files
 from streamjob_runtime.local import LocalCluster
 
 JOB = str(common.REPO / "tests" / "jobs" / "keyed_sum.py")
@@ -70,17 +68,6 @@ class Pressured:
     exact: bool = False
     detail: str = ""
     other_cores: float = 0.0
-
-
-def check_output(out: Path) -> tuple[bool, str]:
-    """Every key's committed counts are exactly 1..n: no loss, no duplicate."""
-    counts: dict[int, list[int]] = defaultdict(list)
-    lines = files.read_committed_lines(str(out))
-    for line in lines:
-        k, c = line.split()
-        counts[int(k)].append(int(c))
-    bad = sum(1 for seen in counts.values() if sorted(seen) != list(range(1, len(seen) + 1)))
-    return bad == 0, f"{len(lines):,} rows, {bad} keys wrong"
 
 
 def replayed_records(cluster: LocalCluster) -> int:
@@ -110,6 +97,16 @@ async def wait_state(
         await asyncio.sleep(0.05)
 
 
+async def submit(jm: client.JobManagerClient, args: dict[str, object]) -> str:
+    """Submit keyed_sum with ``args`` once the cluster's TaskManagers registered; its job id."""
+    await common.wait_for_taskmanagers(jm, PARALLELISM, 60)
+    return await jm.submit(
+        models.JobSubmission(
+            entrypoint=JOB, args=[f"{k}={v}" for k, v in args.items()], parallelism=PARALLELISM
+        )
+    )
+
+
 async def back_pressured(
     a: argparse.Namespace, capacity: int, options: dict[str, str], workdir: Path
 ) -> Pressured:
@@ -132,14 +129,7 @@ async def back_pressured(
     cluster = LocalCluster(workdir, taskmanagers=PARALLELISM, slots=1, heartbeat_interval_ms=100)
     with cluster:
         async with cluster.client() as jm:
-            await common.wait_for_taskmanagers(jm, PARALLELISM, 60)
-            job_id = await jm.submit(
-                models.JobSubmission(
-                    entrypoint=JOB,
-                    args=[f"{k}={v}" for k, v in args.items()],
-                    parallelism=PARALLELISM,
-                )
-            )
+            job_id = await submit(jm, args)
             log = common.CheckpointLog()
             deadline = time.monotonic() + 120
             while not log.completed:
@@ -186,7 +176,7 @@ async def back_pressured(
             result.replayed = replayed_records(cluster)
             await jm.cancel(job_id)
             await wait_state(jm, job_id, lambda j: j.state.terminal)
-    result.exact, result.detail = check_output(out)
+    result.exact, result.detail = common.check_counts_exact(out)
     return result
 
 
@@ -198,14 +188,7 @@ async def throughput(
     cluster = LocalCluster(workdir, taskmanagers=PARALLELISM, slots=1)
     with cluster:
         async with cluster.client() as jm:
-            await common.wait_for_taskmanagers(jm, PARALLELISM, 60)
-            job_id = await jm.submit(
-                models.JobSubmission(
-                    entrypoint=JOB,
-                    args=[f"{k}={v}" for k, v in args.items()],
-                    parallelism=PARALLELISM,
-                )
-            )
+            job_id = await submit(jm, args)
             await wait_state(jm, job_id, lambda j: j.state is models.JobStatus.RUNNING)
             load, meter = common.OtherLoad(), common.CpuMeter()
             started = time.monotonic()
@@ -215,7 +198,7 @@ async def throughput(
             elapsed = time.monotonic() - started
             if job.state is not models.JobStatus.FINISHED:
                 raise RuntimeError(f"throughput run ended {job.state.value}: {job.failure_cause}")
-    exact, detail = check_output(out)
+    exact, detail = common.check_counts_exact(out)
     if not exact:
         raise RuntimeError(f"throughput run output not exact: {detail}")
     return a.events / elapsed, load.cores(meter.used_s)
