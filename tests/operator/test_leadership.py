@@ -72,6 +72,14 @@ async def until(condition: Any, within: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
+async def leading(api: client.ApiClient, identity: str) -> Candidate:
+    """A Candidate started alone, once it leads."""
+    candidate = Candidate(api, identity)
+    candidate.start()
+    await until(lambda: candidate.elector.leading)
+    return candidate
+
+
 def run(kube: KubeEmulator, body: Any) -> None:
     async def main() -> None:
         async with fixtures.api_client(kube) as api:
@@ -136,9 +144,7 @@ def test_a_resigned_leader_releases_before_its_lead_ends_and_does_not_campaign_a
     kube: KubeEmulator,
 ) -> None:
     async def body(api: client.ApiClient) -> None:
-        a = Candidate(api, "a")
-        a.start()
-        await until(lambda: a.elector.leading)
+        a = await leading(api, "a")
         await a.elector.resign()
         # released at once, while lead has not been told to stop yet
         assert holder(kube) == ("", 0)
@@ -155,9 +161,7 @@ def test_a_leader_that_cannot_renew_stops_leading_within_the_renew_deadline(
     kube: KubeEmulator,
 ) -> None:
     async def body(api: client.ApiClient) -> None:
-        a = Candidate(api, "a")
-        a.start()
-        await until(lambda: a.elector.leading)
+        a = await leading(api, "a")
         failing = time.monotonic()
         kube.inject_error(503, path_contains="/leases/streamjob-operator", times=1000)
         await until(lambda: a.stopped_at is not None)
@@ -171,9 +175,7 @@ def test_a_leader_that_cannot_renew_stops_leading_within_the_renew_deadline(
 
 def test_a_leader_whose_lease_was_taken_stops_leading(kube: KubeEmulator) -> None:
     async def body(api: client.ApiClient) -> None:
-        a = Candidate(api, "a")
-        a.start()
-        await until(lambda: a.elector.leading)
+        a = await leading(api, "a")
         stored = kube.get("coordination.k8s.io/v1", "leases", "streamjob-operator", NAMESPACE)
         assert stored is not None
         stored["spec"]["holderIdentity"] = "usurper"
