@@ -11,6 +11,7 @@ import pytest
 from streamjob_runtime import config, functions
 from streamjob_runtime.operators import base, keyed
 from streamjob_runtime.state import rocksdb, ttl, views
+from tests.unit.test_state_backends import Recorder
 
 MAXP = 128
 
@@ -271,17 +272,6 @@ class Dedup(functions.KeyedProcessFunction):
             return []
         self.seen.update(True)
         return [value]
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.records: list[Any] = []
-
-    def emit(self, values: base.Batch, timestamps: base.Timestamps) -> None:
-        self.records.extend(values)
-
-    def emit_watermark(self, watermark: int) -> None:
-        pass
 
 
 def dedup_op(
