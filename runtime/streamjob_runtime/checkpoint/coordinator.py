@@ -317,8 +317,14 @@ class CheckpointCoordinator:
             try:
                 await self.persistence.completed(completed)
             except services.FencedError as e:
+                # A write whose answer never came may have landed: the next leader may
+                # restore this checkpoint, so its files stay (at worst unreferenced).
                 await self._abort(
-                    pending.checkpoint_id, f"not the leader any more: {e}", False, force=True
+                    pending.checkpoint_id,
+                    f"not the leader any more: {e}",
+                    False,
+                    force=True,
+                    discard=not isinstance(e, services.WriteOutcomeUnknown),
                 )
                 return
         # Never aborted meanwhile (a committing checkpoint is the completion's to abort):
@@ -371,12 +377,17 @@ class CheckpointCoordinator:
         pending.done.set_result(completed)
 
     async def _abort(
-        self, checkpoint_id: int, reason: str, counts: bool = True, force: bool = False
+        self,
+        checkpoint_id: int,
+        reason: str,
+        counts: bool = True,
+        force: bool = False,
+        discard: bool = True,
     ) -> None:
-        """Abort a pending checkpoint and discard its files. One whose completion is
-        writing its metadata is left to that completion (``force`` is the completion's
-        own abort): once the HA metadata names it, deleting its files would leave a new
-        leader pointing at nothing."""
+        """Abort a pending checkpoint and discard its files (unless ``discard`` is
+        False). One whose completion is writing its metadata is left to that completion
+        (``force`` is the completion's own abort): once the HA metadata names it,
+        deleting its files would leave a new leader pointing at nothing."""
         pending = self.pending.get(checkpoint_id)
         if pending is None:
             return
@@ -391,7 +402,8 @@ class CheckpointCoordinator:
             return
         del self.pending[checkpoint_id]
         pending.failure = reason
-        storage.discard_later(pending.directory)
+        if discard:
+            storage.discard_later(pending.directory)
         self.history.append(
             CheckpointStats(
                 checkpoint_id,

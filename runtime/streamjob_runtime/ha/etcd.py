@@ -227,7 +227,7 @@ class EtcdHaStore:
                 self._limit_s,
             )
         except _ETCD_ERRORS as e:
-            raise services.FencedError(f"HA metadata write to etcd failed: {e!r}") from None
+            raise services.WriteOutcomeUnknown(f"HA metadata write to etcd failed: {e!r}") from None
         if not ok:
             raise services.FencedError(
                 f"HA metadata write rejected: epoch {epoch} is no longer the leader's"

@@ -301,7 +301,7 @@ class ConfigMapHaStore:
         except services.FencedError:
             raise
         except _K8S_ERRORS as e:
-            raise services.FencedError(f"HA metadata write failed: {e!r}") from None
+            raise services.WriteOutcomeUnknown(f"HA metadata write failed: {e!r}") from None
 
     async def _get(self, key: str) -> str | None:
         cm = await self._read()

@@ -22,6 +22,13 @@ class FencedError(RuntimeError):
     """A write was rejected because the writer is no longer the leader."""
 
 
+class WriteOutcomeUnknown(FencedError):
+    """A write whose answer never came (a timeout, a dropped connection): it may have
+    landed. The writer steps down as for a fenced write, but must not act as if the
+    store still held the old value: a successor may read the new one (a checkpoint the
+    write named must keep its files)."""
+
+
 class HaKind(enum.StrEnum):
     NONE = "none"
     ETCD = "etcd"
