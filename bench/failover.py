@@ -11,7 +11,7 @@ measures from the kill:
 
 * elected: the ``leadership_granted`` event in the new leader's log (its
   wall-clock timestamp), i.e. the old lease expired and a contender won;
-* ready: the new leader's ``/readyz`` answers 200 (it has published itself
+* ready: the new leader's ``/readyz`` answers 200 with ``role: leader`` (it has published itself
   and recovered the job from the HA metadata);
 * running: ``GET /jobs/{id}`` on the new leader says RUNNING with
   ``restored_from`` set (every task redeployed and restored);
@@ -105,14 +105,15 @@ def lease_args(lease: str) -> list[str]:
 async def ready_leader(
     session: aiohttp.ClientSession, cluster: LocalCluster, exclude_pid: int | None = None
 ) -> tuple[str, int] | None:
-    """(REST URL, pid) of the JobManager whose /readyz answers 200, if any."""
+    """(REST URL, pid) of the JobManager whose /readyz answers 200 as the leader, if any
+    (a standby ready to take over answers 200 too, with ``role: standby``)."""
     for jm in list(cluster.jms):
         pid = jm.process.popen.pid
         if pid == exclude_pid or not jm.rest_port or jm.process.popen.poll() is not None:
             continue
-        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
             async with session.get(f"{jm.metrics_url}/readyz") as resp:
-                if resp.status == 200:
+                if resp.status == 200 and (await resp.json()).get("role") == "leader":
                     return jm.rest_url, pid
     return None
 
