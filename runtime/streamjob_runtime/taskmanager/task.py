@@ -117,14 +117,14 @@ def load_restored_state(
     restore: messages.RestoreSpec,
     uid: str,
     ctx: base.OperatorContext,
-    prefetched: dict[str, bytes] | None = None,
+    prefetched: Prefetched | None = None,
     shared_dir: Path | None = None,
 ) -> base.RestoredState | None:
     """Read the state of operator ``uid`` that belongs to subtask ``ctx``.
 
     Keyed state is read from the former subtasks whose key groups overlap ours
     and filtered to our key groups; operator lists are read from all.  Files in
-    ``prefetched`` (by name) are not read again.  ``shared_dir`` is a local job
+    ``prefetched`` are not read (or decoded) again.  ``shared_dir`` is a local job
     directory holding the shared files of incremental state, downloaded from
     object storage (None: they are read where the checkpoint is).
     """
@@ -138,10 +138,13 @@ def load_restored_state(
     incremental: list[tuple[Any, Path]] = []
     for h, wants_keyed in restored_files(restore, uid, ctx):
         theirs = keygroups.KeyGroupRange(h.key_group_start, h.key_group_end)
-        data = (prefetched or {}).get(h.file)
-        if data is None:
-            data = storage.read_bytes(storage.location(restore.directory, ctx.s3) / h.file)
-        keyed_part, operator_part = pickle.loads(data)
+        pair = prefetched.decoded.get(h.file) if prefetched is not None else None
+        if pair is None:
+            data = prefetched.blobs.get(h.file) if prefetched is not None else None
+            if data is None:
+                data = storage.read_bytes(storage.location(restore.directory, ctx.s3) / h.file)
+            pair = pickle.loads(data)
+        keyed_part, operator_part = pair
         operator[h.subtask] = operator_part
         if not wants_keyed:
             continue
@@ -164,6 +167,16 @@ def load_restored_state(
     return base.RestoredState(
         restore.checkpoint_id, restore.job_id, keyed, operator, former_parallelism, incremental
     )
+
+
+@dataclass
+class Prefetched:
+    """State files a task downloaded before restoring, by file name: ``blobs`` as read,
+    and ``decoded`` the (keyed, operator) pairs already unpickled to find the shared
+    files of incremental state (not unpickled again)."""
+
+    blobs: dict[str, bytes] = field(default_factory=dict)
+    decoded: dict[str, tuple[Any, Any]] = field(default_factory=dict)
 
 
 class Task:
@@ -248,7 +261,7 @@ class Task:
             s3=self.config.s3,
         )
 
-    async def _prefetch(self) -> dict[str, bytes]:
+    async def _prefetch(self) -> Prefetched:
         """Download this task's state files from object storage, in parallel, off the loop.
 
         A local restore reads its files in :meth:`_initialize` (the page cache, fast);
@@ -258,7 +271,7 @@ class Task:
         """
         restore = self.restore
         if restore is None or not storage.is_remote(storage.location(restore.directory)):
-            return {}
+            return Prefetched()
         directory = storage.location(restore.directory, self.config.s3)
         names = sorted(
             {
@@ -271,15 +284,16 @@ class Task:
         blobs = await asyncio.gather(
             *(asyncio.to_thread(storage.read_bytes, directory / name) for name in names)
         )
-        prefetched = dict(zip(names, blobs, strict=True))
-        # The class name opens a pickled incremental state: full states are not unpickled.
+        prefetched = Prefetched(dict(zip(names, blobs, strict=True)))
+        # The class name opens a pickled incremental state: full states are not unpickled
+        # here (a restore filters them by key group as it decodes them).
+        for name, blob in prefetched.blobs.items():
+            if b"IncrementalKeyedState" in blob[:512]:
+                pair = pickle.loads(blob)
+                if isinstance(pair[0], rocksdb.IncrementalKeyedState):
+                    prefetched.decoded[name] = pair
         needed = {
-            name
-            for blob in blobs
-            if b"IncrementalKeyedState" in blob[:512]
-            for keyed, _ in [pickle.loads(blob)]
-            if isinstance(keyed, rocksdb.IncrementalKeyedState)
-            for name in keyed.shared.values()
+            name for keyed, _ in prefetched.decoded.values() for name in keyed.shared.values()
         }
         if needed:
             local_dir = self.config.state_backend.local_dir
@@ -289,7 +303,7 @@ class Task:
             await asyncio.to_thread(shared.fetch, directory.parent, needed, self._shared_dir)
         return prefetched
 
-    def _initialize(self, prefetched: dict[str, bytes] | None = None) -> None:
+    def _initialize(self, prefetched: Prefetched | None = None) -> None:
         try:
             for op, uid in zip(self.operators, self.uids, strict=True):
                 restored = None
@@ -312,7 +326,7 @@ class Task:
             self.restore, self.uids[0], self.subtask, self.vertex.parallelism
         )
 
-    def _replay_channel_state(self, prefetched: dict[str, bytes] | None) -> None:
+    def _replay_channel_state(self, prefetched: Prefetched | None) -> None:
         """Put the restored in-flight data in front of the input channels' queues.
 
         Network data may already be queued (upstream tasks start at once); the
@@ -326,7 +340,7 @@ class Task:
         assert gate is not None
         stored = []
         for h in handles:
-            data = (prefetched or {}).get(h.file)
+            data = prefetched.blobs.get(h.file) if prefetched is not None else None
             if data is None:
                 data = storage.read_bytes(
                     storage.location(restore.directory, self.config.s3) / h.file
