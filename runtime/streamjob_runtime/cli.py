@@ -302,6 +302,15 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("job_id", nargs="?", help="the job to savepoint")
     sp.add_argument("directory", nargs="?", help="target directory (default: the JobManager's)")
     sp.add_argument("-d", "--dispose", metavar="PATH", help="delete the savepoint at PATH")
+    sp.add_argument(
+        "-D",
+        dest="options",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --dispose: the job's s3.* options (endpoint, region, path style,"
+        " credentials provider) to reach an s3:// savepoint with",
+    )
     _jobmanager_option(sp)
 
     stop = sub.add_parser("stop", help="stop a job with a savepoint")
@@ -574,20 +583,46 @@ async def _await_savepoint(c: JobManagerClient, job_id: str, request_id: str, wh
     return EXIT_OK
 
 
+def _store_options(pairs: list[str]) -> config.S3Config:
+    """The ``s3.*`` options of ``-D`` pairs (the job's, where its savepoints are stored);
+    any other option is refused: a disposal has no job to configure."""
+    options = _options(pairs)
+    other = sorted(k for k in options if not k.startswith("s3."))
+    if other:
+        raise CliError(
+            f"savepoint --dispose takes only s3.* options, not {', '.join(other)}: give the"
+            " options of the job that wrote the savepoint (s3.endpoint, s3.region,"
+            " s3.path.style.access, s3.credentials.provider, s3.profile)"
+        )
+    s3 = config.apply_options(config.JobConfig(), options).s3
+    s3.validate()
+    return s3
+
+
 def savepoint(args: argparse.Namespace) -> int:
     if args.dispose:
         from streamjob_runtime.checkpoint import savepoint as savepoints
+        from streamjob_runtime.state import storage
 
         if args.job_id:
             raise CliError("--dispose PATH takes no job id")
         try:
-            path = savepoints.dispose(args.dispose)
-        except savepoints.SavepointError as e:
+            path = savepoints.dispose(storage.location(args.dispose, _store_options(args.options)))
+        except (savepoints.SavepointError, config.ConfigError) as e:
             raise CliError(str(e)) from None
+        except OSError as e:
+            raise CliError(
+                f"{e}; nothing was deleted. Check where the store is (-D s3.endpoint=...,"
+                " -D s3.region=..., or AWS_ENDPOINT_URL) and its credentials"
+            ) from None
         print(f"savepoint {path} disposed")
         return EXIT_OK
     if not args.job_id:
         raise CliError("give a JOB_ID to savepoint, or --dispose PATH")
+    if args.options:
+        raise CliError(
+            "-D is for --dispose only: a triggered savepoint uses the running job's options"
+        )
 
     async def go(c: JobManagerClient) -> int:
         request = await c.trigger_savepoint(args.job_id, args.directory)

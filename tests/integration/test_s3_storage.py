@@ -297,6 +297,39 @@ def test_dispose_refuses_an_s3_prefix_that_is_not_a_savepoint(s3: S3) -> None:
     assert s3.keys("data/") == ["data/precious.txt"]
 
 
+def test_dispose_reaches_the_store_the_jobs_s3_options_name(
+    s3: S3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The environment names no reachable store: only -D s3.endpoint leads to it.
+    endpoint = f"http://127.0.0.1:{s3.proxy.server_address[1]}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    meta = metadata.CheckpointMetadata(metadata.FORMAT_VERSION, "j", 3, 0, "savepoint", {})
+    s3.client.put_object(Bucket=BUCKET, Key="sp/savepoint-1/_metadata", Body=metadata.encode(meta))
+    location = s3.url("sp/savepoint-1")
+
+    def dispose(*options: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "streamjob_runtime.cli", "savepoint", "--dispose"]
+        return subprocess.run(
+            [*command, location, *options], capture_output=True, text=True, timeout=60
+        )
+
+    refused = dispose("-D", "parallelism.default=2")
+    assert refused.returncode != 0
+    assert "takes only s3.* options, not parallelism.default" in refused.stderr
+    bad = dispose("-D", "s3.endpoint=minio:9000")
+    assert "s3.endpoint='minio:9000' is not an endpoint URL" in bad.stderr
+    unreachable = dispose()
+    assert unreachable.returncode != 0
+    assert "nothing was deleted. Check where the store is" in unreachable.stderr
+    assert "Traceback" not in unreachable.stderr
+    assert s3.keys("sp/") == ["sp/savepoint-1/_metadata"]
+    done = dispose("-D", f"s3.endpoint={endpoint}", "-D", "s3.path.style.access=true")
+    assert done.returncode == 0, done.stderr
+    assert f"savepoint {location} disposed" in done.stdout
+    assert s3.keys("sp/") == []
+
+
 def test_checkpoints_fail_while_s3_refuses_writes_and_the_job_loses_nothing(
     s3: S3, cluster_factory: Callable[..., Harness], tmp_path: Path
 ) -> None:

@@ -993,6 +993,22 @@ CASES = [
         check=lambda p: _history(p, ["/sp/1", "/sp/2", "/sp/3", "/sp/4"]),
     ),
     Case(
+        "an expired savepoint on S3 is disposed of in the store the job's s3.* options name",
+        seen(),
+        status(raw(savepoints={"directory": "s3://b/sp", "historyMaxCount": 1},
+                   config={"s3.endpoint": "http://minio:9000", "s3.path.style.access": "TRUE",
+                           "s3.region": "eu-west-1"}),
+               history=[record("s3://b/sp/1", ago(hours=2)), record("s3://b/sp/2", ago(hours=1))],
+               last_savepoint=record("s3://b/sp/2", ago(hours=1))),
+        ["write -", "dispose s3://b/sp/1"],
+        spec=raw(savepoints={"directory": "s3://b/sp", "historyMaxCount": 1},
+                 config={"s3.endpoint": "http://minio:9000", "s3.path.style.access": "TRUE",
+                         "s3.region": "eu-west-1"}),
+        check=lambda p: _disposed_in(
+            p, actions.ObjectStore("http://minio:9000", "eu-west-1", path_style_access=True)
+        ),
+    ),
+    Case(
         "a disposed savepoint leaves the history",
         seen(disposed=frozenset({"/sp/1"})),
         status(raw(savepoints={"directory": "/sp", "historyMaxCount": 2}),
@@ -1109,6 +1125,11 @@ def _requeue(plan: actions.Plan, seconds: float) -> None:
 
 def _history(plan: actions.Plan, locations: list[str]) -> None:
     assert [e.location for e in plan.status.savepointHistory] == locations
+
+
+def _disposed_in(plan: actions.Plan, store: actions.ObjectStore) -> None:
+    stores = [a.store for a in plan.actions if isinstance(a, actions.DisposeSavepoint)]
+    assert stores == [store], stores
 
 
 def _event_said(plan: actions.Plan, reason: str, message: str) -> None:

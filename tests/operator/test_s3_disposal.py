@@ -132,6 +132,40 @@ def test_the_actor_disposes_under_its_roots_and_reports_the_rest(
     assert f"streamjob savepoint --dispose {locations[1]}" in event["message"]
 
 
+def test_the_actor_disposes_in_the_store_the_jobs_options_name(
+    s3: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    kube: KubeEmulator,
+    streamjob: resource.StreamJobResource,  # noqa: F811
+) -> None:
+    put_savepoint(s3, "sp/savepoint-a")
+    endpoint = s3.meta.endpoint_url
+    # The operator's environment names no reachable store: only the job's options do.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    settings = actor.Settings(savepoint_buckets=(f"s3://{BUCKET}/sp",))
+    location = f"s3://{BUCKET}/sp/savepoint-a"
+
+    async def act(store: actions.ObjectStore) -> actor.Outcome:
+        async with fixtures.api_client(kube) as api:
+            acting = actor.Actor(api, settings, clock=lambda: NOW)
+            plan = actions.Plan((actions.DisposeSavepoint(location, store),), streamjob.status)
+            return await acting.act(streamjob, plan)
+
+    failed = asyncio.run(act(actions.ObjectStore()))
+    assert failed.disposed == []  # retried next pass
+    (event,) = kube.events_for("wordcount", reason="SavepointDisposalFailed")
+    assert "could not be deleted" in event["message"]
+    assert keys(s3) == ["sp/savepoint-a/_metadata", "sp/savepoint-a/op-0",
+                        "sp/savepoint-a/sub/op-1"]  # fmt: skip
+    store = actions.ObjectStore(endpoint, "us-east-1", path_style_access=True)
+    outcome = asyncio.run(act(store))
+    assert outcome.ok, outcome.error
+    assert outcome.disposed == [location]
+    assert outcome.kept_files == []
+    assert keys(s3) == []
+
+
 def test_the_roots_are_checked_on_the_command_line() -> None:
     args = operator_main.parser().parse_args(
         ["--savepoint-bucket", "s3://b/savepoints/", "--savepoint-bucket", "s3://c"]

@@ -311,8 +311,8 @@ class _Run:
                 self.check_trigger(tid, request_id)
             case actions.CancelJob(job_id=job_id, where=where):
                 await self.cancel(job_id, where)
-            case actions.DisposeSavepoint(location=location):
-                await self.dispose(location)
+            case actions.DisposeSavepoint(location=location, store=store):
+                await self.dispose(location, store)
             case actions.RecordEvent():
                 await self.event(action)
             case actions.FinishDeletion():
@@ -337,10 +337,10 @@ class _Run:
             if e.status not in (404, 409):  # unknown, or ended already: cancelled enough
                 raise
 
-    async def dispose(self, location: str) -> None:
+    async def dispose(self, location: str, store: actions.ObjectStore) -> None:
         mounts, roots = self.settings.savepoint_mounts, self.settings.savepoint_buckets
         try:
-            result = await asyncio.to_thread(savepoints.dispose, location, mounts, roots)
+            result = await asyncio.to_thread(savepoints.dispose, location, mounts, roots, store)
         except OSError as e:
             await self.report_once(
                 location,

@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from streamjob_operator.planning import actions
+
 METADATA = "_metadata"  # the runtime's name for a savepoint's metadata file
 
 
@@ -92,14 +94,24 @@ def _under_root(location: tuple[str, str], roots: Sequence[str]) -> bool:
     return False
 
 
-def _filesystem() -> Any:
+def _filesystem(store: actions.ObjectStore) -> Any:
+    """An s3fs filesystem for ``store``, with this process's credentials; what ``store``
+    leaves out comes from the environment (AWS_ENDPOINT_URL, AWS_REGION...), as in the
+    jobs' processes."""
     import s3fs  # imported on first use: operators without S3 roots never load botocore
 
-    return s3fs.S3FileSystem(use_listings_cache=False, skip_instance_cache=True)
+    kwargs: dict[str, Any] = {}
+    if store.endpoint:
+        kwargs["endpoint_url"] = store.endpoint
+    if store.region:
+        kwargs["client_kwargs"] = {"region_name": store.region}
+    if store.path_style_access is not None:
+        style = "path" if store.path_style_access else "virtual"
+        kwargs["config_kwargs"] = {"s3": {"addressing_style": style}}
+    return s3fs.S3FileSystem(use_listings_cache=False, skip_instance_cache=True, **kwargs)
 
 
-def _dispose_object(bucket: str, key: str) -> Disposal:
-    fs = _filesystem()
+def _dispose_object(fs: Any, bucket: str, key: str) -> Disposal:
     base = f"{bucket}/{key}"
     try:
         found = [str(k) for k in fs.find(base + "/")]
@@ -121,12 +133,20 @@ def _dispose_object(bucket: str, key: str) -> Disposal:
     return Disposal.DISPOSED
 
 
-def dispose(location: str, mounts: Sequence[Path], roots: Sequence[str] = ()) -> Disposal:
+def dispose(
+    location: str,
+    mounts: Sequence[Path],
+    roots: Sequence[str] = (),
+    store: actions.ObjectStore | None = None,
+) -> Disposal:
     """Delete the savepoint at ``location`` if the operator mounts it or may delete under
-    its S3 root (blocking I/O; OSError when the store fails, to be retried)."""
+    its S3 root, an ``s3://`` one in ``store`` (blocking I/O; OSError when the store
+    fails, to be retried)."""
     key = object_key(location)
     if key is not None:
-        return _dispose_object(*key) if _under_root(key, roots) else Disposal.NOT_MOUNTED
+        if not _under_root(key, roots):
+            return Disposal.NOT_MOUNTED
+        return _dispose_object(_filesystem(store or actions.ObjectStore()), *key)
     path = local_path(location)
     if path is None or not _under(path, mounts):
         return Disposal.NOT_MOUNTED

@@ -138,10 +138,32 @@ class CancelJob:
 
 
 @dataclasses.dataclass(frozen=True)
+class ObjectStore:
+    """Where the job's ``s3://`` locations live, from its ``s3.*`` options (``None``: the
+    operator's environment decides). Credentials are never among them: the operator
+    deletes with its own."""
+
+    endpoint: str | None = None  # s3.endpoint
+    region: str | None = None  # s3.region
+    path_style_access: bool | None = None  # s3.path.style.access
+
+    @classmethod
+    def of(cls, options: dict[str, str]) -> ObjectStore:
+        style = options.get("s3.path.style.access", "").strip().lower()
+        return cls(
+            options.get("s3.endpoint") or None,
+            options.get("s3.region") or None,
+            {"true": True, "false": False}.get(style),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
 class DisposeSavepoint:
-    """Delete the savepoint at ``location``; a location that is gone already is fine."""
+    """Delete the savepoint at ``location``; a location that is gone already is fine.
+    ``store`` says where an ``s3://`` location is (the job's options)."""
 
     location: str
+    store: ObjectStore = ObjectStore()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -248,8 +248,9 @@ def retain(p: context.Pass) -> None:
         p.event(NORMAL, "SavepointsDisposed", f"{freed} expired savepoint(s) disposed of")
     if kept.dispose:
         p.write()
+        store = actions.ObjectStore.of(spec.config)
         for location in kept.dispose:
-            p.emit(actions.DisposeSavepoint(location))
+            p.emit(actions.DisposeSavepoint(location, store))
         p.soon()
 
 
