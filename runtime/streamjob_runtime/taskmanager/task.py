@@ -42,7 +42,7 @@ from streamjob_runtime import config, logs
 from streamjob_runtime.graph import jobgraph, keygroups
 from streamjob_runtime.operators import base, source
 from streamjob_runtime.rpc import messages
-from streamjob_runtime.state import rocksdb, serialization, shared, storage
+from streamjob_runtime.state import heap, rocksdb, serialization, shared, storage
 from streamjob_runtime.taskmanager import channelstate, network
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,10 @@ def load_restored_state(
         operator[h.subtask] = operator_part
         if not wants_keyed:
             continue
-        if isinstance(keyed_part, rocksdb.IncrementalKeyedState):
+        if isinstance(keyed_part, heap.IncrementalHeapState):
+            # Whole tables, some in the job directory's shared files: filtered below.
+            keyed_part = keyed_part.read(shared_dir or Path(restore.directory).parent)
+        elif isinstance(keyed_part, rocksdb.IncrementalKeyedState):
             # Read by the operator, which scans just its key groups; shared files live in
             # the checkpoint's job directory (also another job's).
             job_dir = shared_dir or Path(restore.directory).parent
@@ -276,9 +279,9 @@ class Task:
         needed = {
             name
             for blob in blobs
-            if b"IncrementalKeyedState" in blob[:512]
+            if b"IncrementalKeyedState" in blob[:512] or b"IncrementalHeapState" in blob[:512]
             for keyed, _ in [pickle.loads(blob)]
-            if isinstance(keyed, rocksdb.IncrementalKeyedState)
+            if isinstance(keyed, (rocksdb.IncrementalKeyedState, heap.IncrementalHeapState))
             for name in keyed.shared.values()
         }
         if needed:
