@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from streamjob_runtime.api import models
 from streamjob_runtime.connectors import files
 from streamjob_runtime.state import shared
 from tests.conftest import Harness
+from tests.integration.test_savepoints import stop_with_savepoint
 from tests.jobs import keyed_timers
 
 EVENTS, KEYS = 40_000, 200
@@ -97,4 +99,23 @@ def test_an_incremental_hashmap_checkpoint_restores_at_another_parallelism(
     details = h.wait_terminal(restored)
     assert details.state is models.JobStatus.FINISHED, details.failure_cause
     assert details.restored_from == latest.id
+    assert_exact(out)
+
+
+def test_a_savepoint_of_an_incremental_hashmap_job_is_self_contained(
+    cluster_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    """Checkpoints reference shared tables; the savepoint writes them whole, and restores 1 -> 2
+    without the job directory's shared files."""
+    h = cluster_factory(taskmanagers=2)
+    out = tmp_path / "out"
+    job = h.submit("keyed_timers", args(out), parallelism=1)
+    checkpoint = wait_for_shared_reference(h, job)
+    location = stop_with_savepoint(h, job)
+    assert not list(Path(location).glob(f"*{shared.SUFFIX}")), "a savepoint references files"
+    shutil.rmtree(Path(checkpoint.path).parent / shared.SHARED)
+    restored = h.submit("keyed_timers", args(out), parallelism=2, savepoint=location)
+    details = h.wait_terminal(restored)
+    assert details.state is models.JobStatus.FINISHED, details.failure_cause
+    assert details.restored_from is not None
     assert_exact(out)
