@@ -6,6 +6,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from streamjob_runtime.api import models
 from streamjob_runtime.connectors import files
 from streamjob_runtime.state import shared
@@ -81,10 +83,12 @@ def test_a_hashmap_job_killed_after_incremental_checkpoints_resumes_exactly(
     assert not before & stored_tables(job_dir)
 
 
+@pytest.mark.parametrize("after", ["hashmap", "rocksdb"])
 def test_an_incremental_hashmap_checkpoint_restores_at_another_parallelism(
-    cluster_factory: Callable[..., Harness], tmp_path: Path
+    cluster_factory: Callable[..., Harness], tmp_path: Path, after: str
 ) -> None:
-    """A new job restores a cancelled job's checkpoint (its shared tables) at 1 -> 2."""
+    """A new job restores a cancelled job's checkpoint (its shared tables) at 1 -> 2, into
+    either backend."""
     h = cluster_factory(taskmanagers=2)
     out = tmp_path / "out"
     job = h.submit("keyed_timers", args(out, retained=2), parallelism=1)
@@ -95,7 +99,12 @@ def test_an_incremental_hashmap_checkpoint_restores_at_another_parallelism(
     assert latest is not None
     assert latest.id >= checkpoint.id
     assert shared.references(Path(latest.path)), "not an incremental checkpoint"
-    restored = h.submit("keyed_timers", args(out), parallelism=2, savepoint=latest.path)
+    restored = h.submit(
+        "keyed_timers",
+        args(out, backend=after, localdir=tmp_path / "rocks"),
+        parallelism=2,
+        savepoint=latest.path,
+    )
     details = h.wait_terminal(restored)
     assert details.state is models.JobStatus.FINISHED, details.failure_cause
     assert details.restored_from == latest.id

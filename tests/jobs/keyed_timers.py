@@ -10,7 +10,8 @@ checkpoints reference it in ``shared/`` instead of writing it again.
 
 Arguments (env.args, as key=value): out, events (20000), keys (200), rate
 (records/s), interval (checkpoint interval in ms, 100), retained (1),
-incremental (execution.checkpointing.incremental).
+incremental (execution.checkpointing.incremental), backend (state.backend.type),
+localdir (state.backend.rocksdb.localdir).
 """
 
 from __future__ import annotations
@@ -63,10 +64,12 @@ def build(env: StreamExecutionEnvironment) -> None:
     env.enable_checkpointing(
         int(a.get("interval", "100")), "exactly-once", retained=int(a.get("retained", "1"))
     )
-    if "incremental" in a:
-        env.config = config.apply_options(
-            env.config, {"execution.checkpointing.incremental": a["incremental"]}
-        )
+    options = {
+        "execution.checkpointing.incremental": a.get("incremental"),
+        "state.backend.type": a.get("backend"),
+        "state.backend.rocksdb.localdir": a.get("localdir"),
+    }
+    env.config = config.apply_options(env.config, {k: v for k, v in options.items() if v})
     env.set_restart_strategy(config.fixed_delay(2_147_483_647, 100))
 
     def event(i: int) -> tuple[int, int]:
