@@ -178,6 +178,10 @@ class StateBackendConfig(msgspec.Struct, frozen=True):
     does not grow with the number of states).  Defaults as Flink's: 8 MiB cache,
     2 x 64 MiB memtables.
 
+    ``incremental`` (``execution.checkpointing.incremental``, default on):
+    checkpoints store in ``<job dir>/shared/`` once what did not change (RocksDB's
+    SST files; the ``hashmap`` backend's unchanged timer tables) and reference it.
+
     ``local_recovery`` (``state.backend.local-recovery``): a TaskManager keeps a
     local copy of each rocksdb subtask's last completed checkpoint, and a task
     restarted on it restores from that copy instead of checkpoint storage.
@@ -185,7 +189,7 @@ class StateBackendConfig(msgspec.Struct, frozen=True):
 
     type: StateBackendType = StateBackendType.HASHMAP
     local_dir: str | None = None
-    incremental: bool | None = None  # execution.checkpointing.incremental; None: on for rocksdb
+    incremental: bool | None = None  # execution.checkpointing.incremental; None: on
     block_cache_size: int = 8 * MIB
     write_buffer_size: int = 64 * MIB
     write_buffer_count: int = 2
@@ -195,9 +199,7 @@ class StateBackendConfig(msgspec.Struct, frozen=True):
 
     @property
     def incremental_checkpoints(self) -> bool:
-        if self.incremental is None:
-            return self.type is StateBackendType.ROCKSDB
-        return self.incremental
+        return True if self.incremental is None else self.incremental
 
     def validate(self) -> None:
         if self.block_cache_size < 0:
@@ -210,11 +212,6 @@ class StateBackendConfig(msgspec.Struct, frozen=True):
             raise ConfigError("state.backend.rocksdb.block.blocksize must be at least 1kb")
         if self.background_threads < 1:
             raise ConfigError("state.backend.rocksdb.thread.num must be >= 1")
-        if self.incremental and self.type is not StateBackendType.ROCKSDB:
-            raise ConfigError(
-                "execution.checkpointing.incremental: true needs state.backend.type: rocksdb;"
-                " the hashmap backend takes full checkpoints (set it to false or use rocksdb)"
-            )
 
 
 class S3CredentialsProvider(enum.StrEnum):

@@ -39,6 +39,7 @@ from streamjob_runtime.state import objectstore, storage
 from tests.conftest import Harness
 from tests.etcd import Etcd
 from tests.ha.test_etcd_failover import events, ha_args
+from tests.integration import test_heap_incremental
 from tests.integration.test_exactly_once_recovery import EVENTS, KEYS, args, assert_exact, committed
 from tests.integration.test_failure_detection import restore_past_a_damaged_checkpoint
 from tests.integration.test_rest_api import raw
@@ -733,6 +734,23 @@ def test_incremental_rocksdb_checkpoints_on_s3_upload_each_file_once_and_restore
     assert details.state is models.JobStatus.FINISHED, details.failure_cause
     assert details.restarts >= 1
     assert_exact(out, events)
+
+
+def test_incremental_hashmap_checkpoints_on_s3_restore_their_shared_tables_exactly(
+    s3: S3, cluster_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    """The timer table goes to ``shared/`` once; a SIGKILLed TaskManager's restore downloads it."""
+    h = cluster_factory(taskmanagers=1, checkpoint_dir=s3.url("checkpoints"))
+    out = tmp_path / "out"
+    job = h.submit("keyed_timers", test_heap_incremental.args(out), parallelism=1)
+    h.wait_for("a checkpoint referencing a shared table", lambda: bool(shared_references(s3, job)))
+    assert h.source_records(job) < test_heap_incremental.EVENTS, "the job ended before the kill"
+    h.cluster.kill_taskmanager(0)  # SIGKILL
+    h.wait_for("the restore", lambda: h.job(job).restored_from is not None)
+    details = h.wait_terminal(job)
+    assert details.state is models.JobStatus.FINISHED, details.failure_cause
+    assert details.restarts >= 1
+    test_heap_incremental.assert_exact(out)
 
 
 def test_jobmanager_failover_on_kubernetes_leases_restores_from_s3_with_no_shared_volume(

@@ -33,17 +33,17 @@ def test_state_backend_options_choose_the_backend_per_job() -> None:
         config.apply_options(config.JobConfig(), {"state.backend.type": "rocks"})
 
 
-def test_incremental_checkpoints_are_the_rocksdb_default_and_need_rocksdb() -> None:
+def test_incremental_checkpoints_are_the_default_on_both_backends() -> None:
     rocks = config.apply_options(config.JobConfig(), {"state.backend.type": "rocksdb"})
     assert rocks.state_backend.incremental_checkpoints
     full = config.apply_options(rocks, {"execution.checkpointing.incremental": "false"})
     assert not full.state_backend.incremental_checkpoints
-    assert not config.JobConfig().state_backend.incremental_checkpoints
+    assert config.JobConfig().state_backend.incremental_checkpoints
     with pytest.raises(config.ConfigError, match="expected true or false"):
         config.apply_options(rocks, {"execution.checkpointing.incremental": "yes"})
     heap = config.apply_options(config.JobConfig(), {"execution.checkpointing.incremental": "TRUE"})
-    with pytest.raises(config.ConfigError, match=r"needs state\.backend\.type: rocksdb"):
-        heap.validate()
+    heap.validate()
+    assert heap.state_backend.incremental_checkpoints
 
 
 def test_unknown_option_lists_the_known_ones() -> None:

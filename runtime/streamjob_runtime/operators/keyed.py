@@ -13,7 +13,7 @@ from typing import Any
 from streamjob_runtime import config, functions
 from streamjob_runtime.graph import keygroups
 from streamjob_runtime.operators import base
-from streamjob_runtime.state import heap, rocksdb, views
+from streamjob_runtime.state import heap, rocksdb, serialization, views
 
 _MISSING = object()
 
@@ -31,6 +31,7 @@ class KeyedOperator(base.StreamOperator):
     def __init__(self, key_selector: functions.KeySelector) -> None:
         self.key_selector = key_selector
         self.backend: views.KeyedStateBackend = heap.KeyedStateBackend()
+        self._shared_tables: heap.SharedTables | None = None
 
     def setup(self, ctx: base.OperatorContext, output: base.Output) -> None:
         super().setup(ctx, output)
@@ -67,14 +68,37 @@ class KeyedOperator(base.StreamOperator):
 
     def snapshot_state_incremental(self, checkpoint_id: int) -> base.OperatorSnapshot | None:
         backend = self.backend
-        if not isinstance(backend, rocksdb.RocksDBKeyedStateBackend):
-            return None
         if not self.ctx.state_backend.incremental_checkpoints:
+            return None
+        if isinstance(backend, heap.KeyedStateBackend):
+            return self._snapshot_heap_incremental(checkpoint_id)
+        if not isinstance(backend, rocksdb.RocksDBKeyedStateBackend):
             return None
         local = backend.take_checkpoint(checkpoint_id)
         return base.OperatorSnapshot(
             operator=self.operator_state(),
             incremental=functools.partial(backend.upload, local),
+        )
+
+    def _snapshot_heap_incremental(self, checkpoint_id: int) -> base.OperatorSnapshot | None:
+        """The ``hashmap`` backend's incremental snapshot (see :mod:`state.heap`), or None
+        (a full one) while no table is unchanged since the previous checkpoint."""
+        snap = self.snapshot_state(checkpoint_id)
+        if not any(isinstance(t, serialization.PickledTable) for t in snap.keyed.values()):
+            return None
+        if self._shared_tables is None:
+            self._shared_tables = heap.SharedTables(f"{self.ctx.uid}-{self.ctx.subtask_index}")
+        inline, refs, new = self._shared_tables.plan(checkpoint_id, snap.keyed)
+        if not refs:
+            return None
+        try:
+            # Now, before the next record changes the live tables.
+            data = serialization.dumps(inline)
+        except Exception:
+            self._shared_tables.forget(checkpoint_id)
+            return None  # the full snapshot reports which value cannot be pickled
+        return base.OperatorSnapshot(
+            operator=snap.operator, incremental=functools.partial(heap.upload, data, refs, new)
         )
 
     def operator_state(self) -> list[Any]:
@@ -85,6 +109,8 @@ class KeyedOperator(base.StreamOperator):
         backend = self.backend
         if isinstance(backend, rocksdb.RocksDBKeyedStateBackend):
             backend.notify_checkpoint_complete(checkpoint_id)
+        elif self._shared_tables is not None:
+            self._shared_tables.confirm(checkpoint_id)
 
 
 def local_state_dir(ctx: base.OperatorContext, job_id: str) -> Path | None:

@@ -63,7 +63,7 @@ def unreferenced(discarded: Iterable[set[str]], retained: Iterable[set[str]]) ->
     return gone - set().union(*retained)
 
 
-def _inside(name: str) -> bool:
+def inside(name: str) -> bool:
     """Whether ``name`` stays inside ``shared/`` (whatever a sidecar says)."""
     parts = Path(name).parts
     return bool(parts) and not Path(name).is_absolute() and ".." not in parts
@@ -114,6 +114,35 @@ def put(job_dir: storage.Location, files: Sequence[tuple[str, Path]]) -> None:
         storage.fsync_directory(directory)
 
 
+def put_data(job_dir: storage.Location, files: Sequence[tuple[str, bytes]]) -> None:
+    """Store bytes as shared files: ``(name relative to shared/, data)`` pairs.
+
+    Durable on return, as :func:`put`.  Blocking: run it in a thread.
+    """
+    if not files:
+        return
+    if isinstance(job_dir, objectstore.ObjectPath):
+        root = job_dir / SHARED
+        with futures.ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="shared-up") as pool:
+            for done in [pool.submit(objectstore.put, root / n, data) for n, data in files]:
+                done.result()
+        return
+    directories = set()
+    for name, data in files:
+        target = job_dir / SHARED / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+        directories.add(target.parent)
+    for directory in directories:
+        storage.fsync_directory(directory)
+    storage.fsync_directory(job_dir / SHARED)
+
+
 def fetch(job_dir: storage.Location, names: Iterable[str], target: Path) -> None:
     """Download shared files to ``target/shared/<name>`` (for a restore from object
     storage, which then reads ``target`` as the job directory).  Blocking, parallel."""
@@ -122,7 +151,7 @@ def fetch(job_dir: storage.Location, names: Iterable[str], target: Path) -> None
     root = job_dir / SHARED
     wanted = sorted(set(names))
     for name in wanted:
-        if not _inside(name):
+        if not inside(name):
             raise ValueError(f"shared file {name!r} is outside {root}: the checkpoint is corrupt")
         (target / SHARED / name).parent.mkdir(parents=True, exist_ok=True)
     with futures.ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="shared-down") as pool:
@@ -137,7 +166,7 @@ def delete(job_dir: storage.Location, files: Iterable[str]) -> None:
     """Delete shared files (missing ones are fine: a retry after a crash)."""
     if isinstance(job_dir, objectstore.ObjectPath):
         objects = job_dir / SHARED
-        objectstore.delete_objects([objects / name for name in files if _inside(name)])
+        objectstore.delete_objects([objects / name for name in files if inside(name)])
         return
     root = job_dir / SHARED
     parents: set[Path] = set()

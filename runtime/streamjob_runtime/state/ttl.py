@@ -10,8 +10,9 @@ and map state per map entry.
 
 Cleanup of entries nobody reads again:
 
-- ``cleanup_full_snapshot``: full snapshots (savepoints, and checkpoints that are
-  not incremental) leave expired entries out; the working state keeps them.
+- ``cleanup_full_snapshot``: snapshots that write the state's entries (savepoints,
+  ``hashmap`` checkpoints, ``rocksdb`` checkpoints that are not incremental) leave
+  expired entries out; the working state keeps them.
 - ``cleanup_incremental_size``: every access to the state also checks that many
   further entries of it, round-robin over the whole state, and deletes the
   expired ones (Flink's incremental cleanup).  This is the cleanup for the

@@ -42,7 +42,7 @@ from streamjob_runtime import config, logs
 from streamjob_runtime.graph import jobgraph, keygroups
 from streamjob_runtime.operators import base, source
 from streamjob_runtime.rpc import messages
-from streamjob_runtime.state import rocksdb, serialization, shared, storage
+from streamjob_runtime.state import heap, rocksdb, serialization, shared, storage
 from streamjob_runtime.taskmanager import channelstate, network
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,10 @@ def load_restored_state(
         operator[h.subtask] = operator_part
         if not wants_keyed:
             continue
-        if isinstance(keyed_part, rocksdb.IncrementalKeyedState):
+        if isinstance(keyed_part, heap.IncrementalHeapState):
+            # Whole tables, some in the job directory's shared files: filtered below.
+            keyed_part = keyed_part.read(shared_dir or Path(restore.directory).parent)
+        elif isinstance(keyed_part, rocksdb.IncrementalKeyedState):
             # Read by the operator, which scans just its key groups; shared files live in
             # the checkpoint's job directory (also another job's).
             job_dir = shared_dir or Path(restore.directory).parent
@@ -287,10 +290,12 @@ class Task:
         prefetched = Prefetched(dict(zip(names, blobs, strict=True)))
         # The class name opens a pickled incremental state: full states are not unpickled
         # here (a restore filters them by key group as it decodes them).
+        incremental = (rocksdb.IncrementalKeyedState, heap.IncrementalHeapState)
         for name, blob in prefetched.blobs.items():
-            if b"IncrementalKeyedState" in blob[:512]:
+            head = blob[:512]
+            if b"IncrementalKeyedState" in head or b"IncrementalHeapState" in head:
                 pair = pickle.loads(blob)
-                if isinstance(pair[0], rocksdb.IncrementalKeyedState):
+                if isinstance(pair[0], incremental):
                     prefetched.decoded[name] = pair
         needed = {
             name for keyed, _ in prefetched.decoded.values() for name in keyed.shared.values()
