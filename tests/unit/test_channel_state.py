@@ -16,7 +16,7 @@ from streamjob_runtime.connectors.generator import GeneratorSource
 from streamjob_runtime.datastream import StreamExecutionEnvironment
 from streamjob_runtime.graph import jobgraph, keygroups
 from streamjob_runtime.rpc import messages
-from streamjob_runtime.taskmanager import channelstate, network, task
+from streamjob_runtime.taskmanager import channelstate, network, task, wire
 from tests.unit.test_barrier_alignment import running, until
 
 CAPACITY = 2
@@ -117,6 +117,33 @@ def test_an_unaligned_checkpoint_stores_what_each_channel_held_before_its_barrie
         0: [("b", ["a"], None)],
         1: [("b", ["x"], None)] + [("b", [f"y{i}"], None) for i in range(5)] + [("w", 7)],
     }
+
+
+def test_batches_from_another_taskmanager_are_processed_and_stored_decoded(
+    tmp_path: Path,
+) -> None:
+    t, gate, reports = two_channel_task(tmp_path)
+    gate.blocked.update({0, 1})
+
+    def received(values: list[str]) -> tuple[object, ...]:
+        return wire.receive(wire.encode(("b", values, None)))
+
+    async def scenario() -> None:
+        await gate.channels[0].put(received(["a", "b"]))  # queued when the capture starts
+        t.trigger_checkpoint(trigger(1, 0))
+        await until(lambda: gate.channels[0].capture is not None, "the capture to start")
+        await gate.channels[0].put(received(["c"]))  # recorded as it arrives
+        await gate.channels[0].put(("c", 1, 0, None, 0))
+        await gate.channels[1].put(("c", 1, 0, None, 0))
+        await gate.channels[1].put(received(["after"]))
+        gate.blocked.clear()
+        gate.available.set()
+        await until(lambda: bool(acks(reports)), "the acknowledgement")
+        await until(lambda: t.records_in == 4, "every record processed")
+
+    asyncio.run(running(t, scenario))
+    (ack,) = acks(reports)
+    assert stored(tmp_path, ack) == {0: [("b", ["a", "b"], None), ("b", ["c"], None)]}
 
 
 def test_records_after_a_channels_barrier_are_not_channel_state_and_capacity_returns(

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import pickle
 from typing import Any
 
 import pytest
@@ -50,3 +51,25 @@ def test_control_elements_round_trip() -> None:
 def test_an_unknown_codec_tag_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown codec tag"):
         wire.decode(b"Zjunk")
+
+
+def test_a_received_batch_stays_encoded_until_the_task_decodes_it() -> None:
+    for timestamps in (None, [5, 6]):
+        payload = wire.encode(("b", [(1, 2), (3, 4)], timestamps))
+        element = wire.receive(payload)
+        assert element == ("s", payload)
+        assert wire.decode_batch(element[1]) == ([(1, 2), (3, 4)], timestamps)
+        # Its channel-state form is the pickle of the decoded element, as for a local batch.
+        assert pickle.loads(wire.stored(payload)) == ("b", [(1, 2), (3, 4)], timestamps)
+
+
+def test_received_control_elements_are_decoded_at_once() -> None:
+    for element in [("w", 5), ("c", 3, 1000, None), ("e",)]:
+        assert wire.receive(wire.encode(element)) == element
+
+
+def test_a_frame_that_is_not_a_batch_is_refused_as_one() -> None:
+    with pytest.raises(ValueError, match="unknown codec tag"):
+        wire.receive(b"Zjunk")
+    with pytest.raises(ValueError, match="element kind 'w'"):
+        wire.decode_batch(wire.BATCH + pickle.dumps(("w", 5)))

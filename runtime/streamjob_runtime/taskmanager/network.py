@@ -9,6 +9,8 @@ Stream elements are tuples:
   ``aligned_timeout_ms``: None for an aligned checkpoint, see
   :class:`streamjob_runtime.rpc.messages.TriggerCheckpoint`)
 * ``("e",)`` end of input of that channel (the channel stays open for barriers)
+* ``("s", payload)`` a batch as it came over the network, not yet decoded (only in
+  an input channel fed by another TaskManager: see :func:`wire.decode_batch`)
 
 Back-pressure: each input channel holds at most ``capacity`` elements.  A
 local writer awaits free space; a remote channel's reader stops reading its
@@ -86,6 +88,8 @@ class InputChannel:
                 return captured, element[1] == checkpoint_id
             if kind == "b" or kind == "w":
                 captured.append(channelstate.encode_element(element))
+            elif kind == "s":
+                captured.append(wire.stored(element[1]))
         self.capture = captured
         self.capture_id = checkpoint_id
         self._not_full.set()  # a put waiting for room goes ahead (and is recorded)
@@ -106,6 +110,8 @@ class InputChannel:
                     self.gate.on_captured(
                         self.index, self.capture_id, captured, element[1] == self.capture_id
                     )
+        elif kind == "s":
+            captured.append(wire.stored(element[1]))
         elif kind != "e":
             captured.append(channelstate.encode_element(element))
 

@@ -43,7 +43,7 @@ from streamjob_runtime.graph import jobgraph, keygroups
 from streamjob_runtime.operators import base, source
 from streamjob_runtime.rpc import messages
 from streamjob_runtime.state import heap, rocksdb, serialization, shared, storage
-from streamjob_runtime.taskmanager import channelstate, network
+from streamjob_runtime.taskmanager import channelstate, network, wire
 
 log = logging.getLogger(__name__)
 
@@ -551,6 +551,8 @@ class Task:
                     started = time.perf_counter()
                     head.process_batch(element[1], element[2])
                     self.busy_s += time.perf_counter() - started
+                elif kind == "s":
+                    self._process_serialized(element[1])
                 elif kind == "w":
                     self._on_watermark(channel, element[1])
                 elif kind == "c":
@@ -571,6 +573,14 @@ class Task:
                 for op in self.operators:
                     op.on_processing_time(now)
             await self.output.flush()
+
+    def _process_serialized(self, payload: bytes) -> None:
+        """Decode and process a batch that came over the network (see :func:`wire.decode_batch`)."""
+        started = time.perf_counter()
+        values, timestamps = wire.decode_batch(payload)
+        self.records_in += len(values)
+        self.head.process_batch(values, timestamps)
+        self.busy_s += time.perf_counter() - started
 
     def _on_watermark(self, channel: int, watermark: int) -> None:
         """Watermark ``watermark`` arrived on ``channel``: advance the task's event time.
