@@ -4,6 +4,8 @@ import enum
 import subprocess
 import sys
 
+import pytest
+
 from streamjob_runtime.graph import keygroups
 
 
@@ -60,7 +62,21 @@ def test_key_targets_name_the_subtask_owning_each_keys_group_cached_or_not() -> 
                 for k in batch
             ]
             assert keygroups.key_targets(batch, 128, parallelism) == expected
+            assert keygroups.key_target_flags(batch, 128, parallelism) == bytes(expected)
             for k, t in zip(batch, expected, strict=True):
                 assert keygroups.KeyGroupRange.for_subtask(t, 128, parallelism).contains(
                     keygroups.key_group(k, 128)
                 )
+
+
+def test_key_target_flags_check_each_keys_type_even_when_every_key_is_cached() -> None:
+    keygroups.key_target_flags([1, 2, 3, "a"], 128, 5)  # now cached
+    batch: list[object] = [Color.RED, 2, 3, "a"]  # Color.RED == 1, but hashes by its pickle
+    expected = [keygroups.operator_index(keygroups.key_group(k, 128), 128, 5) for k in batch]
+    assert expected[0] != keygroups.key_targets([1], 128, 5)[0]
+    assert keygroups.key_target_flags(batch, 128, 5) == bytes(expected)
+
+
+def test_key_target_flags_refuse_more_subtasks_than_a_byte_holds() -> None:
+    with pytest.raises(ValueError, match="< 256"):
+        keygroups.key_target_flags([1], 512, 257)

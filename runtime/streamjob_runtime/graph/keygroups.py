@@ -8,6 +8,7 @@ Flink's formulas, so a restore at another parallelism reassigns whole groups.
 
 from __future__ import annotations
 
+import operator
 import pickle
 import zlib
 from collections.abc import Callable
@@ -110,6 +111,34 @@ def key_targets(keys: list[Any], max_parallelism: int, parallelism: int) -> list
         c = _target_caches[(max_parallelism, parallelism)] = _GroupCache()
     h = stable_hash
     return _cached(keys, c, lambda k: h(k) % max_parallelism * parallelism // max_parallelism)
+
+
+def key_target_flags(keys: list[Any], max_parallelism: int, parallelism: int) -> bytes:
+    """:func:`key_targets` as bytes (one per key), for ``parallelism`` <= 256.
+
+    When every key is an exact ``int`` or ``str`` already in the cache, the bytes
+    come from one pass of dict lookups in C, without a list of targets in between.
+    """
+    if parallelism > 256:
+        raise ValueError(f"target bytes hold subtasks < 256, not {parallelism}")
+    c = _target_caches.get((max_parallelism, parallelism))
+    if c is not None and c.bypass <= 0 and _all_cacheable(keys):
+        try:
+            flags = bytes(map(c.groups.__getitem__, keys))
+        except KeyError:
+            pass  # a key not cached yet: the general path below adds it
+        else:
+            c.lookups += len(keys)
+            c.hits += len(keys)
+            if c.lookups >= _WINDOW:
+                c.hits = c.lookups = 0  # all hits: nothing to clear (see _cached)
+            return flags
+    return bytes(key_targets(keys, max_parallelism, parallelism))
+
+
+def _all_cacheable(keys: list[Any]) -> bool:
+    """Whether every key is an exact ``int`` or ``str`` (all ints: one pass of identity checks)."""
+    return operator.countOf(map(type, keys), int) == len(keys) or set(map(type, keys)) <= _CACHEABLE
 
 
 def _cached(keys: list[Any], c: _GroupCache, compute: Callable[[Any], int]) -> list[int]:

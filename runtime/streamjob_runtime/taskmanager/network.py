@@ -330,8 +330,11 @@ class RecordWriter:
             self.pending[target].append(("b", values, timestamps))
             return
         assert self.key_selector is not None
-        targets = keygroups.key_targets(
-            list(map(self.key_selector, values)), self.max_parallelism, n
+        keys = list(map(self.key_selector, values))
+        targets: bytes | list[int] = (
+            keygroups.key_target_flags(keys, self.max_parallelism, n)
+            if n <= 256
+            else keygroups.key_targets(keys, self.max_parallelism, n)
         )
         buckets = _split(values, targets, n)
         if timestamps is None:
@@ -365,11 +368,11 @@ class RecordWriter:
 _ONLY = [bytes(b == t for b in range(256)) for t in range(4)]
 
 
-def _split(items: list[Any], targets: list[int], n: int) -> list[list[Any]]:
+def _split(items: list[Any], targets: bytes | list[int], n: int) -> list[list[Any]]:
     """``items`` bucketed by target index (0 <= target < n), keeping their order."""
     if n <= 4:
         # One pass in C per target: the targets as bytes, translated to 0/1 flags.
-        flags = bytes(targets)
+        flags = targets if type(targets) is bytes else bytes(targets)
         if n == 2:
             return [list(compress(items, flags.translate(_ONLY[0]))), list(compress(items, flags))]
         return [list(compress(items, flags.translate(_ONLY[t]))) for t in range(n)]
