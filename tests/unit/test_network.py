@@ -232,3 +232,16 @@ def test_a_remote_writer_writes_at_once_when_enough_records_are_held() -> None:
         return frames
 
     assert asyncio.run(scenario()) == [("b", list(range(network.MERGE_RECORDS)), None)]
+
+
+def test_hash_fanout_is_the_channel_count_of_the_widest_hash_output() -> None:
+    def writer(kind: jobgraph.PartitionKind, n: int) -> network.RecordWriter:
+        selector = (lambda v: v) if kind is jobgraph.PartitionKind.HASH else None
+        channels: list[network.ChannelWriter] = [_Collect() for _ in range(n)]
+        return network.RecordWriter(channels, jobgraph.Partitioning(kind, selector), 0, 128)
+
+    hash_, rebalance = jobgraph.PartitionKind.HASH, jobgraph.PartitionKind.REBALANCE
+    assert network.MultiOutput([]).hash_fanout() == 1
+    assert network.MultiOutput([writer(rebalance, 4)]).hash_fanout() == 1
+    assert network.MultiOutput([writer(hash_, 3), writer(rebalance, 4)]).hash_fanout() == 3
+    assert network.MultiOutput([writer(hash_, 2), writer(hash_, 5)]).hash_fanout() == 5

@@ -393,6 +393,13 @@ class MultiOutput:
         for w in self.writers:
             w.emit(values, timestamps)
 
+    def hash_fanout(self) -> int:
+        """Over how many channels the widest hash-partitioned edge splits a batch (1: none)."""
+        return max(
+            (len(w.channels) for w in self.writers if w.kind is jobgraph.PartitionKind.HASH),
+            default=1,
+        )
+
     def emit_watermark(self, watermark: int) -> None:
         for w in self.writers:
             w.broadcast(("w", watermark))

@@ -461,7 +461,10 @@ class Task:
     async def _run_source(self) -> None:
         head = self.head
         assert isinstance(head, source.SourceOperator)
-        batch_size = self.config.batch_size
+        # A hash-partitioned output splits each batch over its n channels: read n
+        # batches' worth, so each channel still gets batches of about batch_size records
+        # (at parallelism 2, half-size batches cost ~10 % more CPU per record downstream).
+        batch_size = self.config.batch_size * self.output.hash_fanout()
         while True:
             while self._triggers:
                 trigger = self._triggers.pop(0)
