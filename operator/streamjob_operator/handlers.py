@@ -45,6 +45,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import aiohttp
 import kopf
 import prometheus_client
 from kubernetes_asyncio import client
@@ -52,6 +53,8 @@ from kubernetes_asyncio import client
 from streamjob_operator.acting import actor
 from streamjob_operator.api import models
 from streamjob_operator.desired import metadata
+from streamjob_operator.observing import children as observed_children
+from streamjob_operator.observing import jobmanager as rest_observing
 from streamjob_operator.observing import observer, resource
 from streamjob_operator.planning import actions, configuration, observed, planner
 
@@ -204,6 +207,7 @@ class Reconciler:
         self.leading = leading
         self.passes = 0  # passes started, for tests and logs
         self._api: client.ApiClient | None = None
+        self._rest_session: aiohttp.ClientSession | None = None  # JobManager requests'
         self._api_lock = asyncio.Lock()  # concurrent first passes make one client
         self._stopping = False
         self._actor: actor.Actor | None = None
@@ -231,7 +235,13 @@ class Reconciler:
                 raise Stopping("the operator is stopping")
             if self._api is None:
                 self._api = await self._api_factory()
-                self._actor = actor.Actor(self._api, self.options.acting, clock=self.clock)
+                self._rest_session = rest_observing.session()
+                self._actor = actor.Actor(
+                    self._api,
+                    self.options.acting,
+                    clock=self.clock,
+                    rest_session=self._rest_session,
+                )
             return self._api
 
     async def close(self) -> None:
@@ -244,6 +254,9 @@ class Reconciler:
             if self._api is not None:
                 api, self._api, self._actor = self._api, None, None
                 await api.close()
+            if self._rest_session is not None:
+                rest_session, self._rest_session = self._rest_session, None
+                await rest_session.close()
 
     def due(self, namespace: str, name: str) -> bool:
         """Whether the StreamJob's next pass is due. One no pass has seen is not: its
@@ -346,6 +359,7 @@ class Reconciler:
         try:
             api = await self.api()
             acting = self._actor  # close() may drop it while this pass waits on the API
+            rest_session = self._rest_session
             streamjob = await resource.read(api, namespace, name)
             if streamjob is None:
                 self.forget(namespace, name)
@@ -355,6 +369,7 @@ class Reconciler:
             stage = "credentials"
             rest_credentials = await acting.credentials(streamjob)
             stage = "observe"
+            read = observed_children.Read()
             seen = await observer.observe(
                 api,
                 streamjob,
@@ -364,6 +379,8 @@ class Reconciler:
                 refused=self._refused.get(key),
                 rest_timeout_s=self.options.rest_timeout_s,
                 credentials=rest_credentials,
+                read=read,
+                rest_session=rest_session,
             )
             stage = "plan"
             plan = planner.plan(
@@ -372,7 +389,7 @@ class Reconciler:
             stage = "act"
             if self._stopping or acting is None:
                 raise Stopping("the operator is stopping")
-            outcome = await acting.act(streamjob, plan, rest_credentials)
+            outcome = await acting.act(streamjob, plan, rest_credentials, read)
         except Stopping as e:
             raise Interrupted(str(e), self.options.retry_delay) from None
         except Exception as e:  # the loop must not die: count, log, retry later

@@ -91,7 +91,8 @@ def test_a_streamjob_waiting_for_its_jobmanager_is_not_reapplied_at_every_pass(
 ) -> None:
     """While the step waits for a JobManager that never gets ready, each pass checks its
     two Deployments carry the children's hash, instead of reading (and maybe replacing)
-    all twelve children; nothing is written."""
+    all twelve children, and takes them as it observed them: each is read once a pass;
+    nothing is written."""
     reconciler = reconciler_for(kube)
     with operator(kube, reconciler):
         created = len(kube.requests)
@@ -128,6 +129,9 @@ def test_a_streamjob_waiting_for_its_jobmanager_is_not_reapplied_at_every_pass(
         )
     assert not [k for k in waiting if k.split()[0] in WRITES], waiting
     assert set(waiting) == {"GET streamjobs", "GET deployments"}, waiting
+    # each pass reads the StreamJob, then its two Deployments once (the counts began
+    # inside a pass, after its StreamJob read, hence one more pass's two)
+    assert waiting["GET deployments"] <= 2 * (waiting["GET streamjobs"] + 1), waiting
 
 
 def test_an_event_posted_again_after_the_same_status_write_is_stored_once(

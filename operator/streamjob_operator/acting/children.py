@@ -40,6 +40,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from streamjob_operator.desired import children as desired_children
 from streamjob_operator.desired import ha, metadata, network, target
+from streamjob_operator.observing import children as observed_children
 from streamjob_operator.observing import kubeapi
 
 HASH_ANNOTATION = "streamjob.dev/desired-hash"
@@ -160,15 +161,22 @@ class Applied(enum.Enum):
     OTHER = "other"  # applied otherwise, or partly, or being deleted
 
 
-async def applied(api: client.ApiClient, manifests: list[Obj]) -> Applied:
+async def applied(
+    api: client.ApiClient, manifests: list[Obj], read: observed_children.Read | None = None
+) -> Applied:
     """Whether ``manifests`` (``desired.children``) were applied as they are: every
     Deployment among them exists and is not being deleted, and the last carries their
-    hash."""
+    hash. A Deployment in ``read`` (as this pass observed it, nothing written since) is
+    taken from there instead of read again."""
     deployments = [m for m in manifests if m["kind"] == "Deployment"]
     if not deployments or manifests[-1] is not deployments[-1]:
         return Applied.OTHER
     expected = stamped(manifests)[-1]["metadata"]["annotations"][CHILDREN_HASH_ANNOTATION]
-    stored = [await kubeapi.get(api, kubeapi.path_of(m)) for m in deployments]
+    known = read.deployments if read is not None else {}
+    stored = [
+        known[p] if p in known else await kubeapi.get(api, p)
+        for p in (kubeapi.path_of(m) for m in deployments)
+    ]
     if all(s is None for s in stored):
         return Applied.ABSENT
     metas = [(s or {}).get("metadata") or {} for s in stored]
