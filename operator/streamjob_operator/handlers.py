@@ -347,14 +347,16 @@ class Reconciler:
             for attempt in range(1, CONFLICT_ATTEMPTS + 1):
                 try:
                     with self.metrics.duration.time():
-                        return await self._pass(key, namespace, name)
+                        return await self._pass(key, namespace, name, trigger)
                 except Conflicted as e:
                     if attempt == CONFLICT_ATTEMPTS:
                         raise
                     log.debug("StreamJob %s: %s; running the pass again", key, e)
             raise AssertionError("unreachable")
 
-    async def _pass(self, key: str, namespace: str, name: str) -> actor.Outcome | None:
+    async def _pass(
+        self, key: str, namespace: str, name: str, trigger: str
+    ) -> actor.Outcome | None:
         stage = "read"
         try:
             api = await self.api()
@@ -367,7 +369,7 @@ class Reconciler:
             if acting is None:
                 raise Stopping("the operator is stopping")
             stage = "credentials"
-            rest_credentials = await acting.credentials(streamjob)
+            rest_credentials = await acting.credentials(streamjob, created=trigger == "create")
             stage = "observe"
             read = observed_children.Read()
             seen = await observer.observe(

@@ -114,10 +114,10 @@ def test_a_streamjob_waiting_for_its_jobmanager_is_not_reapplied_at_every_pass(
         first = reconciler.passes
         kube.wait_for(lambda: reconciler.passes >= first + 1, timeout=30, what="a pass")
         mark, passes = len(kube.requests), reconciler.passes
-        # the first pass made sure of the credentials' three Secrets once (a read each,
-        # absent: created without another read), not again before it applied the children
+        # the first pass made the credentials' three Secrets once (the StreamJob is new:
+        # created without reading them first), not again before it applied the children
         made = by_resource(kube.requests[created:mark])
-        assert (made["GET secrets"], made["POST secrets"]) == (3, 3), made
+        assert (made["GET secrets"], made["POST secrets"]) == (0, 3), made
         kube.wait_for(lambda: reconciler.passes >= passes + 3, timeout=30, what="3 passes")
         waiting = by_resource(kube.requests[mark:])
         # a Deployment deleted by hand is applied again (its hash check fails)

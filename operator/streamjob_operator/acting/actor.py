@@ -151,7 +151,11 @@ class Actor:
         self._ensured: dict[str, tuple[rest_observing.Credentials, datetime.datetime]] = {}
 
     async def credentials(
-        self, streamjob: resource.StreamJobResource, *, fresh: bool = False
+        self,
+        streamjob: resource.StreamJobResource,
+        *,
+        fresh: bool = False,
+        created: bool = False,
     ) -> rest_observing.Credentials | None:
         """The job's REST credentials: made or renewed as due (``acting.credentials``);
         only read for a StreamJob being deleted (None when they are gone).
@@ -160,7 +164,9 @@ class Actor:
         the Secrets again (three GETs a pass saved; renewals are due days ahead), unless
         ``fresh``: before children are applied, the Secrets their pods mount are made
         sure of (unless that was done in the last :data:`JUST_ENSURED`: by the same
-        pass)."""
+        pass). ``created``: the pass runs because the StreamJob was created; if no pass
+        recorded its status either, its Secrets are created without reading them first
+        (``credentials.ensure``'s ``new``)."""
         job = streamjob.identity()
         if streamjob.deletion_timestamp is not None:
             self._ensured.pop(streamjob.uid, None)
@@ -171,7 +177,8 @@ class Actor:
         if known is not None and now - known[1] < max_age:
             # a copy: its SSL context (14 kB) is made for the pass, not kept per StreamJob
             return dataclasses.replace(known[0])
-        ensured = await credentials.ensure(self.api, job, now)
+        new = created and known is None and streamjob.status == models.StreamJobStatus()
+        ensured = await credentials.ensure(self.api, job, now, new=new)
         self._ensured[streamjob.uid] = (ensured, now)
         return dataclasses.replace(ensured)
 

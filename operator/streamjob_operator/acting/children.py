@@ -98,6 +98,20 @@ def _describe(obj: Obj) -> str:
     return f"{obj['kind']} {meta['namespace']}/{meta['name']}"
 
 
+async def create(api: client.ApiClient, manifest: Obj) -> bool:
+    """Create ``manifest`` (with its hash) without reading first; False when an object of
+    its name exists (409), which is left as it is."""
+    try:
+        await kubeapi.request(
+            api, "POST", kubeapi.collection_of(manifest), body=with_hash(manifest)
+        )
+    except ApiException as e:
+        if e.status != 409:
+            raise
+        return False
+    return True
+
+
 async def apply(api: client.ApiClient, manifest: Obj, *, create_first: bool = False) -> str:
     """Create or replace ``manifest``; returns "created", "replaced" or "unchanged".
 
