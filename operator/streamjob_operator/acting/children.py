@@ -58,11 +58,16 @@ def desired_hash(manifest: Obj) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+def _annotated(manifest: Obj, key: str, value: str) -> Obj:
+    """``manifest`` with one more annotation: a new top and metadata, the rest shared
+    with ``manifest`` (treat both as read-only; copy before changing either)."""
+    meta = manifest["metadata"]
+    annotations = {**(meta.get("annotations") or {}), key: value}
+    return {**manifest, "metadata": {**meta, "annotations": annotations}}
+
+
 def with_hash(manifest: Obj) -> Obj:
-    stamped = copy.deepcopy(manifest)
-    annotations = stamped["metadata"].setdefault("annotations", {})
-    annotations[HASH_ANNOTATION] = desired_hash(manifest)
-    return stamped
+    return _annotated(manifest, HASH_ANNOTATION, desired_hash(manifest))
 
 
 def _empty(value: Any) -> bool:
@@ -161,10 +166,8 @@ def stamped(manifests: list[Obj]) -> list[Obj]:
     of them all."""
     if not manifests:
         return manifests
-    last = copy.deepcopy(manifests[-1])
-    annotations = last["metadata"].setdefault("annotations", {})
-    annotations[CHILDREN_HASH_ANNOTATION] = desired_hash({"children": manifests})
-    return [*manifests[:-1], last]
+    children_hash = desired_hash({"children": manifests})
+    return [*manifests[:-1], _annotated(manifests[-1], CHILDREN_HASH_ANNOTATION, children_hash)]
 
 
 class Applied(enum.Enum):
