@@ -43,7 +43,7 @@ import datetime
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import kopf
@@ -452,6 +452,31 @@ class Reconciler:
         )
 
 
+class DiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf's annotations diff-base storage, building an event's essence (what kopf
+    compares with the last handled one: the body without its status and system
+    metadata) from the fields it keeps only. kopf's own deep-copies the whole body
+    first, status and metadata included, for every event of every StreamJob and
+    Deployment it watches, then drops them. The essence is the same."""
+
+    def build(
+        self,
+        *,
+        body: kopf.Body,
+        extra_fields: Any = None,
+    ) -> kopf.BodyEssence:
+        if extra_fields:  # fields of the status to keep: kopf's way, on the whole body
+            return super().build(body=body, extra_fields=extra_fields)
+        meta = body.get("metadata") or {}
+        kept: dict[str, Any] = {k: v for k, v in body.items() if k not in ("metadata", "status")}
+        # labels and annotations are what kopf keeps of the metadata; ownerReferences
+        # name its storage keys
+        kept["metadata"] = {
+            k: meta[k] for k in ("labels", "annotations", "ownerReferences") if k in meta
+        }
+        return super().build(body=kopf.Body(cast(kopf.RawBody, kept)), extra_fields=extra_fields)
+
+
 def configure(settings: kopf.OperatorSettings) -> None:
     """kopf's settings for this operator (see the module doc)."""
     settings.peering.standalone = True
@@ -460,7 +485,7 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.posting.reporting_component = "streamjob-operator"
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    settings.persistence.diffbase_storage = DiffBaseStorage(
         prefix=PREFIX, key="last-handled-configuration"
     )
 

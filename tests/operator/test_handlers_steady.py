@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime
-from typing import Any
+from typing import Any, cast
 
+import kopf
 import pytest
 from kubernetes_asyncio import client
 
+from streamjob_operator import handlers
 from streamjob_operator.acting import actor, events
 from streamjob_operator.observing import kubeapi
 from streamjob_operator.planning import actions
@@ -157,6 +159,58 @@ def test_an_event_posted_again_after_the_same_status_write_is_stored_once(
     assert [e["reason"] for e in posted] == ["Deploying", "Deploying"]
     assert len({e["metadata"]["name"] for e in posted}) == 2
     assert all(e["metadata"]["name"].startswith("wordcount.") for e in posted)
+
+
+class NotCopyable:
+    """A value that fails the test if kopf deep-copies it."""
+
+    def __deepcopy__(self, memo: object) -> NotCopyable:
+        raise AssertionError("deep-copied")
+
+
+def test_kopfs_essence_of_an_event_is_built_without_copying_status_or_system_metadata() -> None:
+    """The diff-base storage (``handlers.DiffBaseStorage``) gives kopf the same essence
+    of a body as kopf's own, without deep-copying its status and system metadata (kopf
+    builds one for every event of every StreamJob and Deployment it watches)."""
+    kopfs = kopf.AnnotationsDiffBaseStorage(
+        prefix=handlers.PREFIX, key="last-handled-configuration"
+    )
+    ours = handlers.DiffBaseStorage(prefix=handlers.PREFIX, key="last-handled-configuration")
+    body: dict[str, Any] = {
+        "apiVersion": "streamjob.dev/v1alpha1",
+        "kind": "StreamJob",
+        "metadata": {
+            "name": "wordcount",
+            "namespace": NAMESPACE,
+            "uid": "u1",
+            "resourceVersion": "7",
+            "generation": 2,
+            "labels": {"team": "a"},
+            "annotations": {
+                "note": "kept",
+                "streamjob.dev/last-handled-configuration": '{"spec": {}}',
+                "kubectl.kubernetes.io/last-applied-configuration": "{}",
+            },
+            "finalizers": [handlers.FINALIZER],
+            "ownerReferences": [{"kind": "Thing", "name": "x", "uid": "u0"}],
+            "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}],
+        },
+        "spec": {"image": "streamjob:1", "job": {"parallelism": 2}, "empty": {}},
+        "status": {"lifecycleState": "STABLE", "conditions": [{"type": "Ready"}]},
+    }
+    expected = kopfs.build(body=kopf.Body(cast(kopf.RawBody, body)))
+    assert ours.build(body=kopf.Body(cast(kopf.RawBody, body))) == expected
+    assert expected["metadata"]["annotations"] == {"note": "kept"}
+    # fields kopf is asked to keep of the status: kopf's way
+    kept = ours.build(
+        body=kopf.Body(cast(kopf.RawBody, body)), extra_fields=["status.lifecycleState"]
+    )
+    assert kept["status"] == {"lifecycleState": "STABLE"}
+    body["status"]["probe"] = NotCopyable()
+    body["metadata"]["managedFields"].append(NotCopyable())
+    assert ours.build(body=kopf.Body(cast(kopf.RawBody, body))) == expected
+    with pytest.raises(AssertionError, match="deep-copied"):
+        kopfs.build(body=kopf.Body(cast(kopf.RawBody, body)))
 
 
 def test_the_operators_client_looks_the_proxy_up_once_not_per_request(
