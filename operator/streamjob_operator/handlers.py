@@ -144,13 +144,16 @@ class Metrics:
             self.streamjobs.labels(state.value).set(0)
 
     def lifecycle(self, key: str, state: models.LifecycleState | None) -> None:
-        if state is None:
-            self._lifecycles.pop(key, None)
-        else:
+        """The StreamJob ``key`` is in ``state`` now (None: gone). Only the gauges of its
+        old and new state change (not a count over every StreamJob at every pass)."""
+        old = self._lifecycles.pop(key, None) if state is None else self._lifecycles.get(key)
+        if old is state:
+            return
+        if state is not None:
             self._lifecycles[key] = state
-        for each in models.LifecycleState:
-            count = sum(1 for s in self._lifecycles.values() if s is each)
-            self.streamjobs.labels(each.value).set(count)
+            self.streamjobs.labels(state.value).inc()
+        if old is not None:
+            self.streamjobs.labels(old.value).dec()
 
     def exposition(self) -> bytes:
         return prometheus_client.generate_latest(self.registry)

@@ -19,6 +19,7 @@ from kubernetes_asyncio import client
 
 from streamjob_operator import handlers
 from streamjob_operator.acting import actor, events
+from streamjob_operator.api import models
 from streamjob_operator.observing import kubeapi
 from streamjob_operator.planning import actions
 from tests.kube import KubeEmulator, fixtures
@@ -159,6 +160,35 @@ def test_an_event_posted_again_after_the_same_status_write_is_stored_once(
     assert [e["reason"] for e in posted] == ["Deploying", "Deploying"]
     assert len({e["metadata"]["name"] for e in posted}) == 2
     assert all(e["metadata"]["name"].startswith("wordcount.") for e in posted)
+
+
+def test_the_lifecycle_gauges_follow_each_streamjobs_state_changes() -> None:
+    """The StreamJobs-by-lifecycle gauges are kept by each StreamJob's change (the old
+    state's gauge down, the new one's up), not counted over every StreamJob at every
+    pass; the same pass twice changes nothing, a forgotten StreamJob leaves its gauge."""
+    metrics = handlers.Metrics()
+    State = models.LifecycleState
+
+    def gauges() -> dict[str, float]:
+        return {
+            s.value: metrics.registry.get_sample_value(
+                "streamjob_operator_streamjobs", {"lifecycle": s.value}
+            )
+            or 0.0
+            for s in State
+        }
+
+    for key in ("a", "b", "c"):
+        metrics.lifecycle(key, State.CREATED)
+    metrics.lifecycle("a", State.DEPLOYED)
+    metrics.lifecycle("a", State.STABLE)
+    metrics.lifecycle("a", State.STABLE)
+    metrics.lifecycle("b", State.STABLE)
+    metrics.lifecycle("c", None)
+    metrics.lifecycle("never-seen", None)
+    expected = {s.value: 0.0 for s in State}
+    expected.update({State.STABLE.value: 2.0})
+    assert gauges() == expected
 
 
 class NotCopyable:
