@@ -287,14 +287,15 @@ class _Run:
                 await self.writer.write(self.overlay(s))
             case actions.ApplyChildren(job=job, where=where):
                 manifests = desired_children.children(job, where, self.settings.network)
-                state = await children.applied(self.api, manifests, self.read)
+                set_hash = children.children_hash(manifests)  # once for both below
+                state = await children.applied(self.api, manifests, self.read, set_hash)
                 if state is children.Applied.SAME:
                     return  # as applied before, with the same hash: nothing to write
                 self.read = None
                 # the Secrets the pods mount, before the pods
                 self.rest_credentials = await self.actor.credentials(self.streamjob, fresh=True)
                 fresh = state is children.Applied.ABSENT
-                await children.apply_all(self.api, manifests, fresh=fresh)
+                await children.apply_all(self.api, manifests, fresh=fresh, set_hash=set_hash)
                 if not self.settings.network.enabled:  # turned off: none may linger
                     await children.delete_network_policies(self.api, names, where)
             case actions.DeleteJobManager(where=where):

@@ -161,13 +161,18 @@ async def apply(api: client.ApiClient, manifest: Obj, *, create_first: bool = Fa
     return "replaced"
 
 
-def stamped(manifests: list[Obj]) -> list[Obj]:
+def children_hash(manifests: list[Obj]) -> str:
+    """The hash of a set of children, as :func:`stamped` stamps it."""
+    return desired_hash({"children": manifests})
+
+
+def stamped(manifests: list[Obj], set_hash: str | None = None) -> list[Obj]:
     """``manifests`` with the last (the TaskManager Deployment) annotated with the hash
-    of them all."""
+    of them all (``set_hash``, when the caller has it: :func:`children_hash`)."""
     if not manifests:
         return manifests
-    children_hash = desired_hash({"children": manifests})
-    return [*manifests[:-1], _annotated(manifests[-1], CHILDREN_HASH_ANNOTATION, children_hash)]
+    children_hash_ = set_hash if set_hash is not None else children_hash(manifests)
+    return [*manifests[:-1], _annotated(manifests[-1], CHILDREN_HASH_ANNOTATION, children_hash_)]
 
 
 class Applied(enum.Enum):
@@ -179,16 +184,19 @@ class Applied(enum.Enum):
 
 
 async def applied(
-    api: client.ApiClient, manifests: list[Obj], read: observed_children.Read | None = None
+    api: client.ApiClient,
+    manifests: list[Obj],
+    read: observed_children.Read | None = None,
+    set_hash: str | None = None,
 ) -> Applied:
     """Whether ``manifests`` (``desired.children``) were applied as they are: every
     Deployment among them exists and is not being deleted, and the last carries their
-    hash. A Deployment in ``read`` (as this pass observed it, nothing written since) is
-    taken from there instead of read again."""
+    hash (``set_hash``, when the caller has it). A Deployment in ``read`` (as this pass
+    observed it, nothing written since) is taken from there instead of read again."""
     deployments = [m for m in manifests if m["kind"] == "Deployment"]
     if not deployments or manifests[-1] is not deployments[-1]:
         return Applied.OTHER
-    expected = stamped(manifests)[-1]["metadata"]["annotations"][CHILDREN_HASH_ANNOTATION]
+    expected = set_hash if set_hash is not None else children_hash(manifests)
     known = read.deployments if read is not None else {}
     stored = [
         known[p] if p in known else await kubeapi.get(api, p)
@@ -204,10 +212,17 @@ async def applied(
     return Applied.SAME if same else Applied.OTHER
 
 
-async def apply_all(api: client.ApiClient, manifests: list[Obj], *, fresh: bool = False) -> None:
-    """Apply ``manifests`` in order, the last stamped with the hash of them all;
-    ``fresh`` (none of their Deployments exists): each is created before it is read."""
-    for manifest in stamped(manifests):
+async def apply_all(
+    api: client.ApiClient,
+    manifests: list[Obj],
+    *,
+    fresh: bool = False,
+    set_hash: str | None = None,
+) -> None:
+    """Apply ``manifests`` in order, the last stamped with the hash of them all
+    (``set_hash``, when the caller has it); ``fresh`` (none of their Deployments exists):
+    each is created before it is read."""
+    for manifest in stamped(manifests, set_hash):
         await apply(api, manifest, create_first=fresh)
 
 
