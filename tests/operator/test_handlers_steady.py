@@ -21,7 +21,7 @@ from streamjob_operator import handlers
 from streamjob_operator.acting import actor, events
 from streamjob_operator.api import models
 from streamjob_operator.observing import kubeapi
-from streamjob_operator.planning import actions
+from streamjob_operator.planning import actions, configuration
 from tests.kube import KubeEmulator, fixtures
 from tests.kube.server import RequestRecord
 from tests.operator import test_acting, test_handlers, test_observing
@@ -87,6 +87,33 @@ def test_passes_over_a_stable_streamjob_and_a_resumed_operator_write_nothing(
     after_resume = by_resource(kube.requests[mark:])
     assert not [k for k in after_resume if k.split()[0] in WRITES], after_resume
     assert status_of(kube)["lifecycleState"] == "STABLE"
+
+
+def test_a_created_streamjob_reaches_stable_reading_each_child_once_a_pass(
+    kube: KubeEmulator, fake_jobmanager: FakeJobManager
+) -> None:
+    """From creation to STABLE (default settings): each pass reads the StreamJob and at
+    most its two Deployments once (applying the children takes them as observed);
+    the credentials' Secrets are created without a read; every child is created once."""
+    reconciler = reconciler_for(
+        kube, fake_jobmanager, planning=configuration.OperatorConfiguration()
+    )
+    with operator(kube, reconciler), DeploymentController(kube, fake_jobmanager):
+        mark = len(kube.requests)
+        create(kube, spec={**test_handlers.SPEC, "checkpointing": {"interval": "1s"}})
+        wait_lifecycle(kube, "DEPLOYED")
+        (jid,) = fake_jobmanager.jobs
+        fake_jobmanager.checkpoints[jid] = 1
+        wait_lifecycle(kube, "STABLE")
+        kube.wait_for(lambda: "Stable" in test_handlers.reasons(kube), timeout=10)
+        made = by_resource(kube.requests[mark:])
+    passes = made["GET streamjobs"]  # one a pass (and one per conflict's re-read)
+    assert passes >= 3, made  # create, submit, STABLE at least
+    assert made["GET deployments"] <= 2 * passes, made  # was 3 a pass on average
+    assert "GET secrets" not in made, made
+    assert made["POST secrets"] == 3, made
+    assert made["POST deployments"] == 2, made
+    assert not [k for k in made if k.startswith("PUT")], made
 
 
 def test_a_streamjob_waiting_for_its_jobmanager_is_not_reapplied_at_every_pass(
