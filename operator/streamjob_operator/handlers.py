@@ -43,8 +43,9 @@ import datetime
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
+import aiohttp
 import kopf
 import prometheus_client
 from kubernetes_asyncio import client
@@ -52,6 +53,8 @@ from kubernetes_asyncio import client
 from streamjob_operator.acting import actor
 from streamjob_operator.api import models
 from streamjob_operator.desired import metadata
+from streamjob_operator.observing import children as observed_children
+from streamjob_operator.observing import jobmanager as rest_observing
 from streamjob_operator.observing import observer, resource
 from streamjob_operator.planning import actions, configuration, observed, planner
 
@@ -141,13 +144,16 @@ class Metrics:
             self.streamjobs.labels(state.value).set(0)
 
     def lifecycle(self, key: str, state: models.LifecycleState | None) -> None:
-        if state is None:
-            self._lifecycles.pop(key, None)
-        else:
+        """The StreamJob ``key`` is in ``state`` now (None: gone). Only the gauges of its
+        old and new state change (not a count over every StreamJob at every pass)."""
+        old = self._lifecycles.pop(key, None) if state is None else self._lifecycles.get(key)
+        if old is state:
+            return
+        if state is not None:
             self._lifecycles[key] = state
-        for each in models.LifecycleState:
-            count = sum(1 for s in self._lifecycles.values() if s is each)
-            self.streamjobs.labels(each.value).set(count)
+            self.streamjobs.labels(state.value).inc()
+        if old is not None:
+            self.streamjobs.labels(old.value).dec()
 
     def exposition(self) -> bytes:
         return prometheus_client.generate_latest(self.registry)
@@ -204,6 +210,7 @@ class Reconciler:
         self.leading = leading
         self.passes = 0  # passes started, for tests and logs
         self._api: client.ApiClient | None = None
+        self._rest_session: aiohttp.ClientSession | None = None  # JobManager requests'
         self._api_lock = asyncio.Lock()  # concurrent first passes make one client
         self._stopping = False
         self._actor: actor.Actor | None = None
@@ -231,7 +238,13 @@ class Reconciler:
                 raise Stopping("the operator is stopping")
             if self._api is None:
                 self._api = await self._api_factory()
-                self._actor = actor.Actor(self._api, self.options.acting, clock=self.clock)
+                self._rest_session = rest_observing.session()
+                self._actor = actor.Actor(
+                    self._api,
+                    self.options.acting,
+                    clock=self.clock,
+                    rest_session=self._rest_session,
+                )
             return self._api
 
     async def close(self) -> None:
@@ -244,6 +257,9 @@ class Reconciler:
             if self._api is not None:
                 api, self._api, self._actor = self._api, None, None
                 await api.close()
+            if self._rest_session is not None:
+                rest_session, self._rest_session = self._rest_session, None
+                await rest_session.close()
 
     def due(self, namespace: str, name: str) -> bool:
         """Whether the StreamJob's next pass is due. One no pass has seen is not: its
@@ -334,18 +350,21 @@ class Reconciler:
             for attempt in range(1, CONFLICT_ATTEMPTS + 1):
                 try:
                     with self.metrics.duration.time():
-                        return await self._pass(key, namespace, name)
+                        return await self._pass(key, namespace, name, trigger)
                 except Conflicted as e:
                     if attempt == CONFLICT_ATTEMPTS:
                         raise
                     log.debug("StreamJob %s: %s; running the pass again", key, e)
             raise AssertionError("unreachable")
 
-    async def _pass(self, key: str, namespace: str, name: str) -> actor.Outcome | None:
+    async def _pass(
+        self, key: str, namespace: str, name: str, trigger: str
+    ) -> actor.Outcome | None:
         stage = "read"
         try:
             api = await self.api()
             acting = self._actor  # close() may drop it while this pass waits on the API
+            rest_session = self._rest_session
             streamjob = await resource.read(api, namespace, name)
             if streamjob is None:
                 self.forget(namespace, name)
@@ -353,8 +372,9 @@ class Reconciler:
             if acting is None:
                 raise Stopping("the operator is stopping")
             stage = "credentials"
-            rest_credentials = await acting.credentials(streamjob)
+            rest_credentials = await acting.credentials(streamjob, created=trigger == "create")
             stage = "observe"
+            read = observed_children.Read()
             seen = await observer.observe(
                 api,
                 streamjob,
@@ -364,6 +384,8 @@ class Reconciler:
                 refused=self._refused.get(key),
                 rest_timeout_s=self.options.rest_timeout_s,
                 credentials=rest_credentials,
+                read=read,
+                rest_session=rest_session,
             )
             stage = "plan"
             plan = planner.plan(
@@ -372,7 +394,7 @@ class Reconciler:
             stage = "act"
             if self._stopping or acting is None:
                 raise Stopping("the operator is stopping")
-            outcome = await acting.act(streamjob, plan, rest_credentials)
+            outcome = await acting.act(streamjob, plan, rest_credentials, read)
         except Stopping as e:
             raise Interrupted(str(e), self.options.retry_delay) from None
         except Exception as e:  # the loop must not die: count, log, retry later
@@ -433,6 +455,31 @@ class Reconciler:
         )
 
 
+class DiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf's annotations diff-base storage, building an event's essence (what kopf
+    compares with the last handled one: the body without its status and system
+    metadata) from the fields it keeps only. kopf's own deep-copies the whole body
+    first, status and metadata included, for every event of every StreamJob and
+    Deployment it watches, then drops them. The essence is the same."""
+
+    def build(
+        self,
+        *,
+        body: kopf.Body,
+        extra_fields: Any = None,
+    ) -> kopf.BodyEssence:
+        if extra_fields:  # fields of the status to keep: kopf's way, on the whole body
+            return super().build(body=body, extra_fields=extra_fields)
+        meta = body.get("metadata") or {}
+        kept: dict[str, Any] = {k: v for k, v in body.items() if k not in ("metadata", "status")}
+        # labels and annotations are what kopf keeps of the metadata; ownerReferences
+        # name its storage keys
+        kept["metadata"] = {
+            k: meta[k] for k in ("labels", "annotations", "ownerReferences") if k in meta
+        }
+        return super().build(body=kopf.Body(cast(kopf.RawBody, kept)), extra_fields=extra_fields)
+
+
 def configure(settings: kopf.OperatorSettings) -> None:
     """kopf's settings for this operator (see the module doc)."""
     settings.peering.standalone = True
@@ -441,7 +488,7 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.posting.reporting_component = "streamjob-operator"
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    settings.persistence.diffbase_storage = DiffBaseStorage(
         prefix=PREFIX, key="last-handled-configuration"
     )
 

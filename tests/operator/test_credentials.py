@@ -54,11 +54,15 @@ def data(kube: KubeEmulator, name: str) -> dict[str, bytes]:
 
 
 def ensure(
-    kube: KubeEmulator, streamjob: resource.StreamJobResource, now: datetime.datetime
+    kube: KubeEmulator,
+    streamjob: resource.StreamJobResource,
+    now: datetime.datetime,
+    *,
+    new: bool = False,
 ) -> rest_observing.Credentials:
     async def main() -> rest_observing.Credentials:
         async with fixtures.api_client(kube) as api:
-            return await credentials.ensure(api, streamjob.identity(), now)
+            return await credentials.ensure(api, streamjob.identity(), now, new=new)
 
     return asyncio.run(main())
 
@@ -121,8 +125,35 @@ def test_applying_children_first_makes_the_ca_certificate_and_token_secrets_the_
     )
 
 
-def test_a_secret_of_that_name_controlled_by_another_owner_is_refused_and_not_used(
+def test_a_new_streamjobs_secrets_are_created_without_reads_and_existing_ones_are_kept(
     kube: KubeEmulator, streamjob: resource.StreamJobResource
+) -> None:
+    """``new``: the three Secrets are POSTed without a read first. One that exists (a
+    pass that made it stopped before recording status) turns that into the usual
+    read-and-decide: the stored CA is kept, and what is missing is made from it."""
+    mark = len(kube.requests)
+    made = ensure(kube, streamjob, NOW, new=True)
+    sent = [(r.method, r.path.rsplit("/", 1)[-1]) for r in kube.requests[mark:]]
+    assert sent == [("POST", "secrets")] * 3, sent
+    assert data(kube, "wordcount-rest-token")["token"].decode() == made.token
+    assert data(kube, "wordcount-tls")["ca.crt"] == made.ca
+    ca = data(kube, "wordcount-ca")
+
+    kube.delete("v1", "secrets", "wordcount-tls", NAMESPACE)
+    kube.delete("v1", "secrets", "wordcount-rest-token", NAMESPACE)
+    again = ensure(kube, streamjob, NOW + DAY, new=True)
+    assert data(kube, "wordcount-ca") == ca  # kept, not replaced by a new CA
+    assert again.ca == made.ca
+    tls = data(kube, "wordcount-tls")
+    issued = x509.load_pem_x509_certificate(tls["tls.crt"])
+    (authority,) = certs(ca["ca.crt"])
+    assert issued.issuer == authority.subject
+    assert data(kube, "wordcount-rest-token")["token"].decode() == again.token
+
+
+@pytest.mark.parametrize("new", [False, True])
+def test_a_secret_of_that_name_controlled_by_another_owner_is_refused_and_not_used(
+    kube: KubeEmulator, streamjob: resource.StreamJobResource, new: bool
 ) -> None:
     owner = kube.create(
         {
@@ -152,7 +183,7 @@ def test_a_secret_of_that_name_controlled_by_another_owner_is_refused_and_not_us
         }
     )
     with pytest.raises(children.ApplyRefused, match="controlled by ConfigMap someone"):
-        ensure(kube, streamjob, NOW)
+        ensure(kube, streamjob, NOW, new=new)
     assert data(kube, "wordcount-rest-token") == {"token": b"theirs"}
 
 

@@ -11,14 +11,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime
-from typing import Any
+from typing import Any, cast
 
+import kopf
 import pytest
 from kubernetes_asyncio import client
 
+from streamjob_operator import handlers
 from streamjob_operator.acting import actor, events
+from streamjob_operator.api import models
 from streamjob_operator.observing import kubeapi
-from streamjob_operator.planning import actions
+from streamjob_operator.planning import actions, configuration
 from tests.kube import KubeEmulator, fixtures
 from tests.kube.server import RequestRecord
 from tests.operator import test_acting, test_handlers, test_observing
@@ -86,12 +89,40 @@ def test_passes_over_a_stable_streamjob_and_a_resumed_operator_write_nothing(
     assert status_of(kube)["lifecycleState"] == "STABLE"
 
 
+def test_a_created_streamjob_reaches_stable_reading_each_child_once_a_pass(
+    kube: KubeEmulator, fake_jobmanager: FakeJobManager
+) -> None:
+    """From creation to STABLE (default settings): each pass reads the StreamJob and at
+    most its two Deployments once (applying the children takes them as observed);
+    the credentials' Secrets are created without a read; every child is created once."""
+    reconciler = reconciler_for(
+        kube, fake_jobmanager, planning=configuration.OperatorConfiguration()
+    )
+    with operator(kube, reconciler), DeploymentController(kube, fake_jobmanager):
+        mark = len(kube.requests)
+        create(kube, spec={**test_handlers.SPEC, "checkpointing": {"interval": "1s"}})
+        wait_lifecycle(kube, "DEPLOYED")
+        (jid,) = fake_jobmanager.jobs
+        fake_jobmanager.checkpoints[jid] = 1
+        wait_lifecycle(kube, "STABLE")
+        kube.wait_for(lambda: "Stable" in test_handlers.reasons(kube), timeout=10)
+        made = by_resource(kube.requests[mark:])
+    passes = made["GET streamjobs"]  # one a pass (and one per conflict's re-read)
+    assert passes >= 3, made  # create, submit, STABLE at least
+    assert made["GET deployments"] <= 2 * passes, made  # was 3 a pass on average
+    assert "GET secrets" not in made, made
+    assert made["POST secrets"] == 3, made
+    assert made["POST deployments"] == 2, made
+    assert not [k for k in made if k.startswith("PUT")], made
+
+
 def test_a_streamjob_waiting_for_its_jobmanager_is_not_reapplied_at_every_pass(
     kube: KubeEmulator,
 ) -> None:
     """While the step waits for a JobManager that never gets ready, each pass checks its
     two Deployments carry the children's hash, instead of reading (and maybe replacing)
-    all twelve children; nothing is written."""
+    all twelve children, and takes them as it observed them: each is read once a pass;
+    nothing is written."""
     reconciler = reconciler_for(kube)
     with operator(kube, reconciler):
         created = len(kube.requests)
@@ -113,10 +144,10 @@ def test_a_streamjob_waiting_for_its_jobmanager_is_not_reapplied_at_every_pass(
         first = reconciler.passes
         kube.wait_for(lambda: reconciler.passes >= first + 1, timeout=30, what="a pass")
         mark, passes = len(kube.requests), reconciler.passes
-        # the first pass made sure of the credentials' three Secrets once (a read each,
-        # absent: created without another read), not again before it applied the children
+        # the first pass made the credentials' three Secrets once (the StreamJob is new:
+        # created without reading them first), not again before it applied the children
         made = by_resource(kube.requests[created:mark])
-        assert (made["GET secrets"], made["POST secrets"]) == (3, 3), made
+        assert (made["GET secrets"], made["POST secrets"]) == (0, 3), made
         kube.wait_for(lambda: reconciler.passes >= passes + 3, timeout=30, what="3 passes")
         waiting = by_resource(kube.requests[mark:])
         # a Deployment deleted by hand is applied again (its hash check fails)
@@ -128,6 +159,9 @@ def test_a_streamjob_waiting_for_its_jobmanager_is_not_reapplied_at_every_pass(
         )
     assert not [k for k in waiting if k.split()[0] in WRITES], waiting
     assert set(waiting) == {"GET streamjobs", "GET deployments"}, waiting
+    # each pass reads the StreamJob, then its two Deployments once (the counts began
+    # inside a pass, after its StreamJob read, hence one more pass's two)
+    assert waiting["GET deployments"] <= 2 * (waiting["GET streamjobs"] + 1), waiting
 
 
 def test_an_event_posted_again_after_the_same_status_write_is_stored_once(
@@ -153,6 +187,87 @@ def test_an_event_posted_again_after_the_same_status_write_is_stored_once(
     assert [e["reason"] for e in posted] == ["Deploying", "Deploying"]
     assert len({e["metadata"]["name"] for e in posted}) == 2
     assert all(e["metadata"]["name"].startswith("wordcount.") for e in posted)
+
+
+def test_the_lifecycle_gauges_follow_each_streamjobs_state_changes() -> None:
+    """The StreamJobs-by-lifecycle gauges are kept by each StreamJob's change (the old
+    state's gauge down, the new one's up), not counted over every StreamJob at every
+    pass; the same pass twice changes nothing, a forgotten StreamJob leaves its gauge."""
+    metrics = handlers.Metrics()
+    State = models.LifecycleState
+
+    def gauges() -> dict[str, float]:
+        return {
+            s.value: metrics.registry.get_sample_value(
+                "streamjob_operator_streamjobs", {"lifecycle": s.value}
+            )
+            or 0.0
+            for s in State
+        }
+
+    for key in ("a", "b", "c"):
+        metrics.lifecycle(key, State.CREATED)
+    metrics.lifecycle("a", State.DEPLOYED)
+    metrics.lifecycle("a", State.STABLE)
+    metrics.lifecycle("a", State.STABLE)
+    metrics.lifecycle("b", State.STABLE)
+    metrics.lifecycle("c", None)
+    metrics.lifecycle("never-seen", None)
+    expected = {s.value: 0.0 for s in State}
+    expected.update({State.STABLE.value: 2.0})
+    assert gauges() == expected
+
+
+class NotCopyable:
+    """A value that fails the test if kopf deep-copies it."""
+
+    def __deepcopy__(self, memo: object) -> NotCopyable:
+        raise AssertionError("deep-copied")
+
+
+def test_kopfs_essence_of_an_event_is_built_without_copying_status_or_system_metadata() -> None:
+    """The diff-base storage (``handlers.DiffBaseStorage``) gives kopf the same essence
+    of a body as kopf's own, without deep-copying its status and system metadata (kopf
+    builds one for every event of every StreamJob and Deployment it watches)."""
+    kopfs = kopf.AnnotationsDiffBaseStorage(
+        prefix=handlers.PREFIX, key="last-handled-configuration"
+    )
+    ours = handlers.DiffBaseStorage(prefix=handlers.PREFIX, key="last-handled-configuration")
+    body: dict[str, Any] = {
+        "apiVersion": "streamjob.dev/v1alpha1",
+        "kind": "StreamJob",
+        "metadata": {
+            "name": "wordcount",
+            "namespace": NAMESPACE,
+            "uid": "u1",
+            "resourceVersion": "7",
+            "generation": 2,
+            "labels": {"team": "a"},
+            "annotations": {
+                "note": "kept",
+                "streamjob.dev/last-handled-configuration": '{"spec": {}}',
+                "kubectl.kubernetes.io/last-applied-configuration": "{}",
+            },
+            "finalizers": [handlers.FINALIZER],
+            "ownerReferences": [{"kind": "Thing", "name": "x", "uid": "u0"}],
+            "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}],
+        },
+        "spec": {"image": "streamjob:1", "job": {"parallelism": 2}, "empty": {}},
+        "status": {"lifecycleState": "STABLE", "conditions": [{"type": "Ready"}]},
+    }
+    expected = kopfs.build(body=kopf.Body(cast(kopf.RawBody, body)))
+    assert ours.build(body=kopf.Body(cast(kopf.RawBody, body))) == expected
+    assert expected["metadata"]["annotations"] == {"note": "kept"}
+    # fields kopf is asked to keep of the status: kopf's way
+    kept = ours.build(
+        body=kopf.Body(cast(kopf.RawBody, body)), extra_fields=["status.lifecycleState"]
+    )
+    assert kept["status"] == {"lifecycleState": "STABLE"}
+    body["status"]["probe"] = NotCopyable()
+    body["metadata"]["managedFields"].append(NotCopyable())
+    assert ours.build(body=kopf.Body(cast(kopf.RawBody, body))) == expected
+    with pytest.raises(AssertionError, match="deep-copied"):
+        kopfs.build(body=kopf.Body(cast(kopf.RawBody, body)))
 
 
 def test_the_operators_client_looks_the_proxy_up_once_not_per_request(

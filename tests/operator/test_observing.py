@@ -63,6 +63,7 @@ class FakeJobManager:
         self.ssl_context = ssl_context
         self.token = token
         self.authorizations: list[str | None] = []
+        self.peers: list[object] = []  # the client address of each request's connection
         self.jobs: dict[str, rest.JobOverview] = {}
         self.checkpoints: dict[str, int] = {}
         self._triggered: dict[tuple[str, int], int] = {}
@@ -127,6 +128,8 @@ class FakeJobManager:
     ) -> web.StreamResponse:
         self.requests.append(f"{request.method} {request.path}")
         self.authorizations.append(request.headers.get("Authorization"))
+        transport = request.transport
+        self.peers.append(None if transport is None else transport.get_extra_info("peername"))
         if self.token is not None and request.headers.get("Authorization") != (
             f"Bearer {self.token}"
         ):
@@ -526,6 +529,37 @@ def test_the_pending_savepoint_request_is_asked_about(
     seen = run_observe(kube, read_resource(kube), resolve=fake_jobmanager.resolve)
     assert seen.rest_reachable
     assert seen.savepoint is None
+
+
+def test_observations_sharing_a_session_reuse_its_connection_with_each_ones_token(
+    fake_jobmanager: FakeJobManager,
+) -> None:
+    """The operator's passes share one REST session (``jobmanager.session``): a second
+    observation of a JobManager goes over the first's connection (no new one, and no SSL
+    context for a plain-HTTP URL), each with its own credentials' token."""
+    jid = fake_jobmanager.add_job()
+
+    async def observe_twice() -> list[rest_observing.RestObservation]:
+        async with rest_observing.session() as shared:
+            return [
+                await rest_observing.observe(
+                    fake_jobmanager.url,
+                    jid,
+                    None,
+                    credentials=rest_observing.Credentials(token=token, ca=b"not a CA"),
+                    shared=shared,
+                )
+                for token in ("first", "second")
+            ]
+
+    first, second = asyncio.run(observe_twice())
+    assert first.reachable, first.error
+    assert second.reachable, second.error
+    assert second.job is not None
+    assert second.job.jid == jid
+    assert len(fake_jobmanager.peers) == 6  # jobs, the job, its checkpoints; twice
+    assert len(set(fake_jobmanager.peers)) == 1, fake_jobmanager.peers
+    assert fake_jobmanager.authorizations == 3 * ["Bearer first"] + 3 * ["Bearer second"]
 
 
 @pytest.mark.parametrize("failure", ["refused", "standby", "garbage"])

@@ -5,8 +5,9 @@ What each action does:
 - WriteStatus: merge-patch the status subresource, with the resourceVersion last seen
   as precondition (``acting.status``);
 - ApplyChildren: nothing when the children were applied before with the same hash
-  (``acting.children.applied``: two reads, no write, so a pass that waits for its
-  JobManager re-applies nothing); else first the job's CA, certificate and REST token
+  (``acting.children.applied``: the two Deployments as the pass observed them, when
+  nothing of the plan wrote one before, else two reads; no write, so a pass that waits
+  for its JobManager re-applies nothing); else first the job's CA, certificate and REST token
   Secrets (made or renewed, ``acting.credentials``), then create or replace every
   manifest of ``desired.children`` (``acting.children``), NetworkPolicies as
   ``Settings.network`` says (turned off: deleted, 404 done);
@@ -59,6 +60,7 @@ from streamjob_operator.acting import children, credentials, events, savepoints,
 from streamjob_operator.api import models
 from streamjob_operator.desired import children as desired_children
 from streamjob_operator.desired import jobmanager, metadata, network, target
+from streamjob_operator.observing import children as observed_children
 from streamjob_operator.observing import jobmanager as rest_observing
 from streamjob_operator.observing import resource
 from streamjob_operator.planning import actions, observed
@@ -136,8 +138,12 @@ class Actor:
         api: client.ApiClient,
         settings: Settings | None = None,
         clock: Callable[[], datetime.datetime] | None = None,
+        rest_session: aiohttp.ClientSession | None = None,
     ) -> None:
+        """``rest_session``: the session JobManager requests share
+        (``observing.jobmanager.session``; the caller closes it); None: one per client."""
         self.api = api
+        self.rest_session = rest_session
         self.settings = settings or Settings()
         self.clock = clock or (lambda: datetime.datetime.now(datetime.UTC))
         self._reported: set[str] = set()  # savepoints reported as not disposable
@@ -145,7 +151,11 @@ class Actor:
         self._ensured: dict[str, tuple[rest_observing.Credentials, datetime.datetime]] = {}
 
     async def credentials(
-        self, streamjob: resource.StreamJobResource, *, fresh: bool = False
+        self,
+        streamjob: resource.StreamJobResource,
+        *,
+        fresh: bool = False,
+        created: bool = False,
     ) -> rest_observing.Credentials | None:
         """The job's REST credentials: made or renewed as due (``acting.credentials``);
         only read for a StreamJob being deleted (None when they are gone).
@@ -154,7 +164,9 @@ class Actor:
         the Secrets again (three GETs a pass saved; renewals are due days ahead), unless
         ``fresh``: before children are applied, the Secrets their pods mount are made
         sure of (unless that was done in the last :data:`JUST_ENSURED`: by the same
-        pass)."""
+        pass). ``created``: the pass runs because the StreamJob was created; if no pass
+        recorded its status either, its Secrets are created without reading them first
+        (``credentials.ensure``'s ``new``)."""
         job = streamjob.identity()
         if streamjob.deletion_timestamp is not None:
             self._ensured.pop(streamjob.uid, None)
@@ -165,7 +177,8 @@ class Actor:
         if known is not None and now - known[1] < max_age:
             # a copy: its SSL context (14 kB) is made for the pass, not kept per StreamJob
             return dataclasses.replace(known[0])
-        ensured = await credentials.ensure(self.api, job, now)
+        new = created and known is None and streamjob.status == models.StreamJobStatus()
+        ensured = await credentials.ensure(self.api, job, now, new=new)
         self._ensured[streamjob.uid] = (ensured, now)
         return dataclasses.replace(ensured)
 
@@ -174,16 +187,19 @@ class Actor:
         streamjob: resource.StreamJobResource,
         plan: actions.Plan,
         rest_credentials: rest_observing.Credentials | None = None,
+        read: observed_children.Read | None = None,
     ) -> Outcome:
         """Take ``plan``'s actions in order, then record its status; ``rest_credentials``:
-        what :meth:`credentials` gave this pass (asked for when needed, if not given).
+        what :meth:`credentials` gave this pass (asked for when needed, if not given);
+        ``read``: the Deployments as this pass observed them (used until an action
+        writes or deletes one).
 
         An Event is posted once the status write that follows it in the plan (the step's
         write-ahead record), or the final one, is stored: a pass that fails before that
         (a 409 conflict, say) is planned again and posts its Events then, so they are not
         posted twice.
         """
-        run = _Run(self, streamjob, rest_credentials)
+        run = _Run(self, streamjob, rest_credentials, read)
         outcome = run.outcome
         events: list[actions.RecordEvent] = []
         for action in plan.actions:
@@ -219,9 +235,11 @@ class _Run:
         actor: Actor,
         streamjob: resource.StreamJobResource,
         rest_credentials: rest_observing.Credentials | None,
+        read: observed_children.Read | None = None,
     ) -> None:
         self.actor = actor
         self.rest_credentials = rest_credentials
+        self.read = read  # None once an action wrote or deleted a Deployment
         self.api = actor.api
         self.settings = actor.settings
         self.streamjob = streamjob
@@ -252,23 +270,32 @@ class _Run:
     async def rest(self, where: target.DeploymentTarget) -> rest_client.JobManagerClient:
         url = jobmanager.rest_url(self.streamjob.identity(), where)
         return rest_observing.client(
-            self.settings.resolve(url), self.settings.rest_timeout_s, await self.credentials()
+            self.settings.resolve(url),
+            self.settings.rest_timeout_s,
+            await self.credentials(),
+            self.actor.rest_session,
         )
 
     async def take(self, action: actions.Action) -> None:
         names = self.streamjob.identity()
+        if isinstance(
+            action, actions.DeleteJobManager | actions.DeleteTaskManager | actions.DeleteChildren
+        ):
+            self.read = None
         match action:
             case actions.WriteStatus(status=s):
                 await self.writer.write(self.overlay(s))
             case actions.ApplyChildren(job=job, where=where):
                 manifests = desired_children.children(job, where, self.settings.network)
-                state = await children.applied(self.api, manifests)
+                set_hash = children.children_hash(manifests)  # once for both below
+                state = await children.applied(self.api, manifests, self.read, set_hash)
                 if state is children.Applied.SAME:
                     return  # as applied before, with the same hash: nothing to write
+                self.read = None
                 # the Secrets the pods mount, before the pods
                 self.rest_credentials = await self.actor.credentials(self.streamjob, fresh=True)
                 fresh = state is children.Applied.ABSENT
-                await children.apply_all(self.api, manifests, fresh=fresh)
+                await children.apply_all(self.api, manifests, fresh=fresh, set_hash=set_hash)
                 if not self.settings.network.enabled:  # turned off: none may linger
                     await children.delete_network_policies(self.api, names, where)
             case actions.DeleteJobManager(where=where):

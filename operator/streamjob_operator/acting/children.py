@@ -40,6 +40,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from streamjob_operator.desired import children as desired_children
 from streamjob_operator.desired import ha, metadata, network, target
+from streamjob_operator.observing import children as observed_children
 from streamjob_operator.observing import kubeapi
 
 HASH_ANNOTATION = "streamjob.dev/desired-hash"
@@ -57,11 +58,16 @@ def desired_hash(manifest: Obj) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+def _annotated(manifest: Obj, key: str, value: str) -> Obj:
+    """``manifest`` with one more annotation: a new top and metadata, the rest shared
+    with ``manifest`` (treat both as read-only; copy before changing either)."""
+    meta = manifest["metadata"]
+    annotations = {**(meta.get("annotations") or {}), key: value}
+    return {**manifest, "metadata": {**meta, "annotations": annotations}}
+
+
 def with_hash(manifest: Obj) -> Obj:
-    stamped = copy.deepcopy(manifest)
-    annotations = stamped["metadata"].setdefault("annotations", {})
-    annotations[HASH_ANNOTATION] = desired_hash(manifest)
-    return stamped
+    return _annotated(manifest, HASH_ANNOTATION, desired_hash(manifest))
 
 
 def _empty(value: Any) -> bool:
@@ -95,6 +101,20 @@ def _controller(obj: Obj) -> dict[str, Any] | None:
 def _describe(obj: Obj) -> str:
     meta = obj["metadata"]
     return f"{obj['kind']} {meta['namespace']}/{meta['name']}"
+
+
+async def create(api: client.ApiClient, manifest: Obj) -> bool:
+    """Create ``manifest`` (with its hash) without reading first; False when an object of
+    its name exists (409), which is left as it is."""
+    try:
+        await kubeapi.request(
+            api, "POST", kubeapi.collection_of(manifest), body=with_hash(manifest)
+        )
+    except ApiException as e:
+        if e.status != 409:
+            raise
+        return False
+    return True
 
 
 async def apply(api: client.ApiClient, manifest: Obj, *, create_first: bool = False) -> str:
@@ -141,15 +161,18 @@ async def apply(api: client.ApiClient, manifest: Obj, *, create_first: bool = Fa
     return "replaced"
 
 
-def stamped(manifests: list[Obj]) -> list[Obj]:
+def children_hash(manifests: list[Obj]) -> str:
+    """The hash of a set of children, as :func:`stamped` stamps it."""
+    return desired_hash({"children": manifests})
+
+
+def stamped(manifests: list[Obj], set_hash: str | None = None) -> list[Obj]:
     """``manifests`` with the last (the TaskManager Deployment) annotated with the hash
-    of them all."""
+    of them all (``set_hash``, when the caller has it: :func:`children_hash`)."""
     if not manifests:
         return manifests
-    last = copy.deepcopy(manifests[-1])
-    annotations = last["metadata"].setdefault("annotations", {})
-    annotations[CHILDREN_HASH_ANNOTATION] = desired_hash({"children": manifests})
-    return [*manifests[:-1], last]
+    children_hash_ = set_hash if set_hash is not None else children_hash(manifests)
+    return [*manifests[:-1], _annotated(manifests[-1], CHILDREN_HASH_ANNOTATION, children_hash_)]
 
 
 class Applied(enum.Enum):
@@ -160,15 +183,25 @@ class Applied(enum.Enum):
     OTHER = "other"  # applied otherwise, or partly, or being deleted
 
 
-async def applied(api: client.ApiClient, manifests: list[Obj]) -> Applied:
+async def applied(
+    api: client.ApiClient,
+    manifests: list[Obj],
+    read: observed_children.Read | None = None,
+    set_hash: str | None = None,
+) -> Applied:
     """Whether ``manifests`` (``desired.children``) were applied as they are: every
     Deployment among them exists and is not being deleted, and the last carries their
-    hash."""
+    hash (``set_hash``, when the caller has it). A Deployment in ``read`` (as this pass
+    observed it, nothing written since) is taken from there instead of read again."""
     deployments = [m for m in manifests if m["kind"] == "Deployment"]
     if not deployments or manifests[-1] is not deployments[-1]:
         return Applied.OTHER
-    expected = stamped(manifests)[-1]["metadata"]["annotations"][CHILDREN_HASH_ANNOTATION]
-    stored = [await kubeapi.get(api, kubeapi.path_of(m)) for m in deployments]
+    expected = set_hash if set_hash is not None else children_hash(manifests)
+    known = read.deployments if read is not None else {}
+    stored = [
+        known[p] if p in known else await kubeapi.get(api, p)
+        for p in (kubeapi.path_of(m) for m in deployments)
+    ]
     if all(s is None for s in stored):
         return Applied.ABSENT
     metas = [(s or {}).get("metadata") or {} for s in stored]
@@ -179,10 +212,17 @@ async def applied(api: client.ApiClient, manifests: list[Obj]) -> Applied:
     return Applied.SAME if same else Applied.OTHER
 
 
-async def apply_all(api: client.ApiClient, manifests: list[Obj], *, fresh: bool = False) -> None:
-    """Apply ``manifests`` in order, the last stamped with the hash of them all;
-    ``fresh`` (none of their Deployments exists): each is created before it is read."""
-    for manifest in stamped(manifests):
+async def apply_all(
+    api: client.ApiClient,
+    manifests: list[Obj],
+    *,
+    fresh: bool = False,
+    set_hash: str | None = None,
+) -> None:
+    """Apply ``manifests`` in order, the last stamped with the hash of them all
+    (``set_hash``, when the caller has it); ``fresh`` (none of their Deployments exists):
+    each is created before it is read."""
+    for manifest in stamped(manifests, set_hash):
         await apply(api, manifest, create_first=fresh)
 
 

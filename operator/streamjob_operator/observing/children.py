@@ -17,6 +17,7 @@ a test keeps the two in step, and an entry that does not parse counts as none.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -54,14 +55,29 @@ def has_ready_pod(deployment: Mapping[str, Any] | None) -> bool:
     return int(status.get("readyReplicas") or 0) > 0
 
 
+@dataclasses.dataclass
+class Read:
+    """The Deployments one pass read, by path (None: not found), so that acting can use
+    them instead of reading them again in the same pass (``acting.children.applied``).
+    Acting drops it once the pass wrote or deleted a Deployment."""
+
+    deployments: dict[str, kubeapi.Obj | None] = dataclasses.field(default_factory=dict)
+
+
 async def read_deployment(
     api: client.ApiClient,
     job: target.StreamJob,
     where: target.DeploymentTarget,
     component: metadata.Component,
+    read: Read | None = None,
 ) -> kubeapi.Obj | None:
+    """The Deployment, or None; kept in ``read`` when given."""
     name = metadata.name(job, where, component)
-    return await kubeapi.get(api, kubeapi.path("apps/v1", "deployments", job.namespace, name))
+    resource_path = kubeapi.path("apps/v1", "deployments", job.namespace, name)
+    found = await kubeapi.get(api, resource_path)
+    if read is not None:
+        read.deployments[resource_path] = found
+    return found
 
 
 async def deployment(
@@ -69,8 +85,9 @@ async def deployment(
     job: target.StreamJob,
     where: target.DeploymentTarget,
     component: metadata.Component,
+    read: Read | None = None,
 ) -> State:
-    return deployment_state(await read_deployment(api, job, where, component))
+    return deployment_state(await read_deployment(api, job, where, component, read))
 
 
 def latest_checkpoint(data: Mapping[str, str], job_id: str) -> observed.HaCheckpoint | None:

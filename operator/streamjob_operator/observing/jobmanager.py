@@ -109,17 +109,36 @@ class Credentials:
         return ssl.create_default_context(cadata=self.ca.decode())
 
 
+def session() -> aiohttp.ClientSession:
+    """The session the operator's REST clients share (:func:`client`): connections to one
+    address are reused from pass to pass (a JobManager reached over plain HTTP, as through
+    ``kubectl proxy``, or the same SSL context) and closed after :data:`KEEPALIVE_S` idle,
+    so a thousand JobManagers' TLS connections are not kept between passes."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_S)
+    )
+
+
+KEEPALIVE_S = 1.0
+
+
 def client(
-    url: str, timeout_s: float, credentials: Credentials | None
+    url: str,
+    timeout_s: float,
+    credentials: Credentials | None,
+    shared: aiohttp.ClientSession | None = None,
 ) -> rest_client.JobManagerClient:
-    """A REST client for ``url`` with ``credentials`` (none: anonymous, plain trust)."""
+    """A REST client for ``url`` with ``credentials`` (none: anonymous, plain trust), on
+    the ``shared`` session when given (else one of its own). The SSL context is made
+    for an ``https://`` URL only."""
     if credentials is None:
-        return rest_client.JobManagerClient(url, timeout_s=timeout_s)
+        return rest_client.JobManagerClient(url, timeout_s=timeout_s, session=shared)
     return rest_client.JobManagerClient(
         url,
         timeout_s=timeout_s,
         token=credentials.token,
-        ssl=credentials.ssl_context,
+        ssl=credentials.ssl_context if url.startswith("https:") else None,
+        session=shared,
     )
 
 
@@ -166,12 +185,13 @@ async def observe(
     *,
     overview: bool = False,
     credentials: Credentials | None = None,
+    shared: aiohttp.ClientSession | None = None,
 ) -> RestObservation:
     """What the JobManager at ``url`` says of its jobs, of ``job_id`` and of the savepoint
     request ``savepoint`` = (job id, request id); and with ``overview`` of its cluster
-    (``GET /overview``: TaskManagers and slots)."""
+    (``GET /overview``: TaskManagers and slots). ``shared``: see :func:`client`."""
     try:
-        async with client(url, timeout_s, credentials) as jm:
+        async with client(url, timeout_s, credentials, shared) as jm:
             jobs = (await jm.list_jobs()).jobs
             job = checkpoints = None
             if job_id is not None:

@@ -19,6 +19,7 @@ and queued its Lease renewals behind passes. The client looks the proxy up once 
 
 from __future__ import annotations
 
+import json
 import urllib.parse
 import urllib.request
 from collections.abc import Sequence
@@ -45,9 +46,6 @@ PLURALS: dict[str, str] = {
 
 MERGE_PATCH = "application/merge-patch+json"
 JSON = "application/json"
-
-# What every response is decoded as: the JSON itself (a dict), not a model.
-_AS_JSON = {code: "object" for code in (200, 201, 202)}
 
 
 def path(
@@ -87,24 +85,37 @@ async def request(
     *,
     body: Obj | None = None,
     content_type: str = JSON,
-    query: Sequence[tuple[str, str]] = (),
+    query: Sequence[tuple[str, str]] = (),  # distinct names
     request_timeout: float | None = 30.0,
 ) -> Obj:
-    """One API call; the response's JSON (an object or a Status)."""
-    headers = {"Accept": JSON}
+    """One API call; the response's JSON (an object or a Status).
+
+    The request goes through the client's REST layer (its session, proxy, TLS, and the
+    credentials ``update_params_for_auth`` gives, refreshed as the client refreshes
+    them) but not through ``ApiClient.call_api``, which would walk every body to
+    "sanitize" what is JSON already and walk every answer to "deserialize" it as an
+    ``object``: a tenth of the operator's CPU with a thousand StreamJobs."""
+    headers: dict[str, str] = {"Accept": JSON, **api.default_headers}
     if body is not None:
         headers["Content-Type"] = content_type
-    result: Any = await api.call_api(
-        resource_path,
-        method,
-        query_params=list(query),
-        header_params=headers,
-        body=body,
-        response_types_map=_AS_JSON,
-        auth_settings=["BearerToken"],
-        _return_http_data_only=True,
-        _request_timeout=request_timeout,
-    )
+    await api.update_params_for_auth(headers, [], ["BearerToken"])
+    try:
+        response: Any = await api.rest_client.request(
+            method,
+            (api.configuration.host or "") + resource_path,
+            query_params=dict(query),
+            headers=headers,
+            body=body,
+            _request_timeout=request_timeout,
+        )
+    except ApiException as e:
+        if isinstance(e.body, bytes):  # as ApiClient.call_api gives it
+            e.body = e.body.decode("utf-8", errors="replace")  # type: ignore[assignment]
+        raise
+    try:
+        result = json.loads(response.data)
+    except ValueError:
+        return {}
     return result if isinstance(result, dict) else {}
 
 

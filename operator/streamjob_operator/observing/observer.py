@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Set
 
+import aiohttp
 from kubernetes_asyncio import client
 
 from streamjob_operator.desired import ha, jobmanager, metadata, target
@@ -40,18 +41,22 @@ async def observe(
     refused: observed.Refusal | None = None,
     rest_timeout_s: float = 5.0,
     credentials: rest_observing.Credentials | None = None,
+    read: children.Read | None = None,
+    rest_session: aiohttp.ClientSession | None = None,
 ) -> observed.Observed:
     """``disposed``: the savepoint locations acting disposed of (acting's memory);
     ``kept_files``: those of them whose files remain; ``refused``: the last submission a
     JobManager refused (acting's memory); ``credentials``: the job's REST token and CAs
-    (``acting.credentials``)."""
+    (``acting.credentials``); ``read``: where to keep the Deployments as read, for the
+    pass's acting; ``rest_session``: the session JobManager requests share
+    (``observing.jobmanager.session``)."""
     status = streamjob.status
     spec = lifecycle.deployed_spec(status)
     job = streamjob.identity(spec)
     here = bluegreen.job_target(status)
-    jm = await children.read_deployment(api, job, here, metadata.Component.JOBMANAGER)
+    jm = await children.read_deployment(api, job, here, metadata.Component.JOBMANAGER, read)
     jm_state = children.deployment_state(jm)
-    tm_state = await children.deployment(api, job, here, metadata.Component.TASKMANAGER)
+    tm_state = await children.deployment(api, job, here, metadata.Component.TASKMANAGER, read)
     job_id = status.job.id
     ha_checkpoint = None
     if spec is not None and ha.enabled(spec) and job_id is not None:
@@ -66,12 +71,14 @@ async def observe(
                 savepoint = (savepoint_job, pending.triggerId)
         url = resolve(jobmanager.rest_url(job, here))
         rest = await rest_observing.observe(
-            url, job_id, savepoint, rest_timeout_s, credentials=credentials
+            url, job_id, savepoint, rest_timeout_s, credentials=credentials, shared=rest_session
         )
     other = None
     there = bluegreen.other_target(status)
     if there is not None:
-        other = await cluster(api, job, there, resolve, rest_timeout_s, credentials)
+        other = await cluster(
+            api, job, there, resolve, rest_timeout_s, credentials, read, rest_session
+        )
     return observed.Observed(
         meta=streamjob.meta,
         jobmanager=jm_state,
@@ -97,17 +104,25 @@ async def cluster(
     resolve: rest_observing.Resolve,
     rest_timeout_s: float,
     credentials: rest_observing.Credentials | None = None,
+    read: children.Read | None = None,
+    rest_session: aiohttp.ClientSession | None = None,
 ) -> observed.Cluster:
     """A colour's cluster without regard to ``status.job``: Deployments, and its
     JobManager's jobs and registered slots."""
-    jm = await children.read_deployment(api, job, where, metadata.Component.JOBMANAGER)
+    jm = await children.read_deployment(api, job, where, metadata.Component.JOBMANAGER, read)
     jm_state = children.deployment_state(jm)
-    tm_state = await children.deployment(api, job, where, metadata.Component.TASKMANAGER)
+    tm_state = await children.deployment(api, job, where, metadata.Component.TASKMANAGER, read)
     if not children.has_ready_pod(jm):
         return observed.Cluster(where.color, jm_state, tm_state)
     url = resolve(jobmanager.rest_url(job, where))
     rest = await rest_observing.observe(
-        url, None, None, rest_timeout_s, overview=True, credentials=credentials
+        url,
+        None,
+        None,
+        rest_timeout_s,
+        overview=True,
+        credentials=credentials,
+        shared=rest_session,
     )
     slots = None if rest.overview is None else rest.overview.slots_total
     return observed.Cluster(where.color, jm_state, tm_state, rest.reachable, rest.jobs, slots)

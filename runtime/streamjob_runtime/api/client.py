@@ -4,6 +4,11 @@ A JobManager serves REST over HTTPS with its job's certificate and wants a beare
 token: give the client ``token`` and either ``ssl`` (an :class:`ssl.SSLContext`
 that trusts the job's CA) or ``ca_file`` (that CA, PEM).  With neither, an
 ``https://`` URL is verified against the system's trusted CAs.
+
+A client makes its own session (closed with it) unless given one: a caller that makes
+many short-lived clients (the operator, one per pass) shares one session, whose pooled
+connections to the same address are then reused; the token, timeout and SSL context go
+with each request, and closing the client leaves that session open.
 """
 
 from __future__ import annotations
@@ -37,15 +42,30 @@ class JobManagerClient:
         token: str | None = None,
         ssl: ssl_module.SSLContext | None = None,
         ca_file: str | Path | None = None,
+        session: aiohttp.ClientSession | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         if ssl is None and ca_file is not None:
             ssl = ssl_module.create_default_context(cafile=str(ca_file))
-        headers = {"Authorization": f"Bearer {token}"} if token else None
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=timeout_s),
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._ssl: ssl_module.SSLContext | bool = ssl if ssl is not None else True
+        self._owns_session = session is None
+        self._session = session if session is not None else aiohttp.ClientSession()
+
+    def _request(
+        self, method: str, path: str, data: str | None = None, content_type: str | None = None
+    ) -> aiohttp.client._RequestContextManager:
+        headers = dict(self._headers)
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        return self._session.request(
+            method,
+            self.base_url + path,
+            data=data,
             headers=headers,
-            connector=aiohttp.TCPConnector(ssl=ssl if ssl is not None else True),
+            timeout=self._timeout,
+            ssl=self._ssl,
         )
 
     async def __aenter__(self) -> JobManagerClient:
@@ -57,16 +77,15 @@ class JobManagerClient:
         await self.close()
 
     async def close(self) -> None:
-        await self._session.close()
+        if self._owns_session:
+            await self._session.close()
 
     async def _call(
         self, method: str, path: str, model: type[M] | None, body: pydantic.BaseModel | None = None
     ) -> M | None:
         data = body.model_dump_json() if body is not None else None
-        headers = {"Content-Type": "application/json"} if data is not None else None
-        async with self._session.request(
-            method, self.base_url + path, data=data, headers=headers
-        ) as resp:
+        content_type = "application/json" if data is not None else None
+        async with self._request(method, path, data, content_type) as resp:
             text = await resp.text()
             if resp.status >= 400:
                 try:
@@ -161,17 +180,17 @@ class JobManagerClient:
             await asyncio.sleep(poll_s)
 
     async def metrics(self) -> str:
-        async with self._session.get(self.base_url + "/metrics") as resp:
+        async with self._request("GET", "/metrics") as resp:
             return await resp.text()
 
     async def openapi(self) -> dict[str, Any]:
-        async with self._session.get(self.base_url + "/openapi.json") as resp:
+        async with self._request("GET", "/openapi.json") as resp:
             document: dict[str, Any] = await resp.json()
             return document
 
     async def healthy(self) -> bool:
         try:
-            async with self._session.get(self.base_url + "/healthz") as resp:
+            async with self._request("GET", "/healthz") as resp:
                 return resp.status == 200
         except aiohttp.ClientError:
             return False
