@@ -32,11 +32,14 @@ import contextlib
 import os
 import posixpath
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
 from pathlib import Path
+from typing import TypeVar
 
 from streamjob_runtime.state import objectstore, storage
+
+_T = TypeVar("_T")
 
 SHARED = "shared"
 SUFFIX = ".shared"
@@ -92,26 +95,13 @@ def put(job_dir: storage.Location, files: Sequence[tuple[str, Path]]) -> None:
     Durable on return (local: copied, fsynced, renamed into place, directories
     fsynced; object storage: uploaded, in parallel).  Blocking: run it in a thread.
     """
-    if not files:
-        return
-    if isinstance(job_dir, objectstore.ObjectPath):
-        root = job_dir / SHARED
-        with futures.ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="shared-up") as pool:
-            for done in [pool.submit(objectstore.upload_file, root / n, s) for n, s in files]:
-                done.result()
-        return
-    directories = set()
-    for name, source in files:
-        target = job_dir / SHARED / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
+
+    def copy(tmp: Path, source: Path) -> None:
         shutil.copyfile(source, tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, target)
-        directories.add(target.parent)
-    for directory in directories:
-        storage.fsync_directory(directory)
+
+    _store(job_dir, files, objectstore.upload_file, copy)
 
 
 def put_data(job_dir: storage.Location, files: Sequence[tuple[str, bytes]]) -> None:
@@ -119,23 +109,39 @@ def put_data(job_dir: storage.Location, files: Sequence[tuple[str, bytes]]) -> N
 
     Durable on return, as :func:`put`.  Blocking: run it in a thread.
     """
+
+    def write(tmp: Path, data: bytes) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    _store(job_dir, files, objectstore.put, write)
+
+
+def _store(
+    job_dir: storage.Location,
+    files: Sequence[tuple[str, _T]],
+    upload: Callable[[objectstore.ObjectPath, _T], object],
+    write: Callable[[Path, _T], None],
+) -> None:
+    """``put``/``put_data``: each item uploaded in parallel to object storage, or locally
+    ``write``-n to a temporary file that is renamed into place, with the directories
+    (``shared/`` included) fsynced after."""
     if not files:
         return
     if isinstance(job_dir, objectstore.ObjectPath):
         root = job_dir / SHARED
         with futures.ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="shared-up") as pool:
-            for done in [pool.submit(objectstore.put, root / n, data) for n, data in files]:
+            for done in [pool.submit(upload, root / n, item) for n, item in files]:
                 done.result()
         return
     directories = set()
-    for name, data in files:
+    for name, item in files:
         target = job_dir / SHARED / name
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        write(tmp, item)
         os.replace(tmp, target)
         directories.add(target.parent)
     for directory in directories:
