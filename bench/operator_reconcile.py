@@ -60,6 +60,7 @@ import concurrent.futures
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -475,8 +476,11 @@ async def run_n(a: argparse.Namespace, n: int, workdir: Path) -> Result:
         metrics_steady=delta(metrics2, metrics1, "streamjob_operator_"),
         other_cores=other_cores,
         emulator_report=report,
-        # before the SIGTERM: a clean stop also stops leading
-        lease_losses=log.split("Signal SIGTERM")[0].count("no longer holds the Lease"),
+        # before the SIGTERM (the operator logs "is stopping" first, kopf "Signal SIGTERM"
+        # in older versions): a clean stop also stops leading
+        lease_losses=re.split(r"is stopping: |Signal SIGTERM", log)[0].count(
+            "no longer holds the Lease"
+        ),
         failed_passes=log.count("failed temporarily"),
         operator_exit=code,
     )
