@@ -82,8 +82,20 @@ def _ca_data(found: certificates.Authorities) -> dict[str, bytes]:
     return data
 
 
-def _common_name(job: target.StreamJob) -> str:
-    return f"{job.namespace}/{job.name}"
+def _authorities(
+    found: certificates.Authorities | None, job: target.StreamJob, now: datetime.datetime
+) -> certificates.Authorities:
+    """The job's CAs as due at ``now``: ``found`` kept, rotated or (None) made anew."""
+    return certificates.plan_rotation(found, f"streamjob CA {job.namespace}/{job.name}", now)
+
+
+def _issue(
+    ca: runtime_certificates.KeyPair, job: target.StreamJob, now: datetime.datetime
+) -> runtime_certificates.KeyPair:
+    """A JobManager certificate for the job's REST endpoint, signed by ``ca``."""
+    common_name = jobmanager.service_name(job, target.DeploymentTarget())
+    names, addresses = security.dns_names(job), list(security.IP_ADDRESSES)
+    return runtime_certificates.issue(ca, common_name, names, addresses, now)
 
 
 async def ensure(
@@ -101,7 +113,7 @@ async def ensure(
             return made
     stored_ca = await _read(api, job, security.ca_secret_name(job))
     found = authorities(security.secret_data(stored_ca))
-    kept = certificates.plan_rotation(found, f"streamjob CA {_common_name(job)}", now)
+    kept = _authorities(found, job, now)
     if kept != found or not _adopted(stored_ca):
         await children.apply(
             api, security.ca_secret(job, _ca_data(kept)), create_first=stored_ca is None
@@ -115,8 +127,7 @@ async def ensure(
     bundle = kept.bundle(now)
     fresh = certificates.needs_certificate(pair, kept.current, names, addresses, now)
     if fresh or pair is None:
-        common_name = jobmanager.service_name(job, target.DeploymentTarget())
-        pair = runtime_certificates.issue(kept.current, common_name, names, addresses, now)
+        pair = _issue(kept.current, job, now)
     if fresh or data.get(security.CA_CERT) != bundle or not _adopted(stored_tls):
         await children.apply(
             api,
@@ -141,11 +152,9 @@ async def _create_all(
 ) -> rest_observing.Credentials | None:
     """Create the three Secrets as :func:`ensure` makes them when none exists, each without
     reading it first; None as soon as one exists (then nothing more is created)."""
-    kept = certificates.plan_rotation(None, f"streamjob CA {_common_name(job)}", now)
+    kept = _authorities(None, job, now)
     bundle = kept.bundle(now)
-    common_name = jobmanager.service_name(job, target.DeploymentTarget())
-    names, addresses = security.dns_names(job), list(security.IP_ADDRESSES)
-    pair = runtime_certificates.issue(kept.current, common_name, names, addresses, now)
+    pair = _issue(kept.current, job, now)
     token = secrets.token_urlsafe(TOKEN_BYTES)
     for manifest in (
         security.ca_secret(job, _ca_data(kept)),
