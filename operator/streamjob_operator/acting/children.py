@@ -171,8 +171,8 @@ def stamped(manifests: list[Obj], set_hash: str | None = None) -> list[Obj]:
     of them all (``set_hash``, when the caller has it: :func:`children_hash`)."""
     if not manifests:
         return manifests
-    children_hash_ = set_hash if set_hash is not None else children_hash(manifests)
-    return [*manifests[:-1], _annotated(manifests[-1], CHILDREN_HASH_ANNOTATION, children_hash_)]
+    digest = set_hash if set_hash is not None else children_hash(manifests)
+    return [*manifests[:-1], _annotated(manifests[-1], CHILDREN_HASH_ANNOTATION, digest)]
 
 
 class Applied(enum.Enum):

@@ -528,7 +528,6 @@ class Task:
     async def _run_input(self) -> None:
         gate = self.gate
         assert gate is not None
-        head: base.StreamOperator = self.head
         self._watermarks = [base.MIN_WATERMARK] * len(gate.channels)
         timers = any(
             type(op).on_processing_time is not base.StreamOperator.on_processing_time
@@ -550,12 +549,11 @@ class Task:
                 channel, element = item
                 kind = element[0]
                 if kind == "b":
-                    self.records_in += len(element[1])
+                    self._process_batch(element[1], element[2], time.perf_counter())
+                elif kind == "s":  # a batch as it came over the network: decoding is work too
                     started = time.perf_counter()
-                    head.process_batch(element[1], element[2])
-                    self.busy_s += time.perf_counter() - started
-                elif kind == "s":
-                    self._process_serialized(element[1])
+                    values, timestamps = wire.decode_batch(element[1])
+                    self._process_batch(values, timestamps, started)
                 elif kind == "w":
                     self._on_watermark(channel, element[1])
                 elif kind == "c":
@@ -577,10 +575,10 @@ class Task:
                     op.on_processing_time(now)
             await self.output.flush()
 
-    def _process_serialized(self, payload: bytes) -> None:
-        """Decode and process a batch that came over the network (see :func:`wire.decode_batch`)."""
-        started = time.perf_counter()
-        values, timestamps = wire.decode_batch(payload)
+    def _process_batch(
+        self, values: list[Any], timestamps: list[int] | None, started: float
+    ) -> None:
+        """Process a batch of input records; the task was busy with it since ``started``."""
         self.records_in += len(values)
         self.head.process_batch(values, timestamps)
         self.busy_s += time.perf_counter() - started
