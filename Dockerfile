@@ -13,8 +13,8 @@
 # is /tmp (HOME and the working directory), which pods mount as an emptyDir.
 #
 # The builder installs the locked dependencies (uv.lock, exactly) and the project as a
-# wheel (--no-editable) into a venv, which is all the final stage copies: no compiler,
-# no uv, no sources. tests/delivery/test_image.py runs this stage's uv commands outside
+# wheel (--no-editable, with its C extensions compiled) into a venv, which is all the final
+# stage copies: no compiler, no uv, no sources. tests/delivery/test_image.py runs this stage's uv commands outside
 # Docker and checks the result.
 
 # Both stages must use the same Python: the venv links to its interpreter.
@@ -25,6 +25,10 @@ FROM ghcr.io/astral-sh/uv:0.13.9 AS uv
 
 FROM ${PYTHON_IMAGE} AS builder
 COPY --from=uv /uv /usr/local/bin/uv
+# A C compiler for the runtime's C extensions (hatch_build.py); the final stage has none.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 ENV UV_PROJECT_ENVIRONMENT=/opt/streamjob/venv \
     UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy \
@@ -34,8 +38,9 @@ WORKDIR /src
 COPY pyproject.toml uv.lock ./
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev --no-install-project
-# Then the project itself, as a wheel (README.md is its package description).
-COPY README.md ./
+# Then the project itself, as a wheel (README.md is its package description; hatch_build.py
+# compiles the C extensions into it).
+COPY README.md hatch_build.py ./
 COPY operator ./operator
 COPY runtime ./runtime
 RUN --mount=type=cache,target=/root/.cache/uv \

@@ -32,6 +32,7 @@ import common
 
 from streamjob_runtime.api import models
 from streamjob_runtime.connectors import files
+from streamjob_runtime.graph import keygroups
 from streamjob_runtime.local import LocalCluster
 
 JOB = str(common.BENCH_DIR / "jobs" / "keyed_count_job.py")
@@ -364,7 +365,8 @@ async def main_async(a: argparse.Namespace) -> bool:
         f"keyed count/sum: {a.events:,} events over {a.keys:,} keys; generator -> key_by ->"
         " KeyedProcessFunction (ValueState + timer) -> exactly-once FileSink"
         + (f"; batch size {a.batch_size}" if a.batch_size else "")
-        + f"; state backend {a.state_backend}",
+        + f"; state backend {a.state_backend}"
+        + f"; key hashing in {'C' if keygroups.NATIVE else 'Python (no C extension)'}",
         flush=True,
     )
     configs = [(p, mode == "on") for p in a.parallelism for mode in a.checkpoints]

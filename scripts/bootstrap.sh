@@ -16,4 +16,17 @@ if ! command -v uv >/dev/null 2>&1; then
         || python3 -m pip install -q --user --break-system-packages uv 2>/dev/null \
         || python3 -m pip install -q uv
 fi
+# A C compiler and Python's headers build the runtime's C extensions (hatch_build.py); without
+# them the same code runs in Python, slower (bench/keyed_count.py prints which one ran).
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    build=()
+    command -v cc >/dev/null 2>&1 || build+=(gcc libc6-dev)
+    python3 -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+        || build+=(python3-dev)
+    if [ ${#build[@]} -gt 0 ]; then
+        (apt-get update -qq && apt-get install -y -qq "${build[@]}" >/dev/null) \
+            || echo "warning: could not install ${build[*]}; the runtime runs without its C extensions"
+    fi
+fi
 uv sync --frozen --quiet

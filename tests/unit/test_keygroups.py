@@ -1,8 +1,12 @@
 from __future__ import annotations
 
 import enum
+import operator
+import os
+import random
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -80,3 +84,114 @@ def test_key_target_flags_check_each_keys_type_even_when_every_key_is_cached() -
 def test_key_target_flags_refuse_more_subtasks_than_a_byte_holds() -> None:
     with pytest.raises(ValueError, match="< 256"):
         keygroups.key_target_flags([1], 512, 257)
+
+
+def native() -> Any:
+    """The C extension, or a skip saying why it is missing (a failure in CI, which builds it)."""
+    module = keygroups._native
+    if module is None:
+        why = (
+            "the C extension streamjob_runtime.graph._keyhash is not built (no C compiler when"
+            " the package was installed, or STREAMJOB_NATIVE=0): only the Python path is tested"
+        )
+        if os.environ.get("STREAMJOB_REQUIRE_TOOLS"):
+            pytest.fail(why)
+        pytest.skip(why)
+    return module
+
+
+class Label(enum.StrEnum):
+    A = "a"
+
+
+KEYS: list[Any] = [
+    0, 1, -1, -2, 255, 2**61 - 2, 2**61 - 1, 2**61, 2**63 - 1, 2**63, 2**64 + 5, -(2**70),
+    True, False, 1.0, -0.0, 1.5, float("inf"), float("-inf"), 1e300,
+    "", "a", "user-17", "é日本語", "x" * 1000, "\U0001f600",
+    b"", b"raw", bytearray(b"ba"), None,
+    (), (1,), (1, "a", None), (1, (2.5, b"z", (None,))), (Color.RED, "a"),
+    Color.RED, Label.A, frozenset({1, 2}), 3 + 4j,
+]  # fmt: skip
+
+
+def test_the_c_extension_hashes_every_key_exactly_as_python_does() -> None:
+    module = native()
+    for key in KEYS:
+        assert module.stable_hash(key) == keygroups.python_stable_hash(key), key
+    rng = random.Random(7)
+    for _ in range(20_000):
+        k = rng.randint(-(2**80), 2**80)
+        s = "".join(chr(rng.randint(1, 0x2FFF)) for _ in range(rng.randint(0, 12)))
+        for key in (k, s, (k, s), float(k)):
+            assert module.stable_hash(key) == keygroups.python_stable_hash(key), key
+
+
+def test_the_c_extension_raises_where_python_raises() -> None:
+    module = native()
+    with pytest.raises(UnicodeEncodeError):
+        keygroups.python_stable_hash("\ud800")
+    with pytest.raises(UnicodeEncodeError):
+        module.stable_hash("\ud800")
+    with pytest.raises(AttributeError, match="pickle"):
+        module.stable_hash(lambda: 0)  # unpicklable: the Python function's error
+    with pytest.raises(TypeError):
+        module.split((1, 2), None, abs, 128, 2)  # a batch is a list
+    with pytest.raises(ValueError, match="parallelism"):
+        module.split([1], None, abs, 128, 0)
+
+
+@pytest.fixture(params=["c", "python"])
+def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "c":
+        native()
+    else:
+        monkeypatch.setattr(keygroups, "_native", None)
+    return str(request.param)
+
+
+def test_split_buckets_records_by_the_subtask_owning_their_key(implementation: str) -> None:
+    rng = random.Random(3)
+    values = [(rng.choice(KEYS[:30] + list(range(50))), i) for i in range(2_000)]
+    timestamps = list(range(1000, 3000))
+    for maxp, parallelism in ((128, 1), (128, 2), (128, 3), (128, 4), (128, 7), (512, 300)):
+        buckets, ts_buckets = keygroups.split(
+            values, timestamps, operator.itemgetter(0), maxp, parallelism
+        )
+        assert ts_buckets is not None
+        assert len(buckets) == len(ts_buckets) == parallelism
+        for t in range(parallelism):
+            expected = [
+                (v, ts)
+                for v, ts in zip(values, timestamps, strict=True)
+                if keygroups.operator_index(keygroups.key_group(v[0], maxp), maxp, parallelism) == t
+            ]
+            assert list(zip(buckets[t], ts_buckets[t], strict=True)) == expected
+        plain, no_ts = keygroups.split(values, None, lambda v: v[0], maxp, parallelism)
+        assert plain == buckets
+        assert no_ts is None
+
+
+def test_split_refuses_timestamps_that_do_not_match_the_records(implementation: str) -> None:
+    with pytest.raises(ValueError, match="3 records but 2 timestamps"):
+        keygroups.split([1, 2, 3], [1, 2], abs, 128, 2)
+
+
+def test_split_passes_on_what_the_key_selector_raises(implementation: str) -> None:
+    def selector(v: int) -> int:
+        if v == 3:
+            raise KeyError("no key in record 3")
+        return v
+
+    with pytest.raises(KeyError, match="no key in record 3"):
+        keygroups.split([1, 2, 3, 4], None, selector, 128, 2)
+
+
+def test_split_survives_a_key_selector_that_changes_the_batch(implementation: str) -> None:
+    values = list(range(10))
+
+    def selector(v: int) -> int:
+        values.clear()  # absurd, but must not crash the process
+        return v
+
+    buckets, _ = keygroups.split(values, None, selector, 128, 2)
+    assert sum(len(b) for b in buckets) <= 10

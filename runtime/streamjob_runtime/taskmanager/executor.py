@@ -27,7 +27,7 @@ from typing import TypeVarTuple
 import msgspec
 
 from streamjob_runtime import jobfile, logs, security
-from streamjob_runtime.graph import jobgraph
+from streamjob_runtime.graph import jobgraph, keygroups
 from streamjob_runtime.ha import factory as ha_factory
 from streamjob_runtime.ha import services
 from streamjob_runtime.operators import base, keyed
@@ -149,6 +149,7 @@ class TaskExecutor:
             tls=self._server_ssl is not None,
             slots=self.slots,
             pid=os.getpid(),
+            native=keygroups.NATIVE,
         )
         try:
             await self._serve(server)

@@ -27,7 +27,7 @@ import asyncio
 import collections
 import time
 from collections.abc import Callable
-from itertools import chain, compress
+from itertools import chain
 from typing import Any, Protocol
 
 from streamjob_runtime.graph import jobgraph, keygroups
@@ -330,24 +330,13 @@ class RecordWriter:
             self.pending[target].append(("b", values, timestamps))
             return
         assert self.key_selector is not None
-        keys = list(map(self.key_selector, values))
-        targets: bytes | list[int] = (
-            keygroups.key_target_flags(keys, self.max_parallelism, n)
-            if n <= 256
-            else keygroups.key_targets(keys, self.max_parallelism, n)
+        buckets, ts_buckets = keygroups.split(
+            values, timestamps, self.key_selector, self.max_parallelism, n
         )
-        buckets = _split(values, targets, n)
-        if timestamps is None:
-            for t, bucket in enumerate(buckets):
-                if bucket:
-                    self.pending[t].append(("b", bucket, None))
-            return
-        if len(timestamps) != len(values):
-            raise ValueError(f"{len(values)} records but {len(timestamps)} timestamps")
-        ts_buckets = _split(timestamps, targets, n)
+        pending = self.pending
         for t, bucket in enumerate(buckets):
             if bucket:
-                self.pending[t].append(("b", bucket, ts_buckets[t]))
+                pending[t].append(("b", bucket, None if ts_buckets is None else ts_buckets[t]))
 
     def broadcast(self, element: Element) -> None:
         for p in self.pending:
@@ -362,25 +351,6 @@ class RecordWriter:
     def close(self) -> None:
         for c in self.channels:
             c.close()
-
-
-# _ONLY[t] is a bytes.translate table that maps byte t to 1 and every other byte to 0.
-_ONLY = [bytes(b == t for b in range(256)) for t in range(4)]
-
-
-def _split(items: list[Any], targets: bytes | list[int], n: int) -> list[list[Any]]:
-    """``items`` bucketed by target index (0 <= target < n), keeping their order."""
-    if n <= 4:
-        # One pass in C per target: the targets as bytes, translated to 0/1 flags.
-        flags = targets if type(targets) is bytes else bytes(targets)
-        if n == 2:
-            return [list(compress(items, flags.translate(_ONLY[0]))), list(compress(items, flags))]
-        return [list(compress(items, flags.translate(_ONLY[t]))) for t in range(n)]
-    buckets: list[list[Any]] = [[] for _ in range(n)]
-    appends = [b.append for b in buckets]
-    for item, t in zip(items, targets, strict=True):
-        appends[t](item)
-    return buckets
 
 
 class MultiOutput:

@@ -1,0 +1,82 @@
+"""Builds the runtime's optional C extensions when the package is built (hatchling hook).
+
+Each extension is an accelerator whose module has a Python twin that gives the same
+results (``streamjob_runtime.graph._keyhash`` for ``keygroups``): without a C compiler,
+or with ``STREAMJOB_NATIVE=0``, the package builds without them and runs in pure
+Python. A failed compile is reported on stderr and does not fail the build.
+
+The compile uses the interpreter's own ``sysconfig`` settings (compiler, flags, the
+linker command for extension modules), as setuptools does. An editable install keeps
+the built module beside its source; a wheel carries it (and so gets a platform tag).
+uv rebuilds the editable install when a C source changes (``tool.uv.cache-keys``).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hatchling.builders.hooks.plugin.interface import BuildHookInterface
+
+# C source -> module path inside the wheel (without the extension suffix).
+EXTENSIONS = {
+    "runtime/streamjob_runtime/graph/_keyhash.c": "streamjob_runtime/graph/_keyhash",
+}
+
+
+def compile_extension(source: Path, output: Path) -> str | None:
+    """Compile ``source`` into the extension module ``output``; None, or why it failed."""
+    config = sysconfig.get_config_vars()
+    cc = shlex.split(config.get("CC") or "cc")
+    cflags = shlex.split(config.get("CFLAGS") or "") + shlex.split(config.get("CCSHARED") or "")
+    ldshared = shlex.split(config.get("LDSHARED") or "cc -shared")
+    include = sysconfig.get_paths()["include"]
+    with tempfile.TemporaryDirectory() as tmp:
+        obj = Path(tmp) / (source.stem + ".o")
+        built = Path(tmp) / output.name
+        for command in (
+            [*cc, *cflags, "-I", include, "-c", str(source), "-o", str(obj)],
+            [*ldshared, str(obj), "-o", str(built)],
+        ):
+            try:
+                done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+            except OSError as e:
+                return f"{command[0]}: {e}"
+            if done.returncode != 0:
+                return f"{shlex.join(command)} exited {done.returncode}: {done.stderr[-2000:]}"
+        os.replace(built, output)  # whole, never half-written beside the source
+    return None
+
+
+class NativeExtensionsHook(BuildHookInterface):  # type: ignore[type-arg]
+    PLUGIN_NAME = "custom"
+
+    def initialize(self, version: str, build_data: dict[str, Any]) -> None:
+        if self.target_name != "wheel" or os.environ.get("STREAMJOB_NATIVE") == "0":
+            return
+        suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
+        root = Path(self.root)
+        built = {}
+        for source, module in EXTENSIONS.items():
+            output = root / (source.removesuffix(".c") + suffix)
+            failure = compile_extension(root / source, output)
+            if failure is None:
+                built[str(output)] = module + suffix
+            else:
+                print(
+                    f"streamjob: the C extension {module} was not built, the Python path"
+                    f" will run instead: {failure}",
+                    file=sys.stderr,
+                )
+        if not built:
+            return
+        build_data["pure_python"] = False
+        build_data["infer_tag"] = True
+        if version != "editable":  # an editable install imports the module from the source tree
+            build_data["force_include"].update(built)
