@@ -1,7 +1,8 @@
 """Builds the runtime's optional C extensions when the package is built (hatchling hook).
 
 Each extension is an accelerator whose module has a Python twin that gives the same
-results (``streamjob_runtime.graph._keyhash`` for ``keygroups``): without a C compiler,
+results (``graph._keyhash`` for ``graph.keygroups``, ``taskmanager._plainbatch`` for
+``taskmanager.wire``): without a C compiler,
 or with ``STREAMJOB_NATIVE=0``, the package builds without them and runs in pure
 Python. A failed compile is reported on stderr and does not fail the build.
 
@@ -24,10 +25,8 @@ from typing import Any
 
 from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
-# C source -> module path inside the wheel (without the extension suffix).
-EXTENSIONS = {
-    "runtime/streamjob_runtime/graph/_keyhash.c": "streamjob_runtime/graph/_keyhash",
-}
+# The C extensions: their modules (a source is runtime/<module>.c).
+EXTENSIONS = ["streamjob_runtime/graph/_keyhash", "streamjob_runtime/taskmanager/_plainbatch"]
 
 
 def compile_extension(source: Path, output: Path) -> str | None:
@@ -63,9 +62,9 @@ class NativeExtensionsHook(BuildHookInterface):  # type: ignore[type-arg]
         suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
         root = Path(self.root)
         built = {}
-        for source, module in EXTENSIONS.items():
-            output = root / (source.removesuffix(".c") + suffix)
-            failure = compile_extension(root / source, output)
+        for module in EXTENSIONS:
+            output = root / "runtime" / (module + suffix)
+            failure = compile_extension(root / "runtime" / (module + ".c"), output)
             if failure is None:
                 built[str(output)] = module + suffix
             else:

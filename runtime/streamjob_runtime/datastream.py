@@ -182,6 +182,7 @@ class KeyedStream(DataStream):
         transformation: jobgraph.Transformation,
         key_selector: functions.KeySelector,
     ) -> None:
+        key_selector = functions.specialize_key_selector(key_selector)
         super().__init__(
             env, transformation, jobgraph.Partitioning(jobgraph.PartitionKind.HASH, key_selector)
         )

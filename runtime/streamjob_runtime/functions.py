@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import abc
+import dis
+import operator
 import time
+import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -16,6 +19,37 @@ OUT = TypeVar("OUT")
 ACC = TypeVar("ACC")
 
 KeySelector = Callable[[Any], Any]
+
+
+def specialize_key_selector(selector: KeySelector) -> KeySelector:
+    """``selector``, or an equivalent built-in getter when it is a function whose whole
+    body is ``return arg[constant]`` or ``return arg.name`` (``lambda e: e[0]``,
+    ``lambda e: e["user"]``, ``lambda e: e.user``).
+
+    A key selector runs once per record on each side of a keyed shuffle (to partition,
+    then to scope the state); ``operator.itemgetter``/``attrgetter`` do the same lookup
+    without a Python frame, about 20 ns less per call.  They raise what the function
+    would (the same ``__getitem__``/``__getattr__`` runs); only the traceback lacks
+    the function's line.  Anything else is returned as it is.
+    """
+    if type(selector) is not types.FunctionType:
+        return selector
+    code = selector.__code__
+    if code.co_argcount != 1 or code.co_kwonlyargcount or code.co_flags & 0x0C:  # *a, **k
+        return selector
+    ops = [
+        i
+        for i in dis.get_instructions(selector)
+        if i.opname not in ("RESUME", "NOP", "CACHE", "COPY_FREE_VARS")
+    ]
+    names = [i.opname for i in ops]
+    if not ops or ops[0].opname != "LOAD_FAST" or ops[0].arg != 0:
+        return selector
+    if names == ["LOAD_FAST", "LOAD_CONST", "BINARY_SUBSCR", "RETURN_VALUE"]:
+        return operator.itemgetter(ops[1].argval)
+    if names == ["LOAD_FAST", "LOAD_ATTR", "RETURN_VALUE"] and isinstance(ops[1].argval, str):
+        return operator.attrgetter(ops[1].argval)
+    return selector
 
 
 class AggregateFunction(abc.ABC, Generic[IN, ACC, OUT]):
