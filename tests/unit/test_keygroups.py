@@ -135,9 +135,9 @@ def test_the_c_extension_raises_where_python_raises() -> None:
     with pytest.raises(AttributeError, match="pickle"):
         module.stable_hash(lambda: 0)  # unpicklable: the Python function's error
     with pytest.raises(TypeError):
-        module.split((1, 2), None, abs, 128, 2)  # a batch is a list
+        module.split((1, 2), None, abs, 128, 2, -1)  # a batch is a list
     with pytest.raises(ValueError, match="parallelism"):
-        module.split([1], None, abs, 128, 0)
+        module.split([1], None, abs, 128, 0, -1)
 
 
 @pytest.fixture(params=["c", "python"])
@@ -193,5 +193,35 @@ def test_split_survives_a_key_selector_that_changes_the_batch(implementation: st
         values.clear()  # absurd, but must not crash the process
         return v
 
-    buckets, _ = keygroups.split(values, None, selector, 128, 2)
-    assert sum(len(b) for b in buckets) <= 10
+    try:
+        buckets, _ = keygroups.split(values, None, selector, 128, 2)
+    except RuntimeError as e:
+        assert str(e) == "the batch changed during split()"  # noqa: PT017
+    else:
+        assert sum(len(b) for b in buckets) <= 10
+
+
+def test_tuple_index_names_the_item_an_itemgetter_selector_reads() -> None:
+    assert keygroups.tuple_index(operator.itemgetter(0)) == 0
+    assert keygroups.tuple_index(operator.itemgetter(3)) == 3
+    for other in (
+        operator.itemgetter(-1),
+        operator.itemgetter(0, 1),
+        operator.itemgetter("user"),
+        operator.attrgetter("x"),
+        abs,
+    ):
+        assert keygroups.tuple_index(other) == -1
+
+
+def test_split_with_the_tuple_index_hint_gives_what_calling_the_selector_gives(
+    implementation: str,
+) -> None:
+    # Records the hint fits (tuples long enough) and ones it does not (the selector runs).
+    values: list[Any] = [(k, "v") for k in KEYS[:30]] + [(1,), [7, 8], {0: "d"}, (2, 3, 4)]
+    select = operator.itemgetter(0)
+    with pytest.raises(IndexError):
+        keygroups.split([(1,), ()], None, select, 128, 2, 0)  # () has no item 0: as itemgetter
+    for parallelism in (1, 2, 5):
+        hinted = keygroups.split(values, None, select, 128, parallelism, 0)
+        assert hinted == keygroups.split(values, None, select, 128, parallelism)

@@ -8,16 +8,17 @@
  *   stable_hash(key)   keygroups.stable_hash, exactly: C for int, bool, float, str, bytes,
  *                      None and tuples of these; other keys call the Python function
  *                      registered with configure().
- *   split(values, timestamps, key_selector, max_parallelism, parallelism)
+ *   split(values, timestamps, key_selector, max_parallelism, parallelism, tuple_index)
  *                      the records of one batch bucketed by the subtask that owns each
  *                      record's key: (buckets, timestamp buckets or None), order kept.
+ *                      tuple_index >= 0 says the key selector is itemgetter(tuple_index).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
 
 /* Bumped with every change of behaviour: keygroups ignores a build of another version. */
-#define KEYHASH_VERSION 1
+#define KEYHASH_VERSION 2
 
 static PyObject *fallback_hash = NULL; /* keygroups' Python stable_hash, for other keys */
 static uint32_t crc_table[256];
@@ -120,24 +121,11 @@ static int as_size(PyObject *o, const char *what, Py_ssize_t *out) {
     return 0;
 }
 
-static PyObject *new_buckets(Py_ssize_t n) {
-    PyObject *buckets = PyList_New(n);
-    if (buckets == NULL) return NULL;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *b = PyList_New(0);
-        if (b == NULL) {
-            Py_DECREF(buckets);
-            return NULL;
-        }
-        PyList_SET_ITEM(buckets, i, b);
-    }
-    return buckets;
-}
-
 static PyObject *keyhash_split(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError,
-                        "split(values, timestamps, key_selector, max_parallelism, parallelism)");
+    (void)module;
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "split(values, timestamps, key_selector,"
+                                         " max_parallelism, parallelism, tuple_index)");
         return NULL;
     }
     PyObject *values = args[0], *timestamps = args[1], *selector = args[2];
@@ -153,49 +141,88 @@ static PyObject *keyhash_split(PyObject *module, PyObject *const *args, Py_ssize
     if (as_size(args[3], "max_parallelism", &max_parallelism) < 0 ||
         as_size(args[4], "parallelism", &parallelism) < 0)
         return NULL;
-    if (timestamps != Py_None && PyList_GET_SIZE(timestamps) != PyList_GET_SIZE(values)) {
-        PyErr_Format(PyExc_ValueError, "%zd records but %zd timestamps",
-                     PyList_GET_SIZE(values), PyList_GET_SIZE(timestamps));
+    /* tuple_index >= 0: the key selector is itemgetter(tuple_index), so the key of an
+       exact tuple that long is its item, read without a call (any other record: call). */
+    Py_ssize_t tuple_index = PyLong_AsSsize_t(args[5]);
+    if (tuple_index == -1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(values);
+    if (timestamps != Py_None && PyList_GET_SIZE(timestamps) != n) {
+        PyErr_Format(PyExc_ValueError, "%zd records but %zd timestamps", n,
+                     PyList_GET_SIZE(timestamps));
         return NULL;
     }
-    PyObject *buckets = new_buckets(parallelism);
-    PyObject *ts_buckets = timestamps == Py_None ? Py_NewRef(Py_None) : new_buckets(parallelism);
-    if (buckets == NULL || ts_buckets == NULL) goto error;
-    /* The key selector is user code: it may change the lists, so sizes are read anew. */
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(values); i++) {
+    /* Pass 1: each record's target, with a reference to the record (and its timestamp)
+       taken now: the key selector is user code and may change the lists. */
+    PyObject **held = PyMem_Malloc(sizeof(PyObject *) * (size_t)(2 * n + 1));
+    Py_ssize_t *targets = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(n + 1));
+    Py_ssize_t *counts = PyMem_Calloc((size_t)parallelism, sizeof(Py_ssize_t));
+    PyObject *buckets = NULL, *ts_buckets = NULL, *result = NULL;
+    Py_ssize_t taken = 0;
+    if (held == NULL || targets == NULL || counts == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (i >= PyList_GET_SIZE(values) ||
+            (timestamps != Py_None && i >= PyList_GET_SIZE(timestamps))) {
+            PyErr_SetString(PyExc_RuntimeError, "the batch changed during split()");
+            goto done;
+        }
         PyObject *value = Py_NewRef(PyList_GET_ITEM(values, i));
-        PyObject *key = PyObject_CallOneArg(selector, value);
+        held[2 * i] = value;
+        held[2 * i + 1] =
+            timestamps == Py_None ? NULL : Py_NewRef(PyList_GET_ITEM(timestamps, i));
+        taken = i + 1;
+        PyObject *key;
+        if (tuple_index >= 0 && PyTuple_CheckExact(value) &&
+            tuple_index < PyTuple_GET_SIZE(value))
+            key = Py_NewRef(PyTuple_GET_ITEM(value, tuple_index));
+        else
+            key = PyObject_CallOneArg(selector, value);
         uint64_t h;
         int failed = key == NULL || key_hash(key, &h) < 0;
         Py_XDECREF(key);
-        if (failed) {
-            Py_DECREF(value);
-            goto error;
-        }
+        if (failed) goto done;
         Py_ssize_t target =
             (Py_ssize_t)((h % (uint64_t)max_parallelism) * (uint64_t)parallelism /
                          (uint64_t)max_parallelism);
-        failed = PyList_Append(PyList_GET_ITEM(buckets, target), value) < 0;
-        Py_DECREF(value);
-        if (failed) goto error;
-        if (timestamps != Py_None) {
-            if (i >= PyList_GET_SIZE(timestamps)) {
-                PyErr_SetString(PyExc_RuntimeError, "the timestamps changed during split()");
-                goto error;
-            }
-            if (PyList_Append(PyList_GET_ITEM(ts_buckets, target),
-                              PyList_GET_ITEM(timestamps, i)) < 0)
-                goto error;
-        }
+        targets[i] = target;
+        counts[target]++;
     }
-    PyObject *result = PyTuple_Pack(2, buckets, ts_buckets);
-    Py_DECREF(buckets);
-    Py_DECREF(ts_buckets);
-    return result;
-error:
+    /* Pass 2: lists of their final sizes, filled with the references of pass 1. */
+    buckets = PyList_New(parallelism);
+    ts_buckets = timestamps == Py_None ? Py_NewRef(Py_None) : PyList_New(parallelism);
+    if (buckets == NULL || ts_buckets == NULL) goto done;
+    for (Py_ssize_t t = 0; t < parallelism; t++) {
+        PyObject *b = PyList_New(counts[t]);
+        if (b == NULL) goto done;
+        PyList_SET_ITEM(buckets, t, b);
+        if (timestamps != Py_None) {
+            PyObject *tb = PyList_New(counts[t]);
+            if (tb == NULL) goto done;
+            PyList_SET_ITEM(ts_buckets, t, tb);
+        }
+        counts[t] = 0; /* now the next free slot of bucket t */
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t t = targets[i], slot = counts[t]++;
+        PyList_SET_ITEM(PyList_GET_ITEM(buckets, t), slot, held[2 * i]);
+        if (timestamps != Py_None)
+            PyList_SET_ITEM(PyList_GET_ITEM(ts_buckets, t), slot, held[2 * i + 1]);
+    }
+    taken = 0; /* the buckets own the references now */
+    result = PyTuple_Pack(2, buckets, ts_buckets);
+done:
+    for (Py_ssize_t i = 0; i < taken; i++) {
+        Py_DECREF(held[2 * i]);
+        Py_XDECREF(held[2 * i + 1]);
+    }
+    PyMem_Free(held);
+    PyMem_Free(targets);
+    PyMem_Free(counts);
     Py_XDECREF(buckets);
     Py_XDECREF(ts_buckets);
-    return NULL;
+    return result;
 }
 
 static PyMethodDef keyhash_methods[] = {
@@ -204,8 +231,8 @@ static PyMethodDef keyhash_methods[] = {
     {"stable_hash", (PyCFunction)keyhash_stable_hash, METH_O,
      "stable_hash(key): keygroups.stable_hash(key)."},
     {"split", (PyCFunction)(void (*)(void))keyhash_split, METH_FASTCALL,
-     "split(values, timestamps, key_selector, max_parallelism, parallelism): the records "
-     "(and timestamps) bucketed by the subtask that owns each record's key."},
+     "split(values, timestamps, key_selector, max_parallelism, parallelism, tuple_index): the "
+     "records (and timestamps) bucketed by the subtask that owns each record's key."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 _MASK64 = (1 << 64) - 1
 # The _keyhash.c behaviour this module expects; a build of another version is not used.
-NATIVE_VERSION = 1
+NATIVE_VERSION = 2
 
 
 def _mix(h: int) -> int:
@@ -208,23 +208,36 @@ def _cached(keys: list[Any], c: _GroupCache, compute: Callable[[Any], int]) -> l
     return groups
 
 
+def tuple_index(key_selector: Callable[[Any], Any]) -> int:
+    """``i`` when ``key_selector`` is ``operator.itemgetter(i)`` with one index ``i >= 0``
+    (the key of a tuple record is its item ``i``), else -1: a hint for :func:`split`."""
+    if type(key_selector) is operator.itemgetter:
+        items = key_selector.__reduce__()[1]  # itemgetter(*items)
+        if len(items) == 1 and type(items[0]) is int and items[0] >= 0:
+            return items[0]
+    return -1
+
+
 def split(
     values: list[Any],
     timestamps: list[int] | None,
     key_selector: Callable[[Any], Any],
     max_parallelism: int,
     parallelism: int,
+    key_index: int = -1,
 ) -> tuple[list[list[Any]], list[list[int]] | None]:
     """``values`` (and their ``timestamps``) bucketed by the subtask of ``parallelism``
     that owns each record's key (``key_selector(value)``), keeping their order:
     ``(buckets, timestamp buckets or None)``, one bucket per subtask.
 
     A record writer's hash partitioner: in C when the extension is built, otherwise
-    through the key-to-subtask cache of :func:`key_target_flags`.
+    through the key-to-subtask cache of :func:`key_target_flags`.  ``key_index`` is
+    :func:`tuple_index` of the key selector (the C path then reads a tuple record's
+    key without calling it); the result is the same whatever it is.
     """
     if _native is not None:
         result: tuple[list[list[Any]], list[list[int]] | None] = _native.split(
-            values, timestamps, key_selector, max_parallelism, parallelism
+            values, timestamps, key_selector, max_parallelism, parallelism, key_index
         )
         return result
     if timestamps is not None and len(timestamps) != len(values):

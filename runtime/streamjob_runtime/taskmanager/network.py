@@ -310,6 +310,8 @@ class RecordWriter:
         self.channels = channels
         self.kind = partitioning.kind
         self.key_selector = partitioning.key_selector
+        # The key selector as itemgetter(i): the partitioner reads a tuple's key itself.
+        self.key_index = keygroups.tuple_index(self.key_selector) if self.key_selector else -1
         self.max_parallelism = max_parallelism
         self.subtask_index = subtask_index
         self.pending: list[list[Element]] = [[] for _ in channels]
@@ -331,7 +333,7 @@ class RecordWriter:
             return
         assert self.key_selector is not None
         buckets, ts_buckets = keygroups.split(
-            values, timestamps, self.key_selector, self.max_parallelism, n
+            values, timestamps, self.key_selector, self.max_parallelism, n, self.key_index
         )
         pending = self.pending
         for t, bucket in enumerate(buckets):
