@@ -29,6 +29,8 @@ import pytest
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from tests.ports import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 TANSU = ROOT / ".tools" / "bin" / "tansu"
 
@@ -54,12 +56,6 @@ def mock_cluster() -> Iterator[MockCluster]:
     brokers = owner.list_topics(timeout=30).brokers.values()
     yield MockCluster(owner, ",".join(f"{b.host}:{b.port}" for b in brokers))
     owner.flush(5)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def tansu_binary() -> Path | None:

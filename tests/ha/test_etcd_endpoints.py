@@ -10,9 +10,10 @@ from pathlib import Path
 from streamjob_runtime.ha import etcd as ha_etcd
 from streamjob_runtime.ha import services
 from tests.conftest import Harness
-from tests.etcd import Etcd, free_port
+from tests.etcd import Etcd
 from tests.ha import failover
 from tests.ha.test_etcd_failover import LEASE
+from tests.ports import free_port
 
 
 def config(cluster_id: str, endpoints: tuple[str, ...]) -> services.HaConfig:

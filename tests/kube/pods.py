@@ -111,6 +111,7 @@ import aiohttp
 import streamjob_runtime
 from tests.kube.server import KubeEmulator
 from tests.kube.store import ApiError
+from tests.ports import free_port
 
 logger = logging.getLogger(__name__)
 
@@ -209,13 +210,6 @@ def template_hash(template: Mapping[str, Any]) -> str:
     """A stable hash of a pod template (the ``pod-template-hash`` label)."""
     raw = json.dumps(template, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(raw).hexdigest()[:10]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _now() -> str:

@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from streamjob_operator.api import crd
 from streamjob_operator.leadership import lease
 from tests.kube import KubeEmulator, fixtures
 from tests.operator import test_observing
+from tests.ports import free_port
 
 kube = fixtures.kube
 kubeconfig = fixtures.kubeconfig
@@ -209,13 +209,6 @@ def test_timings_must_decrease() -> None:
 
 
 # -- two operator processes -----------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class OperatorProcess:
