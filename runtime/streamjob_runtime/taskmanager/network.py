@@ -42,8 +42,11 @@ Element = tuple[Any, ...]
 # flight (tests/integration/test_backpressure.py).
 WRITE_BUFFER = 256 * 1024
 # A remote channel merges record batches into one frame up to this many records, or
-# until a control element or LINGER_S seconds (see RemoteChannelWriter).
-MERGE_RECORDS = 2048
+# until a control element or LINGER_S seconds (see RemoteChannelWriter). Each frame costs
+# a TLS record, a send, a wakeup and a decode whatever its size: 8192 against 2048 gave
+# the keyed count at parallelism 2 1.6-4.7 % more events per CPU-second in four paired
+# runs; at that rate the linger sends a frame first anyway, so latency is unchanged.
+MERGE_RECORDS = 8192
 LINGER_S = 0.005
 
 
