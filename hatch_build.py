@@ -32,9 +32,15 @@ EXTENSIONS = ["streamjob_runtime/graph/_keyhash", "streamjob_runtime/taskmanager
 def compile_extension(source: Path, output: Path) -> str | None:
     """Compile ``source`` into the extension module ``output``; None, or why it failed."""
     config = sysconfig.get_config_vars()
-    cc = shlex.split(config.get("CC") or "cc")
-    cflags = shlex.split(config.get("CFLAGS") or "") + shlex.split(config.get("CCSHARED") or "")
-    ldshared = shlex.split(config.get("LDSHARED") or "cc -shared")
+
+    def setting(name: str, default: str = "") -> list[str]:
+        # As setuptools: CC, CFLAGS and LDSHARED in the environment override the
+        # interpreter's own settings.
+        return shlex.split(os.environ.get(name) or config.get(name) or default)
+
+    cc = setting("CC", "cc")
+    cflags = setting("CFLAGS") + setting("CCSHARED")
+    ldshared = setting("LDSHARED", "cc -shared")
     include = sysconfig.get_paths()["include"]
     with tempfile.TemporaryDirectory() as tmp:
         obj = Path(tmp) / (source.stem + ".o")
