@@ -65,7 +65,7 @@ class Run:
     events: int
     wall_s: float
     cpu_s: float
-    startup_cpu_s: float
+    startup_cpu_s: float | None  # before the job ran (None: not measured)
     other_cores: float
     checkpoints: int
     exact: bool
@@ -129,7 +129,7 @@ def run_streamjob(a: argparse.Namespace, workdir: Path) -> Run:
         events=r.events,
         wall_s=r.wall_s,
         cpu_s=r.engine_cpu_s,
-        startup_cpu_s=0.0,
+        startup_cpu_s=None,  # the cluster starts before the measurement
         other_cores=r.other_cores,
         checkpoints=len(r.durations_ms),
         exact=r.exact,
@@ -298,9 +298,14 @@ def run_bytewax(a: argparse.Namespace, python: str, workdir: Path) -> Run:
 
 
 def describe(engine: str, r: Run) -> str:
+    startup = (
+        "cluster start-up not measured"
+        if r.startup_cpu_s is None
+        else f"start-up {r.startup_cpu_s:.1f} s apart"
+    )
     return (
         f"{engine}: {r.wall_s:.1f} s, {r.events_per_s:,.0f} events/s, CPU {r.cpu_s:.1f} s"
-        f" ({r.events_per_cpu_s:,.0f} events/CPU-s; start-up {r.startup_cpu_s:.1f} s apart),"
+        f" ({r.events_per_cpu_s:,.0f} events/CPU-s; {startup}),"
         f" {r.checkpoints} checkpoints, other processes {r.other_cores:.2f} cores;"
         f" exact: {'yes' if r.exact else 'NO'} ({r.detail})"
     )
@@ -308,9 +313,14 @@ def describe(engine: str, r: Run) -> str:
 
 def print_table(engines: list[Engine], repeat: int) -> None:
     print()
-    print(f"medians of {repeat} runs per engine (min-max)")
-    print("| engine | events/s | events/CPU-s | CPU s | checkpoints | other load | exact |")
-    print("|---|---:|---:|---:|---:|---:|---|")
+    ran = [e for e in engines if not e.skipped]
+    if ran:
+        print(f"medians of {repeat} runs per engine (min-max)")
+        print(
+            "| engine | events/s (min-max) | events/CPU-s (min-max) | CPU s"
+            " | checkpoints (Bytewax: epochs) | other load | exact |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---|")
     for e in engines:
         if e.skipped:
             continue
@@ -326,7 +336,6 @@ def print_table(engines: list[Engine], repeat: int) -> None:
     for e in engines:
         if e.skipped:
             print(f"{e.name}: skipped: {e.skipped}")
-    ran = [e for e in engines if not e.skipped]
     if ran:
         print(
             "other processes used (median per engine) "

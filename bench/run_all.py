@@ -9,6 +9,9 @@ StreamJobs only instead of 100 and 1,000, one chaos round instead of 3, and one
 round of the unaligned checkpoint benchmark at one channel capacity instead of two at two.
 On a shared machine, ``--repeat 3`` reports medians and ``--wait-idle 0.3``
 starts each throughput run only once other processes use at most 0.3 cores.
+``--peers-python PATH`` (a Python with bytewax and apache-flink installed, outside the
+project) also runs ``bench/peers.py``: streamjob, Flink and Bytewax on the throughput
+workload in this session.
 """
 
 from __future__ import annotations
@@ -40,11 +43,20 @@ def main() -> None:
         metavar="CORES",
         help="keyed count: before each run, wait until the machine uses at most CORES",
     )
+    p.add_argument(
+        "--peers-python",
+        default=None,
+        metavar="PATH",
+        help="also run bench/peers.py with Flink's jars and Bytewax from this Python",
+    )
     a = p.parse_args()
     events = "2000000" if a.quick else "10000000"
     kills = "2" if a.quick else "3"
     idle = ["--wait-idle", a.wait_idle] if a.wait_idle else []
     ok = run("keyed_count.py", ["--events", events, "--repeat", str(a.repeat), *idle])
+    if a.peers_python:
+        peers = ["--bytewax-python", a.peers_python, "--pyflink-python", a.peers_python]
+        ok = run("peers.py", ["--events", events, "--repeat", str(max(a.repeat, 3)), *peers]) and ok
     ok = run("tls.py", ["--events", events, "--repeat", str(max(a.repeat, 3))]) and ok
     ok = run("recovery.py", ["--kills", kills]) and ok
     quick_unaligned = ["--runs", "1", "--capacities", "64", "--seconds", "10"]
