@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import dis
+import inspect
 import operator
 import time
 import types
@@ -19,6 +20,7 @@ OUT = TypeVar("OUT")
 ACC = TypeVar("ACC")
 
 KeySelector = Callable[[Any], Any]
+_STAR_ARGS = inspect.CO_VARARGS | inspect.CO_VARKEYWORDS
 
 
 def specialize_key_selector(selector: KeySelector) -> KeySelector:
@@ -35,7 +37,7 @@ def specialize_key_selector(selector: KeySelector) -> KeySelector:
     if type(selector) is not types.FunctionType:
         return selector
     code = selector.__code__
-    if code.co_argcount != 1 or code.co_kwonlyargcount or code.co_flags & 0x0C:  # *a, **k
+    if code.co_argcount != 1 or code.co_kwonlyargcount or code.co_flags & _STAR_ARGS:
         return selector
     ops = [
         i
