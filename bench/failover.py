@@ -64,7 +64,10 @@ TUNED_LEASES = ["3000/2000/500", "2000/1500/250"]
 
 
 def load_test_etcd() -> ModuleType:
-    """``tests/etcd.py`` by path (``tests`` is not a package on the bench's path)."""
+    """``tests/etcd.py`` by path (``tests`` is not a package on the bench's path; the
+    module's own ``from tests...`` imports find it from the repository root)."""
+    if str(common.REPO) not in sys.path:
+        sys.path.append(str(common.REPO))
     spec = importlib.util.spec_from_file_location(
         "streamjob_tests_etcd", common.REPO / "tests" / "etcd.py"
     )

@@ -29,7 +29,7 @@ import confluent_kafka as ck
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from streamjob_runtime.api import client, models
+from streamjob_runtime.api import models
 from streamjob_runtime.connectors import files
 from streamjob_runtime.local import LocalCluster
 
@@ -103,7 +103,7 @@ def count_output(bootstrap: str) -> int:
 async def run(args: list[str], workdir: Path, broker_pid: int | None) -> tuple[float, float, float]:
     """(wall s, TaskManager CPU s, broker CPU s) of one job run."""
     with LocalCluster(workdir, taskmanagers=1, slots=1) as cluster:
-        async with client.JobManagerClient(cluster.rest_url) as jm:
+        async with cluster.client() as jm:
             await common.wait_for_taskmanagers(jm, 1, 60)
             tm, broker = common.CpuMeter(), common.CpuMeter()
             tm.sample(cluster.taskmanager_pids())
