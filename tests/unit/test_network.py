@@ -245,3 +245,39 @@ def test_hash_fanout_is_the_channel_count_of_the_widest_hash_output() -> None:
     assert network.MultiOutput([writer(rebalance, 4)]).hash_fanout() == 1
     assert network.MultiOutput([writer(hash_, 3), writer(rebalance, 4)]).hash_fanout() == 3
     assert network.MultiOutput([writer(hash_, 2), writer(hash_, 5)]).hash_fanout() == 5
+
+
+def test_a_remote_writer_blocks_a_slow_sender_whose_frames_only_the_linger_writes() -> None:
+    """A source slower than MERGE_RECORDS per linger never fills a frame: the linger timer
+    writes every frame. Against a receiver that has stopped reading, its sends must still
+    block once the transport holds WRITE_BUFFER bytes, or the buffer grows without bound."""
+
+    async def scenario() -> tuple[bool, int]:
+        stalled = asyncio.Event()
+
+        async def never_read(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await stalled.wait()
+            writer.close()
+
+        server = await asyncio.start_server(never_read, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        _, w = await asyncio.open_connection("127.0.0.1", port)
+        channel = network.RemoteChannelWriter(w)
+        batch = ("b", [b"x" * 1000] * 10, None)  # about 10 KB, far under MERGE_RECORDS
+        blocked = False
+        for _ in range(2000):  # up to about 20 MB if nothing pushed back
+            try:
+                await asyncio.wait_for(channel.send_all([batch]), 2 * network.LINGER_S + 1)
+            except TimeoutError:
+                blocked = True
+                break
+            await asyncio.sleep(network.LINGER_S * 1.5)  # the linger writes the held batch
+        buffered = w.transport.get_write_buffer_size()
+        stalled.set()
+        channel.close()
+        server.close()
+        return blocked, buffered
+
+    blocked, buffered = asyncio.run(scenario())
+    assert blocked, f"2000 sends went through; the transport buffers {buffered} bytes"
+    assert buffered <= network.WRITE_BUFFER + 64 * 1024, buffered

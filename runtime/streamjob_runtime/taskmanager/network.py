@@ -241,9 +241,13 @@ class RemoteChannelWriter:
                 control = True
         if control or self._held_records >= MERGE_RECORDS:
             self.write_held()
-            await self.writer.drain()
         elif held and self._linger is None:
             self._linger = asyncio.get_running_loop().call_later(LINGER_S, self.write_held)
+        # Wait while the transport holds more than WRITE_BUFFER bytes, whoever wrote them:
+        # a sender too slow to fill a frame within the linger has every frame written by
+        # the timer, and without this wait it would fill the buffer of a receiver that
+        # stopped reading without bound (the wait returns at once when there is room).
+        await self.writer.drain()
 
     def write_held(self) -> None:
         """Write every held element now (merging runs of batches), without waiting for drain."""
