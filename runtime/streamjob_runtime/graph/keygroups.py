@@ -16,13 +16,13 @@ give the same results (``tests/unit/test_keygroups.py`` checks the two agree).
 from __future__ import annotations
 
 import operator
-import os
 import pickle
 import zlib
 from collections.abc import Callable
 from itertools import compress
-from types import ModuleType
 from typing import Any, NamedTuple
+
+from streamjob_runtime import native
 
 _MASK64 = (1 << 64) - 1
 # The _keyhash.c behaviour this module expects; a build of another version is not used.
@@ -63,21 +63,9 @@ def python_stable_hash(key: Any) -> int:
     return _mix(zlib.crc32(pickle.dumps(key, protocol=5)))
 
 
-def _load_native() -> ModuleType | None:
-    if os.environ.get("STREAMJOB_NATIVE", "1") == "0":
-        return None
-    try:
-        from streamjob_runtime.graph import _keyhash  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    if getattr(_keyhash, "VERSION", None) != NATIVE_VERSION:
-        return None  # a stale build: its results may differ from this module's
-    _keyhash.configure(python_stable_hash)
-    module: ModuleType = _keyhash
-    return module
-
-
-_native = _load_native()
+_native = native.load("streamjob_runtime.graph._keyhash", NATIVE_VERSION)
+if _native is not None:
+    _native.configure(python_stable_hash)
 # Whether the C extension runs this module's per-record work (see the module docstring).
 NATIVE = _native is not None
 

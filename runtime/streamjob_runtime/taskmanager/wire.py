@@ -54,12 +54,11 @@ decoders check every length and tag against the payload and raise
 
 from __future__ import annotations
 
-import os
 import pickle
 import struct
-from types import ModuleType
 from typing import Any
 
+from streamjob_runtime import native
 from streamjob_runtime.state import serialization
 
 Element = tuple[Any, ...]
@@ -72,20 +71,7 @@ PLAIN_VERSION = 1
 PLAIN_MAX_DEPTH = 32
 
 
-def _load_native() -> ModuleType | None:
-    if os.environ.get("STREAMJOB_NATIVE", "1") == "0":
-        return None
-    try:
-        from streamjob_runtime.taskmanager import _plainbatch  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    if getattr(_plainbatch, "VERSION", None) != PLAIN_VERSION:
-        return None  # a stale build
-    module: ModuleType = _plainbatch
-    return module
-
-
-_native = _load_native()
+_native = native.load("streamjob_runtime.taskmanager._plainbatch", PLAIN_VERSION)
 
 # Record types whose batches pickle faster without a memo: nothing in them recurs
 # from record to record the way a class reference or a dict's key strings do.
