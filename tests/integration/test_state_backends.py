@@ -195,7 +195,7 @@ def test_rocksdb_state_five_times_the_memory_bound_runs_exactly_with_bounded_rss
     )
     details = h.wait_terminal(job, timeout_s=180)
     assert details.state is models.JobStatus.FINISHED, details.failure_cause
-    assert details.restarts == 0
+    assert details.restarts == 0, [e.get("cause") for e in h.events("job_failing")]
     assert h.checkpoints(job).counts.completed >= 2
     growth = _rss_kib(pid, "VmHWM") * 1024 - baseline
     latest = h.checkpoints(job).latest_completed
