@@ -42,20 +42,27 @@ def compile_extension(source: Path, output: Path) -> str | None:
     cflags = setting("CFLAGS") + setting("CCSHARED")
     ldshared = setting("LDSHARED", "cc -shared")
     include = sysconfig.get_paths()["include"]
-    with tempfile.TemporaryDirectory() as tmp:
-        obj = Path(tmp) / (source.stem + ".o")
-        built = Path(tmp) / output.name
-        for command in (
-            [*cc, *cflags, "-I", include, "-c", str(source), "-o", str(obj)],
-            [*ldshared, str(obj), "-o", str(built)],
-        ):
-            try:
-                done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-            except OSError as e:
-                return f"{command[0]}: {e}"
-            if done.returncode != 0:
-                return f"{shlex.join(command)} exited {done.returncode}: {done.stderr[-2000:]}"
-        os.replace(built, output)  # whole, never half-written beside the source
+    # Linked beside its destination (the temporary directory may be another file system),
+    # then renamed: never a half-written module where Python imports it.
+    built = output.with_name(output.name + ".tmp")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            obj = Path(tmp) / (source.stem + ".o")
+            for command in (
+                [*cc, *cflags, "-I", include, "-c", str(source), "-o", str(obj)],
+                [*ldshared, str(obj), "-o", str(built)],
+            ):
+                try:
+                    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+                except (OSError, subprocess.TimeoutExpired) as e:
+                    return f"{command[0]}: {e}"
+                if done.returncode != 0:
+                    return f"{shlex.join(command)} exited {done.returncode}: {done.stderr[-2000:]}"
+            os.replace(built, output)
+    except OSError as e:
+        return f"{output}: {e}"
+    finally:
+        built.unlink(missing_ok=True)
     return None
 
 
