@@ -1159,11 +1159,21 @@ class Store:
         return result
 
     def _collect(self, rt: ResourceType, dependent: Obj) -> None:
-        """The garbage collector's decision on a dependent whose owner may be gone."""
+        """The garbage collector's decision on a dependent whose owner may be gone, or is
+        being deleted in the foreground: as kube-controller-manager's collector, it deletes
+        a dependent that appears while its owner waits for its dependents (a controller that
+        read the owner before its deletion may still create one), else the owner would wait
+        for ever."""
         meta = _meta(dependent)
         refs = meta.get("ownerReferences") or []
         alive = [r for r in refs if self._owner_exists(dependent, r.get("uid", ""))]
-        if not refs or len(alive) == len(refs):
+        if refs and len(alive) == len(refs):
+            if not meta.get("deletionTimestamp") and any(
+                self._deleting_dependents(r.get("uid", "")) for r in refs
+            ):
+                self._delete_quietly(rt, dependent)
+            return
+        if not refs:
             return
         if alive:
             new = copy.deepcopy(dependent)
@@ -1194,6 +1204,15 @@ class Store:
             else:
                 del _meta(new)["ownerReferences"]
             self._commit(rt, "MODIFIED", new, dep)
+
+    def _deleting_dependents(self, owner_uid: str) -> bool:
+        """Whether the owner ``owner_uid`` is being deleted in the foreground."""
+        where = self.by_uid.get(owner_uid)
+        if where is None:
+            return False
+        gr, key = where
+        meta = _meta(self._bucket(gr)[key])
+        return bool(meta.get("deletionTimestamp")) and FOREGROUND in (meta.get("finalizers") or [])
 
     def _maybe_finish_foreground(self, owner_uid: str) -> None:
         where = self.by_uid.get(owner_uid)

@@ -1229,6 +1229,10 @@ def test_owner_references_garbage_collection(kube: KubeEmulator) -> None:
             waiting = await apps.read_namespaced_deployment("fg", "default")
             assert "foregroundDeletion" in waiting.metadata.finalizers
             assert waiting.metadata.deletion_timestamp is not None
+            # a dependent created meanwhile (by a controller that read the owner before its
+            # deletion) is deleted too, as the collector does, or the owner would wait for ever
+            await core.create_namespaced_config_map("default", owned_configmap("late", owner))
+            await asyncio.to_thread(kube.wait_for, lambda: "late" not in cm_names())
             await core.patch_namespaced_config_map(
                 "fg-child", "default", {"metadata": {"finalizers": None}}
             )
