@@ -76,9 +76,10 @@ def key_group(key: Any, max_parallelism: int) -> int:
     return stable_hash(key) % max_parallelism
 
 
-# A per-process cache of key -> key group (one per max parallelism), for batches whose keys
-# are all exact ``int`` or ``str``: a key of another type can equal a cached one (``IntEnum``,
-# ``StrEnum``, ``1.0``) yet hash differently, so such batches are always hashed.  Strings
+# A per-process cache of key -> subtask (one per max parallelism and parallelism), for
+# batches whose keys are all exact ``int`` or ``str``: a key of another type can equal a
+# cached one (``IntEnum``, ``StrEnum``, ``1.0``) yet hash differently, so such batches are
+# always hashed.  Strings
 # longer than _CACHE_MAX_STR are not kept (the cache holds its keys alive).  The cache takes
 # new keys until it holds _CACHE_LIMIT of them.  Every _WINDOW lookups it checks its hit
 # rate: when it is full and fewer than 80% of the lookups hit (more keys than fit, or the
@@ -102,30 +103,15 @@ class _GroupCache:
         self.bypass = 0
 
 
-_group_caches: dict[int, _GroupCache] = {}
 _target_caches: dict[tuple[int, int], _GroupCache] = {}
-
-
-def key_groups(keys: list[Any], max_parallelism: int) -> list[int]:
-    """``[key_group(k, max_parallelism) for k in keys]``, faster for batches.
-
-    The result is always identical to :func:`key_group`; batches of only ``int``
-    and ``str`` keys go through a bounded per-process cache, so a repeated key
-    costs a dict lookup instead of a hash.
-    """
-    c = _group_caches.get(max_parallelism)
-    if c is None:
-        c = _group_caches[max_parallelism] = _GroupCache()
-    h = stable_hash
-    return _cached(keys, c, lambda k: h(k) % max_parallelism)
 
 
 def key_targets(keys: list[Any], max_parallelism: int, parallelism: int) -> list[int]:
     """The subtask index (of ``parallelism``) that owns each key's key group.
 
     Equal to ``[operator_index(key_group(k, m), m, parallelism) for k in keys]``;
-    a record writer's partitioner, cached like :func:`key_groups` but from key
-    straight to subtask (one lookup per record instead of two).
+    the Python partitioner of :func:`split`, through a bounded per-process cache from
+    key straight to subtask for batches of only ``int`` and ``str`` keys.
     """
     c = _target_caches.get((max_parallelism, parallelism))
     if c is None:
