@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import enum
 import operator
-import os
 import random
 import subprocess
 import sys
@@ -10,6 +9,7 @@ from typing import Any
 
 import pytest
 
+import tests.native
 from streamjob_runtime.graph import keygroups
 
 
@@ -87,17 +87,7 @@ def test_key_target_flags_refuse_more_subtasks_than_a_byte_holds() -> None:
 
 
 def native() -> Any:
-    """The C extension, or a skip saying why it is missing (a failure in CI, which builds it)."""
-    module = keygroups._native
-    if module is None:
-        why = (
-            "the C extension streamjob_runtime.graph._keyhash is not built (no C compiler when"
-            " the package was installed, or STREAMJOB_NATIVE=0): only the Python path is tested"
-        )
-        if os.environ.get("STREAMJOB_REQUIRE_TOOLS"):
-            pytest.fail(why)
-        pytest.skip(why)
-    return module
+    return tests.native.require(keygroups._native, "streamjob_runtime.graph._keyhash")
 
 
 class Label(enum.StrEnum):

@@ -4,13 +4,13 @@ import collections
 import contextlib
 import enum
 import functools
-import os
 import pickle
 import random
 from typing import Any, cast
 
 import pytest
 
+import tests.native
 from streamjob_runtime.taskmanager import wire
 
 Point = collections.namedtuple("Point", "x y")
@@ -80,16 +80,7 @@ def test_a_frame_that_is_not_a_batch_is_refused_as_one() -> None:
 
 
 def native() -> Any:
-    """The C codec, or a skip saying why it is missing (a failure in CI, which builds it)."""
-    if wire._native is None:
-        why = (
-            "the C extension streamjob_runtime.taskmanager._plainbatch is not built (no C"
-            " compiler when the package was installed, or STREAMJOB_NATIVE=0)"
-        )
-        if os.environ.get("STREAMJOB_REQUIRE_TOOLS"):
-            pytest.fail(why)
-        pytest.skip(why)
-    return wire._native
+    return tests.native.require(wire._native, "streamjob_runtime.taskmanager._plainbatch")
 
 
 PLAIN: list[Any] = [

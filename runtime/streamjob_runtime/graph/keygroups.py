@@ -79,11 +79,11 @@ def key_group(key: Any, max_parallelism: int) -> int:
 # A per-process cache of key -> subtask (one per max parallelism and parallelism), for
 # batches whose keys are all exact ``int`` or ``str``: a key of another type can equal a
 # cached one (``IntEnum``, ``StrEnum``, ``1.0``) yet hash differently, so such batches are
-# always hashed.  Strings
-# longer than _CACHE_MAX_STR are not kept (the cache holds its keys alive).  The cache takes
-# new keys until it holds _CACHE_LIMIT of them.  Every _WINDOW lookups it checks its hit
-# rate: when it is full and fewer than 80% of the lookups hit (more keys than fit, or the
-# keys changed), it empties itself and is bypassed for _BYPASS keys, then fills up again.
+# always hashed.  Strings longer than _CACHE_MAX_STR are not kept (the cache holds its keys
+# alive).  The cache takes new keys until it holds _CACHE_LIMIT of them.  Every _WINDOW
+# lookups it checks its hit rate: when it is full and fewer than 80% of the lookups hit (more
+# keys than fit, or the keys changed), it empties itself and is bypassed for _BYPASS keys,
+# then fills up again.
 # (A lookup in a large dict is bound by memory latency when keys come in random order, so
 # the cache only pays when most lookups hit; when keys rarely repeat it costs a few percent.)
 _CACHEABLE = frozenset((int, str))
