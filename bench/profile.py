@@ -50,7 +50,7 @@ from typing import Any
 
 import common
 
-from streamjob_runtime.api import models
+from streamjob_runtime.api import client, models
 from streamjob_runtime.local import LocalCluster
 
 JOB = str(common.BENCH_DIR / "jobs" / "keyed_count_job.py")
@@ -133,6 +133,24 @@ def start_spy(pid: int, out: Path, rate: int, fmt: str) -> subprocess.Popen[byte
     )
 
 
+async def submit(
+    jm: client.JobManagerClient, a: argparse.Namespace, workdir: Path, parallelism: int
+) -> str:
+    """Submit the keyed count with the script's options; its job id."""
+    return await jm.submit(
+        models.JobSubmission(
+            entrypoint=JOB,
+            args=[
+                f"out={workdir / 'output'}",
+                f"events={a.events}",
+                f"keys={a.keys}",
+                f"interval={a.interval}",
+            ],
+            parallelism=parallelism,
+        )
+    )
+
+
 async def profile_one(parallelism: int, a: argparse.Namespace, out_dir: Path) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="streamjob-profile-"))
     try:
@@ -155,18 +173,7 @@ async def profile_one(parallelism: int, a: argparse.Namespace, out_dir: Path) ->
                 cpu = common.CpuMeter()
                 cpu.sample(list(pids.values()))
                 other = common.OtherLoad()
-                job_id = await jm.submit(
-                    models.JobSubmission(
-                        entrypoint=JOB,
-                        args=[
-                            f"out={workdir / 'output'}",
-                            f"events={a.events}",
-                            f"keys={a.keys}",
-                            f"interval={a.interval}",
-                        ],
-                        parallelism=parallelism,
-                    )
-                )
+                job_id = await submit(jm, a, workdir, parallelism)
                 started = time.monotonic()
                 while True:
                     job = await jm.job(job_id)
@@ -251,18 +258,7 @@ async def account_one(parallelism: int, a: argparse.Namespace) -> dict[str, floa
                 jm_pid = cluster.jobmanager.popen.pid
                 pids = [jm_pid, *cluster.taskmanager_pids()]
                 before = await settled_accounts(accounts_dir, pids)
-                job_id = await jm.submit(
-                    models.JobSubmission(
-                        entrypoint=JOB,
-                        args=[
-                            f"out={workdir / 'output'}",
-                            f"events={a.events}",
-                            f"keys={a.keys}",
-                            f"interval={a.interval}",
-                        ],
-                        parallelism=parallelism,
-                    )
-                )
+                job_id = await submit(jm, a, workdir, parallelism)
                 while True:
                     job = await jm.job(job_id)
                     if job.state.terminal:
