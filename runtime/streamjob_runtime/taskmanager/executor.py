@@ -32,7 +32,7 @@ from streamjob_runtime.ha import factory as ha_factory
 from streamjob_runtime.ha import services
 from streamjob_runtime.operators import base, keyed
 from streamjob_runtime.rpc import framing, messages
-from streamjob_runtime.taskmanager import channelstate, network, task, wire
+from streamjob_runtime.taskmanager import channelstate, network, offload, task, wire
 
 log = logging.getLogger(__name__)
 
@@ -399,7 +399,7 @@ class TaskExecutor:
         jobfile.check_allowed(message.entrypoint, self.security.job_roots)
         if message.restore is not None:
             self.security.check_storage(message.restore.directory, "restore directory")
-        _, graph = await asyncio.to_thread(
+        _, graph = await offload.to_thread(
             jobfile.load, message.entrypoint, message.args, message.config
         )
         if graph.plan() != message.plan:
@@ -567,7 +567,7 @@ class TaskExecutor:
         if tasks and tasks[0].config.state_backend.local_recovery:
             # The job is over: its local state copies serve no recovery any more.
             settings = tasks[0].config.state_backend
-            await asyncio.to_thread(keyed.discard_local_state, settings, message.job_id)
+            await offload.to_thread(keyed.discard_local_state, settings, message.job_id)
         for t in tasks:
             await self.send(
                 messages.TaskStateChanged(t.job_id, t.attempt, t.vertex.id, t.subtask, "FINISHED")

@@ -43,7 +43,7 @@ from streamjob_runtime.graph import jobgraph, keygroups
 from streamjob_runtime.operators import base, source
 from streamjob_runtime.rpc import messages
 from streamjob_runtime.state import heap, rocksdb, serialization, shared, storage
-from streamjob_runtime.taskmanager import channelstate, network, wire
+from streamjob_runtime.taskmanager import channelstate, network, offload, wire
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +285,7 @@ class Task:
             | {h.file for h in self._channel_state_handles()}
         )
         blobs = await asyncio.gather(
-            *(asyncio.to_thread(storage.read_bytes, directory / name) for name in names)
+            *(offload.to_thread(storage.read_bytes, directory / name) for name in names)
         )
         prefetched = Prefetched(dict(zip(names, blobs, strict=True)))
         # The class name opens a pickled incremental state: full states are not unpickled
@@ -305,7 +305,7 @@ class Task:
             if local_dir is not None:
                 os.makedirs(local_dir, exist_ok=True)  # a fresh machine has none yet
             self._shared_dir = Path(tempfile.mkdtemp(prefix="streamjob-shared-", dir=local_dir))
-            await asyncio.to_thread(shared.fetch, directory.parent, needed, self._shared_dir)
+            await offload.to_thread(shared.fetch, directory.parent, needed, self._shared_dir)
         return prefetched
 
     def _initialize(self, prefetched: Prefetched | None = None) -> None:
@@ -899,7 +899,7 @@ class Task:
                 # .shared file lists them for the JobManager's reference counting.
                 assert snap.incremental is not None
                 job_dir = storage.location(self.checkpoint_dir, self.config.s3)
-                keyed_part = await asyncio.to_thread(snap.incremental, job_dir)
+                keyed_part = await offload.to_thread(snap.incremental, job_dir)
                 shared_bytes += keyed_part.uploaded_bytes
                 data = pickle.dumps((keyed_part, snap.operator), protocol=5)
                 blobs.append((uid, data, True, bool(snap.operator)))
@@ -913,7 +913,7 @@ class Task:
                 # Object storage: parallel uploads off the loop (network, not the GIL).
                 sizes = await asyncio.gather(
                     *(
-                        asyncio.to_thread(
+                        offload.to_thread(
                             storage.write_unsynced, directory / f"{uid}-{self.subtask}.state", data
                         )
                         for uid, data, _, _ in blobs
@@ -934,7 +934,7 @@ class Task:
                 name = f"{self.uids[0]}-{self.subtask}{channelstate.SUFFIX}"
                 write = storage.write_unsynced
                 size = (
-                    await asyncio.to_thread(write, directory / name, channel_data)
+                    await offload.to_thread(write, directory / name, channel_data)
                     if remote
                     else write(directory / name, channel_data)
                 )
@@ -955,7 +955,7 @@ class Task:
             logs.event(
                 log, "state_written", logging.DEBUG, task=self.name, checkpoint_id=checkpoint_id
             )
-            await asyncio.to_thread(storage.fsync_files, paths)
+            await offload.to_thread(storage.fsync_files, paths)
             logs.event(
                 log, "state_synced", logging.DEBUG, task=self.name, checkpoint_id=checkpoint_id
             )
