@@ -64,7 +64,7 @@ def test_nudges_stop_when_nothing_is_pending_and_errors_reach_the_caller() -> No
         nudger = offload._nudgers[loop]
         assert nudger.pending == 2
         assert nudger.timer is not None
-        assert await asyncio.gather(first, second) == [1, 2]
+        assert [await first, await second] == [1, 2]
         assert nudger.pending == 0
         assert nudger.timer is None
 
