@@ -4,7 +4,9 @@ Each extension is an accelerator whose module has a Python twin that gives the s
 results (``graph._keyhash`` for ``graph.keygroups``, ``taskmanager._plainbatch`` for
 ``taskmanager.wire``): without a C compiler,
 or with ``STREAMJOB_NATIVE=0``, the package builds without them and runs in pure
-Python. A failed compile is reported on stderr and does not fail the build.
+Python. A failed compile is reported on stderr and does not fail the build, unless
+``STREAMJOB_NATIVE=1`` says the extensions are required (the image's builder stage,
+which installs a compiler for them: a failed compile must not ship the Python path).
 
 The compile uses the interpreter's own ``sysconfig`` settings (compiler, flags, the
 linker command for extension modules), as setuptools does. An editable install keeps
@@ -70,7 +72,8 @@ class NativeExtensionsHook(BuildHookInterface):  # type: ignore[type-arg]
     PLUGIN_NAME = "custom"
 
     def initialize(self, version: str, build_data: dict[str, Any]) -> None:
-        if self.target_name != "wheel" or os.environ.get("STREAMJOB_NATIVE") == "0":
+        setting = os.environ.get("STREAMJOB_NATIVE")
+        if self.target_name != "wheel" or setting == "0":
             return
         suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
         root = Path(self.root)
@@ -80,6 +83,11 @@ class NativeExtensionsHook(BuildHookInterface):  # type: ignore[type-arg]
             failure = compile_extension(root / "runtime" / (module + ".c"), output)
             if failure is None:
                 built[str(output)] = module + suffix
+            elif setting == "1":
+                raise RuntimeError(
+                    f"streamjob: the C extension {module} was not built and STREAMJOB_NATIVE=1"
+                    f" requires it (install a C compiler and Python's headers): {failure}"
+                )
             else:
                 print(
                     f"streamjob: the C extension {module} was not built, the Python path"

@@ -110,7 +110,10 @@ class LocalCluster:
         self.token_file = self.workdir / security.TOKEN_FILE
         self.token: str | None = None
         if self.job_roots is None:
-            self.job_roots = [os.getcwd(), *([str(EXAMPLES)] if EXAMPLES.is_dir() else [])]
+            # The working directory and the examples: beside the sources in a checkout,
+            # where the image puts them (the JobManager's default roots) when installed.
+            examples = [str(EXAMPLES), *security.DEFAULT_JOB_ROOTS]
+            self.job_roots = [os.getcwd(), *(r for r in examples if os.path.isdir(r))]
         if self.storage_roots is None:
             self.storage_roots = [str(self.workdir), os.getcwd(), tempfile.gettempdir()]
             # The cluster's own checkpoint and savepoint locations (s3:// URLs included).

@@ -214,10 +214,15 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str
             # the replay is about the uv commands and what they install.
             continue
         elif instruction.keyword == "RUN":
+            run_env = dict(env)
+            if shutil.which("cc") is None:
+                # No compiler here (the builder installs one): the wheel goes without its C
+                # extensions instead of failing as STREAMJOB_NATIVE=1 makes it in the image.
+                run_env.pop("STREAMJOB_NATIVE", None)
             done = subprocess.run(
                 ["sh", "-c", instruction.args],
                 cwd=_moved(workdir, root),
-                env=env,
+                env=run_env,
                 capture_output=True,
                 text=True,
                 timeout=240,
@@ -289,6 +294,39 @@ def test_the_image_commands_run_from_the_installed_venv(
         )
         assert native.startswith("True "), native
         assert Path(native.split()[-1]).is_relative_to(venv), native
+
+
+def test_the_builder_requires_the_c_extensions_it_installs_a_compiler_for(
+    tmp_path: Path,
+) -> None:
+    builder = dockerfile.parse(DOCKERFILE.read_text()).stage("builder")
+    env: dict[str, str] = {}
+    for instruction in builder.all("ENV"):
+        env.update(instruction.pairs())
+    assert env.get("STREAMJOB_NATIVE") == "1", "a failed compile would ship the Python path"
+    if shutil.which("uv") is None:
+        pytest.fail("uv is not on PATH: run scripts/bootstrap.sh (it installs uv)")
+    host = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "VIRTUAL_ENV"))}
+    broken = {**host, "CC": "false", "UV_OFFLINE": "1"}  # a compiler that always fails
+
+    def build(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["uv", "build", "--wheel", "-o", str(tmp_path), str(ROOT)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+
+    required = build({**broken, "STREAMJOB_NATIVE": "1"})
+    assert required.returncode != 0, required.stdout
+    assert "STREAMJOB_NATIVE=1 requires it" in required.stderr, required.stderr[-3000:]
+    assert not list(tmp_path.glob("*.whl"))
+    optional = build(broken)  # outside the image: the Python path, said on stderr
+    assert optional.returncode == 0, optional.stderr[-3000:]
+    assert "the Python path will run instead" in optional.stderr
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert [p.name for p in tmp_path.glob("*.whl")] == [f"streamjob-{version}-py3-none-any.whl"]
 
 
 def test_the_venv_holds_exactly_the_locked_runtime_dependencies(

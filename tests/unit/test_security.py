@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from streamjob_runtime import jobfile, security
+from streamjob_runtime import jobfile, local, security
 from streamjob_runtime.checkpoint import metadata
 from streamjob_runtime.rpc import framing, messages
 
@@ -57,6 +57,21 @@ def test_metadata_naming_files_inside_its_directory_reads(tmp_path: Path) -> Non
     (tmp_path / "sp" / "sub").mkdir()
     (tmp_path / "sp" / "sub" / "ok.state").write_bytes(b"data")
     assert metadata.read(tmp_path / "sp").checkpoint_id == 1
+
+
+def test_a_local_cluster_allows_the_installed_examples_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Installed (the image), local.EXAMPLES points into site-packages' parent, where no
+    # examples are: the JobManager's default roots, where the image copies them, must count.
+    installed, missing = tmp_path / "opt-examples", tmp_path / "opt-jobs"
+    installed.mkdir()
+    monkeypatch.setattr(local, "EXAMPLES", tmp_path / "site-packages" / "examples")
+    monkeypatch.setattr(security, "DEFAULT_JOB_ROOTS", (str(missing), str(installed)))
+    cluster = local.LocalCluster(tmp_path / "work")
+    assert cluster.job_roots == [os.getcwd(), str(installed)]
+    custom = local.LocalCluster(tmp_path / "work", job_roots=[str(missing)])
+    assert custom.job_roots == [str(missing)]
 
 
 def test_job_files_load_only_from_the_job_roots(tmp_path: Path) -> None:
