@@ -6,9 +6,10 @@ holder to drop it only when no hand-over happened within the switch interval
 (5 ms), but the loop releases and retakes the GIL itself at every iteration (its
 ``epoll_wait(0)``, socket reads and writes) and retakes it before the waiting
 thread wakes up, so the request is never made.  Measured here with
-``asyncio.to_thread`` from a loop as busy as a TaskManager's: an open + fsync +
-close of one file took 5 to 16 s, where it takes under 1 ms on its own; a
-checkpoint's asynchronous part (state file fsyncs) took 0.1 to 5 s at parallelism 1.
+``asyncio.to_thread`` from a loop as busy as a TaskManager's: fsyncing a file and
+its directory (open, fsync, close each) took 5 to 16 s, where it takes under 1 ms
+on its own; a checkpoint's asynchronous part (state file fsyncs) took 0.15 to 5.4 s
+at parallelism 1.
 
 :func:`to_thread` runs the call as :func:`asyncio.to_thread` does and, while any
 such call is pending on the loop, makes the loop step aside every
@@ -17,7 +18,7 @@ poll that the waiting thread loses), long enough for a thread woken by the
 release to take the GIL.  Every thread of the process gains, including those
 that the call itself relies on (an object store client's I/O thread).  The
 price is at most ``NUDGE_S / NUDGE_EVERY_S`` of the loop's time, and only while
-work is pending: the same open + fsync + close takes about 10 ms.
+work is pending: the same fsyncs take about 10 ms.
 """
 
 from __future__ import annotations
