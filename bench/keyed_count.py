@@ -13,7 +13,12 @@ and the table shows medians (the machine may be shared: single runs vary).
 
     uv run python bench/keyed_count.py [--events 10000000] [--keys 100000]
         [--parallelism 1,2] [--checkpoints off,on] [--interval 1000] [--repeat 1]
-        [--state-backend hashmap|rocksdb]
+        [--state-backend hashmap|rocksdb] [--cost-interval 100]
+
+``--cost-interval MS`` adds a parallelism-1 run checkpointing every MS ms after each
+parallelism-1 run without checkpoints, and prints the CPU of one checkpoint from the
+pair (tens of checkpoints per run, where the interval's runs have a few) and what it
+costs at ``--interval``.
 """
 
 from __future__ import annotations
@@ -383,6 +388,7 @@ async def main_async(a: argparse.Namespace) -> bool:
     )
     configs = [(p, mode == "on") for p in a.parallelism for mode in a.checkpoints]
     runs: dict[tuple[int, bool], list[Result]] = {c: [] for c in configs}
+    costs: list[Result] = []  # p=1 checkpointing every --cost-interval ms, one per repeat
     for _ in range(a.repeat):
         for p, checkpoints in configs:
             if a.wait_idle is not None:
@@ -399,10 +405,65 @@ async def main_async(a: argparse.Namespace) -> bool:
                 shutil.rmtree(workdir, ignore_errors=True)
             else:
                 print(f"    logs and output kept in {workdir}")
+            if a.cost_interval and (p, checkpoints) == (1, False):
+                # Right after the run it is paired with: the machine drifts between runs.
+                workdir = Path(tempfile.mkdtemp(prefix="streamjob-bench-", dir=a.workdir))
+                r = await run_one(1, True, a.events, a.keys, a.cost_interval, workdir, options)
+                costs.append(r)
+                print(f"  {describe(r)} (every {a.cost_interval} ms)", flush=True)
+                if r.exact and a.workdir is None:
+                    shutil.rmtree(workdir, ignore_errors=True)
+                else:
+                    print(f"    logs and output kept in {workdir}")
     summaries = [Summary(p, c, runs[(p, c)]) for p, c in configs]
     print_table(summaries, a.interval, a.repeat)
     print_comparisons(summaries, a.interval)
-    return all(s.exact for s in summaries)
+    if a.cost_interval:
+        print_checkpoint_cost(runs.get((1, False), []), costs, a.cost_interval, a.interval)
+    return all(s.exact for s in summaries) and all(r.exact for r in costs)
+
+
+def print_checkpoint_cost(
+    off: list[Result], costs: list[Result], cost_interval_ms: int, interval_ms: int
+) -> None:
+    """The CPU of one checkpoint, from runs that take many (``--cost-interval``).
+
+    The overhead printed above compares runs with a few checkpoints each against runs
+    without: the machine's drift between two runs (a few %) is as large as what
+    it measures.  A run checkpointing every ``cost_interval_ms`` takes ten times as
+    many, and its extra CPU over the run without checkpoints of the same repeat, per
+    checkpoint, is the cost of one; at ``interval_ms`` that cost is paid once per
+    interval of the run's wall time.
+    """
+    print()
+    if not off:
+        print("checkpoint cost: needs the p=1 runs without checkpoints (--checkpoints off)")
+        return
+    per_checkpoint, overheads = [], []
+    for without, many in zip(off, costs, strict=False):
+        count = len(many.durations_ms)
+        if count == 0:
+            continue
+        cost = (many.engine_cpu_s - without.engine_cpu_s) / count
+        per_checkpoint.append(cost)
+        due = without.wall_s * 1000 / interval_ms  # checkpoints at the interval measured
+        overheads.append(cost * due / without.engine_cpu_s)
+    if not per_checkpoint:
+        print("checkpoint cost: no checkpoint completed in the --cost-interval runs")
+        return
+    median = common.median(per_checkpoint)
+    overhead = common.median(overheads)
+    count = common.median([float(len(r.durations_ms)) for r in costs])
+    p50 = common.median([d for r in costs for d in r.durations_ms])
+    ok = overhead < TARGET_CHECKPOINT_OVERHEAD
+    print(
+        f"checkpoint cost at p=1: {median * 1000:.1f} ms engine CPU per checkpoint"
+        f" ({min(per_checkpoint) * 1000:.1f}-{max(per_checkpoint) * 1000:.1f} ms over"
+        f" {len(per_checkpoint)} pairs; {count:.0f} checkpoints per run every"
+        f" {cost_interval_ms} ms, p50 {p50:.0f} ms); every {interval_ms} ms that is"
+        f" {overhead:+.1%} CPU per event"
+        f" (target < {TARGET_CHECKPOINT_OVERHEAD:.0%}): {'met' if ok else 'MISSED'}"
+    )
 
 
 def main() -> None:
@@ -413,6 +474,14 @@ def main() -> None:
     p.add_argument("--checkpoints", type=lambda s: s.split(","), default=["off", "on"])
     p.add_argument("--interval", type=int, default=1000, help="checkpoint interval, ms")
     p.add_argument("--repeat", type=int, default=1, help="runs per configuration (medians)")
+    p.add_argument(
+        "--cost-interval",
+        type=int,
+        default=0,
+        metavar="MS",
+        help="also run p=1 checkpointing every MS ms in each repeat, and print the CPU of one"
+        " checkpoint from it (many checkpoints per run: less noise than --interval's few)",
+    )
     p.add_argument("--batch-size", type=int, default=None, help="execution.batch-size")
     p.add_argument(
         "--state-backend",
