@@ -218,7 +218,9 @@ def produce_input(
     return thread
 
 
-def committed_output(t: Tansu) -> tuple[Counter[tuple[int, int]], int]:
+def committed_output(
+    t: Tansu, copies_seen: list[str] | None = None
+) -> tuple[Counter[tuple[int, int]], int]:
     """The committed output of topic ``out`` (written with the sink's ``txn`` header), and
     how many transactions more than one attempt wrote.
 
@@ -228,7 +230,8 @@ def committed_output(t: Tansu) -> tuple[Counter[tuple[int, int]], int]:
     copy before it, so the highest attempt's copy of each transaction is the committed
     one. A transaction written by several attempts is thus either an aborted copy and
     its commit, or a duplicate this reader hides: callers bound their number by the
-    commits their failures can have cut short."""
+    commits their failures can have cut short. ``copies_seen``, when given, gets one line
+    per such transaction: its id, checkpoint, and records per attempt (a diagnosis)."""
     consumer = ck.Consumer(
         {
             "bootstrap.servers": t.bootstrap_servers,
@@ -287,6 +290,9 @@ def committed_output(t: Tansu) -> tuple[Counter[tuple[int, int]], int]:
             ends = now
     consumer.close()
     out: Counter[tuple[int, int]] = Counter()
-    for by_attempt in copies.values():
+    for (name, checkpoint), by_attempt in sorted(copies.items()):
         out.update(by_attempt[max(by_attempt)])
+        if copies_seen is not None and len(by_attempt) > 1:
+            counts = ", ".join(f"attempt {a}: {len(r)}" for a, r in sorted(by_attempt.items()))
+            copies_seen.append(f"{name} checkpoint {checkpoint} ({counts} records)")
     return out, sum(1 for by_attempt in copies.values() if len(by_attempt) > 1)

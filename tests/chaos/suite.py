@@ -483,8 +483,12 @@ def run_kafka(workdir: Path, seed: int, config: Config) -> Run:
         details = h.wait_terminal(job, timeout_s=300)
         assert details.state is models.JobStatus.FINISHED, details.failure_cause
         run.restarts += details.restarts
-        got, copied = kafka.committed_output(tansu)
+        seen: list[str] = []
+        got, copied = kafka.committed_output(tansu, seen)
         run.result = check_kafka(got, copied, events, run.restarts)
+        if not run.result.exact:
+            for line in seen:  # which transactions several attempts wrote, for a diagnosis
+                run.result.note(line)
     run.seconds = time.monotonic() - started
     return run
 
