@@ -886,9 +886,9 @@ class Task:
         ).key_group_range
 
         # The bytes go to the page cache from this thread (a memory copy, milliseconds);
-        # only the fsync, which waits on the disk without the GIL, goes to a worker thread.
-        # A worker thread doing the whole write starves behind the busy event loop for
-        # the GIL (CPython's switch interval), stretching checkpoints to seconds.
+        # only the fsync, which waits on the disk, goes to a worker thread, through
+        # offload.to_thread: with asyncio.to_thread the busy event loop kept the GIL from
+        # it for seconds (see offload), and every GIL hand-over here is one more wait.
         try:
             handles = []
             paths: list[storage.Location] = []
