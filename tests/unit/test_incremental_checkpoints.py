@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,35 @@ def test_an_unconfirmed_checkpoint_files_are_not_reused(tmp_path: Path) -> None:
     second = checkpoint(state, job_dir, 2)
     assert second.uploaded_bytes >= first.uploaded_bytes
     state.close()
+
+
+def test_two_checkpoints_storing_the_same_new_file_at_once_both_succeed(tmp_path: Path) -> None:
+    # A checkpoint and the final one, both in flight, store the same new SST file: with
+    # one temporary name the second rename found it gone (CI: "No such file or directory:
+    # '.../.000067.sst.tmp' -> '.../000067.sst'", a declined checkpoint and a restart).
+    source = tmp_path / "000067.sst"
+    source.write_bytes(random.Random(7).randbytes(4 << 20))
+    job_dir = tmp_path / "job"
+    failures: list[BaseException] = []
+
+    def store_it(start: threading.Barrier) -> None:
+        start.wait()
+        try:
+            shared.put(job_dir, [("db-a1/000067.sst", source)])
+        except BaseException as e:
+            failures.append(e)
+
+    for _ in range(20):
+        start = threading.Barrier(2)
+        writers = [threading.Thread(target=store_it, args=(start,)) for _ in range(2)]
+        for w in writers:
+            w.start()
+        for w in writers:
+            w.join()
+    assert failures == []
+    stored = job_dir / shared.SHARED / "db-a1"
+    assert (stored / "000067.sst").read_bytes() == source.read_bytes()
+    assert [p.name for p in stored.iterdir()] == ["000067.sst"]  # no temporary file left
 
 
 @pytest.mark.parametrize("seed", range(8))

@@ -32,6 +32,7 @@ import contextlib
 import os
 import posixpath
 import shutil
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
 from pathlib import Path
@@ -140,7 +141,12 @@ def _store(
     for name, item in files:
         target = job_dir / SHARED / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
+        # A temporary name of its own: two checkpoints in flight (one, then the final
+        # one at the end of input) may both store a new SST file that no completed
+        # checkpoint has yet, and with one name the second rename found nothing (or a
+        # write truncated the other's).  The bytes are the same (an SST file's name is
+        # unique in its DB), so whichever rename lands last is right.
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
         write(tmp, item)
         os.replace(tmp, target)
         directories.add(target.parent)
