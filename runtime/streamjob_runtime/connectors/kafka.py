@@ -581,6 +581,15 @@ class KafkaSinkWriter(sink.SinkWriter):
             if done is None:
                 [tp] = group.committed([ck.TopicPartition(spec.marker_topic, 0)], timeout=timeout)
                 done = self._markers[tid] = tp.offset  # -1001 when none
+                # With the commits below, what a check of exactly-once needs to tell a broker
+                # that served an old marker from a commit made twice.
+                logs.event(
+                    log,
+                    "kafka_commit_marker_read",
+                    logging.DEBUG,
+                    transactional_id=tid,
+                    committed=done,
+                )
             for c in sorted(mine, key=lambda c: c.checkpoint_id):
                 if c.checkpoint_id <= done or not c.records:
                     continue  # committed before a failure: producing it again would duplicate
@@ -600,6 +609,13 @@ class KafkaSinkWriter(sink.SinkWriter):
                     raise
                 self.errors.raise_first()
                 done = self._markers[tid] = c.checkpoint_id
+                logs.event(
+                    log,
+                    "kafka_transaction_committed",
+                    logging.DEBUG,
+                    transactional_id=tid,
+                    checkpoint_id=c.checkpoint_id,
+                )
         finally:
             group.close()
 
