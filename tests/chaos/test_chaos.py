@@ -68,7 +68,9 @@ def test_kafka_to_kafka_output_is_exact_after_kills_and_a_rescale(tmp_path: Path
     run = suite.run_one("kafka", tmp_path, 7, KAFKA, no_etcd)
     print(run.line())
     r = run.result
-    if not r.exact and r.stale_markers and not (r.lost or r.wrong or r.late_accepted):
+    # Each stale read made at least one extra copy; anything else still fails.
+    explained = 0 < r.duplicated <= r.stale_markers
+    if explained and not (r.lost or r.wrong or r.late_accepted):
         # The broker, not the engine: see suite.stale_markers (a commit made twice because
         # Tansu served an old commit marker; Kafka serves the committed one).
         pytest.skip(f"Tansu served stale commit markers: {run.line()}")
