@@ -389,32 +389,30 @@ async def main_async(a: argparse.Namespace) -> bool:
     configs = [(p, mode == "on") for p in a.parallelism for mode in a.checkpoints]
     runs: dict[tuple[int, bool], list[Result]] = {c: [] for c in configs}
     costs: list[Result] = []  # p=1 checkpointing every --cost-interval ms, one per repeat
+
+    async def run_and_report(p: int, checkpoints: bool, interval_ms: int, label: str) -> Result:
+        workdir = Path(tempfile.mkdtemp(prefix="streamjob-bench-", dir=a.workdir))
+        r = await run_one(p, checkpoints, a.events, a.keys, interval_ms, workdir, options)
+        print(f"  {describe(r)}{label}", flush=True)
+        for failure in r.failures:
+            print(f"    failed checkpoint {failure}")
+        if r.exact and a.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"    logs and output kept in {workdir}")
+        return r
+
     for _ in range(a.repeat):
         for p, checkpoints in configs:
             if a.wait_idle is not None:
                 cores = await common.wait_idle(a.wait_idle, 600)
                 if cores > a.wait_idle:
                     print(f"  (machine still busy: {cores:.2f} cores used by others)")
-            workdir = Path(tempfile.mkdtemp(prefix="streamjob-bench-", dir=a.workdir))
-            r = await run_one(p, checkpoints, a.events, a.keys, a.interval, workdir, options)
-            runs[(p, checkpoints)].append(r)
-            print(f"  {describe(r)}", flush=True)
-            for failure in r.failures:
-                print(f"    failed checkpoint {failure}")
-            if r.exact and a.workdir is None:
-                shutil.rmtree(workdir, ignore_errors=True)
-            else:
-                print(f"    logs and output kept in {workdir}")
+            runs[(p, checkpoints)].append(await run_and_report(p, checkpoints, a.interval, ""))
             if a.cost_interval and (p, checkpoints) == (1, False):
                 # Right after the run it is paired with: the machine drifts between runs.
-                workdir = Path(tempfile.mkdtemp(prefix="streamjob-bench-", dir=a.workdir))
-                r = await run_one(1, True, a.events, a.keys, a.cost_interval, workdir, options)
-                costs.append(r)
-                print(f"  {describe(r)} (every {a.cost_interval} ms)", flush=True)
-                if r.exact and a.workdir is None:
-                    shutil.rmtree(workdir, ignore_errors=True)
-                else:
-                    print(f"    logs and output kept in {workdir}")
+                label = f" (every {a.cost_interval} ms)"
+                costs.append(await run_and_report(1, True, a.cost_interval, label))
     summaries = [Summary(p, c, runs[(p, c)]) for p, c in configs]
     print_table(summaries, a.interval, a.repeat)
     print_comparisons(summaries, a.interval)
