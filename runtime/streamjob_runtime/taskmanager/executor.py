@@ -357,7 +357,8 @@ class TaskExecutor:
         elif isinstance(message, messages.FinishTasks):
             await self._finish(message)
 
-    async def _guarded(self, t: task.Task, fn: Callable[[*Ts], object], *args: *Ts) -> None:
+    async def _guarded(self, t: task.Task, fn: Callable[[*Ts], object], *args: *Ts) -> bool:
+        """Run ``fn(*args)`` for task ``t``; False, with the task reported FAILED, if it raised."""
         try:
             fn(*args)
         except Exception as e:
@@ -372,6 +373,8 @@ class TaskExecutor:
                     unrecoverable=isinstance(e, base.UnrecoverableError),
                 )
             )
+            return False
+        return True
 
     async def _deploy(self, d: Deployment, message: messages.DeployTasks) -> None:
         try:
@@ -560,15 +563,20 @@ class TaskExecutor:
         d = self._current(message.job_id, message.attempt)
         if d is None:
             return
-        for t in d.tasks.values():
-            await self._guarded(t, t.notify_checkpoint_complete, message.final_checkpoint_id)
+        # A task whose final commit failed is reported FAILED (the job restarts from the
+        # final checkpoint and commits again), and not FINISHED as well.
         tasks = list(d.tasks.values())
+        finished = [
+            t
+            for t in tasks
+            if await self._guarded(t, t.notify_checkpoint_complete, message.final_checkpoint_id)
+        ]
         await self._cancel(message.job_id)
-        if tasks and tasks[0].config.state_backend.local_recovery:
+        if tasks and len(finished) == len(tasks) and tasks[0].config.state_backend.local_recovery:
             # The job is over: its local state copies serve no recovery any more.
             settings = tasks[0].config.state_backend
             await offload.to_thread(keyed.discard_local_state, settings, message.job_id)
-        for t in tasks:
+        for t in finished:
             await self.send(
                 messages.TaskStateChanged(t.job_id, t.attempt, t.vertex.id, t.subtask, "FINISHED")
             )
