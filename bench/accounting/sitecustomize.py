@@ -33,7 +33,8 @@ STAGES: dict[str, list[tuple[str, str]]] = {
         ("streamjob_runtime.graph.keygroups", "split"),
     ],
     "encode": [("streamjob_runtime.taskmanager.wire", "encode")],
-    "send (merge, frame, TLS write, free)": [
+    "send (frame, TLS write)": [
+        ("streamjob_runtime.taskmanager.network", "RemoteChannelWriter.frame_all"),
         ("streamjob_runtime.taskmanager.network", "RemoteChannelWriter.write_held"),
     ],
     "receive (TLS read)": [("asyncio.sslproto", "SSLProtocol._do_read")],

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from typing import Any
 
 from streamjob_runtime.graph import jobgraph, keygroups
@@ -182,25 +184,67 @@ async def _close(channel: network.RemoteChannelWriter, server: asyncio.Server, p
     await server.wait_closed()
 
 
-def test_a_remote_writer_merges_small_batches_into_one_frame_before_a_control_element() -> None:
-    async def scenario() -> list[network.Element]:
+def test_a_remote_writer_holds_frames_until_a_control_element_and_keeps_their_order() -> None:
+    async def scenario() -> tuple[list[int], list[network.Element]]:
         peer = _Peer()
         channel, server = await _remote_pair(peer)
+        held = []
         await channel.send_all([("b", [1, 2], None)])
+        held.append(len(channel._held))
         await channel.send_all([("b", [3], None), ("b", [4], [40])])
+        held.append(len(channel._held))
         await channel.send_all([("b", [5], [50]), ("c", 7, 1000, None), ("b", [6], None)])
+        held.append(len(channel._held))  # the barrier wrote them all
         await channel.send(("e",))
-        frames = await peer.frames(5)
+        frames = await peer.frames(7)
         await _close(channel, server, peer)
-        return frames
+        return held, frames
 
-    assert asyncio.run(scenario()) == [
-        ("b", [1, 2, 3], None),  # merged: neither has timestamps
-        ("b", [4, 5], [40, 50]),  # merged with their timestamps
+    held, frames = asyncio.run(scenario())
+    assert held == [1, 3, 0]
+    assert frames == [
+        ("b", [1, 2], None),
+        ("b", [3], None),
+        ("b", [4], [40]),
+        ("b", [5], [50]),
         ("c", 7, 1000, None),
         ("b", [6], None),
         ("e",),
     ]
+
+
+class _Record:
+    """A record that can be watched with a weak reference (ints and tuples cannot)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Record) and other.n == self.n
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def test_a_remote_writer_keeps_no_record_alive_while_it_holds_the_frame() -> None:
+    """Batches are encoded when sent: their records are freed at once, while still in the
+    CPU's caches, and not after up to FLUSH_RECORDS more records (see RemoteChannelWriter)."""
+
+    async def scenario() -> tuple[bool, int, list[network.Element]]:
+        peer = _Peer()
+        channel, server = await _remote_pair(peer)
+        record = _Record(1)
+        ref = weakref.ref(record)
+        await channel.send_all([("b", [record], None)])
+        del record
+        gc.collect()
+        alive, held = ref() is not None, len(channel._held)
+        frames = await peer.frames(1)  # the linger writes it
+        await _close(channel, server, peer)
+        return alive, held, frames
+
+    alive, held, frames = asyncio.run(scenario())
+    assert (alive, held) == (False, 1)
+    assert frames == [("b", [_Record(1)], None)]
 
 
 def test_a_remote_writer_sends_a_held_batch_after_the_linger_time() -> None:
@@ -208,7 +252,7 @@ def test_a_remote_writer_sends_a_held_batch_after_the_linger_time() -> None:
         peer = _Peer()
         channel, server = await _remote_pair(peer)
         started = asyncio.get_running_loop().time()
-        await channel.send_all([("b", [1], None)])  # held: fewer than MERGE_RECORDS records
+        await channel.send_all([("b", [1], None)])  # held: fewer than FLUSH_RECORDS records
         [frame] = await peer.frames(1)
         waited = asyncio.get_running_loop().time() - started
         await _close(channel, server, peer)
@@ -219,19 +263,29 @@ def test_a_remote_writer_sends_a_held_batch_after_the_linger_time() -> None:
     assert waited >= network.LINGER_S * 0.9
 
 
+def _waiting(channel: network.RemoteChannelWriter) -> tuple[bool, int]:
+    """Whether the linger timer is set, and how many frames are held."""
+    return channel._linger is not None, len(channel._held)
+
+
 def test_a_remote_writer_writes_at_once_when_enough_records_are_held() -> None:
+    half = network.FLUSH_RECORDS // 2
+
     async def scenario() -> list[network.Element]:
         peer = _Peer()
         channel, server = await _remote_pair(peer)
-        half = network.MERGE_RECORDS // 2
         await channel.send_all([("b", list(range(half)), None)])
+        assert _waiting(channel) == (True, 1)  # held, for the linger timer
         await channel.send_all([("b", list(range(half, 2 * half)), None)])
-        assert channel._linger is None  # written by the second call, not by the timer
-        frames = await peer.frames(1)
+        assert _waiting(channel) == (False, 0)  # written now, not by the timer
+        frames = await peer.frames(2)
         await _close(channel, server, peer)
         return frames
 
-    assert asyncio.run(scenario()) == [("b", list(range(network.MERGE_RECORDS)), None)]
+    assert asyncio.run(scenario()) == [
+        ("b", list(range(half)), None),
+        ("b", list(range(half, 2 * half)), None),
+    ]
 
 
 def test_hash_fanout_is_the_channel_count_of_the_widest_hash_output() -> None:
@@ -248,7 +302,7 @@ def test_hash_fanout_is_the_channel_count_of_the_widest_hash_output() -> None:
 
 
 def test_a_remote_writer_blocks_a_slow_sender_whose_frames_only_the_linger_writes() -> None:
-    """A source slower than MERGE_RECORDS per linger never fills a frame: the linger timer
+    """A source slower than FLUSH_RECORDS per linger never fills a frame: the linger timer
     writes every frame. Against a receiver that has stopped reading, its sends must still
     block once the transport holds WRITE_BUFFER bytes, or the buffer grows without bound."""
 
@@ -263,7 +317,7 @@ def test_a_remote_writer_blocks_a_slow_sender_whose_frames_only_the_linger_write
         port = server.sockets[0].getsockname()[1]
         _, w = await asyncio.open_connection("127.0.0.1", port)
         channel = network.RemoteChannelWriter(w)
-        batch = ("b", [b"x" * 1000] * 10, None)  # about 10 KB, far under MERGE_RECORDS
+        batch = ("b", [b"x" * 1000] * 10, None)  # about 10 KB, far under FLUSH_RECORDS
         blocked = False
         for _ in range(2000):  # up to about 20 MB if nothing pushed back
             try:
