@@ -109,6 +109,32 @@ def build(env):
     assert "lock" in cause.lower()
 
 
+def test_records_that_cannot_cross_taskmanagers_fail_the_job_at_once_saying_why(
+    cluster_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    job = tmp_path / "job.py"
+    job.write_text(
+        GOOD_TAIL
+        + """
+import threading
+
+def build(env):
+    env.enable_checkpointing(100)  # the default strategy then restarts a failed job
+    (env.from_source(GeneratorSource(lambda i: (i % 10, threading.Lock()), count=None, rate=1000))
+        .key_by(lambda v: v[0]).map(lambda v: v[0])
+        .sink_to(FileSink(env.args[0])))
+"""
+    )
+    h = cluster_factory(taskmanagers=2)
+    job_id = h.submit(str(job), [str(tmp_path / "out")], parallelism=2)
+    details = h.wait_terminal(job_id, timeout_s=30)
+    assert details.state is models.JobStatus.FAILED
+    assert details.restarts == 0, "an unrecoverable error must not be retried"
+    cause = details.failure_cause or ""
+    assert "a record cannot be sent to a subtask in another TaskManager" in cause
+    assert "lock" in cause.lower()
+
+
 def test_staged_sink_files_removed_outside_the_job_fail_it_at_once_under_the_default_strategy(
     cluster_factory: Callable[..., Harness], tmp_path: Path
 ) -> None:
