@@ -74,6 +74,16 @@ def test_rest_submission_of_a_bad_job_is_a_400_with_the_reason(
     assert "syntax error at line 1" in error.message
 
 
+def _fails_at_once(h: Harness, job: Path, out: Path, parallelism: int = 1) -> str:
+    """Run ``job``: it must fail without a restart (its checkpointing would allow them);
+    the failure cause."""
+    job_id = h.submit(str(job), [str(out)], parallelism=parallelism)
+    details = h.wait_terminal(job_id, timeout_s=30)
+    assert details.state is models.JobStatus.FAILED
+    assert details.restarts == 0, "an unrecoverable error must not be retried"
+    return details.failure_cause or ""
+
+
 def test_unpicklable_state_fails_the_job_at_once_naming_the_operator(
     cluster_factory: Callable[..., Harness], tmp_path: Path
 ) -> None:
@@ -99,12 +109,7 @@ def build(env):
         .sink_to(FileSink(env.args[0])))
 """
     )
-    h = cluster_factory()
-    job_id = h.submit(str(job), [str(tmp_path / "out")])
-    details = h.wait_terminal(job_id, timeout_s=30)
-    assert details.state is models.JobStatus.FAILED
-    assert details.restarts == 0, "an unrecoverable error must not be retried"
-    cause = details.failure_cause or ""
+    cause = _fails_at_once(cluster_factory(), job, tmp_path / "out")
     assert "state of operator 'remember' cannot be checkpointed" in cause
     assert "lock" in cause.lower()
 
@@ -125,12 +130,7 @@ def build(env):
         .sink_to(FileSink(env.args[0])))
 """
     )
-    h = cluster_factory(taskmanagers=2)
-    job_id = h.submit(str(job), [str(tmp_path / "out")], parallelism=2)
-    details = h.wait_terminal(job_id, timeout_s=30)
-    assert details.state is models.JobStatus.FAILED
-    assert details.restarts == 0, "an unrecoverable error must not be retried"
-    cause = details.failure_cause or ""
+    cause = _fails_at_once(cluster_factory(taskmanagers=2), job, tmp_path / "out", parallelism=2)
     assert "a record cannot be sent to a subtask in another TaskManager" in cause
     assert "lock" in cause.lower()
 
