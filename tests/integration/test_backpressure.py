@@ -34,9 +34,9 @@ def test_slow_remote_sink_throttles_the_source_with_bounded_memory(
 
     h.wait_for("150000 records through the slow sink", sample, timeout_s=60)
     in_flight = [emitted - consumed for emitted, consumed in samples]
-    # Per remote channel: 8 batches (each a merged frame of up to ~2,048+ records) + up to
-    # 2,048 records held for merging + 64 KiB kernel buffers each way + a 128 KiB write
-    # buffer (tiny records: ~6 bytes each pickled), plus the skew between the two
+    # Per remote channel: 8 batches (a frame each) + the frames held for one write (under
+    # network.FLUSH_RECORDS records) + 64 KiB kernel buffers each way + the write buffer
+    # (network.WRITE_BUFFER; tiny records: ~6 bytes each encoded), plus the skew between the two
     # TaskManagers' metric reports (the fast local subtask's rate times a report interval:
     # most of it; 203,205 seen once on a loaded machine).
     bound = 250_000
