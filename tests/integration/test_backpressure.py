@@ -38,9 +38,9 @@ def test_slow_remote_sink_throttles_the_source_with_bounded_memory(
     in_flight = [emitted - consumed for emitted, consumed in samples]
     # What the slow channel can hold is bounded in bytes, and these records are tiny (about
     # 7 bytes encoded): the write buffer (network.WRITE_BUFFER), the TLS layer's and the
-    # stream reader's buffers, 128 KiB of kernel buffers each way (64 KiB asked, doubled by
-    # Linux), about 1 MB together, plus 8 batches in the input channel and the frames held
-    # for one write (under network.FLUSH_RECORDS records); and the reports of the two
+    # stream reader's buffers, the kernel's socket buffers each way (64 KiB asked; Linux
+    # allows twice that), about 1 MB together, plus 8 batches in the input channel and the
+    # frames held for one write (under network.FLUSH_RECORDS records); and the reports of the two
     # TaskManagers are up to a heartbeat apart while the fast local subtask keeps reading.
     # Measured here at steady state: 175,000-270,000, whether a remote channel encodes its
     # batches when it writes them (as before 39114db) or when they are sent.
