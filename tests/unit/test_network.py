@@ -302,7 +302,7 @@ def test_hash_fanout_is_the_channel_count_of_the_widest_hash_output() -> None:
 
 
 def test_a_remote_writer_blocks_a_slow_sender_whose_frames_only_the_linger_writes() -> None:
-    """A source slower than FLUSH_RECORDS per linger never fills a frame: the linger timer
+    """A source slower than FLUSH_RECORDS per linger never fills a write: the linger timer
     writes every frame. Against a receiver that has stopped reading, its sends must still
     block once the transport holds WRITE_BUFFER bytes, or the buffer grows without bound."""
 
