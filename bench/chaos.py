@@ -54,7 +54,7 @@ def main() -> int:
         metavar="SCENARIO:SEED",
         help="run one scenario with the seed a report printed for it (e.g. rescale:1323436024)",
     )
-    parser.add_argument("--workdir", default=None)
+    parser.add_argument("--workdir", default=None, type=common.directory)
     a = parser.parse_args()
     seed = a.seed if a.seed is not None else random.randrange(2**31)
     scenarios = [s for s in a.scenarios.split(",") if s]

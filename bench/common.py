@@ -30,6 +30,12 @@ class BenchError(RuntimeError):
     timed out): the run reports it and fails."""
 
 
+def directory(path: str) -> str:
+    """``--workdir``'s argparse type: ``path``, created with its parents when missing."""
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -352,7 +352,12 @@ def main() -> None:
     p.add_argument("--interval", type=int, default=1000, help="checkpoint interval, ms")
     p.add_argument("--heartbeat", type=int, default=200, help="heartbeat interval, ms")
     p.add_argument("--parallelism", type=int, default=2)
-    p.add_argument("--workdir", default=None, help="keep every run's directory under this one")
+    p.add_argument(
+        "--workdir",
+        default=None,
+        type=common.directory,
+        help="keep every run's directory under this one",
+    )
     a = p.parse_args()
     if a.leases is None:
         a.leases = TUNED_LEASES if a.quick else [DEFAULT_LEASE, *TUNED_LEASES]

@@ -494,7 +494,12 @@ def main() -> None:
         metavar="CORES",
         help="before each run, wait (up to 10 min) until the machine uses at most CORES",
     )
-    p.add_argument("--workdir", default=None, help="keep every run's directory under this one")
+    p.add_argument(
+        "--workdir",
+        default=None,
+        type=common.directory,
+        help="keep every run's directory under this one",
+    )
     a = p.parse_args()
     sys.exit(0 if asyncio.run(main_async(a)) else 1)
 

@@ -631,7 +631,12 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=16, help="POSTs in flight")
     p.add_argument("--settle", type=float, default=15.0, help="steady-state window, s")
     p.add_argument("--timeout", type=float, default=600.0, help="per N, to converge, s")
-    p.add_argument("--workdir", default=None, help="keep every run's logs under this directory")
+    p.add_argument(
+        "--workdir",
+        default=None,
+        type=common.directory,
+        help="keep every run's logs under this directory",
+    )
     p.add_argument("--serve-emulator", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.serve_emulator is not None:

@@ -568,7 +568,9 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=16, help="POSTs in flight")
     p.add_argument("--settle", type=float, default=20.0, help="steady-state window, s")
     p.add_argument("--timeout", type=float, default=600.0, help="to converge, s")
-    p.add_argument("--workdir", default=None, help="keep the logs under this directory")
+    p.add_argument(
+        "--workdir", default=None, type=common.directory, help="keep the logs under this directory"
+    )
     p.add_argument(
         "--operator-args",
         type=lambda v: tuple(v.split()),

@@ -393,7 +393,12 @@ def main() -> None:
         help="a Python with apache-flink installed: its pyflink/lib jars are the Flink used",
     )
     p.add_argument("--flink-home", default=None, help="a Flink distribution (default: FLINK_HOME)")
-    p.add_argument("--workdir", default=None, help="keep every run's directory under this one")
+    p.add_argument(
+        "--workdir",
+        default=None,
+        type=common.directory,
+        help="keep every run's directory under this one",
+    )
     a = p.parse_args()
 
     print(

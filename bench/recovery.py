@@ -245,7 +245,12 @@ def main() -> None:
     p.add_argument("--keys", type=int, default=10_000)
     p.add_argument("--interval", type=int, default=1000, help="checkpoint interval, ms")
     p.add_argument("--heartbeat", type=int, default=200, help="heartbeat interval, ms")
-    p.add_argument("--workdir", default=None, help="keep every run's directory under this one")
+    p.add_argument(
+        "--workdir",
+        default=None,
+        type=common.directory,
+        help="keep every run's directory under this one",
+    )
     a = p.parse_args()
     sys.exit(0 if asyncio.run(main_async(a)) else 1)
 

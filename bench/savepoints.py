@@ -400,7 +400,7 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=1000.0, help="trickle records/s")
     p.add_argument("--savepoints", type=int, default=5, help="plain savepoints per size")
     p.add_argument("--restores", type=int, default=5, help="stop -> restore cycles per size")
-    p.add_argument("--workdir", default=None, help="kept when given")
+    p.add_argument("--workdir", default=None, type=common.directory, help="kept when given")
     p.add_argument(
         "--s3", action="store_true", help="checkpoints and savepoints on S3 (moto's server)"
     )

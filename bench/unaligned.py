@@ -320,7 +320,12 @@ def main() -> None:
     p.add_argument("--interval", type=int, default=500, help="checkpoint interval, ms")
     p.add_argument("--aligned-timeout", type=int, default=100, help="ms")
     p.add_argument("--events", type=int, default=300_000, help="for the throughput runs")
-    p.add_argument("--workdir", default=None, help="keep every run's directory under this one")
+    p.add_argument(
+        "--workdir",
+        default=None,
+        type=common.directory,
+        help="keep every run's directory under this one",
+    )
     a = p.parse_args()
     sys.exit(0 if asyncio.run(main_async(a)) else 1)
 
