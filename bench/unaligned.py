@@ -189,7 +189,14 @@ async def throughput(
     with cluster:
         async with cluster.client() as jm:
             job_id = await submit(jm, args)
-            await wait_state(jm, job_id, lambda j: j.state is models.JobStatus.RUNNING)
+            seen = await wait_state(
+                jm, job_id, lambda j: j.state is models.JobStatus.RUNNING or j.state.terminal
+            )
+            if seen.state.terminal:
+                raise RuntimeError(
+                    f"the throughput job was {seen.state.value} before it was seen running:"
+                    f" --events {a.events} is too few to measure; give more"
+                )
             load, meter = common.OtherLoad(), common.CpuMeter()
             started = time.monotonic()
             while not (job := await jm.job(job_id)).state.terminal:
@@ -319,7 +326,7 @@ def main() -> None:
     )
     p.add_argument("--interval", type=int, default=500, help="checkpoint interval, ms")
     p.add_argument("--aligned-timeout", type=int, default=100, help="ms")
-    p.add_argument("--events", type=int, default=300_000, help="for the throughput runs")
+    p.add_argument("--events", type=int, default=3_000_000, help="for the throughput runs")
     p.add_argument(
         "--workdir",
         default=None,
