@@ -74,10 +74,12 @@ def test_rest_submission_of_a_bad_job_is_a_400_with_the_reason(
     assert "syntax error at line 1" in error.message
 
 
-def _fails_at_once(h: Harness, job: Path, out: Path, parallelism: int = 1) -> str:
-    """Run ``job``: it must fail without a restart (its checkpointing would allow them);
-    the failure cause."""
-    job_id = h.submit(str(job), [str(out)], parallelism=parallelism)
+def _fails_at_once(h: Harness, tmp_path: Path, source: str, parallelism: int = 1) -> str:
+    """Run a job file of ``source`` after GOOD_TAIL: it must fail without a restart (its
+    checkpointing would allow them); the failure cause."""
+    job = tmp_path / "job.py"
+    job.write_text(GOOD_TAIL + source)
+    job_id = h.submit(str(job), [str(tmp_path / "out")], parallelism=parallelism)
     details = h.wait_terminal(job_id, timeout_s=30)
     assert details.state is models.JobStatus.FAILED
     assert details.restarts == 0, "an unrecoverable error must not be retried"
@@ -87,10 +89,7 @@ def _fails_at_once(h: Harness, job: Path, out: Path, parallelism: int = 1) -> st
 def test_unpicklable_state_fails_the_job_at_once_naming_the_operator(
     cluster_factory: Callable[..., Harness], tmp_path: Path
 ) -> None:
-    job = tmp_path / "job.py"
-    job.write_text(
-        GOOD_TAIL
-        + """
+    source = """
 import threading
 from streamjob_runtime.functions import KeyedProcessFunction
 
@@ -108,8 +107,7 @@ def build(env):
         .key_by(lambda v: v % 10).process(Remember()).uid("remember")
         .sink_to(FileSink(env.args[0])))
 """
-    )
-    cause = _fails_at_once(cluster_factory(), job, tmp_path / "out")
+    cause = _fails_at_once(cluster_factory(), tmp_path, source)
     assert "state of operator 'remember' cannot be checkpointed" in cause
     assert "lock" in cause.lower()
 
@@ -117,10 +115,7 @@ def build(env):
 def test_records_that_cannot_cross_taskmanagers_fail_the_job_at_once_saying_why(
     cluster_factory: Callable[..., Harness], tmp_path: Path
 ) -> None:
-    job = tmp_path / "job.py"
-    job.write_text(
-        GOOD_TAIL
-        + """
+    source = """
 import threading
 
 def build(env):
@@ -129,8 +124,7 @@ def build(env):
         .key_by(lambda v: v[0]).map(lambda v: v[0])
         .sink_to(FileSink(env.args[0])))
 """
-    )
-    cause = _fails_at_once(cluster_factory(taskmanagers=2), job, tmp_path / "out", parallelism=2)
+    cause = _fails_at_once(cluster_factory(taskmanagers=2), tmp_path, source, parallelism=2)
     assert "a record cannot be sent to a subtask in another TaskManager" in cause
     assert "lock" in cause.lower()
 

@@ -216,12 +216,11 @@ class RemoteChannelWriter:
     and not at the write frees the batch's records while they are still in the
     CPU's caches: holding up to 8192 records for the write and encoding them
     there cost the keyed count at parallelism 2 6.7 % of its events per
-    CPU-second (the allocator then reuses their memory cold).  A record that
-    cannot be encoded fails the job at once (:class:`base.UnrecoverableError`):
-    it would after every restart.  The receiver
-    likewise decodes and processes a batch at a time.  Elements keep their
-    order: a caller that would send a barrier by another path must
-    :meth:`write_held` first.
+    CPU-second (the allocator then reuses their memory cold).  The receiver
+    likewise decodes and processes a batch at a time.  A record that cannot be
+    encoded fails the job at once (:class:`base.UnrecoverableError`): it would
+    after every restart.  Elements keep their order: a caller that would send a
+    barrier by another path must :meth:`write_held` first.
     """
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
